@@ -1,0 +1,144 @@
+//! Data-plane failures and the one place they become HTTP responses.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use sluice_core::NamespacedName;
+
+use crate::proxy::{ProxyBody, full_body};
+
+/// Why the data plane could not deliver a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route for the request's Host.
+    #[error("no service for host {host:?}")]
+    UnknownHost {
+        /// The Host the request named.
+        host: String,
+    },
+    /// The request named no Host at all.
+    #[error("request has no Host header")]
+    MissingHost,
+    /// The route names a revision the snapshot does not know.
+    #[error("revision {0} not found")]
+    UnknownRevision(NamespacedName),
+    /// The activator's buffer for the revision is full.
+    #[error("activator queue for revision {revision} is full ({limit} requests waiting)")]
+    QueueFull {
+        /// The revision.
+        revision: NamespacedName,
+        /// The configured bound.
+        limit: usize,
+    },
+    /// The request's deadline passed before a replica answered.
+    #[error("activator request timeout: revision {revision} gave no response within {timeout:?}")]
+    Timeout {
+        /// The revision.
+        revision: NamespacedName,
+        /// The revision's timeout.
+        timeout: Duration,
+    },
+    /// The replica could not be reached or broke the connection.
+    #[error("upstream replica {endpoint} of revision {revision} failed: {source}")]
+    Upstream {
+        /// The revision.
+        revision: NamespacedName,
+        /// The replica address.
+        endpoint: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The request could not be rewritten for forwarding.
+    #[error("cannot forward request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// The status code a client sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownHost { .. } | ProxyError::UnknownRevision(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ProxyError::UnknownHost { .. } => "unknown_host",
+            ProxyError::MissingHost => "missing_host",
+            ProxyError::UnknownRevision(_) => "unknown_revision",
+            ProxyError::QueueFull { .. } => "queue_full",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::Upstream { .. } => "upstream",
+            ProxyError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    /// The response: status plus `{"error": "..."}`, and `Retry-After` on overload.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut resp = error_response(status, &self.to_string());
+        if matches!(self, ProxyError::QueueFull { .. }) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// A JSON error response `{"error": message}`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut resp = Response::new(full_body(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn queue_full_is_503_with_retry_after_and_reason() {
+        let err = ProxyError::QueueFull {
+            revision: NamespacedName::new("default", "r-00001"),
+            limit: 3,
+        };
+        let resp = err.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            json["error"],
+            "activator queue for revision default/r-00001 is full (3 requests waiting)"
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            ProxyError::UnknownHost { host: "x".into() }.status(),
+            StatusCode::NOT_FOUND
+        );
+        let timeout = ProxyError::Timeout {
+            revision: NamespacedName::new("a", "b"),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(timeout.to_string().starts_with("activator request timeout"));
+    }
+}

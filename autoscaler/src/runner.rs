@@ -1,0 +1,230 @@
+//! The autoscaler task: ticks every revision's decider and emits changed decisions.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sluice_core::{NamespacedName, RevisionScaling, ScaleDecision, StatReport};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::decider::{Decider, DeciderConfig, Decision};
+
+/// Autoscaler settings (Knative's `config-autoscaler`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoscalerConfig {
+    /// Decision interval.
+    pub tick: Duration,
+    /// How long the activator is in path before a revision's last replica is removed.
+    pub scale_to_zero_grace: Duration,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(2),
+            scale_to_zero_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+enum Command {
+    Upsert(NamespacedName, RevisionScaling),
+    Remove(NamespacedName),
+    Ready(NamespacedName, u32),
+}
+
+/// Tells the autoscaler which revisions exist and how many replicas each has ready.
+#[derive(Clone, Debug)]
+pub struct AutoscalerHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Upsert(k, _) => write!(f, "Upsert({k})"),
+            Command::Remove(k) => write!(f, "Remove({k})"),
+            Command::Ready(k, n) => write!(f, "Ready({k}, {n})"),
+        }
+    }
+}
+
+impl AutoscalerHandle {
+    /// Starts (or reconfigures) scaling of a revision. Returns false once the autoscaler
+    /// has stopped.
+    pub async fn upsert(&self, revision: NamespacedName, scaling: RevisionScaling) -> bool {
+        self.commands
+            .send(Command::Upsert(revision, scaling))
+            .await
+            .is_ok()
+    }
+
+    /// Stops scaling a revision.
+    pub async fn remove(&self, revision: NamespacedName) -> bool {
+        self.commands.send(Command::Remove(revision)).await.is_ok()
+    }
+
+    /// Reports how many replicas of a revision are ready.
+    pub async fn set_ready(&self, revision: NamespacedName, ready: u32) -> bool {
+        self.commands
+            .send(Command::Ready(revision, ready))
+            .await
+            .is_ok()
+    }
+}
+
+struct Entry {
+    decider: Decider,
+    ready: u32,
+    emitted: Option<Decision>,
+}
+
+/// Starts the autoscaler. It reads `stats`, and sends a decision on `decisions` whenever a
+/// revision's desired scale or activator placement changes. It stops when `decisions`
+/// closes or every handle is dropped.
+pub fn spawn(
+    config: AutoscalerConfig,
+    mut stats: mpsc::Receiver<StatReport>,
+    decisions: mpsc::Sender<ScaleDecision>,
+) -> (AutoscalerHandle, JoinHandle<()>) {
+    let (tx, mut commands) = mpsc::channel::<Command>(256);
+    let task = tokio::spawn(async move {
+        let mut revisions: HashMap<NamespacedName, Entry> = HashMap::new();
+        let mut tick = tokio::time::interval(config.tick);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    for (key, entry) in revisions.iter_mut() {
+                        if !emit(key, entry, now, &decisions).await {
+                            return;
+                        }
+                    }
+                }
+                Some(report) = stats.recv() => {
+                    let now = Instant::now();
+                    let Some(entry) = revisions.get_mut(&report.revision) else { continue };
+                    entry.decider.record(now, &report);
+                    // A stat for a revision at zero means a request is waiting: decide now.
+                    if entry.decider.last().desired == 0 {
+                        let key = report.revision.clone();
+                        if !emit(&key, entry, now, &decisions).await {
+                            return;
+                        }
+                    }
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    let now = Instant::now();
+                    match command {
+                        Command::Upsert(key, scaling) => {
+                            let cfg = DeciderConfig {
+                                scaling,
+                                scale_to_zero_grace: config.scale_to_zero_grace,
+                            };
+                            match revisions.get_mut(&key) {
+                                Some(entry) => entry.decider.reconfigure(cfg),
+                                None => {
+                                    let mut entry = Entry {
+                                        decider: Decider::new(cfg, now),
+                                        ready: 0,
+                                        emitted: None,
+                                    };
+                                    if !emit(&key, &mut entry, now, &decisions).await {
+                                        return;
+                                    }
+                                    revisions.insert(key, entry);
+                                }
+                            }
+                        }
+                        Command::Remove(key) => {
+                            revisions.remove(&key);
+                        }
+                        Command::Ready(key, ready) => {
+                            if let Some(entry) = revisions.get_mut(&key) {
+                                entry.ready = ready;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (AutoscalerHandle { commands: tx }, task)
+}
+
+async fn emit(
+    key: &NamespacedName,
+    entry: &mut Entry,
+    now: Instant,
+    decisions: &mpsc::Sender<ScaleDecision>,
+) -> bool {
+    let decision = entry.decider.decide(now, entry.ready);
+    if entry.emitted == Some(decision) || entry.emitted.is_some_and(|e| same(e, decision)) {
+        return true;
+    }
+    entry.emitted = Some(decision);
+    tracing::debug!(revision = %key, desired = decision.desired, reason = %decision.reason,
+        activator_in_path = decision.activator_in_path, "scale decision");
+    decisions
+        .send(ScaleDecision {
+            revision: key.clone(),
+            desired_replicas: decision.desired,
+            activator_in_path: decision.activator_in_path,
+            reason: decision.reason,
+        })
+        .await
+        .is_ok()
+}
+
+/// Decisions that differ only in their reason need not be re-sent.
+fn same(a: Decision, b: Decision) -> bool {
+    a.desired == b.desired && a.activator_in_path == b.activator_in_path
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_core::ScaleReason;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn scales_to_zero_and_back_on_a_stat() {
+        let (stats_tx, stats_rx) = mpsc::channel(16);
+        let (dec_tx, mut dec_rx) = mpsc::channel(16);
+        let config = AutoscalerConfig {
+            tick: Duration::from_secs(2),
+            scale_to_zero_grace: Duration::from_secs(1),
+        };
+        let (handle, _task) = spawn(config, stats_rx, dec_tx);
+        let key = NamespacedName::new("default", "r-00001");
+        let scaling = RevisionScaling {
+            stable_window: Duration::from_secs(6),
+            ..RevisionScaling::default()
+        };
+        assert!(handle.upsert(key.clone(), scaling).await);
+        let first = dec_rx.recv().await.unwrap();
+        assert_eq!(first.desired_replicas, 1);
+        assert!(handle.set_ready(key.clone(), 1).await);
+        // Paused time auto-advances to each tick; wait for the zero decision.
+        let zero = loop {
+            let d = dec_rx.recv().await.unwrap();
+            if d.desired_replicas == 0 {
+                break d;
+            }
+        };
+        assert_eq!(zero.reason, ScaleReason::Zero);
+        assert!(handle.set_ready(key.clone(), 0).await);
+        let poked_at = Instant::now();
+        stats_tx.send(StatReport::poke(key.clone())).await.unwrap();
+        let up = dec_rx.recv().await.unwrap();
+        assert_eq!(
+            (up.desired_replicas, up.reason),
+            (1, ScaleReason::Activation)
+        );
+        // Immediate: no tick had to pass.
+        assert_eq!(Instant::now(), poked_at);
+    }
+}

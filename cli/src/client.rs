@@ -1,0 +1,335 @@
+//! `sluice apply`, `get` and `delete`: thin clients of the admin API.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use sluice_controller::admin::ApplyRequest;
+use sluice_crds::Kind;
+
+use crate::up::manifest_files;
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Flags of `sluice apply`.
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// Manifest file or folder; repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Admin API of the running `sluice up`.
+    #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+/// Output formats of `sluice get`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Output {
+    /// JSON (`{"items": [...]}` for lists).
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// Flags of `sluice get`.
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// inferenceservice/isvc, service/ksvc or revision/rev.
+    kind: String,
+    /// One object's name; all when absent.
+    name: Option<String>,
+    /// Namespace.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// List across all namespaces.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Output format; a table when absent.
+    #[arg(short, long, value_enum)]
+    output: Option<Output>,
+    /// Admin API of the running `sluice up`.
+    #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+/// Flags of `sluice delete`.
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// inferenceservice/isvc, service/ksvc or revision/rev.
+    kind: String,
+    /// Name.
+    name: String,
+    /// Namespace.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Admin API of the running `sluice up`.
+    #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+async fn call(
+    method: http::Method,
+    url: String,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(http::StatusCode, Value)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .with_context(|| format!("bad server URL {url:?}"))?;
+    let resp = client.request(req).await.with_context(|| {
+        format!("cannot reach the Sluice admin API at {url} (is `sluice up` running?)")
+    })?;
+    let status = resp.status();
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the response from {url}: {e}"))?
+        .to_bytes();
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    Ok((status, value))
+}
+
+fn kind(name: &str) -> anyhow::Result<Kind> {
+    Kind::from_user_name(name).with_context(|| {
+        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, revision/rev)")
+    })
+}
+
+fn server_error(status: http::StatusCode, body: &Value) -> anyhow::Error {
+    let message = body["error"]
+        .as_str()
+        .map_or_else(|| body.to_string(), str::to_owned);
+    anyhow::anyhow!("{message} ({status})")
+}
+
+/// `sluice apply -f …`.
+pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    for path in &args.files {
+        files.extend(manifest_files(path)?);
+    }
+    let body = serde_json::to_vec(&ApplyRequest { files })?;
+    let (status, resp) = call(
+        http::Method::POST,
+        format!("{}/v1/apply", args.server.trim_end_matches('/')),
+        Some(body),
+    )
+    .await?;
+    if !status.is_success() {
+        if let Some(errors) = resp["errors"].as_array() {
+            for e in errors {
+                eprintln!("error: {}", e.as_str().unwrap_or_default());
+            }
+        }
+        return Err(server_error(status, &resp));
+    }
+    for r in resp["results"].as_array().into_iter().flatten() {
+        let kind = Kind::from_user_name(r["kind"].as_str().unwrap_or_default());
+        let group = kind
+            .map(|k| k.api_version().split('/').next().unwrap_or_default())
+            .unwrap_or_default();
+        println!(
+            "{}.{group}/{} {}",
+            r["kind"].as_str().unwrap_or_default().to_ascii_lowercase(),
+            r["name"].as_str().unwrap_or_default(),
+            r["outcome"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `sluice get KIND [NAME]`.
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let kind = kind(&args.kind)?;
+    let base = args.server.trim_end_matches('/');
+    let url = match &args.name {
+        Some(name) => format!("{base}/v1/{}/{}/{name}", kind.plural(), args.namespace),
+        None if args.all_namespaces => format!("{base}/v1/{}", kind.plural()),
+        None => format!("{base}/v1/{}?namespace={}", kind.plural(), args.namespace),
+    };
+    let (status, body) = call(http::Method::GET, url, None).await?;
+    if !status.is_success() {
+        return Err(server_error(status, &body));
+    }
+    match args.output {
+        Some(Output::Json) => println!("{}", serde_json::to_string_pretty(&body)?),
+        Some(Output::Yaml) => print!("{}", serde_yaml::to_string(&body)?),
+        None => {
+            let items = match args.name {
+                Some(_) => vec![body],
+                None => body["items"].as_array().cloned().unwrap_or_default(),
+            };
+            if items.is_empty() {
+                println!(
+                    "No {} found in {}.",
+                    kind.plural(),
+                    if args.all_namespaces {
+                        "any namespace"
+                    } else {
+                        &args.namespace
+                    }
+                );
+            } else {
+                print_table(kind, &items, args.all_namespaces);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `sluice delete KIND NAME`.
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let kind = kind(&args.kind)?;
+    let url = format!(
+        "{}/v1/{}/{}/{}",
+        args.server.trim_end_matches('/'),
+        kind.plural(),
+        args.namespace,
+        args.name
+    );
+    let (status, body) = call(http::Method::DELETE, url, None).await?;
+    if !status.is_success() {
+        return Err(server_error(status, &body));
+    }
+    for d in body["deleted"].as_array().into_iter().flatten() {
+        println!("deleted {}", d.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(kind: Kind, items: &[Value], with_namespace: bool) {
+    let ready = |o: &Value| {
+        condition(o, "Ready")
+            .map(|c| s(&c["status"]))
+            .unwrap_or_else(|| "Unknown".into())
+    };
+    let reason = |o: &Value| {
+        condition(o, "Ready")
+            .map(|c| s(&c["reason"]))
+            .unwrap_or_default()
+    };
+    let (header, rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
+        Kind::InferenceService => (
+            vec!["NAME", "URL", "READY", "LATESTREADYREVISION", "REASON"],
+            items
+                .iter()
+                .map(|o| {
+                    vec![
+                        s(&o["metadata"]["name"]),
+                        s(&o["status"]["url"]),
+                        ready(o),
+                        s(&o["status"]["components"]["predictor"]["latestReadyRevision"]),
+                        reason(o),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::Service => (
+            vec![
+                "NAME",
+                "URL",
+                "LATESTCREATED",
+                "LATESTREADY",
+                "READY",
+                "REASON",
+            ],
+            items
+                .iter()
+                .map(|o| {
+                    vec![
+                        s(&o["metadata"]["name"]),
+                        s(&o["status"]["url"]),
+                        s(&o["status"]["latestCreatedRevisionName"]),
+                        s(&o["status"]["latestReadyRevisionName"]),
+                        ready(o),
+                        reason(o),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::Revision => (
+            vec![
+                "NAME",
+                "SERVICE",
+                "GENERATION",
+                "READY",
+                "ACTUAL",
+                "DESIRED",
+                "REASON",
+            ],
+            items
+                .iter()
+                .map(|o| {
+                    let labels = &o["metadata"]["labels"];
+                    vec![
+                        s(&o["metadata"]["name"]),
+                        s(&labels["serving.knative.dev/service"]),
+                        s(&labels["serving.knative.dev/configurationGeneration"]),
+                        ready(o),
+                        s(&o["status"]["actualReplicas"]),
+                        s(&o["status"]["desiredReplicas"]),
+                        reason(o),
+                    ]
+                })
+                .collect(),
+        ),
+    };
+    let (header, rows) = if with_namespace {
+        let mut h = vec!["NAMESPACE"];
+        h.extend(header);
+        let rows = items
+            .iter()
+            .zip(rows)
+            .map(|(o, mut r)| {
+                r.insert(0, s(&o["metadata"]["namespace"]));
+                r
+            })
+            .collect();
+        (h, rows)
+    } else {
+        (header, rows)
+    };
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row);
+    }
+}

@@ -1,0 +1,84 @@
+//! `sluice`: one binary for every Sluice component and the user's commands.
+//!
+//! This file only parses flags and dispatches; each subcommand's wiring lives in its own
+//! module.
+
+mod client;
+mod model_server;
+mod shutdown;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sluice: serverless and AI-inference serving (Knative Serving + KServe, in Rust).
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run Sluice locally: store, controller, autoscaler, router and activator in one process.
+    Up(up::UpArgs),
+    /// Apply manifests (files or folders of *.yaml) to a running `sluice up`.
+    Apply(client::ApplyArgs),
+    /// Show objects: inferenceservice/isvc, service/ksvc, revision/rev.
+    Get(client::GetArgs),
+    /// Delete an object and everything it owns.
+    Delete(client::DeleteArgs),
+    /// Serve one model over the Open Inference Protocol (a revision's replica).
+    ModelServer(model_server::ModelServerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Apply(args) => client::apply(args).await,
+            Command::Get(args) => client::get(args).await,
+            Command::Delete(args) => client::delete(args).await,
+            Command::ModelServer(args) => model_server::run(args).await,
+        }
+    });
+    // Give blocking work (store writes) a moment to finish, never forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// A path made absolute against the current directory (without touching the filesystem).
+pub(crate) fn absolute(path: &std::path::Path) -> std::io::Result<PathBuf> {
+    std::path::absolute(path)
+}

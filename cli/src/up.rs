@@ -1,0 +1,201 @@
+//! `sluice up`: the whole of Sluice in one process, on an embedded SQLite store, with
+//! replicas as child processes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use sluice_activator::{Activator, ActivatorConfig, Forwarder};
+use sluice_autoscaler::{AutoscalerConfig, Scraper};
+use sluice_controller::admin::{self, ManifestFile};
+use sluice_controller::reconcile::{Controller, ControllerConfig};
+use sluice_controller::runtime::{LocalRuntime, LocalRuntimeConfig};
+use sluice_controller::store::SqliteStore;
+use sluice_core::RoutingSnapshot;
+use sluice_router::{Router, ServeConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::{absolute, shutdown};
+
+/// Flags of `sluice up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Folder of manifests (*.yaml, *.yml) to apply at start.
+    dir: Option<PathBuf>,
+    /// Router (ingress) address.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Admin API address (for `sluice apply/get/delete`).
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "127.0.0.1:8081")]
+    admin: SocketAddr,
+    /// Where the state database lives.
+    #[arg(long, env = "SLUICE_STATE_DIR", default_value = "./.sluice")]
+    state_dir: PathBuf,
+    /// Domain of service hosts: {name}.{namespace}.{domain}.
+    #[arg(long, env = "SLUICE_DOMAIN", default_value = "localhost")]
+    domain: String,
+    /// How long the activator is in path before a revision's last replica stops.
+    #[arg(long, env = "SLUICE_SCALE_TO_ZERO_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    scale_to_zero_grace: Duration,
+    /// Autoscaler decision interval.
+    #[arg(long, env = "SLUICE_AUTOSCALER_TICK", default_value = "2s", value_parser = humantime::parse_duration)]
+    autoscaler_tick: Duration,
+    /// Requests the activator buffers per revision before answering 503.
+    #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
+    activator_queue: usize,
+}
+
+/// Reads every `*.yaml`/`*.yml` file of `path` (a file or a folder, not recursive).
+pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
+    let mut paths = Vec::new();
+    if path.is_dir() {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
+            let p = entry?.path();
+            let is_yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            if is_yaml && p.is_file() {
+                paths.push(p);
+            }
+        }
+        paths.sort();
+        if paths.is_empty() {
+            bail!("{} holds no *.yaml or *.yml files", path.display());
+        }
+    } else {
+        paths.push(path.to_owned());
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let dir = p.parent().unwrap_or(Path::new("."));
+            Ok(ManifestFile {
+                source: p.display().to_string(),
+                base_dir: absolute(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                })?,
+                text,
+            })
+        })
+        .collect()
+}
+
+/// Runs until SIGINT/SIGTERM, then stops every replica.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&args.state_dir)
+        .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
+    tracing::info!(db = %store.path().display(), "store open");
+    if let Some(dir) = &args.dir {
+        let files = manifest_files(dir)?;
+        match admin::apply_files(&store, &files).await {
+            Ok(results) => {
+                for r in results {
+                    println!(
+                        "{}/{} {}",
+                        r.kind.to_ascii_lowercase(),
+                        r.name,
+                        serde_json::to_value(r.outcome)?.as_str().unwrap_or("")
+                    );
+                }
+            }
+            Err(e) => bail!("nothing applied:\n{e}"),
+        }
+    }
+
+    let router_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the router to {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("binding the admin API to {}", args.admin))?;
+    let router_addr = router_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(RoutingSnapshot::default()));
+    let (stats_tx, stats_rx) = mpsc::channel(1024);
+    let (decisions_tx, decisions_rx) = mpsc::channel(256);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let (autoscaler, _autoscaler_task) = sluice_autoscaler::spawn(
+        AutoscalerConfig {
+            tick: args.autoscaler_tick,
+            scale_to_zero_grace: args.scale_to_zero_grace,
+        },
+        stats_rx,
+        decisions_tx,
+    );
+    let activator = Arc::new(Activator::new(
+        ActivatorConfig {
+            max_queued_per_revision: args.activator_queue,
+            ..ActivatorConfig::default()
+        },
+        snapshot_rx.clone(),
+        stats_tx.clone(),
+        Forwarder::new(),
+    ));
+    tokio::spawn(activator.clone().run_stats());
+    tokio::spawn(Scraper::new(Duration::from_millis(500)).run(
+        Duration::from_secs(1),
+        snapshot_rx.clone(),
+        stats_tx,
+    ));
+
+    let self_exe = std::env::current_exe().context("finding the sluice binary")?;
+    let runtime = LocalRuntime::new(LocalRuntimeConfig::new(self_exe));
+    let controller = Controller::new(
+        ControllerConfig {
+            domain: args.domain.clone(),
+            url_port: Some(router_addr.port()),
+            resync: Duration::from_secs(1),
+        },
+        store.clone(),
+        runtime,
+        autoscaler,
+        snapshot_tx,
+    );
+    // Publish routes for what the store holds before the router takes its first request.
+    let mut controller = controller;
+    if let Err(e) = controller.reconcile_all().await {
+        tracing::warn!("first reconcile failed: {e}");
+    }
+    let controller_task = tokio::spawn(controller.run(decisions_rx, stopped()));
+
+    let router = Arc::new(Router::new(snapshot_rx, activator, Forwarder::new()));
+    let router_task = tokio::spawn(sluice_router::serve(
+        router_listener,
+        router,
+        ServeConfig::default(),
+        stopped(),
+    ));
+    let admin_task = tokio::spawn(
+        axum::serve(admin_listener, admin::router(store))
+            .with_graceful_shutdown(stopped())
+            .into_future(),
+    );
+    // Tools and tests read these two lines to find the ports.
+    println!("sluice: router listening on http://{router_addr}");
+    println!("sluice: admin API on http://{admin_addr}");
+    tracing::info!(%router_addr, %admin_addr, domain = %args.domain, "sluice is up");
+
+    shutdown::signalled().await;
+    tracing::info!("shutting down: stopping replicas");
+    let _ = stop_tx.send(true);
+    let _ = controller_task.await;
+    let _ = router_task.await;
+    let _ = admin_task.await;
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! The admin API that `sluice apply`, `sluice get` and `sluice delete` talk to, and the
+//! apply path `sluice up DIR` uses at start.
+//!
+//! `POST /v1/apply` takes manifest files (text plus the folder relative paths resolve
+//! against) and applies all their documents in one transaction, or none when any is
+//! invalid. `GET /v1/{kind}[/{namespace}/{name}]` reads (`?after=RV` waits for a change
+//! of one object, as a long poll); `DELETE` deletes with cascade.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sluice_crds::{Kind, ManifestError, parse_manifests};
+
+use crate::store::{ApplyOutcome, Store, StoreError};
+
+/// Largest apply request accepted.
+pub const MAX_APPLY_BYTES: usize = 8 * 1024 * 1024;
+
+/// One manifest file to apply.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Shown in errors (usually the path as the user typed it).
+    pub source: String,
+    /// Absolute folder relative `storageUri`s resolve against.
+    pub base_dir: PathBuf,
+    /// The YAML text.
+    pub text: String,
+}
+
+/// `POST /v1/apply` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// Files, applied together.
+    pub files: Vec<ManifestFile>,
+}
+
+/// What happened to one object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    /// Kind name.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Created, configured or unchanged.
+    pub outcome: ApplyOutcome,
+}
+
+/// Why an apply was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Some documents are invalid; nothing was applied.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ManifestError>),
+    /// The store failed; nothing was applied.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Parses and validates every file, then applies all objects in one transaction.
+pub async fn apply_files(
+    store: &impl Store,
+    files: &[ManifestFile],
+) -> Result<Vec<ApplyResult>, ApplyError> {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match parse_manifests(&file.text, &file.source, &file.base_dir) {
+            Ok(manifests) => objects.extend(manifests.into_iter().map(|m| (m.kind, m.object))),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApplyError::Invalid(errors));
+    }
+    let keys: Vec<(Kind, String, String)> = objects
+        .iter()
+        .map(|(kind, o)| {
+            let meta = &o["metadata"];
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (*kind, s(&meta["namespace"]), s(&meta["name"]))
+        })
+        .collect();
+    let outcomes = store.apply(objects).await?;
+    Ok(keys
+        .into_iter()
+        .zip(outcomes)
+        .map(|((kind, namespace, name), outcome)| ApplyResult {
+            kind: kind.name().to_owned(),
+            namespace,
+            name,
+            outcome,
+        })
+        .collect())
+}
+
+/// The admin API over `store`.
+pub fn router<S: Store + Clone>(store: S) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/apply", post(apply::<S>))
+        .route("/v1/{kind}", get(list::<S>))
+        .route(
+            "/v1/{kind}/{namespace}/{name}",
+            get(get_one::<S>).delete(delete::<S>),
+        )
+        .layer(DefaultBodyLimit::max(MAX_APPLY_BYTES))
+        .with_state(Arc::new(store))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    let status = match e {
+        StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+        StoreError::Conflict { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+fn unknown_kind(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, revision/rev)"),
+    )
+}
+
+async fn apply<S: Store>(State(store): State<Arc<S>>, body: axum::body::Bytes) -> Response {
+    let request: ApplyRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid apply request: {e}"),
+            );
+        }
+    };
+    match apply_files(store.as_ref(), &request.files).await {
+        Ok(results) => Json(serde_json::json!({ "results": results })).into_response(),
+        Err(ApplyError::Invalid(errors)) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({
+                "error": "invalid manifests; nothing was applied",
+                "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+        Err(ApplyError::Store(e)) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    namespace: Option<String>,
+}
+
+async fn list<S: Store>(
+    State(store): State<Arc<S>>,
+    Path(k): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let Some(kind) = Kind::from_user_name(&k) else {
+        return unknown_kind(&k);
+    };
+    match store.list(kind, q.namespace.as_deref()).await {
+        Ok(items) => Json(serde_json::json!({ "items": items })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct GetQuery {
+    /// Wait until the object's resourceVersion differs from this one (long poll).
+    after: Option<String>,
+    /// Longest wait in seconds (default 30, at most 60).
+    timeout: Option<u64>,
+}
+
+/// Longest long poll.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+async fn get_one<S: Store>(
+    State(store): State<Arc<S>>,
+    Path((k, ns, name)): Path<(String, String, String)>,
+    Query(q): Query<GetQuery>,
+) -> Response {
+    let Some(kind) = Kind::from_user_name(&k) else {
+        return unknown_kind(&k);
+    };
+    if let Some(after) = &q.after {
+        let wait = q
+            .timeout
+            .map_or(Duration::from_secs(30), Duration::from_secs)
+            .min(MAX_WAIT);
+        // Subscribe before reading, so no change slips between the read and the wait.
+        let mut changes = store.watch();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let current = match store.get(kind, &ns, &name).await {
+                Ok(obj) => obj,
+                Err(e) => return store_error(e),
+            };
+            // A missing object has the empty version: `after=` waits for it to appear.
+            let version = current
+                .as_ref()
+                .and_then(|o| o["metadata"]["resourceVersion"].as_str())
+                .unwrap_or_default();
+            if version != after.as_str() {
+                break;
+            }
+            let ours =
+                |c: &crate::store::Change| c.kind == kind && c.namespace == ns && c.name == name;
+            let next = tokio::time::timeout_at(deadline, async {
+                loop {
+                    match changes.recv().await {
+                        Ok(c) if ours(&c) => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+            if next.await.is_err() {
+                break;
+            }
+        }
+    }
+    match store.get(kind, &ns, &name).await {
+        Ok(Some(obj)) => Json(obj).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("{} {ns}/{name} not found", kind.plural()),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn delete<S: Store>(
+    State(store): State<Arc<S>>,
+    Path((k, ns, name)): Path<(String, String, String)>,
+) -> Response {
+    let Some(kind) = Kind::from_user_name(&k) else {
+        return unknown_kind(&k);
+    };
+    match store.delete(kind, &ns, &name).await {
+        Ok(deleted) => Json(serde_json::json!({
+            "deleted": deleted.iter().map(|c| format!("{} {}/{}", c.kind, c.namespace, c.name)).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::store::SqliteStore;
+
+    const IRIS: &str = "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\n\
+        metadata: {name: iris}\nspec:\n  predictor:\n    model:\n      modelFormat: {name: sluice-mlp}\n      storageUri: ./model\n";
+
+    async fn call(app: Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn apply_req(files: &[(&str, &str)]) -> Request<Body> {
+        let req = ApplyRequest {
+            files: files
+                .iter()
+                .map(|(source, text)| ManifestFile {
+                    source: (*source).into(),
+                    base_dir: "/srv".into(),
+                    text: (*text).into(),
+                })
+                .collect(),
+        };
+        Request::post("/v1/apply")
+            .body(Body::from(serde_json::to_vec(&req).unwrap()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn apply_get_and_refuse_invalid_atomically() {
+        let dir = std::env::temp_dir().join(format!("sluice-admin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir).unwrap();
+        let app = router(store.clone());
+
+        let bad = IRIS
+            .replace("name: iris}", "name: other}")
+            .replace("modelFormat: {name: sluice-mlp}", "modelFormat: {}");
+        let (status, body) = call(
+            app.clone(),
+            apply_req(&[("good.yaml", IRIS), ("bad.yaml", &bad)]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["errors"][0],
+            "bad.yaml: document 1: spec.predictor.model.modelFormat: missing field `name`"
+        );
+        assert!(
+            store
+                .list(Kind::InferenceService, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "nothing applied"
+        );
+
+        let (status, body) = call(app.clone(), apply_req(&[("good.yaml", IRIS)])).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["results"][0]["outcome"], "created");
+
+        let (status, body) = call(
+            app.clone(),
+            Request::get("/v1/isvc").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body["items"][0]["spec"]["predictor"]["model"]["storageUri"],
+            "/srv/model"
+        );
+
+        let (status, _) = call(
+            app.clone(),
+            Request::get("/v1/inferenceservices/default/iris")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = call(
+            app.clone(),
+            Request::get("/v1/isvc/default/nope")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str().unwrap()),
+            (
+                StatusCode::NOT_FOUND,
+                "inferenceservices default/nope not found"
+            )
+        );
+        let (status, _) = call(
+            app.clone(),
+            Request::get("/v1/pods").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // A long poll returns once the object changes.
+        let (_, obj) = call(
+            app.clone(),
+            Request::get("/v1/isvc/default/iris")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        let rv = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let waiter = tokio::spawn(call(
+            app.clone(),
+            Request::get(format!("/v1/isvc/default/iris?after={rv}"))
+                .body(Body::empty())
+                .unwrap(),
+        ));
+        let newer = IRIS.replace("  predictor:\n", "  predictor:\n    minReplicas: 0\n");
+        let (status, _) = call(app.clone(), apply_req(&[("good.yaml", &newer)])).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, changed) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(changed["metadata"]["resourceVersion"].as_str().unwrap(), rv);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

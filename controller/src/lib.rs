@@ -1,0 +1,15 @@
+//! sluice-controller: the control plane.
+//!
+//! Owns reconciling desired state into running revisions: InferenceService → predictor
+//! Service → immutable Revisions → replicas; status written back; the routing snapshot
+//! published to the data plane; scale decisions applied. It also owns the `Store` (SQLite
+//! in local mode) and `Runtime` (child processes in local mode) behind traits, and the
+//! admin API that `sluice apply/get/delete` talk to.
+//!
+//! Not here: per-request work (`sluice-router`, `sluice-activator`), replica counts
+//! (`sluice-autoscaler`), manifest types and validation (`sluice-crds`).
+
+pub mod admin;
+pub mod reconcile;
+pub mod runtime;
+pub mod store;

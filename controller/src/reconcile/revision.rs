@@ -1,0 +1,222 @@
+//! A Revision's replica spec and its status from the runtime and the autoscaler.
+
+use std::time::Duration;
+
+use sluice_core::NamespacedName;
+use sluice_crds::Condition;
+use sluice_crds::meta::find_condition;
+use sluice_crds::revision::{CONFIGURATION_LABEL, Revision, RevisionStatus, SERVICE_LABEL};
+
+use crate::runtime::{ReplicaSpec, RevisionRuntimeStatus};
+
+/// Knative's default `timeoutSeconds`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The revision's key.
+pub fn key(rev: &Revision) -> NamespacedName {
+    NamespacedName::new(rev.metadata.namespace(), rev.metadata.name.clone())
+}
+
+/// The request timeout (`timeoutSeconds`, default 300 s).
+pub fn timeout(rev: &Revision) -> Duration {
+    rev.spec
+        .timeout_seconds
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
+
+/// How to run one replica of the revision (with Knative's `K_*` environment).
+pub fn replica_spec(rev: &Revision) -> ReplicaSpec {
+    let container = rev.spec.containers.first();
+    let mut command: Vec<String> = container.map(|c| c.command.clone()).unwrap_or_default();
+    command.extend(container.map(|c| c.args.clone()).unwrap_or_default());
+    let mut env: Vec<(String, String)> = container
+        .map(|c| {
+            c.env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let label = |k: &str| rev.metadata.labels.get(k).cloned().unwrap_or_default();
+    env.push(("K_SERVICE".into(), label(SERVICE_LABEL)));
+    env.push(("K_CONFIGURATION".into(), label(CONFIGURATION_LABEL)));
+    env.push(("K_REVISION".into(), rev.metadata.name.clone()));
+    ReplicaSpec {
+        revision: key(rev),
+        command,
+        env,
+        drain_timeout: timeout(rev),
+    }
+}
+
+/// The revision's status: replicas, and `Ready`/`Active`/`ContainerHealthy` conditions.
+pub fn revision_status(
+    rev: &Revision,
+    runtime: &RevisionRuntimeStatus,
+    desired: u32,
+) -> RevisionStatus {
+    let was_ready = rev
+        .status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, "Ready"))
+        .is_some_and(Condition::is_true);
+    let actual = runtime.ready.len() as u32;
+    let conditions = if actual > 0 {
+        vec![
+            Condition::ok("Active"),
+            Condition::ok("ContainerHealthy"),
+            Condition::ok("Ready"),
+            Condition::ok("ResourcesAvailable"),
+        ]
+    } else if let Some(failure) = &runtime.failure {
+        let failed = |t: &str| Condition::failed(t, &failure.reason, failure.message.clone());
+        vec![
+            Condition::unknown("Active", "Deploying", "no replica is running"),
+            failed("ContainerHealthy"),
+            failed("Ready"),
+            Condition::ok("ResourcesAvailable"),
+        ]
+    } else if was_ready {
+        // Scaled to zero, or being woken from zero by the activator: still ready, so it
+        // keeps its traffic and the activator holds requests meanwhile.
+        let active = if desired == 0 {
+            Condition::failed(
+                "Active",
+                "NoTraffic",
+                "The target is not receiving traffic.",
+            )
+        } else {
+            Condition::unknown(
+                "Active",
+                "Activating",
+                "starting a replica for waiting requests",
+            )
+        };
+        vec![
+            active,
+            Condition::ok("ContainerHealthy"),
+            Condition::ok("Ready"),
+            Condition::ok("ResourcesAvailable"),
+        ]
+    } else {
+        let deploying =
+            |t: &str| Condition::unknown(t, "Deploying", "waiting for a replica to become ready");
+        vec![
+            deploying("Active"),
+            deploying("ContainerHealthy"),
+            deploying("Ready"),
+            Condition::ok("ResourcesAvailable"),
+        ]
+    };
+    RevisionStatus {
+        conditions,
+        actual_replicas: actual,
+        desired_replicas: desired,
+        observed_generation: rev.metadata.generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_crds::ConditionStatus;
+    use sluice_crds::ObjectMeta;
+    use sluice_crds::service::{Container, RevisionSpec};
+
+    use super::*;
+    use crate::runtime::ReplicaFailure;
+
+    fn rev() -> Revision {
+        Revision {
+            api_version: "serving.knative.dev/v1".into(),
+            kind: "Revision".into(),
+            metadata: ObjectMeta {
+                name: "iris-predictor-00001".into(),
+                namespace: Some("default".into()),
+                labels: [(SERVICE_LABEL.to_owned(), "iris-predictor".to_owned())].into(),
+                ..ObjectMeta::default()
+            },
+            spec: RevisionSpec {
+                timeout_seconds: Some(30),
+                containers: vec![Container {
+                    command: vec!["sluice".into(), "model-server".into()],
+                    args: vec!["--x".into()],
+                    ..Container::default()
+                }],
+                ..RevisionSpec::default()
+            },
+            status: None,
+        }
+    }
+
+    #[test]
+    fn replica_spec_has_command_env_and_drain() {
+        let spec = replica_spec(&rev());
+        assert_eq!(spec.command, ["sluice", "model-server", "--x"]);
+        assert!(
+            spec.env
+                .contains(&("K_REVISION".into(), "iris-predictor-00001".into()))
+        );
+        assert!(
+            spec.env
+                .contains(&("K_SERVICE".into(), "iris-predictor".into()))
+        );
+        assert_eq!(spec.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn status_follows_replicas_failures_and_zero() {
+        let mut r = rev();
+        let deploying = revision_status(&r, &RevisionRuntimeStatus::default(), 1);
+        assert_eq!(
+            find_condition(&deploying.conditions, "Ready")
+                .unwrap()
+                .status,
+            ConditionStatus::Unknown
+        );
+        let running = RevisionRuntimeStatus {
+            ready: vec!["127.0.0.1:1".parse().unwrap()],
+            ..Default::default()
+        };
+        let ready = revision_status(&r, &running, 1);
+        assert_eq!((ready.actual_replicas, ready.desired_replicas), (1, 1));
+        r.status = Some(ready);
+        let zero = revision_status(&r, &RevisionRuntimeStatus::default(), 0);
+        assert!(find_condition(&zero.conditions, "Ready").unwrap().is_true());
+        assert_eq!(
+            find_condition(&zero.conditions, "Active")
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("NoTraffic")
+        );
+        // Waking from zero keeps it ready (and routed).
+        let waking = revision_status(&r, &RevisionRuntimeStatus::default(), 1);
+        assert!(
+            find_condition(&waking.conditions, "Ready")
+                .unwrap()
+                .is_true()
+        );
+        assert_eq!(
+            find_condition(&waking.conditions, "Active")
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("Activating")
+        );
+        let failed = RevisionRuntimeStatus {
+            failure: Some(ReplicaFailure {
+                reason: "ExitCode".into(),
+                message: "boom".into(),
+            }),
+            ..Default::default()
+        };
+        let st = revision_status(&r, &failed, 1);
+        let c = find_condition(&st.conditions, "Ready").unwrap();
+        assert_eq!(
+            (c.status, c.reason.as_deref(), c.message.as_deref()),
+            (ConditionStatus::False, Some("ExitCode"), Some("boom"))
+        );
+    }
+}

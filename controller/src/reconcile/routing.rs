@@ -1,0 +1,67 @@
+//! Builds the routing snapshot the data plane serves from.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sluice_core::{
+    Endpoint, HostRoute, NamespacedName, RevisionRoute, RoutingSnapshot, ScaleDecision,
+    WeightedTarget,
+};
+use sluice_crds::revision::Revision;
+
+use super::revision;
+use crate::runtime::Runtime;
+
+/// Hosts map to services' traffic; every revision with traffic gets its endpoints.
+pub(super) fn build(
+    hosts: &[(String, NamespacedName)],
+    traffic: &BTreeMap<NamespacedName, Vec<WeightedTarget>>,
+    revisions: &[(Value, Revision)],
+    runtime: &impl Runtime,
+    decisions: &std::collections::HashMap<NamespacedName, ScaleDecision>,
+) -> RoutingSnapshot {
+    let mut snap = RoutingSnapshot::default();
+    for (host, service) in hosts {
+        let Some(targets) = traffic.get(service).filter(|t| !t.is_empty()) else {
+            continue;
+        };
+        snap.hosts.insert(
+            host.clone(),
+            HostRoute {
+                service: service.clone(),
+                targets: targets.clone(),
+            },
+        );
+    }
+    let routed: std::collections::HashSet<&NamespacedName> =
+        traffic.values().flatten().map(|t| &t.revision).collect();
+    for (_, rev) in revisions {
+        let key = revision::key(rev);
+        if !routed.contains(&key) {
+            continue;
+        }
+        let mut endpoints: Vec<Endpoint> = runtime
+            .status(&key)
+            .ready
+            .into_iter()
+            .map(|addr| Endpoint { addr })
+            .collect();
+        endpoints.sort();
+        let cc = rev
+            .spec
+            .container_concurrency
+            .and_then(|c| u32::try_from(c).ok())
+            .unwrap_or(0);
+        snap.revisions.insert(
+            key.clone(),
+            RevisionRoute {
+                key: key.clone(),
+                endpoints,
+                container_concurrency: cc,
+                timeout: revision::timeout(rev),
+                activator_in_path: decisions.get(&key).is_none_or(|d| d.activator_in_path),
+            },
+        );
+    }
+    snap
+}

@@ -1,0 +1,484 @@
+//! Local mode's runtime: each replica is a child process, supervised here.
+//!
+//! A replica announces its address and readiness on stdout (`sluice_core::replica`); the
+//! runtime confirms with a readiness probe before reporting it ready, keeps the end of its
+//! stderr for failure messages, stops it with SIGTERM (then SIGKILL after the drain
+//! timeout), and backs off exponentially when replicas keep failing. Each child's stdin is
+//! a pipe held here: if this process dies, the child sees EOF and exits.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sluice_core::NamespacedName;
+use sluice_core::replica::{HandshakeLine, PROBE_HEADER, PROBE_PATH, parse_handshake};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime, RuntimeError};
+
+/// Local runtime settings.
+#[derive(Clone, Debug)]
+pub struct LocalRuntimeConfig {
+    /// The `sluice` binary, run when a command names `sluice`.
+    pub self_exe: PathBuf,
+    /// How long a replica may take from start to ready.
+    pub ready_timeout: Duration,
+    /// First delay before restarting a failing revision; doubles up to `max_backoff`.
+    pub backoff: Duration,
+    /// Longest restart delay.
+    pub max_backoff: Duration,
+    /// Lines of stderr kept for failure messages.
+    pub stderr_lines: usize,
+}
+
+impl LocalRuntimeConfig {
+    /// Defaults for running `self_exe`.
+    pub fn new(self_exe: PathBuf) -> Self {
+        Self {
+            self_exe,
+            ready_timeout: Duration::from_secs(120),
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            stderr_lines: 20,
+        }
+    }
+}
+
+/// Child processes as replicas.
+#[derive(Clone, Debug)]
+pub struct LocalRuntime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: LocalRuntimeConfig,
+    revisions: Mutex<HashMap<NamespacedName, Procs>>,
+    changes: watch::Sender<u64>,
+    next_id: AtomicU64,
+    probe: Client<HttpConnector, Empty<Bytes>>,
+}
+
+#[derive(Debug, Default)]
+struct Procs {
+    replicas: Vec<Replica>,
+    failure: Option<ReplicaFailure>,
+    consecutive_failures: u32,
+    retry_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Replica {
+    id: u64,
+    ready: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl LocalRuntime {
+    /// A runtime with no replicas.
+    pub fn new(config: LocalRuntimeConfig) -> Self {
+        let (changes, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                revisions: Mutex::new(HashMap::new()),
+                changes,
+                next_id: AtomicU64::new(1),
+                probe: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<NamespacedName, Procs>) -> T) -> T {
+        let mut guard = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn program(&self, spec: &ReplicaSpec) -> Result<(PathBuf, Vec<String>), RuntimeError> {
+        let (first, rest) =
+            spec.command
+                .split_first()
+                .ok_or_else(|| RuntimeError::InvalidSpec {
+                    revision: spec.revision.clone(),
+                    message: "the container has no command".into(),
+                })?;
+        let program = if first == "sluice" {
+            self.config.self_exe.clone()
+        } else {
+            PathBuf::from(first)
+        };
+        Ok((program, rest.to_vec()))
+    }
+
+    fn record_failure(&self, key: &NamespacedName, id: u64, failure: ReplicaFailure) {
+        tracing::warn!(revision = %key, reason = %failure.reason, "replica failed: {}", failure.message);
+        self.with(|map| {
+            let procs = map.entry(key.clone()).or_default();
+            procs.replicas.retain(|r| r.id != id);
+            procs.consecutive_failures += 1;
+            let exp = procs.consecutive_failures.saturating_sub(1).min(16);
+            let delay = self
+                .config
+                .backoff
+                .saturating_mul(1 << exp)
+                .min(self.config.max_backoff);
+            procs.retry_at = Some(Instant::now() + delay);
+            procs.failure = Some(failure);
+        });
+        self.bump();
+    }
+
+    fn remove(&self, key: &NamespacedName, id: u64) {
+        self.with(|map| {
+            if let Some(procs) = map.get_mut(key) {
+                procs.replicas.retain(|r| r.id != id);
+                if procs.replicas.is_empty() && procs.failure.is_none() {
+                    map.remove(key);
+                }
+            }
+        });
+        self.bump();
+    }
+
+    async fn probe_ok(&self, addr: SocketAddr) -> bool {
+        let Ok(req) = http::Request::get(format!("http://{addr}{PROBE_PATH}"))
+            .header(PROBE_HEADER, "queue")
+            .body(Empty::<Bytes>::new())
+        else {
+            return false;
+        };
+        let attempt = async {
+            let resp = self.probe.request(req).await.ok()?;
+            let ok = resp.status() == http::StatusCode::OK;
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            Some(ok && body.as_ref() == b"queue")
+        };
+        tokio::time::timeout(Duration::from_millis(300), attempt)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    }
+}
+
+impl Runtime for LocalRuntime {
+    async fn scale(&self, spec: &ReplicaSpec, replicas: u32) -> Result<(), RuntimeError> {
+        let inner = &self.inner;
+        let (program, args) = inner.program(spec)?;
+        let now = Instant::now();
+        let to_start = inner.with(|map| {
+            let procs = map.entry(spec.revision.clone()).or_default();
+            let active: Vec<usize> = (0..procs.replicas.len())
+                .filter(|&i| procs.replicas[i].stop.is_some())
+                .collect();
+            let want = replicas as usize;
+            if active.len() > want {
+                // Stop starting replicas first, then the newest ready ones.
+                let mut victims = active.clone();
+                victims.sort_by_key(|&i| {
+                    (
+                        procs.replicas[i].ready.is_some(),
+                        std::cmp::Reverse(procs.replicas[i].id),
+                    )
+                });
+                for &i in victims.iter().take(active.len() - want) {
+                    if let Some(stop) = procs.replicas[i].stop.take() {
+                        let _ = stop.send(());
+                    }
+                }
+                0
+            } else if procs.retry_at.is_some_and(|at| now < at) {
+                0
+            } else {
+                want - active.len()
+            }
+        });
+        for _ in 0..to_start {
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut command = Command::new(&program);
+            command
+                .args(&args)
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                // Replicas exit when this process (their stdin's writer) is gone.
+                .env("SLUICE_EXIT_ON_STDIN_CLOSE", "true")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            match command.spawn() {
+                Ok(child) => {
+                    let (stop_tx, stop_rx) = oneshot::channel();
+                    inner.with(|map| {
+                        map.entry(spec.revision.clone())
+                            .or_default()
+                            .replicas
+                            .push(Replica {
+                                id,
+                                ready: None,
+                                stop: Some(stop_tx),
+                            })
+                    });
+                    tracing::info!(revision = %spec.revision, pid = child.id(), "started replica");
+                    tokio::spawn(supervise(inner.clone(), spec.clone(), id, child, stop_rx));
+                }
+                Err(e) => inner.record_failure(
+                    &spec.revision,
+                    id,
+                    ReplicaFailure {
+                        reason: "StartFailed".into(),
+                        message: format!("cannot start {}: {e}", program.display()),
+                    },
+                ),
+            }
+        }
+        inner.bump();
+        Ok(())
+    }
+
+    fn remove(&self, revision: &NamespacedName) {
+        let gone = self.inner.with(|map| {
+            let Some(procs) = map.get_mut(revision) else {
+                return false;
+            };
+            procs.failure = None;
+            for r in &mut procs.replicas {
+                if let Some(stop) = r.stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+            if procs.replicas.is_empty() {
+                map.remove(revision);
+            }
+            true
+        });
+        if gone {
+            self.inner.bump();
+        }
+    }
+
+    fn status(&self, revision: &NamespacedName) -> RevisionRuntimeStatus {
+        self.inner.with(|map| {
+            let Some(procs) = map.get(revision) else {
+                return RevisionRuntimeStatus::default();
+            };
+            let running = procs.replicas.iter().filter(|r| r.stop.is_some());
+            RevisionRuntimeStatus {
+                ready: running.clone().filter_map(|r| r.ready).collect(),
+                starting: running.filter(|r| r.ready.is_none()).count() as u32,
+                failure: procs.failure.clone(),
+            }
+        })
+    }
+
+    fn revisions(&self) -> Vec<NamespacedName> {
+        self.inner.with(|map| map.keys().cloned().collect())
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    async fn shutdown(&self) {
+        let mut changes = self.inner.changes.subscribe();
+        loop {
+            let running = self.inner.with(|map| {
+                let mut running = 0;
+                for procs in map.values_mut() {
+                    procs.retry_at = Some(Instant::now() + Duration::from_secs(3600));
+                    for r in &mut procs.replicas {
+                        if let Some(stop) = r.stop.take() {
+                            let _ = stop.send(());
+                        }
+                        running += 1;
+                    }
+                }
+                running
+            });
+            if running == 0 || changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Watches one child from start to exit.
+async fn supervise(
+    inner: Arc<Inner>,
+    spec: ReplicaSpec,
+    id: u64,
+    mut child: Child,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let key = spec.revision.clone();
+    // Held until the child is gone: closing it tells the child to exit.
+    let _stdin = child.stdin.take();
+    let tail = Arc::new(Mutex::new(VecDeque::<String>::new()));
+    let mut stderr_done = None;
+    if let Some(stderr) = child.stderr.take() {
+        let (tail, keep, key) = (tail.clone(), inner.config.stderr_lines, key.clone());
+        stderr_done = Some(tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(revision = %key, "replica: {line}");
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if t.len() == keep {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        }));
+    }
+    let (hs_tx, mut handshake) = mpsc::channel::<HandshakeLine>(4);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(h) = parse_handshake(&line)
+                    && hs_tx.send(h).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    // After an exit, the rest of stderr is still in the pipe: read it before reporting.
+    let tail_text = |tail: Arc<Mutex<VecDeque<String>>>,
+                     done: Option<tokio::task::JoinHandle<()>>| async move {
+        if let Some(done) = done {
+            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+        }
+        let t = tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter().cloned().collect::<Vec<_>>().join("\n")
+    };
+
+    let deadline = Instant::now() + inner.config.ready_timeout;
+    let mut addr: Option<SocketAddr> = None;
+    // Phase 1: until ready.
+    loop {
+        tokio::select! {
+            line = handshake.recv() => match line {
+                Some(HandshakeLine::Listening(a)) => addr = Some(a),
+                Some(HandshakeLine::Ready) => {
+                    let Some(a) = addr else { continue };
+                    if inner.probe_ok(a).await {
+                        break;
+                    }
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    inner.record_failure(&key, id, ReplicaFailure {
+                        reason: "ProbeFailed".into(),
+                        message: format!("replica at {a} announced ready but failed its readiness probe"),
+                    });
+                    return;
+                }
+                None => {
+                    // stdout closed: wait for the exit below.
+                    let status = child.wait().await;
+                    exit_failure(&inner, &key, id, status, &tail_text(tail, stderr_done).await);
+                    return;
+                }
+            },
+            status = child.wait() => {
+                exit_failure(&inner, &key, id, status, &tail_text(tail, stderr_done).await);
+                return;
+            }
+            _ = &mut stop => {
+                stop_child(&mut child, spec.drain_timeout).await;
+                inner.remove(&key, id);
+                return;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                inner.record_failure(&key, id, ReplicaFailure {
+                    reason: "ReadyTimeout".into(),
+                    message: format!("replica was not ready within {:?}: {}", inner.config.ready_timeout, tail_text(tail, stderr_done).await),
+                });
+                return;
+            }
+        }
+    }
+    let Some(ready_addr) = addr else { return };
+    inner.with(|map| {
+        if let Some(procs) = map.get_mut(&key) {
+            if let Some(r) = procs.replicas.iter_mut().find(|r| r.id == id) {
+                r.ready = Some(ready_addr);
+            }
+            procs.failure = None;
+            procs.consecutive_failures = 0;
+            procs.retry_at = None;
+        }
+    });
+    tracing::info!(revision = %key, addr = %ready_addr, "replica ready");
+    inner.bump();
+    // Phase 2: serving until stopped or dead.
+    tokio::select! {
+        status = child.wait() => exit_failure(&inner, &key, id, status, &tail_text(tail, stderr_done).await),
+        _ = &mut stop => {
+            stop_child(&mut child, spec.drain_timeout).await;
+            tracing::info!(revision = %key, addr = %ready_addr, "replica stopped");
+            inner.remove(&key, id);
+        }
+    }
+}
+
+fn exit_failure(
+    inner: &Inner,
+    key: &NamespacedName,
+    id: u64,
+    status: std::io::Result<std::process::ExitStatus>,
+    tail: &str,
+) {
+    let what = match status {
+        Ok(s) => format!("replica exited with {s}"),
+        Err(e) => format!("replica could not be waited for: {e}"),
+    };
+    let message = if tail.is_empty() {
+        what
+    } else {
+        format!("{what}: {tail}")
+    };
+    inner.record_failure(
+        key,
+        id,
+        ReplicaFailure {
+            reason: "ExitCode".into(),
+            message,
+        },
+    );
+}
+
+/// SIGTERM, then SIGKILL if the child has not exited within `drain` (plus a second).
+async fn stop_child(child: &mut Child, drain: Duration) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(drain + Duration::from_secs(1), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}

@@ -1,0 +1,130 @@
+//! The `Store`: where desired and observed state lives (SQLite locally, the Kubernetes API
+//! in cluster mode). Reconcilers see only this trait.
+
+mod sqlite;
+
+use std::future::Future;
+
+use sluice_crds::Kind;
+use tokio::sync::broadcast;
+
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object changed since it was read (`resourceVersion` mismatch).
+    #[error(
+        "conflict: {kind} {namespace}/{name} was modified (have resourceVersion {have}, stored {stored})"
+    )]
+    Conflict {
+        /// Kind.
+        kind: Kind,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The version the writer read.
+        have: String,
+        /// The version now stored.
+        stored: String,
+    },
+    /// The object does not exist.
+    #[error("{kind} {namespace}/{name} not found")]
+    NotFound {
+        /// Kind.
+        kind: Kind,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// The object is not a well-formed stored object.
+    #[error("malformed object: {0}")]
+    Malformed(String),
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The state directory could not be prepared.
+    #[error("cannot open state in {path}: {source}")]
+    Open {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking store task died.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// What happened to an object on apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyOutcome {
+    /// It did not exist.
+    Created,
+    /// Its spec, labels or annotations changed.
+    Configured,
+    /// Nothing changed.
+    Unchanged,
+}
+
+/// A change notification (the object's new state is read from the store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Desired and observed state, with optimistic concurrency.
+///
+/// Objects are JSON with Kubernetes-style `metadata`; the store owns `uid`,
+/// `resourceVersion`, `generation` (bumped on spec change) and `creationTimestamp`.
+pub trait Store: Send + Sync + 'static {
+    /// One object.
+    fn get(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>, StoreError>> + Send;
+
+    /// All objects of a kind, in one namespace or all, ordered by namespace and name.
+    fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<serde_json::Value>, StoreError>> + Send;
+
+    /// Creates or updates the spec, labels and annotations of each object, all or none.
+    /// Status is kept.
+    fn apply(
+        &self,
+        objects: Vec<(Kind, serde_json::Value)>,
+    ) -> impl Future<Output = Result<Vec<ApplyOutcome>, StoreError>> + Send;
+
+    /// Replaces an object's status if its `resourceVersion` still matches.
+    fn update_status(
+        &self,
+        kind: Kind,
+        object: &serde_json::Value,
+        status: serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value, StoreError>> + Send;
+
+    /// Deletes an object and, transitively, everything it owns. Returns what was deleted.
+    fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<Change>, StoreError>> + Send;
+
+    /// Change notifications. A lagging receiver should re-list.
+    fn watch(&self) -> broadcast::Receiver<Change>;
+}

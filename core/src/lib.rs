@@ -1,0 +1,20 @@
+//! sluice-core: the contracts between Sluice's planes.
+//!
+//! Owns the types that cross a component boundary: revision and service keys, the routing
+//! snapshot the controller publishes for the data plane, the per-second stat reports the
+//! data plane sends the autoscaler, and the scale decisions the autoscaler sends back.
+//!
+//! Not here: any I/O, any HTTP, any manifest type (those live in `sluice-crds`).
+
+mod key;
+pub mod replica;
+mod routing;
+mod scale;
+mod scaling;
+mod stats;
+
+pub use key::{KeyError, NamespacedName};
+pub use routing::{Endpoint, HostRoute, RevisionRoute, RoutingSnapshot, WeightedTarget};
+pub use scale::{ScaleDecision, ScaleReason};
+pub use scaling::{RevisionScaling, ScaleMetric};
+pub use stats::{PeriodStats, StatReport, StatSource};

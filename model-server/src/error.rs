@@ -1,0 +1,65 @@
+//! Inference errors and their single mapping to HTTP.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Why an inference (or metadata) request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// No model of that name is served here.
+    #[error("model {0:?} not found")]
+    ModelNotFound(String),
+    /// The model exists but is not loaded yet.
+    #[error("model {0:?} is not ready")]
+    NotReady(String),
+    /// The request body is not a valid inference request.
+    #[error("invalid request body at {path}: {message}")]
+    InvalidBody {
+        /// JSON path of the offending field (`inputs[0].shape`).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An input tensor does not fit the model.
+    #[error("input {tensor:?}: {message}")]
+    InvalidInput {
+        /// Tensor name.
+        tensor: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A requested output does not exist.
+    #[error("output {0:?} is not an output of this model")]
+    UnknownOutput(String),
+    /// The model failed while computing.
+    #[error("inference failed: {0}")]
+    Compute(#[from] candle_core::Error),
+    /// The blocking inference task died.
+    #[error("inference task failed: {0}")]
+    Task(String),
+}
+
+impl InferError {
+    /// The HTTP status for this error (OIP §errors).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InferError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            InferError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InferError::InvalidBody { .. }
+            | InferError::InvalidInput { .. }
+            | InferError::UnknownOutput(_) => StatusCode::BAD_REQUEST,
+            InferError::Compute(_) | InferError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for InferError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
