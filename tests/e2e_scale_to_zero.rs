@@ -320,6 +320,59 @@ fn serves_scales_to_zero_and_back_and_survives_restart() {
         "{body}"
     );
 
+    // A model that cannot load: Ready=False with the replica's own error, a fast 503, and
+    // `sluice delete` removes it with everything it owns.
+    let broken_path = root.join("manifests/broken.yaml");
+    std::fs::write(
+        &broken_path,
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: broken}\n\
+         spec: {predictor: {model: {modelFormat: {name: sluice-mlp}, storageUri: ../no-such-model}}}\n",
+    )
+    .unwrap();
+    let out = sluice(&[
+        "apply",
+        "-f",
+        broken_path.to_str().unwrap(),
+        "--server",
+        &server,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let broken = wait_for(&up, "inferenceservices", "broken", "Ready=False", |o| {
+        o["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "False")
+        })
+    });
+    let message = broken["status"]["conditions"].to_string();
+    assert!(
+        message.contains("cannot load model") && message.contains("no-such-model"),
+        "{message}"
+    );
+    let (status, body) = http(
+        up.router,
+        "POST",
+        "broken.default.localhost",
+        "/v2/models/broken/infer",
+        FLOWERS,
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cannot load model"), "{body}");
+    let out = sluice(&["delete", "isvc", "broken", "--server", &server]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = admin_get(&up, "/v1/revisions/default/broken-predictor-00001");
+    assert_eq!(
+        status, 404,
+        "owned revisions are deleted with their InferenceService"
+    );
+
     // Idle: the revision scales to zero and its process exits.
     let rev = wait_for(
         &up,

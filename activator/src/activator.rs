@@ -126,6 +126,12 @@ impl Activator {
 
         let (endpoint, cold) = match pick(&route, &state) {
             Some(endpoint) => (endpoint, false),
+            None if route.unavailable.is_some() => {
+                return Err(ProxyError::Unavailable {
+                    revision: key.clone(),
+                    reason: route.unavailable.clone().unwrap_or_default(),
+                });
+            }
             None => {
                 let _slot = Slot::reserve(&state, self.config.max_queued_per_revision).ok_or_else(
                     || ProxyError::QueueFull {
@@ -172,6 +178,13 @@ impl Activator {
                     .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
                 if let Some(endpoint) = pick(route, state) {
                     return Ok(endpoint);
+                }
+                if let Some(reason) = &route.unavailable {
+                    // The replica started for this request failed: say why now.
+                    return Err(ProxyError::Unavailable {
+                        revision: key.clone(),
+                        reason: reason.clone(),
+                    });
                 }
             }
             if rx.changed().await.is_err() {

@@ -22,6 +22,14 @@ pub enum ProxyError {
     /// The route names a revision the snapshot does not know.
     #[error("revision {0} not found")]
     UnknownRevision(NamespacedName),
+    /// The revision has no ready replica and its replicas keep failing.
+    #[error("revision {revision} is unavailable: {reason}")]
+    Unavailable {
+        /// The revision.
+        revision: NamespacedName,
+        /// Why (from its `Ready` condition).
+        reason: String,
+    },
     /// The activator's buffer for the revision is full.
     #[error("activator queue for revision {revision} is full ({limit} requests waiting)")]
     QueueFull {
@@ -62,7 +70,9 @@ impl ProxyError {
                 StatusCode::NOT_FOUND
             }
             ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::QueueFull { .. } | ProxyError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -75,6 +85,7 @@ impl ProxyError {
             ProxyError::MissingHost => "missing_host",
             ProxyError::UnknownRevision(_) => "unknown_revision",
             ProxyError::QueueFull { .. } => "queue_full",
+            ProxyError::Unavailable { .. } => "unavailable",
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::BadRequest(_) => "bad_request",

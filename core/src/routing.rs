@@ -59,6 +59,9 @@ pub struct RevisionRoute {
     pub timeout: Duration,
     /// Whether requests must go through the activator (at or near zero capacity).
     pub activator_in_path: bool,
+    /// Why the revision cannot serve at all right now (its replicas keep failing); requests
+    /// that find no ready replica fail fast with this instead of waiting.
+    pub unavailable: Option<String>,
 }
 
 impl RoutingSnapshot {

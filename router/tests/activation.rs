@@ -90,6 +90,7 @@ fn snapshot(
             container_concurrency: 0,
             timeout,
             activator_in_path,
+            unavailable: None,
         },
     );
     RoutingSnapshot { hosts, revisions }
@@ -222,6 +223,37 @@ async fn request_at_zero_is_held_until_a_replica_is_ready() {
         (status, body.as_str()),
         (StatusCode::OK, "upstream saw proxy=activator")
     );
+}
+
+fn failing(mut snap: RoutingSnapshot) -> RoutingSnapshot {
+    for route in snap.revisions.values_mut() {
+        route.unavailable = Some("replica exited with exit status: 1: cannot load model".into());
+    }
+    snap
+}
+
+#[tokio::test]
+async fn held_request_fails_fast_when_its_replica_fails() {
+    let mut h = start(snapshot(vec![], true, Duration::from_secs(30)), 10).await;
+    let addr = h.addr;
+    let pending = tokio::spawn(async move { get(addr, HOST).await });
+    h.stats.recv().await.unwrap();
+    h.publish
+        .send(Arc::new(failing(snapshot(
+            vec![],
+            true,
+            Duration::from_secs(30),
+        ))))
+        .unwrap();
+    let (status, _, body) = pending.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.contains("is unavailable: replica exited with exit status: 1: cannot load model"),
+        "{body}"
+    );
+    // Later requests do not wait at all.
+    let (status, _, _) = get(h.addr, HOST).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]

@@ -273,7 +273,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             }
             let status = service::service_status(&svc, &owned, &self.url(&svc.metadata.name, &ns));
             let key = NamespacedName::new(ns.clone(), svc.metadata.name.clone());
-            let targets: Vec<WeightedTarget> = status
+            let mut targets: Vec<WeightedTarget> = status
                 .traffic
                 .iter()
                 .filter_map(|t| {
@@ -283,6 +283,18 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                     })
                 })
                 .collect();
+            // Before any revision is ready, the data plane sends requests to the newest one
+            // through the activator, which holds them until it is ready (or says why it
+            // cannot be), rather than answering 404 during the first deployment. Status
+            // traffic stays empty, as in Knative.
+            if targets.is_empty()
+                && let Some(latest) = &status.latest_created_revision_name
+            {
+                targets.push(WeightedTarget {
+                    revision: NamespacedName::new(ns.clone(), latest.clone()),
+                    percent: 100,
+                });
+            }
             wanted.extend(targets.iter().map(|t| t.revision.clone()));
             if let Some(latest) = &status.latest_created_revision_name {
                 wanted.insert(NamespacedName::new(ns.clone(), latest.clone()));

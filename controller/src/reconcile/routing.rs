@@ -9,6 +9,9 @@ use sluice_core::{
 };
 use sluice_crds::revision::Revision;
 
+use sluice_crds::ConditionStatus;
+use sluice_crds::meta::find_condition;
+
 use super::revision;
 use crate::runtime::Runtime;
 
@@ -60,8 +63,16 @@ pub(super) fn build(
                 container_concurrency: cc,
                 timeout: revision::timeout(rev),
                 activator_in_path: decisions.get(&key).is_none_or(|d| d.activator_in_path),
+                unavailable: unavailable(rev),
             },
         );
     }
     snap
+}
+
+/// The message of a `Ready=False` condition: the revision cannot serve.
+fn unavailable(rev: &Revision) -> Option<String> {
+    let ready = find_condition(&rev.status.as_ref()?.conditions, "Ready")?;
+    (ready.status == ConditionStatus::False)
+        .then(|| ready.message.clone().unwrap_or_else(|| "not ready".into()))
 }
