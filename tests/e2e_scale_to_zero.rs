@@ -200,6 +200,17 @@ fn sluice(args: &[&str]) -> std::process::Output {
     Command::new(SLUICE).args(args).output().unwrap()
 }
 
+/// `sluice apply -f path`, which must succeed; returns its stdout.
+fn apply_ok(server: &str, path: &Path) -> String {
+    let out = sluice(&["apply", "-f", path.to_str().unwrap(), "--server", server]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 #[test]
 fn serves_scales_to_zero_and_back_and_survives_restart() {
     let root = std::env::temp_dir().join(format!("sluice-e2e-{}", std::process::id()));
@@ -259,20 +270,8 @@ fn serves_scales_to_zero_and_back_and_survives_restart() {
     );
 
     // Apply, then wait until the InferenceService is ready.
-    let out = sluice(&[
-        "apply",
-        "-f",
-        manifest_path.to_str().unwrap(),
-        "--server",
-        &server,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        apply_ok(&server, &manifest_path),
         "inferenceservice.serving.kserve.io/iris created"
     );
     let isvc = wait_for(&up, "inferenceservices", "iris", "Ready=True", ready);
@@ -329,18 +328,7 @@ fn serves_scales_to_zero_and_back_and_survives_restart() {
          spec: {predictor: {model: {modelFormat: {name: sluice-mlp}, storageUri: ../no-such-model}}}\n",
     )
     .unwrap();
-    let out = sluice(&[
-        "apply",
-        "-f",
-        broken_path.to_str().unwrap(),
-        "--server",
-        &server,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_ok(&server, &broken_path);
     let broken = wait_for(&up, "inferenceservices", "broken", "Ready=False", |o| {
         o["status"]["conditions"].as_array().is_some_and(|cs| {
             cs.iter()

@@ -222,98 +222,70 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// A table column: its header and how to read it from an object.
+type Column = (&'static str, fn(&Value) -> String);
+
+fn ready(o: &Value) -> String {
+    condition(o, "Ready").map_or_else(|| "Unknown".into(), |c| s(&c["status"]))
+}
+
+fn reason(o: &Value) -> String {
+    condition(o, "Ready")
+        .map(|c| s(&c["reason"]))
+        .unwrap_or_default()
+}
+
+fn columns(kind: Kind) -> Vec<Column> {
+    let name: Column = ("NAME", |o| s(&o["metadata"]["name"]));
+    let url: Column = ("URL", |o| s(&o["status"]["url"]));
+    match kind {
+        Kind::InferenceService => vec![
+            name,
+            url,
+            ("READY", ready),
+            ("LATESTREADYREVISION", |o| {
+                s(&o["status"]["components"]["predictor"]["latestReadyRevision"])
+            }),
+            ("REASON", reason),
+        ],
+        Kind::Service => vec![
+            name,
+            url,
+            ("LATESTCREATED", |o| {
+                s(&o["status"]["latestCreatedRevisionName"])
+            }),
+            ("LATESTREADY", |o| {
+                s(&o["status"]["latestReadyRevisionName"])
+            }),
+            ("READY", ready),
+            ("REASON", reason),
+        ],
+        Kind::Revision => vec![
+            name,
+            ("SERVICE", |o| {
+                s(&o["metadata"]["labels"]["serving.knative.dev/service"])
+            }),
+            ("GENERATION", |o| {
+                s(&o["metadata"]["labels"]["serving.knative.dev/configurationGeneration"])
+            }),
+            ("READY", ready),
+            ("ACTUAL", |o| s(&o["status"]["actualReplicas"])),
+            ("DESIRED", |o| s(&o["status"]["desiredReplicas"])),
+            ("REASON", reason),
+        ],
+    }
+}
+
 fn print_table(kind: Kind, items: &[Value], with_namespace: bool) {
-    let ready = |o: &Value| {
-        condition(o, "Ready")
-            .map(|c| s(&c["status"]))
-            .unwrap_or_else(|| "Unknown".into())
-    };
-    let reason = |o: &Value| {
-        condition(o, "Ready")
-            .map(|c| s(&c["reason"]))
-            .unwrap_or_default()
-    };
-    let (header, rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
-        Kind::InferenceService => (
-            vec!["NAME", "URL", "READY", "LATESTREADYREVISION", "REASON"],
-            items
-                .iter()
-                .map(|o| {
-                    vec![
-                        s(&o["metadata"]["name"]),
-                        s(&o["status"]["url"]),
-                        ready(o),
-                        s(&o["status"]["components"]["predictor"]["latestReadyRevision"]),
-                        reason(o),
-                    ]
-                })
-                .collect(),
-        ),
-        Kind::Service => (
-            vec![
-                "NAME",
-                "URL",
-                "LATESTCREATED",
-                "LATESTREADY",
-                "READY",
-                "REASON",
-            ],
-            items
-                .iter()
-                .map(|o| {
-                    vec![
-                        s(&o["metadata"]["name"]),
-                        s(&o["status"]["url"]),
-                        s(&o["status"]["latestCreatedRevisionName"]),
-                        s(&o["status"]["latestReadyRevisionName"]),
-                        ready(o),
-                        reason(o),
-                    ]
-                })
-                .collect(),
-        ),
-        Kind::Revision => (
-            vec![
-                "NAME",
-                "SERVICE",
-                "GENERATION",
-                "READY",
-                "ACTUAL",
-                "DESIRED",
-                "REASON",
-            ],
-            items
-                .iter()
-                .map(|o| {
-                    let labels = &o["metadata"]["labels"];
-                    vec![
-                        s(&o["metadata"]["name"]),
-                        s(&labels["serving.knative.dev/service"]),
-                        s(&labels["serving.knative.dev/configurationGeneration"]),
-                        ready(o),
-                        s(&o["status"]["actualReplicas"]),
-                        s(&o["status"]["desiredReplicas"]),
-                        reason(o),
-                    ]
-                })
-                .collect(),
-        ),
-    };
-    let (header, rows) = if with_namespace {
-        let mut h = vec!["NAMESPACE"];
-        h.extend(header);
-        let rows = items
-            .iter()
-            .zip(rows)
-            .map(|(o, mut r)| {
-                r.insert(0, s(&o["metadata"]["namespace"]));
-                r
-            })
-            .collect();
-        (h, rows)
-    } else {
-        (header, rows)
-    };
+    let mut columns = columns(kind);
+    if with_namespace {
+        columns.insert(0, ("NAMESPACE", |o| s(&o["metadata"]["namespace"])));
+    }
+    let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|o| columns.iter().map(|(_, read)| read(o)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

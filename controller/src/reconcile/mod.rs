@@ -49,9 +49,9 @@ pub enum ReconcileError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A stored object does not decode as its kind.
-    #[error("stored {kind} {name} is malformed: {source}")]
-    Decode {
+    /// An object does not decode as its kind (or encode to JSON).
+    #[error("{kind} {name} does not (de)serialize: {source}")]
+    Serde {
         /// Kind.
         kind: Kind,
         /// Name.
@@ -70,7 +70,7 @@ impl ReconcileError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             ReconcileError::Store(_) => "store",
-            ReconcileError::Decode { .. } => "decode",
+            ReconcileError::Serde { .. } => "serde",
             ReconcileError::AutoscalerGone => "autoscaler_gone",
         }
     }
@@ -88,13 +88,22 @@ pub struct Controller<S: Store, R: Runtime> {
     ready_reported: HashMap<NamespacedName, u32>,
 }
 
+fn name_of(raw: &Value) -> &str {
+    raw["metadata"]["name"].as_str().unwrap_or_default()
+}
+
 fn decode<T: DeserializeOwned>(kind: Kind, raw: &Value) -> Result<T, ReconcileError> {
-    serde_json::from_value(raw.clone()).map_err(|source| ReconcileError::Decode {
+    serde_json::from_value(raw.clone()).map_err(|source| ReconcileError::Serde {
         kind,
-        name: raw["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        name: name_of(raw).to_owned(),
+        source,
+    })
+}
+
+fn encode(kind: Kind, name: &str, value: &impl Serialize) -> Result<Value, ReconcileError> {
+    serde_json::to_value(value).map_err(|source| ReconcileError::Serde {
+        kind,
+        name: name.to_owned(),
         source,
     })
 }
@@ -189,14 +198,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         raw: &Value,
         status: &impl Serialize,
     ) -> Result<(), ReconcileError> {
-        let status = serde_json::to_value(status).map_err(|source| ReconcileError::Decode {
-            kind,
-            name: raw["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            source,
-        })?;
+        let status = encode(kind, name_of(raw), status)?;
         if raw.get("status") == Some(&status) {
             return Ok(());
         }
@@ -218,12 +220,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             let status = match isvc::predictor_service(&isvc) {
                 Ok(svc) => {
                     let name = svc.metadata.name.clone();
-                    let value =
-                        serde_json::to_value(&svc).map_err(|source| ReconcileError::Decode {
-                            kind: Kind::Service,
-                            name: name.clone(),
-                            source,
-                        })?;
+                    let value = encode(Kind::Service, &name, &svc)?;
                     self.store.apply(vec![(Kind::Service, value)]).await?;
                     let current = self.store.get(Kind::Service, &ns, &name).await?;
                     let current: Option<Service> =
@@ -263,12 +260,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             let owned_values: Vec<Revision> = owned.iter().map(|r| (*r).clone()).collect();
             if let Some(new) = service::revision_to_create(&svc, &owned_values) {
                 tracing::info!(revision = %new.metadata.name, "creating revision");
-                let value =
-                    serde_json::to_value(&new).map_err(|source| ReconcileError::Decode {
-                        kind: Kind::Revision,
-                        name: new.metadata.name.clone(),
-                        source,
-                    })?;
+                let value = encode(Kind::Revision, &new.metadata.name, &new)?;
                 self.store.apply(vec![(Kind::Revision, value)]).await?;
             }
             let status = service::service_status(&svc, &owned, &self.url(&svc.metadata.name, &ns));
