@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_core::NamespacedName;
 use sluice_core::replica::{HandshakeLine, PROBE_HEADER, PROBE_PATH, parse_handshake};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -335,8 +335,8 @@ async fn supervise(
     if let Some(stderr) = child.stderr.take() {
         let (tail, keep, key) = (tail.clone(), inner.config.stderr_lines, key.clone());
         stderr_done = Some(tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut reader = BufReader::new(stderr);
+            while let Ok(Some(line)) = next_line(&mut reader).await {
                 tracing::debug!(revision = %key, "replica: {line}");
                 let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
                 if t.len() == keep {
@@ -349,8 +349,8 @@ async fn supervise(
     let (hs_tx, mut handshake) = mpsc::channel::<HandshakeLine>(4);
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            let mut reader = BufReader::new(stdout);
+            while let Ok(Some(line)) = next_line(&mut reader).await {
                 if let Some(h) = parse_handshake(&line)
                     && hs_tx.send(h).await.is_err()
                 {
@@ -466,6 +466,31 @@ fn exit_failure(
     );
 }
 
+/// Longest line kept from a replica's output; the rest of a longer line is dropped.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Reads one line of at most [`MAX_LINE`] bytes, so a child that prints without newlines
+/// cannot grow this process's memory. `None` at end of output.
+async fn next_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok((!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned()));
+        }
+        let (chunk, consumed, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..i], i + 1, true),
+            None => (available, available.len(), false),
+        };
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        reader.consume(consumed);
+        if done {
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
+    }
+}
+
 /// SIGTERM, then SIGKILL if the child has not exited within `drain` (plus a second).
 async fn stop_child(child: &mut Child, drain: Duration) {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
@@ -480,5 +505,92 @@ async fn stop_child(child: &mut Child, drain: Duration) {
     {
         let _ = child.start_kill();
         let _ = child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(command: &[&str]) -> ReplicaSpec {
+        ReplicaSpec {
+            revision: NamespacedName::new("default", "r-00001"),
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            env: vec![],
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    async fn wait_for_failure(rt: &LocalRuntime, key: &NamespacedName) -> ReplicaFailure {
+        let mut changes = rt.changes();
+        loop {
+            if let Some(f) = rt.status(key).failure {
+                return f;
+            }
+            changes.changed().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crashing_replica_reports_its_stderr_and_backs_off() {
+        let rt = LocalRuntime::new(LocalRuntimeConfig::new("/nonexistent/sluice".into()));
+        let spec = spec(&[
+            "sh",
+            "-c",
+            "echo 'cannot load model: no such file' >&2; exit 3",
+        ]);
+        rt.scale(&spec, 1).await.unwrap();
+        let failure = wait_for_failure(&rt, &spec.revision).await;
+        assert_eq!(failure.reason, "ExitCode");
+        assert!(
+            failure.message.contains("exit status: 3"),
+            "{}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains("cannot load model: no such file"),
+            "{}",
+            failure.message
+        );
+        // Within the backoff, scaling again starts nothing.
+        rt.scale(&spec, 1).await.unwrap();
+        assert_eq!(rt.status(&spec.revision).starting, 0);
+        rt.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_start_failure_and_sluice_means_self() {
+        let rt = LocalRuntime::new(LocalRuntimeConfig::new("/nonexistent/sluice".into()));
+        let spec = spec(&["sluice", "model-server"]);
+        rt.scale(&spec, 1).await.unwrap();
+        let failure = rt.status(&spec.revision).failure.unwrap();
+        assert_eq!(failure.reason, "StartFailed");
+        assert!(
+            failure.message.contains("/nonexistent/sluice"),
+            "{}",
+            failure.message
+        );
+        let empty = rt.scale(&self::spec(&[]), 1).await.unwrap_err();
+        assert!(empty.to_string().contains("no command"));
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let long = "x".repeat(MAX_LINE + 10);
+        let input = format!("short\n{long}\nlast");
+        let mut reader = BufReader::new(input.as_bytes());
+        assert_eq!(
+            next_line(&mut reader).await.unwrap().as_deref(),
+            Some("short")
+        );
+        assert_eq!(
+            next_line(&mut reader).await.unwrap().unwrap().len(),
+            MAX_LINE
+        );
+        assert_eq!(
+            next_line(&mut reader).await.unwrap().as_deref(),
+            Some("last")
+        );
+        assert_eq!(next_line(&mut reader).await.unwrap(), None);
     }
 }
