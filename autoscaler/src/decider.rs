@@ -33,21 +33,26 @@ pub struct Decider {
     config: DeciderConfig,
     window: WindowedSum,
     created: Instant,
+    floor: u32,
     zero_since: Option<Instant>,
     last: Decision,
 }
 
 impl Decider {
-    /// A decider for a revision created at `now`; it starts at the initial scale.
-    pub fn new(config: DeciderConfig, now: Instant) -> Self {
+    /// A decider for a revision first seen at `now`. A new revision (`resumed: None`)
+    /// starts at its initial scale; one that already ran (after a restart of the
+    /// autoscaler) resumes at the scale it had. Either way that scale is a floor for the
+    /// first window, so nothing scales down before there is history.
+    pub fn new(config: DeciderConfig, now: Instant, resumed: Option<u32>) -> Self {
         let s = &config.scaling;
-        let initial = s.initial_scale.max(s.min_scale);
+        let start = resumed.unwrap_or(s.initial_scale).max(s.min_scale);
         Self {
             window: WindowedSum::new(now, s.stable_window),
             created: now,
+            floor: start,
             zero_since: None,
             last: Decision {
-                desired: initial,
+                desired: start,
                 activator_in_path: true,
                 reason: ScaleReason::Bounds,
             },
@@ -97,9 +102,9 @@ impl Decider {
         if desired > 0 {
             desired = desired.max(s.activation_scale);
         }
-        // A revision keeps its initial scale for its first window.
+        // A revision keeps its starting scale for its first window.
         if now < self.created + s.stable_window {
-            desired = desired.max(s.initial_scale);
+            desired = desired.max(self.floor);
         }
         let max = if s.max_scale == 0 {
             u32::MAX
@@ -116,7 +121,10 @@ impl Decider {
             // Scale to zero only after a window of zeros, with the activator in path for the
             // grace period; until then keep one replica.
             let since = *self.zero_since.get_or_insert(now);
-            if !self.window.all_zero(now) || now < since + self.config.scale_to_zero_grace {
+            if was_zero {
+                // Already at zero (the activator is in path): stay there.
+                reason = ScaleReason::Zero;
+            } else if !self.window.all_zero(now) || now < since + self.config.scale_to_zero_grace {
                 desired = s.activation_scale.max(1).min(max);
             } else {
                 reason = ScaleReason::Zero;
@@ -182,7 +190,7 @@ mod tests {
     #[test]
     fn idle_revision_goes_to_zero_after_window_and_grace() {
         let t0 = Instant::now();
-        let mut d = Decider::new(config(0), t0);
+        let mut d = Decider::new(config(0), t0, None);
         // Within the first window the initial scale holds.
         assert_eq!(d.decide(t0 + secs(2), 1).desired, 1);
         // Window over, no load: activator goes in path, replica kept for the grace period.
@@ -195,9 +203,27 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_autoscaler_resumes_instead_of_starting_over() {
+        let t0 = Instant::now();
+        // At zero before the restart: stays at zero, no replica is started.
+        let mut d = Decider::new(config(0), t0, Some(0));
+        assert_eq!(d.last().desired, 0);
+        let dec = d.decide(t0 + secs(1), 0);
+        assert_eq!((dec.desired, dec.activator_in_path), (0, true));
+        // At three before the restart: no scale-down before a window of history.
+        let mut d = Decider::new(config(0), t0, Some(3));
+        assert_eq!(d.decide(t0 + secs(1), 3).desired, 3);
+        assert_eq!(
+            d.decide(t0 + secs(6), 3).desired,
+            1,
+            "then at most halved per tick"
+        );
+    }
+
+    #[test]
     fn stat_at_zero_activates() {
         let t0 = Instant::now();
-        let mut d = Decider::new(config(0), t0);
+        let mut d = Decider::new(config(0), t0, None);
         d.decide(t0 + secs(6), 1);
         assert_eq!(d.decide(t0 + secs(8), 1).desired, 0);
         d.record(
@@ -214,7 +240,7 @@ mod tests {
     #[test]
     fn load_keeps_replicas_and_scales_by_target() {
         let t0 = Instant::now();
-        let mut d = Decider::new(config(0), t0);
+        let mut d = Decider::new(config(0), t0, None);
         for s in 0..10 {
             d.record(t0 + secs(s), &report(140.0));
         }
@@ -225,10 +251,10 @@ mod tests {
     #[test]
     fn min_scale_holds_and_scale_down_is_rate_limited() {
         let t0 = Instant::now();
-        let mut d = Decider::new(config(2), t0);
+        let mut d = Decider::new(config(2), t0, None);
         let dec = d.decide(t0 + secs(30), 2);
         assert_eq!((dec.desired, dec.reason), (2, ScaleReason::Bounds));
-        let mut d = Decider::new(config(0), t0);
+        let mut d = Decider::new(config(0), t0, None);
         // With 10 ready and no load, one tick goes no lower than 5.
         assert_eq!(d.decide(t0 + secs(30), 10).desired, 5);
     }
@@ -238,12 +264,12 @@ mod tests {
         let t0 = Instant::now();
         let mut c = config(1);
         c.scaling.target_burst_capacity = 0.0;
-        let mut d = Decider::new(c, t0);
+        let mut d = Decider::new(c, t0, None);
         assert!(!d.decide(t0 + secs(1), 1).activator_in_path);
         assert!(d.decide(t0 + secs(1), 0).activator_in_path);
         let mut c = config(1);
         c.scaling.target_burst_capacity = -1.0;
-        let mut d = Decider::new(c, t0);
+        let mut d = Decider::new(c, t0, None);
         assert!(d.decide(t0 + secs(1), 5).activator_in_path);
     }
 }

@@ -29,7 +29,7 @@ impl Default for AutoscalerConfig {
 }
 
 enum Command {
-    Upsert(NamespacedName, RevisionScaling),
+    Upsert(NamespacedName, RevisionScaling, Option<u32>),
     Remove(NamespacedName),
     Ready(NamespacedName, u32),
 }
@@ -43,7 +43,7 @@ pub struct AutoscalerHandle {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Upsert(k, _) => write!(f, "Upsert({k})"),
+            Command::Upsert(k, _, _) => write!(f, "Upsert({k})"),
             Command::Remove(k) => write!(f, "Remove({k})"),
             Command::Ready(k, n) => write!(f, "Ready({k}, {n})"),
         }
@@ -51,11 +51,17 @@ impl std::fmt::Debug for Command {
 }
 
 impl AutoscalerHandle {
-    /// Starts (or reconfigures) scaling of a revision. Returns false once the autoscaler
-    /// has stopped.
-    pub async fn upsert(&self, revision: NamespacedName, scaling: RevisionScaling) -> bool {
+    /// Starts (or reconfigures) scaling of a revision. `resumed` is the scale it already
+    /// had (e.g. from its stored status after a restart); `None` for a new revision.
+    /// Returns false once the autoscaler has stopped.
+    pub async fn upsert(
+        &self,
+        revision: NamespacedName,
+        scaling: RevisionScaling,
+        resumed: Option<u32>,
+    ) -> bool {
         self.commands
-            .send(Command::Upsert(revision, scaling))
+            .send(Command::Upsert(revision, scaling, resumed))
             .await
             .is_ok()
     }
@@ -119,7 +125,7 @@ pub fn spawn(
                     let Some(command) = command else { return };
                     let now = Instant::now();
                     match command {
-                        Command::Upsert(key, scaling) => {
+                        Command::Upsert(key, scaling, resumed) => {
                             let cfg = DeciderConfig {
                                 scaling,
                                 scale_to_zero_grace: config.scale_to_zero_grace,
@@ -128,7 +134,7 @@ pub fn spawn(
                                 Some(entry) => entry.decider.reconfigure(cfg),
                                 None => {
                                     let mut entry = Entry {
-                                        decider: Decider::new(cfg, now),
+                                        decider: Decider::new(cfg, now, resumed),
                                         ready: 0,
                                         emitted: None,
                                     };
@@ -204,7 +210,7 @@ mod tests {
             stable_window: Duration::from_secs(6),
             ..RevisionScaling::default()
         };
-        assert!(handle.upsert(key.clone(), scaling).await);
+        assert!(handle.upsert(key.clone(), scaling, None).await);
         let first = dec_rx.recv().await.unwrap();
         assert_eq!(first.desired_replicas, 1);
         assert!(handle.set_ready(key.clone(), 1).await);

@@ -313,7 +313,14 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             });
             let desired = if wanted.contains(&key) {
                 if self.scaled.get(&key) != Some(&scaling) {
-                    if !self.autoscaler.upsert(key.clone(), scaling.clone()).await {
+                    // A revision with a stored status ran before this process started:
+                    // resume at its scale rather than starting over at the initial one.
+                    let resumed = rev.status.as_ref().map(|s| s.desired_replicas);
+                    if !self
+                        .autoscaler
+                        .upsert(key.clone(), scaling.clone(), resumed)
+                        .await
+                    {
                         return Err(ReconcileError::AutoscalerGone);
                     }
                     self.scaled.insert(key.clone(), scaling.clone());
