@@ -76,6 +76,10 @@ impl Activator {
 
     fn state(&self, key: &NamespacedName) -> Arc<RevisionState> {
         let mut map = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+        // The common case allocates nothing: the revision is known.
+        if let Some(state) = map.get(key) {
+            return state.clone();
+        }
         map.entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(RevisionState {
@@ -108,12 +112,10 @@ impl Activator {
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let start = Instant::now();
-        let route = self
-            .snapshot
-            .borrow()
+        let snapshot = self.snapshot.borrow().clone();
+        let route = snapshot
             .revisions
             .get(key)
-            .cloned()
             .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
         let deadline = start + route.timeout;
         let timed_out = || ProxyError::Timeout {
@@ -124,7 +126,7 @@ impl Activator {
         state.recorder.request_in(start, false);
         let _done = Done(&state.recorder);
 
-        let (endpoint, cold) = match pick(&route, &state) {
+        let (endpoint, cold) = match pick(route, &state) {
             Some(endpoint) => (endpoint, false),
             None if route.unavailable.is_some() => {
                 return Err(ProxyError::Unavailable {
