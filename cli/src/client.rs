@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use sluice_controller::admin::ApplyRequest;
+use sluice_controller::admin::{ApplyRequest, ApplyResult};
 use sluice_crds::Kind;
 
 use crate::up::manifest_files;
@@ -133,17 +133,10 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         }
         return Err(server_error(status, &resp));
     }
-    for r in resp["results"].as_array().into_iter().flatten() {
-        let kind = Kind::from_user_name(r["kind"].as_str().unwrap_or_default());
-        let group = kind
-            .map(|k| k.api_version().split('/').next().unwrap_or_default())
-            .unwrap_or_default();
-        println!(
-            "{}.{group}/{} {}",
-            r["kind"].as_str().unwrap_or_default().to_ascii_lowercase(),
-            r["name"].as_str().unwrap_or_default(),
-            r["outcome"].as_str().unwrap_or_default()
-        );
+    let results: Vec<ApplyResult> = serde_json::from_value(resp["results"].clone())
+        .context("the admin API answered without apply results")?;
+    for r in results {
+        println!("{r}");
     }
     Ok(())
 }

@@ -98,12 +98,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         match admin::apply_files(&store, &files).await {
             Ok(results) => {
                 for r in results {
-                    println!(
-                        "{}/{} {}",
-                        r.kind.to_ascii_lowercase(),
-                        r.name,
-                        serde_json::to_value(r.outcome)?.as_str().unwrap_or("")
-                    );
+                    println!("{r}");
                 }
             }
             Err(e) => bail!("nothing applied:\n{e}"),

@@ -54,6 +54,36 @@ pub struct ApplyResult {
     pub outcome: ApplyOutcome,
 }
 
+impl std::fmt::Display for ApplyResult {
+    /// kubectl's form: `inferenceservice.serving.kserve.io/iris created`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == self.kind)
+            .and_then(|k| k.api_version().split_once('/'))
+            .map(|(group, _)| group);
+        let outcome = match self.outcome {
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Configured => "configured",
+            ApplyOutcome::Unchanged => "unchanged",
+        };
+        match group {
+            Some(group) => write!(
+                f,
+                "{}.{group}/{} {outcome}",
+                self.kind.to_ascii_lowercase(),
+                self.name
+            ),
+            None => write!(
+                f,
+                "{}/{} {outcome}",
+                self.kind.to_ascii_lowercase(),
+                self.name
+            ),
+        }
+    }
+}
+
 /// Why an apply was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
