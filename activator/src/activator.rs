@@ -100,7 +100,12 @@ impl Activator {
         match self.try_handle(revision, req).await {
             Ok(resp) => resp,
             Err(err) => {
-                tracing::warn!(revision = %revision, reason = err.metric_label(), "{err}");
+                tracing::warn!(
+                    revision = %revision,
+                    reason = err.metric_label(),
+                    "{}",
+                    sluice_core::error_chain(&err)
+                );
                 err.into_response()
             }
         }

@@ -47,7 +47,7 @@ pub enum ProxyError {
         timeout: Duration,
     },
     /// The replica could not be reached or broke the connection.
-    #[error("upstream replica {endpoint} of revision {revision} failed: {source}")]
+    #[error("upstream replica {endpoint} of revision {revision} failed")]
     Upstream {
         /// The revision.
         revision: NamespacedName,
@@ -95,7 +95,7 @@ impl ProxyError {
     /// The response: status plus `{"error": "..."}`, and `Retry-After` on overload.
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
-        let mut resp = error_response(status, &self.to_string());
+        let mut resp = error_response(status, &sluice_core::error_chain(&self));
         if matches!(self, ProxyError::QueueFull { .. }) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

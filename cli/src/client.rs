@@ -136,6 +136,9 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let results: Vec<ApplyResult> = serde_json::from_value(resp["results"].clone())
         .context("the admin API answered without apply results")?;
     for r in results {
+        for w in &r.warnings {
+            eprintln!("Warning: {w}");
+        }
         println!("{r}");
     }
     Ok(())

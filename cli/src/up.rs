@@ -98,10 +98,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         match admin::apply_files(&store, &files).await {
             Ok(results) => {
                 for r in results {
+                    for w in &r.warnings {
+                        eprintln!("Warning: {w}");
+                    }
                     println!("{r}");
                 }
             }
-            Err(e) => bail!("nothing applied:\n{e}"),
+            Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
         }
     }
 

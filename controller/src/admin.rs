@@ -52,6 +52,9 @@ pub struct ApplyResult {
     pub name: String,
     /// Created, configured or unchanged.
     pub outcome: ApplyOutcome,
+    /// What the manifest asks for that is kept but not acted on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Display for ApplyResult {
@@ -101,10 +104,16 @@ pub async fn apply_files(
     files: &[ManifestFile],
 ) -> Result<Vec<ApplyResult>, ApplyError> {
     let mut objects = Vec::new();
+    let mut warnings = Vec::new();
     let mut errors = Vec::new();
     for file in files {
         match parse_manifests(&file.text, &file.source, &file.base_dir) {
-            Ok(manifests) => objects.extend(manifests.into_iter().map(|m| (m.kind, m.object))),
+            Ok(manifests) => {
+                for m in manifests {
+                    objects.push((m.kind, m.object));
+                    warnings.push(m.warnings);
+                }
+            }
             Err(e) => errors.extend(e),
         }
     }
@@ -123,12 +132,16 @@ pub async fn apply_files(
     Ok(keys
         .into_iter()
         .zip(outcomes)
-        .map(|((kind, namespace, name), outcome)| ApplyResult {
-            kind: kind.name().to_owned(),
-            namespace,
-            name,
-            outcome,
-        })
+        .zip(warnings)
+        .map(
+            |(((kind, namespace, name), outcome), warnings)| ApplyResult {
+                kind: kind.name().to_owned(),
+                namespace,
+                name,
+                outcome,
+                warnings,
+            },
+        )
         .collect())
 }
 
@@ -156,7 +169,7 @@ fn store_error(e: StoreError) -> Response {
         StoreError::Conflict { .. } => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error(status, e.to_string())
+    error(status, sluice_core::error_chain(&e))
 }
 
 fn unknown_kind(name: &str) -> Response {

@@ -6,6 +6,7 @@
 //!
 //! Not here: any I/O, any HTTP, any manifest type (those live in `sluice-crds`).
 
+mod error;
 mod key;
 pub mod replica;
 mod routing;
@@ -13,6 +14,7 @@ mod scale;
 mod scaling;
 mod stats;
 
+pub use error::error_chain;
 pub use key::{KeyError, NamespacedName};
 pub use routing::{Endpoint, HostRoute, RevisionRoute, RoutingSnapshot, WeightedTarget};
 pub use scale::{ScaleDecision, ScaleReason};

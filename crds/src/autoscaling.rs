@@ -24,6 +24,52 @@ pub const WINDOW: &str = "autoscaling.knative.dev/window";
 const MIN_WINDOW: Duration = Duration::from_secs(6);
 const MAX_WINDOW: Duration = Duration::from_secs(3600);
 
+/// Knobs upstream has that this build accepts and keeps but does not act on yet.
+const NOT_ACTED_ON: &[(&str, &str)] = &[
+    (
+        "panic-window-percentage",
+        "panic mode arrives with the full KPA",
+    ),
+    (
+        "panic-threshold-percentage",
+        "panic mode arrives with the full KPA",
+    ),
+    (
+        "scale-down-delay",
+        "scale-down delay arrives with the full KPA",
+    ),
+    (
+        "scale-to-zero-pod-retention-period",
+        "pod retention arrives with the full KPA",
+    ),
+];
+
+/// Warnings for annotations that are kept but not acted on (path, message).
+pub fn annotation_warnings(annotations: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut warnings = Vec::new();
+    for key in annotations.keys() {
+        let Some(knob) = key.strip_prefix(PREFIX) else {
+            continue;
+        };
+        if let Some((_, why)) = NOT_ACTED_ON.iter().find(|(k, _)| *k == knob) {
+            warnings.push((
+                format!("metadata.annotations[{key}]"),
+                format!("kept, but not acted on by this build: {why}"),
+            ));
+        }
+        if knob == "class" && annotations[key] != "kpa.autoscaling.knative.dev" {
+            warnings.push((
+                format!("metadata.annotations[{key}]"),
+                format!(
+                    "{:?} is not available in local mode; the KPA scales this revision",
+                    annotations[key]
+                ),
+            ));
+        }
+    }
+    warnings
+}
+
 /// Validates the autoscaling annotations of an object.
 pub fn validate_annotations(
     annotations: &BTreeMap<String, String>,
@@ -219,6 +265,22 @@ mod tests {
         assert!(e.unwrap_err()[0].message.contains("must be <= max-scale"));
         let e = scaling_from_annotations(&ann(&[("min-scale", "-1")]), 0).unwrap_err();
         assert_eq!(e[0].message, "expected 0 <= -1");
+    }
+
+    #[test]
+    fn knobs_not_acted_on_are_reported() {
+        let w = annotation_warnings(&ann(&[
+            ("panic-window-percentage", "20"),
+            ("window", "60s"),
+        ]));
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            w[0].0,
+            "metadata.annotations[autoscaling.knative.dev/panic-window-percentage]"
+        );
+        assert!(w[0].1.starts_with("kept, but not acted on"));
+        let w = annotation_warnings(&ann(&[("class", "hpa.autoscaling.knative.dev")]));
+        assert!(w[0].1.contains("not available in local mode"));
     }
 
     #[test]

@@ -237,6 +237,45 @@ impl InferenceService {
         v.finish()
     }
 
+    /// Fields kept as given but not acted on by this build, as (path, message), so a user
+    /// learns what an upstream manifest asks for that Sluice does not do yet.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        const KEPT: &str = "kept, but not acted on by this build";
+        let mut w = Vec::new();
+        for key in self.spec.extra.keys() {
+            w.push((format!("spec.{key}"), KEPT.to_owned()));
+        }
+        let shorthand_in_use = self.spec.predictor.model.is_none();
+        for key in self.spec.predictor.extra.keys() {
+            if shorthand_in_use && FRAMEWORK_SHORTHANDS.contains(&key.as_str()) {
+                continue;
+            }
+            let message = if key == "canaryTrafficPercent" {
+                format!(
+                    "{KEPT}: canary rollouts arrive with the control-plane work; a new revision takes all traffic once ready"
+                )
+            } else {
+                KEPT.to_owned()
+            };
+            w.push((format!("spec.predictor.{key}"), message));
+        }
+        if let Some(model) = &self.spec.predictor.model {
+            for key in model.extra.keys() {
+                w.push((format!("spec.predictor.model.{key}"), KEPT.to_owned()));
+            }
+            if let Some(pv) = model.protocol_version.as_deref().filter(|pv| *pv != "v2") {
+                w.push((
+                    "spec.predictor.model.protocolVersion".to_owned(),
+                    format!("{pv:?}: the built-in runtime serves the Open Inference Protocol (v2) over REST in this build"),
+                ));
+            }
+        }
+        w.extend(crate::autoscaling::annotation_warnings(
+            &self.metadata.annotations,
+        ));
+        w
+    }
+
     /// The model spec, when present.
     pub fn model(&self) -> Option<&ModelSpec> {
         self.spec.predictor.model.as_ref()
@@ -309,6 +348,25 @@ mod tests {
         assert_eq!(
             m.storage_uri.as_deref(),
             Some("gs://seldon-models/sklearn/iris")
+        );
+    }
+
+    #[test]
+    fn fields_not_acted_on_are_reported() {
+        let i = isvc(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\n\
+             metadata: {name: iris}\nspec:\n  predictor:\n    canaryTrafficPercent: 10\n    \
+             model: {modelFormat: {name: sluice-mlp}, storageUri: ./iris, args: [--x]}\n  \
+             transformer: {containers: []}\n",
+        );
+        let paths: Vec<String> = i.warnings().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.transformer",
+                "spec.predictor.canaryTrafficPercent",
+                "spec.predictor.model.args"
+            ]
         );
     }
 

@@ -21,6 +21,8 @@ pub struct Manifest {
     pub object: serde_json::Value,
     /// Which document of its source it was (1-based).
     pub document: usize,
+    /// What it asks for that is kept but not acted on, as `source: document N: path: why`.
+    pub warnings: Vec<String>,
 }
 
 /// Why a manifest was refused.
@@ -76,10 +78,14 @@ pub fn parse_manifests(
             }
         };
         match parse_document(value, base_dir) {
-            Ok((kind, object)) => manifests.push(Manifest {
+            Ok((kind, object, warnings)) => manifests.push(Manifest {
                 kind,
                 object,
                 document,
+                warnings: warnings
+                    .into_iter()
+                    .map(|(path, message)| err(&path, message).to_string())
+                    .collect(),
             }),
             Err(problems) => errors.extend(
                 problems
@@ -100,7 +106,7 @@ type Problems = Vec<(String, String)>;
 fn parse_document(
     value: serde_json::Value,
     base_dir: &Path,
-) -> Result<(Kind, serde_json::Value), Problems> {
+) -> Result<(Kind, serde_json::Value, Problems), Problems> {
     let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or_default();
     let (api_version, kind_name) = (field("apiVersion"), field("kind"));
     if api_version.is_empty() || kind_name.is_empty() {
@@ -131,7 +137,7 @@ fn parse_document(
             }
             let object = serde_json::to_value(&isvc)
                 .map_err(|e| vec![(String::new(), format!("cannot re-encode: {e}"))])?;
-            Ok((Kind::InferenceService, object))
+            Ok((Kind::InferenceService, object, isvc.warnings()))
         }
         Some(kind @ (Kind::Service | Kind::Revision)) => Err(vec![(
             "kind".to_owned(),
@@ -211,6 +217,18 @@ spec:
         assert_eq!(
             got[0].object["spec"]["predictor"]["model"]["storageUri"],
             "/srv/samples/iris/model"
+        );
+        assert!(got[0].warnings.is_empty());
+        let with_canary = IRIS.replace(
+            "  predictor:\n",
+            "  predictor:\n    canaryTrafficPercent: 10\n",
+        );
+        let got = parse_manifests(&with_canary, "c.yaml", Path::new("/")).unwrap();
+        assert!(
+            got[0].warnings[0]
+                .starts_with("c.yaml: document 1: spec.predictor.canaryTrafficPercent: kept"),
+            "{:?}",
+            got[0].warnings
         );
     }
 

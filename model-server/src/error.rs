@@ -33,7 +33,7 @@ pub enum InferError {
     #[error("output {0:?} is not an output of this model")]
     UnknownOutput(String),
     /// The model failed while computing.
-    #[error("inference failed: {0}")]
+    #[error("inference failed")]
     Compute(#[from] candle_core::Error),
     /// The blocking inference task died.
     #[error("inference task failed: {0}")]
@@ -56,10 +56,7 @@ impl InferError {
 
 impl IntoResponse for InferError {
     fn into_response(self) -> Response {
-        (
-            self.status(),
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
+        let message = sluice_core::error_chain(&self);
+        (self.status(), Json(serde_json::json!({ "error": message }))).into_response()
     }
 }

@@ -54,7 +54,7 @@ pub enum LoadError {
     #[error("storage URI {0:?} is not a local path or file:// URI")]
     UnsupportedUri(String),
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -71,7 +71,7 @@ pub enum LoadError {
         message: String,
     },
     /// The weights are missing, malformed, or do not fit the config.
-    #[error("invalid weights {path}: {source}")]
+    #[error("invalid weights {path}")]
     Weights {
         /// The weights file.
         path: PathBuf,

@@ -37,7 +37,7 @@ pub struct ModelServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -46,10 +46,10 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// The model could not be loaded.
-    #[error("cannot load model: {0}")]
+    #[error("cannot load model")]
     Load(#[from] LoadError),
     /// Serving failed.
-    #[error("server failed: {0}")]
+    #[error("server failed")]
     Io(#[from] std::io::Error),
     /// The loading task died.
     #[error("model loading task failed: {0}")]

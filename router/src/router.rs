@@ -50,7 +50,11 @@ impl Router {
         match self.route(req).await {
             Ok(resp) => resp,
             Err(err) => {
-                tracing::debug!(reason = err.metric_label(), "{err}");
+                tracing::debug!(
+                    reason = err.metric_label(),
+                    "{}",
+                    sluice_core::error_chain(&err)
+                );
                 err.into_response()
             }
         }

@@ -50,7 +50,7 @@ pub enum ReconcileError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An object does not decode as its kind (or encode to JSON).
-    #[error("{kind} {name} does not (de)serialize: {source}")]
+    #[error("{kind} {name} does not (de)serialize")]
     Serde {
         /// Kind.
         kind: Kind,
@@ -154,7 +154,11 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         tokio::pin!(shutdown);
         loop {
             if let Err(e) = self.reconcile_all().await {
-                tracing::warn!(reason = e.metric_label(), "reconcile failed: {e}");
+                tracing::warn!(
+                    reason = e.metric_label(),
+                    "reconcile failed: {}",
+                    sluice_core::error_chain(&e)
+                );
             }
             tokio::select! {
                 change = changes.recv() => match change {

@@ -43,10 +43,10 @@ pub enum StoreError {
     #[error("malformed object: {0}")]
     Malformed(String),
     /// SQLite failed.
-    #[error("database error: {0}")]
+    #[error("database error")]
     Database(#[from] rusqlite::Error),
     /// The state directory could not be prepared.
-    #[error("cannot open state in {path}: {source}")]
+    #[error("cannot open state in {path}")]
     Open {
         /// The directory.
         path: std::path::PathBuf,
