@@ -533,7 +533,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_crashing_replica_reports_its_stderr_and_backs_off() {
-        let rt = LocalRuntime::new(LocalRuntimeConfig::new("/nonexistent/sluice".into()));
+        // A long first backoff, so a slow machine cannot outlast it mid-test.
+        let rt = LocalRuntime::new(LocalRuntimeConfig {
+            backoff: Duration::from_secs(600),
+            ..LocalRuntimeConfig::new("/nonexistent/sluice".into())
+        });
         let spec = spec(&[
             "sh",
             "-c",
