@@ -135,13 +135,18 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     }
     let results: Vec<ApplyResult> = serde_json::from_value(resp["results"].clone())
         .context("the admin API answered without apply results")?;
+    print_apply_results(&results);
+    Ok(())
+}
+
+/// One line per object on stdout, kubectl style, with its warnings on stderr.
+pub fn print_apply_results(results: &[ApplyResult]) {
     for r in results {
         for w in &r.warnings {
             eprintln!("Warning: {w}");
         }
         println!("{r}");
     }
-    Ok(())
 }
 
 /// `sluice get KIND [NAME]`.

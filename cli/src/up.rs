@@ -96,14 +96,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.dir {
         let files = manifest_files(dir)?;
         match admin::apply_files(&store, &files).await {
-            Ok(results) => {
-                for r in results {
-                    for w in &r.warnings {
-                        eprintln!("Warning: {w}");
-                    }
-                    println!("{r}");
-                }
-            }
+            Ok(results) => crate::client::print_apply_results(&results),
             Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
         }
     }
