@@ -133,13 +133,11 @@ impl Activator {
 
         let (endpoint, cold) = match pick(route, &state) {
             Some(endpoint) => (endpoint, false),
-            None if route.unavailable.is_some() => {
-                return Err(ProxyError::Unavailable {
-                    revision: key.clone(),
-                    reason: route.unavailable.clone().unwrap_or_default(),
-                });
-            }
             None => {
+                // A revision whose replicas keep failing answers at once, without a wait.
+                if let Some(err) = unavailable(key, route) {
+                    return Err(err);
+                }
                 let _slot = Slot::reserve(&state, self.config.max_queued_per_revision).ok_or_else(
                     || ProxyError::QueueFull {
                         revision: key.clone(),
@@ -186,12 +184,9 @@ impl Activator {
                 if let Some(endpoint) = pick(route, state) {
                     return Ok(endpoint);
                 }
-                if let Some(reason) = &route.unavailable {
-                    // The replica started for this request failed: say why now.
-                    return Err(ProxyError::Unavailable {
-                        revision: key.clone(),
-                        reason: reason.clone(),
-                    });
+                // The replica started for this request failed: say why now.
+                if let Some(err) = unavailable(key, route) {
+                    return Err(err);
                 }
             }
             if rx.changed().await.is_err() {
@@ -234,6 +229,17 @@ impl Activator {
             }
         }
     }
+}
+
+/// The error for a revision that cannot serve, if it cannot.
+fn unavailable(key: &NamespacedName, route: &RevisionRoute) -> Option<ProxyError> {
+    route
+        .unavailable
+        .as_ref()
+        .map(|reason| ProxyError::Unavailable {
+            revision: key.clone(),
+            reason: reason.clone(),
+        })
 }
 
 /// Round robin over ready endpoints (the policies by `containerConcurrency` come later).
