@@ -133,8 +133,10 @@ pub fn spawn(
                             match revisions.get_mut(&key) {
                                 Some(entry) => entry.decider.reconfigure(cfg),
                                 None => {
+                                    let mut decider = Decider::new(cfg, now, resumed);
+                                    decider.set_tick(config.tick);
                                     let mut entry = Entry {
-                                        decider: Decider::new(cfg, now, resumed),
+                                        decider,
                                         ready: 0,
                                         emitted: None,
                                     };
@@ -232,5 +234,36 @@ mod tests {
         );
         // Immediate: no tick had to pass.
         assert_eq!(Instant::now(), poked_at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn load_is_acted_on_at_the_next_two_second_tick_not_at_once() {
+        let (stats_tx, stats_rx) = mpsc::channel(16);
+        let (dec_tx, mut dec_rx) = mpsc::channel(16);
+        let (handle, _task) = spawn(AutoscalerConfig::default(), stats_rx, dec_tx);
+        let key = NamespacedName::new("default", "r-00001");
+        let start = Instant::now();
+        assert!(
+            handle
+                .upsert(key.clone(), RevisionScaling::default(), None)
+                .await
+        );
+        assert_eq!(dec_rx.recv().await.unwrap().desired_replicas, 1);
+        assert!(handle.set_ready(key.clone(), 1).await);
+        // 700 in flight on the one replica: ceil(700/70) = 10, a panic.
+        let report = StatReport {
+            revision: key.clone(),
+            source: sluice_core::StatSource::Replica("a".into()),
+            average_concurrency: 700.0,
+            average_proxied_concurrency: 0.0,
+            request_count: 700,
+            proxied_request_count: 0,
+        };
+        tokio::time::advance(Duration::from_millis(500)).await;
+        stats_tx.send(report).await.unwrap();
+        let up = dec_rx.recv().await.unwrap();
+        assert_eq!((up.desired_replicas, up.reason), (10, ScaleReason::Panic));
+        // Not at the stat (t+0.5 s) but at the tick (t+2 s).
+        assert_eq!(Instant::now() - start, Duration::from_secs(2));
     }
 }

@@ -1,0 +1,1 @@
+//! Trace simulator (filled in below).
