@@ -734,6 +734,40 @@ mod tests {
     }
 
     #[test]
+    fn bad_annotations_are_refused_at_apply_time() {
+        let yaml = r#"
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: iris
+  annotations:
+    autoscaling.knative.dev/window: "5s"
+    autoscaling.knative.dev/panic-threshold-percentage: "50"
+    autoscaling.knative.dev/min-scale: "4"
+    autoscaling.knative.dev/max-scale: "3"
+    autoscaling.knative.dev/target: "ten"
+spec:
+  predictor:
+    model:
+      modelFormat: {name: sluice-mlp}
+      storageUri: /models/iris
+"#;
+        let errors =
+            crate::parse_manifests(yaml, "iris.yaml", std::path::Path::new("/")).unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let a = "metadata.annotations.autoscaling.knative.dev";
+        let p = format!("iris.yaml: document 1: {a}");
+        for want in [
+            format!("{p}/max-scale, {a}/min-scale: max-scale=3 is less than min-scale=4"),
+            format!("{p}/panic-threshold-percentage: expected 110 <= 50 <= 1000"),
+            format!("{p}/target: invalid value: ten"),
+            format!("{p}/window: expected 6s <= 5s <= 1h0m0s"),
+        ] {
+            assert!(shown.contains(&want), "{want}\n not in {shown:#?}");
+        }
+    }
+
+    #[test]
     fn all_errors_reported_at_once() {
         let e = errors(&[("window", "5s"), ("panic-threshold-percentage", "50")]);
         assert_eq!(e.len(), 2);
