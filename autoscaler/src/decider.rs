@@ -201,7 +201,7 @@ impl Decider {
         }
         let mut desired = want;
         if want == 0 && s.min_scale == 0 {
-            desired = self.to_zero(now, pattern_zero);
+            desired = self.scale_to_zero(now, pattern_zero);
             if desired == 0 {
                 reason = ScaleReason::Zero;
             }
@@ -252,7 +252,7 @@ impl Decider {
     /// once it has been inactive for the pod-retention period and the activator has been in
     /// path for the grace period. The pattern policy's zero skips the window and the grace
     /// but still puts the activator in path one tick before the last replica goes.
-    fn to_zero(&mut self, now: Instant, pattern_zero: bool) -> u32 {
+    fn scale_to_zero(&mut self, now: Instant, pattern_zero: bool) -> u32 {
         let s = &self.config.scaling;
         let keep = self.last.desired;
         match self.activity {
