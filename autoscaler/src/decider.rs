@@ -14,6 +14,10 @@ use crate::kpa::{Kpa, panic_window};
 use crate::pattern::{Advice, Pattern, PatternConfig};
 use crate::window::WindowedSum;
 
+/// How long a revision may stay activating (replicas wanted, none ready) before it is
+/// scaled back to zero: Knative's default progress deadline (600 s) plus its 10 s buffer.
+pub const ACTIVATION_TIMEOUT: Duration = Duration::from_secs(610);
+
 /// What a decider needs to know about its revision.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeciderConfig {
@@ -37,8 +41,8 @@ pub struct Decision {
 /// Where a revision stands on the way to and from zero (Knative's PA `Active` condition).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Activity {
-    /// Replicas wanted, none ready yet.
-    Activating,
+    /// Replicas wanted since then, none ready yet.
+    Activating(Instant),
     /// Serving since then.
     Active(Instant),
     /// Marked idle at that time: the activator is in path, the last replica may go.
@@ -80,7 +84,7 @@ impl Decider {
             activity: if at_zero {
                 Activity::Inactive(now)
             } else {
-                Activity::Activating
+                Activity::Activating(now)
             },
             initialized: resumed.is_some() || s.initial_scale == 0,
             proxy_since: Some(now),
@@ -192,11 +196,13 @@ impl Decider {
         if ready_replicas >= s.initial_scale {
             self.initialized = true;
         }
-        if !self.initialized {
+        let activation_failed = matches!(self.activity, Activity::Activating(since)
+            if now.saturating_duration_since(since) >= ACTIVATION_TIMEOUT);
+        if !self.initialized && !activation_failed {
             want = want.max(s.initial_scale);
         }
 
-        if self.activity == Activity::Activating && ready_replicas > 0 {
+        if matches!(self.activity, Activity::Activating(_)) && ready_replicas > 0 {
             self.activity = Activity::Active(now);
         }
         let mut desired = want;
@@ -209,7 +215,7 @@ impl Decider {
             self.activity = if ready_replicas > 0 {
                 Activity::Active(now)
             } else {
-                Activity::Activating
+                Activity::Activating(now)
             };
         }
         if was_zero && desired > 0 && reason != ScaleReason::Prewarm {
@@ -264,8 +270,15 @@ impl Decider {
                     keep.min(1)
                 }
             }
-            // Stuck activating: keep asking for one replica.
-            Activity::Activating => 1,
+            // Activating: keep asking for one replica, unless it has not become ready within
+            // Knative's activation timeout (a broken revision goes back to zero).
+            Activity::Activating(since) => {
+                if now.saturating_duration_since(since) >= ACTIVATION_TIMEOUT {
+                    0
+                } else {
+                    1
+                }
+            }
             Activity::Active(since) => {
                 if now.saturating_duration_since(since) >= s.stable_window {
                     self.activity = Activity::Inactive(now);
@@ -360,6 +373,18 @@ mod tests {
         assert_eq!((at8.desired, at8.activator_in_path), (1, true));
         assert_eq!(d.decide(t0 + secs(12), 1).desired, 1, "4 s < 5 s grace");
         assert_eq!(d.decide(t0 + secs(13), 1).desired, 0);
+    }
+
+    #[test]
+    fn a_revision_that_never_becomes_ready_goes_back_to_zero_after_the_activation_timeout() {
+        let t0 = Instant::now();
+        let mut d = Decider::new(config(0), t0, None);
+        assert_eq!(d.decide(t0 + secs(600), 0).desired, 1);
+        let dec = d.decide(t0 + secs(610), 0);
+        assert_eq!((dec.desired, dec.reason), (0, ScaleReason::Zero));
+        // min-scale keeps trying regardless.
+        let mut d = Decider::new(config(1), t0, None);
+        assert_eq!(d.decide(t0 + secs(610), 0).desired, 1);
     }
 
     #[test]

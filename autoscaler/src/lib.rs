@@ -21,7 +21,7 @@ mod scrape;
 pub mod sim;
 mod window;
 
-pub use decider::{Decider, DeciderConfig, Decision};
+pub use decider::{ACTIVATION_TIMEOUT, Decider, DeciderConfig, Decision};
 pub use runner::{AutoscalerConfig, AutoscalerHandle, spawn};
 pub use scrape::{ScrapeError, Scraper};
 pub use window::WindowedSum;
