@@ -526,6 +526,25 @@ mod tests {
     }
 
     #[test]
+    fn activator_and_replica_concurrency_sum_without_double_counting() {
+        let t0 = Instant::now();
+        let mut d = Decider::new(config(0), t0, None);
+        for s in 0..6 {
+            let now = t0 + secs(s);
+            // The activator holds or proxies 30 requests; the replica runs 50, of which 20
+            // came through the activator: 30 + (50 − 20) = 60 in the revision.
+            let mut from_activator = StatReport::poke(NamespacedName::new("d", "r"));
+            from_activator.average_concurrency = 30.0;
+            d.record(now, &from_activator);
+            let mut from_replica = report(50.0);
+            from_replica.average_proxied_concurrency = 20.0;
+            d.record(now, &from_replica);
+        }
+        // ceil(60 / 70) = 1, where double counting (80) would have said 2.
+        assert_eq!(d.decide(t0 + secs(5), 1).desired, 1);
+    }
+
+    #[test]
     fn rps_counts_requests_without_double_counting_proxied_ones() {
         let t0 = Instant::now();
         let mut c = config(0);

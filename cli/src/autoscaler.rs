@@ -122,3 +122,52 @@ fn run_simulate(a: SimulateArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn simulate_args(trace: PathBuf) -> SimulateArgs {
+        SimulateArgs {
+            trace,
+            policy: Policy::Pattern,
+            cold_start: 2000,
+            service_time: 100,
+            concurrency: 1,
+            json: true,
+        }
+    }
+
+    #[test]
+    fn malformed_traces_name_their_lines() {
+        let path = std::env::temp_dir().join(format!(
+            "sluice-trace-{}-{}.csv",
+            std::process::id(),
+            "malformed"
+        ));
+        std::fs::write(&path, "0.5\nsoon\n1,fast\n").unwrap();
+        let err = run_simulate(simulate_args(path.clone()))
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            err.contains("line 2: timestamp \"soon\" is not a number of seconds"),
+            "{err}"
+        );
+        assert!(err.contains("line 3: duration \"fast\""), "{err}");
+        let err = run_simulate(simulate_args("/no/such/trace.csv".into())).unwrap_err();
+        assert!(format!("{err:#}").contains("reading /no/such/trace.csv"));
+    }
+
+    #[test]
+    fn gen_trace_refuses_bad_hours() {
+        let args = AutoscalerArgs {
+            command: AutoscalerCommand::GenTrace(GenTraceArgs {
+                kind: Kind::Periodic,
+                seed: 1,
+                hours: -1.0,
+            }),
+        };
+        assert!(run(args).unwrap_err().to_string().contains("--hours -1"));
+    }
+}
