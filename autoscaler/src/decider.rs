@@ -544,6 +544,88 @@ mod tests {
         assert_eq!(d.decide(t0 + secs(5), 1).desired, 1);
     }
 
+    /// A pattern-policy decider that has seen one request every 120 s, six times; the last
+    /// at `t0 + 600 s`. Ticks every 2 s with one ready replica while it wants one.
+    fn periodic_pattern_decider(t0: Instant) -> Decider {
+        let mut c = config(0);
+        c.scaling.stable_window = Duration::from_secs(60);
+        c.scaling.policy = ScalePolicy::Pattern;
+        let mut d = Decider::new(c, t0, Some(0));
+        for i in 0..=5 {
+            d.record(t0 + secs(120 * i), &report(1.0));
+        }
+        d
+    }
+
+    #[test]
+    fn pattern_scales_to_zero_early_and_prewarms_before_the_next_arrival() {
+        let t0 = Instant::now();
+        let mut d = periodic_pattern_decider(t0);
+        let (lo, _) = d.pattern().unwrap().window().unwrap();
+        let last = t0 + secs(600);
+        // Right after the request: the KPA still holds a replica (load in the panic window).
+        assert_eq!(d.decide(last + secs(2), 1).desired, 1);
+        // Quiet for 4 s with the next arrival ~2 minutes away: activator in path first, then
+        // zero — long before the KPA's stable window (60 s) would allow it.
+        let mut t = last + secs(8);
+        let first = d.decide(t, 1);
+        assert_eq!((first.desired, first.activator_in_path), (1, true));
+        t += secs(2);
+        let zero = d.decide(t, 1);
+        assert_eq!((zero.desired, zero.reason), (0, ScaleReason::Zero));
+        // Then a replica is pre-warmed ahead of the predicted arrival (lead = tick 2 s +
+        // cold start 2 s + margin 2 s before the 5th percentile of the idle time).
+        let mut prewarmed_at = None;
+        while t < last + secs(120) {
+            t += secs(2);
+            let dec = d.decide(t, 0);
+            if dec.desired > 0 {
+                assert_eq!(dec.reason, ScaleReason::Prewarm);
+                prewarmed_at = Some(t);
+                break;
+            }
+        }
+        let at = prewarmed_at.expect("pre-warmed before the arrival");
+        assert!(
+            at >= last + lo - secs(8) && at <= last + lo,
+            "{:?}",
+            at - last
+        );
+    }
+
+    #[test]
+    fn pattern_never_goes_below_the_kpa_under_load() {
+        let t0 = Instant::now();
+        let mut d = periodic_pattern_decider(t0);
+        // A burst well outside the pattern: 700 in flight for 10 s.
+        let burst = t0 + secs(660);
+        for s in 0..10 {
+            d.record(burst + secs(s), &report(700.0));
+        }
+        let dec = d.decide(burst + secs(9), 1);
+        let mut kpa = Decider::new(
+            DeciderConfig {
+                scaling: RevisionScaling {
+                    stable_window: Duration::from_secs(60),
+                    ..RevisionScaling::default()
+                },
+                scale_to_zero_grace: Duration::from_secs(2),
+            },
+            t0,
+            Some(0),
+        );
+        for i in 0..=5 {
+            kpa.record(t0 + secs(120 * i), &report(1.0));
+        }
+        for s in 0..10 {
+            kpa.record(burst + secs(s), &report(700.0));
+        }
+        let baseline = kpa.decide(burst + secs(9), 1);
+        assert!(dec.desired >= baseline.desired, "{dec:?} < {baseline:?}");
+        assert_eq!(dec.desired, 10, "ceil(700/70) = 10, 10/1 ≥ 200 %: a panic");
+        assert!(d.panicking());
+    }
+
     #[test]
     fn rps_counts_requests_without_double_counting_proxied_ones() {
         let t0 = Instant::now();
