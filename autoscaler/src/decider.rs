@@ -222,10 +222,11 @@ impl Decider {
             reason = ScaleReason::Activation;
         }
 
+        // Validation refuses max < min; should such knobs arrive anyway, min wins.
         let max = if s.max_scale == 0 {
             u32::MAX
         } else {
-            s.max_scale
+            s.max_scale.max(s.min_scale)
         };
         let bounded = desired.clamp(s.min_scale, max);
         if bounded != desired {
@@ -499,6 +500,11 @@ mod tests {
         assert_eq!(d.decide(t0 + secs(30), 2).desired, 4);
         // Reached once: scales as usual from then on (at most halved per tick).
         assert_eq!(d.decide(t0 + secs(32), 4).desired, 2);
+        // Knobs validation would refuse (min 5 > max 2) never panic: min wins.
+        let mut c = config(5);
+        c.scaling.max_scale = 2;
+        let mut d = Decider::new(c, t0, None);
+        assert_eq!(d.decide(t0 + secs(1), 5).desired, 5);
         // initial-scale 0: a new revision starts at zero with the activator in path.
         let mut c = config(0);
         c.scaling.initial_scale = 0;

@@ -185,7 +185,8 @@ impl WindowedSum {
         self.average_over(now, Duration::from_secs(self.span))
     }
 
-    /// Whether the open second at `now` has seen any load yet.
+    /// The revision-wide total of the open second at `now`, as reported so far (with
+    /// replicas carried forward).
     pub fn current(&mut self, now: Instant) -> f64 {
         if self.first_record.is_none() {
             return 0.0;
