@@ -266,4 +266,62 @@ mod tests {
         // Not at the stat (t+0.5 s) but at the tick (t+2 s).
         assert_eq!(Instant::now() - start, Duration::from_secs(2));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn pattern_policy_prewarms_on_a_tick_before_the_predicted_arrival() {
+        let (stats_tx, stats_rx) = mpsc::channel(16);
+        let (dec_tx, mut dec_rx) = mpsc::channel(16);
+        let (handle, _task) = spawn(AutoscalerConfig::default(), stats_rx, dec_tx);
+        let key = NamespacedName::new("default", "cron-00001");
+        let scaling = RevisionScaling {
+            policy: sluice_core::ScalePolicy::Pattern,
+            ..RevisionScaling::default()
+        };
+        let start = Instant::now();
+        assert!(handle.upsert(key.clone(), scaling, Some(0)).await);
+        let request = StatReport {
+            revision: key.clone(),
+            source: sluice_core::StatSource::Replica("a".into()),
+            average_concurrency: 1.0,
+            average_proxied_concurrency: 0.0,
+            request_count: 1,
+            proxied_request_count: 0,
+        };
+        // One request every 120 s, six times; the "runtime" makes whatever is desired ready
+        // at once.
+        let period = Duration::from_secs(120);
+        let mut sent = 0u32;
+        let mut zero_after_last = false;
+        let prewarm = loop {
+            let next = start + period * sent;
+            tokio::select! {
+                d = dec_rx.recv() => {
+                    let d = d.unwrap();
+                    if sent == 6 && d.desired_replicas == 0 && !zero_after_last {
+                        zero_after_last = true;
+                        // Long before the KPA's 60 s stable window would have allowed it.
+                        let idle = Instant::now() - (start + period * 5);
+                        assert!(idle < Duration::from_secs(20), "{idle:?}");
+                    }
+                    if zero_after_last && d.desired_replicas > 0 {
+                        break d;
+                    }
+                    assert!(handle.set_ready(key.clone(), d.desired_replicas).await);
+                }
+                _ = tokio::time::sleep_until(next), if sent < 6 => {
+                    stats_tx.send(request.clone()).await.unwrap();
+                    sent += 1;
+                }
+            }
+        };
+        // After the sixth request (at 600 s) the revision went to zero early; with no stat
+        // since, a tick brought a replica back before the seventh would arrive (720 s).
+        assert_eq!(prewarm.reason, ScaleReason::Prewarm);
+        let at = Instant::now() - start;
+        assert!(
+            at > Duration::from_secs(680) && at < Duration::from_secs(720),
+            "{at:?}"
+        );
+        assert_eq!(at.as_secs() % 2, 0, "on a 2 s tick");
+    }
 }
