@@ -101,26 +101,9 @@ pub fn spawn(
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    for (key, entry) in revisions.iter_mut() {
-                        if !emit(key, entry, now, &decisions).await {
-                            return;
-                        }
-                    }
-                }
-                Some(report) = stats.recv() => {
-                    let now = Instant::now();
-                    let Some(entry) = revisions.get_mut(&report.revision) else { continue };
-                    entry.decider.record(now, &report);
-                    // A stat for a revision at zero means a request is waiting: decide now.
-                    if entry.decider.last().desired == 0 {
-                        let key = report.revision.clone();
-                        if !emit(&key, entry, now, &decisions).await {
-                            return;
-                        }
-                    }
-                }
+                // Commands first (a stat for a revision just upserted must not be dropped for
+                // arriving first), then the tick (never starved by a busy stats channel).
+                biased;
                 command = commands.recv() => {
                     let Some(command) = command else { return };
                     let now = Instant::now();
@@ -154,6 +137,26 @@ pub fn spawn(
                             if let Some(entry) = revisions.get_mut(&key) {
                                 entry.ready = ready;
                             }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    for (key, entry) in revisions.iter_mut() {
+                        if !emit(key, entry, now, &decisions).await {
+                            return;
+                        }
+                    }
+                }
+                Some(report) = stats.recv() => {
+                    let now = Instant::now();
+                    let Some(entry) = revisions.get_mut(&report.revision) else { continue };
+                    entry.decider.record(now, &report);
+                    // A stat for a revision at zero means a request is waiting: decide now.
+                    if entry.decider.last().desired == 0 {
+                        let key = report.revision.clone();
+                        if !emit(&key, entry, now, &decisions).await {
+                            return;
                         }
                     }
                 }
@@ -279,6 +282,7 @@ mod tests {
         };
         let start = Instant::now();
         assert!(handle.upsert(key.clone(), scaling, Some(0)).await);
+        assert_eq!(dec_rx.recv().await.unwrap().desired_replicas, 0);
         let request = StatReport {
             revision: key.clone(),
             source: sluice_core::StatSource::Replica("a".into()),
@@ -287,20 +291,20 @@ mod tests {
             request_count: 1,
             proxied_request_count: 0,
         };
-        // One request every 120 s, six times; the "runtime" makes whatever is desired ready
-        // at once.
+        // One request every 120 s (at 120 s … 720 s); the "runtime" makes whatever is
+        // desired ready at once.
         let period = Duration::from_secs(120);
         let mut sent = 0u32;
         let mut zero_after_last = false;
         let prewarm = loop {
-            let next = start + period * sent;
+            let next = start + period * (sent + 1);
             tokio::select! {
                 d = dec_rx.recv() => {
                     let d = d.unwrap();
                     if sent == 6 && d.desired_replicas == 0 && !zero_after_last {
                         zero_after_last = true;
                         // Long before the KPA's 60 s stable window would have allowed it.
-                        let idle = Instant::now() - (start + period * 5);
+                        let idle = Instant::now() - (start + period * 6);
                         assert!(idle < Duration::from_secs(20), "{idle:?}");
                     }
                     if zero_after_last && d.desired_replicas > 0 {
@@ -314,14 +318,41 @@ mod tests {
                 }
             }
         };
-        // After the sixth request (at 600 s) the revision went to zero early; with no stat
-        // since, a tick brought a replica back before the seventh would arrive (720 s).
+        // After the sixth request (at 720 s) the revision went to zero early; with no stat
+        // since, a tick brought a replica back before the seventh would arrive (840 s).
         assert_eq!(prewarm.reason, ScaleReason::Prewarm);
         let at = Instant::now() - start;
         assert!(
-            at > Duration::from_secs(680) && at < Duration::from_secs(720),
+            at > Duration::from_secs(800) && at < Duration::from_secs(840),
             "{at:?}"
         );
         assert_eq!(at.as_secs() % 2, 0, "on a 2 s tick");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stat_right_behind_the_upsert_is_not_dropped() {
+        for _ in 0..20 {
+            let (stats_tx, stats_rx) = mpsc::channel(16);
+            let (dec_tx, mut dec_rx) = mpsc::channel(16);
+            let (handle, _task) = spawn(AutoscalerConfig::default(), stats_rx, dec_tx);
+            let key = NamespacedName::new("default", "new-00001");
+            // Both queued before the runner runs: the upsert must be handled first.
+            assert!(
+                handle
+                    .upsert(key.clone(), RevisionScaling::default(), Some(0))
+                    .await
+            );
+            stats_tx.send(StatReport::poke(key.clone())).await.unwrap();
+            assert_eq!(dec_rx.recv().await.unwrap().desired_replicas, 0);
+            // At once (virtual time: less than a tick), not at some later tick or never.
+            let up = tokio::time::timeout(Duration::from_secs(1), dec_rx.recv())
+                .await
+                .expect("the poke was dropped")
+                .unwrap();
+            assert_eq!(
+                (up.desired_replicas, up.reason),
+                (1, ScaleReason::Activation)
+            );
+        }
     }
 }
