@@ -101,26 +101,9 @@ pub fn spawn(
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    for (key, entry) in revisions.iter_mut() {
-                        if !emit(key, entry, now, &decisions).await {
-                            return;
-                        }
-                    }
-                }
-                Some(report) = stats.recv() => {
-                    let now = Instant::now();
-                    let Some(entry) = revisions.get_mut(&report.revision) else { continue };
-                    entry.decider.record(now, &report);
-                    // A stat for a revision at zero means a request is waiting: decide now.
-                    if entry.decider.last().desired == 0 {
-                        let key = report.revision.clone();
-                        if !emit(&key, entry, now, &decisions).await {
-                            return;
-                        }
-                    }
-                }
+                // Commands first (a stat for a revision just upserted must not be dropped for
+                // arriving first), then the tick (never starved by a busy stats channel).
+                biased;
                 command = commands.recv() => {
                     let Some(command) = command else { return };
                     let now = Instant::now();
@@ -133,8 +116,10 @@ pub fn spawn(
                             match revisions.get_mut(&key) {
                                 Some(entry) => entry.decider.reconfigure(cfg),
                                 None => {
+                                    let mut decider = Decider::new(cfg, now, resumed);
+                                    decider.set_tick(config.tick);
                                     let mut entry = Entry {
-                                        decider: Decider::new(cfg, now, resumed),
+                                        decider,
                                         ready: 0,
                                         emitted: None,
                                     };
@@ -152,6 +137,26 @@ pub fn spawn(
                             if let Some(entry) = revisions.get_mut(&key) {
                                 entry.ready = ready;
                             }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    for (key, entry) in revisions.iter_mut() {
+                        if !emit(key, entry, now, &decisions).await {
+                            return;
+                        }
+                    }
+                }
+                Some(report) = stats.recv() => {
+                    let now = Instant::now();
+                    let Some(entry) = revisions.get_mut(&report.revision) else { continue };
+                    entry.decider.record(now, &report);
+                    // A stat for a revision at zero means a request is waiting: decide now.
+                    if entry.decider.last().desired == 0 {
+                        let key = report.revision.clone();
+                        if !emit(&key, entry, now, &decisions).await {
+                            return;
                         }
                     }
                 }
@@ -232,5 +237,122 @@ mod tests {
         );
         // Immediate: no tick had to pass.
         assert_eq!(Instant::now(), poked_at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn load_is_acted_on_at_the_next_two_second_tick_not_at_once() {
+        let (stats_tx, stats_rx) = mpsc::channel(16);
+        let (dec_tx, mut dec_rx) = mpsc::channel(16);
+        let (handle, _task) = spawn(AutoscalerConfig::default(), stats_rx, dec_tx);
+        let key = NamespacedName::new("default", "r-00001");
+        let start = Instant::now();
+        assert!(
+            handle
+                .upsert(key.clone(), RevisionScaling::default(), None)
+                .await
+        );
+        assert_eq!(dec_rx.recv().await.unwrap().desired_replicas, 1);
+        assert!(handle.set_ready(key.clone(), 1).await);
+        // 700 in flight on the one replica: ceil(700/70) = 10, a panic.
+        let report = StatReport {
+            revision: key.clone(),
+            source: sluice_core::StatSource::Replica("a".into()),
+            average_concurrency: 700.0,
+            average_proxied_concurrency: 0.0,
+            request_count: 700,
+            proxied_request_count: 0,
+        };
+        tokio::time::advance(Duration::from_millis(500)).await;
+        stats_tx.send(report).await.unwrap();
+        let up = dec_rx.recv().await.unwrap();
+        assert_eq!((up.desired_replicas, up.reason), (10, ScaleReason::Panic));
+        // Not at the stat (t+0.5 s) but at the tick (t+2 s).
+        assert_eq!(Instant::now() - start, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pattern_policy_prewarms_on_a_tick_before_the_predicted_arrival() {
+        let (stats_tx, stats_rx) = mpsc::channel(16);
+        let (dec_tx, mut dec_rx) = mpsc::channel(16);
+        let (handle, _task) = spawn(AutoscalerConfig::default(), stats_rx, dec_tx);
+        let key = NamespacedName::new("default", "cron-00001");
+        let scaling = RevisionScaling {
+            policy: sluice_core::ScalePolicy::Pattern,
+            ..RevisionScaling::default()
+        };
+        let start = Instant::now();
+        assert!(handle.upsert(key.clone(), scaling, Some(0)).await);
+        assert_eq!(dec_rx.recv().await.unwrap().desired_replicas, 0);
+        let request = StatReport {
+            revision: key.clone(),
+            source: sluice_core::StatSource::Replica("a".into()),
+            average_concurrency: 1.0,
+            average_proxied_concurrency: 0.0,
+            request_count: 1,
+            proxied_request_count: 0,
+        };
+        // One request every 120 s (at 120 s … 720 s); the "runtime" makes whatever is
+        // desired ready at once.
+        let period = Duration::from_secs(120);
+        let mut sent = 0u32;
+        let mut zero_after_last = false;
+        let prewarm = loop {
+            let next = start + period * (sent + 1);
+            tokio::select! {
+                d = dec_rx.recv() => {
+                    let d = d.unwrap();
+                    if sent == 6 && d.desired_replicas == 0 && !zero_after_last {
+                        zero_after_last = true;
+                        // Long before the KPA's 60 s stable window would have allowed it.
+                        let idle = Instant::now() - (start + period * 6);
+                        assert!(idle < Duration::from_secs(20), "{idle:?}");
+                    }
+                    if zero_after_last && d.desired_replicas > 0 {
+                        break d;
+                    }
+                    assert!(handle.set_ready(key.clone(), d.desired_replicas).await);
+                }
+                _ = tokio::time::sleep_until(next), if sent < 6 => {
+                    stats_tx.send(request.clone()).await.unwrap();
+                    sent += 1;
+                }
+            }
+        };
+        // After the sixth request (at 720 s) the revision went to zero early; with no stat
+        // since, a tick brought a replica back before the seventh would arrive (840 s).
+        assert_eq!(prewarm.reason, ScaleReason::Prewarm);
+        let at = Instant::now() - start;
+        assert!(
+            at > Duration::from_secs(800) && at < Duration::from_secs(840),
+            "{at:?}"
+        );
+        assert_eq!(at.as_secs() % 2, 0, "on a 2 s tick");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stat_right_behind_the_upsert_is_not_dropped() {
+        for _ in 0..20 {
+            let (stats_tx, stats_rx) = mpsc::channel(16);
+            let (dec_tx, mut dec_rx) = mpsc::channel(16);
+            let (handle, _task) = spawn(AutoscalerConfig::default(), stats_rx, dec_tx);
+            let key = NamespacedName::new("default", "new-00001");
+            // Both queued before the runner runs: the upsert must be handled first.
+            assert!(
+                handle
+                    .upsert(key.clone(), RevisionScaling::default(), Some(0))
+                    .await
+            );
+            stats_tx.send(StatReport::poke(key.clone())).await.unwrap();
+            assert_eq!(dec_rx.recv().await.unwrap().desired_replicas, 0);
+            // At once (virtual time: less than a tick), not at some later tick or never.
+            let up = tokio::time::timeout(Duration::from_secs(1), dec_rx.recv())
+                .await
+                .expect("the poke was dropped")
+                .unwrap();
+            assert_eq!(
+                (up.desired_replicas, up.reason),
+                (1, ScaleReason::Activation)
+            );
+        }
     }
 }

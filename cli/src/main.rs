@@ -3,6 +3,7 @@
 //! This file only parses flags and dispatches; each subcommand's wiring lives in its own
 //! module.
 
+mod autoscaler;
 mod client;
 mod model_server;
 mod shutdown;
@@ -33,6 +34,8 @@ enum Command {
     Delete(client::DeleteArgs),
     /// Serve one model over the Open Inference Protocol (a revision's replica).
     ModelServer(model_server::ModelServerArgs),
+    /// Autoscaler tools: a trace simulator and a trace generator.
+    Autoscaler(autoscaler::AutoscalerArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             Command::Get(args) => client::get(args).await,
             Command::Delete(args) => client::delete(args).await,
             Command::ModelServer(args) => model_server::run(args).await,
+            Command::Autoscaler(args) => autoscaler::run(args),
         }
     });
     // Give blocking work (store writes) a moment to finish, never forever.

@@ -18,5 +18,5 @@ pub use error::error_chain;
 pub use key::{KeyError, NamespacedName};
 pub use routing::{Endpoint, HostRoute, RevisionRoute, RoutingSnapshot, WeightedTarget};
 pub use scale::{ScaleDecision, ScaleReason};
-pub use scaling::{RevisionScaling, ScaleMetric};
+pub use scaling::{RevisionScaling, ScaleMetric, ScalePolicy};
 pub use stats::{PeriodStats, StatReport, StatSource};

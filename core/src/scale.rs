@@ -19,6 +19,8 @@ pub enum ScaleReason {
     Activation,
     /// Held by min/max scale bounds.
     Bounds,
+    /// The traffic-pattern policy warmed a replica ahead of a predicted arrival.
+    Prewarm,
 }
 
 impl fmt::Display for ScaleReason {
@@ -29,6 +31,7 @@ impl fmt::Display for ScaleReason {
             Self::Zero => "zero",
             Self::Activation => "activation",
             Self::Bounds => "bounds",
+            Self::Prewarm => "prewarm",
         })
     }
 }

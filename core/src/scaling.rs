@@ -14,6 +14,17 @@ pub enum ScaleMetric {
     Rps,
 }
 
+/// Which policy decides a revision's scale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScalePolicy {
+    /// Knative's KPA, exactly.
+    #[default]
+    Kpa,
+    /// KPA plus Sluice's traffic-pattern policy (pre-warm before predicted arrivals,
+    /// scale to zero sooner after them); opt-in with `autoscaling.sluice.dev/policy: pattern`.
+    Pattern,
+}
+
 /// How one revision scales (Knative KPA knobs, already defaulted and validated).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RevisionScaling {
@@ -41,6 +52,15 @@ pub struct RevisionScaling {
     pub target_burst_capacity: f64,
     /// Maximum concurrent requests per replica; 0 = unlimited.
     pub container_concurrency: u32,
+    /// Scale-down delay: the desired scale is the maximum seen over this window.
+    #[serde(default)]
+    pub scale_down_delay: Duration,
+    /// How long the last replica is kept after the revision went inactive.
+    #[serde(default)]
+    pub scale_to_zero_retention: Duration,
+    /// The policy deciding this revision's scale.
+    #[serde(default)]
+    pub policy: ScalePolicy,
 }
 
 impl Default for RevisionScaling {
@@ -58,6 +78,9 @@ impl Default for RevisionScaling {
             activation_scale: 1,
             target_burst_capacity: 211.0,
             container_concurrency: 0,
+            scale_down_delay: Duration::ZERO,
+            scale_to_zero_retention: Duration::ZERO,
+            policy: ScalePolicy::Kpa,
         }
     }
 }

@@ -1,10 +1,14 @@
-//! `autoscaling.knative.dev/*` annotations: parsing, defaulting and validation into the
-//! [`RevisionScaling`] the autoscaler consumes.
+//! `autoscaling.knative.dev/*` annotations (and Sluice's `autoscaling.sluice.dev/policy`):
+//! parsing, defaulting and validation into the [`RevisionScaling`] the autoscaler consumes.
+//!
+//! Ranges, error texts and field paths follow Knative's `pkg/apis/autoscaling` validation:
+//! `invalid value: X`, `expected LO <= X <= HI`, `max-scale=A is less than min-scale=B`, at
+//! `metadata.annotations.<key>`. Go durations are parsed and printed as Go does (`1h0m0s`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_core::{RevisionScaling, ScaleMetric};
+use sluice_core::{RevisionScaling, ScaleMetric, ScalePolicy};
 
 use crate::validation::{ValidationError, Validator};
 
@@ -20,52 +24,93 @@ pub const TARGET: &str = "autoscaling.knative.dev/target";
 pub const METRIC: &str = "autoscaling.knative.dev/metric";
 /// `window`.
 pub const WINDOW: &str = "autoscaling.knative.dev/window";
+/// `class`.
+pub const CLASS: &str = "autoscaling.knative.dev/class";
+/// Sluice's policy annotation: `kpa` (default) or `pattern`.
+pub const POLICY: &str = "autoscaling.sluice.dev/policy";
 
-const MIN_WINDOW: Duration = Duration::from_secs(6);
-const MAX_WINDOW: Duration = Duration::from_secs(3600);
+/// The KPA class value.
+pub const KPA_CLASS: &str = "kpa.autoscaling.knative.dev";
+/// The HPA class value.
+pub const HPA_CLASS: &str = "hpa.autoscaling.knative.dev";
 
-/// Knobs upstream has that this build accepts and keeps but does not act on yet.
-const NOT_ACTED_ON: &[(&str, &str)] = &[
+const WINDOW_MIN: Duration = Duration::from_secs(6);
+const WINDOW_MAX: Duration = Duration::from_secs(3600);
+/// Knative's `allow-zero-initial-scale` default.
+const ALLOW_ZERO_INITIAL_SCALE: bool = false;
+
+/// Each knob with its accepted spellings, preferred first (Knative's `kmap.KeyPriority`).
+const KNOBS: &[(&str, &[&str])] = &[
+    ("min-scale", &["min-scale", "minScale"]),
+    ("max-scale", &["max-scale", "maxScale"]),
+    ("initial-scale", &["initial-scale", "initialScale"]),
+    ("activation-scale", &["activation-scale"]),
+    ("target", &["target"]),
+    (
+        "target-utilization-percentage",
+        &[
+            "target-utilization-percentage",
+            "targetUtilizationPercentage",
+        ],
+    ),
+    (
+        "target-burst-capacity",
+        &["target-burst-capacity", "targetBurstCapacity"],
+    ),
     (
         "panic-window-percentage",
-        "panic mode arrives with the full KPA",
+        &["panic-window-percentage", "panicWindowPercentage"],
     ),
     (
         "panic-threshold-percentage",
-        "panic mode arrives with the full KPA",
+        &["panic-threshold-percentage", "panicThresholdPercentage"],
     ),
-    (
-        "scale-down-delay",
-        "scale-down delay arrives with the full KPA",
-    ),
+    ("window", &["window"]),
+    ("metric", &["metric"]),
+    ("class", &["class"]),
+    ("scale-down-delay", &["scale-down-delay"]),
     (
         "scale-to-zero-pod-retention-period",
-        "pod retention arrives with the full KPA",
+        &["scale-to-zero-pod-retention-period"],
+    ),
+    (
+        "metric-aggregation-algorithm",
+        &["metric-aggregation-algorithm"],
     ),
 ];
 
-/// Warnings for annotations that are kept but not acted on (path, message).
+/// The field path of an annotation, as Knative reports it.
+pub fn path(key: &str) -> String {
+    format!("metadata.annotations.{key}")
+}
+
+/// Looks a knob up by its spellings: (full key found, value).
+fn get<'a>(annotations: &'a BTreeMap<String, String>, knob: &str) -> Option<(String, &'a str)> {
+    let (_, keys) = KNOBS.iter().find(|(k, _)| *k == knob)?;
+    keys.iter().find_map(|k| {
+        let full = format!("{PREFIX}{k}");
+        annotations.get(&full).map(|v| (full, v.as_str()))
+    })
+}
+
+/// Warnings for annotations that are accepted but cannot act in local mode (path, message).
 pub fn annotation_warnings(annotations: &BTreeMap<String, String>) -> Vec<(String, String)> {
     let mut warnings = Vec::new();
-    for key in annotations.keys() {
-        let Some(knob) = key.strip_prefix(PREFIX) else {
-            continue;
-        };
-        if let Some((_, why)) = NOT_ACTED_ON.iter().find(|(k, _)| *k == knob) {
-            warnings.push((
-                format!("metadata.annotations[{key}]"),
-                format!("kept, but not acted on by this build: {why}"),
-            ));
-        }
-        if knob == "class" && annotations[key] != "kpa.autoscaling.knative.dev" {
-            warnings.push((
-                format!("metadata.annotations[{key}]"),
-                format!(
-                    "{:?} is not available in local mode; the KPA scales this revision",
-                    annotations[key]
-                ),
-            ));
-        }
+    if let Some((key, class)) = get(annotations, "class")
+        && class != KPA_CLASS
+    {
+        warnings.push((
+            path(&key),
+            format!("{class:?} is not available in local mode; the KPA scales this revision"),
+        ));
+    }
+    if let Some((key, metric)) = get(annotations, "metric")
+        && !matches!(metric, "concurrency" | "rps")
+    {
+        warnings.push((
+            path(&key),
+            format!("{metric:?} needs a Kubernetes HPA; local mode scales on concurrency"),
+        ));
     }
     warnings
 }
@@ -77,7 +122,94 @@ pub fn validate_annotations(
     scaling_from_annotations(annotations, 0).map(|_| ())
 }
 
-/// Builds a revision's scaling parameters from its annotations and `containerConcurrency`.
+fn invalid(v: &mut Validator, key: &str, value: &str) {
+    v.error(path(key), format!("invalid value: {value}"));
+}
+
+/// Go's `strconv.ParseInt(v, 10, 32)`: `Err(true)` when out of the i32 range.
+fn parse_i32(value: &str) -> Result<i32, bool> {
+    let digits = value.strip_prefix(['+', '-']).unwrap_or(value);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(false);
+    }
+    value.parse::<i32>().map_err(|_| true)
+}
+
+/// Knative's `getIntGE0`: a non-negative int32.
+fn int_ge0(v: &mut Validator, annotations: &BTreeMap<String, String>, knob: &str) -> u32 {
+    let Some((key, value)) = get(annotations, knob) else {
+        return 0;
+    };
+    match parse_i32(value) {
+        Ok(n) if n >= 0 => n.unsigned_abs(),
+        Ok(_) | Err(true) => {
+            v.error(path(&key), format!("expected 0 <= {value} <= {}", i32::MAX));
+            0
+        }
+        Err(false) => {
+            invalid(v, &key, value);
+            0
+        }
+    }
+}
+
+/// A finite float, or `None` after recording `invalid value`.
+fn float(v: &mut Validator, key: &str, value: &str) -> Option<f64> {
+    match value.parse::<f64>() {
+        Ok(x) if x.is_finite() => Some(x),
+        _ => {
+            invalid(v, key, value);
+            None
+        }
+    }
+}
+
+/// A float in `[lo, hi]` with Knative's out-of-bounds message.
+fn bounded(
+    v: &mut Validator,
+    annotations: &BTreeMap<String, String>,
+    knob: &str,
+    lo: f64,
+    hi: f64,
+) -> Option<f64> {
+    let (key, value) = get(annotations, knob)?;
+    let x = float(v, &key, value)?;
+    if x < lo || x > hi {
+        v.error(path(&key), format!("expected {lo} <= {value} <= {hi}"));
+        return None;
+    }
+    Some(x)
+}
+
+/// A Go duration in `[0, 1h]` with second precision (scale-down delay, retention).
+fn duration_0_1h(
+    v: &mut Validator,
+    annotations: &BTreeMap<String, String>,
+    knob: &str,
+    whole_seconds: bool,
+) -> Option<Duration> {
+    let (key, value) = get(annotations, knob)?;
+    match parse_go_duration(value) {
+        None => invalid(v, &key, value),
+        Some(GoDuration::Negative) => v.error(
+            path(&key),
+            format!("expected 0s <= {value} <= {}", fmt_go_duration(WINDOW_MAX)),
+        ),
+        Some(GoDuration::Positive(d)) if d > WINDOW_MAX => v.error(
+            path(&key),
+            format!("expected 0s <= {value} <= {}", fmt_go_duration(WINDOW_MAX)),
+        ),
+        Some(GoDuration::Positive(d)) if whole_seconds && d.subsec_nanos() != 0 => v.error(
+            path(&key),
+            "must be specified with at most second precision",
+        ),
+        Some(GoDuration::Positive(d)) => return Some(d),
+    }
+    None
+}
+
+/// Builds a revision's scaling parameters from its annotations and `containerConcurrency`,
+/// refusing what Knative refuses.
 pub fn scaling_from_annotations(
     annotations: &BTreeMap<String, String>,
     container_concurrency: u32,
@@ -87,128 +219,261 @@ pub fn scaling_from_annotations(
         container_concurrency,
         ..RevisionScaling::default()
     };
-    let path = |key: &str| format!("metadata.annotations[{key}]");
 
-    for (key, value) in annotations.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
-        let knob = &key[PREFIX.len()..];
-        let p = path(key);
-        match knob {
-            "min-scale" | "minScale" => int(&mut v, &p, value, 0, i32::MAX, |n| s.min_scale = n),
-            "max-scale" | "maxScale" => int(&mut v, &p, value, 0, i32::MAX, |n| s.max_scale = n),
-            "initial-scale" => int(&mut v, &p, value, 0, i32::MAX, |n| s.initial_scale = n),
-            "activation-scale" => int(&mut v, &p, value, 1, i32::MAX, |n| s.activation_scale = n),
-            "target" => float(&mut v, &p, value, 0.01, f64::MAX, |x| s.target = x),
-            "target-utilization-percentage" => float(&mut v, &p, value, 1.0, 100.0, |x| {
-                s.target_utilization = x / 100.0
-            }),
-            "panic-window-percentage" => float(&mut v, &p, value, 1.0, 100.0, |x| {
-                s.panic_window_percentage = x
-            }),
-            "panic-threshold-percentage" => float(&mut v, &p, value, 110.0, 1000.0, |x| {
-                s.panic_threshold_percentage = x
-            }),
-            "target-burst-capacity" => match value.trim().parse::<f64>() {
-                Ok(x) if x >= 0.0 || x == -1.0 => s.target_burst_capacity = x,
-                _ => v.error(&p, format!("{value:?} must be -1 or a number >= 0")),
-            },
-            "metric" => match value.as_str() {
-                "concurrency" => s.metric = ScaleMetric::Concurrency,
-                "rps" => s.metric = ScaleMetric::Rps,
-                other => v.error(
-                    &p,
-                    format!("{other:?} is not a metric local mode scales on (concurrency, rps)"),
-                ),
-            },
-            "window" => match parse_go_duration(value) {
-                Some(d) if (MIN_WINDOW..=MAX_WINDOW).contains(&d) && d.subsec_nanos() == 0 => {
-                    s.stable_window = d
-                }
-                Some(d) => v.error(
-                    &p,
-                    format!("expected 6s <= {} <= 1h, in whole seconds", fmt_duration(d)),
-                ),
-                None => v.error(&p, format!("{value:?} is not a duration such as 60s or 1m")),
-            },
-            // Knobs that exist upstream but are not acted on in this build are accepted.
-            _ => {}
-        }
+    // class: a value in Knative's domain must be one Knative knows.
+    let class = get(annotations, "class");
+    if let Some((key, value)) = &class
+        && value.ends_with("autoscaling.knative.dev")
+        && *value != KPA_CLASS
+        && *value != HPA_CLASS
+    {
+        invalid(&mut v, key, value);
     }
-    if s.metric == ScaleMetric::Rps && !annotations.contains_key(TARGET) {
-        s.target = 200.0;
-    }
-    if container_concurrency > 0 && !annotations.contains_key(TARGET) {
-        s.target = f64::from(container_concurrency);
-    } else if container_concurrency > 0 {
-        s.target = s.target.min(f64::from(container_concurrency));
-    }
-    if s.max_scale > 0 && s.min_scale > s.max_scale {
+    let is_kpa = class.as_ref().is_none_or(|(_, c)| *c == KPA_CLASS);
+
+    // min-scale, max-scale, activation-scale.
+    s.min_scale = int_ge0(&mut v, annotations, "min-scale");
+    s.max_scale = int_ge0(&mut v, annotations, "max-scale");
+    if s.max_scale != 0 && s.max_scale < s.min_scale {
         v.error(
-            path(MIN_SCALE),
             format!(
-                "min-scale ({}) must be <= max-scale ({})",
-                s.min_scale, s.max_scale
+                "{}, {}",
+                path(&get(annotations, "max-scale").map_or(MAX_SCALE.into(), |(k, _)| k)),
+                path(&get(annotations, "min-scale").map_or(MIN_SCALE.into(), |(k, _)| k)),
+            ),
+            format!(
+                "max-scale={} is less than min-scale={}",
+                s.max_scale, s.min_scale
             ),
         );
+    }
+    if let Some((key, value)) = get(annotations, "activation-scale") {
+        match parse_i32(value) {
+            Err(_) => invalid(&mut v, &key, value),
+            Ok(n) if i64::from(s.min_scale) > i64::from(n) => v.error(
+                path(&key),
+                format!(
+                    "min-scale={} is greater than min-activate-scale={n}",
+                    s.min_scale
+                ),
+            ),
+            Ok(n) if s.max_scale != 0 && i64::from(s.max_scale) < i64::from(n) => v.error(
+                path(&key),
+                format!(
+                    "max-scale={} is less than min-activate-scale={n}",
+                    s.max_scale
+                ),
+            ),
+            Ok(n) if n < 2 => v.error(
+                path(&key),
+                format!("min-activate-scale={n} must be greater than 1"),
+            ),
+            Ok(n) => s.activation_scale = n.unsigned_abs(),
+        }
+    }
+
+    // Floats.
+    if let Some(x) = bounded(&mut v, annotations, "panic-window-percentage", 1.0, 100.0) {
+        s.panic_window_percentage = x;
+    }
+    if let Some(x) = bounded(
+        &mut v,
+        annotations,
+        "panic-threshold-percentage",
+        110.0,
+        1000.0,
+    ) {
+        s.panic_threshold_percentage = x;
+    }
+    let target = get(annotations, "target");
+    if let Some((key, value)) = &target
+        && let Some(x) = float(&mut v, key, value)
+    {
+        if x < 0.01 {
+            v.error(path(key), format!("target {value} should be at least 0.01"));
+        } else {
+            s.target = x;
+        }
+    }
+    if let Some(x) = bounded(
+        &mut v,
+        annotations,
+        "target-utilization-percentage",
+        1.0,
+        100.0,
+    ) {
+        s.target_utilization = x / 100.0;
+    }
+    if let Some((key, value)) = get(annotations, "target-burst-capacity") {
+        match value.parse::<f64>() {
+            Ok(x) if x.is_finite() && (x >= 0.0 || x == -1.0) => s.target_burst_capacity = x,
+            _ => invalid(&mut v, &key, value),
+        }
+    }
+
+    // window: 6s … 1h, whole seconds. Knative reports it at the canonical key.
+    if let Some((_, value)) = get(annotations, "window") {
+        match parse_go_duration(value) {
+            None => invalid(&mut v, WINDOW, value),
+            Some(GoDuration::Positive(d)) if (WINDOW_MIN..=WINDOW_MAX).contains(&d) => {
+                if d.subsec_nanos() != 0 {
+                    v.error(
+                        path(WINDOW),
+                        "must be specified with at most second precision",
+                    );
+                } else {
+                    s.stable_window = d;
+                }
+            }
+            Some(_) => v.error(
+                path(WINDOW),
+                format!(
+                    "expected {} <= {value} <= {}",
+                    fmt_go_duration(WINDOW_MIN),
+                    fmt_go_duration(WINDOW_MAX)
+                ),
+            ),
+        }
+    }
+    if let Some(d) = duration_0_1h(
+        &mut v,
+        annotations,
+        "scale-to-zero-pod-retention-period",
+        false,
+    ) {
+        s.scale_to_zero_retention = d;
+    }
+    if let Some(d) = duration_0_1h(&mut v, annotations, "scale-down-delay", true) {
+        s.scale_down_delay = d;
+    }
+
+    // metric: the KPA scales on concurrency or rps; other classes are left alone.
+    if let Some((_, metric)) = get(annotations, "metric") {
+        match (metric, is_kpa) {
+            ("concurrency", _) => s.metric = ScaleMetric::Concurrency,
+            ("rps", _) => s.metric = ScaleMetric::Rps,
+            (_, true) => invalid(&mut v, METRIC, metric),
+            (_, false) => {}
+        }
+    }
+    if is_kpa
+        && let Some((key, value)) = get(annotations, "metric-aggregation-algorithm")
+        && !matches!(
+            value,
+            "linear" | "weightedExponential" | "weightedExponentialAlt"
+        )
+    {
+        invalid(&mut v, &key, value);
+    }
+
+    // initial-scale.
+    if let Some((key, value)) = get(annotations, "initial-scale") {
+        match value.parse::<i64>() {
+            Err(_) => invalid(&mut v, &key, value),
+            Ok(n) if n < 0 => v.error(
+                format!("{} must be greater than 0", path(&key)),
+                format!("invalid value: {value}"),
+            ),
+            Ok(0) if !ALLOW_ZERO_INITIAL_SCALE => v.error(
+                format!("{}=0 not allowed by cluster", path(&key)),
+                format!("invalid value: {value}"),
+            ),
+            Ok(n) => s.initial_scale = u32::try_from(n).unwrap_or(u32::MAX),
+        }
+    }
+
+    // Sluice's policy.
+    if let Some(value) = annotations.get(POLICY) {
+        match value.as_str() {
+            "kpa" => s.policy = ScalePolicy::Kpa,
+            "pattern" => s.policy = ScalePolicy::Pattern,
+            other => v.error(
+                path(POLICY),
+                format!("invalid value: {other} (expected kpa or pattern)"),
+            ),
+        }
+    }
+
+    // Defaults that depend on other knobs: rps target 200; containerConcurrency caps.
+    if s.metric == ScaleMetric::Rps && target.is_none() {
+        s.target = 200.0;
+    }
+    if container_concurrency > 0 {
+        s.target = if target.is_none() {
+            f64::from(container_concurrency)
+        } else {
+            s.target.min(f64::from(container_concurrency))
+        };
     }
     v.finish().map(|()| s)
 }
 
-fn int(v: &mut Validator, path: &str, value: &str, min: i32, max: i32, set: impl FnOnce(u32)) {
-    match value.trim().parse::<i32>() {
-        Ok(n) if (min..=max).contains(&n) => set(n.unsigned_abs()),
-        Ok(n) => v.error(path, format!("expected {min} <= {n}")),
-        Err(_) => v.error(path, format!("{value:?} is not an integer")),
-    }
+/// A parsed Go duration: negative ones are valid Go but out of every range here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoDuration {
+    /// Zero or more.
+    Positive(Duration),
+    /// Less than zero.
+    Negative,
 }
 
-fn float(v: &mut Validator, path: &str, value: &str, min: f64, max: f64, set: impl FnOnce(f64)) {
-    match value.trim().parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= min && x <= max => set(x),
-        Ok(x) => v.error(path, format!("expected {min} <= {x} <= {max}")),
-        Err(_) => v.error(path, format!("{value:?} is not a number")),
+/// Parses a Go `time.ParseDuration` string such as `60s`, `1m30s`, `1h`, `500ms`, `-1s`,
+/// `0`. `None` when Go would refuse it.
+pub fn parse_go_duration(text: &str) -> Option<GoDuration> {
+    let (negative, mut rest) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if rest == "0" {
+        return Some(GoDuration::Positive(Duration::ZERO));
     }
-}
-
-/// Parses a Go-style duration such as `60s`, `1m30s`, `1h`, `500ms`.
-pub fn parse_go_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if text.is_empty() {
+    if rest.is_empty() {
         return None;
     }
     let mut total = Duration::ZERO;
-    let mut rest = text;
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
-        if digits == 0 {
+        let number = &rest[..digits];
+        if number.is_empty() || number == "." {
             return None;
         }
-        let number: f64 = rest[..digits].parse().ok()?;
+        let number: f64 = number.parse().ok()?;
         rest = &rest[digits..];
         let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
+            .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,
             "s" => 1.0,
             "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
+            "us" | "µs" | "μs" => 1e-6,
             "ns" => 1e-9,
             _ => return None,
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(number * secs).ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(number * secs).ok()?)?;
     }
-    Some(total)
+    Some(if negative && !total.is_zero() {
+        GoDuration::Negative
+    } else {
+        GoDuration::Positive(total)
+    })
 }
 
-fn fmt_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
+/// Formats a whole-second duration as Go's `Duration.String` does (`6s`, `1m0s`, `1h0m0s`).
+pub fn fmt_go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
     } else {
-        format!("{}s", d.as_secs_f64())
+        format!("{s}s")
     }
 }
 
@@ -219,8 +484,27 @@ mod tests {
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
-            .map(|(k, v)| (format!("{PREFIX}{k}"), (*v).to_owned()))
+            .map(|(k, v)| {
+                let key = if k.contains('/') {
+                    (*k).to_owned()
+                } else {
+                    format!("{PREFIX}{k}")
+                };
+                (key, (*v).to_owned())
+            })
             .collect()
+    }
+
+    fn errors(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        scaling_from_annotations(&ann(pairs), 0)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| (e.path, e.message))
+            .collect()
+    }
+
+    fn one(path: &str, message: &str) -> Vec<(String, String)> {
+        vec![(path.to_owned(), message.to_owned())]
     }
 
     #[test]
@@ -230,64 +514,287 @@ mod tests {
         assert_eq!(s.target, 100.0);
         assert_eq!(s.effective_target(), 70.0);
         assert_eq!(s.min_scale, 0);
+        assert_eq!(s.panic_threshold_percentage, 200.0);
+        assert_eq!(s.target_burst_capacity, 211.0);
+        assert_eq!(s.policy, ScalePolicy::Kpa);
     }
 
     #[test]
-    fn container_concurrency_caps_target() {
-        assert_eq!(
-            scaling_from_annotations(&BTreeMap::new(), 10)
-                .unwrap()
-                .target,
-            10.0
-        );
+    fn every_knob_maps() {
+        let s = scaling_from_annotations(
+            &ann(&[
+                ("min-scale", "1"),
+                ("maxScale", "9"),
+                ("initial-scale", "2"),
+                ("activation-scale", "3"),
+                ("target", "50"),
+                ("target-utilization-percentage", "80"),
+                ("target-burst-capacity", "-1"),
+                ("panic-window-percentage", "20"),
+                ("panic-threshold-percentage", "300"),
+                ("window", "1m30s"),
+                ("metric", "rps"),
+                ("scale-down-delay", "15s"),
+                ("scale-to-zero-pod-retention-period", "1m"),
+                (POLICY, "pattern"),
+            ]),
+            0,
+        )
+        .unwrap();
+        assert_eq!((s.min_scale, s.max_scale, s.initial_scale), (1, 9, 2));
+        assert_eq!(s.activation_scale, 3);
+        assert_eq!((s.target, s.target_utilization), (50.0, 0.8));
+        assert_eq!(s.target_burst_capacity, -1.0);
+        assert_eq!(s.panic_window_percentage, 20.0);
+        assert_eq!(s.panic_threshold_percentage, 300.0);
+        assert_eq!(s.stable_window, Duration::from_secs(90));
+        assert_eq!(s.metric, ScaleMetric::Rps);
+        assert_eq!(s.scale_down_delay, Duration::from_secs(15));
+        assert_eq!(s.scale_to_zero_retention, Duration::from_secs(60));
+        assert_eq!(s.policy, ScalePolicy::Pattern);
+    }
+
+    #[test]
+    fn rps_default_target_and_container_concurrency_cap() {
+        let s = scaling_from_annotations(&ann(&[("metric", "rps")]), 0).unwrap();
+        assert_eq!(s.target, 200.0);
+        let s = scaling_from_annotations(&BTreeMap::new(), 10).unwrap();
+        assert_eq!(s.target, 10.0);
         let s = scaling_from_annotations(&ann(&[("target", "50")]), 10).unwrap();
         assert_eq!(s.target, 10.0);
     }
 
     #[test]
-    fn window_bounds_and_parse() {
-        let s = scaling_from_annotations(&ann(&[("window", "1m30s")]), 0).unwrap();
-        assert_eq!(s.stable_window, Duration::from_secs(90));
-        let e = scaling_from_annotations(&ann(&[("window", "1s")]), 0).unwrap_err();
+    fn window_errors_as_upstream() {
+        let w = "metadata.annotations.autoscaling.knative.dev/window";
         assert_eq!(
-            e[0].path,
-            "metadata.annotations[autoscaling.knative.dev/window]"
+            errors(&[("window", "5s")]),
+            one(w, "expected 6s <= 5s <= 1h0m0s")
         );
-        assert_eq!(e[0].message, "expected 6s <= 1s <= 1h, in whole seconds");
-        assert!(scaling_from_annotations(&ann(&[("window", "soon")]), 0).is_err());
+        assert_eq!(
+            errors(&[("window", "2h")]),
+            one(w, "expected 6s <= 2h <= 1h0m0s")
+        );
+        assert_eq!(
+            errors(&[("window", "6500ms")]),
+            one(w, "must be specified with at most second precision")
+        );
+        assert_eq!(errors(&[("window", "soon")]), one(w, "invalid value: soon"));
+        assert_eq!(errors(&[("window", "10")]), one(w, "invalid value: 10"));
     }
 
     #[test]
-    fn scale_bounds_validated() {
-        let s = scaling_from_annotations(&ann(&[("min-scale", "0"), ("max-scale", "3")]), 0);
-        assert_eq!(s.unwrap().max_scale, 3);
-        let e = scaling_from_annotations(&ann(&[("min-scale", "4"), ("max-scale", "3")]), 0);
-        assert!(e.unwrap_err()[0].message.contains("must be <= max-scale"));
-        let e = scaling_from_annotations(&ann(&[("min-scale", "-1")]), 0).unwrap_err();
-        assert_eq!(e[0].message, "expected 0 <= -1");
+    fn percentages_and_targets_as_upstream() {
+        assert_eq!(
+            errors(&[("panic-threshold-percentage", "50")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/panic-threshold-percentage",
+                "expected 110 <= 50 <= 1000"
+            )
+        );
+        assert_eq!(
+            errors(&[("panicWindowPercentage", "0.5")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/panicWindowPercentage",
+                "expected 1 <= 0.5 <= 100"
+            )
+        );
+        assert_eq!(
+            errors(&[("target-utilization-percentage", "101")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/target-utilization-percentage",
+                "expected 1 <= 101 <= 100"
+            )
+        );
+        assert_eq!(
+            errors(&[("target", "0")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/target",
+                "target 0 should be at least 0.01"
+            )
+        );
+        assert_eq!(
+            errors(&[("target", "lots")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/target",
+                "invalid value: lots"
+            )
+        );
+        assert_eq!(
+            errors(&[("target-burst-capacity", "-2")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/target-burst-capacity",
+                "invalid value: -2"
+            )
+        );
     }
 
     #[test]
-    fn knobs_not_acted_on_are_reported() {
-        let w = annotation_warnings(&ann(&[
-            ("panic-window-percentage", "20"),
-            ("window", "60s"),
-        ]));
-        assert_eq!(w.len(), 1);
+    fn scale_bounds_as_upstream() {
         assert_eq!(
-            w[0].0,
-            "metadata.annotations[autoscaling.knative.dev/panic-window-percentage]"
+            errors(&[("min-scale", "4"), ("max-scale", "3")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/max-scale, \
+                 metadata.annotations.autoscaling.knative.dev/min-scale",
+                "max-scale=3 is less than min-scale=4"
+            )
         );
-        assert!(w[0].1.starts_with("kept, but not acted on"));
-        let w = annotation_warnings(&ann(&[("class", "hpa.autoscaling.knative.dev")]));
-        assert!(w[0].1.contains("not available in local mode"));
+        assert_eq!(
+            errors(&[("min-scale", "-1")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/min-scale",
+                "expected 0 <= -1 <= 2147483647"
+            )
+        );
+        assert_eq!(
+            errors(&[("max-scale", "three")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/max-scale",
+                "invalid value: three"
+            )
+        );
+        assert_eq!(
+            errors(&[("min-scale", "99999999999")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/min-scale",
+                "expected 0 <= 99999999999 <= 2147483647"
+            )
+        );
+        assert_eq!(
+            errors(&[("activation-scale", "1")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/activation-scale",
+                "min-activate-scale=1 must be greater than 1"
+            )
+        );
+        assert_eq!(
+            errors(&[("min-scale", "3"), ("activation-scale", "2")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/activation-scale",
+                "min-scale=3 is greater than min-activate-scale=2"
+            )
+        );
+        assert_eq!(
+            errors(&[("initial-scale", "0")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/initial-scale=0 not allowed by cluster",
+                "invalid value: 0"
+            )
+        );
+    }
+
+    #[test]
+    fn durations_metric_class_policy() {
+        assert_eq!(
+            errors(&[("scale-down-delay", "2h")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/scale-down-delay",
+                "expected 0s <= 2h <= 1h0m0s"
+            )
+        );
+        assert_eq!(
+            errors(&[("scale-down-delay", "1.5s")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/scale-down-delay",
+                "must be specified with at most second precision"
+            )
+        );
+        assert_eq!(
+            errors(&[("scale-to-zero-pod-retention-period", "-1s")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/scale-to-zero-pod-retention-period",
+                "expected 0s <= -1s <= 1h0m0s"
+            )
+        );
+        assert_eq!(
+            errors(&[("metric", "cpu")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/metric",
+                "invalid value: cpu"
+            )
+        );
+        // Under the HPA class, cpu is valid (and warned about: local mode has no HPA).
+        let a = ann(&[("class", HPA_CLASS), ("metric", "cpu")]);
+        assert!(scaling_from_annotations(&a, 0).is_ok());
+        assert_eq!(annotation_warnings(&a).len(), 2);
+        assert_eq!(
+            errors(&[("class", "xpa.autoscaling.knative.dev")]),
+            one(
+                "metadata.annotations.autoscaling.knative.dev/class",
+                "invalid value: xpa.autoscaling.knative.dev"
+            )
+        );
+        assert_eq!(
+            errors(&[(POLICY, "psychic")]),
+            one(
+                "metadata.annotations.autoscaling.sluice.dev/policy",
+                "invalid value: psychic (expected kpa or pattern)"
+            )
+        );
+    }
+
+    #[test]
+    fn bad_annotations_are_refused_at_apply_time() {
+        let yaml = r#"
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: iris
+  annotations:
+    autoscaling.knative.dev/window: "5s"
+    autoscaling.knative.dev/panic-threshold-percentage: "50"
+    autoscaling.knative.dev/min-scale: "4"
+    autoscaling.knative.dev/max-scale: "3"
+    autoscaling.knative.dev/target: "ten"
+spec:
+  predictor:
+    model:
+      modelFormat: {name: sluice-mlp}
+      storageUri: /models/iris
+"#;
+        let errors =
+            crate::parse_manifests(yaml, "iris.yaml", std::path::Path::new("/")).unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let a = "metadata.annotations.autoscaling.knative.dev";
+        let p = format!("iris.yaml: document 1: {a}");
+        for want in [
+            format!("{p}/max-scale, {a}/min-scale: max-scale=3 is less than min-scale=4"),
+            format!("{p}/panic-threshold-percentage: expected 110 <= 50 <= 1000"),
+            format!("{p}/target: invalid value: ten"),
+            format!("{p}/window: expected 6s <= 5s <= 1h0m0s"),
+        ] {
+            assert!(shown.contains(&want), "{want}\n not in {shown:#?}");
+        }
+    }
+
+    #[test]
+    fn all_errors_reported_at_once() {
+        let e = errors(&[("window", "5s"), ("panic-threshold-percentage", "50")]);
+        assert_eq!(e.len(), 2);
     }
 
     #[test]
     fn go_durations() {
-        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_go_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_go_duration("10"), None);
-        assert_eq!(parse_go_duration(""), None);
+        let p = |s| parse_go_duration(s);
+        assert_eq!(
+            p("500ms"),
+            Some(GoDuration::Positive(Duration::from_millis(500)))
+        );
+        assert_eq!(
+            p("1h"),
+            Some(GoDuration::Positive(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            p("1.5m"),
+            Some(GoDuration::Positive(Duration::from_secs(90)))
+        );
+        assert_eq!(p("0"), Some(GoDuration::Positive(Duration::ZERO)));
+        assert_eq!(p("-3s"), Some(GoDuration::Negative));
+        assert_eq!(p("10"), None);
+        assert_eq!(p(""), None);
+        assert_eq!(p("1x"), None);
+        assert_eq!(fmt_go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(fmt_go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(fmt_go_duration(Duration::from_secs(6)), "6s");
     }
 }
