@@ -8,4 +8,5 @@
 //! Not here: anything that routes or serves requests; those crates call into this one.
 
 pub mod identity;
+pub mod tls;
 pub mod trace;
