@@ -8,5 +8,6 @@
 //! Not here: anything that routes or serves requests; those crates call into this one.
 
 pub mod identity;
+pub mod policy;
 pub mod tls;
 pub mod trace;
