@@ -7,6 +7,7 @@
 //!
 //! Not here: anything that routes or serves requests; those crates call into this one.
 
+pub mod attestation;
 pub mod identity;
 pub mod policy;
 pub mod tls;
