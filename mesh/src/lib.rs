@@ -10,5 +10,6 @@
 pub mod attestation;
 pub mod identity;
 pub mod policy;
+pub mod telemetry;
 pub mod tls;
 pub mod trace;
