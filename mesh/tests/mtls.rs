@@ -65,7 +65,7 @@ impl TimeProvider for Skewed {
 }
 
 /// A server that answers each line with "<principal or anonymous> <security>", and reports
-/// each accept's outcome on the channel.
+/// each accept's outcome on the channel (the first 16; later ones are not reported).
 async fn serve(
     tls: &MeshTls,
     mode: PeerAuthMode,
@@ -82,10 +82,10 @@ async fn serve(
             tokio::spawn(async move {
                 match acceptor.accept(tcp, mode).await {
                     Err(e) => {
-                        let _ = tx.send(Err(format!("{e:?}"))).await;
+                        let _ = tx.try_send(Err(format!("{e:?}")));
                     }
                     Ok((stream, peer)) => {
-                        let _ = tx.send(Ok(())).await;
+                        let _ = tx.try_send(Ok(()));
                         let who = peer
                             .identity
                             .map(|id| id.principal())
@@ -316,4 +316,71 @@ async fn rotation_gives_new_connections_the_new_certificate_and_keeps_old_ones()
         ask(&mut second).await.unwrap(),
         "cluster.local/ns/default/sa/client mutual_tls"
     );
+}
+
+#[tokio::test]
+async fn rotation_on_both_sides_under_continuous_load_fails_no_request() {
+    let dir = TempDir::new();
+    let ca = ca(&dir, "ca");
+    let bundle = Arc::new(ca.trust_bundle().unwrap());
+    let issuer: Arc<dyn SvidIssuer> = ca.clone();
+    // Two-second certificates renew every 0.8-1 s on both ends.
+    let config = RotationConfig::new(Duration::from_secs(2));
+    let (mut server_id, _s) =
+        RotatingSvid::start(issuer.clone(), id("server"), config.clone()).unwrap();
+    let (client_id, _c) = RotatingSvid::start(issuer, id("client"), config).unwrap();
+    let (addr, _accepted) = serve(
+        &MeshTls::new(bundle.clone(), server_id.clone()),
+        PeerAuthMode::Strict,
+    )
+    .await;
+    let client = MeshTls::new(bundle, client_id);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (client, stop) = (client.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut server_certs = std::collections::HashSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A new connection, then a few requests on it.
+                match mtls_client(&client, addr).await {
+                    Err(e) => failed.push(e),
+                    Ok((mut stream, _)) => {
+                        let cert =
+                            stream.get_ref().get_ref().1.peer_certificates().unwrap()[0].clone();
+                        server_certs.insert(cert.to_vec());
+                        for _ in 0..3 {
+                            match ask(&mut stream).await {
+                                Ok(r) if r == "cluster.local/ns/default/sa/client mutual_tls" => {
+                                    ok += 1
+                                }
+                                other => failed.push(format!("{other:?}")),
+                            }
+                        }
+                    }
+                }
+            }
+            (ok, failed, server_certs)
+        }));
+    }
+    // Let the server renew four times (the renewals themselves are the clock).
+    for _ in 0..4 {
+        assert!(server_id.changed().await);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut certs = std::collections::HashSet::new();
+    for w in workers {
+        let (ok, failed, seen) = w.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "failed requests during rotation: {failed:?}"
+        );
+        total += ok;
+        certs.extend(seen);
+    }
+    assert!(total > 0);
+    assert!(certs.len() >= 4, "saw {} server certificates", certs.len());
 }

@@ -57,6 +57,8 @@ fn random_unit() -> f64 {
 #[derive(Clone)]
 pub struct RotatingSvid {
     rx: watch::Receiver<Arc<Svid>>,
+    /// For a fixed SVID, the sender is kept here so the channel stays open.
+    _fixed: Option<Arc<watch::Sender<Arc<Svid>>>>,
 }
 
 impl std::fmt::Debug for RotatingSvid {
@@ -78,15 +80,17 @@ impl RotatingSvid {
         let first = Arc::new(issuer.issue(&id, config.ttl)?);
         let (tx, rx) = watch::channel(first);
         let task = tokio::spawn(renew_loop(issuer, id, config, tx));
-        Ok((Self { rx }, task))
+        Ok((Self { rx, _fixed: None }, task))
     }
 
-    /// A holder whose SVID never changes (e.g. one read from a file by a replica).
+    /// A holder whose SVID never changes (e.g. one read from a file by a replica);
+    /// [`RotatingSvid::changed`] then never returns.
     pub fn fixed(svid: Svid) -> Self {
         let (tx, rx) = watch::channel(Arc::new(svid));
-        // Keep the channel open for as long as the process lives: nothing will ever send.
-        std::mem::forget(tx);
-        Self { rx }
+        Self {
+            rx,
+            _fixed: Some(Arc::new(tx)),
+        }
     }
 
     /// The SVID to use now.
