@@ -140,6 +140,13 @@ async fn strict_serves_a_mesh_client_and_shows_its_identity() {
     let (addr, mut accepted) = serve(&mesh_tls(&ca, "server"), PeerAuthMode::Strict).await;
     let (mut stream, server) = mtls_client(&mesh_tls(&ca, "client"), addr).await.unwrap();
     assert_eq!(server, id("server"));
+    // The client can tell when the server's identity lapses (one hour from now).
+    let expiry = sluice_mesh::tls::peer_not_after(stream.get_ref().get_ref().1).unwrap();
+    let left = expiry.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(
+        left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
+        "{left:?}"
+    );
     assert_eq!(
         ask(&mut stream).await.unwrap(),
         "cluster.local/ns/default/sa/client mutual_tls"

@@ -3,6 +3,7 @@
 //! validated with field paths, and evaluated as SEMANTICS.md §6 describes.
 
 pub mod authz;
+pub mod documents;
 pub mod evaluate;
 mod manifest;
 pub mod matching;
@@ -11,6 +12,7 @@ pub mod peer_auth;
 use std::collections::BTreeMap;
 
 pub use authz::{Action, AuthorizationPolicy};
+pub use documents::{DocumentError, PolicyDocuments};
 pub use evaluate::{AuthorizationEngine, Decision, RequestAttributes};
 pub use manifest::{FieldError, ObjectMeta, ValidationError, WorkloadSelector};
 pub use peer_auth::{PeerAuthentication, PeerAuthenticationSet};

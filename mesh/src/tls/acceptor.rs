@@ -11,7 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::server::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -63,6 +63,9 @@ pub struct PeerInfo {
     pub identity: Option<SpiffeId>,
     /// mTLS or plaintext.
     pub security: ConnectionSecurity,
+    /// When the peer's certificate expires: a server should close the connection by then,
+    /// so a long-lived connection is re-established with a fresh certificate.
+    pub peer_not_after: Option<SystemTime>,
 }
 
 /// A connection could not be accepted.
@@ -146,6 +149,7 @@ impl MeshAcceptor {
         let plain = PeerInfo {
             identity: None,
             security: ConnectionSecurity::None,
+            peer_not_after: None,
         };
         match mode {
             PeerAuthMode::Disable => return Ok((MeshStream::Plain(tcp), plain)),
@@ -169,11 +173,13 @@ impl MeshAcceptor {
             .and_then(|chain| chain.first())
             .and_then(|leaf| peer_spiffe_id(leaf).ok())
             .ok_or(AcceptError::NoPeerIdentity)?;
+        let peer_not_after = super::peer_not_after(tls.get_ref().1);
         Ok((
             MeshStream::Tls(Box::new(tls)),
             PeerInfo {
                 identity: Some(identity),
                 security: ConnectionSecurity::MutualTls,
+                peer_not_after,
             },
         ))
     }
