@@ -4,6 +4,7 @@
 pub mod acceptor;
 pub mod config;
 pub mod connector;
+pub mod ingress;
 pub mod verifier;
 
 pub use acceptor::{
@@ -11,6 +12,7 @@ pub use acceptor::{
 };
 pub use config::{MeshTls, TlsConfigError};
 pub use connector::{ConnectError, MeshConnector};
+pub use ingress::{IngressCertificate, IngressTlsError, ingress_server_config};
 pub use verifier::ExpectedServer;
 
 /// When the peer certificate of an established TLS connection expires (`notAfter`), if it
