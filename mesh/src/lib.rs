@@ -1,14 +1,21 @@
 //! sluice-mesh: what every Sluice process shares to be a mesh citizen.
 //!
-//! Owns workload identity (SPIFFE X.509-SVIDs from a built-in CA, rotated), mutual-TLS
-//! configs and the peer-authentication acceptor, Istio-compatible authorization policy,
-//! the signed caller attestation that carries a caller's identity across the activator,
-//! metric families and access logs, and trace propagation (W3C `traceparent`, `x-request-id`).
+//! * [`identity`]: SPIFFE X.509-SVIDs from a built-in CA persisted in a private directory,
+//!   their verification, and rotation at 50 % of life with jitter.
+//! * [`tls`]: mutual-TLS configs and verifiers, the STRICT/PERMISSIVE/DISABLE acceptor that
+//!   tells the handler who the peer is, the connector, and ingress TLS chosen by SNI.
+//! * [`policy`]: Istio `PeerAuthentication` and `AuthorizationPolicy` manifests, validated and
+//!   evaluated.
+//! * [`attestation`]: the signed statement that carries the original caller's identity across
+//!   the activator.
+//! * [`telemetry`]: Istio, Knative and KServe metric families in an injected registry, and the
+//!   JSON access-log line; [`otlp`]: span export; [`trace`]: `traceparent` / `x-request-id`.
 //!
 //! Not here: anything that routes or serves requests; those crates call into this one.
 
 pub mod attestation;
 pub mod identity;
+pub mod otlp;
 pub mod policy;
 pub mod telemetry;
 pub mod tls;
