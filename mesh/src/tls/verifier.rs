@@ -49,6 +49,11 @@ pub(crate) fn to_rustls(error: SvidError) -> rustls::Error {
     rustls::Error::InvalidCertificate(kind)
 }
 
+/// The mesh configs offer TLS 1.3 only, so a TLS 1.2 signature never needs checking.
+fn tls12_not_offered() -> rustls::Error {
+    rustls::Error::General("TLS 1.2 is not offered between mesh workloads".into())
+}
+
 fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms
 }
@@ -97,9 +102,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        Err(tls12_not_offered())
     }
 
     fn verify_tls13_signature(
@@ -163,9 +166,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        Err(tls12_not_offered())
     }
 
     fn verify_tls13_signature(
