@@ -7,13 +7,14 @@
 //! * [`policy`]: Istio `PeerAuthentication` and `AuthorizationPolicy` manifests, validated and
 //!   evaluated.
 //! * [`attestation`]: the signed statement that carries the original caller's identity across
-//!   the activator.
+//!   the activator; [`enforce`]: the activator's and replica's per-request use of both.
 //! * [`telemetry`]: Istio, Knative and KServe metric families in an injected registry, and the
 //!   JSON access-log line; [`otlp`]: span export; [`trace`]: `traceparent` / `x-request-id`.
 //!
 //! Not here: anything that routes or serves requests; those crates call into this one.
 
 pub mod attestation;
+pub mod enforce;
 pub mod identity;
 pub mod otlp;
 pub mod policy;
