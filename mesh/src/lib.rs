@@ -1,9 +1,23 @@
 //! sluice-mesh: what every Sluice process shares to be a mesh citizen.
 //!
-//! Owns request identity and trace propagation across hops (W3C `traceparent` and
-//! `x-request-id`) today; workload identity (SPIFFE certificates from a built-in CA),
-//! mutual-TLS configs, authorization policy and metric families arrive with the mesh issue.
+//! * [`identity`]: SPIFFE X.509-SVIDs from a built-in CA persisted in a private directory,
+//!   their verification, and rotation at 50 % of life with jitter.
+//! * [`tls`]: mutual-TLS configs and verifiers, the STRICT/PERMISSIVE/DISABLE acceptor that
+//!   tells the handler who the peer is, the connector, and ingress TLS chosen by SNI.
+//! * [`policy`]: Istio `PeerAuthentication` and `AuthorizationPolicy` manifests, validated and
+//!   evaluated.
+//! * [`attestation`]: the signed statement that carries the original caller's identity across
+//!   the activator; [`enforce`]: the activator's and replica's per-request use of both.
+//! * [`telemetry`]: Istio, Knative and KServe metric families in an injected registry, and the
+//!   JSON access-log line; [`otlp`]: span export; [`trace`]: `traceparent` / `x-request-id`.
 //!
 //! Not here: anything that routes or serves requests; those crates call into this one.
 
+pub mod attestation;
+pub mod enforce;
+pub mod identity;
+pub mod otlp;
+pub mod policy;
+pub mod telemetry;
+pub mod tls;
 pub mod trace;

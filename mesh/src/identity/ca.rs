@@ -1,0 +1,454 @@
+//! The built-in certificate authority: an ECDSA P-256 root persisted in a private directory,
+//! issuing SPIFFE X.509-SVIDs to workloads.
+//!
+//! Local mode keeps the root in the state directory (`ca.crt`, `ca.key`, mode 0600, directory
+//! 0700) and reloads it on restart, so certificates issued before a restart stay valid.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+};
+#[cfg(test)]
+use rustls::pki_types::UnixTime;
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+
+use super::files::{self, FileError};
+use super::spiffe::{SpiffeId, valid_trust_domain};
+use super::svid::{Svid, parse_pem, pem_block};
+use super::verify::{CLOCK_SKEW, SvidError, TrustBundle};
+
+/// Default life of a workload certificate.
+pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default life of the root certificate (ten years).
+pub const DEFAULT_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+const CERT_FILE: &str = "ca.crt";
+const KEY_FILE: &str = "ca.key";
+
+/// Where the CA lives and what it issues.
+#[derive(Clone, Debug)]
+pub struct CaConfig {
+    /// Trust domain of every SVID it issues.
+    pub trust_domain: String,
+    /// Private directory holding `ca.crt` and `ca.key`.
+    pub dir: PathBuf,
+    /// Life of a newly created root.
+    pub root_ttl: Duration,
+    /// Default life of a workload certificate (24 h; down to one second for tests).
+    pub workload_ttl: Duration,
+}
+
+impl CaConfig {
+    /// Defaults (24 h workload certificates, ten-year root) for `trust_domain` in `dir`.
+    pub fn new(trust_domain: &str, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            dir: dir.into(),
+            root_ttl: DEFAULT_ROOT_TTL,
+            workload_ttl: DEFAULT_WORKLOAD_TTL,
+        }
+    }
+
+    /// Checks the trust domain and durations.
+    pub fn validate(&self) -> Result<(), CaError> {
+        if !valid_trust_domain(&self.trust_domain) {
+            return Err(CaError::Config(format!(
+                "trust_domain {:?}: lowercase letters, digits, '.', '-', '_' only",
+                self.trust_domain
+            )));
+        }
+        if self.workload_ttl < Duration::from_secs(1) {
+            return Err(CaError::Config("workload_ttl: at least 1 s".into()));
+        }
+        if self.root_ttl <= self.workload_ttl {
+            return Err(CaError::Config(
+                "root_ttl: must be longer than workload_ttl".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The CA could not start or issue.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Invalid configuration (the message names the field).
+    #[error("CA config: {0}")]
+    Config(String),
+    /// The persisted root could not be read or written.
+    #[error("CA state: {0}")]
+    File(#[from] FileError),
+    /// The persisted root is unusable.
+    #[error("CA state {path}: {reason}")]
+    BadRoot {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Only one of `ca.crt` and `ca.key` exists.
+    #[error("CA state in {0}: ca.crt and ca.key must both exist or both be absent")]
+    HalfState(PathBuf),
+    /// The request names another trust domain.
+    #[error("refusing to issue {id}: this CA serves trust domain {trust_domain}")]
+    ForeignTrustDomain {
+        /// The requested identity.
+        id: String,
+        /// This CA's trust domain.
+        trust_domain: String,
+    },
+    /// Requested TTL below one second or beyond the root's expiry.
+    #[error("refusing to issue with ttl {0:?}: between 1 s and the root's remaining life")]
+    Ttl(Duration),
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// The issued key could not be loaded by rustls.
+    #[error("issued key unusable: {0}")]
+    Key(#[from] rustls::Error),
+}
+
+/// Anything that hands out SVIDs: the built-in CA here, a remote CA client elsewhere.
+pub trait SvidIssuer: Send + Sync {
+    /// Issues a fresh key and certificate for `id` valid for `ttl`.
+    fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<Svid, CaError>;
+}
+
+/// The mesh's built-in certificate authority.
+pub struct CertificateAuthority {
+    trust_domain: String,
+    root: CertificateDer<'static>,
+    root_not_after: SystemTime,
+    issuer: Issuer<'static, KeyPair>,
+    workload_ttl: Duration,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Loads the root from `config.dir`, or creates and persists a new one when the directory
+    /// holds none.
+    pub fn load_or_create(config: &CaConfig) -> Result<Self, CaError> {
+        config.validate()?;
+        let cert_path = config.dir.join(CERT_FILE);
+        let key_path = config.dir.join(KEY_FILE);
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => Self::load(config, &cert_path, &key_path),
+            (false, false) => Self::create(config, &cert_path, &key_path),
+            _ => Err(CaError::HalfState(config.dir.clone())),
+        }
+    }
+
+    fn create(config: &CaConfig, cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let now = SystemTime::now();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "sluice");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("sluice mesh root {}", config.trust_domain),
+        );
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{}", config.trust_domain).try_into()?,
+        )];
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + config.root_ttl).into();
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key)?;
+        files::private_dir(&config.dir)?;
+        files::write_private(key_path, key.serialize_pem().as_bytes())?;
+        files::write_private(cert_path, pem_block("CERTIFICATE", cert.der()).as_bytes())?;
+        Ok(Self {
+            trust_domain: config.trust_domain.clone(),
+            root: cert.der().clone(),
+            root_not_after: now + config.root_ttl,
+            issuer: Issuer::new(params, key),
+            workload_ttl: config.workload_ttl,
+        })
+    }
+
+    fn load(config: &CaConfig, cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
+        let bad = |path: &Path, reason: String| CaError::BadRoot {
+            path: path.to_owned(),
+            reason,
+        };
+        let key_pem = String::from_utf8(files::read_private(key_path)?)
+            .map_err(|_| bad(key_path, "not UTF-8 PEM".into()))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(key_path, e.to_string()))?;
+        if key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(bad(key_path, "root key is not ECDSA P-256".into()));
+        }
+        let cert_pem = String::from_utf8(files::read_private(cert_path)?)
+            .map_err(|_| bad(cert_path, "not UTF-8 PEM".into()))?;
+        let der = parse_pem(&cert_pem)
+            .map_err(|e| bad(cert_path, e))?
+            .into_iter()
+            .find(|(label, _)| label == "CERTIFICATE")
+            .map(|(_, der)| CertificateDer::from(der))
+            .ok_or_else(|| bad(cert_path, "no CERTIFICATE block".into()))?;
+        let (_, parsed) =
+            <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
+                '_,
+                x509_parser::error::X509Error,
+            >>::from_der(&der)
+            .map_err(|e| bad(cert_path, e.to_string()))?;
+        if !parsed.is_ca() {
+            return Err(bad(cert_path, "certificate is not a CA".into()));
+        }
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(bad(cert_path, "certificate does not match ca.key".into()));
+        }
+        let expected_san = format!("spiffe://{}", config.trust_domain);
+        let san_matches = parsed
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .is_some_and(|ext| {
+                ext.value.general_names.iter().any(|n| {
+                    matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == expected_san)
+                })
+            });
+        if !san_matches {
+            return Err(bad(
+                cert_path,
+                format!("root is not for trust domain {}", config.trust_domain),
+            ));
+        }
+        let not_after = parsed.validity().not_after.timestamp();
+        let root_not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
+        if root_not_after <= SystemTime::now() {
+            return Err(bad(
+                cert_path,
+                format!("root expired at unix time {not_after}"),
+            ));
+        }
+        let issuer =
+            Issuer::from_ca_cert_der(&der, key).map_err(|e| bad(cert_path, e.to_string()))?;
+        Ok(Self {
+            trust_domain: config.trust_domain.clone(),
+            root: der,
+            root_not_after,
+            issuer,
+            workload_ttl: config.workload_ttl,
+        })
+    }
+
+    /// The trust domain this CA serves.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The root certificate, DER.
+    pub fn root_der(&self) -> &CertificateDer<'static> {
+        &self.root
+    }
+
+    /// The root certificate, PEM.
+    pub fn root_pem(&self) -> String {
+        pem_block("CERTIFICATE", &self.root)
+    }
+
+    /// The bundle that verifies this CA's SVIDs.
+    pub fn trust_bundle(&self) -> Result<TrustBundle, SvidError> {
+        TrustBundle::new(&self.trust_domain, [self.root.clone()])
+    }
+
+    /// The configured default workload certificate life.
+    pub fn workload_ttl(&self) -> Duration {
+        self.workload_ttl
+    }
+
+    /// Issues an SVID for `id` with the default TTL.
+    pub fn issue_default(&self, id: &SpiffeId) -> Result<Svid, CaError> {
+        self.issue(id, self.workload_ttl)
+    }
+
+    /// Signs `params` for `key` with the root, unchecked. Only for tests that need
+    /// deliberately malformed certificates.
+    #[cfg(test)]
+    pub(crate) fn sign_raw(
+        &self,
+        params: &CertificateParams,
+        key: &KeyPair,
+    ) -> Result<rcgen::Certificate, rcgen::Error> {
+        params.signed_by(key, &self.issuer)
+    }
+
+    /// The parameters of a well-formed SVID for `id` (used by `issue` and by tests that
+    /// change one thing at a time).
+    pub(crate) fn svid_params(
+        id: &SpiffeId,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<CertificateParams, rcgen::Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "sluice");
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        // Backdated by the skew allowance, so a peer whose clock is behind accepts it at once.
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + ttl).into();
+        params.serial_number = Some(random_serial());
+        Ok(params)
+    }
+}
+
+impl SvidIssuer for CertificateAuthority {
+    fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<Svid, CaError> {
+        if id.trust_domain() != self.trust_domain {
+            return Err(CaError::ForeignTrustDomain {
+                id: id.to_string(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        // Whole seconds: X.509 times have no fractions, and lifetime() stays exact.
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
+        if ttl < Duration::from_secs(1) || now + ttl > self.root_not_after {
+            return Err(CaError::Ttl(ttl));
+        }
+        let ttl = Duration::from_secs(ttl.as_secs());
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let params = Self::svid_params(id, now, ttl)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key_der = PrivatePkcs8KeyDer::from(key.serialize_der());
+        let not_after = now + ttl;
+        Ok(Svid::from_parts(
+            id.clone(),
+            cert.der().clone(),
+            key_der,
+            now,
+            not_after,
+        )?)
+    }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = uuid::Uuid::new_v4().into_bytes();
+    // Positive and non-zero, as RFC 5280 asks.
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::identity::Usage;
+
+    fn temp_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("sluice-ca-{}", uuid::Uuid::new_v4()))
+    }
+
+    #[test]
+    fn persists_privately_and_reloads_the_same_root() {
+        let dir = temp_dir().join("state").join("ca");
+        let config = CaConfig::new("cluster.local", &dir);
+        let first = CertificateAuthority::load_or_create(&config).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join(CERT_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let before_restart = first.issue_default(&id).unwrap();
+        assert_eq!(before_restart.lifetime(), DEFAULT_WORKLOAD_TTL);
+        drop(first);
+
+        let second = CertificateAuthority::load_or_create(&config).unwrap();
+        assert!(second.root_pem().contains("BEGIN CERTIFICATE"));
+        let bundle = second.trust_bundle().unwrap();
+        // Issued before the restart, still verifies; issued after, too.
+        assert!(
+            bundle
+                .verify(before_restart.cert_der(), Usage::Server, UnixTime::now())
+                .is_ok()
+        );
+        let after = second.issue(&id, Duration::from_secs(5)).unwrap();
+        assert!(
+            bundle
+                .verify(after.cert_der(), Usage::Client, UnixTime::now())
+                .is_ok()
+        );
+        std::fs::remove_dir_all(dir.parent().unwrap().parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn refuses_readable_keys_half_state_and_bad_config() {
+        let dir = temp_dir();
+        let config = CaConfig::new("cluster.local", &dir);
+        CertificateAuthority::load_or_create(&config).unwrap();
+        std::fs::set_permissions(dir.join(KEY_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let err = CertificateAuthority::load_or_create(&config).unwrap_err();
+        assert!(err.to_string().contains("mode 644"), "{err}");
+        std::fs::remove_file(dir.join(KEY_FILE)).unwrap();
+        assert!(matches!(
+            CertificateAuthority::load_or_create(&config),
+            Err(CaError::HalfState(_))
+        ));
+        // A root for another trust domain is not silently reused.
+        std::fs::remove_dir_all(&dir).unwrap();
+        CertificateAuthority::load_or_create(&config).unwrap();
+        let other = CaConfig::new("other.domain", &dir);
+        assert!(matches!(
+            CertificateAuthority::load_or_create(&other),
+            Err(CaError::BadRoot { .. })
+        ));
+        let mut bad = CaConfig::new("Bad Domain", &dir);
+        assert!(matches!(bad.validate(), Err(CaError::Config(_))));
+        bad.trust_domain = "ok".into();
+        bad.workload_ttl = Duration::from_millis(10);
+        assert!(matches!(bad.validate(), Err(CaError::Config(_))));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn svid_file_round_trips_and_must_be_private() {
+        let dir = temp_dir();
+        let ca =
+            CertificateAuthority::load_or_create(&CaConfig::new("cluster.local", dir.join("ca")))
+                .unwrap();
+        let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let svid = ca.issue(&id, Duration::from_secs(600)).unwrap();
+        let path = dir.join("replica").join("svid.pem");
+        svid.write_private(&path).unwrap();
+        let bundle = ca.trust_bundle().unwrap();
+        let read = Svid::read_private(&path, &bundle).unwrap();
+        assert_eq!(read.id(), &id);
+        assert_eq!(read.cert_der(), svid.cert_der());
+        assert_eq!(read.not_after(), svid.not_after());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(Svid::read_private(&path, &bundle).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

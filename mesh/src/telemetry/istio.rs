@@ -1,0 +1,192 @@
+//! Istio's standard request metrics, with Istio's names, labels and buckets, so existing
+//! dashboards (Grafana's Istio boards, Kiali) read Sluice unchanged.
+
+use std::time::Duration;
+
+use super::registry::{Counter, Family, Histogram, Registry};
+
+/// `istio_request_duration_milliseconds` buckets (Istio's defaults).
+pub const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// `istio_request_bytes` / `istio_response_bytes` buckets: powers of ten from 1 B to 1 GB.
+pub const SIZE_BUCKETS: [f64; 10] = [
+    1.0,
+    10.0,
+    100.0,
+    1000.0,
+    10000.0,
+    100000.0,
+    1000000.0,
+    10000000.0,
+    100000000.0,
+    1000000000.0,
+];
+
+/// The label names, in exposition order.
+pub const LABELS: [&str; 13] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_service",
+    "destination_principal",
+    "destination_revision",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "connection_security_policy",
+];
+
+/// Who reports: the caller's side or the callee's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter {
+    /// The client side of a hop.
+    Source,
+    /// The server side of a hop.
+    Destination,
+}
+
+/// The labels of one request. Unknown values are `unknown`, as Istio writes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLabels {
+    /// Which side reports.
+    pub reporter: Reporter,
+    /// Calling workload (e.g. `activator`).
+    pub source_workload: String,
+    /// Its namespace.
+    pub source_workload_namespace: String,
+    /// Its SPIFFE ID (`spiffe://…`), `unknown` for plaintext.
+    pub source_principal: String,
+    /// Called workload (the revision's deployment name).
+    pub destination_workload: String,
+    /// Its namespace.
+    pub destination_workload_namespace: String,
+    /// Host called (`iris.default.svc.cluster.local`).
+    pub destination_service: String,
+    /// The callee's SPIFFE ID.
+    pub destination_principal: String,
+    /// The revision (`iris-00001`).
+    pub destination_revision: String,
+    /// `http` or `grpc`.
+    pub request_protocol: String,
+    /// HTTP status.
+    pub response_code: u16,
+    /// gRPC status for gRPC requests; `None` otherwise (exposed as empty, like Istio).
+    pub grpc_response_status: Option<u32>,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: String,
+}
+
+impl RequestLabels {
+    /// Labels with every value `unknown`, code 0, protocol `http`, security `unknown`.
+    pub fn unknown(reporter: Reporter) -> Self {
+        let u = || "unknown".to_owned();
+        Self {
+            reporter,
+            source_workload: u(),
+            source_workload_namespace: u(),
+            source_principal: u(),
+            destination_workload: u(),
+            destination_workload_namespace: u(),
+            destination_service: u(),
+            destination_principal: u(),
+            destination_revision: u(),
+            request_protocol: "http".into(),
+            response_code: 0,
+            grpc_response_status: None,
+            connection_security_policy: u(),
+        }
+    }
+
+    fn values(&self) -> [String; 13] {
+        [
+            match self.reporter {
+                Reporter::Source => "source".into(),
+                Reporter::Destination => "destination".into(),
+            },
+            self.source_workload.clone(),
+            self.source_workload_namespace.clone(),
+            self.source_principal.clone(),
+            self.destination_workload.clone(),
+            self.destination_workload_namespace.clone(),
+            self.destination_service.clone(),
+            self.destination_principal.clone(),
+            self.destination_revision.clone(),
+            self.request_protocol.clone(),
+            self.response_code.to_string(),
+            self.grpc_response_status
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            self.connection_security_policy.clone(),
+        ]
+    }
+}
+
+/// The four Istio request metric families.
+#[derive(Clone, Debug)]
+pub struct IstioMetrics {
+    requests: Family<Counter>,
+    duration: Family<Histogram>,
+    request_bytes: Family<Histogram>,
+    response_bytes: Family<Histogram>,
+}
+
+impl IstioMetrics {
+    /// Registers the families in `registry`.
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            requests: registry.counter(
+                "istio_requests_total",
+                "Requests processed, by the proxy reporting them.",
+                &LABELS,
+            ),
+            duration: registry.histogram(
+                "istio_request_duration_milliseconds",
+                "Request duration in milliseconds.",
+                &LABELS,
+                &DURATION_BUCKETS_MS,
+            ),
+            request_bytes: registry.histogram(
+                "istio_request_bytes",
+                "Request body sizes in bytes.",
+                &LABELS,
+                &SIZE_BUCKETS,
+            ),
+            response_bytes: registry.histogram(
+                "istio_response_bytes",
+                "Response body sizes in bytes.",
+                &LABELS,
+                &SIZE_BUCKETS,
+            ),
+        }
+    }
+
+    /// Records one finished request.
+    pub fn record(
+        &self,
+        labels: &RequestLabels,
+        duration: Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let values = labels.values();
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        if let Some(c) = self.requests.with(&values) {
+            c.inc();
+        }
+        if let Some(h) = self.duration.with(&values) {
+            h.observe(duration.as_secs_f64() * 1000.0);
+        }
+        if let Some(h) = self.request_bytes.with(&values) {
+            h.observe(request_bytes as f64);
+        }
+        if let Some(h) = self.response_bytes.with(&values) {
+            h.observe(response_bytes as f64);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Telemetry every hop shares: Istio-compatible request metrics, Knative revision and
+//! autoscaler metrics, KServe model metrics, in an injected registry with Prometheus text
+//! exposition; and the JSON access-log line.
+
+pub mod access_log;
+pub mod istio;
+pub mod knative;
+pub mod registry;
+
+pub use access_log::AccessLogEntry;
+pub use istio::{IstioMetrics, Reporter, RequestLabels};
+pub use knative::{
+    AutoscalerMetrics, AutoscalerSample, ModelMetrics, ModelStage, RevisionLabels, RevisionMetrics,
+};
+pub use registry::{CONTENT_TYPE, Registry};
