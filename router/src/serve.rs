@@ -1,28 +1,40 @@
-//! The accept loop: HTTP/1.1 and h2c on one listener, bounded connections, graceful stop.
+//! The accept loop: HTTP/1.1 and h2c on one listener, upgrades, bounded connections,
+//! header sizes and header read time, graceful stop.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::Router;
+use crate::headers::ClientAddr;
 
 /// Listener settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServeConfig {
     /// Connections served at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list) in bytes; larger → 431.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request head (slow clients are cut off).
+    pub header_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 1000,
         }
     }
 }
@@ -36,6 +48,18 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        // hyper's floor for the read buffer is 8 KiB.
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.max_concurrent_streams);
+    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -49,8 +73,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
-                    // Out of file descriptors and the like: log and keep serving.
+                    // Out of file descriptors and the like: log, pause briefly, keep serving.
                     tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
@@ -58,11 +83,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req| {
             let router = router.clone();
+            req.extensions_mut().insert(ClientAddr(peer));
             async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
         });
-        let conn = auto::Builder::new(TokioExecutor::new())
+        let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
