@@ -225,11 +225,14 @@ impl Forwarder {
         &self.budget
     }
 
-    /// Whether a failed attempt may be retried on another replica: it failed to connect
-    /// (nothing was sent), its body is intact, and the budget allows one more try.
+    /// Whether a failed attempt may be retried on another replica, which is only when it
+    /// cannot have had an effect: the connection failed (nothing was sent), or, for an
+    /// idempotent method (RFC 9110 §9.2.2), the connection closed before any byte of a
+    /// response; the body must be intact, and the budget must allow one more try.
     pub fn may_retry(&self, err: &ProxyError, out: &Outbound, attempt: u32) -> bool {
-        err.is_connect_failure()
-            && out.replayable()
+        let safe = err.is_connect_failure()
+            || (matches!(err, ProxyError::Upstream { .. }) && is_idempotent(&out.method));
+        safe && out.replayable()
             && attempt < self.budget.max_attempts
             && self.budget.withdraw()
     }
@@ -322,6 +325,14 @@ async fn tunnel(client: OnUpgrade, replica: Option<OnUpgrade>) {
         }
         Err(e) => tracing::debug!("upgrade failed: {e}"),
     }
+}
+
+/// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Whether the `Connection` header lists `token`.
