@@ -149,6 +149,21 @@ impl Outbound {
         &self.headers
     }
 
+    /// Sends over HTTP/2 (prior knowledge) or HTTP/1.1 whatever the client spoke: the queue
+    /// layer speaks the user container's protocol (`h2c` port or not). An upgrade is kept
+    /// only over HTTP/1.1.
+    pub fn set_http2(&mut self, http2: bool) {
+        if http2 {
+            self.version = Version::HTTP_2;
+            if self.upgrade.take().is_some() {
+                self.headers.remove(header::UPGRADE);
+                self.headers.remove(header::CONNECTION);
+            }
+        } else {
+            self.version = Version::HTTP_11;
+        }
+    }
+
     /// Whether another attempt may send this request (no byte of the body has left).
     pub fn replayable(&self) -> bool {
         self.body.unsent()

@@ -4,7 +4,9 @@
 //! module.
 
 mod client;
+mod hello;
 mod model_server;
+mod queue;
 mod shutdown;
 mod up;
 
@@ -33,6 +35,11 @@ enum Command {
     Delete(client::DeleteArgs),
     /// Serve one model over the Open Inference Protocol (a revision's replica).
     ModelServer(model_server::ModelServerArgs),
+    /// Run the queue layer in front of a user process (a Service revision's replica):
+    /// `sluice queue [flags] -- command args...`.
+    Queue(queue::QueueArgs),
+    /// A sample user process: answers `Hello <TARGET>!` on $PORT and echoes the request.
+    Hello(hello::HelloArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +62,8 @@ fn main() -> ExitCode {
             Command::Get(args) => client::get(args).await,
             Command::Delete(args) => client::delete(args).await,
             Command::ModelServer(args) => model_server::run(args).await,
+            Command::Queue(args) => queue::run(args).await,
+            Command::Hello(args) => hello::run(args).await,
         }
     });
     // Give blocking work (store writes) a moment to finish, never forever.
