@@ -62,7 +62,7 @@ impl ReplayableBody {
         AttemptBody {
             state: State::Unstarted(self.shared.clone()),
             end_stream: self.end_stream,
-            hint: self.hint.clone(),
+            hint: self.hint,
             limit: self.limit,
             read: 0,
         }
@@ -121,7 +121,11 @@ impl Body for AttemptBody {
             return Poll::Ready(None);
         }
         if let State::Unstarted(shared) = &this.state {
-            let taken = shared.unsent.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let taken = shared
+                .unsent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             this.state = match taken {
                 Some(body) => State::Reading(body, shared.clone()),
                 None => {
@@ -154,7 +158,7 @@ impl Body for AttemptBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -224,7 +228,14 @@ mod tests {
     async fn an_empty_body_stays_empty_and_replayable() {
         let body = ReplayableBody::new(http_body_util::Empty::<Bytes>::new(), None);
         assert!(body.attempt().is_end_stream());
-        assert!(body.attempt().collect().await.unwrap().to_bytes().is_empty());
+        assert!(
+            body.attempt()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
         assert!(body.unsent());
     }
 }

@@ -40,7 +40,9 @@ pub enum ProxyError {
         limit: usize,
     },
     /// The request's deadline passed before a replica started its response.
-    #[error("{hop} request timeout: revision {revision} gave no response within {timeout:?} ({kind})")]
+    #[error(
+        "{hop} request timeout: revision {revision} gave no response within {timeout:?} ({kind})"
+    )]
     Timeout {
         /// Which hop gave up (`router`, `activator`, `queue`).
         hop: &'static str,
@@ -66,7 +68,7 @@ pub enum ProxyError {
         endpoint: std::net::SocketAddr,
         /// The cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<hyper_util::client::legacy::Error>,
     },
     /// The request could not be rewritten for forwarding.
     #[error("cannot forward request: {0}")]

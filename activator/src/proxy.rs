@@ -247,9 +247,7 @@ impl Forwarder {
     pub fn may_retry(&self, err: &ProxyError, out: &Outbound, attempt: u32) -> bool {
         let safe = err.is_connect_failure()
             || (matches!(err, ProxyError::Upstream { .. }) && is_idempotent(&out.method));
-        safe && out.replayable()
-            && attempt < self.budget.max_attempts
-            && self.budget.withdraw()
+        safe && out.replayable() && attempt < self.budget.max_attempts && self.budget.withdraw()
     }
 
     /// Sends `out` to `endpoint`, waiting for the response to start until `deadline`; with
@@ -287,7 +285,7 @@ impl Forwarder {
                 return Err(ProxyError::Upstream {
                     revision: revision.clone(),
                     endpoint,
-                    source,
+                    source: Box::new(source),
                 });
             }
             Ok(Ok(resp)) => resp,

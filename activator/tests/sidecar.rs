@@ -47,7 +47,9 @@ async fn user_process(gauge: Arc<Gauge>, http2_only: bool) -> SocketAddr {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         gauge.active.fetch_sub(1, Ordering::SeqCst);
                         let body = format!("hi over {:?}", req.version());
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            body,
+                        ))))
                     }
                 });
                 let io = TokioIo::new(stream);
@@ -93,7 +95,10 @@ async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (StatusC
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -104,13 +109,17 @@ async fn cc1_user_process_never_sees_two_concurrent_requests_from_100_clients() 
     let gauge = Arc::new(Gauge::default());
     let app = user_process(gauge.clone(), false).await;
     let addr = start_sidecar(app, 1, false).await;
-    let handles: Vec<_> = (0..100).map(|_| tokio::spawn(get(addr, "/", &[]))).collect();
+    let handles: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(get(addr, "/", &[])))
+        .collect();
     let mut ok = 0;
     for h in handles {
         let (status, body) = h.await.unwrap();
         match status {
             StatusCode::OK => ok += 1,
-            StatusCode::SERVICE_UNAVAILABLE => assert!(body.contains("pending request queue full"), "{body}"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(body.contains("pending request queue full"), "{body}")
+            }
             other => panic!("unexpected {other}: {body}"),
         }
     }
@@ -128,5 +137,8 @@ async fn probe_and_h2c_to_the_user_process() {
         (StatusCode::OK, "queue".to_owned())
     );
     // The client speaks HTTP/1.1; the user process only HTTP/2: the sidecar bridges.
-    assert_eq!(get(addr, "/", &[]).await, (StatusCode::OK, "hi over HTTP/2.0".to_owned()));
+    assert_eq!(
+        get(addr, "/", &[]).await,
+        (StatusCode::OK, "hi over HTTP/2.0".to_owned())
+    );
 }

@@ -91,12 +91,20 @@ async fn answer(facts: &Facts, req: Request<Incoming>) -> Response<Full<Bytes>> 
     text.push_str(&format!("service: {}\n", facts.service));
     text.push_str(&format!("revision: {}\n", facts.revision));
     text.push_str(&format!("method: {}\n", req.method()));
-    text.push_str(&format!("path: {}\n", req.uri().path_and_query().map_or("/", |p| p.as_str())));
+    text.push_str(&format!(
+        "path: {}\n",
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    ));
     text.push_str(&format!("version: {:?}\n", req.version()));
     let mut headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     headers.sort();
     for (k, v) in headers {

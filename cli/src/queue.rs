@@ -67,7 +67,10 @@ pub struct QueueArgs {
 impl QueueArgs {
     fn config(&self) -> anyhow::Result<SidecarConfig> {
         if !(1..=3600).contains(&self.timeout_seconds) {
-            bail!("--timeout-seconds must be in 1..=3600, got {}", self.timeout_seconds);
+            bail!(
+                "--timeout-seconds must be in 1..=3600, got {}",
+                self.timeout_seconds
+            );
         }
         let secs = Duration::from_secs;
         let revision = std::env::var("K_REVISION").unwrap_or_else(|_| "unknown".into());
@@ -150,7 +153,10 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     // Drain: probes fail from now on; requests in flight get up to timeoutSeconds.
     tracing::info!("draining");
     sidecar.queue().start_drain();
-    if tokio::time::timeout(grace, sidecar.queue().drained()).await.is_err() {
+    if tokio::time::timeout(grace, sidecar.queue().drained())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             in_flight = sidecar.queue().recorder().in_flight(),
             "drain grace of {grace:?} passed with requests still running"
@@ -170,7 +176,11 @@ fn say(line: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(command: &[String], port: u16, tail: Arc<Mutex<VecDeque<String>>>) -> anyhow::Result<Child> {
+fn spawn(
+    command: &[String],
+    port: u16,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) -> anyhow::Result<Child> {
     let (program, args) = command
         .split_first()
         .context("no user command given after --")?;
@@ -238,7 +248,10 @@ async fn stop_child(child: &mut Child) {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }

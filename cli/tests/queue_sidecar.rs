@@ -59,7 +59,8 @@ fn start(flags: &[&str]) -> Queue {
 /// One HTTP/1.1 request on its own connection; returns (status, body).
 fn http(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: hello.default.localhost\r\nConnection: close\r\n");
+    let mut req =
+        format!("GET {path} HTTP/1.1\r\nHost: hello.default.localhost\r\nConnection: close\r\n");
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -69,7 +70,10 @@ fn http(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, String) {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let status = resp[9..12].parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -83,7 +87,10 @@ fn proxies_to_the_user_process_with_its_env_and_answers_probes() {
     assert!(body.starts_with("Hello Sluice!\n"), "{body}");
     assert!(body.contains("revision: hello-00001\n"), "{body}");
     assert!(body.contains("path: /some/path?x=1\n"), "{body}");
-    assert!(body.contains("header x-forwarded-for: 10.0.0.1\n"), "{body}");
+    assert!(
+        body.contains("header x-forwarded-for: 10.0.0.1\n"),
+        "{body}"
+    );
     let (status, body) = http(q.addr, "/sluice/queue/stats", &[]);
     assert_eq!(status, 200);
     let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -104,7 +111,10 @@ fn beyond_cc_running_and_ten_times_cc_waiting_is_503() {
         .filter(|(s, b)| *s == 503 && b.contains("pending request queue full"))
         .count();
     assert_eq!(ok + full, 40, "{answers:?}");
-    assert!(full >= 1, "40 requests at cc=1 must overflow 1 running + 10 waiting");
+    assert!(
+        full >= 1,
+        "40 requests at cc=1 must overflow 1 running + 10 waiting"
+    );
 }
 
 #[test]
@@ -146,7 +156,13 @@ fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
 #[test]
 fn a_crashing_user_process_takes_the_queue_down_with_its_last_words() {
     let out = Command::new(SLUICE)
-        .args(["queue", "--", "sh", "-c", "echo 'cannot open model: no such file' >&2; exit 3"])
+        .args([
+            "queue",
+            "--",
+            "sh",
+            "-c",
+            "echo 'cannot open model: no such file' >&2; exit 3",
+        ])
         .env("SLUICE_LOG", "warn")
         .stdin(Stdio::null())
         .output()

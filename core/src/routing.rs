@@ -170,8 +170,14 @@ mod tests {
         let tagged = snap.route_for_tag("svc.default.localhost:8080", "Canary");
         assert_eq!(tagged.unwrap().targets[0].revision.name, "b");
         assert!(snap.route_for_tag("svc.default.localhost", "x").is_none());
-        assert!(snap.route_for_tag("svc.default.localhost", "nope").is_none());
-        assert!(snap.route_for_tag("nope.default.localhost", "canary").is_none());
+        assert!(
+            snap.route_for_tag("svc.default.localhost", "nope")
+                .is_none()
+        );
+        assert!(
+            snap.route_for_tag("nope.default.localhost", "canary")
+                .is_none()
+        );
     }
 
     #[test]

@@ -20,7 +20,13 @@ use sluice_router::{Router, ServeConfig, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-fn route(snap: &mut RoutingSnapshot, host: String, name: String, backend: SocketAddr, activator: bool) {
+fn route(
+    snap: &mut RoutingSnapshot,
+    host: String,
+    name: String,
+    backend: SocketAddr,
+    activator: bool,
+) {
     let key = NamespacedName::new("default", name);
     snap.hosts.insert(
         host,
@@ -60,9 +66,21 @@ async fn main() {
         revisions: BTreeMap::new(),
         timeouts: BTreeMap::new(),
     };
-    route(&mut snap, "hello.default.localhost".into(), "hello-00001".into(), backend, activator_in_path);
+    route(
+        &mut snap,
+        "hello.default.localhost".into(),
+        "hello-00001".into(),
+        backend,
+        activator_in_path,
+    );
     for i in 0..extra {
-        route(&mut snap, format!("svc{i}.default.localhost"), format!("svc{i}-00001"), backend, false);
+        route(
+            &mut snap,
+            format!("svc{i}.default.localhost"),
+            format!("svc{i}-00001"),
+            backend,
+            false,
+        );
     }
     let (_publish, snapshot) = watch::channel(Arc::new(snap));
     let (stats_tx, mut stats_rx) = mpsc::channel(1024);

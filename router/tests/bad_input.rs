@@ -34,15 +34,25 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
             break;
         }
     }
-    String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_owned()
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test]
 async fn malformed_http_is_400_and_the_router_keeps_serving() {
     let up = named("ok").await;
     let h = start(single(&[up.addr], 0, T).build()).await;
-    assert_eq!(raw(h.addr, b"GARBAGE\r\n\r\n").await, "HTTP/1.1 400 Bad Request");
-    assert_eq!(raw(h.addr, b"GET / HTTP/1.1\r\nHost hello\r\n\r\n").await, "HTTP/1.1 400 Bad Request");
+    assert_eq!(
+        raw(h.addr, b"GARBAGE\r\n\r\n").await,
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(
+        raw(h.addr, b"GET / HTTP/1.1\r\nHost hello\r\n\r\n").await,
+        "HTTP/1.1 400 Bad Request"
+    );
     assert_eq!(get(h.addr, HOST).await.body, "ok");
 }
 
@@ -63,7 +73,12 @@ async fn oversize_headers_are_431() {
 async fn oversize_bodies_are_413_where_configured() {
     // The replica reads the whole body, then answers with its length.
     let up = replica(|req| async move {
-        let len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let len = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
         Response::new(full_body(len.to_string()))
     })
     .await;
@@ -114,7 +129,10 @@ async fn hop_by_hop_abuse_strips_only_what_is_allowed() {
         HOST,
         "/",
         &[
-            ("connection", "keep-alive, x-secret, host, x-request-id, x-forwarded-for"),
+            (
+                "connection",
+                "keep-alive, x-secret, host, x-request-id, x-forwarded-for",
+            ),
             ("x-secret", "1"),
             ("x-request-id", "keep-me"),
             ("proxy-authorization", "Basic Zm9vOmJhcg=="),
@@ -125,7 +143,13 @@ async fn hop_by_hop_abuse_strips_only_what_is_allowed() {
     assert!(!seen.contains(&"x-secret"), "{seen:?}");
     assert!(!seen.contains(&"proxy-authorization"), "{seen:?}");
     assert!(!seen.contains(&"connection"), "{seen:?}");
-    for kept in ["host", "x-request-id", "x-forwarded-for", "forwarded", "traceparent"] {
+    for kept in [
+        "host",
+        "x-request-id",
+        "x-forwarded-for",
+        "forwarded",
+        "traceparent",
+    ] {
         assert!(seen.contains(&kept), "{kept} missing from {seen:?}");
     }
 }
@@ -133,9 +157,16 @@ async fn hop_by_hop_abuse_strips_only_what_is_allowed() {
 #[tokio::test]
 async fn missing_host_is_400_and_unknown_host_404() {
     let h = start(Snap::default().build()).await;
-    assert_eq!(raw(h.addr, b"GET / HTTP/1.0\r\n\r\n").await, "HTTP/1.0 400 Bad Request");
     assert_eq!(
-        raw(h.addr, b"GET / HTTP/1.1\r\nHost: who.default.localhost\r\n\r\n").await,
+        raw(h.addr, b"GET / HTTP/1.0\r\n\r\n").await,
+        "HTTP/1.0 400 Bad Request"
+    );
+    assert_eq!(
+        raw(
+            h.addr,
+            b"GET / HTTP/1.1\r\nHost: who.default.localhost\r\n\r\n"
+        )
+        .await,
         "HTTP/1.1 404 Not Found"
     );
 }

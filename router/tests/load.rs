@@ -51,11 +51,18 @@ async fn cc1_never_sees_two_concurrent_requests_under_100_clients() {
     let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
     let h = start(single(&addrs, 1, T).activator("hello-00001", true).build()).await;
     let answers = burst(h.addr, 100, HOST).await;
-    assert!(answers.iter().all(|a| a.status == StatusCode::OK), "{:?}", counts(&answers));
+    assert!(
+        answers.iter().all(|a| a.status == StatusCode::OK),
+        "{:?}",
+        counts(&answers)
+    );
     for r in &replicas {
         assert_eq!(r.seen.max_active.load(Ordering::SeqCst), 1);
     }
-    let total: usize = replicas.iter().map(|r| r.seen.total.load(Ordering::SeqCst)).sum();
+    let total: usize = replicas
+        .iter()
+        .map(|r| r.seen.total.load(Ordering::SeqCst))
+        .sum();
     assert_eq!(total, 100);
 }
 
@@ -68,7 +75,12 @@ async fn activator_overload_cc1_100_slow_requests_10_replicas_all_200() {
     let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
     let h = start(single(&addrs, 1, T).activator("hello-00001", true).build()).await;
     let answers = burst(h.addr, 100, HOST).await;
-    assert_eq!(counts(&answers).get("200 r"), Some(&100), "{:?}", counts(&answers));
+    assert_eq!(
+        counts(&answers).get("200 r"),
+        Some(&100),
+        "{:?}",
+        counts(&answers)
+    );
     for r in &replicas {
         assert!(r.seen.max_active.load(Ordering::SeqCst) <= 1);
     }
@@ -85,10 +97,17 @@ async fn scale_from_zero_burst_of_500_all_200() {
     let a = named("a").await;
     let b = named("b").await;
     h.publish
-        .send(single(&[a.addr, b.addr], 0, T).activator("hello-00001", true).build())
+        .send(
+            single(&[a.addr, b.addr], 0, T)
+                .activator("hello-00001", true)
+                .build(),
+        )
         .unwrap();
     let answers = pending.await.unwrap();
-    let ok = answers.iter().filter(|x| x.status == StatusCode::OK).count();
+    let ok = answers
+        .iter()
+        .filter(|x| x.status == StatusCode::OK)
+        .count();
     assert_eq!(ok, 500, "{:?}", counts(&answers));
 }
 
@@ -100,12 +119,21 @@ async fn switching_the_activator_in_and_out_of_path_loses_nothing() {
     let load = tokio::spawn(async move { burst(addr, 300, HOST).await });
     for i in 0..20 {
         h.publish
-            .send(single(&[a.addr], 2, T).activator("hello-00001", i % 2 == 0).build())
+            .send(
+                single(&[a.addr], 2, T)
+                    .activator("hello-00001", i % 2 == 0)
+                    .build(),
+            )
             .unwrap();
         tokio::task::yield_now().await;
     }
     let answers = load.await.unwrap();
-    assert_eq!(counts(&answers).get("200 a"), Some(&300), "{:?}", counts(&answers));
+    assert_eq!(
+        counts(&answers).get("200 a"),
+        Some(&300),
+        "{:?}",
+        counts(&answers)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +183,10 @@ async fn a_replica_killed_mid_load_loses_no_request() {
     // byte yet) are retried too: nothing is lost.
     assert_eq!(answers.len(), 400);
     let c = counts(&answers);
-    assert_eq!(c.get("200 a").unwrap_or(&0) + c.get("200 b").unwrap_or(&0), 400, "{c:?}");
+    assert_eq!(
+        c.get("200 a").unwrap_or(&0) + c.get("200 b").unwrap_or(&0),
+        400,
+        "{c:?}"
+    );
     assert!(a.seen.total.load(Ordering::SeqCst) >= 30);
 }

@@ -61,7 +61,11 @@ impl Body for EchoWithTrailers {
 #[tokio::test]
 async fn h2c_bidirectional_streaming_with_trailers() {
     let up = replica(|req: Request<Incoming>| async move {
-        assert_eq!(req.version(), Version::HTTP_2, "the replica is reached over HTTP/2");
+        assert_eq!(
+            req.version(),
+            Version::HTTP_2,
+            "the replica is reached over HTTP/2"
+        );
         assert_eq!(req.headers()["te"], "trailers");
         let mut resp = Response::new(
             EchoWithTrailers {
@@ -91,9 +95,15 @@ async fn h2c_bidirectional_streaming_with_trailers() {
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     // Each message comes back before the next is sent: streaming both ways at once.
-    assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "one");
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "one"
+    );
     tx.send(Bytes::from_static(b"two")).await.unwrap();
-    assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "two");
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "two"
+    );
     drop(tx);
     let rest = body.collect().await.unwrap();
     assert_eq!(rest.trailers().unwrap()["grpc-status"], "0");

@@ -16,8 +16,16 @@ const T: Duration = Duration::from_secs(10);
 fn split(a: &Replica, b: &Replica) -> Snap {
     Snap::default()
         .host(HOST, "hello", &[("hello-00001", 50), ("hello-00002", 50)])
-        .host("blue-hello.default.localhost", "hello", &[("hello-00001", 100)])
-        .host("green-hello.default.localhost", "hello", &[("hello-00002", 100)])
+        .host(
+            "blue-hello.default.localhost",
+            "hello",
+            &[("hello-00001", 100)],
+        )
+        .host(
+            "green-hello.default.localhost",
+            "hello",
+            &[("hello-00002", 100)],
+        )
         .revision(revision("hello-00001", &[a.addr], 0, T))
         .revision(revision("hello-00002", &[b.addr], 0, T))
 }
@@ -45,7 +53,11 @@ async fn tag_hosts_and_tag_header_hit_their_revision() {
     // green gets 0 % of the main host's traffic but still answers on its tag URL.
     let snap = Snap::default()
         .host(HOST, "hello", &[("hello-00001", 100), ("hello-00002", 0)])
-        .host("green-hello.default.localhost", "hello", &[("hello-00002", 100)])
+        .host(
+            "green-hello.default.localhost",
+            "hello",
+            &[("hello-00002", 100)],
+        )
         .revision(revision("hello-00001", &[a.addr], 0, T))
         .revision(revision("hello-00002", &[b.addr], 0, T));
     let h = start(snap.build()).await;
@@ -53,13 +65,37 @@ async fn tag_hosts_and_tag_header_hit_their_revision() {
     for _ in 0..20 {
         let main = send(&client, h.addr, HOST, "/", &[]).await;
         assert_eq!(main.body, "blue");
-        let tagged = send(&client, h.addr, "green-hello.default.localhost:8080", "/", &[]).await;
-        assert_eq!((tagged.status, tagged.body.as_str()), (StatusCode::OK, "green"));
-        let header = send(&client, h.addr, HOST, "/", &[("Knative-Serving-Tag", "green")]).await;
+        let tagged = send(
+            &client,
+            h.addr,
+            "green-hello.default.localhost:8080",
+            "/",
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (tagged.status, tagged.body.as_str()),
+            (StatusCode::OK, "green")
+        );
+        let header = send(
+            &client,
+            h.addr,
+            HOST,
+            "/",
+            &[("Knative-Serving-Tag", "green")],
+        )
+        .await;
         assert_eq!(header.body, "green");
     }
     // An unknown tag falls back to the main split.
-    let unknown = send(&client, h.addr, HOST, "/", &[("Knative-Serving-Tag", "nope")]).await;
+    let unknown = send(
+        &client,
+        h.addr,
+        HOST,
+        "/",
+        &[("Knative-Serving-Tag", "nope")],
+    )
+    .await;
     assert_eq!(unknown.body, "blue");
 }
 
@@ -75,7 +111,12 @@ async fn proxy_headers_reach_the_replica() {
         &[("x-forwarded-for", "10.1.2.3"), ("x-request-id", "abc")],
     )
     .await;
-    let echo = |h: &str| ans.headers[format!("x-echo-{h}").as_str()].to_str().unwrap().to_owned();
+    let echo = |h: &str| {
+        ans.headers[format!("x-echo-{h}").as_str()]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(echo("x-forwarded-for"), "10.1.2.3, 127.0.0.1");
     assert_eq!(echo("x-forwarded-proto"), "http");
     assert_eq!(
@@ -130,7 +171,10 @@ async fn http2_requests_on_one_connection_are_balanced_per_request() {
     .await;
     assert!(answers.iter().all(|a| a.status == StatusCode::OK));
     let on_a = answers.iter().filter(|x| x.body == "a").count();
-    assert!(on_a > 0 && on_a < 200, "one HTTP/2 connection, both replicas: a got {on_a}");
+    assert!(
+        on_a > 0 && on_a < 200,
+        "one HTTP/2 connection, both replicas: a got {on_a}"
+    );
     assert!(b.seen.total.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
 
@@ -139,7 +183,10 @@ async fn unknown_host_is_404_naming_it() {
     let h = start(Snap::default().build()).await;
     let ans = get(h.addr, "nope.default.localhost").await;
     assert_eq!(ans.status, StatusCode::NOT_FOUND);
-    assert_eq!(json_error(&ans.body), "no service for host \"nope.default.localhost\"");
+    assert_eq!(
+        json_error(&ans.body),
+        "no service for host \"nope.default.localhost\""
+    );
 }
 
 /// Runs `n` futures concurrently and collects their outputs in order.

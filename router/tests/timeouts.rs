@@ -65,10 +65,19 @@ async fn replica_that_accepts_then_hangs_is_504_naming_timeout_seconds() {
 #[tokio::test]
 async fn the_activator_path_names_its_timeout_too() {
     let up = hanging().await;
-    let h = start(single(&[up.addr], 1, ms(200)).activator("hello-00001", true).build()).await;
+    let h = start(
+        single(&[up.addr], 1, ms(200))
+            .activator("hello-00001", true)
+            .build(),
+    )
+    .await;
     let ans = get(h.addr, HOST).await;
     assert_eq!(ans.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(json_error(&ans.body).starts_with("activator request timeout"), "{}", ans.body);
+    assert!(
+        json_error(&ans.body).starts_with("activator request timeout"),
+        "{}",
+        ans.body
+    );
 }
 
 #[tokio::test]
@@ -92,7 +101,11 @@ async fn response_start_timeout_is_504_naming_it() {
     let h = start(snap.build()).await;
     let ans = get(h.addr, HOST).await;
     assert_eq!(ans.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(json_error(&ans.body).ends_with("(responseStartTimeoutSeconds)"), "{}", ans.body);
+    assert!(
+        json_error(&ans.body).ends_with("(responseStartTimeoutSeconds)"),
+        "{}",
+        ans.body
+    );
 }
 
 #[tokio::test]
@@ -139,7 +152,9 @@ async fn replica_closing_early_is_502_naming_the_revision() {
     assert_eq!(ans.status, StatusCode::BAD_GATEWAY);
     let err = json_error(&ans.body);
     assert!(
-        err.starts_with(&format!("upstream replica {addr} of revision default/hello-00001 failed")),
+        err.starts_with(&format!(
+            "upstream replica {addr} of revision default/hello-00001 failed"
+        )),
         "{err}"
     );
 }
@@ -151,8 +166,18 @@ async fn a_hanging_request_does_not_hold_up_others() {
     let snap = Snap::default()
         .host(HOST, "hello", &[("hello-00001", 100)])
         .host("fast.default.localhost", "fast", &[("fast-00001", 100)])
-        .revision(revision("hello-00001", &[hang.addr], 0, Duration::from_secs(30)))
-        .revision(revision("fast-00001", &[fast.addr], 0, Duration::from_secs(30)));
+        .revision(revision(
+            "hello-00001",
+            &[hang.addr],
+            0,
+            Duration::from_secs(30),
+        ))
+        .revision(revision(
+            "fast-00001",
+            &[fast.addr],
+            0,
+            Duration::from_secs(30),
+        ));
     let h = start(snap.build()).await;
     let addr = h.addr;
     let stuck = tokio::spawn(async move { get(addr, HOST).await });

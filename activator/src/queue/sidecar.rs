@@ -22,7 +22,9 @@ use sluice_core::NamespacedName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use super::{PROBE_HEADER, PROBE_PATH, PROXY_HEADER, Queue, QueueConfig, QueueRejection, STATS_PATH};
+use super::{
+    PROBE_HEADER, PROBE_PATH, PROXY_HEADER, Queue, QueueConfig, QueueRejection, STATS_PATH,
+};
 use crate::body::hold;
 use crate::error::error_response;
 use crate::proxy::{Forwarder, Outbound, ProxyBody, full_body};
@@ -79,14 +81,13 @@ impl Sidecar {
         if path == PROBE_PATH && req.headers().contains_key(PROBE_HEADER) {
             let (code, body) = self.queue.probe(self.app_ready.load(Ordering::Acquire));
             let mut resp = Response::new(full_body(body));
-            *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            *resp.status_mut() =
+                StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return resp;
         }
         if path == STATS_PATH {
             let stats = self.queue.recorder().take_period(Instant::now());
-            let mut resp = Response::new(full_body(
-                serde_json::to_vec(&stats).unwrap_or_default(),
-            ));
+            let mut resp = Response::new(full_body(serde_json::to_vec(&stats).unwrap_or_default()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -113,7 +114,13 @@ impl Sidecar {
         let revision = &self.config.revision;
         match self
             .forwarder
-            .send(revision, self.app, &mut out, deadline, self.config.timeouts.idle)
+            .send(
+                revision,
+                self.app,
+                &mut out,
+                deadline,
+                self.config.timeouts.idle,
+            )
             .await
         {
             Ok(resp) => {
@@ -140,7 +147,11 @@ pub async fn wait_until_accepting(addr: SocketAddr, interval: Duration) {
 }
 
 /// Serves `sidecar` on `listener` until `shutdown` resolves, then lets open requests finish.
-pub async fn serve(listener: TcpListener, sidecar: Arc<Sidecar>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    sidecar: Arc<Sidecar>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     tokio::pin!(shutdown);

@@ -67,8 +67,11 @@ impl Drop for Replica {
     }
 }
 
-pub type Handler =
-    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A replica whose handler is `handler`; it counts concurrency and records request ids.
 pub async fn replica<F, Fut>(handler: F) -> Replica
@@ -95,7 +98,10 @@ where
                     let seen = seen.clone();
                     async move {
                         if let Some(id) = req.headers().get("x-request-id") {
-                            seen.ids.lock().unwrap().push(id.to_str().unwrap().to_owned());
+                            seen.ids
+                                .lock()
+                                .unwrap()
+                                .push(id.to_str().unwrap().to_owned());
                         }
                         seen.total.fetch_add(1, Ordering::SeqCst);
                         let now = seen.active.fetch_add(1, Ordering::SeqCst) + 1;
@@ -132,8 +138,10 @@ pub fn echo(name: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
         "host",
     ] {
         if let Some(v) = req.headers().get(h) {
-            resp.headers_mut()
-                .insert(format!("x-echo-{h}").parse::<http::HeaderName>().unwrap(), v.clone());
+            resp.headers_mut().insert(
+                format!("x-echo-{h}").parse::<http::HeaderName>().unwrap(),
+                v.clone(),
+            );
         }
     }
     resp
@@ -158,7 +166,10 @@ impl http_body::Body for ChannelBody {
 pub fn revision(name: &str, endpoints: &[SocketAddr], cc: u32, timeout: Duration) -> RevisionRoute {
     RevisionRoute {
         key: rev(name),
-        endpoints: endpoints.iter().map(|addr| Endpoint { addr: *addr }).collect(),
+        endpoints: endpoints
+            .iter()
+            .map(|addr| Endpoint { addr: *addr })
+            .collect(),
         container_concurrency: cc,
         timeout,
         activator_in_path: false,
@@ -199,7 +210,11 @@ impl Snap {
     }
 
     pub fn activator(mut self, name: &str, in_path: bool) -> Self {
-        self.0.revisions.get_mut(&rev(name)).unwrap().activator_in_path = in_path;
+        self.0
+            .revisions
+            .get_mut(&rev(name))
+            .unwrap()
+            .activator_in_path = in_path;
         self
     }
 
@@ -292,12 +307,21 @@ pub struct Answer {
     pub body: String,
 }
 
-pub async fn send(client: &H1Client, addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+pub async fn send(
+    client: &H1Client,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut req = Request::get(format!("http://{addr}{path}")).header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client.request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     Answer {
@@ -312,14 +336,16 @@ pub async fn get(addr: SocketAddr, host: &str) -> Answer {
 }
 
 pub fn json_error(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     v["error"].as_str().unwrap().to_owned()
 }
 
 pub fn counts(answers: &[Answer]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for a in answers {
-        *m.entry(format!("{} {}", a.status.as_u16(), a.body)).or_default() += 1;
+        *m.entry(format!("{} {}", a.status.as_u16(), a.body))
+            .or_default() += 1;
     }
     m
 }
