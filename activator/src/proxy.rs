@@ -194,8 +194,8 @@ impl Outbound {
 /// Pooled clients to replicas, plus the retry budget every attempt draws on.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    h1: Client<HttpConnector, AttemptBody>,
-    h2: Client<HttpConnector, AttemptBody>,
+    h1: Pool,
+    h2: Pool,
     budget: Arc<RetryBudget>,
     hop: &'static str,
 }
@@ -214,18 +214,25 @@ impl Forwarder {
 
     /// A forwarder with fresh connection pools and `budget`.
     pub fn with_budget(budget: RetryBudget) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
-        let mut h1 = Client::builder(TokioExecutor::new());
-        h1.pool_max_idle_per_host(1024);
-        let mut h2 = Client::builder(TokioExecutor::new());
-        h2.http2_only(true);
+        let (h1, h2) = clients();
         Self {
-            h1: h1.build(connector.clone()),
-            h2: h2.build(connector),
+            h1,
+            h2,
             budget: Arc::new(budget),
             hop: "activator",
+        }
+    }
+
+    /// A forwarder with its own connection pools but this one's retry budget and hop name:
+    /// one per thread of a sharded server, so a connection is only ever used by the thread
+    /// whose runtime drives it.
+    pub fn with_fresh_pools(&self) -> Self {
+        let (h1, h2) = clients();
+        Self {
+            h1,
+            h2,
+            budget: self.budget.clone(),
+            hop: self.hop,
         }
     }
 
@@ -320,6 +327,20 @@ impl Outbound {
     fn body_limit(&self) -> u64 {
         self.body.limit().unwrap_or(u64::MAX)
     }
+}
+
+type Pool = Client<HttpConnector, AttemptBody>;
+
+/// An HTTP/1.1 and an HTTP/2 (prior knowledge) client with their own pools.
+fn clients() -> (Pool, Pool) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+    let mut h1 = Client::builder(TokioExecutor::new());
+    h1.pool_max_idle_per_host(1024);
+    let mut h2 = Client::builder(TokioExecutor::new());
+    h2.http2_only(true);
+    (h1.build(connector.clone()), h2.build(connector))
 }
 
 /// Copies bytes both ways between an upgraded client connection and the replica's.

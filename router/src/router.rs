@@ -65,6 +65,19 @@ impl Router {
         }
     }
 
+    /// A router sharing this one's routes, activator, settings and retry budget, with its
+    /// own connection pools (for one thread of a sharded server).
+    pub fn for_shard(&self) -> Self {
+        Self {
+            snapshot: self.snapshot.clone(),
+            activator: self.activator.clone(),
+            forwarder: self.forwarder.with_fresh_pools(),
+            config: self.config.clone(),
+            balancers: Mutex::new(HashMap::new()),
+            rng: AtomicU64::new(self.next_random() | 1),
+        }
+    }
+
     fn next_random(&self) -> u64 {
         // A data race between two requests only makes two draws equal; weights still hold
         // on average, and no lock sits on the request path.
