@@ -201,6 +201,11 @@ backend be
                         "1000"], sluice_routes_port, "sluice-routes")
         wrk(sluice_routes_port, args.duration, lua)
         rss["sluice router with 1,000 routes, after load"] = rss_mb(routes.pid)
+        swap_port = free_port()
+        swap = subprocess.run([proxy_bin, f"127.0.0.1:{swap_port}", backend_addr, "--routes",
+                               "10000", "--swap-test"], capture_output=True, text=True,
+                              timeout=120).stdout
+        swap_line = next((l for l in swap.splitlines() if l.startswith("SWAP")), "SWAP failed")
     finally:
         for p in procs:
             try:
@@ -228,6 +233,7 @@ backend be
         print(f"RSS {name}: {mb:.1f} MB")
     base = med(results[paths[1][0]], "rps")
     act = med(results[paths[2][0]], "rps")
+    print(f"route change visible (10,000 routes, snapshot build + publish + first 200): {swap_line}")
     print(f"activator in path costs {100 * (1 - act / base):.1f} % of the router's throughput")
 
 

@@ -4,6 +4,10 @@
 //! `proxy <listen> <backend> [--activator] [--routes N]` serves host
 //! `hello.default.localhost` from `<backend>`, with the activator in path or not, plus N
 //! other routes so the route table has a realistic size. Prints `LISTENING <addr>`.
+//!
+//! `proxy <listen> <backend> --routes N --swap-test` instead publishes 20 route changes
+//! (one new host each) over an N-route table and prints how long each took to become
+//! visible: from building the new snapshot to the first 200 on the new host.
 
 #![allow(clippy::unwrap_used)]
 
@@ -51,6 +55,43 @@ fn route(
     );
 }
 
+/// Publishes route changes and measures when each is visible to a client.
+async fn swap(
+    publish: watch::Sender<Arc<RoutingSnapshot>>,
+    mut snap: RoutingSnapshot,
+    backend: SocketAddr,
+    router: SocketAddr,
+    routes: usize,
+) {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let t0 = tokio::time::Instant::now();
+        let host = format!("new{i}.default.localhost");
+        route(&mut snap, host.clone(), format!("new{i}-00001"), backend, false);
+        publish.send(Arc::new(snap.clone())).unwrap();
+        loop {
+            let req = http::Request::get(format!("http://{router}/"))
+                .header("host", &host)
+                .body(Empty::new())
+                .unwrap();
+            if client.request(req).await.unwrap().status() == 200 {
+                break;
+            }
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "SWAP routes={routes} changes=20 median_ms={:.3} max_ms={:.3}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -82,7 +123,9 @@ async fn main() {
             false,
         );
     }
-    let (_publish, snapshot) = watch::channel(Arc::new(snap));
+    let swap_test = args.iter().any(|a| a == "--swap-test");
+    let base = snap.clone();
+    let (publish, snapshot) = watch::channel(Arc::new(snap));
     let (stats_tx, mut stats_rx) = mpsc::channel(1024);
     tokio::spawn(async move { while stats_rx.recv().await.is_some() {} });
     let activator = Arc::new(Activator::new(
@@ -94,7 +137,14 @@ async fn main() {
     tokio::spawn(activator.clone().run_stats());
     let router = Arc::new(Router::new(snapshot, activator, Forwarder::new()));
     let listener = TcpListener::bind(listen).await.unwrap();
-    println!("LISTENING {}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
+    println!("LISTENING {addr}");
+    if swap_test {
+        tokio::spawn(async move {
+            swap(publish, base, backend, addr, extra).await;
+            std::process::exit(0);
+        });
+    }
     serve(listener, router, ServeConfig::default(), async {
         let _ = tokio::signal::ctrl_c().await;
     })
