@@ -71,7 +71,13 @@ async fn swap(
     for i in 0..20 {
         let t0 = tokio::time::Instant::now();
         let host = format!("new{i}.default.localhost");
-        route(&mut snap, host.clone(), format!("new{i}-00001"), backend, false);
+        route(
+            &mut snap,
+            host.clone(),
+            format!("new{i}-00001"),
+            backend,
+            false,
+        );
         publish.send(Arc::new(snap.clone())).unwrap();
         loop {
             let req = http::Request::get(format!("http://{router}/"))

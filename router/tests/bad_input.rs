@@ -170,3 +170,20 @@ async fn missing_host_is_400_and_unknown_host_404() {
         "HTTP/1.1 404 Not Found"
     );
 }
+
+#[tokio::test]
+async fn oversize_http2_header_lists_are_431_and_the_connection_keeps_serving() {
+    let up = named("ok").await;
+    let h = start(single(&[up.addr], 0, T).build()).await;
+    let client = h2();
+    let big = "x".repeat(100 * 1024);
+    let req = http::Request::get(format!("http://{}/", h.addr))
+        .header("host", HOST)
+        .header("x-big", big.as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let ok = send(&client, h.addr, HOST, "/", &[]).await;
+    assert_eq!(ok.body, "ok");
+}

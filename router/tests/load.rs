@@ -190,3 +190,35 @@ async fn a_replica_killed_mid_load_loses_no_request() {
     );
     assert!(a.seen.total.load(Ordering::SeqCst) >= 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_to_a_replica_that_refuses_connections_are_retried_with_their_body() {
+    // One endpoint is dead (nothing listens there); the other echoes the body it got.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let live = replica(|req| async move {
+        use http_body_util::BodyExt;
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        http::Response::new(sluice_activator::full_body(body))
+    })
+    .await;
+    let h = start(single(&[dead, live.addr], 0, T).build()).await;
+    let client = h1();
+    for i in 0..20 {
+        let payload = format!("order-{i}");
+        let req = http::Request::post(format!("http://{}/", h.addr))
+            .header("host", HOST)
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                payload.clone(),
+            )))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, payload.as_bytes());
+    }
+    assert_eq!(live.seen.total.load(Ordering::SeqCst), 20);
+}
