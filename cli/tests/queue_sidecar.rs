@@ -9,7 +9,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
-/// A running `sluice queue`, killed on drop if still alive.
+/// A running `sluice queue`, stopped on drop (SIGTERM: it drains and stops its user
+/// process, so nothing outlives the test).
 struct Queue {
     child: Child,
     addr: SocketAddr,
@@ -18,7 +19,12 @@ struct Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
         let _ = self.child.wait();
     }
 }
@@ -173,4 +179,24 @@ fn a_crashing_user_process_takes_the_queue_down_with_its_last_words() {
         stderr.contains("user process exited with exit status: 3: cannot open model: no such file"),
         "{stderr}"
     );
+}
+
+#[test]
+fn timeout_flags_answer_504_naming_the_limit_and_h2c_speaks_http2() {
+    let q = start(&[
+        "--timeout-seconds",
+        "30",
+        "--response-start-timeout-seconds",
+        "1",
+        "--h2c",
+    ]);
+    let (status, body) = http(q.addr, "/?sleep_ms=5000", &[]);
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body.contains("queue request timeout: revision default/hello-00001 gave no response within 1s (responseStartTimeoutSeconds)"),
+        "{body}"
+    );
+    let (status, body) = http(q.addr, "/", &[]);
+    assert_eq!(status, 200);
+    assert!(body.contains("version: HTTP/2.0\n"), "{body}");
 }
