@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 
 use crate::balance::{Acquired, Balancer, Lease, Refused, Ticket};
-use crate::body::hold;
+use crate::body::hold_response;
 use crate::error::ProxyError;
 use crate::proxy::{Forwarder, Outbound, ProxyBody, set_header};
 use crate::queue::{PROXY_HEADER, StatsRecorder};
@@ -180,10 +180,9 @@ impl Activator {
                             start.elapsed()
                         );
                     }
-                    // The slot and the in-flight count last until the body is sent.
-                    let (parts, body) = resp.into_parts();
-                    let body = hold(body, (lease, in_flight));
-                    return Ok(Response::from_parts(parts, body));
+                    // The slot and the in-flight count last until the body is sent (or
+                    // the upgraded connection closes).
+                    return Ok(hold_response(resp, (lease, in_flight)));
                 }
             }
         }

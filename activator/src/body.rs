@@ -162,6 +162,41 @@ impl Body for AttemptBody {
     }
 }
 
+/// Marks a `101 Switching Protocols` response whose connection is being tunnelled: the
+/// task copying the bytes, which ends when either side closes.
+/// (Response extensions must be `Clone`: the handle sits in a shared slot, taken once.)
+#[derive(Debug, Clone)]
+pub struct Tunnel(Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>);
+
+impl Tunnel {
+    /// Marks the tunnel copied by `task`.
+    pub fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self(Arc::new(Mutex::new(Some(task))))
+    }
+
+    fn take(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Keeps `guard` (a replica lease, a queue slot, an in-flight count) for as long as the
+/// response is being delivered: until its body is sent, or, for an upgraded connection,
+/// until the tunnel closes (a WebSocket counts as a running request for its whole life).
+pub fn hold_response<G: Send + Sync + Unpin + 'static>(
+    resp: http::Response<ProxyBody>,
+    guard: G,
+) -> http::Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    if let Some(handle) = parts.extensions.remove::<Tunnel>().and_then(|t| t.take()) {
+        tokio::spawn(async move {
+            let _ = handle.await;
+            drop(guard);
+        });
+        return http::Response::from_parts(parts, body);
+    }
+    http::Response::from_parts(parts, hold(body, guard))
+}
+
 /// A response body that holds `guard` (a replica lease, an in-flight count) until the
 /// body is finished or dropped, so a request counts as running while it streams.
 pub struct Held<G> {

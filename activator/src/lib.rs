@@ -21,7 +21,7 @@ mod retry;
 pub mod timeouts;
 
 pub use activator::{Activator, ActivatorConfig};
-pub use body::{BodyTooLarge, hold};
+pub use body::{BodyTooLarge, Tunnel, hold, hold_response};
 pub use error::{ProxyError, error_response};
 pub use proxy::{BoxError, Forwarder, Outbound, ProxyBody, full_body, strip_hop_by_hop};
 pub use retry::{RetryBudget, RetryConfig};

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_core::NamespacedName;
 use tokio::time::timeout_at;
 
-use crate::body::{AttemptBody, ReplayableBody};
+use crate::body::{AttemptBody, ReplayableBody, Tunnel};
 use crate::error::ProxyError;
 use crate::retry::RetryBudget;
 use crate::timeouts::{Deadline, IdleBody};
@@ -310,7 +310,8 @@ impl Forwarder {
                     .headers
                     .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
-            tokio::spawn(tunnel(client_side, replica_side));
+            let handle = tokio::spawn(tunnel(client_side, replica_side));
+            parts.extensions.insert(Tunnel::new(handle));
             return Ok(Response::from_parts(parts, full_body(Bytes::new())));
         }
         strip_hop_by_hop(&mut parts.headers);

@@ -8,7 +8,7 @@ use http::{Request, Response, header};
 use hyper::body::Incoming;
 use sluice_activator::balance::Balancer;
 use sluice_activator::timeouts::Timeouts;
-use sluice_activator::{Activator, Forwarder, Outbound, ProxyBody, ProxyError, hold};
+use sluice_activator::{Activator, Forwarder, Outbound, ProxyBody, ProxyError, hold_response};
 use sluice_core::{NamespacedName, RoutingSnapshot};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -178,10 +178,7 @@ impl Router {
                     attempt += 1;
                 }
                 Err(err) => return Err(err),
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    return Ok(Response::from_parts(parts, hold(body, lease)));
-                }
+                Ok(resp) => return Ok(hold_response(resp, lease)),
             }
         }
     }

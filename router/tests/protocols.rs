@@ -109,11 +109,11 @@ async fn h2c_bidirectional_streaming_with_trailers() {
     assert_eq!(rest.trailers().unwrap()["grpc-status"], "0");
 }
 
-#[tokio::test]
-async fn websocket_upgrade_is_tunnelled_both_ways() {
-    let up = replica(|mut req: Request<Incoming>| async move {
+/// A replica that echoes bytes on upgraded connections and answers "ok" otherwise.
+async fn ws_echo() -> Replica {
+    replica(|mut req: Request<Incoming>| async move {
         if req.headers().get("upgrade").is_none() {
-            return Response::new(full_body("no upgrade"));
+            return Response::new(full_body("ok"));
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -135,9 +135,12 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
             .insert("connection", HeaderValue::from_static("upgrade"));
         resp
     })
-    .await;
-    let h = start(single(&[up.addr], 0, T).build()).await;
-    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    .await
+}
+
+/// Opens a WebSocket-style upgraded connection through the router; checks the 101.
+async fn open_ws(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(
         format!(
             "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -156,10 +159,53 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
+    s
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_both_ways() {
+    let up = ws_echo().await;
+    let h = start(single(&[up.addr], 0, T).build()).await;
+    let mut s = open_ws(h.addr).await;
     for msg in [&b"ping"[..], b"pong", b"bye"] {
         s.write_all(msg).await.unwrap();
         let mut back = vec![0u8; msg.len()];
         s.read_exact(&mut back).await.unwrap();
         assert_eq!(back, msg);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_holds_its_concurrency_slot_until_it_closes() {
+    let up = ws_echo().await;
+    // cc = 1 through the activator, no queue: a second request while the socket is open
+    // finds the revision full.
+    let options = Options {
+        max_queued: 0,
+        ..Options::default()
+    };
+    let snap = single(&[up.addr], 1, T).activator("hello-00001", true);
+    let h = start_with(snap.build(), options).await;
+    let mut s = open_ws(h.addr).await;
+    s.write_all(b"hi").await.unwrap();
+    let mut back = [0u8; 2];
+    s.read_exact(&mut back).await.unwrap();
+    let busy = get(h.addr, HOST).await;
+    assert_eq!(
+        busy.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        busy.body
+    );
+    drop(s);
+    // Closing the socket ends the tunnel and frees the slot.
+    loop {
+        let ans = get(h.addr, HOST).await;
+        if ans.status == StatusCode::OK {
+            assert_eq!(ans.body, "ok");
+            break;
+        }
+        assert_eq!(ans.status, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::task::yield_now().await;
     }
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::{
     PROBE_HEADER, PROBE_PATH, PROXY_HEADER, Queue, QueueConfig, QueueRejection, STATS_PATH,
 };
-use crate::body::hold;
+use crate::body::hold_response;
 use crate::error::error_response;
 use crate::proxy::{Forwarder, Outbound, ProxyBody, full_body};
 use crate::timeouts::Timeouts;
@@ -123,11 +123,9 @@ impl Sidecar {
             )
             .await
         {
-            Ok(resp) => {
-                // The slot stays taken until the whole response has been sent.
-                let (parts, body) = resp.into_parts();
-                Response::from_parts(parts, hold(body, admitted))
-            }
+            // The slot stays taken until the whole response has been sent (or the
+            // upgraded connection closes).
+            Ok(resp) => hold_response(resp, admitted),
             Err(e) => {
                 tracing::warn!(revision = %revision, "{}", sluice_core::error_chain(&e));
                 e.into_response()
