@@ -206,6 +206,12 @@ backend be
                                "10000", "--swap-test"], capture_output=True, text=True,
                               timeout=120).stdout
         swap_line = next((l for l in swap.splitlines() if l.startswith("SWAP")), "SWAP failed")
+        release_port = free_port()
+        rel = subprocess.run([proxy_bin, f"127.0.0.1:{release_port}", backend_addr,
+                              "--release-test"], capture_output=True, text=True,
+                             timeout=120).stdout
+        release_line = next((l for l in rel.splitlines() if l.startswith("RELEASE")),
+                            "RELEASE failed")
     finally:
         for p in procs:
             try:
@@ -234,6 +240,7 @@ backend be
     base = med(results[paths[1][0]], "rps")
     act = med(results[paths[2][0]], "rps")
     print(f"route change visible (10,000 routes, snapshot build + publish + first 200): {swap_line}")
+    print(f"held request answered after a replica is published: {release_line}")
     print(f"activator in path costs {100 * (1 - act / base):.1f} % of the router's throughput")
 
 

@@ -8,6 +8,10 @@
 //! `proxy <listen> <backend> --routes N --swap-test` instead publishes 20 route changes
 //! (one new host each) over an N-route table and prints how long each took to become
 //! visible: from building the new snapshot to the first 200 on the new host.
+//!
+//! `proxy <listen> <backend> --release-test` holds a request for a revision at zero in the
+//! activator 20 times, and prints how long after a replica is published the request is
+//! answered (the activator's share of a cold start).
 
 #![allow(clippy::unwrap_used)]
 
@@ -52,6 +56,46 @@ fn route(
             activator_in_path: activator,
             unavailable: None,
         },
+    );
+}
+
+/// Holds a request at zero, publishes a ready replica, and measures until the answer.
+async fn release(
+    publish: watch::Sender<Arc<RoutingSnapshot>>,
+    mut snap: RoutingSnapshot,
+    mut stats: mpsc::Receiver<sluice_core::StatReport>,
+    backend: SocketAddr,
+    router: SocketAddr,
+) {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let host = format!("cold{i}.default.localhost");
+        let key = NamespacedName::new("default", format!("cold{i}-00001"));
+        route(&mut snap, host.clone(), key.name.clone(), backend, true);
+        snap.revisions.get_mut(&key).unwrap().endpoints.clear();
+        publish.send(Arc::new(snap.clone())).unwrap();
+        let req = http::Request::get(format!("http://{router}/"))
+            .header("host", &host)
+            .body(Empty::new())
+            .unwrap();
+        let pending = tokio::spawn(client.request(req));
+        // The activator pokes the autoscaler once the request is held.
+        while stats.recv().await.unwrap().revision != key {}
+        snap.revisions.get_mut(&key).unwrap().endpoints = vec![Endpoint { addr: backend }];
+        let t0 = tokio::time::Instant::now();
+        publish.send(Arc::new(snap.clone())).unwrap();
+        assert_eq!(pending.await.unwrap().unwrap().status(), 200);
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "RELEASE held=20 median_ms={:.3} max_ms={:.3}",
+        times[times.len() / 2],
+        times[times.len() - 1]
     );
 }
 
@@ -132,8 +176,12 @@ async fn main() {
     let swap_test = args.iter().any(|a| a == "--swap-test");
     let base = snap.clone();
     let (publish, snapshot) = watch::channel(Arc::new(snap));
-    let (stats_tx, mut stats_rx) = mpsc::channel(1024);
-    tokio::spawn(async move { while stats_rx.recv().await.is_some() {} });
+    let release_test = args.iter().any(|a| a == "--release-test");
+    let (stats_tx, stats_rx) = mpsc::channel(1024);
+    let mut stats_rx = Some(stats_rx);
+    if !release_test && let Some(mut rx) = stats_rx.take() {
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    }
     let activator = Arc::new(Activator::new(
         ActivatorConfig::default(),
         snapshot.clone(),
@@ -145,6 +193,14 @@ async fn main() {
     let listener = TcpListener::bind(listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     println!("LISTENING {addr}");
+    if let Some(stats_rx) = stats_rx {
+        let publish = publish.clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            release(publish, base, stats_rx, backend, addr).await;
+            std::process::exit(0);
+        });
+    }
     if swap_test {
         tokio::spawn(async move {
             swap(publish, base, backend, addr, extra).await;
