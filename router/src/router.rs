@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use sluice_activator::balance::Balancer;
 use sluice_activator::timeouts::Timeouts;
 use sluice_activator::{Activator, Forwarder, Outbound, ProxyBody, ProxyError, hold_response};
+use sluice_core::replica::PROXY_HEADER;
 use sluice_core::{NamespacedName, RoutingSnapshot};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -151,6 +152,9 @@ impl Router {
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
         let mut out = Outbound::new(req, self.config.max_body_bytes)?;
         add_forwarded(out.headers_mut(), client, "http", &host);
+        // Only the activator may say a request came through it (the queue layer's stats
+        // count such requests apart); a client cannot.
+        out.headers_mut().remove(PROXY_HEADER);
         // The router is a hop of its own in the caller's trace.
         sluice_mesh::trace::propagate(out.headers_mut());
 

@@ -108,7 +108,11 @@ async fn proxy_headers_reach_the_replica() {
         h.addr,
         "hello.default.localhost:8080",
         "/",
-        &[("x-forwarded-for", "10.1.2.3"), ("x-request-id", "abc")],
+        &[
+            ("x-forwarded-for", "10.1.2.3"),
+            ("x-request-id", "abc"),
+            ("k-proxy-request", "activator"),
+        ],
     )
     .await;
     let echo = |h: &str| {
@@ -126,6 +130,10 @@ async fn proxy_headers_reach_the_replica() {
     assert_eq!(echo("x-request-id"), "abc");
     assert!(echo("traceparent").starts_with("00-"));
     assert_eq!(echo("host"), "hello.default.localhost:8080");
+    assert!(
+        !ans.headers.contains_key("x-echo-k-proxy-request"),
+        "a client cannot pose as the activator"
+    );
 }
 
 #[tokio::test]
