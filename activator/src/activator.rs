@@ -155,7 +155,11 @@ impl Activator {
         let mut avoid = None;
         let mut attempt = 1;
         let mut cold = false;
+        // A retry takes the revision's replicas as they are now, not as they were when the
+        // request arrived (the failed one may be gone by then).
+        let mut current = snapshot.clone();
         loop {
+            let route = current.revisions.get(key).unwrap_or(route);
             let lease = self
                 .lease(key, route, &state, &mut rx, deadline, avoid, &mut cold)
                 .await?;
@@ -169,6 +173,7 @@ impl Activator {
                     tracing::debug!(revision = %key, %endpoint, "retrying: {}", sluice_core::error_chain(&err));
                     avoid = Some(endpoint);
                     attempt += 1;
+                    current = self.snapshot.borrow().clone();
                 }
                 Err(err) => return Err(err),
                 Ok(resp) => {

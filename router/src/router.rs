@@ -166,9 +166,17 @@ impl Router {
         let balancer = self.balancer(key);
         let mut avoid = None;
         let mut attempt = 1;
+        // A retry takes the revision's replicas as they are now (same revision, so the
+        // request is not rerouted; the failed replica may be gone by then).
+        let mut current = snapshot.clone();
         loop {
+            let replicas = current.revisions.get(key).unwrap_or(revision);
+            if attempt > 1 && (replicas.activator_in_path || replicas.endpoints.is_empty()) {
+                // Scaled down meanwhile: the activator holds the retry until a replica is up.
+                return Ok(self.activator.handle(key, out, start).await);
+            }
             let lease = balancer
-                .pick_any(revision, avoid)
+                .pick_any(replicas, avoid)
                 .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
             let endpoint = lease.addr();
             match self
@@ -180,6 +188,7 @@ impl Router {
                     tracing::debug!(revision = %key, %endpoint, "retrying: {}", sluice_core::error_chain(&err));
                     avoid = Some(endpoint);
                     attempt += 1;
+                    current = self.snapshot.borrow().clone();
                 }
                 Err(err) => return Err(err),
                 Ok(resp) => return Ok(hold_response(resp, lease)),
