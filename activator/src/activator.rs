@@ -1,31 +1,35 @@
-//! The activator: holds requests for revisions without ready replicas and releases them
-//! as replicas become ready.
+//! The activator: throttles requests to a revision's capacity (`containerConcurrency ×
+//! ready replicas`), holds the rest in a bounded queue, and releases them as slots free up
+//! or replicas become ready.
 //!
-//! Each revision gets a bounded buffer; the first request to a revision at zero sends the
-//! autoscaler an immediate stat so it scales up without waiting for its next tick. Waiting
-//! counts against the revision's timeout. The activator also reports its own load every
-//! second, so a revision with buffered requests is never scaled down.
+//! The first request to a revision at zero sends the autoscaler an immediate stat so it
+//! scales up without waiting for its next tick. Waiting counts against the revision's
+//! timeout. A connection refused by a replica is retried on another (within the retry
+//! budget). The activator also reports its own load every second, so a revision with
+//! buffered requests is never scaled down.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::Response;
 use sluice_core::{NamespacedName, RevisionRoute, RoutingSnapshot, StatReport, StatSource};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 
+use crate::balance::{Acquired, Balancer, Lease, Refused, Ticket};
+use crate::body::hold_response;
 use crate::error::ProxyError;
-use crate::proxy::{Forwarder, ProxyBody, set_header};
+use crate::proxy::{Forwarder, Outbound, ProxyBody, set_header};
 use crate::queue::{PROXY_HEADER, StatsRecorder};
+use crate::timeouts::{Deadline, Timeouts};
 
 /// Activator settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActivatorConfig {
-    /// Requests buffered per revision before new ones get 503.
+    /// Requests buffered per revision (waiting for a free replica slot) before new ones
+    /// get 503.
     pub max_queued_per_revision: usize,
     /// How often the activator reports its own load to the autoscaler.
     pub stats_interval: Duration,
@@ -52,9 +56,29 @@ pub struct Activator {
 
 #[derive(Debug)]
 struct RevisionState {
-    waiting: AtomicUsize,
-    next: AtomicUsize,
+    balancer: Arc<Balancer>,
     recorder: StatsRecorder,
+    /// Whether the autoscaler was poked since the revision was last seen with replicas.
+    poked: AtomicBool,
+}
+
+impl RevisionState {
+    fn new(seed: u64) -> Self {
+        Self {
+            balancer: Balancer::new(seed),
+            recorder: StatsRecorder::new(Instant::now()),
+            poked: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Counts a request as in flight at the activator until dropped.
+struct InFlight(Arc<RevisionState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.recorder.request_out(Instant::now(), false);
+    }
 }
 
 impl Activator {
@@ -69,7 +93,7 @@ impl Activator {
             config,
             snapshot,
             stats,
-            forwarder,
+            forwarder: forwarder.for_hop("activator"),
             revisions: Mutex::new(HashMap::new()),
         }
     }
@@ -80,24 +104,22 @@ impl Activator {
         if let Some(state) = map.get(key) {
             return state.clone();
         }
+        let seed = map.len() as u64 ^ 0x9E37_79B9_7F4A_7C15;
         map.entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(RevisionState {
-                    waiting: AtomicUsize::new(0),
-                    next: AtomicUsize::new(0),
-                    recorder: StatsRecorder::new(Instant::now()),
-                })
-            })
+            .or_insert_with(|| Arc::new(RevisionState::new(seed)))
             .clone()
     }
 
-    /// Delivers `req` to a replica of `revision`, waiting for one if there is none.
+    /// Delivers `out` to a replica of `revision` within the revision's capacity, waiting
+    /// (bounded) for a free slot; `start` is when the request arrived, and the wait counts
+    /// against its timeout.
     pub async fn handle(
         &self,
         revision: &NamespacedName,
-        req: Request<Incoming>,
+        out: Outbound,
+        start: Instant,
     ) -> Response<ProxyBody> {
-        match self.try_handle(revision, req).await {
+        match self.try_handle(revision, out, start).await {
             Ok(resp) => resp,
             Err(err) => {
                 tracing::warn!(
@@ -114,86 +136,110 @@ impl Activator {
     async fn try_handle(
         &self,
         key: &NamespacedName,
-        mut req: Request<Incoming>,
+        mut out: Outbound,
+        start: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let start = Instant::now();
-        let snapshot = self.snapshot.borrow().clone();
+        let mut rx = self.snapshot.clone();
+        let snapshot = rx.borrow_and_update().clone();
         let route = snapshot
             .revisions
             .get(key)
             .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
-        let deadline = start + route.timeout;
-        let timed_out = || ProxyError::Timeout {
-            revision: key.clone(),
-            timeout: route.timeout,
-        };
+        let timeouts = Timeouts::of(route, snapshot.timeouts_for(key));
+        let deadline = timeouts.response_deadline(start);
         let state = self.state(key);
         state.recorder.request_in(start, false);
-        let _done = Done(&state.recorder);
+        let in_flight = InFlight(state.clone());
+        set_header(out.headers_mut(), PROXY_HEADER, "activator");
 
-        let (endpoint, cold) = match pick(route, &state) {
-            Some(endpoint) => (endpoint, false),
-            None => {
-                // A revision whose replicas keep failing answers at once, without a wait.
-                if let Some(err) = unavailable(key, route) {
-                    return Err(err);
+        let mut avoid = None;
+        let mut attempt = 1;
+        let mut cold = false;
+        // A retry takes the revision's replicas as they are now, not as they were when the
+        // request arrived (the failed one may be gone by then).
+        let mut current = snapshot.clone();
+        loop {
+            let route = current.revisions.get(key).unwrap_or(route);
+            let lease = self
+                .lease(key, route, &state, &mut rx, deadline, avoid, &mut cold)
+                .await?;
+            let endpoint = lease.addr();
+            match self
+                .forwarder
+                .send(key, endpoint, &mut out, deadline, timeouts.idle)
+                .await
+            {
+                Err(err) if self.forwarder.may_retry(&err, &out, attempt) => {
+                    tracing::debug!(revision = %key, %endpoint, "retrying: {}", sluice_core::error_chain(&err));
+                    avoid = Some(endpoint);
+                    attempt += 1;
+                    current = self.snapshot.borrow().clone();
                 }
-                let _slot = Slot::reserve(&state, self.config.max_queued_per_revision).ok_or_else(
-                    || ProxyError::QueueFull {
-                        revision: key.clone(),
-                        limit: self.config.max_queued_per_revision,
-                    },
-                )?;
-                // Scale from zero now rather than at the autoscaler's next tick. A full
-                // channel means the autoscaler already has reports queued; nothing is lost.
-                let _ = self.stats.try_send(StatReport::poke(key.clone()));
-                let endpoint = timeout_at(deadline, self.wait_for_endpoint(key, &state))
-                    .await
-                    .map_err(|_| timed_out())??;
-                (endpoint, true)
+                Err(err) => return Err(err),
+                Ok(resp) => {
+                    if cold {
+                        tracing::info!(
+                            revision = %key,
+                            cold_start_ms = start.elapsed().as_millis() as u64,
+                            "cold start: request held by the activator answered after {:?}",
+                            start.elapsed()
+                        );
+                    }
+                    // The slot and the in-flight count last until the body is sent (or
+                    // the upgraded connection closes).
+                    return Ok(hold_response(resp, (lease, in_flight)));
+                }
             }
-        };
-        set_header(&mut req, PROXY_HEADER, "activator");
-        let resp = timeout_at(deadline, self.forwarder.forward(key, endpoint, req))
-            .await
-            .map_err(|_| timed_out())??;
-        if cold {
-            tracing::info!(
-                revision = %key,
-                cold_start_ms = start.elapsed().as_millis() as u64,
-                "cold start: request held by the activator answered after {:?}",
-                start.elapsed()
-            );
         }
-        Ok(resp)
     }
 
-    async fn wait_for_endpoint(
+    /// A lease on a replica slot, waiting for one until `deadline` if none is free.
+    #[allow(clippy::too_many_arguments)]
+    async fn lease(
         &self,
         key: &NamespacedName,
+        route: &RevisionRoute,
         state: &RevisionState,
-    ) -> Result<SocketAddr, ProxyError> {
-        let mut rx = self.snapshot.clone();
-        loop {
-            {
-                let snap = rx.borrow_and_update();
-                let route = snap
-                    .revisions
-                    .get(key)
-                    .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
-                if let Some(endpoint) = pick(route, state) {
-                    return Ok(endpoint);
-                }
-                // The replica started for this request failed: say why now.
-                if let Some(err) = unavailable(key, route) {
-                    return Err(err);
-                }
-            }
-            if rx.changed().await.is_err() {
-                // The publisher is gone: the process is shutting down.
-                return Err(ProxyError::UnknownRevision(key.clone()));
-            }
+        rx: &mut watch::Receiver<Arc<RoutingSnapshot>>,
+        deadline: Deadline,
+        avoid: Option<std::net::SocketAddr>,
+        cold: &mut bool,
+    ) -> Result<Lease, ProxyError> {
+        // A revision whose replicas keep failing answers at once, without a wait.
+        if route.endpoints.is_empty()
+            && let Some(err) = unavailable(key, route)
+        {
+            return Err(err);
         }
+        let max = self.config.max_queued_per_revision;
+        let ticket = match state.balancer.acquire(route, max, avoid) {
+            Ok(Acquired::Now(lease)) => {
+                state.poked.store(false, Ordering::Relaxed);
+                return Ok(lease);
+            }
+            Ok(Acquired::Queued(ticket)) => ticket,
+            Err(Refused::QueueFull) => {
+                return Err(ProxyError::QueueFull {
+                    revision: key.clone(),
+                    limit: max,
+                });
+            }
+        };
+        *cold = true;
+        // Scale from zero now rather than at the autoscaler's next tick (once per cold
+        // spell). A full channel means the autoscaler already has reports queued.
+        if route.endpoints.is_empty() && !state.poked.swap(true, Ordering::Relaxed) {
+            let _ = self.stats.try_send(StatReport::poke(key.clone()));
+        }
+        let timed_out = || ProxyError::Timeout {
+            hop: "activator",
+            revision: key.clone(),
+            kind: deadline.kind,
+            timeout: deadline.limit,
+        };
+        timeout_at(deadline.at, wait(key, state, rx, ticket))
+            .await
+            .map_err(|_| timed_out())?
     }
 
     /// Reports the activator's load per revision every `stats_interval`, until `stats`
@@ -242,59 +288,38 @@ fn unavailable(key: &NamespacedName, route: &RevisionRoute) -> Option<ProxyError
         })
 }
 
-/// Round robin over ready endpoints (the policies by `containerConcurrency` come later).
-fn pick(route: &RevisionRoute, state: &RevisionState) -> Option<SocketAddr> {
-    if route.endpoints.is_empty() {
-        return None;
-    }
-    let i = state.next.fetch_add(1, Ordering::Relaxed) % route.endpoints.len();
-    Some(route.endpoints[i].addr)
-}
-
-struct Done<'a>(&'a StatsRecorder);
-
-impl Drop for Done<'_> {
-    fn drop(&mut self) {
-        self.0.request_out(Instant::now(), false);
-    }
-}
-
-/// A place in a revision's bounded buffer, given back on drop.
-struct Slot<'a>(&'a RevisionState);
-
-impl<'a> Slot<'a> {
-    fn reserve(state: &'a RevisionState, limit: usize) -> Option<Self> {
-        let prev = state.waiting.fetch_add(1, Ordering::AcqRel);
-        if prev >= limit {
-            state.waiting.fetch_sub(1, Ordering::AcqRel);
-            None
-        } else {
-            Some(Slot(state))
+/// Waits for `ticket` to be handed a lease, taking in every new snapshot meanwhile (new
+/// replicas free slots for the queue at once).
+async fn wait(
+    key: &NamespacedName,
+    state: &RevisionState,
+    rx: &mut watch::Receiver<Arc<RoutingSnapshot>>,
+    mut ticket: Ticket,
+) -> Result<Lease, ProxyError> {
+    loop {
+        tokio::select! {
+            lease = &mut ticket => {
+                // The balancer never drops a live waiter's sender without sending.
+                return lease.map_err(|_| ProxyError::UnknownRevision(key.clone()));
+            }
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    // The publisher is gone: the process is shutting down.
+                    return Err(ProxyError::UnknownRevision(key.clone()));
+                }
+                let snap = rx.borrow_and_update().clone();
+                let route = snap
+                    .revisions
+                    .get(key)
+                    .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
+                // The replica started for this request failed: say why now.
+                if route.endpoints.is_empty()
+                    && let Some(err) = unavailable(key, route)
+                {
+                    return Err(err);
+                }
+                state.balancer.sync(route);
+            }
         }
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_are_bounded_and_returned() {
-        let state = RevisionState {
-            waiting: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
-            recorder: StatsRecorder::new(Instant::now()),
-        };
-        let a = Slot::reserve(&state, 2).unwrap();
-        let _b = Slot::reserve(&state, 2).unwrap();
-        assert!(Slot::reserve(&state, 2).is_none());
-        drop(a);
-        assert!(Slot::reserve(&state, 2).is_some());
     }
 }

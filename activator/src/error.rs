@@ -6,6 +6,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use sluice_core::NamespacedName;
 
 use crate::proxy::{ProxyBody, full_body};
+use crate::timeouts::TimeoutKind;
 
 /// Why the data plane could not deliver a request.
 #[derive(Debug, thiserror::Error)]
@@ -38,13 +39,25 @@ pub enum ProxyError {
         /// The configured bound.
         limit: usize,
     },
-    /// The request's deadline passed before a replica answered.
-    #[error("activator request timeout: revision {revision} gave no response within {timeout:?}")]
+    /// The request's deadline passed before a replica started its response.
+    #[error(
+        "{hop} request timeout: revision {revision} gave no response within {timeout:?} ({kind})"
+    )]
     Timeout {
+        /// Which hop gave up (`router`, `activator`, `queue`).
+        hop: &'static str,
         /// The revision.
         revision: NamespacedName,
-        /// The revision's timeout.
+        /// Which of the revision's limits fired.
+        kind: TimeoutKind,
+        /// Its value.
         timeout: Duration,
+    },
+    /// The request body is larger than allowed.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
     },
     /// The replica could not be reached or broke the connection.
     #[error("upstream replica {endpoint} of revision {revision} failed")]
@@ -55,7 +68,7 @@ pub enum ProxyError {
         endpoint: std::net::SocketAddr,
         /// The cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<hyper_util::client::legacy::Error>,
     },
     /// The request could not be rewritten for forwarding.
     #[error("cannot forward request: {0}")]
@@ -75,7 +88,13 @@ impl ProxyError {
             }
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
+    }
+
+    /// Whether the replica could not even be connected to (so nothing was sent).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, ProxyError::Upstream { source, .. } if source.is_connect())
     }
 
     /// A short label for metrics and logs.
@@ -89,6 +108,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::PayloadTooLarge { .. } => "payload_too_large",
         }
     }
 
@@ -146,10 +166,20 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         let timeout = ProxyError::Timeout {
+            hop: "activator",
             revision: NamespacedName::new("a", "b"),
+            kind: TimeoutKind::ResponseStart,
             timeout: Duration::from_secs(1),
         };
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert!(timeout.to_string().starts_with("activator request timeout"));
+        assert_eq!(
+            timeout.to_string(),
+            "activator request timeout: revision a/b gave no response within 1s \
+             (responseStartTimeoutSeconds)"
+        );
+        assert_eq!(
+            ProxyError::PayloadTooLarge { limit: 1 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

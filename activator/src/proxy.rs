@@ -1,20 +1,29 @@
-//! Forwarding one request to one replica over a pooled HTTP client.
+//! Forwarding one request to one replica over pooled HTTP/1.1 and HTTP/2 clients.
+//!
+//! A request arriving over HTTP/2 (gRPC included) goes out over HTTP/2 prior knowledge, each
+//! request on its own stream, so load is balanced per request, never per connection. Upgrades
+//! (WebSocket) are tunnelled once the replica answers `101 Switching Protocols`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_core::NamespacedName;
+use tokio::time::timeout_at;
 
+use crate::body::{AttemptBody, ReplayableBody, Tunnel};
 use crate::error::ProxyError;
+use crate::retry::RetryBudget;
+use crate::timeouts::{Deadline, IdleBody};
 
 /// Boxed error inside response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,9 +38,10 @@ pub fn full_body(data: impl Into<Bytes>) -> ProxyBody {
 }
 
 /// Headers that describe one connection, not the request, and must not be forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -39,10 +49,155 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// A pooled HTTP/1.1 client that forwards requests to replicas.
+/// Headers a client cannot get removed by naming them in `Connection` (hop-by-hop abuse):
+/// the ones routing, framing, identity and tracing rely on.
+const PROTECTED: [HeaderName; 9] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-for"),
+];
+
+/// A request ready to be sent, and sent again while no byte of its body has left.
+#[derive(Debug)]
+pub struct Outbound {
+    method: Method,
+    path: PathAndQuery,
+    version: Version,
+    headers: HeaderMap,
+    body: ReplayableBody,
+    upgrade: Option<OnUpgrade>,
+}
+
+impl Outbound {
+    /// Takes a client request apart for forwarding: hop-by-hop headers go (an upgrade's
+    /// `Upgrade` stays), a body over `max_body` bytes is refused.
+    pub fn new<B>(req: Request<B>, max_body: Option<u64>) -> Result<Self, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        if let Some(limit) = max_body {
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > limit) {
+                return Err(ProxyError::PayloadTooLarge { limit });
+            }
+        }
+        let upgrade_to = (parts.version == Version::HTTP_11
+            && connection_has(&parts.headers, "upgrade"))
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten();
+        let te_trailers = parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        strip_hop_by_hop(&mut parts.headers);
+        if te_trailers {
+            // gRPC needs `te: trailers`; it is the one TE value HTTP/2 allows.
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        // HTTP/2 carries the host in `:authority`; replicas (and HTTP/1.1) want `Host`.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let upgrade = match upgrade_to {
+            Some(protocol) => {
+                parts.headers.insert(header::UPGRADE, protocol);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.extensions.remove::<OnUpgrade>()
+            }
+            None => None,
+        };
+        Ok(Self {
+            method: parts.method,
+            path: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            version: parts.version,
+            headers: parts.headers,
+            body: ReplayableBody::new(body, max_body),
+            upgrade,
+        })
+    }
+
+    /// The headers to send (for the router and activator to add theirs).
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
+    }
+
+    /// The headers to send.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Sends over HTTP/2 (prior knowledge) or HTTP/1.1 whatever the client spoke: the queue
+    /// layer speaks the user container's protocol (`h2c` port or not). An upgrade is kept
+    /// only over HTTP/1.1.
+    pub fn set_http2(&mut self, http2: bool) {
+        if http2 {
+            self.version = Version::HTTP_2;
+            if self.upgrade.take().is_some() {
+                self.headers.remove(header::UPGRADE);
+                self.headers.remove(header::CONNECTION);
+            }
+        } else {
+            self.version = Version::HTTP_11;
+        }
+    }
+
+    /// Whether another attempt may send this request (no byte of the body has left).
+    pub fn replayable(&self) -> bool {
+        self.body.unsent()
+    }
+
+    fn attempt(&self, endpoint: SocketAddr) -> Result<Request<AttemptBody>, ProxyError> {
+        let authority = Authority::try_from(endpoint.to_string())
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(self.path.clone())
+            .build()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let mut req = Request::new(self.body.attempt());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = if self.version == Version::HTTP_2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        *req.headers_mut() = self.headers.clone();
+        Ok(req)
+    }
+}
+
+/// Pooled clients to replicas, plus the retry budget every attempt draws on.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    h1: Pool,
+    h2: Pool,
+    budget: Arc<RetryBudget>,
+    hop: &'static str,
 }
 
 impl Default for Forwarder {
@@ -52,60 +207,189 @@ impl Default for Forwarder {
 }
 
 impl Forwarder {
-    /// A forwarder with a fresh connection pool.
+    /// A forwarder with fresh connection pools and the default retry budget.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        Self::with_budget(RetryBudget::default())
+    }
+
+    /// A forwarder with fresh connection pools and `budget`.
+    pub fn with_budget(budget: RetryBudget) -> Self {
+        let (h1, h2) = clients();
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            h1,
+            h2,
+            budget: Arc::new(budget),
+            hop: "activator",
         }
     }
 
-    /// Sends `req` to `endpoint`, keeping its Host, path and query.
-    pub async fn forward(
+    /// A forwarder with its own connection pools but this one's retry budget and hop name:
+    /// one per thread of a sharded server, so a connection is only ever used by the thread
+    /// whose runtime drives it.
+    pub fn with_fresh_pools(&self) -> Self {
+        let (h1, h2) = clients();
+        Self {
+            h1,
+            h2,
+            budget: self.budget.clone(),
+            hop: self.hop,
+        }
+    }
+
+    /// The same pools, naming `hop` in timeout messages (`router`, `activator`, `queue`).
+    pub fn for_hop(mut self, hop: &'static str) -> Self {
+        self.hop = hop;
+        self
+    }
+
+    /// The shared retry budget.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+
+    /// Whether a failed attempt may be retried on another replica, which is only when it
+    /// cannot have had an effect: the connection failed (nothing was sent), or, for an
+    /// idempotent method (RFC 9110 §9.2.2), the connection closed before any byte of a
+    /// response; the body must be intact, and the budget must allow one more try.
+    pub fn may_retry(&self, err: &ProxyError, out: &Outbound, attempt: u32) -> bool {
+        let safe = err.is_connect_failure()
+            || (matches!(err, ProxyError::Upstream { .. }) && is_idempotent(&out.method));
+        safe && out.replayable() && attempt < self.budget.max_attempts && self.budget.withdraw()
+    }
+
+    /// Sends `out` to `endpoint`, waiting for the response to start until `deadline`; with
+    /// `idle`, the response body fails after that long without a byte.
+    pub async fn send(
         &self,
         revision: &NamespacedName,
         endpoint: SocketAddr,
-        mut req: Request<Incoming>,
+        out: &mut Outbound,
+        deadline: Deadline,
+        idle: Option<std::time::Duration>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let authority = Authority::try_from(endpoint.to_string())
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        let mut parts = req.uri().clone().into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority);
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *req.uri_mut() =
-            Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        *req.version_mut() = http::Version::HTTP_11;
-        strip_hop_by_hop(req.headers_mut());
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|source| ProxyError::Upstream {
-                revision: revision.clone(),
-                endpoint,
-                source,
-            })?;
+        let req = out.attempt(endpoint)?;
+        let client = if out.version == Version::HTTP_2 {
+            &self.h2
+        } else {
+            &self.h1
+        };
+        self.budget.deposit();
+        let resp = match timeout_at(deadline.at, client.request(req)).await {
+            Err(_) => {
+                return Err(ProxyError::Timeout {
+                    hop: self.hop,
+                    revision: revision.clone(),
+                    kind: deadline.kind,
+                    timeout: deadline.limit,
+                });
+            }
+            Ok(Err(_)) if out.body.too_large() => {
+                return Err(ProxyError::PayloadTooLarge {
+                    limit: out.body_limit(),
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(ProxyError::Upstream {
+                    revision: revision.clone(),
+                    endpoint,
+                    source: Box::new(source),
+                });
+            }
+            Ok(Ok(resp)) => resp,
+        };
         let (mut parts, body) = resp.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = out.upgrade.take()
+        {
+            let upgrade = parts.headers.get(header::UPGRADE).cloned();
+            let replica_side = parts.extensions.remove::<OnUpgrade>();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = upgrade {
+                parts.headers.insert(header::UPGRADE, protocol);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            let handle = tokio::spawn(tunnel(client_side, replica_side));
+            parts.extensions.insert(Tunnel::new(handle));
+            return Ok(Response::from_parts(parts, full_body(Bytes::new())));
+        }
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed(),
-        ))
+        let body = body.map_err(BoxError::from).boxed();
+        let body = match idle {
+            Some(idle) => IdleBody::new(body, idle).boxed(),
+            None => body,
+        };
+        Ok(Response::from_parts(parts, body))
     }
 }
 
-fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
+impl Outbound {
+    fn body_limit(&self) -> u64 {
+        self.body.limit().unwrap_or(u64::MAX)
+    }
+}
+
+type Pool = Client<HttpConnector, AttemptBody>;
+
+/// An HTTP/1.1 and an HTTP/2 (prior knowledge) client with their own pools.
+fn clients() -> (Pool, Pool) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+    let mut h1 = Client::builder(TokioExecutor::new());
+    h1.pool_max_idle_per_host(1024);
+    let mut h2 = Client::builder(TokioExecutor::new());
+    h2.http2_only(true);
+    (h1.build(connector.clone()), h2.build(connector))
+}
+
+/// Copies bytes both ways between an upgraded client connection and the replica's.
+async fn tunnel(client: OnUpgrade, replica: Option<OnUpgrade>) {
+    let Some(replica) = replica else {
+        tracing::debug!("replica switched protocols without an upgradable connection");
+        return;
+    };
+    match tokio::try_join!(client, replica) {
+        Ok((client, replica)) => {
+            let mut client = TokioIo::new(client);
+            let mut replica = TokioIo::new(replica);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut replica).await {
+                tracing::debug!("upgraded connection ended: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("upgrade failed: {e}"),
+    }
+}
+
+/// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether the `Connection` header lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names (but never a
+/// protected one).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .filter(|name| !PROTECTED.contains(name))
         .collect();
     for name in HOP_BY_HOP.iter().chain(named.iter()) {
         headers.remove(name);
@@ -113,8 +397,8 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 /// Sets a header, replacing any value the client sent.
-pub(crate) fn set_header(req: &mut Request<Incoming>, name: &'static str, value: &'static str) {
-    req.headers_mut().insert(
+pub(crate) fn set_header(headers: &mut HeaderMap, name: &'static str, value: &'static str) {
+    headers.insert(
         HeaderName::from_static(name),
         HeaderValue::from_static(value),
     );
@@ -122,20 +406,70 @@ pub(crate) fn set_header(req: &mut Request<Incoming>, name: &'static str, value:
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::Empty;
+
     use super::*;
 
     #[test]
-    fn strips_connection_named_headers() {
-        let mut h = http::HeaderMap::new();
+    fn strips_connection_named_headers_but_not_protected_ones() {
+        let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
-            HeaderValue::from_static("close, x-secret"),
+            HeaderValue::from_static("close, x-secret, host, content-length"),
         );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::HOST, HeaderValue::from_static("a.b"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "host", "x-kept"]);
+    }
+
+    #[test]
+    fn outbound_keeps_upgrade_and_te_trailers_only() {
+        let req = Request::get("/ws")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::TE, "trailers")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let out = Outbound::new(req, None).unwrap();
+        assert_eq!(out.headers()[header::UPGRADE], "websocket");
+        assert_eq!(out.headers()[header::CONNECTION], "upgrade");
+        assert_eq!(out.headers()[header::TE], "trailers");
+        let req = Request::get("/")
+            .header(header::UPGRADE, "websocket")
+            .header(header::TE, "gzip")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let out = Outbound::new(req, None).unwrap();
+        assert!(out.headers().get(header::UPGRADE).is_none());
+        assert!(out.headers().get(header::TE).is_none());
+    }
+
+    #[test]
+    fn declared_oversize_body_is_refused_up_front() {
+        let req = Request::post("/")
+            .header(header::CONTENT_LENGTH, "2048")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let err = Outbound::new(req, Some(1024)).unwrap_err();
+        assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn http2_authority_becomes_the_host_header() {
+        let req = Request::get("http://hello.default.localhost/x?y=1")
+            .version(Version::HTTP_2)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let out = Outbound::new(req, None).unwrap();
+        assert_eq!(out.headers()[header::HOST], "hello.default.localhost");
+        let attempt = out.attempt("127.0.0.1:9".parse().unwrap()).unwrap();
+        assert_eq!(attempt.uri(), "http://127.0.0.1:9/x?y=1");
+        assert_eq!(attempt.version(), Version::HTTP_2);
     }
 }

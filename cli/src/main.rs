@@ -5,7 +5,9 @@
 
 mod autoscaler;
 mod client;
+mod hello;
 mod model_server;
+mod queue;
 mod shutdown;
 mod up;
 
@@ -36,6 +38,11 @@ enum Command {
     ModelServer(model_server::ModelServerArgs),
     /// Autoscaler tools: a trace simulator and a trace generator.
     Autoscaler(autoscaler::AutoscalerArgs),
+    /// Run the queue layer in front of a user process (a Service revision's replica):
+    /// `sluice queue [flags] -- command args...`.
+    Queue(queue::QueueArgs),
+    /// A sample user process: answers `Hello <TARGET>!` on $PORT and echoes the request.
+    Hello(hello::HelloArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +66,8 @@ fn main() -> ExitCode {
             Command::Delete(args) => client::delete(args).await,
             Command::ModelServer(args) => model_server::run(args).await,
             Command::Autoscaler(args) => autoscaler::run(args),
+            Command::Queue(args) => queue::run(args).await,
+            Command::Hello(args) => hello::run(args).await,
         }
     });
     // Give blocking work (store writes) a moment to finish, never forever.

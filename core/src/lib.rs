@@ -16,7 +16,9 @@ mod stats;
 
 pub use error::error_chain;
 pub use key::{KeyError, NamespacedName};
-pub use routing::{Endpoint, HostRoute, RevisionRoute, RoutingSnapshot, WeightedTarget};
+pub use routing::{
+    Endpoint, HostRoute, ResponseTimeouts, RevisionRoute, RoutingSnapshot, WeightedTarget,
+};
 pub use scale::{ScaleDecision, ScaleReason};
 pub use scaling::{RevisionScaling, ScaleMetric, ScalePolicy};
 pub use stats::{PeriodStats, StatReport, StatSource};

@@ -19,6 +19,21 @@ pub struct RoutingSnapshot {
     pub hosts: BTreeMap<String, HostRoute>,
     /// Every routable revision by key.
     pub revisions: BTreeMap<NamespacedName, RevisionRoute>,
+    /// Response timeouts beyond `timeoutSeconds`, for revisions that set them
+    /// (`responseStartTimeoutSeconds`, `idleTimeoutSeconds`); a revision missing here uses
+    /// its `timeout` for the response start and has no idle limit.
+    #[serde(default)]
+    pub timeouts: BTreeMap<NamespacedName, ResponseTimeouts>,
+}
+
+/// A revision's optional response timeouts (Knative's `responseStartTimeoutSeconds` and
+/// `idleTimeoutSeconds`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseTimeouts {
+    /// Longest wait for the response to start; `None` = the revision's `timeout`.
+    pub response_start: Option<Duration>,
+    /// Longest time without a byte of the response body; `None` = no limit.
+    pub idle: Option<Duration>,
 }
 
 /// Where the requests for one host go.
@@ -69,6 +84,25 @@ impl RoutingSnapshot {
     pub fn route_for_host(&self, host: &str) -> Option<&HostRoute> {
         let host = strip_port(host).to_ascii_lowercase();
         self.hosts.get(&host)
+    }
+
+    /// The route a `Knative-Serving-Tag: tag` header selects on `host`: the tag host
+    /// `{tag}-{host}`, if it belongs to the same service.
+    pub fn route_for_tag(&self, host: &str, tag: &str) -> Option<&HostRoute> {
+        let base = self.route_for_host(host)?;
+        let tagged = format!(
+            "{}-{}",
+            tag.to_ascii_lowercase(),
+            strip_port(host).to_ascii_lowercase()
+        );
+        self.hosts
+            .get(&tagged)
+            .filter(|route| route.service == base.service)
+    }
+
+    /// The response timeouts of `revision` (defaults when it sets none).
+    pub fn timeouts_for(&self, revision: &NamespacedName) -> ResponseTimeouts {
+        self.timeouts.get(revision).copied().unwrap_or_default()
     }
 }
 
@@ -121,6 +155,29 @@ mod tests {
         assert!(snap.route_for_host("IRIS.default.localhost:8080").is_some());
         assert!(snap.route_for_host("iris.default.localhost").is_some());
         assert!(snap.route_for_host("other.default.localhost").is_none());
+    }
+
+    #[test]
+    fn tag_header_selects_the_tag_host_of_the_same_service() {
+        let mut snap = RoutingSnapshot::default();
+        snap.hosts
+            .insert("svc.default.localhost".into(), route(&[("a", 100)]));
+        snap.hosts
+            .insert("canary-svc.default.localhost".into(), route(&[("b", 100)]));
+        let mut other = route(&[("c", 100)]);
+        other.service = NamespacedName::new("default", "other");
+        snap.hosts.insert("x-svc.default.localhost".into(), other);
+        let tagged = snap.route_for_tag("svc.default.localhost:8080", "Canary");
+        assert_eq!(tagged.unwrap().targets[0].revision.name, "b");
+        assert!(snap.route_for_tag("svc.default.localhost", "x").is_none());
+        assert!(
+            snap.route_for_tag("svc.default.localhost", "nope")
+                .is_none()
+        );
+        assert!(
+            snap.route_for_tag("nope.default.localhost", "canary")
+                .is_none()
+        );
     }
 
     #[test]

@@ -82,10 +82,29 @@ impl fmt::Display for TraceParent {
     }
 }
 
+thread_local! {
+    /// splitmix64 state, seeded once per thread from the OS generator: ids need to be
+    /// unique, not secret, and a system call per request costs more than the id is worth.
+    static RNG: std::cell::Cell<u64> = std::cell::Cell::new(uuid::Uuid::new_v4().as_u128() as u64);
+}
+
+fn next_u64() -> u64 {
+    RNG.with(|state| {
+        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
 fn random_u128() -> u128 {
-    // Version-4 UUIDs carry 122 random bits from the OS generator; the fixed version and
-    // variant bits do not matter for an identifier that only has to be unique.
-    uuid::Uuid::new_v4().as_u128()
+    (u128::from(next_u64()) << 64) | u128::from(next_u64())
+}
+
+/// A fresh random (version 4) UUID for `x-request-id`.
+fn request_id() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(random_u128().to_le_bytes()).into_uuid()
 }
 
 fn random_span_id() -> u64 {
@@ -104,7 +123,7 @@ pub fn propagate(headers: &mut HeaderMap) -> TraceParent {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| !v.is_empty() && v.len() <= 200);
-    if !valid_id && let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+    if !valid_id && let Ok(v) = HeaderValue::from_str(&request_id().to_string()) {
         headers.insert(REQUEST_ID, v);
     }
     let incoming = headers

@@ -1,15 +1,18 @@
 //! sluice-router: the ingress.
 //!
-//! Owns accepting client connections (HTTP/1.1 and HTTP/2 cleartext), finding the service
-//! for a request's Host in the current routing snapshot, picking a revision by traffic
-//! weight, and sending the request straight to a ready replica or, when the revision lacks
+//! Owns accepting client connections (HTTP/1.1, HTTP/2 cleartext, upgrades), finding the
+//! service for a request's Host (or tag host, or `Knative-Serving-Tag` header) in the
+//! current routing snapshot, picking a revision by traffic weight, adding the proxy
+//! headers, and sending the request straight to a ready replica or, when the revision lacks
 //! burst capacity, through the activator.
 //!
-//! Not here: buffering and scale-from-zero (`sluice-activator`), building routes
-//! (`sluice-controller`).
+//! Not here: buffering, throttling and scale-from-zero (`sluice-activator`), building
+//! routes (`sluice-controller`).
 
+mod headers;
 mod router;
 mod serve;
 
-pub use router::Router;
+pub use headers::{ClientAddr, add_forwarded};
+pub use router::{Router, RouterConfig, TAG_HEADER};
 pub use serve::{ServeConfig, serve};

@@ -1,13 +1,30 @@
-//! Per-request routing: Host → service → weighted revision → replica or activator.
+//! Per-request routing: Host (or tag) → service → weighted revision → replica or activator.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, header};
 use hyper::body::Incoming;
-use sluice_activator::{Activator, Forwarder, ProxyBody, ProxyError};
-use sluice_core::RoutingSnapshot;
+use sluice_activator::balance::Balancer;
+use sluice_activator::timeouts::Timeouts;
+use sluice_activator::{Activator, Forwarder, Outbound, ProxyBody, ProxyError, hold_response};
+use sluice_core::replica::PROXY_HEADER;
+use sluice_core::{NamespacedName, RoutingSnapshot};
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::headers::{ClientAddr, add_forwarded};
+
+/// Header that picks a tagged revision on the service's own host.
+pub const TAG_HEADER: &str = "knative-serving-tag";
+
+/// Router settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// Largest request body forwarded (413 beyond); `None` = no limit, as Knative.
+    pub max_body_bytes: Option<u64>,
+}
 
 /// The router. Share it behind an `Arc`.
 #[derive(Debug)]
@@ -15,7 +32,10 @@ pub struct Router {
     snapshot: watch::Receiver<Arc<RoutingSnapshot>>,
     activator: Arc<Activator>,
     forwarder: Forwarder,
-    /// xorshift state for traffic splits and replica choice.
+    config: RouterConfig,
+    /// Per-revision replica choice on the direct path.
+    balancers: Mutex<HashMap<NamespacedName, Arc<Balancer>>>,
+    /// xorshift state for traffic splits.
     rng: AtomicU64,
 }
 
@@ -26,11 +46,36 @@ impl Router {
         activator: Arc<Activator>,
         forwarder: Forwarder,
     ) -> Self {
+        Self::with_config(snapshot, activator, forwarder, RouterConfig::default())
+    }
+
+    /// A router with explicit settings.
+    pub fn with_config(
+        snapshot: watch::Receiver<Arc<RoutingSnapshot>>,
+        activator: Arc<Activator>,
+        forwarder: Forwarder,
+        config: RouterConfig,
+    ) -> Self {
         Self {
             snapshot,
             activator,
-            forwarder,
+            forwarder: forwarder.for_hop("router"),
+            config,
+            balancers: Mutex::new(HashMap::new()),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+
+    /// A router sharing this one's routes, activator, settings and retry budget, with its
+    /// own connection pools (for one thread of a sharded server).
+    pub fn for_shard(&self) -> Self {
+        Self {
+            snapshot: self.snapshot.clone(),
+            activator: self.activator.clone(),
+            forwarder: self.forwarder.with_fresh_pools(),
+            config: self.config.clone(),
+            balancers: Mutex::new(HashMap::new()),
+            rng: AtomicU64::new(self.next_random() | 1),
         }
     }
 
@@ -43,6 +88,20 @@ impl Router {
         x ^= x << 17;
         self.rng.store(x, Ordering::Relaxed);
         x
+    }
+
+    fn balancer(&self, key: &NamespacedName) -> Arc<Balancer> {
+        let mut map = self.balancers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = map.get(key) {
+            return b.clone();
+        }
+        // Forget revisions that left the routes, so the map stays as small as the table.
+        let snapshot = self.snapshot.borrow().clone();
+        map.retain(|k, _| snapshot.revisions.contains_key(k));
+        let seed = self.next_random();
+        map.entry(key.clone())
+            .or_insert_with(|| Balancer::new(seed))
+            .clone()
     }
 
     /// Routes one request.
@@ -60,9 +119,8 @@ impl Router {
         }
     }
 
-    async fn route(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
-        // The router is a hop of its own in the caller's trace.
-        sluice_mesh::trace::propagate(req.headers_mut());
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let start = Instant::now();
         let host = req
             .headers()
             .get(header::HOST)
@@ -72,9 +130,16 @@ impl Router {
             .ok_or(ProxyError::MissingHost)?;
         // The request keeps the snapshot it started with, whatever is published meanwhile.
         let snapshot = self.snapshot.borrow().clone();
-        let route = snapshot
+        let base = snapshot
             .route_for_host(&host)
             .ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
+        // An unknown tag falls back to the service's own traffic split, as in Knative.
+        let route = req
+            .headers()
+            .get(TAG_HEADER)
+            .and_then(|t| t.to_str().ok())
+            .and_then(|tag| snapshot.route_for_tag(&host, tag.trim()))
+            .unwrap_or(base);
         let roll = (self.next_random() % 100) as u32;
         let key = route
             .pick(roll)
@@ -83,16 +148,51 @@ impl Router {
             .revisions
             .get(key)
             .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
+
+        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+        let mut out = Outbound::new(req, self.config.max_body_bytes)?;
+        add_forwarded(out.headers_mut(), client, "http", &host);
+        // Only the activator may say a request came through it (the queue layer's stats
+        // count such requests apart); a client cannot.
+        out.headers_mut().remove(PROXY_HEADER);
+        // The router is a hop of its own in the caller's trace.
+        sluice_mesh::trace::propagate(out.headers_mut());
+
         if revision.activator_in_path || revision.endpoints.is_empty() {
-            return Ok(self.activator.handle(key, req).await);
+            return Ok(self.activator.handle(key, out, start).await);
         }
-        let i = (self.next_random() % revision.endpoints.len() as u64) as usize;
-        let endpoint = revision.endpoints[i].addr;
-        tokio::time::timeout(revision.timeout, self.forwarder.forward(key, endpoint, req))
-            .await
-            .map_err(|_| ProxyError::Timeout {
-                revision: key.clone(),
-                timeout: revision.timeout,
-            })?
+        let timeouts = Timeouts::of(revision, snapshot.timeouts_for(key));
+        let deadline = timeouts.response_deadline(start);
+        let balancer = self.balancer(key);
+        let mut avoid = None;
+        let mut attempt = 1;
+        // A retry takes the revision's replicas as they are now (same revision, so the
+        // request is not rerouted; the failed replica may be gone by then).
+        let mut current = snapshot.clone();
+        loop {
+            let replicas = current.revisions.get(key).unwrap_or(revision);
+            if attempt > 1 && (replicas.activator_in_path || replicas.endpoints.is_empty()) {
+                // Scaled down meanwhile: the activator holds the retry until a replica is up.
+                return Ok(self.activator.handle(key, out, start).await);
+            }
+            let lease = balancer
+                .pick_any(replicas, avoid)
+                .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
+            let endpoint = lease.addr();
+            match self
+                .forwarder
+                .send(key, endpoint, &mut out, deadline, timeouts.idle)
+                .await
+            {
+                Err(err) if self.forwarder.may_retry(&err, &out, attempt) => {
+                    tracing::debug!(revision = %key, %endpoint, "retrying: {}", sluice_core::error_chain(&err));
+                    avoid = Some(endpoint);
+                    attempt += 1;
+                    current = self.snapshot.borrow().clone();
+                }
+                Err(err) => return Err(err),
+                Ok(resp) => return Ok(hold_response(resp, lease)),
+            }
+        }
     }
 }

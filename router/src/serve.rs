@@ -1,41 +1,155 @@
-//! The accept loop: HTTP/1.1 and h2c on one listener, bounded connections, graceful stop.
+//! The accept loop: HTTP/1.1 and h2c on one listener, upgrades, bounded connections,
+//! header sizes and header read time, graceful stop.
+//!
+//! The listener is served by `shards` threads, each with its own single-threaded runtime and
+//! its own connection pools (like nginx's workers): a request and its upstream connection
+//! stay on one thread, with no cross-thread wake-ups on the hot path.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::Router;
+use crate::headers::ClientAddr;
 
 /// Listener settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServeConfig {
-    /// Connections served at once; further ones wait in the kernel's accept queue.
+    /// Connections served at once (all shards together); further ones wait in the kernel's
+    /// accept queue.
     pub max_connections: usize,
+    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list) in bytes; larger → 431.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request head (slow clients are cut off).
+    pub header_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Threads serving the listener, each with its own runtime; 0 = one per CPU, 1 = serve
+    /// on the caller's runtime.
+    pub shards: usize,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 1000,
+            shards: 0,
         }
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish.
+/// Serves `router` on `listener` until `shutdown` resolves (or this future is dropped), then
+/// lets open requests finish.
 pub async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    let shards = match config.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let builder = Arc::new(builder(&config));
+    if shards <= 1 {
+        accept_loop(listener, router, builder, permits, shutdown).await;
+        return;
+    }
+    let std_listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot share the listener between threads: {e}");
+            return;
+        }
+    };
+    // Dropping the sender (this future dropped) stops the shards too.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut done = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let listener = match std_listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot share the listener with shard {i}: {e}");
+                break;
+            }
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        done.push(done_rx);
+        let router = Arc::new(router.for_shard());
+        let (builder, permits, mut stop_rx) = (builder.clone(), permits.clone(), stop_rx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("router-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("router shard {i} cannot start a runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!("router shard {i} cannot listen: {e}");
+                            return;
+                        }
+                    };
+                    let stop = async move {
+                        let _ = stop_rx.wait_for(|s| *s).await;
+                    };
+                    accept_loop(listener, router, builder, permits, stop).await;
+                });
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start router shard {i}: {e}");
+        }
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for d in done {
+        let _ = d.await;
+    }
+}
+
+fn builder(config: &ServeConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        // hyper's floor for the read buffer is 8 KiB.
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.max_concurrent_streams);
+    builder
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Arc<Router>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    permits: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -49,8 +163,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
-                    // Out of file descriptors and the like: log and keep serving.
+                    // Out of file descriptors and the like: log, pause briefly, keep serving.
                     tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
@@ -58,11 +173,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req| {
             let router = router.clone();
+            req.extensions_mut().insert(ClientAddr(peer));
             async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
         });
-        let conn = auto::Builder::new(TokioExecutor::new())
+        let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);

@@ -93,7 +93,11 @@ fn snapshot(
             unavailable: None,
         },
     );
-    RoutingSnapshot { hosts, revisions }
+    RoutingSnapshot {
+        hosts,
+        revisions,
+        ..RoutingSnapshot::default()
+    }
 }
 
 struct Harness {

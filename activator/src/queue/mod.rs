@@ -3,14 +3,16 @@
 //! It admits at most `containerConcurrency` requests at a time with a bounded wait queue
 //! behind them (full → 503), measures time-weighted concurrency and request counts for the
 //! autoscaler, answers readiness probes, and drains on shutdown. The model server links it
-//! in-process; `sluice queue` will run it as a sidecar in front of a user process.
+//! in-process; `sluice queue` runs it as a sidecar in front of a user process ([`sidecar`]).
 
 mod layer;
+pub mod sidecar;
 mod stats;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub use layer::{QueueLayer, QueueService};
@@ -39,7 +41,7 @@ pub struct Queue {
 
 #[derive(Debug)]
 struct Breaker {
-    running: Semaphore,
+    running: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
 }
@@ -61,7 +63,7 @@ impl Queue {
         let breaker = (config.container_concurrency > 0).then(|| {
             let cc = config.container_concurrency as usize;
             Breaker {
-                running: Semaphore::new(cc),
+                running: Arc::new(Semaphore::new(cc)),
                 waiting: AtomicUsize::new(0),
                 max_waiting: config.max_queued.unwrap_or(10 * cc),
             }
@@ -112,11 +114,11 @@ impl Queue {
         }
     }
 
-    async fn admit(&self) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, QueueRejection> {
+    async fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, QueueRejection> {
         let Some(b) = &self.breaker else {
             return Ok(None);
         };
-        if let Ok(permit) = b.running.try_acquire() {
+        if let Ok(permit) = b.running.clone().try_acquire_owned() {
             return Ok(Some(permit));
         }
         let waiting = b.waiting.fetch_add(1, Ordering::AcqRel);
@@ -124,10 +126,22 @@ impl Queue {
             b.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(QueueRejection::Full);
         }
-        let permit = b.running.acquire().await;
+        let permit = b.running.clone().acquire_owned().await;
         b.waiting.fetch_sub(1, Ordering::AcqRel);
         // The semaphore is never closed, so acquire cannot fail; map defensively anyway.
         permit.map(Some).map_err(|_| QueueRejection::Draining)
+    }
+
+    /// Admits one request (waiting for a slot if `containerConcurrency` are running, 503
+    /// beyond the wait queue) and counts it until the returned guard is dropped.
+    pub async fn enter(self: &Arc<Self>, proxied: bool) -> Result<Admitted, QueueRejection> {
+        let permit = self.admit().await?;
+        self.recorder.request_in(Instant::now(), proxied);
+        Ok(Admitted {
+            queue: self.clone(),
+            proxied,
+            _permit: permit,
+        })
     }
 
     fn finished(&self, proxied: bool) {
@@ -135,6 +149,21 @@ impl Queue {
         if self.recorder.in_flight() == 0 {
             self.idle.notify_waiters();
         }
+    }
+}
+
+/// A running request's slot in the queue layer; frees it (and counts the request done)
+/// on drop.
+#[derive(Debug)]
+pub struct Admitted {
+    queue: Arc<Queue>,
+    proxied: bool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.queue.finished(self.proxied);
     }
 }
 

@@ -1,0 +1,183 @@
+//! `sluice queue` as a library: the queue layer served on its own port in front of a user
+//! process, proxying to it over HTTP/1.1 or h2c.
+//!
+//! It answers the readiness probe (`/healthz` with `K-Network-Probe: queue` → 200 `queue`
+//! once the user process accepts connections), serves per-period stats for the autoscaler,
+//! admits at most `containerConcurrency` requests at once with `10 × cc` waiting (503
+//! beyond), enforces the revision's timeouts, and drains on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use sluice_core::NamespacedName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use super::{
+    PROBE_HEADER, PROBE_PATH, PROXY_HEADER, Queue, QueueConfig, QueueRejection, STATS_PATH,
+};
+use crate::body::hold_response;
+use crate::error::error_response;
+use crate::proxy::{Forwarder, Outbound, ProxyBody, full_body};
+use crate::timeouts::Timeouts;
+
+/// Settings of one sidecar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SidecarConfig {
+    /// Admission limits.
+    pub queue: QueueConfig,
+    /// The revision's timeouts.
+    pub timeouts: Timeouts,
+    /// Speak HTTP/2 cleartext to the user process (its port is named `h2c`).
+    pub h2c: bool,
+    /// The revision served (for error messages), from `K_REVISION`.
+    pub revision: NamespacedName,
+}
+
+/// The sidecar's shared state.
+#[derive(Debug)]
+pub struct Sidecar {
+    config: SidecarConfig,
+    queue: Arc<Queue>,
+    app: SocketAddr,
+    app_ready: AtomicBool,
+    forwarder: Forwarder,
+}
+
+impl Sidecar {
+    /// A sidecar in front of the user process listening on `app`.
+    pub fn new(config: SidecarConfig, app: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Arc::new(Queue::new(config.queue, Instant::now())),
+            config,
+            app,
+            app_ready: AtomicBool::new(false),
+            forwarder: Forwarder::new().for_hop("queue"),
+        })
+    }
+
+    /// The queue layer state (for draining and stats).
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
+    /// The user process accepts connections: probes pass from now on.
+    pub fn set_app_ready(&self) {
+        self.app_ready.store(true, Ordering::Release);
+    }
+
+    /// Serves one request: the probe, the stats, or the user's request through the queue.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path();
+        if path == PROBE_PATH && req.headers().contains_key(PROBE_HEADER) {
+            let (code, body) = self.queue.probe(self.app_ready.load(Ordering::Acquire));
+            let mut resp = Response::new(full_body(body));
+            *resp.status_mut() =
+                StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return resp;
+        }
+        if path == STATS_PATH {
+            let stats = self.queue.recorder().take_period(Instant::now());
+            let mut resp = Response::new(full_body(serde_json::to_vec(&stats).unwrap_or_default()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return resp;
+        }
+        let start = Instant::now();
+        let proxied = req
+            .headers()
+            .get(PROXY_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"activator"));
+        let admitted = match self.queue.enter(proxied).await {
+            Ok(a) => a,
+            Err(rejection @ (QueueRejection::Full | QueueRejection::Draining)) => {
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, &rejection.to_string());
+            }
+        };
+        let mut out = match Outbound::new(req, None) {
+            Ok(out) => out,
+            Err(e) => return e.into_response(),
+        };
+        out.set_http2(self.config.h2c);
+        let deadline = self.config.timeouts.response_deadline(start);
+        let revision = &self.config.revision;
+        match self
+            .forwarder
+            .send(
+                revision,
+                self.app,
+                &mut out,
+                deadline,
+                self.config.timeouts.idle,
+            )
+            .await
+        {
+            // The slot stays taken until the whole response has been sent (or the
+            // upgraded connection closes).
+            Ok(resp) => hold_response(resp, admitted),
+            Err(e) => {
+                tracing::warn!(revision = %revision, "{}", sluice_core::error_chain(&e));
+                e.into_response()
+            }
+        }
+    }
+}
+
+/// Probes `addr` with a TCP connect every `interval` until it accepts.
+pub async fn wait_until_accepting(addr: SocketAddr, interval: Duration) {
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Serves `sidecar` on `listener` until `shutdown` resolves, then lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    sidecar: Arc<Sidecar>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let sidecar = sidecar.clone();
+        let service = service_fn(move |req| {
+            let sidecar = sidecar.clone();
+            async move { Ok::<_, std::convert::Infallible>(sidecar.handle(req).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    graceful.shutdown().await;
+}
