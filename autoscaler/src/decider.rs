@@ -175,13 +175,17 @@ impl Decider {
         // The pattern policy: never below the KPA while there is load (panic window).
         let mut pattern_zero = false;
         if let Some(p) = &self.pattern {
-            match p.advise(now, self.tick) {
+            let kpa_keep_alive = s.stable_window + self.config.scale_to_zero_grace;
+            match p.advise(now, self.tick, kpa_keep_alive) {
                 Advice::Kpa => {}
-                Advice::Warm if want == 0 => {
+                Advice::Warm | Advice::Hold if want == 0 => {
                     want = 1;
                     reason = ScaleReason::Prewarm;
                 }
-                Advice::Warm => {}
+                // Nothing in the panic window: one replica is all a predicted arrival
+                // needs (the KPA may still hold a panic scale-up from the last activation).
+                Advice::Warm | Advice::Hold if panic == 0.0 => want = want.min(1),
+                Advice::Warm | Advice::Hold => {}
                 Advice::Zero if panic == 0.0 && s.min_scale == 0 => {
                     want = 0;
                     pattern_zero = true;
