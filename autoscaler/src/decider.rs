@@ -174,8 +174,14 @@ impl Decider {
 
         // The pattern policy: never below the KPA while there is load (panic window).
         let mut pattern_zero = false;
-        if let Some(p) = &self.pattern {
-            let kpa_keep_alive = s.stable_window + self.config.scale_to_zero_grace;
+        if let Some(p) = &mut self.pattern {
+            // How long the KPA keeps the last replica after the load stops: a stable window
+            // (then a tick to mark the revision inactive), and the grace period only when
+            // the activator is not already in path.
+            let mut kpa_keep_alive = s.stable_window + self.tick;
+            if !self.last.activator_in_path {
+                kpa_keep_alive += self.config.scale_to_zero_grace;
+            }
             match p.advise(now, self.tick, kpa_keep_alive) {
                 Advice::Kpa => {}
                 Advice::Warm | Advice::Hold if want == 0 => {

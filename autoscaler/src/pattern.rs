@@ -30,9 +30,18 @@
 //!   mostly buys replica-seconds, not warm starts);
 //! * leaves the KPA alone in between.
 //!
+//! For arrivals that are memoryless at a steady rate every trade is at par — a hold past
+//! the KPA's keep-alive buys each avoided cold start for `1/h` replica-seconds, an early
+//! zero sells each added one for the same — so the policy gains only by moving
+//! replica-seconds from slow hours to busy ones. It keeps a budget to make sure it does not
+//! spend more than the KPA overall: early zeros add what the KPA's keep-alive would have
+//! spent (`min(gap, K)` minus the time the policy stayed warm), each idle period adds
+//! `hold_allowance` (2 %) of the KPA's spend, and a hold past `K` goes on only while the
+//! budget covers it (saved up to at most an hour's worth).
+//!
 //! The estimate forgets with a time constant of 15 minutes, so it follows a rate that drifts
 //! with the time of day, and the running idle time counts as evidence against a high rate,
-//! so a hold ends soon after the rate drops. Memory stays bounded: three numbers.
+//! so a hold ends soon after the rate drops. Memory stays bounded: a handful of numbers.
 //!
 //! While there is neither (too few gaps) it advises nothing and the KPA decides alone;
 //! under load the decider never goes below what the KPA provisions.
@@ -77,6 +86,12 @@ pub struct PatternConfig {
     /// instead of waiting out the KPA's keep-alive `K`. At `ln 2` the KPA's keep-alive would
     /// expire before the next arrival more often than not; between it and 1 the KPA decides.
     pub zero_below: f64,
+    /// Replica-seconds a hold may spend beyond the KPA's keep-alive come from a budget: what
+    /// early zeros saved against the KPA's keep-alive, plus this fraction of what the KPA's
+    /// keep-alive would have spent on each idle period.
+    pub hold_allowance: f64,
+    /// The most replica-seconds the budget saves up.
+    pub max_budget: Duration,
 }
 
 impl Default for PatternConfig {
@@ -94,6 +109,8 @@ impl Default for PatternConfig {
             min_rate_samples: 4.0,
             hold_gaps: 8.0,
             zero_below: std::f64::consts::LN_2,
+            hold_allowance: 0.02,
+            max_budget: Duration::from_secs(3600),
         }
     }
 }
@@ -129,6 +146,14 @@ pub struct Pattern {
     idle_secs: f64,
     /// When `idle_ends` and `idle_secs` were last decayed.
     rate_at: Option<Instant>,
+    /// Replica-seconds holds may still spend beyond the KPA's keep-alive.
+    budget: f64,
+    /// The KPA's keep-alive at the last advice.
+    keep_alive: Duration,
+    /// In the idle period running now: how long it had lasted when the policy first advised
+    /// an early zero, and the longest it lasted under a hold past the KPA's keep-alive.
+    zeroed_at: Option<Duration>,
+    held_to: Option<Duration>,
 }
 
 fn bin_of(idle: Duration) -> usize {
@@ -162,6 +187,10 @@ impl Pattern {
             idle_ends: 0.0,
             idle_secs: 0.0,
             rate_at: None,
+            budget: 0.0,
+            keep_alive: Duration::ZERO,
+            zeroed_at: None,
+            held_to: None,
         }
     }
 
@@ -198,11 +227,34 @@ impl Pattern {
                 self.decay_rate_to(now);
                 self.idle_ends += 1.0;
                 self.idle_secs += (idle - self.config.zero_after).as_secs_f64();
+                self.settle(idle);
             }
         }
         if self.last_active.is_none_or(|l| l < now) {
             self.last_active = Some(now);
         }
+    }
+
+    /// Books an idle period of length `idle` that just ended against the KPA's keep-alive
+    /// `K`: an early zero at `e` saved `min(idle, K) − e` replica-seconds, a hold until `h`
+    /// spent `min(idle, h) − K`.
+    fn settle(&mut self, idle: Duration) {
+        let k = self.keep_alive.as_secs_f64();
+        let idle = idle.as_secs_f64();
+        let kpa_spend = idle.min(k);
+        let mut budget = self.budget + self.config.hold_allowance * kpa_spend;
+        if let Some(e) = self.zeroed_at.take() {
+            budget += (kpa_spend - e.as_secs_f64()).max(0.0);
+        }
+        if let Some(h) = self.held_to.take() {
+            budget -= (idle.min(h.as_secs_f64()) - k).max(0.0);
+        }
+        self.budget = budget.min(self.config.max_budget.as_secs_f64());
+    }
+
+    /// Replica-seconds holds may still spend beyond the KPA's keep-alive.
+    pub fn budget(&self) -> f64 {
+        self.budget
     }
 
     /// Tells the model the revision's scale moved: a 0 → >0 decision at `now` starts timing
@@ -282,7 +334,8 @@ impl Pattern {
     /// Advice at `now`, given the decision interval `tick` and how long the KPA keeps a
     /// replica after the last request (`kpa_keep_alive`: its stable window plus the
     /// scale-to-zero grace).
-    pub fn advise(&self, now: Instant, tick: Duration, kpa_keep_alive: Duration) -> Advice {
+    pub fn advise(&mut self, now: Instant, tick: Duration, kpa_keep_alive: Duration) -> Advice {
+        self.keep_alive = kpa_keep_alive;
         let Some(last) = self.last_active else {
             return Advice::Kpa;
         };
@@ -310,9 +363,16 @@ impl Pattern {
         // Expected arrivals within the KPA's keep-alive, and mean gaps waited so far.
         let per_keep_alive = rate * kpa_keep_alive.as_secs_f64();
         let gaps_waited = (idle - self.config.zero_after).as_secs_f64() * rate;
-        if per_keep_alive >= 1.0 && gaps_waited <= self.config.hold_gaps {
+        // Past the KPA's keep-alive a hold spends from the budget.
+        let beyond = idle.saturating_sub(kpa_keep_alive).as_secs_f64();
+        let affordable = beyond <= 0.0 || beyond < self.budget;
+        if per_keep_alive >= 1.0 && gaps_waited <= self.config.hold_gaps && affordable {
+            if beyond > 0.0 {
+                self.held_to = Some(idle);
+            }
             Advice::Hold
         } else if per_keep_alive < self.config.zero_below {
+            self.zeroed_at.get_or_insert(idle);
             Advice::Zero
         } else {
             Advice::Kpa
@@ -371,21 +431,34 @@ mod tests {
         assert_eq!(p.advise(t + secs(50), secs(2), secs(90)), Advice::Kpa);
     }
 
-    /// A model without forgetting (τ = 10⁹ s; trusted from 3.9 idle periods) that has seen idle gaps of 10, 30, 15 and
-    /// 25 s (irregular: p99 > 2 × p5), the last activity at `t0 + 80 s`.
-    fn memoryless_model(t0: Instant) -> Pattern {
+    /// A model without forgetting (τ = 10⁹ s; trusted from 3.9 idle periods) that was told
+    /// the KPA keeps a replica 90 s and has seen idle gaps of `gaps` seconds, the first
+    /// activity at `t0`. Every idle period adds `allowance` × min(gap, 90 s) to the budget.
+    fn model(t0: Instant, gaps: &[u64], allowance: f64) -> (Pattern, Instant) {
         let mut p = Pattern::new(PatternConfig {
             rate_time_constant: secs(1_000_000_000),
             min_rate_samples: 3.9,
+            hold_allowance: allowance,
             ..PatternConfig::default()
         });
+        assert_eq!(
+            p.advise(t0, secs(2), secs(90)),
+            Advice::Kpa,
+            "nothing seen yet"
+        );
         let mut t = t0;
         p.activity(t);
-        for gap in [10, 30, 15, 25] {
-            t += secs(gap);
+        for gap in gaps {
+            t += secs(*gap);
             p.activity(t);
         }
-        p
+        (p, t)
+    }
+
+    /// Idle gaps of 10, 30, 15 and 25 s (irregular: p99 > 2 × p5), the last activity at
+    /// `t0 + 80 s`, with a budget of 10 × 80 = 800 replica-seconds.
+    fn memoryless_model(t0: Instant) -> Pattern {
+        model(t0, &[10, 30, 15, 25], 10.0).0
     }
 
     #[test]
@@ -423,7 +496,7 @@ mod tests {
     #[test]
     fn holds_while_the_next_arrival_is_due_within_the_kpa_keep_alive() {
         let t0 = Instant::now();
-        let p = memoryless_model(t0);
+        let mut p = memoryless_model(t0);
         let last = t0 + secs(80);
         let k = secs(90);
         // rate(idle) = 4 / (60 + idle): quiet for less than zero_after → the KPA decides.
@@ -438,6 +511,36 @@ mod tests {
         assert_eq!(p.advise(last + secs(461), secs(2), k), Advice::Zero);
         // A short keep-alive makes the same rate rare: zero as soon as quiet.
         assert_eq!(p.advise(last + secs(10), secs(2), secs(5)), Advice::Zero);
+    }
+
+    #[test]
+    fn holds_past_the_kpa_keep_alive_spend_what_early_zeros_saved() {
+        let t0 = Instant::now();
+        // Without a budget a hold stops where the KPA's keep-alive (90 s) ends.
+        let (mut p, last) = model(t0, &[10, 30, 15, 25], 0.0);
+        assert_eq!(p.budget(), 0.0);
+        assert_eq!(p.advise(last + secs(90), secs(2), secs(90)), Advice::Hold);
+        assert_eq!(p.advise(last + secs(92), secs(2), secs(90)), Advice::Kpa);
+        // Rare arrivals (rate·K = 4 / 1384 × 90 ≈ 0.26 < ln 2): zero early, at 10 s idle.
+        let (mut p, last) = model(t0, &[300, 500, 200, 400], 0.0);
+        assert_eq!(p.window(), None, "irregular");
+        assert_eq!(p.advise(last + secs(10), secs(2), secs(90)), Advice::Zero);
+        assert_eq!(p.advise(last + secs(12), secs(2), secs(90)), Advice::Zero);
+        // The next request 60 s after the last: the KPA would have stayed warm 60 s, the
+        // policy was warm for 10 s — 50 replica-seconds saved.
+        p.activity(last + secs(60));
+        assert!((p.budget() - 50.0).abs() < 1e-9, "{}", p.budget());
+        // A hold booked: budget 800, held to 200 s idle, next arrival at 250 s: spent
+        // 200 − 90 = 110, allowance 10 × 90 = 900 added.
+        let mut p = memoryless_model(t0);
+        let last = t0 + secs(80);
+        assert!((p.budget() - 800.0).abs() < 1e-9, "{}", p.budget());
+        assert_eq!(p.advise(last + secs(200), secs(2), secs(90)), Advice::Hold);
+        p.activity(last + secs(250));
+        assert!((p.budget() - 1590.0).abs() < 1e-9, "{}", p.budget());
+        // The budget saves up at most max_budget.
+        let (p, _) = model(t0, &[10, 30, 15, 25], 1000.0);
+        assert_eq!(p.budget(), 3600.0);
     }
 
     #[test]
