@@ -643,6 +643,38 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_hold_never_goes_below_the_kpa_under_load() {
+        let t0 = Instant::now();
+        let mut c = config(0);
+        c.scaling.stable_window = Duration::from_secs(60);
+        c.scaling.policy = ScalePolicy::Pattern;
+        let mut d = Decider::new(c.clone(), t0, Some(0));
+        let mut kpa_config = c;
+        kpa_config.scaling.policy = ScalePolicy::Kpa;
+        let mut kpa = Decider::new(kpa_config, t0, Some(0));
+        // Frequent, irregular single requests: no period, but a rate worth holding for.
+        let mut t = t0;
+        for gap in [10, 30, 15, 25, 12, 40, 8, 20] {
+            t += secs(gap);
+            d.record(t, &report(1.0));
+            kpa.record(t, &report(1.0));
+        }
+        let hold = t + secs(20);
+        assert_eq!(d.decide(hold, 1).desired, 1);
+        assert!(d.pattern().unwrap().arrival_rate(hold).is_some());
+        // A burst: 700 in flight for 10 s.
+        let burst = t + secs(30);
+        for s in 0..10 {
+            d.record(burst + secs(s), &report(700.0));
+            kpa.record(burst + secs(s), &report(700.0));
+        }
+        let dec = d.decide(burst + secs(9), 1);
+        let baseline = kpa.decide(burst + secs(9), 1);
+        assert_eq!(dec.desired, baseline.desired, "{dec:?} vs {baseline:?}");
+        assert_eq!(dec.desired, 10);
+    }
+
+    #[test]
     fn rps_counts_requests_without_double_counting_proxied_ones() {
         let t0 = Instant::now();
         let mut c = config(0);
