@@ -174,14 +174,24 @@ impl Decider {
 
         // The pattern policy: never below the KPA while there is load (panic window).
         let mut pattern_zero = false;
-        if let Some(p) = &self.pattern {
-            match p.advise(now, self.tick) {
+        if let Some(p) = &mut self.pattern {
+            // How long the KPA keeps the last replica after the load stops: a stable window
+            // (then a tick to mark the revision inactive), and the grace period only when
+            // the activator is not already in path.
+            let mut kpa_keep_alive = s.stable_window + self.tick;
+            if !self.last.activator_in_path {
+                kpa_keep_alive += self.config.scale_to_zero_grace;
+            }
+            match p.advise(now, self.tick, kpa_keep_alive) {
                 Advice::Kpa => {}
-                Advice::Warm if want == 0 => {
+                Advice::Warm | Advice::Hold if want == 0 => {
                     want = 1;
                     reason = ScaleReason::Prewarm;
                 }
-                Advice::Warm => {}
+                // Nothing in the panic window: one replica is all a predicted arrival
+                // needs (the KPA may still hold a panic scale-up from the last activation).
+                Advice::Warm | Advice::Hold if panic == 0.0 => want = want.min(1),
+                Advice::Warm | Advice::Hold => {}
                 Advice::Zero if panic == 0.0 && s.min_scale == 0 => {
                     want = 0;
                     pattern_zero = true;
@@ -630,6 +640,38 @@ mod tests {
         assert!(dec.desired >= baseline.desired, "{dec:?} < {baseline:?}");
         assert_eq!(dec.desired, 10, "ceil(700/70) = 10, 10/1 ≥ 200 %: a panic");
         assert!(d.panicking());
+    }
+
+    #[test]
+    fn a_pattern_hold_never_goes_below_the_kpa_under_load() {
+        let t0 = Instant::now();
+        let mut c = config(0);
+        c.scaling.stable_window = Duration::from_secs(60);
+        c.scaling.policy = ScalePolicy::Pattern;
+        let mut d = Decider::new(c.clone(), t0, Some(0));
+        let mut kpa_config = c;
+        kpa_config.scaling.policy = ScalePolicy::Kpa;
+        let mut kpa = Decider::new(kpa_config, t0, Some(0));
+        // Frequent, irregular single requests: no period, but a rate worth holding for.
+        let mut t = t0;
+        for gap in [10, 30, 15, 25, 12, 40, 8, 20] {
+            t += secs(gap);
+            d.record(t, &report(1.0));
+            kpa.record(t, &report(1.0));
+        }
+        let hold = t + secs(20);
+        assert_eq!(d.decide(hold, 1).desired, 1);
+        assert!(d.pattern().unwrap().arrival_rate(hold).is_some());
+        // A burst: 700 in flight for 10 s.
+        let burst = t + secs(30);
+        for s in 0..10 {
+            d.record(burst + secs(s), &report(700.0));
+            kpa.record(burst + secs(s), &report(700.0));
+        }
+        let dec = d.decide(burst + secs(9), 1);
+        let baseline = kpa.decide(burst + secs(9), 1);
+        assert_eq!(dec.desired, baseline.desired, "{dec:?} vs {baseline:?}");
+        assert_eq!(dec.desired, 10);
     }
 
     #[test]

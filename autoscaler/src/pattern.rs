@@ -10,9 +10,41 @@
 //!   tick and the cold start it has learned), and
 //! * keeps it warm until the 99th percentile, then lets it go.
 //!
-//! While the pattern is uncertain (too few gaps, or gaps too irregular to predict) it
-//! advises nothing and the KPA decides alone; under load the decider never goes below what
-//! the KPA provisions.
+//! When the gaps are irregular — memoryless arrivals, as in a Poisson process whose rate
+//! drifts with the time of day — there is no arrival to pre-warm for, but there is still a
+//! rate. The policy then tracks the recent *arrival rate after idle* online (a decayed count
+//! of idle periods that ended with an arrival over the decayed idle time they lasted, plus
+//! the idle time still running): the hazard `h` of the next arrival once the revision has
+//! been quiet for `zero_after`. With memoryless arrivals the cost-optimal keep-alive is all
+//! or nothing (warm until the next arrival, or not at all): staying warm costs `1/h`
+//! replica-seconds per arrival on average and saves a cold start; the KPA spends up to its
+//! own keep-alive `K` (stable window + grace) per arrival and still cold-starts with
+//! probability `e^(−hK)`. Taking the KPA's own keep-alive as the exchange rate (a cold
+//! start is worth `K` replica-seconds), the policy
+//!
+//! * holds one replica warm between requests while `h·K ≥ 1` (the next arrival is expected
+//!   before the KPA's keep-alive would run out: staying warm costs at most `K` per arrival
+//!   and removes the KPA's cold starts), until `hold_gaps` mean gaps pass without one;
+//! * scales to zero as soon as the revision is quiet while `h·K < ln 2` (the KPA's
+//!   keep-alive would expire before the next arrival more often than not: waiting it out
+//!   mostly buys replica-seconds, not warm starts);
+//! * leaves the KPA alone in between.
+//!
+//! For arrivals that are memoryless at a steady rate every trade is at par — a hold past
+//! the KPA's keep-alive buys each avoided cold start for `1/h` replica-seconds, an early
+//! zero sells each added one for the same — so the policy gains only by moving
+//! replica-seconds from slow hours to busy ones. It keeps a budget to make sure it does not
+//! spend more than the KPA overall: early zeros add what the KPA's keep-alive would have
+//! spent (`min(gap, K)` minus the time the policy stayed warm), each idle period adds
+//! `hold_allowance` (2 %) of the KPA's spend, and a hold past `K` goes on only while the
+//! budget covers it (saved up to at most an hour's worth).
+//!
+//! The estimate forgets with a time constant of 15 minutes, so it follows a rate that drifts
+//! with the time of day, and the running idle time counts as evidence against a high rate,
+//! so a hold ends soon after the rate drops. Memory stays bounded: a handful of numbers.
+//!
+//! While there is neither (too few gaps) it advises nothing and the KPA decides alone;
+//! under load the decider never goes below what the KPA provisions.
 
 use std::time::Duration;
 
@@ -42,6 +74,24 @@ pub struct PatternConfig {
     pub initial_cold_start: Duration,
     /// Extra margin added to the pre-warm lead and the keep-alive end.
     pub margin: Duration,
+    /// Time constant of the arrival-rate estimate's exponential forgetting.
+    pub rate_time_constant: Duration,
+    /// Idle periods (decayed weight) needed before the arrival rate is trusted.
+    pub min_rate_samples: f64,
+    /// A hold ends after this many mean gaps (`1/h`) without an arrival: a memoryless gap
+    /// is that long with probability `e^−8` ≈ 0.03 %, so a quiet that long says the rate
+    /// has dropped faster than the estimate follows.
+    pub hold_gaps: f64,
+    /// Below `h·K` = this, the policy scales to zero as soon as the revision is quiet,
+    /// instead of waiting out the KPA's keep-alive `K`. At `ln 2` the KPA's keep-alive would
+    /// expire before the next arrival more often than not; between it and 1 the KPA decides.
+    pub zero_below: f64,
+    /// Replica-seconds a hold may spend beyond the KPA's keep-alive come from a budget: what
+    /// early zeros saved against the KPA's keep-alive, plus this fraction of what the KPA's
+    /// keep-alive would have spent on each idle period.
+    pub hold_allowance: f64,
+    /// The most replica-seconds the budget saves up.
+    pub max_budget: Duration,
 }
 
 impl Default for PatternConfig {
@@ -55,6 +105,12 @@ impl Default for PatternConfig {
             zero_after: Duration::from_secs(4),
             initial_cold_start: Duration::from_secs(2),
             margin: Duration::from_secs(2),
+            rate_time_constant: Duration::from_secs(900),
+            min_rate_samples: 4.0,
+            hold_gaps: 8.0,
+            zero_below: std::f64::consts::LN_2,
+            hold_allowance: 0.02,
+            max_budget: Duration::from_secs(3600),
         }
     }
 }
@@ -68,6 +124,9 @@ pub enum Advice {
     Warm,
     /// No arrival predicted before a cold start could serve it: scale to zero.
     Zero,
+    /// Arrivals are memoryless but frequent enough that staying warm until the next one
+    /// costs less than the KPA's keep-alive: hold one replica between requests.
+    Hold,
 }
 
 /// The online idle-time model of one revision (about 1 KiB, whatever the traffic).
@@ -81,6 +140,20 @@ pub struct Pattern {
     /// Learned cold start (EWMA of activation latencies).
     cold_start: Duration,
     activating_since: Option<Instant>,
+    /// Decayed count of idle periods (at least `zero_after` long) ended by an arrival.
+    idle_ends: f64,
+    /// Decayed seconds those idle periods lasted beyond `zero_after`.
+    idle_secs: f64,
+    /// When `idle_ends` and `idle_secs` were last decayed.
+    rate_at: Option<Instant>,
+    /// Replica-seconds holds may still spend beyond the KPA's keep-alive.
+    budget: f64,
+    /// The KPA's keep-alive at the last advice.
+    keep_alive: Duration,
+    /// In the idle period running now: how long it had lasted when the policy first advised
+    /// an early zero, and the longest it lasted under a hold past the KPA's keep-alive.
+    zeroed_at: Option<Duration>,
+    held_to: Option<Duration>,
 }
 
 fn bin_of(idle: Duration) -> usize {
@@ -111,6 +184,30 @@ impl Pattern {
             total: 0.0,
             last_active: None,
             activating_since: None,
+            idle_ends: 0.0,
+            idle_secs: 0.0,
+            rate_at: None,
+            budget: 0.0,
+            keep_alive: Duration::ZERO,
+            zeroed_at: None,
+            held_to: None,
+        }
+    }
+
+    /// Forgets old rate evidence: both sums decay by `e^(−Δt/τ)`.
+    fn decay_rate_to(&mut self, now: Instant) {
+        let factor = self.decay_factor(now);
+        self.idle_ends *= factor;
+        self.idle_secs *= factor;
+        self.rate_at = Some(now);
+    }
+
+    fn decay_factor(&self, now: Instant) -> f64 {
+        let tau = self.config.rate_time_constant.as_secs_f64();
+        match self.rate_at {
+            Some(at) if tau > 0.0 => (-now.saturating_duration_since(at).as_secs_f64() / tau).exp(),
+            Some(_) => 0.0,
+            None => 1.0,
         }
     }
 
@@ -126,10 +223,38 @@ impl Pattern {
                 self.total = self.total * self.config.decay + 1.0;
                 self.counts[bin_of(idle)] += 1.0;
             }
+            if idle >= self.config.zero_after {
+                self.decay_rate_to(now);
+                self.idle_ends += 1.0;
+                self.idle_secs += (idle - self.config.zero_after).as_secs_f64();
+                self.settle(idle);
+            }
         }
         if self.last_active.is_none_or(|l| l < now) {
             self.last_active = Some(now);
         }
+    }
+
+    /// Books an idle period of length `idle` that just ended against the KPA's keep-alive
+    /// `K`: an early zero at `e` saved `min(idle, K) − e` replica-seconds, a hold until `h`
+    /// spent `min(idle, h) − K`.
+    fn settle(&mut self, idle: Duration) {
+        let k = self.keep_alive.as_secs_f64();
+        let idle = idle.as_secs_f64();
+        let kpa_spend = idle.min(k);
+        let mut budget = self.budget + self.config.hold_allowance * kpa_spend;
+        if let Some(e) = self.zeroed_at.take() {
+            budget += (kpa_spend - e.as_secs_f64()).max(0.0);
+        }
+        if let Some(h) = self.held_to.take() {
+            budget -= (idle.min(h.as_secs_f64()) - k).max(0.0);
+        }
+        self.budget = budget.min(self.config.max_budget.as_secs_f64());
+    }
+
+    /// Replica-seconds holds may still spend beyond the KPA's keep-alive.
+    pub fn budget(&self) -> f64 {
+        self.budget
     }
 
     /// Tells the model the revision's scale moved: a 0 → >0 decision at `now` starts timing
@@ -184,26 +309,73 @@ impl Pattern {
         Some((lo, hi + self.config.margin))
     }
 
-    /// Advice at `now`, given the decision interval `tick`.
-    pub fn advise(&self, now: Instant, tick: Duration) -> Advice {
-        let (Some((lo, hi)), Some(last)) = (self.window(), self.last_active) else {
+    /// The recent arrival rate (per second) of a revision that has been idle for
+    /// `zero_after`: decayed idle periods ended by an arrival over the decayed idle time
+    /// beyond `zero_after`, the idle time running now included. `None` until
+    /// `min_rate_samples` idle periods are on record.
+    pub fn arrival_rate(&self, now: Instant) -> Option<f64> {
+        let last = self.last_active?;
+        let factor = self.decay_factor(now);
+        let ends = self.idle_ends * factor;
+        if ends < self.config.min_rate_samples {
+            return None;
+        }
+        let running = now
+            .saturating_duration_since(last)
+            .saturating_sub(self.config.zero_after)
+            .as_secs_f64();
+        let exposure = self.idle_secs * factor + running;
+        if exposure <= 0.0 {
+            return Some(f64::INFINITY);
+        }
+        Some(ends / exposure)
+    }
+
+    /// Advice at `now`, given the decision interval `tick` and how long the KPA keeps a
+    /// replica after the last request (`kpa_keep_alive`: its stable window plus the
+    /// scale-to-zero grace).
+    pub fn advise(&mut self, now: Instant, tick: Duration, kpa_keep_alive: Duration) -> Advice {
+        self.keep_alive = kpa_keep_alive;
+        let Some(last) = self.last_active else {
             return Advice::Kpa;
         };
-        let lead = tick + self.cold_start + self.config.margin;
-        let warm_from = lo.saturating_sub(lead);
-        // Only worth it when there is room to go to zero between bursts.
-        if warm_from <= self.config.zero_after + tick {
-            return Advice::Kpa;
-        }
         let idle = now.saturating_duration_since(last);
         if idle < self.config.zero_after {
-            Advice::Kpa
-        } else if idle < warm_from {
+            return Advice::Kpa;
+        }
+        if let Some((lo, hi)) = self.window() {
+            let lead = tick + self.cold_start + self.config.margin;
+            let warm_from = lo.saturating_sub(lead);
+            // Only worth it when there is room to go to zero between bursts.
+            if warm_from > self.config.zero_after + tick {
+                return if idle < warm_from {
+                    Advice::Zero
+                } else if idle <= hi {
+                    Advice::Warm
+                } else {
+                    Advice::Zero
+                };
+            }
+        }
+        let Some(rate) = self.arrival_rate(now) else {
+            return Advice::Kpa;
+        };
+        // Expected arrivals within the KPA's keep-alive, and mean gaps waited so far.
+        let per_keep_alive = rate * kpa_keep_alive.as_secs_f64();
+        let gaps_waited = (idle - self.config.zero_after).as_secs_f64() * rate;
+        // Past the KPA's keep-alive a hold spends from the budget.
+        let beyond = idle.saturating_sub(kpa_keep_alive).as_secs_f64();
+        let affordable = beyond <= 0.0 || beyond < self.budget;
+        if per_keep_alive >= 1.0 && gaps_waited <= self.config.hold_gaps && affordable {
+            if beyond > 0.0 {
+                self.held_to = Some(idle);
+            }
+            Advice::Hold
+        } else if per_keep_alive < self.config.zero_below {
+            self.zeroed_at.get_or_insert(idle);
             Advice::Zero
-        } else if idle <= hi {
-            Advice::Warm
         } else {
-            Advice::Zero
+            Advice::Kpa
         }
     }
 }
@@ -220,7 +392,7 @@ mod tests {
     fn learns_a_period_and_advises_around_it() {
         let t0 = Instant::now();
         let mut p = Pattern::new(PatternConfig::default());
-        assert_eq!(p.advise(t0, secs(2)), Advice::Kpa);
+        assert_eq!(p.advise(t0, secs(2), secs(90)), Advice::Kpa);
         for i in 0..6 {
             p.activity(t0 + secs(120 * i));
         }
@@ -228,25 +400,167 @@ mod tests {
         assert!(lo <= secs(120) && lo > secs(100), "{lo:?}");
         assert!(hi >= secs(120) && hi < secs(140), "{hi:?}");
         let last = t0 + secs(600);
-        assert_eq!(p.advise(last + secs(1), secs(2)), Advice::Kpa);
-        assert_eq!(p.advise(last + secs(30), secs(2)), Advice::Zero);
+        assert_eq!(p.advise(last + secs(1), secs(2), secs(90)), Advice::Kpa);
+        assert_eq!(p.advise(last + secs(30), secs(2), secs(90)), Advice::Zero);
         // lead = tick 2 + cold start 2 + margin 2 = 6 s before lo.
-        assert_eq!(p.advise(last + lo - secs(6), secs(2)), Advice::Warm);
-        assert_eq!(p.advise(last + secs(120), secs(2)), Advice::Warm);
-        assert_eq!(p.advise(last + hi + secs(1), secs(2)), Advice::Zero);
+        assert_eq!(
+            p.advise(last + lo - secs(6), secs(2), secs(90)),
+            Advice::Warm
+        );
+        assert_eq!(p.advise(last + secs(120), secs(2), secs(90)), Advice::Warm);
+        assert_eq!(
+            p.advise(last + hi + secs(1), secs(2), secs(90)),
+            Advice::Zero
+        );
     }
 
     #[test]
-    fn irregular_gaps_are_left_to_the_kpa() {
+    fn irregular_gaps_without_a_rate_are_left_to_the_kpa() {
         let t0 = Instant::now();
-        let mut p = Pattern::new(PatternConfig::default());
+        let mut p = Pattern::new(PatternConfig {
+            min_rate_samples: 100.0,
+            ..PatternConfig::default()
+        });
         let mut t = t0;
         for gap in [3, 200, 10, 90, 5, 600, 30, 7] {
             t += secs(gap);
             p.activity(t);
         }
         assert_eq!(p.window(), None);
-        assert_eq!(p.advise(t + secs(50), secs(2)), Advice::Kpa);
+        assert_eq!(p.arrival_rate(t + secs(50)), None);
+        assert_eq!(p.advise(t + secs(50), secs(2), secs(90)), Advice::Kpa);
+    }
+
+    /// A model without forgetting (τ = 10⁹ s; trusted from 3.9 idle periods) that was told
+    /// the KPA keeps a replica 90 s and has seen idle gaps of `gaps` seconds, the first
+    /// activity at `t0`. Every idle period adds `allowance` × min(gap, 90 s) to the budget.
+    fn model(t0: Instant, gaps: &[u64], allowance: f64) -> (Pattern, Instant) {
+        let mut p = Pattern::new(PatternConfig {
+            rate_time_constant: secs(1_000_000_000),
+            min_rate_samples: 3.9,
+            hold_allowance: allowance,
+            ..PatternConfig::default()
+        });
+        assert_eq!(
+            p.advise(t0, secs(2), secs(90)),
+            Advice::Kpa,
+            "nothing seen yet"
+        );
+        let mut t = t0;
+        p.activity(t);
+        for gap in gaps {
+            t += secs(*gap);
+            p.activity(t);
+        }
+        (p, t)
+    }
+
+    /// Idle gaps of 10, 30, 15 and 25 s (irregular: p99 > 2 × p5), the last activity at
+    /// `t0 + 80 s`, with a budget of 10 × 80 = 800 replica-seconds.
+    fn memoryless_model(t0: Instant) -> Pattern {
+        model(t0, &[10, 30, 15, 25], 10.0).0
+    }
+
+    #[test]
+    fn arrival_rate_is_idle_periods_over_idle_time_beyond_zero_after() {
+        let t0 = Instant::now();
+        let mut p = Pattern::new(PatternConfig {
+            rate_time_constant: secs(1_000_000_000),
+            min_rate_samples: 3.9,
+            ..PatternConfig::default()
+        });
+        p.activity(t0);
+        p.activity(t0 + secs(10));
+        p.activity(t0 + secs(40));
+        assert_eq!(p.arrival_rate(t0 + secs(41)), None, "2 idle periods < 3.9");
+        let p = memoryless_model(t0);
+        assert_eq!(p.window(), None, "irregular");
+        let last = t0 + secs(80);
+        // 4 idle periods, (10 − 4) + (30 − 4) + (15 − 4) + (25 − 4) = 64 s beyond zero_after.
+        let rate = |at| p.arrival_rate(at).unwrap();
+        assert!((rate(last + secs(4)) - 4.0 / 64.0).abs() < 1e-9);
+        // The idle time running now counts: 20 s idle = 16 s beyond zero_after.
+        assert!((rate(last + secs(20)) - 4.0 / 80.0).abs() < 1e-9);
+        // Forgetting: with τ = 900 s, 900 s later the same evidence weighs e^-1.
+        let mut q = Pattern::new(PatternConfig::default());
+        let mut t = t0;
+        q.activity(t);
+        for gap in [10, 30, 15, 25, 10, 30, 15, 25] {
+            t += secs(gap);
+            q.activity(t);
+        }
+        assert!(q.arrival_rate(t + secs(4)).is_some());
+        assert_eq!(q.arrival_rate(t + secs(900)), None, "8 · e^-1 < 4 samples");
+    }
+
+    #[test]
+    fn holds_while_the_next_arrival_is_due_within_the_kpa_keep_alive() {
+        let t0 = Instant::now();
+        let mut p = memoryless_model(t0);
+        let last = t0 + secs(80);
+        let k = secs(90);
+        // rate(idle) = 4 / (60 + idle): quiet for less than zero_after → the KPA decides.
+        assert_eq!(p.advise(last + secs(3), secs(2), k), Advice::Kpa);
+        // rate·K = 360 / (60 + idle) ≥ 1 up to 300 s idle: hold one replica.
+        assert_eq!(p.advise(last + secs(10), secs(2), k), Advice::Hold);
+        assert_eq!(p.advise(last + secs(298), secs(2), k), Advice::Hold);
+        // Between ln 2 and 1 (300 s < idle < 459.4 s): the KPA decides.
+        assert_eq!(p.advise(last + secs(302), secs(2), k), Advice::Kpa);
+        assert_eq!(p.advise(last + secs(458), secs(2), k), Advice::Kpa);
+        // Below ln 2: arrivals are now too rare to wait out the KPA's keep-alive.
+        assert_eq!(p.advise(last + secs(461), secs(2), k), Advice::Zero);
+        // A short keep-alive makes the same rate rare: zero as soon as quiet.
+        assert_eq!(p.advise(last + secs(10), secs(2), secs(5)), Advice::Zero);
+    }
+
+    #[test]
+    fn holds_past_the_kpa_keep_alive_spend_what_early_zeros_saved() {
+        let t0 = Instant::now();
+        // Without a budget a hold stops where the KPA's keep-alive (90 s) ends.
+        let (mut p, last) = model(t0, &[10, 30, 15, 25], 0.0);
+        assert_eq!(p.budget(), 0.0);
+        assert_eq!(p.advise(last + secs(90), secs(2), secs(90)), Advice::Hold);
+        assert_eq!(p.advise(last + secs(92), secs(2), secs(90)), Advice::Kpa);
+        // Rare arrivals (rate·K = 4 / 1384 × 90 ≈ 0.26 < ln 2): zero early, at 10 s idle.
+        let (mut p, last) = model(t0, &[300, 500, 200, 400], 0.0);
+        assert_eq!(p.window(), None, "irregular");
+        assert_eq!(p.advise(last + secs(10), secs(2), secs(90)), Advice::Zero);
+        assert_eq!(p.advise(last + secs(12), secs(2), secs(90)), Advice::Zero);
+        // The next request 60 s after the last: the KPA would have stayed warm 60 s, the
+        // policy was warm for 10 s — 50 replica-seconds saved.
+        p.activity(last + secs(60));
+        assert!((p.budget() - 50.0).abs() < 1e-9, "{}", p.budget());
+        // A hold booked: budget 800, held to 200 s idle, next arrival at 250 s: spent
+        // 200 − 90 = 110, allowance 10 × 90 = 900 added.
+        let mut p = memoryless_model(t0);
+        let last = t0 + secs(80);
+        assert!((p.budget() - 800.0).abs() < 1e-9, "{}", p.budget());
+        assert_eq!(p.advise(last + secs(200), secs(2), secs(90)), Advice::Hold);
+        p.activity(last + secs(250));
+        assert!((p.budget() - 1590.0).abs() < 1e-9, "{}", p.budget());
+        // The budget saves up at most max_budget.
+        let (p, _) = model(t0, &[10, 30, 15, 25], 1000.0);
+        assert_eq!(p.budget(), 3600.0);
+    }
+
+    #[test]
+    fn a_hold_ends_after_hold_gaps_mean_gaps_without_an_arrival() {
+        let t0 = Instant::now();
+        let mut p = Pattern::new(PatternConfig {
+            rate_time_constant: secs(1_000_000_000),
+            min_rate_samples: 3.9,
+            hold_gaps: 2.0,
+            ..PatternConfig::default()
+        });
+        let mut t = t0;
+        p.activity(t);
+        for gap in [10, 30, 15, 25] {
+            t += secs(gap);
+            p.activity(t);
+        }
+        // Gaps waited = (idle − 4) · 4 / (60 + idle) ≤ 2 up to idle = 68 s.
+        assert_eq!(p.advise(t + secs(66), secs(2), secs(1000)), Advice::Hold);
+        assert_eq!(p.advise(t + secs(70), secs(2), secs(1000)), Advice::Kpa);
     }
 
     #[test]

@@ -43,10 +43,10 @@ def simulate(sluice, trace, policy, args):
     return json.loads(out)
 
 
-def ratio(a, b):
+def ratio(a, b, digits=2):
     if b == 0:
         return "—" if a == 0 else "∞"
-    return f"{a / b:.2f}"
+    return f"{a / b:.{digits}f}"
 
 
 def main():
@@ -72,7 +72,7 @@ def main():
               f"| {k['cold_starts']} | {q['cold_starts']} | {ratio(q['cold_starts'], k['cold_starts'])} "
               f"| {k['p99_queue_ms']:.0f} | {q['p99_queue_ms']:.0f} | {ratio(q['p99_queue_ms'], k['p99_queue_ms'])} "
               f"| {k['replica_seconds']:.0f} | {q['replica_seconds']:.0f} "
-              f"| {ratio(q['replica_seconds'], k['replica_seconds'])} |")
+              f"| {ratio(q['replica_seconds'], k['replica_seconds'], 3)} |")
     if args.micro:
         print()
         subprocess.run(["cargo", "bench", "-q", "-p", "sluice-autoscaler", "--bench", "decider"],

@@ -474,6 +474,47 @@ mod tests {
         );
     }
 
+    /// KPA and pattern on a freshly generated trace (not one of the committed ones).
+    fn both(kind: TraceKind, seed: u64, hours: f64) -> (SimReport, SimReport) {
+        let trace = parse_trace(&generate(kind, seed, hours)).unwrap();
+        let kpa = simulate(&trace, &SimConfig::new(ScalePolicy::Kpa, 1));
+        let pattern = simulate(&trace, &SimConfig::new(ScalePolicy::Pattern, 1));
+        assert_eq!(kpa.requests, pattern.requests);
+        (kpa, pattern)
+    }
+
+    #[test]
+    fn pattern_trades_slow_hours_for_busy_ones_on_a_fresh_diurnal_trace() {
+        // Seed 2026 (the committed diurnal trace is seed 3): a Poisson process whose rate
+        // follows the time of day. Measured: 88 vs 128 cold starts at 99.5 % of the KPA's
+        // replica-seconds. The target (≤ 50 % of the cold starts) is NOT met; see
+        // bench/RESULTS.md for why.
+        let (kpa, pattern) = both(TraceKind::Diurnal, 2026, 24.0);
+        assert!(
+            pattern.cold_starts * 4 <= kpa.cold_starts * 3,
+            "pattern {pattern:?} kpa {kpa:?}"
+        );
+        assert!(
+            pattern.replica_seconds <= kpa.replica_seconds,
+            "pattern {pattern:?} kpa {kpa:?}"
+        );
+    }
+
+    #[test]
+    fn pattern_is_within_5_percent_of_kpa_on_fresh_bursty_and_poisson_traces() {
+        for (kind, seed, hours) in [(TraceKind::Bursty, 77, 6.0), (TraceKind::Poisson, 78, 4.0)] {
+            let (kpa, pattern) = both(kind, seed, hours);
+            assert!(
+                pattern.cold_starts as f64 <= kpa.cold_starts as f64 * 1.05,
+                "{kind:?}: pattern {pattern:?} kpa {kpa:?}"
+            );
+            assert!(
+                pattern.replica_seconds <= kpa.replica_seconds * 1.05,
+                "{kind:?}: pattern {pattern:?} kpa {kpa:?}"
+            );
+        }
+    }
+
     #[test]
     fn empty_trace_is_fine() {
         let r = simulate(&[], &SimConfig::new(ScalePolicy::Kpa, 1));
