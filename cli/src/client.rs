@@ -101,7 +101,7 @@ async fn call(
 
 fn kind(name: &str) -> anyhow::Result<Kind> {
     Kind::from_user_name(name).with_context(|| {
-        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, revision/rev)")
+        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, configuration/config, revision/rev, route/rt, servingruntime, clusterservingruntime)")
     })
 }
 

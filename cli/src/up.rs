@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// Autoscaler decision interval.
     #[arg(long, env = "SLUICE_AUTOSCALER_TICK", default_value = "2s", value_parser = humantime::parse_duration)]
     autoscaler_tick: Duration,
+    /// Old revisions kept per configuration beyond those routed, latest created and latest
+    /// ready; older ones are deleted.
+    #[arg(long, env = "SLUICE_REVISION_HISTORY", default_value_t = 20)]
+    revision_history: usize,
     /// Requests the activator buffers per revision before answering 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
     activator_queue: usize,
@@ -152,6 +156,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             domain: args.domain.clone(),
             url_port: Some(router_addr.port()),
             resync: Duration::from_secs(1),
+            revision_history: args.revision_history,
         },
         store.clone(),
         runtime,

@@ -175,7 +175,9 @@ fn store_error(e: StoreError) -> Response {
 fn unknown_kind(name: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
-        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, revision/rev)"),
+        format!(
+            "unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, configuration/config, revision/rev, route/rt, servingruntime, clusterservingruntime)"
+        ),
     )
 }
 

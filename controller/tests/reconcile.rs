@@ -135,6 +135,7 @@ impl Harness {
                 domain: "example.test".into(),
                 url_port: None,
                 resync: std::time::Duration::from_secs(1),
+                revision_history: 2,
             },
             store.clone(),
             runtime.clone(),
