@@ -3,7 +3,9 @@
 //! This file only parses flags and dispatches; each subcommand's wiring lives in its own
 //! module.
 
+mod canary;
 mod client;
+mod describe;
 mod model_server;
 mod shutdown;
 mod up;
@@ -27,10 +29,16 @@ enum Command {
     Up(up::UpArgs),
     /// Apply manifests (files or folders of *.yaml) to a running `sluice up`.
     Apply(client::ApplyArgs),
-    /// Show objects: inferenceservice/isvc, service/ksvc, revision/rev.
+    /// Show objects: isvc, ksvc, configuration, revision, route, servingruntime, clusterservingruntime.
     Get(client::GetArgs),
+    /// Show one object's conditions, traffic, model status and what it owns.
+    Describe(describe::DescribeArgs),
     /// Delete an object and everything it owns.
     Delete(client::DeleteArgs),
+    /// Promote an InferenceService's canary: the latest revision takes all traffic.
+    Promote(canary::CanaryArgs),
+    /// Roll an InferenceService back: all traffic to its last rolled-out revision.
+    Rollback(canary::CanaryArgs),
     /// Serve one model over the Open Inference Protocol (a revision's replica).
     ModelServer(model_server::ModelServerArgs),
 }
@@ -53,7 +61,10 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Apply(args) => client::apply(args).await,
             Command::Get(args) => client::get(args).await,
+            Command::Describe(args) => describe::run(args).await,
             Command::Delete(args) => client::delete(args).await,
+            Command::Promote(args) => canary::run(args, canary::Edit::Promote).await,
+            Command::Rollback(args) => canary::run(args, canary::Edit::Rollback).await,
             Command::ModelServer(args) => model_server::run(args).await,
         }
     });

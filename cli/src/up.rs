@@ -62,6 +62,17 @@ pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
         {
             let p = entry?.path();
             let is_yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            // kustomize's own file is not an API object (kubectl applies it with -k).
+            let is_kustomization = p
+                .file_stem()
+                .is_some_and(|s| s.eq_ignore_ascii_case("kustomization"));
+            if is_kustomization {
+                eprintln!(
+                    "Warning: skipping {}: a kustomize file, not an API object",
+                    p.display()
+                );
+                continue;
+            }
             if is_yaml && p.is_file() {
                 paths.push(p);
             }

@@ -20,6 +20,6 @@ pub mod traffic;
 pub mod validation;
 
 pub use kind::Kind;
-pub use manifest::{Manifest, ManifestError, parse_manifests};
+pub use manifest::{Manifest, ManifestError, parse_manifests, parse_object};
 pub use meta::{Condition, ConditionStatus, ObjectMeta, OwnerReference};
 pub use validation::{ValidationError, Validator};

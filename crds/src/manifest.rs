@@ -105,6 +105,33 @@ pub fn parse_manifests(
     }
 }
 
+/// Validates and defaults one object given as JSON (an edit of a stored object), as
+/// [`parse_manifests`] does for a document; `metadata.resourceVersion` is kept.
+pub fn parse_object(
+    value: serde_json::Value,
+    source_name: &str,
+    base_dir: &Path,
+) -> Result<Manifest, Vec<ManifestError>> {
+    let err = |path: String, message: String| ManifestError {
+        source_name: source_name.to_owned(),
+        document: 0,
+        path,
+        message,
+    };
+    match parse_document(value, base_dir) {
+        Ok((kind, object, warnings)) => Ok(Manifest {
+            kind,
+            object,
+            document: 1,
+            warnings: warnings
+                .into_iter()
+                .map(|(p, m)| err(p, m).to_string())
+                .collect(),
+        }),
+        Err(problems) => Err(problems.into_iter().map(|(p, m)| err(p, m)).collect()),
+    }
+}
+
 type Problems = Vec<(String, String)>;
 
 fn parse_document(

@@ -109,6 +109,15 @@ pub trait Store: Send + Sync + 'static {
         objects: Vec<(Kind, serde_json::Value)>,
     ) -> impl Future<Output = Result<Vec<ApplyOutcome>, StoreError>> + Send;
 
+    /// Replaces the spec, labels and annotations of an existing object if the
+    /// `metadata.resourceVersion` it carries is still the stored one: a write based on a
+    /// stale read is refused with `Conflict` (optimistic concurrency). Status is kept.
+    fn update(
+        &self,
+        kind: Kind,
+        object: serde_json::Value,
+    ) -> impl Future<Output = Result<(ApplyOutcome, serde_json::Value), StoreError>> + Send;
+
     /// Replaces an object's status if its `resourceVersion` still matches.
     fn update_status(
         &self,

@@ -243,6 +243,53 @@ impl Store for SqliteStore {
         Ok(outcomes)
     }
 
+    async fn update(&self, kind: Kind, object: Value) -> Result<(ApplyOutcome, Value), StoreError> {
+        let (ns, name) = key_of(&object)?;
+        let have = object["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let (n2, name2) = (ns.clone(), name.clone());
+        let (outcome, updated) = self
+            .blocking(move |c| {
+                let tx = c.transaction()?;
+                let current =
+                    read(&tx, kind, &n2, &name2)?.ok_or_else(|| StoreError::NotFound {
+                        kind,
+                        namespace: n2.clone(),
+                        name: name2.clone(),
+                    })?;
+                let stored = current["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if stored != have {
+                    return Err(StoreError::Conflict {
+                        kind,
+                        namespace: n2,
+                        name: name2,
+                        have,
+                        stored,
+                    });
+                }
+                let (outcome, mut merged) = merge(Some(current), object);
+                if outcome != ApplyOutcome::Unchanged {
+                    write(&tx, kind, &mut merged)?;
+                }
+                tx.commit()?;
+                Ok((outcome, merged))
+            })
+            .await?;
+        if outcome != ApplyOutcome::Unchanged {
+            self.notify([Change {
+                kind,
+                namespace: ns,
+                name,
+            }]);
+        }
+        Ok((outcome, updated))
+    }
+
     async fn update_status(
         &self,
         kind: Kind,
@@ -411,6 +458,46 @@ mod tests {
             .unwrap();
         assert_eq!(got["metadata"]["generation"], 2);
         assert_eq!(got["spec"]["predictor"]["minReplicas"], 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_one_wins_the_other_gets_a_conflict() {
+        let dir = temp_dir("update");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .apply(vec![(Kind::InferenceService, isvc("a", 1))])
+            .await
+            .unwrap();
+        let read = store
+            .get(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        // Two writers edit the same read.
+        let (mut first, mut second) = (read.clone(), read);
+        first["spec"]["predictor"]["minReplicas"] = json!(0);
+        second["spec"]["predictor"]["minReplicas"] = json!(5);
+        let (out, stored) = store.update(Kind::InferenceService, first).await.unwrap();
+        assert_eq!(out, ApplyOutcome::Configured);
+        assert_eq!(stored["metadata"]["generation"], 2);
+        let err = store
+            .update(Kind::InferenceService, second)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        let now = store
+            .get(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now["spec"]["predictor"]["minReplicas"], 0);
+        let mut missing = now.clone();
+        missing["metadata"]["name"] = json!("nope");
+        assert!(matches!(
+            store.update(Kind::InferenceService, missing).await,
+            Err(StoreError::NotFound { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
