@@ -381,6 +381,83 @@ pub fn revision_name(config: &str, generation: i64) -> String {
 mod tests {
     use super::*;
 
+    fn errors(yaml: &str) -> Vec<String> {
+        let mut svc: Service = serde_yaml::from_str(yaml).unwrap();
+        svc.set_defaults();
+        svc.validate()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    const HEAD: &str = "apiVersion: serving.knative.dev/v1\nkind: Service\n";
+
+    #[test]
+    fn defaults_follow_knative() {
+        let mut svc: Service = serde_yaml::from_str(&format!(
+            "{HEAD}metadata: {{name: hello}}\nspec:\n  template:\n    spec:\n      containers: [{{image: x}}]\n"
+        ))
+        .unwrap();
+        svc.set_defaults();
+        let spec = &svc.spec.template.spec;
+        assert_eq!(
+            (spec.timeout_seconds, spec.container_concurrency),
+            (Some(300), Some(0))
+        );
+        assert_eq!(spec.containers[0].name.as_deref(), Some("user-container"));
+        assert_eq!(svc.spec.traffic[0].latest_revision, Some(true));
+        assert_eq!(svc.spec.traffic[0].percent, Some(100));
+    }
+
+    #[test]
+    fn upstream_messages_with_field_paths() {
+        let e = errors(&format!(
+            "{HEAD}metadata: {{name: Hello}}\nspec:\n  template:\n    metadata: {{name: other-1}}\n    \
+             spec:\n      containerConcurrency: -1\n      timeoutSeconds: 601\n      \
+             responseStartTimeoutSeconds: 700\n      idleTimeoutSeconds: 601\n      containers: []\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                format!("metadata.name: Invalid value: \"Hello\": {}", crate::validation::DNS1035_MESSAGE),
+                "spec.template.metadata.name: invalid value: \"other-1\" must have prefix \"Hello-\"".to_owned(),
+                "spec.template.spec.containerConcurrency: expected 0 <= -1 <= 1000".to_owned(),
+                "spec.template.spec.timeoutSeconds: expected 0 <= 601 <= 600".to_owned(),
+                "spec.template.spec.responseStartTimeoutSeconds: expected 0 <= 700 <= 601".to_owned(),
+                "spec.template.spec.idleTimeoutSeconds: expected 0 <= 601 <= 600".to_owned(),
+                "spec.template.spec.containers: missing field(s)".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_survive_and_are_reported() {
+        let yaml = format!(
+            "{HEAD}metadata: {{name: hello}}\nspec:\n  template:\n    spec:\n      \
+             serviceAccountName: sa\n      containers:\n      - command: [x]\n        \
+             readinessProbe: {{httpGet: {{path: /}}}}\n        env: [{{name: A, valueFrom: {{secretKeyRef: {{name: s}}}}}}]\n"
+        );
+        let svc: Service = serde_yaml::from_str(&yaml).unwrap();
+        let back = serde_json::to_value(&svc).unwrap();
+        assert_eq!(back["spec"]["template"]["spec"]["serviceAccountName"], "sa");
+        assert_eq!(
+            back["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
+                ["name"],
+            "s"
+        );
+        let paths: Vec<String> = svc.warnings().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.template.spec.serviceAccountName",
+                "spec.template.spec.containers[0].readinessProbe",
+                "spec.template.spec.containers[0].env[0].valueFrom",
+            ]
+        );
+    }
+
     #[test]
     fn revision_names_are_zero_padded() {
         assert_eq!(revision_name("iris-predictor", 1), "iris-predictor-00001");
