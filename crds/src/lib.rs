@@ -8,6 +8,7 @@
 
 pub mod autoscaling;
 pub mod configuration;
+pub mod crd;
 pub mod inference_service;
 pub mod kind;
 pub mod manifest;
