@@ -347,7 +347,10 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             if let Err(f) = &spec {
                 rt.failure = Some(f.clone());
             }
-            let desired = self.decisions.get(&key).map_or(1, |d| d.desired_replicas);
+            let desired = self
+                .decisions
+                .get(&key)
+                .map_or_else(|| initial_replicas(rev), |d| d.desired_replicas);
             let mut now = rev.clone();
             now.status = Some(revision::revision_status(rev, &rt, desired));
             observed.push(now);
@@ -667,6 +670,18 @@ impl route::UrlFor for Urls<'_> {
             _ => format!("http://{host}"),
         }
     }
+}
+
+/// Replicas a revision starts with before the autoscaler decides: `initial-scale`, at least
+/// `min-scale` (Knative's defaults: 1 and 0).
+fn initial_replicas(rev: &Revision) -> u32 {
+    let cc = rev
+        .spec
+        .container_concurrency
+        .and_then(|c| u32::try_from(c).ok())
+        .unwrap_or(0);
+    scaling_from_annotations(&rev.metadata.annotations, cc)
+        .map_or(1, |s| s.initial_scale.max(s.min_scale))
 }
 
 /// Status traffic → the data plane's weighted targets (one per revision, none at 0%).

@@ -103,6 +103,17 @@ pub fn replica_spec(rev: &Revision) -> Result<ReplicaSpec, ReplicaFailure> {
     })
 }
 
+/// Knative's `initial-scale: 0` (with `allow-zero-initial-scale`): the revision is ready
+/// without ever running a replica, and starts one on its first request.
+fn starts_at_zero(rev: &Revision, desired: u32) -> bool {
+    desired == 0
+        && rev
+            .metadata
+            .annotations
+            .get("autoscaling.knative.dev/initial-scale")
+            .is_some_and(|v| v.trim() == "0")
+}
+
 /// The revision's status: replicas, and `Ready`/`Active`/`ContainerHealthy` conditions.
 pub fn revision_status(
     rev: &Revision,
@@ -130,7 +141,7 @@ pub fn revision_status(
             failed("Ready"),
             Condition::ok("ResourcesAvailable"),
         ]
-    } else if was_ready {
+    } else if was_ready || starts_at_zero(rev, desired) {
         // Scaled to zero, or being woken from zero by the activator: still ready, so it
         // keeps its traffic and the activator holds requests meanwhile.
         let active = if desired == 0 {
@@ -266,6 +277,24 @@ mod tests {
                 .contains(&("K_SERVICE".into(), "iris-predictor".into()))
         );
         assert_eq!(spec.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn initial_scale_zero_is_ready_without_a_replica() {
+        let mut r = rev();
+        r.metadata.annotations.insert(
+            "autoscaling.knative.dev/initial-scale".into(),
+            "0".into(),
+        );
+        let st = revision_status(&r, &RevisionRuntimeStatus::default(), 0);
+        assert!(find_condition(&st.conditions, "Ready").unwrap().is_true());
+        assert_eq!(
+            find_condition(&st.conditions, "Active").unwrap().reason.as_deref(),
+            Some("NoTraffic")
+        );
+        // Once asked for a replica, it is not ready before one is.
+        let st = revision_status(&r, &RevisionRuntimeStatus::default(), 1);
+        assert!(!find_condition(&st.conditions, "Ready").unwrap().is_true());
     }
 
     #[test]
