@@ -203,21 +203,34 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         self.decisions.insert(d.revision.clone(), d);
     }
 
-    async fn write_status(
+    /// Queues a status write (skipped when unchanged); `flush_statuses` writes the pass's
+    /// statuses in one transaction, so a pass costs one fsync, not one per object.
+    fn write_status(
         &self,
+        pending: &mut Vec<(Kind, Value, Value)>,
         kind: Kind,
         raw: &Value,
         status: &impl Serialize,
     ) -> Result<(), ReconcileError> {
         let status = encode(kind, name_of(raw), status)?;
-        if raw.get("status") == Some(&status) {
+        if raw.get("status") != Some(&status) {
+            pending.push((kind, raw.clone(), status));
+        }
+        Ok(())
+    }
+
+    async fn flush_statuses(&self, pending: Vec<(Kind, Value, Value)>) -> Result<(), ReconcileError> {
+        if pending.is_empty() {
             return Ok(());
         }
-        match self.store.update_status(kind, raw, status).await {
-            // Someone wrote in between; the change event brings another pass.
-            Ok(_) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        for result in self.store.update_statuses(pending).await? {
+            match result {
+                // Someone wrote in between; the change event brings another pass.
+                Ok(()) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(())
     }
 
     /// One reconcile pass over everything, in dependency order, each level reading the
@@ -466,6 +479,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
 
         // Revisions → replicas and status.
+        let mut pending = Vec::new();
         let mut present: HashSet<NamespacedName> = HashSet::new();
         for (((raw, rev), spec), seen) in revisions.iter().zip(&specs).zip(&observed) {
             let key = revision::key(rev);
@@ -493,7 +507,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             // Readiness as routed above; desired replicas as just decided.
             let mut status = seen.status.clone().unwrap_or_default();
             status.desired_replicas = desired;
-            self.write_status(Kind::Revision, raw, &status).await?;
+            self.write_status(&mut pending, Kind::Revision, raw, &status)?;
         }
         for gone in self
             .runtime
@@ -509,13 +523,13 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         for (raw, cfg) in &configs {
             let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
             if let Some(st) = config_status.get(&key) {
-                self.write_status(Kind::Configuration, raw, st).await?;
+                self.write_status(&mut pending, Kind::Configuration, raw, st)?;
             }
         }
         for (raw, route) in &routes {
             let key = NamespacedName::new(route.metadata.namespace(), route.metadata.name.clone());
             if let Some(st) = route_status.get(&key) {
-                self.write_status(Kind::Route, raw, st).await?;
+                self.write_status(&mut pending, Kind::Route, raw, st)?;
             }
         }
         let mut service_status: HashMap<NamespacedName, ServiceStatus> = HashMap::new();
@@ -526,7 +540,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 &config_status.get(&key).cloned().unwrap_or_default(),
                 &route_status.get(&key).cloned().unwrap_or_default(),
             );
-            self.write_status(Kind::Service, raw, &st).await?;
+            self.write_status(&mut pending, Kind::Service, raw, &st)?;
             service_status.insert(key, st);
         }
         for ((raw, i), predictor) in isvcs.iter().zip(&predictors) {
@@ -535,9 +549,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 Ok(key) => isvc::isvc_status(i, Ok(service_status.get(key)), &url),
                 Err(no) => isvc::isvc_status(i, Err(no), &url),
             };
-            self.write_status(Kind::InferenceService, raw, &status)
-                .await?;
+            self.write_status(&mut pending, Kind::InferenceService, raw, &status)?;
         }
+        self.flush_statuses(pending).await?;
 
         self.collect_garbage(&configs, &observed, &wanted, &config_status)
             .await?;

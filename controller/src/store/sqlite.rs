@@ -338,6 +338,60 @@ impl Store for SqliteStore {
         Ok(updated)
     }
 
+    async fn update_statuses(
+        &self,
+        writes: Vec<(Kind, Value, Value)>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let (results, changes) = self
+            .blocking(move |c| {
+                let tx = c.transaction()?;
+                let mut results = Vec::with_capacity(writes.len());
+                let mut changes = Vec::new();
+                for (kind, object, status) in writes {
+                    let (ns, name) = key_of(&object)?;
+                    let have = object["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let Some(mut current) = read(&tx, kind, &ns, &name)? else {
+                        results.push(Err(StoreError::NotFound {
+                            kind,
+                            namespace: ns,
+                            name,
+                        }));
+                        continue;
+                    };
+                    let stored = current["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if stored != have {
+                        results.push(Err(StoreError::Conflict {
+                            kind,
+                            namespace: ns,
+                            name,
+                            have,
+                            stored,
+                        }));
+                        continue;
+                    }
+                    current["status"] = status;
+                    write(&tx, kind, &mut current)?;
+                    results.push(Ok(()));
+                    changes.push(Change {
+                        kind,
+                        namespace: ns,
+                        name,
+                    });
+                }
+                tx.commit()?;
+                Ok((results, changes))
+            })
+            .await?;
+        self.notify(changes);
+        Ok(results)
+    }
+
     async fn delete(
         &self,
         kind: Kind,
