@@ -176,10 +176,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     // Publish routes for what the store holds before the router takes its first request.
     let mut controller = controller;
-    if let Err(e) = controller.reconcile_all().await {
-        tracing::warn!("first reconcile failed: {e}");
-    }
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    controller.notify_first_pass(first_tx);
     let controller_task = tokio::spawn(controller.run(decisions_rx, stopped()));
+    if first_rx.await.is_err() {
+        tracing::warn!("the controller stopped before its first pass");
+    }
 
     let router = Arc::new(Router::new(snapshot_rx, activator, Forwarder::new()));
     let router_task = tokio::spawn(sluice_router::serve(

@@ -33,7 +33,7 @@ use sluice_crds::revision::Revision;
 use sluice_crds::route::{Route, RouteStatus};
 use sluice_crds::runtime::{BUILTIN_RUNTIME, ServingRuntime, builtin_runtime};
 use sluice_crds::service::{Service, ServiceStatus, TrafficTarget};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::runtime::{ReplicaFailure, ReplicaSpec, Runtime};
 use crate::store::{Store, StoreError};
@@ -96,6 +96,7 @@ pub struct Controller<S: Store, R: Runtime> {
     scaled: HashMap<NamespacedName, RevisionScaling>,
     ready_reported: HashMap<NamespacedName, u32>,
     builtin_applied: bool,
+    first_pass: Option<oneshot::Sender<()>>,
 }
 
 fn name_of(raw: &Value) -> &str {
@@ -137,6 +138,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             scaled: HashMap::new(),
             ready_reported: HashMap::new(),
             builtin_applied: false,
+            first_pass: None,
         }
     }
 
@@ -146,6 +148,12 @@ impl<S: Store, R: Runtime> Controller<S, R> {
 
     fn url(&self, name: &str, namespace: &str) -> String {
         route::UrlFor::url_for(&self.urls(), &self.host(name, namespace))
+    }
+
+    /// Signals `done` once `run`'s first pass has published routes for what the store holds
+    /// (so a router can start with them).
+    pub fn notify_first_pass(&mut self, done: oneshot::Sender<()>) {
+        self.first_pass = Some(done);
     }
 
     /// Runs passes until `shutdown` resolves, then stops every replica.
@@ -158,8 +166,37 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         let mut runtime_changes = self.runtime.changes();
         let mut resync = tokio::time::interval(self.config.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Decisions are drained all the time, also during a pass: a pass registers every
+        // new revision with the autoscaler, which answers each with a decision; waiting for
+        // the pass to end before reading them would fill the channel and stall both sides.
+        // The inbox keeps the newest decision per revision, so it is bounded by revisions.
+        let inbox: Arc<std::sync::Mutex<HashMap<NamespacedName, ScaleDecision>>> = Arc::default();
+        let (arrived_tx, mut arrived) = watch::channel(false);
+        let forward = {
+            let inbox = inbox.clone();
+            tokio::spawn(async move {
+                while let Some(d) = decisions.recv().await {
+                    inbox
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(d.revision.clone(), d);
+                    arrived_tx.send_replace(false);
+                }
+                // The autoscaler is gone: tell the loop to stop.
+                arrived_tx.send_replace(true);
+            })
+        };
         tokio::pin!(shutdown);
         loop {
+            let drained: Vec<ScaleDecision> = inbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .map(|(_, d)| d)
+                .collect();
+            for d in drained {
+                self.record_decision(d);
+            }
             if let Err(e) = self.reconcile_all().await {
                 tracing::warn!(
                     reason = e.metric_label(),
@@ -167,25 +204,27 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                     sluice_core::error_chain(&e)
                 );
             }
+            if let Some(done) = self.first_pass.take() {
+                let _ = done.send(());
+            }
             tokio::select! {
                 change = changes.recv() => match change {
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = runtime_changes.changed() => {}
-                decision = decisions.recv() => match decision {
-                    Some(d) => self.record_decision(d),
-                    None => break,
-                },
+                closed = arrived.changed() => {
+                    if closed.is_err() || *arrived.borrow_and_update() {
+                        break;
+                    }
+                }
                 _ = resync.tick() => {}
                 () = &mut shutdown => break,
             }
             // Coalesce whatever else arrived meanwhile into the next pass.
-            while let Ok(d) = decisions.try_recv() {
-                self.record_decision(d);
-            }
             while changes.try_recv().is_ok() {}
         }
+        forward.abort();
         self.runtime.shutdown().await;
     }
 
@@ -219,7 +258,10 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         Ok(())
     }
 
-    async fn flush_statuses(&self, pending: Vec<(Kind, Value, Value)>) -> Result<(), ReconcileError> {
+    async fn flush_statuses(
+        &self,
+        pending: Vec<(Kind, Value, Value)>,
+    ) -> Result<(), ReconcileError> {
         if pending.is_empty() {
             return Ok(());
         }

@@ -282,14 +282,16 @@ mod tests {
     #[test]
     fn initial_scale_zero_is_ready_without_a_replica() {
         let mut r = rev();
-        r.metadata.annotations.insert(
-            "autoscaling.knative.dev/initial-scale".into(),
-            "0".into(),
-        );
+        r.metadata
+            .annotations
+            .insert("autoscaling.knative.dev/initial-scale".into(), "0".into());
         let st = revision_status(&r, &RevisionRuntimeStatus::default(), 0);
         assert!(find_condition(&st.conditions, "Ready").unwrap().is_true());
         assert_eq!(
-            find_condition(&st.conditions, "Active").unwrap().reason.as_deref(),
+            find_condition(&st.conditions, "Active")
+                .unwrap()
+                .reason
+                .as_deref(),
             Some("NoTraffic")
         );
         // Once asked for a replica, it is not ready before one is.

@@ -82,6 +82,31 @@ pub struct Change {
     pub name: String,
 }
 
+/// Something that happened to an object, for `sluice describe` (Kubernetes' Event, trimmed).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// The object's kind.
+    pub kind: Kind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// One-word reason.
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+    /// When (RFC 3339), set by the store.
+    #[serde(default)]
+    pub time: String,
+}
+
+/// Events kept in the store (oldest dropped first).
+pub const MAX_EVENTS: i64 = 10_000;
+
 /// Desired and observed state, with optimistic concurrency.
 ///
 /// Objects are JSON with Kubernetes-style `metadata`; the store owns `uid`,
@@ -132,6 +157,20 @@ pub trait Store: Send + Sync + 'static {
         &self,
         writes: Vec<(Kind, serde_json::Value, serde_json::Value)>,
     ) -> impl Future<Output = Result<Vec<Result<(), StoreError>>, StoreError>> + Send;
+
+    /// Records events (the newest `MAX_EVENTS` are kept).
+    fn record_events(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The events of one object, oldest first.
+    fn events(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
 
     /// Deletes an object and, transitively, everything it owns. Returns what was deleted.
     fn delete(

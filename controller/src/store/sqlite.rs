@@ -10,7 +10,7 @@ use serde_json::Value;
 use sluice_crds::Kind;
 use tokio::sync::broadcast;
 
-use super::{ApplyOutcome, Change, Store, StoreError};
+use super::{ApplyOutcome, Change, Event, MAX_EVENTS, Store, StoreError};
 
 /// A `Store` in a SQLite database file.
 #[derive(Clone, Debug)]
@@ -30,6 +30,14 @@ CREATE TABLE IF NOT EXISTS objects (
     body TEXT NOT NULL,
     PRIMARY KEY (kind, namespace, name)
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_object ON events (kind, namespace, name, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters (name, value) VALUES ('resource_version', 0);
 ";
@@ -338,6 +346,51 @@ impl Store for SqliteStore {
         Ok(updated)
     }
 
+    async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |c| {
+            let tx = c.transaction()?;
+            for mut e in events {
+                e.time = now_rfc3339();
+                let body =
+                    serde_json::to_string(&e).map_err(|e| StoreError::Malformed(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO events (kind, namespace, name, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![e.kind.name(), e.namespace, e.name, body],
+                )?;
+            }
+            tx.execute(
+                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1",
+                params![MAX_EVENTS],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Event>, StoreError> {
+        let (ns, name) = (namespace.to_owned(), name.to_owned());
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT body FROM events WHERE kind = ?1 AND namespace = ?2 AND name = ?3 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![kind.name(), ns, name], |row| row.get::<_, String>(0))?;
+            rows.map(|body| {
+                serde_json::from_str(&body?).map_err(|e| StoreError::Malformed(e.to_string()))
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn update_statuses(
         &self,
         writes: Vec<(Kind, Value, Value)>,
@@ -512,6 +565,39 @@ mod tests {
             .unwrap();
         assert_eq!(got["metadata"]["generation"], 2);
         assert_eq!(got["spec"]["predictor"]["minReplicas"], 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn events_are_kept_per_object_and_survive_reopening() {
+        let dir = temp_dir("events");
+        let store = SqliteStore::open(&dir).unwrap();
+        let event = |name: &str, reason: &str| Event {
+            kind: Kind::Configuration,
+            namespace: "default".into(),
+            name: name.into(),
+            type_: "Normal".into(),
+            reason: reason.into(),
+            message: format!("{reason} {name}"),
+            time: String::new(),
+        };
+        store
+            .record_events(vec![
+                event("a", "Created"),
+                event("b", "Created"),
+                event("a", "Deleted"),
+            ])
+            .await
+            .unwrap();
+        drop(store);
+        let store = SqliteStore::open(&dir).unwrap();
+        let got = store
+            .events(Kind::Configuration, "default", "a")
+            .await
+            .unwrap();
+        let reasons: Vec<&str> = got.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["Created", "Deleted"]);
+        assert!(!got[0].time.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
