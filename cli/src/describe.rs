@@ -24,8 +24,9 @@ pub struct DescribeArgs {
     server: String,
 }
 
-/// Renders the description of `o`, with `owned` objects (kind, name, ready) listed.
-pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)]) -> String {
+/// Renders the description of `o`, with `owned` objects (kind, name, ready) and its
+/// `events` listed.
+pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) -> String {
     let mut out = String::new();
     let meta = &o["metadata"];
     let _ = writeln!(out, "Name:         {}", s(&meta["name"]));
@@ -226,7 +227,23 @@ pub async fn run(args: DescribeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    print!("{}", render(kind, &obj, &owned));
+    let (st, events) = call(
+        http::Method::GET,
+        format!(
+            "{base}/v1/{}/{}/{}/events",
+            kind.plural(),
+            if ns.is_empty() { "-" } else { ns },
+            args.name
+        ),
+        None,
+    )
+    .await?;
+    let events = if st.is_success() {
+        events["items"].as_array().cloned().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    print!("{}", render(kind, &obj, &owned, &events));
     Ok(())
 }
 
@@ -243,7 +260,11 @@ mod tests {
               "conditions": [{"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "boom"}]}
         });
         let child = serde_json::json!({"metadata": {"name": "hello"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
-        let text = render(Kind::Service, &o, &[(Kind::Route, child)]);
+        let events = [
+            serde_json::json!({"type": "Warning", "reason": "RevisionFailed", "message": "boom", "time": "2020-01-01T00:00:00Z"}),
+        ];
+        let text = render(Kind::Service, &o, &[(Kind::Route, child)], &events);
+        assert!(text.contains("Warning  RevisionFailed"), "{text}");
         assert!(text.contains("Labels:       a=b"), "{text}");
         assert!(
             text.contains(" 100%  hello-00001 #cur (latest)  http://cur-hello.default.localhost"),

@@ -4,7 +4,8 @@
 //! `POST /v1/apply` takes manifest files (text plus the folder relative paths resolve
 //! against) and applies all their documents in one transaction, or none when any is
 //! invalid. `GET /v1/{kind}[/{namespace}/{name}]` reads (`?after=RV` waits for a change
-//! of one object, as a long poll); `DELETE` deletes with cascade.
+//! of one object, as a long poll); `PUT` edits one object under optimistic concurrency;
+//! `GET …/events` lists what happened to it; `DELETE` deletes with cascade.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -155,6 +156,7 @@ pub fn router<S: Store + Clone>(store: S) -> Router {
             "/v1/{kind}/{namespace}/{name}",
             get(get_one::<S>).put(update::<S>).delete(delete::<S>),
         )
+        .route("/v1/{kind}/{namespace}/{name}/events", get(events::<S>))
         .layer(DefaultBodyLimit::max(MAX_APPLY_BYTES))
         .with_state(Arc::new(store))
 }
@@ -287,6 +289,20 @@ async fn get_one<S: Store>(
             StatusCode::NOT_FOUND,
             format!("{} {ns}/{name} not found", kind.plural()),
         ),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET …/events`: what happened to one object, oldest first.
+async fn events<S: Store>(
+    State(store): State<Arc<S>>,
+    Path((k, ns, name)): Path<(String, String, String)>,
+) -> Response {
+    let Some(kind) = Kind::from_user_name(&k) else {
+        return unknown_kind(&k);
+    };
+    match store.events(kind, &ns, &name).await {
+        Ok(items) => Json(serde_json::json!({ "items": items })).into_response(),
         Err(e) => store_error(e),
     }
 }

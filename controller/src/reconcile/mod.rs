@@ -36,7 +36,7 @@ use sluice_crds::service::{Service, ServiceStatus, TrafficTarget};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::runtime::{ReplicaFailure, ReplicaSpec, Runtime};
-use crate::store::{Store, StoreError};
+use crate::store::{Event, Store, StoreError};
 
 /// Controller settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -261,7 +261,16 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     async fn flush_statuses(
         &self,
         pending: Vec<(Kind, Value, Value)>,
+        mut events: Vec<Event>,
     ) -> Result<(), ReconcileError> {
+        events.extend(
+            pending
+                .iter()
+                .filter_map(|(kind, raw, status)| ready_transition(*kind, raw, status)),
+        );
+        if !events.is_empty() {
+            self.store.record_events(events).await?;
+        }
         if pending.is_empty() {
             return Ok(());
         }
@@ -362,6 +371,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         let configs: Vec<(Value, Configuration)> = self.list_typed(Kind::Configuration).await?;
         let mut revisions: Vec<(Value, Revision)> = self.list_typed(Kind::Revision).await?;
         let mut stamp_errors: HashMap<NamespacedName, String> = HashMap::new();
+        let mut events: Vec<Event> = Vec::new();
         let mut to_apply = Vec::new();
         for (_, cfg) in &configs {
             let same_ns: Vec<&Revision> = revisions
@@ -373,6 +383,14 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 configuration::Stamp::Exists => {}
                 configuration::Stamp::Create(new) => {
                     tracing::info!(revision = %new.metadata.name, "creating revision");
+                    events.push(event(
+                        Kind::Configuration,
+                        cfg.metadata.namespace(),
+                        &cfg.metadata.name,
+                        "Normal",
+                        "Created",
+                        format!("Created Revision {:?}", new.metadata.name),
+                    ));
                     to_apply.push((
                         Kind::Revision,
                         encode(Kind::Revision, &new.metadata.name, &*new)?,
@@ -593,7 +611,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             };
             self.write_status(&mut pending, Kind::InferenceService, raw, &status)?;
         }
-        self.flush_statuses(pending).await?;
+        self.flush_statuses(pending, events).await?;
 
         self.collect_garbage(&configs, &observed, &wanted, &config_status)
             .await?;
@@ -698,6 +716,19 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             let excess = idle.len() - self.config.revision_history;
             for r in idle.into_iter().take(excess) {
                 tracing::info!(revision = %r.metadata.name, "deleting old revision beyond the history limit");
+                self.store
+                    .record_events(vec![event(
+                        Kind::Configuration,
+                        cfg.metadata.namespace(),
+                        &cfg.metadata.name,
+                        "Normal",
+                        "Deleted",
+                        format!(
+                            "Deleted Revision {:?}: beyond the history limit of {}",
+                            r.metadata.name, self.config.revision_history
+                        ),
+                    )])
+                    .await?;
                 match self
                     .store
                     .delete(Kind::Revision, r.metadata.namespace(), &r.metadata.name)
@@ -726,6 +757,55 @@ impl route::UrlFor for Urls<'_> {
             _ => format!("http://{host}"),
         }
     }
+}
+
+fn event(kind: Kind, ns: &str, name: &str, type_: &str, reason: &str, message: String) -> Event {
+    Event {
+        kind,
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        type_: type_.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        time: String::new(),
+    }
+}
+
+/// An event when an object's `Ready` condition changes status or reason.
+fn ready_transition(kind: Kind, raw: &Value, status: &Value) -> Option<Event> {
+    let ready = |st: &Value| {
+        st["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+    };
+    let new = ready(status)?;
+    let old = ready(&raw["status"]);
+    let same = old
+        .as_ref()
+        .is_some_and(|o| o["status"] == new["status"] && o["reason"] == new["reason"]);
+    if same {
+        return None;
+    }
+    let (type_, reason, message) = match new["status"].as_str() {
+        Some("True") => ("Normal", "Ready".to_owned(), "became ready".to_owned()),
+        Some("False") => (
+            "Warning",
+            new["reason"].as_str().unwrap_or("NotReady").to_owned(),
+            new["message"].as_str().unwrap_or_default().to_owned(),
+        ),
+        _ => return None,
+    };
+    let meta = &raw["metadata"];
+    Some(event(
+        kind,
+        meta["namespace"].as_str().unwrap_or("default"),
+        meta["name"].as_str().unwrap_or_default(),
+        type_,
+        &reason,
+        message,
+    ))
 }
 
 /// Replicas a revision starts with before the autoscaler decides: `initial-scale`, at least
