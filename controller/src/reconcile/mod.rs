@@ -197,6 +197,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             for d in drained {
                 self.record_decision(d);
             }
+            let started = tokio::time::Instant::now();
             if let Err(e) = self.reconcile_all().await {
                 tracing::warn!(
                     reason = e.metric_label(),
@@ -204,6 +205,10 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                     sluice_core::error_chain(&e)
                 );
             }
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "reconcile pass"
+            );
             if let Some(done) = self.first_pass.take() {
                 let _ = done.send(());
             }
@@ -325,8 +330,10 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             cluster: &cluster,
         };
 
-        // InferenceService → predictor Service.
+        // InferenceService → predictor Service (written only when it differs).
         let isvcs: Vec<(Value, InferenceService)> = self.list_typed(Kind::InferenceService).await?;
+        let mut services: Vec<(Value, Service)> = self.list_typed(Kind::Service).await?;
+        let stored_services = by_key(services.iter().map(|(raw, _)| raw));
         let mut predictors: Vec<Result<NamespacedName, isvc::NoRuntime>> = Vec::new();
         let mut to_apply = Vec::new();
         for (_, i) in &isvcs {
@@ -336,50 +343,74 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                         i.metadata.namespace(),
                         svc.metadata.name.clone(),
                     )));
-                    to_apply.push((
-                        Kind::Service,
-                        encode(Kind::Service, &svc.metadata.name, &svc)?,
-                    ));
+                    let value = encode(Kind::Service, &svc.metadata.name, &svc)?;
+                    if differs(&value, stored_services.get(&key_of(&value))) {
+                        to_apply.push((Kind::Service, value));
+                    }
                 }
                 Err(no) => predictors.push(Err(no)),
             }
         }
+        drop(stored_services);
         if !to_apply.is_empty() {
             self.store.apply(to_apply).await?;
+            services = self.list_typed(Kind::Service).await?;
         }
 
-        // Service → Configuration + Route.
-        let services: Vec<(Value, Service)> = self.list_typed(Kind::Service).await?;
-        let mut to_apply = Vec::new();
+        // Service → Configuration + Route (written only when they differ).
+        let mut configs: Vec<(Value, Configuration)> = self.list_typed(Kind::Configuration).await?;
+        let mut routes: Vec<(Value, Route)> = self.list_typed(Kind::Route).await?;
+        let stored_configs = by_key(configs.iter().map(|(raw, _)| raw));
+        let stored_routes = by_key(routes.iter().map(|(raw, _)| raw));
+        let (mut new_configs, mut new_routes) = (Vec::new(), Vec::new());
         for (_, svc) in &services {
             let cfg = service::configuration_for(svc);
             let route = service::route_for(svc);
-            to_apply.push((
-                Kind::Configuration,
-                encode(Kind::Configuration, &cfg.metadata.name, &cfg)?,
-            ));
-            to_apply.push((
-                Kind::Route,
-                encode(Kind::Route, &route.metadata.name, &route)?,
-            ));
+            let cfg = encode(Kind::Configuration, &cfg.metadata.name, &cfg)?;
+            let route = encode(Kind::Route, &route.metadata.name, &route)?;
+            if differs(&cfg, stored_configs.get(&key_of(&cfg))) {
+                new_configs.push((Kind::Configuration, cfg));
+            }
+            if differs(&route, stored_routes.get(&key_of(&route))) {
+                new_routes.push((Kind::Route, route));
+            }
         }
-        if !to_apply.is_empty() {
-            self.store.apply(to_apply).await?;
+        drop((stored_configs, stored_routes));
+        let (configs_changed, routes_changed) = (!new_configs.is_empty(), !new_routes.is_empty());
+        new_configs.extend(new_routes);
+        if !new_configs.is_empty() {
+            self.store.apply(new_configs).await?;
+        }
+        if configs_changed {
+            configs = self.list_typed(Kind::Configuration).await?;
+        }
+        if routes_changed {
+            routes = self.list_typed(Kind::Route).await?;
         }
 
         // Configuration → Revisions.
-        let configs: Vec<(Value, Configuration)> = self.list_typed(Kind::Configuration).await?;
         let mut revisions: Vec<(Value, Revision)> = self.list_typed(Kind::Revision).await?;
         let mut stamp_errors: HashMap<NamespacedName, String> = HashMap::new();
         let mut events: Vec<Event> = Vec::new();
         let mut to_apply = Vec::new();
+        let by_config = group_by_config(revisions.iter().map(|(_, r)| r));
+        let by_name: HashMap<(&str, &str), &Revision> = revisions
+            .iter()
+            .map(|(_, r)| ((r.metadata.namespace(), r.metadata.name.as_str()), r))
+            .collect();
         for (_, cfg) in &configs {
-            let same_ns: Vec<&Revision> = revisions
-                .iter()
-                .map(|(_, r)| r)
-                .filter(|r| r.metadata.namespace() == cfg.metadata.namespace())
-                .collect();
-            match configuration::revision_to_create(cfg, &same_ns) {
+            let ns = cfg.metadata.namespace();
+            let mut candidates: Vec<&Revision> = by_config
+                .get(&(ns, cfg.metadata.name.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            let byo = cfg.spec.template.metadata.name.as_str();
+            if let Some(r) = by_name.get(&(ns, byo))
+                && !candidates.iter().any(|c| c.metadata.name == byo)
+            {
+                candidates.push(r);
+            }
+            match configuration::revision_to_create(cfg, &candidates) {
                 configuration::Stamp::Exists => {}
                 configuration::Stamp::Create(new) => {
                     tracing::info!(revision = %new.metadata.name, "creating revision");
@@ -404,6 +435,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 }
             }
         }
+        drop((by_config, by_name));
         if !to_apply.is_empty() {
             self.store.apply(to_apply).await?;
             revisions = self.list_typed(Kind::Revision).await?;
@@ -432,12 +464,13 @@ impl<S: Store, R: Runtime> Controller<S, R> {
 
         // Configuration statuses.
         let mut config_status: HashMap<NamespacedName, ConfigurationStatus> = HashMap::new();
+        let observed_by_config = group_by_config(observed.iter());
         for (_, cfg) in &configs {
             let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
-            let mine: Vec<&Revision> = observed
-                .iter()
-                .filter(|r| configuration::owned_by(r, cfg))
-                .collect();
+            let mine: Vec<&Revision> = observed_by_config
+                .get(&(cfg.metadata.namespace(), cfg.metadata.name.as_str()))
+                .cloned()
+                .unwrap_or_default();
             let status = configuration::configuration_status(
                 cfg,
                 &mine,
@@ -446,8 +479,8 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             config_status.insert(key, status);
         }
 
+        drop(observed_by_config);
         // Route statuses and the traffic of every host.
-        let routes: Vec<(Value, Route)> = self.list_typed(Kind::Route).await?;
         let mut by_ns_configs: HashMap<&str, HashMap<String, ConfigurationStatus>> = HashMap::new();
         for (key, st) in &config_status {
             by_ns_configs
@@ -696,8 +729,16 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         wanted: &HashSet<NamespacedName>,
         statuses: &HashMap<NamespacedName, ConfigurationStatus>,
     ) -> Result<(), ReconcileError> {
+        let by_config = group_by_config(revisions.iter());
         for (_, cfg) in configs {
             let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
+            let Some(mine) = by_config.get(&(cfg.metadata.namespace(), cfg.metadata.name.as_str()))
+            else {
+                continue;
+            };
+            if mine.len() <= self.config.revision_history {
+                continue;
+            }
             let status = statuses.get(&key);
             let keep = |r: &Revision| {
                 let name = Some(&r.metadata.name);
@@ -705,10 +746,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                     || status.and_then(|s| s.latest_created_revision_name.as_ref()) == name
                     || status.and_then(|s| s.latest_ready_revision_name.as_ref()) == name
             };
-            let mut idle: Vec<&Revision> = revisions
-                .iter()
-                .filter(|r| configuration::owned_by(r, cfg) && !keep(r))
-                .collect();
+            let mut idle: Vec<&Revision> = mine.iter().copied().filter(|r| !keep(r)).collect();
             if idle.len() <= self.config.revision_history {
                 continue;
             }
@@ -757,6 +795,48 @@ impl route::UrlFor for Urls<'_> {
             _ => format!("http://{host}"),
         }
     }
+}
+
+/// `(namespace, name)` of a stored object.
+fn key_of(v: &Value) -> (String, String) {
+    let meta = &v["metadata"];
+    (
+        meta["namespace"].as_str().unwrap_or("default").to_owned(),
+        meta["name"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn by_key<'a>(objects: impl Iterator<Item = &'a Value>) -> HashMap<(String, String), &'a Value> {
+    objects.map(|o| (key_of(o), o)).collect()
+}
+
+/// Whether applying `desired` would change the stored object (what the store's apply
+/// compares: spec, labels, annotations, owner references).
+fn differs(desired: &Value, stored: Option<&&Value>) -> bool {
+    let Some(stored) = stored else { return true };
+    desired.get("spec") != stored.get("spec")
+        || ["labels", "annotations", "ownerReferences"]
+            .iter()
+            .any(|f| desired["metadata"].get(f) != stored["metadata"].get(f))
+}
+
+/// Revisions by (namespace, configuration label).
+fn group_by_config<'a>(
+    revisions: impl Iterator<Item = &'a Revision>,
+) -> HashMap<(&'a str, &'a str), Vec<&'a Revision>> {
+    let mut out: HashMap<(&str, &str), Vec<&Revision>> = HashMap::new();
+    for r in revisions {
+        if let Some(cfg) = r
+            .metadata
+            .labels
+            .get(sluice_crds::revision::CONFIGURATION_LABEL)
+        {
+            out.entry((r.metadata.namespace(), cfg.as_str()))
+                .or_default()
+                .push(r);
+        }
+    }
+    out
 }
 
 fn event(kind: Kind, ns: &str, name: &str, type_: &str, reason: &str, message: String) -> Event {
