@@ -47,16 +47,24 @@ impl Up {
                 }
             }
         });
-        loop {
-            let line = rx
-                .recv_timeout(WAIT)
-                .expect("sluice up announces its admin API");
-            if let Some(addr) = line.strip_prefix("sluice: admin API on http://") {
-                return Up {
-                    child,
-                    admin: addr.parse().unwrap(),
-                };
+        let mut admin = None;
+        while admin.is_none() {
+            match rx.recv_timeout(WAIT) {
+                Ok(line) => {
+                    admin = line
+                        .strip_prefix("sluice: admin API on http://")
+                        .map(|a| a.parse::<SocketAddr>().unwrap());
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("sluice up did not announce its admin API: {e}");
+                }
             }
+        }
+        Up {
+            child,
+            admin: admin.unwrap(),
         }
     }
 

@@ -273,13 +273,13 @@ pub fn human_duration(secs: u64) -> String {
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
     match secs {
         s if s < 120 => format!("{s}s"),
-        _ if m < 10 && secs % 60 != 0 => format!("{m}m{}s", secs % 60),
+        _ if m < 10 && !secs.is_multiple_of(60) => format!("{m}m{}s", secs % 60),
         _ if m < 180 => format!("{m}m"),
-        _ if h < 8 && m % 60 != 0 => format!("{h}h{}m", m % 60),
+        _ if h < 8 && !m.is_multiple_of(60) => format!("{h}h{}m", m % 60),
         _ if h < 48 => format!("{h}h"),
-        _ if h < 192 && h % 24 != 0 => format!("{d}d{}h", h % 24),
+        _ if h < 192 && !h.is_multiple_of(24) => format!("{d}d{}h", h % 24),
         _ if d < 365 * 2 => format!("{d}d"),
-        _ if d < 365 * 8 && d % 365 != 0 => format!("{}y{}d", d / 365, d % 365),
+        _ if d < 365 * 8 && !d.is_multiple_of(365) => format!("{}y{}d", d / 365, d % 365),
         _ => format!("{}y", d / 365),
     }
 }

@@ -161,6 +161,23 @@ pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) 
             );
         }
     }
+    let _ = writeln!(out, "Events:");
+    if events.is_empty() {
+        let _ = writeln!(out, "  <none>");
+    } else {
+        let _ = writeln!(out, "  {:<9}{:<22}{:<8}MESSAGE", "TYPE", "REASON", "AGE");
+        for e in events {
+            let when = serde_json::json!({"metadata": {"creationTimestamp": e["time"]}});
+            let _ = writeln!(
+                out,
+                "  {:<9}{:<22}{:<8}{}",
+                s(&e["type"]),
+                s(&e["reason"]),
+                age(&when),
+                s(&e["message"])
+            );
+        }
+    }
     out
 }
 
