@@ -70,6 +70,7 @@ impl std::fmt::Display for ApplyResult {
             ApplyOutcome::Created => "created",
             ApplyOutcome::Configured => "configured",
             ApplyOutcome::Unchanged => "unchanged",
+            ApplyOutcome::OwnerGone => "skipped (its owner is deleted)",
         };
         match group {
             Some(group) => write!(

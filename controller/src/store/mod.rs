@@ -69,6 +69,9 @@ pub enum ApplyOutcome {
     Configured,
     /// Nothing changed.
     Unchanged,
+    /// Not written: its controlling owner (`ownerReferences[controller=true]`) no longer
+    /// exists, so writing it would resurrect a child of a deleted object.
+    OwnerGone,
 }
 
 /// A change notification (the object's new state is read from the store).
@@ -128,7 +131,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<serde_json::Value>, StoreError>> + Send;
 
     /// Creates or updates the spec, labels and annotations of each object, all or none.
-    /// Status is kept.
+    /// Status is kept. An object whose controlling owner is gone is skipped (`OwnerGone`).
     fn apply(
         &self,
         objects: Vec<(Kind, serde_json::Value)>,

@@ -151,6 +151,32 @@ fn key_of(obj: &Value) -> Result<(String, String), StoreError> {
     Ok((ns.to_owned(), name.to_owned()))
 }
 
+/// Whether the object's controlling owner (same namespace) still exists with that uid.
+/// Objects without one always pass.
+fn owner_exists(tx: &Transaction, ns: &str, obj: &Value) -> Result<bool, StoreError> {
+    let Some(owner) = obj["metadata"]["ownerReferences"]
+        .as_array()
+        .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+    else {
+        return Ok(true);
+    };
+    let (Some(kind), Some(name), Some(uid)) = (
+        owner["kind"].as_str(),
+        owner["name"].as_str(),
+        owner["uid"].as_str(),
+    ) else {
+        return Ok(true);
+    };
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT uid FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+            params![kind, ns, name],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(stored.as_deref() == Some(uid))
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -231,6 +257,10 @@ impl Store for SqliteStore {
                 let mut changes = Vec::new();
                 for (kind, applied) in objects {
                     let (ns, name) = key_of(&applied)?;
+                    if !owner_exists(&tx, &ns, &applied)? {
+                        outcomes.push(ApplyOutcome::OwnerGone);
+                        continue;
+                    }
                     let existing = read(&tx, kind, &ns, &name)?;
                     let (outcome, mut merged) = merge(existing, applied);
                     if outcome != ApplyOutcome::Unchanged {
@@ -565,6 +595,46 @@ mod tests {
             .unwrap();
         assert_eq!(got["metadata"]["generation"], 2);
         assert_eq!(got["spec"]["predictor"]["minReplicas"], 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_child_of_a_deleted_owner_is_not_resurrected() {
+        let dir = temp_dir("owner");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .apply(vec![(Kind::InferenceService, isvc("a", 1))])
+            .await
+            .unwrap();
+        let owner = store
+            .get(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        let child = |uid: &Value| {
+            json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                   "metadata": {"name": "a-predictor", "namespace": "default",
+                     "ownerReferences": [{"apiVersion": "serving.kserve.io/v1beta1",
+                       "kind": "InferenceService", "name": "a", "uid": uid, "controller": true}]},
+                   "spec": {}})
+        };
+        let uid = owner["metadata"]["uid"].clone();
+        let out = store
+            .apply(vec![(Kind::Service, child(&uid))])
+            .await
+            .unwrap();
+        assert_eq!(out, [ApplyOutcome::Created]);
+        store
+            .delete(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap();
+        // A controller pass that read the owner before it was deleted writes the child again.
+        let out = store
+            .apply(vec![(Kind::Service, child(&uid))])
+            .await
+            .unwrap();
+        assert_eq!(out, [ApplyOutcome::OwnerGone]);
+        assert!(store.list(Kind::Service, None).await.unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
