@@ -104,7 +104,8 @@ fn name_of(raw: &Value) -> &str {
 }
 
 fn decode<T: DeserializeOwned>(kind: Kind, raw: &Value) -> Result<T, ReconcileError> {
-    serde_json::from_value(raw.clone()).map_err(|source| ReconcileError::Serde {
+    // Deserialize from the borrowed tree: no copy of every object on every pass.
+    T::deserialize(raw).map_err(|source| ReconcileError::Serde {
         kind,
         name: name_of(raw).to_owned(),
         source,
