@@ -185,6 +185,10 @@ async fn isvc_becomes_ready_and_rolls_out_blue_green() {
     assert_eq!(condition(&isvc, "Ready").0, "True", "{isvc:#}");
     assert_eq!(isvc["status"]["url"], "http://iris.default.example.test");
     assert_eq!(
+        isvc["status"]["address"]["url"],
+        "http://iris.default.example.test"
+    );
+    assert_eq!(
         isvc["status"]["components"]["predictor"]["latestReadyRevision"],
         "iris-predictor-00001"
     );

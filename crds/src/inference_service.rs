@@ -107,6 +107,9 @@ pub struct InferenceServiceStatus {
     /// Public URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Address (the URL, for clients in the same network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<crate::service::Addressable>,
     /// `PredictorReady`, `IngressReady`, `Ready`.
     #[serde(default)]
     pub conditions: Vec<Condition>,

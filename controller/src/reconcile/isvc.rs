@@ -275,6 +275,7 @@ pub fn isvc_status(
     let previous = isvc.status.clone().unwrap_or_default();
     let mut status = InferenceServiceStatus {
         url: None,
+        address: None,
         conditions: Vec::new(),
         components: BTreeMap::new(),
         observed_generation: isvc.metadata.generation,
@@ -363,6 +364,9 @@ pub fn isvc_status(
         .is_some_and(|c| !c.traffic.is_empty());
     let ingress = if routed {
         status.url = Some(url.to_owned());
+        status.address = Some(sluice_crds::service::Addressable {
+            url: Some(url.to_owned()),
+        });
         Condition::ok("IngressReady")
     } else {
         Condition::unknown(
