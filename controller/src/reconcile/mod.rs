@@ -49,7 +49,8 @@ pub struct ControllerConfig {
     pub domain: String,
     /// Port shown in URLs (the router's), omitted when 80.
     pub url_port: Option<u16>,
-    /// Interval of the safety-net resync.
+    /// Interval of the safety-net resync (stretched to four times the last pass's
+    /// duration, so that resyncs of a large store never take more than a fifth of a core).
     pub resync: Duration,
     /// Revisions kept per configuration beyond those routed, latest created and latest
     /// ready; older ones are deleted (Knative's `min-non-active-revisions`, default 20).
@@ -169,8 +170,6 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     ) {
         let mut changes = self.store.watch();
         let mut runtime_changes = self.runtime.changes();
-        let mut resync = tokio::time::interval(self.config.resync);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Decisions are drained all the time, also during a pass: a pass registers every
         // new revision with the autoscaler, which answers each with a decision; waiting for
         // the pass to end before reading them would fill the channel and stall both sides.
@@ -210,10 +209,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                     sluice_core::error_chain(&e)
                 );
             }
-            tracing::debug!(
-                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                "reconcile pass"
-            );
+            let elapsed = started.elapsed();
+            tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "reconcile pass");
+            let resync = tokio::time::sleep(self.config.resync.max(elapsed * 4));
             if let Some(done) = self.first_pass.take() {
                 let _ = done.send(());
             }
@@ -228,7 +226,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                         break;
                     }
                 }
-                _ = resync.tick() => {}
+                () = resync => {}
                 () = &mut shutdown => break,
             }
             // Coalesce whatever else arrived meanwhile into the next pass.
