@@ -14,7 +14,7 @@ use sluice_crds::Kind;
 
 use crate::up::manifest_files;
 
-const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Flags of `sluice apply`.
@@ -47,7 +47,7 @@ pub struct GetArgs {
     /// Namespace.
     #[arg(short, long, default_value = "default")]
     namespace: String,
-    /// List across all namespaces.
+    /// List across all namespaces (cluster-scoped kinds always are).
     #[arg(short = 'A', long)]
     all_namespaces: bool,
     /// Output format; a table when absent.
@@ -73,7 +73,7 @@ pub struct DeleteArgs {
     server: String,
 }
 
-async fn call(
+pub(crate) async fn call(
     method: http::Method,
     url: String,
     body: Option<Vec<u8>>,
@@ -99,13 +99,13 @@ async fn call(
     Ok((status, value))
 }
 
-fn kind(name: &str) -> anyhow::Result<Kind> {
+pub(crate) fn kind(name: &str) -> anyhow::Result<Kind> {
     Kind::from_user_name(name).with_context(|| {
-        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, revision/rev)")
+        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, configuration/config, revision/rev, route/rt, servingruntime, clusterservingruntime)")
     })
 }
 
-fn server_error(status: http::StatusCode, body: &Value) -> anyhow::Error {
+pub(crate) fn server_error(status: http::StatusCode, body: &Value) -> anyhow::Error {
     let message = body["error"]
         .as_str()
         .map_or_else(|| body.to_string(), str::to_owned);
@@ -155,7 +155,9 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let base = args.server.trim_end_matches('/');
     let url = match &args.name {
         Some(name) => format!("{base}/v1/{}/{}/{name}", kind.plural(), args.namespace),
-        None if args.all_namespaces => format!("{base}/v1/{}", kind.plural()),
+        None if args.all_namespaces || kind.cluster_scoped() => {
+            format!("{base}/v1/{}", kind.plural())
+        }
         None => format!("{base}/v1/{}?namespace={}", kind.plural(), args.namespace),
     };
     let (status, body) = call(http::Method::GET, url, None).await?;
@@ -208,14 +210,14 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+pub(crate) fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
     obj["status"]["conditions"]
         .as_array()?
         .iter()
         .find(|c| c["type"] == type_)
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -236,22 +238,115 @@ fn reason(o: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The percent and revision of the predictor's traffic target matching `pick`.
+fn predictor_target(o: &Value, pick: impl Fn(&Value) -> bool) -> Option<&Value> {
+    o["status"]["components"]["predictor"]["traffic"]
+        .as_array()?
+        .iter()
+        .find(|t| pick(t))
+}
+
+fn is_prev(t: &Value) -> bool {
+    t["tag"] == "prev"
+}
+
+fn is_latest(t: &Value) -> bool {
+    t["latestRevision"] == true
+}
+
+/// Age as kubectl prints it (`45s`, `5m12s`, `3h4m`, `2d`).
+pub fn age(o: &Value) -> String {
+    let Some(created) = o["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+    else {
+        return "<unknown>".into();
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(created)
+        .map_or(0, |d| d.as_secs());
+    human_duration(secs)
+}
+
+/// Kubernetes' `HumanDuration`.
+pub fn human_duration(secs: u64) -> String {
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        _ if m < 10 && !secs.is_multiple_of(60) => format!("{m}m{}s", secs % 60),
+        _ if m < 180 => format!("{m}m"),
+        _ if h < 8 && !m.is_multiple_of(60) => format!("{h}h{}m", m % 60),
+        _ if h < 48 => format!("{h}h"),
+        _ if h < 192 && !h.is_multiple_of(24) => format!("{d}d{}h", h % 24),
+        _ if d < 365 * 2 => format!("{d}d"),
+        _ if d < 365 * 8 && !d.is_multiple_of(365) => format!("{}y{}d", d / 365, d % 365),
+        _ => format!("{}y", d / 365),
+    }
+}
+
+/// kn's `CONDITIONS`: `3 OK / 3` (and ` 1 ERR`, ` 1 ??` when some are False/Unknown).
+fn conditions_summary(o: &Value) -> String {
+    let conditions = o["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let count = |st: &str| conditions.iter().filter(|c| c["status"] == st).count();
+    let mut out = format!("{} OK / {}", count("True"), conditions.len());
+    if count("False") > 0 {
+        out = format!(
+            "{} OK / {} {} ERR",
+            count("True"),
+            conditions.len(),
+            count("False")
+        );
+    }
+    out
+}
+
 fn columns(kind: Kind) -> Vec<Column> {
     let name: Column = ("NAME", |o| s(&o["metadata"]["name"]));
     let url: Column = ("URL", |o| s(&o["status"]["url"]));
+    let age_col: Column = ("AGE", age);
     match kind {
+        // `kubectl get isvc`.
         Kind::InferenceService => vec![
             name,
             url,
             ("READY", ready),
-            ("LATESTREADYREVISION", |o| {
-                s(&o["status"]["components"]["predictor"]["latestReadyRevision"])
+            ("PREV", |o| {
+                predictor_target(o, is_prev)
+                    .map(|t| s(&t["percent"]))
+                    .unwrap_or_default()
             }),
-            ("REASON", reason),
+            ("LATEST", |o| {
+                predictor_target(o, is_latest)
+                    .map(|t| s(&t["percent"]))
+                    .unwrap_or_default()
+            }),
+            ("PREVROLLEDOUTREVISION", |o| {
+                predictor_target(o, is_prev)
+                    .map(|t| s(&t["revisionName"]))
+                    .unwrap_or_default()
+            }),
+            ("LATESTREADYREVISION", |o| {
+                predictor_target(o, is_latest)
+                    .map(|t| s(&t["revisionName"]))
+                    .unwrap_or_default()
+            }),
+            age_col,
         ],
+        // `kn service list`.
         Kind::Service => vec![
             name,
             url,
+            ("LATEST", |o| s(&o["status"]["latestReadyRevisionName"])),
+            age_col,
+            ("CONDITIONS", conditions_summary),
+            ("READY", ready),
+            ("REASON", reason),
+        ],
+        Kind::Configuration => vec![
+            name,
             ("LATESTCREATED", |o| {
                 s(&o["status"]["latestCreatedRevisionName"])
             }),
@@ -261,6 +356,8 @@ fn columns(kind: Kind) -> Vec<Column> {
             ("READY", ready),
             ("REASON", reason),
         ],
+        Kind::Route => vec![name, url, ("READY", ready), ("REASON", reason)],
+        // `kn revision list`, plus the replica counts.
         Kind::Revision => vec![
             name,
             ("SERVICE", |o| {
@@ -269,10 +366,22 @@ fn columns(kind: Kind) -> Vec<Column> {
             ("GENERATION", |o| {
                 s(&o["metadata"]["labels"]["serving.knative.dev/configurationGeneration"])
             }),
+            age_col,
+            ("CONDITIONS", conditions_summary),
             ("READY", ready),
             ("ACTUAL", |o| s(&o["status"]["actualReplicas"])),
             ("DESIRED", |o| s(&o["status"]["desiredReplicas"])),
             ("REASON", reason),
+        ],
+        // `kubectl get servingruntimes`.
+        Kind::ServingRuntime | Kind::ClusterServingRuntime => vec![
+            name,
+            ("DISABLED", |o| s(&o["spec"]["disabled"])),
+            ("MODELTYPE", |o| {
+                s(&o["spec"]["supportedModelFormats"][0]["name"])
+            }),
+            ("CONTAINERS", |o| s(&o["spec"]["containers"][0]["name"])),
+            age_col,
         ],
     }
 }
@@ -304,5 +413,77 @@ fn print_table(kind: Kind, items: &[Value], with_namespace: bool) {
     line(header.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isvc_columns_read_the_predictor_traffic() {
+        let o = serde_json::json!({
+            "metadata": {"name": "iris"},
+            "status": {"url": "http://iris.default.localhost", "conditions": [{"type": "Ready", "status": "True"}],
+              "components": {"predictor": {"traffic": [
+                {"tag": "latest", "revisionName": "iris-predictor-00002", "latestRevision": true, "percent": 10},
+                {"tag": "prev", "revisionName": "iris-predictor-00001", "latestRevision": false, "percent": 90}]}}}
+        });
+        let cells: Vec<String> = columns(Kind::InferenceService)
+            .iter()
+            .map(|(_, f)| f(&o))
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "iris",
+                "http://iris.default.localhost",
+                "True",
+                "90",
+                "10",
+                "iris-predictor-00001",
+                "iris-predictor-00002",
+                "<unknown>"
+            ]
+        );
+        let headers: Vec<&str> = columns(Kind::InferenceService)
+            .iter()
+            .map(|(h, _)| *h)
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                "NAME",
+                "URL",
+                "READY",
+                "PREV",
+                "LATEST",
+                "PREVROLLEDOUTREVISION",
+                "LATESTREADYREVISION",
+                "AGE"
+            ]
+        );
+        let headers: Vec<&str> = columns(Kind::Service).iter().map(|(h, _)| *h).collect();
+        assert_eq!(
+            headers,
+            [
+                "NAME",
+                "URL",
+                "LATEST",
+                "AGE",
+                "CONDITIONS",
+                "READY",
+                "REASON"
+            ]
+        );
+    }
+
+    #[test]
+    fn ages_print_as_kubectl() {
+        assert_eq!(human_duration(45), "45s");
+        assert_eq!(human_duration(312), "5m12s");
+        assert_eq!(human_duration(3600 * 3 + 240), "3h4m");
+        assert_eq!(human_duration(86400 * 2), "2d");
+        assert_eq!(human_duration(86400 * 3 + 3600 * 5), "3d5h");
     }
 }

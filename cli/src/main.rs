@@ -4,7 +4,9 @@
 //! module.
 
 mod autoscaler;
+mod canary;
 mod client;
+mod describe;
 mod hello;
 mod model_server;
 mod queue;
@@ -30,10 +32,16 @@ enum Command {
     Up(up::UpArgs),
     /// Apply manifests (files or folders of *.yaml) to a running `sluice up`.
     Apply(client::ApplyArgs),
-    /// Show objects: inferenceservice/isvc, service/ksvc, revision/rev.
+    /// Show objects: isvc, ksvc, configuration, revision, route, servingruntime, clusterservingruntime.
     Get(client::GetArgs),
+    /// Show one object's conditions, traffic, model status and what it owns.
+    Describe(describe::DescribeArgs),
     /// Delete an object and everything it owns.
     Delete(client::DeleteArgs),
+    /// Promote an InferenceService's canary: the latest revision takes all traffic.
+    Promote(canary::CanaryArgs),
+    /// Roll an InferenceService back: all traffic to its last rolled-out revision.
+    Rollback(canary::CanaryArgs),
     /// Serve one model over the Open Inference Protocol (a revision's replica).
     ModelServer(model_server::ModelServerArgs),
     /// Autoscaler tools: a trace simulator and a trace generator.
@@ -63,7 +71,10 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Apply(args) => client::apply(args).await,
             Command::Get(args) => client::get(args).await,
+            Command::Describe(args) => describe::run(args).await,
             Command::Delete(args) => client::delete(args).await,
+            Command::Promote(args) => canary::run(args, canary::Edit::Promote).await,
+            Command::Rollback(args) => canary::run(args, canary::Edit::Rollback).await,
             Command::ModelServer(args) => model_server::run(args).await,
             Command::Autoscaler(args) => autoscaler::run(args),
             Command::Queue(args) => queue::run(args).await,

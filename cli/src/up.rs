@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// Autoscaler decision interval.
     #[arg(long, env = "SLUICE_AUTOSCALER_TICK", default_value = "2s", value_parser = humantime::parse_duration)]
     autoscaler_tick: Duration,
+    /// Old revisions kept per configuration beyond those routed, latest created and latest
+    /// ready; older ones are deleted.
+    #[arg(long, env = "SLUICE_REVISION_HISTORY", default_value_t = 20)]
+    revision_history: usize,
     /// Requests the activator buffers per revision before answering 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
     activator_queue: usize,
@@ -58,6 +62,17 @@ pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
         {
             let p = entry?.path();
             let is_yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            // kustomize's own file is not an API object (kubectl applies it with -k).
+            let is_kustomization = p
+                .file_stem()
+                .is_some_and(|s| s.eq_ignore_ascii_case("kustomization"));
+            if is_kustomization {
+                eprintln!(
+                    "Warning: skipping {}: a kustomize file, not an API object",
+                    p.display()
+                );
+                continue;
+            }
             if is_yaml && p.is_file() {
                 paths.push(p);
             }
@@ -152,6 +167,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             domain: args.domain.clone(),
             url_port: Some(router_addr.port()),
             resync: Duration::from_secs(1),
+            revision_history: args.revision_history,
         },
         store.clone(),
         runtime,
@@ -160,10 +176,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     // Publish routes for what the store holds before the router takes its first request.
     let mut controller = controller;
-    if let Err(e) = controller.reconcile_all().await {
-        tracing::warn!("first reconcile failed: {e}");
-    }
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    controller.notify_first_pass(first_tx);
     let controller_task = tokio::spawn(controller.run(decisions_rx, stopped()));
+    if first_rx.await.is_err() {
+        tracing::warn!("the controller stopped before its first pass");
+    }
 
     let router = Arc::new(Router::new(snapshot_rx, activator, Forwarder::new()));
     let router_task = tokio::spawn(sluice_router::serve(

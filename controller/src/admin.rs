@@ -4,7 +4,8 @@
 //! `POST /v1/apply` takes manifest files (text plus the folder relative paths resolve
 //! against) and applies all their documents in one transaction, or none when any is
 //! invalid. `GET /v1/{kind}[/{namespace}/{name}]` reads (`?after=RV` waits for a change
-//! of one object, as a long poll); `DELETE` deletes with cascade.
+//! of one object, as a long poll); `PUT` edits one object under optimistic concurrency;
+//! `GET …/events` lists what happened to it; `DELETE` deletes with cascade.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use sluice_crds::{Kind, ManifestError, parse_manifests};
+use sluice_crds::{Kind, ManifestError, parse_manifests, parse_object};
 
 use crate::store::{ApplyOutcome, Store, StoreError};
 
@@ -69,6 +70,7 @@ impl std::fmt::Display for ApplyResult {
             ApplyOutcome::Created => "created",
             ApplyOutcome::Configured => "configured",
             ApplyOutcome::Unchanged => "unchanged",
+            ApplyOutcome::OwnerGone => "skipped (its owner is deleted)",
         };
         match group {
             Some(group) => write!(
@@ -153,8 +155,9 @@ pub fn router<S: Store + Clone>(store: S) -> Router {
         .route("/v1/{kind}", get(list::<S>))
         .route(
             "/v1/{kind}/{namespace}/{name}",
-            get(get_one::<S>).delete(delete::<S>),
+            get(get_one::<S>).put(update::<S>).delete(delete::<S>),
         )
+        .route("/v1/{kind}/{namespace}/{name}/events", get(events::<S>))
         .layer(DefaultBodyLimit::max(MAX_APPLY_BYTES))
         .with_state(Arc::new(store))
 }
@@ -175,7 +178,9 @@ fn store_error(e: StoreError) -> Response {
 fn unknown_kind(name: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
-        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, revision/rev)"),
+        format!(
+            "unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, configuration/config, revision/rev, route/rt, servingruntime, clusterservingruntime)"
+        ),
     )
 }
 
@@ -285,6 +290,68 @@ async fn get_one<S: Store>(
             StatusCode::NOT_FOUND,
             format!("{} {ns}/{name} not found", kind.plural()),
         ),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `GET …/events`: what happened to one object, oldest first.
+async fn events<S: Store>(
+    State(store): State<Arc<S>>,
+    Path((k, ns, name)): Path<(String, String, String)>,
+) -> Response {
+    let Some(kind) = Kind::from_user_name(&k) else {
+        return unknown_kind(&k);
+    };
+    match store.events(kind, &ns, &name).await {
+        Ok(items) => Json(serde_json::json!({ "items": items })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `PUT`: replaces an object's spec, labels and annotations; the body's
+/// `metadata.resourceVersion` must still be the stored one (409 otherwise).
+async fn update<S: Store>(
+    State(store): State<Arc<S>>,
+    Path((k, ns, name)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(kind) = Kind::from_user_name(&k) else {
+        return unknown_kind(&k);
+    };
+    let object: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid object: {e}")),
+    };
+    let source = format!("{}/{ns}/{name}", kind.plural());
+    let manifest = match parse_object(object, &source, std::path::Path::new("/")) {
+        Ok(m) => m,
+        Err(errors) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({
+                    "error": "invalid object; nothing was changed",
+                    "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })),
+            )
+                .into_response();
+        }
+    };
+    let meta = &manifest.object["metadata"];
+    if manifest.kind != kind || meta["name"] != name.as_str() || meta["namespace"] != ns.as_str() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not {} {ns}/{name}", kind.name()),
+        );
+    }
+    match store.update(kind, manifest.object).await {
+        Ok((outcome, _)) => Json(serde_json::json!({ "result": ApplyResult {
+            kind: kind.name().to_owned(),
+            namespace: ns,
+            name,
+            outcome,
+            warnings: manifest.warnings,
+        }}))
+        .into_response(),
         Err(e) => store_error(e),
     }
 }
@@ -438,6 +505,60 @@ mod tests {
         let (status, changed) = waiter.await.unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_ne!(changed["metadata"]["resourceVersion"].as_str().unwrap(), rv);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn put_edits_with_optimistic_concurrency_and_validation() {
+        let dir = std::env::temp_dir().join(format!("sluice-admin-put-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir).unwrap();
+        let app = router(store.clone());
+        call(app.clone(), apply_req(&[("good.yaml", IRIS)])).await;
+        let (_, read) = call(
+            app.clone(),
+            Request::get("/v1/isvc/default/iris")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        let put = |obj: &serde_json::Value| {
+            Request::put("/v1/isvc/default/iris")
+                .body(Body::from(obj.to_string()))
+                .unwrap()
+        };
+        let mut edit = read.clone();
+        edit["spec"]["predictor"]["canaryTrafficPercent"] = serde_json::json!(10);
+        let (status, body) = call(app.clone(), put(&edit)).await;
+        assert_eq!(
+            (status, &body["result"]["outcome"]),
+            (StatusCode::OK, &serde_json::json!("configured"))
+        );
+        // The same stale read again: refused.
+        let (status, body) = call(app.clone(), put(&edit)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("conflict: InferenceService default/iris was modified")
+        );
+        // An invalid edit names its field and changes nothing.
+        let (_, fresh) = call(
+            app.clone(),
+            Request::get("/v1/isvc/default/iris")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        let mut bad = fresh.clone();
+        bad["spec"]["predictor"]["canaryTrafficPercent"] = serde_json::json!(120);
+        let (status, body) = call(app.clone(), put(&bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["errors"][0],
+            "inferenceservices/default/iris: spec.predictor.canaryTrafficPercent: expected 0 <= 120 <= 100"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -135,6 +135,7 @@ impl Harness {
                 domain: "example.test".into(),
                 url_port: None,
                 resync: std::time::Duration::from_secs(1),
+                revision_history: 2,
             },
             store.clone(),
             runtime.clone(),
@@ -183,6 +184,10 @@ async fn isvc_becomes_ready_and_rolls_out_blue_green() {
     let isvc = h.get(Kind::InferenceService, "iris").await;
     assert_eq!(condition(&isvc, "Ready").0, "True", "{isvc:#}");
     assert_eq!(isvc["status"]["url"], "http://iris.default.example.test");
+    assert_eq!(
+        isvc["status"]["address"]["url"],
+        "http://iris.default.example.test"
+    );
     assert_eq!(
         isvc["status"]["components"]["predictor"]["latestReadyRevision"],
         "iris-predictor-00001"
@@ -330,4 +335,488 @@ async fn first_revision_is_routed_through_the_activator_and_its_failure_is_carri
             .unwrap()
             .contains("cannot load model")
     );
+}
+
+fn text_file(source: &str, text: &str) -> ManifestFile {
+    ManifestFile {
+        source: source.into(),
+        base_dir: PathBuf::from("/models"),
+        text: text.into(),
+    }
+}
+
+fn hello(target: &str, traffic: &str) -> ManifestFile {
+    text_file(
+        "hello.yaml",
+        &format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: hello}}\nspec:\n  \
+             template:\n    spec:\n      containers:\n      - command: [sluice, hello]\n        \
+             env: [{{name: TARGET, value: {target}}}]\n{traffic}"
+        ),
+    )
+}
+
+async fn revision_names(h: &Harness) -> Vec<String> {
+    h.store
+        .list(Kind::Revision, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn target_names(snap: &RoutingSnapshot, host: &str) -> Vec<(String, u32)> {
+    snap.route_for_host(host)
+        .unwrap_or_else(|| panic!("{host} is not routed: {:?}", snap.hosts.keys()))
+        .targets
+        .iter()
+        .map(|t| (t.revision.name.clone(), t.percent))
+        .collect()
+}
+
+#[tokio::test]
+async fn knative_service_stamps_revisions_once_and_splits_traffic_with_tags() {
+    let mut h = Harness::new("ksvc");
+    let results = apply_files(&h.store, &[hello("v1", "")]).await.unwrap();
+    assert_eq!(
+        results[0].to_string(),
+        "service.serving.knative.dev/hello created"
+    );
+    h.settle().await;
+
+    let svc = h.get(Kind::Service, "hello").await;
+    assert_eq!(condition(&svc, "Ready").0, "True", "{svc:#}");
+    assert_eq!(svc["status"]["url"], "http://hello.default.example.test");
+    assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
+    assert_eq!(
+        svc["status"]["traffic"],
+        serde_json::json!([{"revisionName": "hello-00001", "latestRevision": true, "percent": 100}])
+    );
+    let cfg = h.get(Kind::Configuration, "hello").await;
+    assert_eq!(cfg["metadata"]["ownerReferences"][0]["kind"], "Service");
+    assert_eq!(cfg["status"]["latestCreatedRevisionName"], "hello-00001");
+    let route = h.get(Kind::Route, "hello").await;
+    assert_eq!(condition(&route, "AllTrafficAssigned").0, "True");
+    let rev = h.get(Kind::Revision, "hello-00001").await;
+    assert_eq!(
+        rev["spec"]["timeoutSeconds"], 300,
+        "Knative's defaults: {rev:#}"
+    );
+    assert_eq!(rev["spec"]["containers"][0]["name"], "user-container");
+    let command = h.runtime.state.lock().unwrap()[&NamespacedName::new("default", "hello-00001")]
+        .1
+        .clone();
+    assert_eq!(&command[..2], ["sluice", "queue"], "{command:?}");
+    assert!(command.ends_with(&["--".into(), "sluice".into(), "hello".into()]));
+
+    // The same manifest again: nothing changes, no new revision.
+    let results = apply_files(&h.store, &[hello("v1", "")]).await.unwrap();
+    assert_eq!(
+        results[0].to_string(),
+        "service.serving.knative.dev/hello unchanged"
+    );
+    h.settle().await;
+    assert_eq!(revision_names(&h).await, ["hello-00001"]);
+
+    // A new template with a 50/50 split between tagged revisions.
+    let split = "  traffic:\n  - {revisionName: hello-00001, percent: 50, tag: blue}\n  \
+                 - {latestRevision: true, percent: 50, tag: green}\n";
+    apply_files(&h.store, &[hello("v2", split)]).await.unwrap();
+    h.settle().await;
+    assert_eq!(revision_names(&h).await, ["hello-00001", "hello-00002"]);
+    let svc = h.get(Kind::Service, "hello").await;
+    assert_eq!(
+        svc["status"]["traffic"],
+        serde_json::json!([
+            {"tag": "blue", "revisionName": "hello-00001", "latestRevision": false, "percent": 50,
+             "url": "http://blue-hello.default.example.test"},
+            {"tag": "green", "revisionName": "hello-00002", "latestRevision": true, "percent": 50,
+             "url": "http://green-hello.default.example.test"},
+        ])
+    );
+    let snap = h.snapshot.borrow().clone();
+    assert_eq!(
+        target_names(&snap, "hello.default.example.test"),
+        [("hello-00001".into(), 50), ("hello-00002".into(), 50)]
+    );
+    assert_eq!(
+        target_names(&snap, "blue-hello.default.example.test"),
+        [("hello-00001".into(), 100)]
+    );
+    assert_eq!(
+        target_names(&snap, "green-hello.default.example.test"),
+        [("hello-00002".into(), 100)]
+    );
+
+    // A traffic-only change stamps no revision; a 0% tag keeps its own URL.
+    let shift = "  traffic:\n  - {revisionName: hello-00001, percent: 0, tag: blue}\n  \
+                 - {latestRevision: true, percent: 100}\n";
+    apply_files(&h.store, &[hello("v2", shift)]).await.unwrap();
+    h.settle().await;
+    assert_eq!(revision_names(&h).await, ["hello-00001", "hello-00002"]);
+    let snap = h.snapshot.borrow().clone();
+    assert_eq!(
+        target_names(&snap, "hello.default.example.test"),
+        [("hello-00002".into(), 100)]
+    );
+    assert_eq!(
+        target_names(&snap, "blue-hello.default.example.test"),
+        [("hello-00001".into(), 100)]
+    );
+
+    // A broken template: latestRevision keeps following the latest *ready* revision.
+    *h.runtime.failing_arg.lock().unwrap() = Some("broken".into());
+    let broken = hello("v3", "")
+        .text
+        .replace("[sluice, hello]", "[sluice, hello, broken]");
+    apply_files(&h.store, &[text_file("hello.yaml", &broken)])
+        .await
+        .unwrap();
+    h.settle().await;
+    let svc = h.get(Kind::Service, "hello").await;
+    assert_eq!(svc["status"]["latestCreatedRevisionName"], "hello-00003");
+    assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00002");
+    assert_eq!(svc["status"]["traffic"][0]["revisionName"], "hello-00002");
+    assert_eq!(
+        condition(&svc, "Ready"),
+        ("False".into(), "RevisionFailed".into())
+    );
+    let cfg = h.get(Kind::Configuration, "hello").await;
+    assert_eq!(
+        condition(&cfg, "Ready"),
+        ("False".into(), "RevisionFailed".into())
+    );
+    let snap = h.snapshot.borrow().clone();
+    assert_eq!(
+        target_names(&snap, "hello.default.example.test"),
+        [("hello-00002".into(), 100)]
+    );
+
+    // Deleting the Service deletes its Configuration, Route and Revisions.
+    h.store
+        .delete(Kind::Service, "default", "hello")
+        .await
+        .unwrap();
+    h.settle().await;
+    assert!(revision_names(&h).await.is_empty());
+    assert!(h.store.list(Kind::Route, None).await.unwrap().is_empty());
+    assert!(h.snapshot.borrow().hosts.is_empty());
+}
+
+#[tokio::test]
+async fn brought_revision_names_are_used_and_an_image_without_command_is_not_ready() {
+    let mut h = Harness::new("byo");
+    let text = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  \
+                template:\n    metadata: {name: web-blue}\n    spec:\n      containers:\n      \
+                - image: ghcr.io/knative/helloworld-go:latest\n";
+    let results = apply_files(&h.store, &[text_file("web.yaml", text)])
+        .await
+        .unwrap();
+    assert!(
+        results[0].warnings[0].contains("local mode runs no images"),
+        "{:?}",
+        results[0].warnings
+    );
+    h.settle().await;
+    assert_eq!(revision_names(&h).await, ["web-blue"]);
+    let rev = h.get(Kind::Revision, "web-blue").await;
+    assert_eq!(
+        condition(&rev, "Ready"),
+        ("False".into(), "ContainerMissing".into())
+    );
+    let svc = h.get(Kind::Service, "web").await;
+    let (status, reason) = condition(&svc, "Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "RevisionFailed")
+    );
+    let message = svc["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("ghcr.io/knative/helloworld-go:latest"),
+        "{message}"
+    );
+    // Re-applied as is: still one revision.
+    apply_files(&h.store, &[text_file("web.yaml", text)])
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(revision_names(&h).await, ["web-blue"]);
+}
+
+#[tokio::test]
+async fn invalid_documents_refuse_the_whole_file_with_upstream_messages() {
+    let h = Harness::new("invalid");
+    let good = manifest("./v1").text;
+    let bad = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: hello}\nspec:\n  \
+               template:\n    spec:\n      containerConcurrency: 5000\n      timeoutSeconds: 900\n      \
+               containers: [{command: [x]}]\n  traffic:\n  - {latestRevision: true, percent: 60, tag: a}\n  \
+               - {revisionName: hello-00001, percent: 30, tag: a}\n";
+    let err = apply_files(
+        &h.store,
+        &[text_file("both.yaml", &format!("{good}---\n{bad}"))],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "both.yaml: document 2: spec.template.spec.containerConcurrency: expected 0 <= 5000 <= 1000",
+            "both.yaml: document 2: spec.template.spec.timeoutSeconds: expected 0 <= 900 <= 600",
+            "both.yaml: document 2: spec.traffic[1].tag, spec.traffic[0].tag: Multiple definitions for \"a\"",
+            "both.yaml: document 2: spec.traffic: Traffic targets sum to 90, want 100",
+        ]
+    );
+    assert!(
+        h.store
+            .list(Kind::InferenceService, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn canary_isvc(storage: &str, canary: Option<i64>) -> ManifestFile {
+    let canary = canary.map_or(String::new(), |p| {
+        format!("    canaryTrafficPercent: {p}\n")
+    });
+    text_file(
+        "iris.yaml",
+        &format!(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: iris\n  \
+             annotations: {{serving.kserve.io/enable-tag-routing: \"true\"}}\nspec:\n  predictor:\n{canary}    \
+             model:\n      modelFormat: {{name: sluice-mlp}}\n      storageUri: {storage}\n"
+        ),
+    )
+}
+
+/// (revision, percent, tag, latestRevision) of the predictor's traffic.
+type Split = Vec<(String, i64, Option<String>, bool)>;
+
+async fn rollout_state(h: &Harness) -> (Split, String, String) {
+    let isvc = h.get(Kind::InferenceService, "iris").await;
+    let p = &isvc["status"]["components"]["predictor"];
+    let traffic = p["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["revisionName"].as_str().unwrap().to_owned(),
+                t["percent"].as_i64().unwrap(),
+                t["tag"].as_str().map(str::to_owned),
+                t["latestRevision"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (
+        traffic,
+        s(&p["latestRolledoutRevision"]),
+        s(&p["previousRolledoutRevision"]),
+    )
+}
+
+fn split(entries: &[(&str, i64, Option<&str>, bool)]) -> Split {
+    entries
+        .iter()
+        .map(|(r, p, t, l)| ((*r).to_owned(), *p, t.map(str::to_owned), *l))
+        .collect()
+}
+
+#[tokio::test]
+async fn canary_promote_and_rollback_follow_kserve() {
+    let mut h = Harness::new("canary");
+    let (r1, r2, r3) = (
+        "iris-predictor-00001",
+        "iris-predictor-00002",
+        "iris-predictor-00003",
+    );
+
+    // v1: blue-green, all traffic to the first revision, which is rolled out.
+    apply_files(&h.store, &[canary_isvc("/m/v1", None)])
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(
+        rollout_state(&h).await,
+        (
+            split(&[(r1, 100, Some("latest"), true)]),
+            r1.into(),
+            String::new()
+        )
+    );
+
+    // v2 at 10%: the latest gets 10, the rolled-out one 90 under `prev`.
+    apply_files(&h.store, &[canary_isvc("/m/v2", Some(10))])
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(
+        rollout_state(&h).await,
+        (
+            split(&[
+                (r2, 10, Some("latest"), true),
+                (r1, 90, Some("prev"), false)
+            ]),
+            r1.into(),
+            String::new()
+        )
+    );
+    let snap = h.snapshot.borrow().clone();
+    assert_eq!(
+        target_names(&snap, "iris.default.example.test"),
+        [(r2.into(), 10), (r1.into(), 90)]
+    );
+    assert_eq!(
+        target_names(&snap, "prev-iris-predictor.default.example.test"),
+        [(r1.into(), 100)]
+    );
+    assert_eq!(
+        target_names(&snap, "latest-iris-predictor.default.example.test"),
+        [(r2.into(), 100)]
+    );
+
+    // Promote: remove canaryTrafficPercent.
+    apply_files(&h.store, &[canary_isvc("/m/v2", None)])
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(
+        rollout_state(&h).await,
+        (
+            split(&[(r2, 100, Some("latest"), true)]),
+            r2.into(),
+            r1.into()
+        )
+    );
+
+    // v3 at 20%.
+    apply_files(&h.store, &[canary_isvc("/m/v3", Some(20))])
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(
+        rollout_state(&h).await,
+        (
+            split(&[
+                (r3, 20, Some("latest"), true),
+                (r2, 80, Some("prev"), false)
+            ]),
+            r2.into(),
+            r1.into()
+        )
+    );
+
+    // Rollback: canaryTrafficPercent 0 pins everything to `prev`, with no new revision.
+    apply_files(&h.store, &[canary_isvc("/m/v3", Some(0))])
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(
+        rollout_state(&h).await,
+        (
+            split(&[
+                (r3, 0, Some("latest"), true),
+                (r2, 100, Some("prev"), false)
+            ]),
+            r2.into(),
+            r1.into()
+        )
+    );
+    assert_eq!(revision_names(&h).await, [r1, r2, r3]);
+    let snap = h.snapshot.borrow().clone();
+    assert_eq!(
+        target_names(&snap, "iris.default.example.test"),
+        [(r2.into(), 100)]
+    );
+    let isvc = h.get(Kind::InferenceService, "iris").await;
+    assert_eq!(
+        isvc["status"]["modelStatus"]["transitionStatus"],
+        "UpToDate"
+    );
+}
+
+#[tokio::test]
+async fn old_revisions_beyond_the_history_limit_are_deleted() {
+    let mut h = Harness::new("gc");
+    for v in 1..=6 {
+        apply_files(&h.store, &[hello(&format!("v{v}"), "")])
+            .await
+            .unwrap();
+        h.settle().await;
+    }
+    // Routed (00006) plus the two newest idle ones (history 2).
+    assert_eq!(
+        revision_names(&h).await,
+        ["hello-00004", "hello-00005", "hello-00006"]
+    );
+}
+
+#[tokio::test]
+async fn every_upstream_kserve_sample_and_runtime_applies() {
+    let mut h = Harness::new("upstream");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kserve");
+    let mut runtimes = Vec::new();
+    for entry in std::fs::read_dir(root.join("runtimes")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() == "kustomization.yaml" {
+            continue; // kustomize's own file, not an API object
+        }
+        runtimes.push(text_file(
+            &path.display().to_string(),
+            &std::fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    assert_eq!(runtimes.len(), 15);
+    apply_files(&h.store, &runtimes).await.unwrap();
+    let mut samples: Vec<PathBuf> = std::fs::read_dir(root.join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    samples.sort();
+    for path in samples {
+        let file = text_file(
+            &path.display().to_string(),
+            &std::fs::read_to_string(&path).unwrap(),
+        );
+        apply_files(&h.store, &[file]).await.unwrap();
+        h.settle().await;
+    }
+    // An image-based runtime is selected by KServe's rules (sklearn over v2: mlserver's
+    // priority 2 beats sklearnserver's 1), and local mode says it cannot run it.
+    let isvc = h.get(Kind::InferenceService, "sklearn-irisv2").await;
+    assert_eq!(
+        condition(&isvc, "Ready"),
+        ("False".into(), "RuntimeNotRunnable".into())
+    );
+    let message = isvc["status"]["conditions"][2]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"kserve-mlserver\"") && message.contains("mlserver:replace"),
+        "{message}"
+    );
+    let isvc = h.get(Kind::InferenceService, "my-model").await;
+    assert!(
+        isvc["status"]["conditions"][2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"kserve-openvino\" selected for model format \"tensorflow\""),
+        "{isvc:#}"
+    );
+    let builtin = h
+        .store
+        .get(Kind::ClusterServingRuntime, "", "sluice-candle")
+        .await
+        .unwrap();
+    assert!(builtin.is_some(), "the built-in runtime is listed");
 }

@@ -61,6 +61,10 @@ pub struct PredictorSpec {
     /// Request timeout in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<i64>,
+    /// Share of traffic for the latest revision while the last rolled-out one keeps the
+    /// rest (tagged `prev`); absent = the latest takes all once ready; 0 = rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_traffic_percent: Option<i64>,
     /// Fields not interpreted yet, preserved (framework shorthands such as `sklearn`).
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -103,6 +107,9 @@ pub struct InferenceServiceStatus {
     /// Public URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Address (the URL, for clients in the same network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<crate::service::Addressable>,
     /// `PredictorReady`, `IngressReady`, `Ready`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
@@ -112,6 +119,47 @@ pub struct InferenceServiceStatus {
     /// Generation the status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The predictor model's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_status: Option<ModelStatus>,
+}
+
+/// `status.modelStatus`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelStatus {
+    /// `UpToDate`, `InProgress`, `BlockedByFailedLoad` or `InvalidSpec`.
+    pub transition_status: String,
+    /// Model states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub states: Option<ModelRevisionStates>,
+    /// The last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_info: Option<FailureInfo>,
+}
+
+/// `status.modelStatus.states`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRevisionStates {
+    /// State of the model serving traffic (`Pending`, `Loading`, `Loaded`, `FailedToLoad`, or empty).
+    #[serde(default)]
+    pub active_model_state: String,
+    /// State of the model being rolled out.
+    #[serde(default)]
+    pub target_model_state: String,
+}
+
+/// `status.modelStatus.lastFailureInfo`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureInfo {
+    /// `ModelLoadFailed`, `NoSupportingRuntime`, `RuntimeNotRecognized`, `InvalidPredictorSpec`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// `status.components.<component>`.
@@ -124,10 +172,22 @@ pub struct ComponentStatus {
     /// Newest revision created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_created_revision: Option<String>,
+    /// The last revision that had all the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_rolledout_revision: Option<String>,
+    /// The rolled-out revision before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_rolledout_revision: Option<String>,
+    /// The component Service's traffic (concrete revision names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<crate::traffic::TrafficTarget>,
     /// The component's URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
+
+/// Annotation giving the predictor's `prev`/`latest` targets their own tag URLs.
+pub const ENABLE_TAG_ROUTING: &str = "serving.kserve.io/enable-tag-routing";
 
 /// Older `spec.predictor.<framework>` keys KServe still accepts.
 pub const FRAMEWORK_SHORTHANDS: &[&str] = &[
@@ -142,9 +202,6 @@ pub const FRAMEWORK_SHORTHANDS: &[&str] = &[
     "paddle",
     "huggingface",
 ];
-
-/// Model formats the built-in candle runtime serves.
-pub const BUILTIN_FORMATS: &[&str] = &["sluice-mlp"];
 
 impl InferenceService {
     /// Validates the spec; every error names its field path.
@@ -209,6 +266,13 @@ impl InferenceService {
                 format!("{cc} is outside [0, 1000]"),
             );
         }
+        if let Some(pct) = p.canary_traffic_percent {
+            v.check(
+                (0..=100).contains(&pct),
+                "spec.predictor.canaryTrafficPercent",
+                crate::validation::out_of_bounds(pct, 0, 100),
+            );
+        }
         if let Some(t) = p.timeout {
             v.check(
                 (1..=600).contains(&t),
@@ -250,14 +314,7 @@ impl InferenceService {
             if shorthand_in_use && FRAMEWORK_SHORTHANDS.contains(&key.as_str()) {
                 continue;
             }
-            let message = if key == "canaryTrafficPercent" {
-                format!(
-                    "{KEPT}: canary rollouts arrive with the control-plane work; a new revision takes all traffic once ready"
-                )
-            } else {
-                KEPT.to_owned()
-            };
-            w.push((format!("spec.predictor.{key}"), message));
+            w.push((format!("spec.predictor.{key}"), KEPT.to_owned()));
         }
         if let Some(model) = &self.spec.predictor.model {
             for key in model.extra.keys() {
@@ -360,14 +417,7 @@ mod tests {
              transformer: {containers: []}\n",
         );
         let paths: Vec<String> = i.warnings().into_iter().map(|(p, _)| p).collect();
-        assert_eq!(
-            paths,
-            [
-                "spec.transformer",
-                "spec.predictor.canaryTrafficPercent",
-                "spec.predictor.model.args"
-            ]
-        );
+        assert_eq!(paths, ["spec.transformer", "spec.predictor.model.args"]);
     }
 
     #[test]

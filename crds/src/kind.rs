@@ -11,20 +11,40 @@ pub enum Kind {
     InferenceService,
     /// serving.knative.dev/v1 Service.
     Service,
+    /// serving.knative.dev/v1 Configuration.
+    Configuration,
     /// serving.knative.dev/v1 Revision.
     Revision,
+    /// serving.knative.dev/v1 Route.
+    Route,
+    /// serving.kserve.io/v1alpha1 ServingRuntime (namespaced).
+    ServingRuntime,
+    /// serving.kserve.io/v1alpha1 ClusterServingRuntime (cluster-scoped).
+    ClusterServingRuntime,
 }
 
 impl Kind {
     /// Every kind, in the order `get all` would list them.
-    pub const ALL: [Kind; 3] = [Kind::InferenceService, Kind::Service, Kind::Revision];
+    pub const ALL: [Kind; 7] = [
+        Kind::InferenceService,
+        Kind::Service,
+        Kind::Configuration,
+        Kind::Revision,
+        Kind::Route,
+        Kind::ServingRuntime,
+        Kind::ClusterServingRuntime,
+    ];
 
     /// The `kind` field value.
     pub fn name(self) -> &'static str {
         match self {
             Kind::InferenceService => "InferenceService",
             Kind::Service => "Service",
+            Kind::Configuration => "Configuration",
             Kind::Revision => "Revision",
+            Kind::Route => "Route",
+            Kind::ServingRuntime => "ServingRuntime",
+            Kind::ClusterServingRuntime => "ClusterServingRuntime",
         }
     }
 
@@ -32,7 +52,10 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::InferenceService => "serving.kserve.io/v1beta1",
-            Kind::Service | Kind::Revision => "serving.knative.dev/v1",
+            Kind::Service | Kind::Configuration | Kind::Revision | Kind::Route => {
+                "serving.knative.dev/v1"
+            }
+            Kind::ServingRuntime | Kind::ClusterServingRuntime => "serving.kserve.io/v1alpha1",
         }
     }
 
@@ -41,7 +64,11 @@ impl Kind {
         match self {
             Kind::InferenceService => "inferenceservices",
             Kind::Service => "services",
+            Kind::Configuration => "configurations",
             Kind::Revision => "revisions",
+            Kind::Route => "routes",
+            Kind::ServingRuntime => "servingruntimes",
+            Kind::ClusterServingRuntime => "clusterservingruntimes",
         }
     }
 
@@ -49,8 +76,23 @@ impl Kind {
         match self {
             Kind::InferenceService => &["inferenceservice", "inferenceservices", "isvc", "isvcs"],
             Kind::Service => &["service", "services", "ksvc", "ksvcs", "kservice"],
+            Kind::Configuration => &["configuration", "configurations", "config", "cfg"],
             Kind::Revision => &["revision", "revisions", "rev", "revs"],
+            Kind::Route => &["route", "routes", "rt"],
+            Kind::ServingRuntime => &["servingruntime", "servingruntimes"],
+            Kind::ClusterServingRuntime => &["clusterservingruntime", "clusterservingruntimes"],
         }
+    }
+
+    /// Whether objects of this kind have no namespace (stored under the empty one).
+    pub fn cluster_scoped(self) -> bool {
+        self == Kind::ClusterServingRuntime
+    }
+
+    /// The printed short form, as kubectl's `KIND.GROUP`: `inferenceservice.serving.kserve.io`.
+    pub fn qualified(self) -> String {
+        let group = self.api_version().split_once('/').map_or("", |(g, _)| g);
+        format!("{}.{group}", self.name().to_ascii_lowercase())
     }
 
     /// Resolves a name a user typed (singular, plural or short, any case).

@@ -10,7 +10,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::Kind;
+use crate::configuration::Configuration;
 use crate::inference_service::InferenceService;
+use crate::route::Route;
+use crate::runtime::ServingRuntime;
+use crate::service::Service;
 
 /// One parsed, validated manifest document.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +105,33 @@ pub fn parse_manifests(
     }
 }
 
+/// Validates and defaults one object given as JSON (an edit of a stored object), as
+/// [`parse_manifests`] does for a document; `metadata.resourceVersion` is kept.
+pub fn parse_object(
+    value: serde_json::Value,
+    source_name: &str,
+    base_dir: &Path,
+) -> Result<Manifest, Vec<ManifestError>> {
+    let err = |path: String, message: String| ManifestError {
+        source_name: source_name.to_owned(),
+        document: 0,
+        path,
+        message,
+    };
+    match parse_document(value, base_dir) {
+        Ok((kind, object, warnings)) => Ok(Manifest {
+            kind,
+            object,
+            document: 1,
+            warnings: warnings
+                .into_iter()
+                .map(|(p, m)| err(p, m).to_string())
+                .collect(),
+        }),
+        Err(problems) => Err(problems.into_iter().map(|(p, m)| err(p, m)).collect()),
+    }
+}
+
 type Problems = Vec<(String, String)>;
 
 fn parse_document(
@@ -120,12 +151,7 @@ fn parse_document(
             let mut isvc: InferenceService = typed(value)?;
             isvc.status = None;
             isvc.metadata.namespace = Some(isvc.metadata.namespace().to_owned());
-            isvc.validate().map_err(|errors| {
-                errors
-                    .into_iter()
-                    .map(|e| (e.path, e.message))
-                    .collect::<Vec<_>>()
-            })?;
+            isvc.validate().map_err(problems)?;
             if let Some(uri) = isvc
                 .spec
                 .predictor
@@ -135,24 +161,69 @@ fn parse_document(
             {
                 *uri = resolve_storage_uri(uri, base_dir);
             }
-            let object = serde_json::to_value(&isvc)
-                .map_err(|e| vec![(String::new(), format!("cannot re-encode: {e}"))])?;
-            Ok((Kind::InferenceService, object, isvc.warnings()))
+            Ok((Kind::InferenceService, reencode(&isvc)?, isvc.warnings()))
         }
-        Some(kind @ (Kind::Service | Kind::Revision)) => Err(vec![(
+        Some(Kind::Service) => {
+            let mut svc: Service = typed(value)?;
+            svc.status = None;
+            svc.metadata.namespace = Some(svc.metadata.namespace().to_owned());
+            svc.set_defaults();
+            svc.validate().map_err(problems)?;
+            Ok((Kind::Service, reencode(&svc)?, svc.warnings()))
+        }
+        Some(Kind::Configuration) => {
+            let mut cfg: Configuration = typed(value)?;
+            cfg.status = None;
+            cfg.metadata.namespace = Some(cfg.metadata.namespace().to_owned());
+            cfg.set_defaults();
+            cfg.validate().map_err(problems)?;
+            Ok((Kind::Configuration, reencode(&cfg)?, cfg.warnings()))
+        }
+        Some(Kind::Route) => {
+            let mut route: Route = typed(value)?;
+            route.status = None;
+            route.metadata.namespace = Some(route.metadata.namespace().to_owned());
+            route.set_defaults();
+            route.validate().map_err(problems)?;
+            Ok((Kind::Route, reencode(&route)?, route.warnings()))
+        }
+        Some(Kind::ServingRuntime | Kind::ClusterServingRuntime) => {
+            let kind = Kind::from_type(api_version, kind_name).unwrap_or(Kind::ServingRuntime);
+            let mut rt: ServingRuntime = typed(value)?;
+            rt.status = None;
+            rt.metadata.namespace = if kind.cluster_scoped() {
+                Some(String::new())
+            } else {
+                Some(rt.metadata.namespace().to_owned())
+            };
+            rt.validate().map_err(problems)?;
+            Ok((kind, reencode(&rt)?, rt.warnings()))
+        }
+        Some(Kind::Revision) => Err(vec![(
             "kind".to_owned(),
             format!(
-                "{api_version} {kind} cannot be applied in this build: Sluice creates \
-                 Services and Revisions for each InferenceService (apply an InferenceService)"
+                "{api_version} Revision cannot be applied: Revisions are stamped by a \
+                 Configuration or Service from its spec.template (apply one of those)"
             ),
         )]),
         None => Err(vec![(
             "kind".to_owned(),
             format!(
-                "unknown kind {api_version} {kind_name} (known: serving.kserve.io/v1beta1 InferenceService)"
+                "unknown kind {api_version} {kind_name} (known: serving.kserve.io/v1beta1 \
+                 InferenceService, serving.kserve.io/v1alpha1 ServingRuntime and \
+                 ClusterServingRuntime, serving.knative.dev/v1 Service, Configuration and Route)"
             ),
         )]),
     }
+}
+
+fn problems(errors: Vec<crate::ValidationError>) -> Problems {
+    errors.into_iter().map(|e| (e.path, e.message)).collect()
+}
+
+fn reencode(object: &impl serde::Serialize) -> Result<serde_json::Value, Problems> {
+    serde_json::to_value(object)
+        .map_err(|e| vec![(String::new(), format!("cannot re-encode: {e}"))])
 }
 
 fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Problems> {
@@ -219,14 +290,10 @@ spec:
             "/srv/samples/iris/model"
         );
         assert!(got[0].warnings.is_empty());
-        let with_canary = IRIS.replace(
-            "  predictor:\n",
-            "  predictor:\n    canaryTrafficPercent: 10\n",
-        );
-        let got = parse_manifests(&with_canary, "c.yaml", Path::new("/")).unwrap();
+        let with_extra = IRIS.replace("  predictor:\n", "  predictor:\n    logger: {mode: all}\n");
+        let got = parse_manifests(&with_extra, "c.yaml", Path::new("/")).unwrap();
         assert!(
-            got[0].warnings[0]
-                .starts_with("c.yaml: document 1: spec.predictor.canaryTrafficPercent: kept"),
+            got[0].warnings[0].starts_with("c.yaml: document 1: spec.predictor.logger: kept"),
             "{:?}",
             got[0].warnings
         );

@@ -57,6 +57,62 @@ pub fn is_dns1035_label(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
+/// Kubernetes' messages for a name that is not a DNS-1035 label (empty when it is one).
+pub fn dns1035_messages(name: &str) -> Vec<&'static str> {
+    let mut msgs = Vec::new();
+    if name.len() > 63 {
+        msgs.push("must be no more than 63 characters");
+    }
+    let b = name.as_bytes();
+    let shape_ok = !b.is_empty()
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if !shape_ok {
+        msgs.push(DNS1035_MESSAGE);
+    }
+    msgs
+}
+
+/// Kubernetes' explanation of a DNS-1035 label.
+pub const DNS1035_MESSAGE: &str = "a DNS-1035 label must consist of lower case alphanumeric \
+     characters or '-', start with an alphabetic character, and end with an alphanumeric \
+     character (e.g. 'my-name',  or 'abc-123', regex used for validation is \
+     '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+/// Go's `fmt.Sprint` of a string slice: `[a b]`.
+pub fn go_list(items: &[&str]) -> String {
+    format!("[{}]", items.join(" "))
+}
+
+/// Knative's `ErrOutOfBoundsValue` message.
+pub fn out_of_bounds(
+    value: impl fmt::Display,
+    lower: impl fmt::Display,
+    upper: impl fmt::Display,
+) -> String {
+    format!("expected {lower} <= {value} <= {upper}")
+}
+
+/// Checks `metadata.name` as the Kubernetes API server does.
+pub fn check_object_name(v: &mut Validator, name: &str) {
+    if name.is_empty() {
+        v.error(
+            "metadata.name",
+            "Required value: name or generateName is required",
+        );
+        return;
+    }
+    let msgs = dns1035_messages(name);
+    if !msgs.is_empty() {
+        v.error(
+            "metadata.name",
+            format!("Invalid value: {name:?}: {}", msgs.join(", ")),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +126,14 @@ mod tests {
         assert!(!is_dns1035_label("iris-"));
         assert!(!is_dns1035_label(""));
         assert!(!is_dns1035_label(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn dns_messages_match_kubernetes() {
+        assert!(dns1035_messages("a-1").is_empty());
+        assert_eq!(dns1035_messages("1a"), [DNS1035_MESSAGE]);
+        assert_eq!(dns1035_messages(&"a".repeat(64)).len(), 1);
+        assert_eq!(out_of_bounds(700, 0, 600), "expected 0 <= 700 <= 600");
     }
 
     #[test]

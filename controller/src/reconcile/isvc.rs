@@ -1,14 +1,24 @@
-//! InferenceService → its predictor Service, and the InferenceService's status.
+//! InferenceService → its predictor Service (runtime chosen by KServe's rules, KServe's
+//! canary traffic), and the InferenceService's status: conditions, rolled-out revisions,
+//! traffic and `modelStatus`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sluice_crds::autoscaling;
 use sluice_crds::inference_service::{
-    BUILTIN_FORMATS, ComponentStatus, InferenceService, InferenceServiceStatus,
+    ComponentStatus, ENABLE_TAG_ROUTING, FailureInfo, InferenceService, InferenceServiceStatus,
+    ModelRevisionStates,
 };
 use sluice_crds::meta::find_condition;
-use sluice_crds::service::{Container, RevisionSpec, RevisionTemplate, Service, ServiceSpec};
-use sluice_crds::{Condition, Kind, ObjectMeta, OwnerReference};
+use sluice_crds::runtime::ServingRuntime;
+use sluice_crds::service::{
+    Container, RevisionSpec, RevisionTemplate, Service, ServiceSpec, ServiceStatus, TrafficTarget,
+};
+use sluice_crds::{Condition, ConditionStatus, Kind, ObjectMeta, OwnerReference};
+
+use super::revision::IN_PROCESS_QUEUE_ANNOTATION;
+use super::runtime_select;
+pub use super::runtime_select::NoRuntime;
 
 /// KServe's default `minReplicas`.
 const DEFAULT_MIN_REPLICAS: i64 = 1;
@@ -18,47 +28,115 @@ pub fn predictor_name(isvc: &str) -> String {
     format!("{isvc}-predictor")
 }
 
-/// Why an InferenceService cannot get a predictor.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NoRuntime {
-    /// Condition reason.
-    pub reason: &'static str,
-    /// Condition message.
-    pub message: String,
+/// The runtimes an InferenceService may choose from: its namespace's, and the cluster's.
+pub struct Runtimes<'a> {
+    /// ServingRuntimes by namespace.
+    pub namespaced: &'a HashMap<String, Vec<ServingRuntime>>,
+    /// ClusterServingRuntimes (the built-in one included).
+    pub cluster: &'a [ServingRuntime],
+}
+
+/// The local folder a `storageUri` names, or why local mode cannot fetch it.
+fn local_storage(uri: &str) -> Result<String, NoRuntime> {
+    if let Some(path) = uri.strip_prefix("file://") {
+        return Ok(path.to_owned());
+    }
+    match uri.split_once("://") {
+        None => Ok(uri.to_owned()),
+        Some((scheme, _)) => Err(NoRuntime {
+            reason: "UnsupportedStorageURI",
+            message: format!(
+                "storageUri {uri:?} uses scheme {scheme:?}, which local mode cannot fetch \
+                 (give a local folder or a file:// URI)"
+            ),
+        }),
+    }
+}
+
+/// KServe's traffic for a component: with `canaryTrafficPercent` and a rolled-out revision,
+/// the latest gets P% and the last rolled-out one the rest, tagged `prev`; otherwise the
+/// latest gets everything. `latest` is tagged when tag routing is enabled.
+pub fn component_traffic(isvc: &InferenceService) -> Vec<TrafficTarget> {
+    let tagged = isvc
+        .metadata
+        .annotations
+        .get(ENABLE_TAG_ROUTING)
+        .is_some_and(|v| v == "true");
+    let latest_tag = tagged.then(|| "latest".to_owned());
+    let rolled_out = isvc
+        .status
+        .as_ref()
+        .and_then(|s| s.components.get("predictor"))
+        .and_then(|c| c.latest_rolledout_revision.clone())
+        .filter(|r| !r.is_empty());
+    match (isvc.spec.predictor.canary_traffic_percent, rolled_out) {
+        (Some(pct), Some(prev)) => {
+            let mut t = vec![TrafficTarget {
+                tag: latest_tag,
+                latest_revision: Some(true),
+                percent: Some(pct),
+                ..TrafficTarget::default()
+            }];
+            if pct < 100 {
+                t.push(TrafficTarget {
+                    tag: Some("prev".into()),
+                    revision_name: Some(prev),
+                    latest_revision: Some(false),
+                    percent: Some(100 - pct),
+                    ..TrafficTarget::default()
+                });
+            }
+            t
+        }
+        _ => vec![TrafficTarget {
+            tag: latest_tag,
+            latest_revision: Some(true),
+            percent: Some(100),
+            ..TrafficTarget::default()
+        }],
+    }
 }
 
 /// The predictor Service for an InferenceService, or why there is none.
-pub fn predictor_service(isvc: &InferenceService) -> Result<Service, NoRuntime> {
+pub fn predictor_service(
+    isvc: &InferenceService,
+    runtimes: &Runtimes<'_>,
+) -> Result<Service, NoRuntime> {
     let model = isvc.effective_model().ok_or_else(|| NoRuntime {
-        reason: "InvalidSpec",
+        reason: "InvalidPredictorSpec",
         message: "spec.predictor names no model".into(),
     })?;
-    let format = model.model_format.name.as_str();
-    if !BUILTIN_FORMATS.contains(&format) {
+    let namespaced = runtimes
+        .namespaced
+        .get(isvc.metadata.namespace())
+        .map_or(&[][..], Vec::as_slice);
+    let runtime = runtime_select::select(&model, namespaced, runtimes.cluster)?;
+    if !runtime.is_builtin() {
         return Err(NoRuntime {
-            reason: "NoSupportingRuntime",
+            reason: "RuntimeNotRunnable",
             message: format!(
-                "no runtime supports model format {format:?}; the built-in candle runtime \
-                 serves {}",
-                BUILTIN_FORMATS.join(", ")
+                "{} {:?} selected for model format {:?} runs image {:?}; local mode runs no \
+                 images (the built-in ClusterServingRuntime {:?} serves sluice-mlp, safetensors \
+                 and bert)",
+                runtime.kind,
+                runtime.metadata.name,
+                model.model_format.name,
+                runtime.image().unwrap_or_default(),
+                sluice_crds::runtime::BUILTIN_RUNTIME,
             ),
         });
     }
-    if let Some(runtime) = model.runtime.as_ref().filter(|r| *r != "sluice-candle") {
-        return Err(NoRuntime {
-            reason: "RuntimeNotFound",
-            message: format!("runtime {runtime:?} is not known (available: sluice-candle)"),
-        });
-    }
     let storage_uri = model.storage_uri.clone().ok_or_else(|| NoRuntime {
-        reason: "InvalidSpec",
+        reason: "InvalidPredictorSpec",
         message: "spec.predictor.model.storageUri is required by the sluice-candle runtime".into(),
     })?;
+    let storage = local_storage(&storage_uri)?;
     let p = &isvc.spec.predictor;
     let meta = &isvc.metadata;
 
     // KServe maps component fields onto Knative autoscaling annotations.
     let mut annotations: BTreeMap<String, String> = meta.annotations.clone();
+    annotations.remove(ENABLE_TAG_ROUTING);
     let min = p.min_replicas.map(|m| m.to_string()).or_else(|| {
         (!annotations.contains_key(autoscaling::MIN_SCALE))
             .then(|| DEFAULT_MIN_REPLICAS.to_string())
@@ -75,18 +153,19 @@ pub fn predictor_service(isvc: &InferenceService) -> Result<Service, NoRuntime> 
     if let Some(metric) = &p.scale_metric {
         annotations.insert(autoscaling::METRIC.into(), metric.clone());
     }
+    annotations.insert(IN_PROCESS_QUEUE_ANNOTATION.into(), "true".into());
     let cc = p.container_concurrency.unwrap_or(0);
     let container = Container {
         name: Some("kserve-container".into()),
-        image: Some("sluice".into()),
+        image: runtime.image().map(str::to_owned),
         command: vec!["sluice".into(), "model-server".into()],
         args: vec![
             "--model-name".into(),
             meta.name.clone(),
             "--model-format".into(),
-            format.to_owned(),
+            model.model_format.name.clone(),
             "--storage-uri".into(),
-            storage_uri,
+            storage,
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--container-concurrency".into(),
@@ -100,13 +179,18 @@ pub fn predictor_service(isvc: &InferenceService) -> Result<Service, NoRuntime> 
         meta.name.clone(),
     );
     labels.insert("component".into(), "predictor".into());
-    Ok(Service {
+    let mut template_labels = labels.clone();
+    template_labels.insert(
+        "serving.kserve.io/servingruntime".into(),
+        runtime.metadata.name.clone(),
+    );
+    let mut svc = Service {
         api_version: Kind::Service.api_version().into(),
         kind: Kind::Service.name().into(),
         metadata: ObjectMeta {
             name: predictor_name(&meta.name),
             namespace: Some(meta.namespace().to_owned()),
-            labels: labels.clone(),
+            labels,
             owner_references: vec![OwnerReference {
                 api_version: Kind::InferenceService.api_version().into(),
                 kind: Kind::InferenceService.name().into(),
@@ -119,7 +203,7 @@ pub fn predictor_service(isvc: &InferenceService) -> Result<Service, NoRuntime> 
         spec: ServiceSpec {
             template: RevisionTemplate {
                 metadata: ObjectMeta {
-                    labels,
+                    labels: template_labels,
                     annotations,
                     ..ObjectMeta::default()
                 },
@@ -130,52 +214,159 @@ pub fn predictor_service(isvc: &InferenceService) -> Result<Service, NoRuntime> 
                     ..RevisionSpec::default()
                 },
             },
-            traffic: Vec::new(),
+            traffic: component_traffic(isvc),
+            extra: BTreeMap::new(),
         },
         status: None,
-    })
+    };
+    svc.set_defaults();
+    Ok(svc)
 }
 
-/// The InferenceService's status from its predictor Service (or the reason it has none).
+/// KServe's rolled-out tracking: a revision is rolled out once it is the latest ready one
+/// and has all the traffic; a rollback of a rolled-out revision restores the previous one.
+fn propagate_rollout(component: &mut ComponentStatus, svc: &ServiceStatus) {
+    let latest_ready = svc.latest_ready_revision_name.clone().unwrap_or_default();
+    let latest_created = svc.latest_created_revision_name.clone().unwrap_or_default();
+    let mut by_revision: HashMap<&str, i64> = HashMap::new();
+    for t in &svc.traffic {
+        if let Some(p) = t.percent {
+            *by_revision
+                .entry(t.revision_name.as_deref().unwrap_or_default())
+                .or_default() += p;
+        }
+    }
+    for t in &svc.traffic {
+        if t.revision_name.as_deref() != Some(latest_ready.as_str())
+            || latest_ready.is_empty()
+            || t.latest_revision != Some(true)
+        {
+            continue;
+        }
+        let rolled_out = component
+            .latest_rolledout_revision
+            .clone()
+            .unwrap_or_default();
+        if rolled_out != latest_ready {
+            if t.percent == Some(100) {
+                component.previous_rolledout_revision = component.latest_rolledout_revision.take();
+                component.latest_rolledout_revision = Some(latest_ready.clone());
+            }
+        } else if latest_ready == latest_created
+            && t.percent.is_some_and(|p| p < 100)
+            && by_revision.get(latest_ready.as_str()) == Some(&100)
+            && component
+                .previous_rolledout_revision
+                .as_deref()
+                .is_some_and(|p| !p.is_empty())
+        {
+            component.latest_rolledout_revision = component.previous_rolledout_revision.clone();
+        }
+    }
+}
+
+/// The InferenceService's status from its predictor Service's status (or the reason it has
+/// none), carrying the rolled-out revisions forward from its previous status.
 pub fn isvc_status(
     isvc: &InferenceService,
-    predictor: Result<Option<&Service>, &NoRuntime>,
+    predictor: Result<Option<&ServiceStatus>, &NoRuntime>,
     url: &str,
 ) -> InferenceServiceStatus {
-    let generation = isvc.metadata.generation;
+    let previous = isvc.status.clone().unwrap_or_default();
     let mut status = InferenceServiceStatus {
         url: None,
+        address: None,
         conditions: Vec::new(),
         components: BTreeMap::new(),
-        observed_generation: generation,
+        observed_generation: isvc.metadata.generation,
+        model_status: None,
     };
-    let predictor_ready = match predictor {
-        Err(no) => Condition::failed("PredictorReady", no.reason, no.message.clone()),
-        Ok(None) => Condition::unknown("PredictorReady", "Creating", "creating the predictor"),
-        Ok(Some(svc)) => {
-            let svc_status = svc.status.clone().unwrap_or_default();
-            status.components.insert(
-                "predictor".into(),
-                ComponentStatus {
-                    latest_ready_revision: svc_status.latest_ready_revision_name.clone(),
-                    latest_created_revision: svc_status.latest_created_revision_name.clone(),
-                    url: svc_status.url.clone(),
-                },
-            );
-            match find_condition(&svc_status.conditions, "Ready") {
-                Some(c) => c.renamed("PredictorReady"),
-                None => {
-                    Condition::unknown("PredictorReady", "Deploying", "waiting for the predictor")
-                }
-            }
+    let mut model = previous.model_status.clone().unwrap_or_default();
+    let active = model
+        .states
+        .as_ref()
+        .map(|s| s.active_model_state.clone())
+        .unwrap_or_default();
+    let mut set_model = |target: &str, transition: &str, failure: Option<FailureInfo>| {
+        let active = if target == "Loaded" {
+            "Loaded".to_owned()
+        } else {
+            active.clone()
+        };
+        model.states = Some(ModelRevisionStates {
+            active_model_state: active,
+            target_model_state: target.to_owned(),
+        });
+        model.transition_status = transition.to_owned();
+        if failure.is_some() {
+            model.last_failure_info = failure;
         }
     };
+    let predictor_ready = match predictor {
+        Err(no) => {
+            set_model(
+                "FailedToLoad",
+                "InvalidSpec",
+                Some(FailureInfo {
+                    reason: Some(no.reason.to_owned()),
+                    message: Some(no.message.clone()),
+                }),
+            );
+            Condition::failed("PredictorReady", no.reason, no.message.clone())
+        }
+        Ok(None) => {
+            set_model("Pending", "InProgress", None);
+            Condition::unknown("PredictorReady", "Creating", "creating the predictor")
+        }
+        Ok(Some(svc)) => {
+            let mut component = previous
+                .components
+                .get("predictor")
+                .cloned()
+                .unwrap_or_default();
+            component.latest_created_revision = svc.latest_created_revision_name.clone();
+            propagate_rollout(&mut component, svc);
+            component.latest_ready_revision = svc.latest_ready_revision_name.clone();
+            component.traffic = svc.traffic.clone();
+            component.url = svc.url.clone();
+            status.components.insert("predictor".into(), component);
+            let ready = find_condition(&svc.conditions, "Ready").map_or_else(
+                || Condition::unknown("PredictorReady", "Deploying", "waiting for the predictor"),
+                |c| c.renamed("PredictorReady"),
+            );
+            let latest_failed = ready.status == ConditionStatus::False
+                && svc.latest_created_revision_name != svc.latest_ready_revision_name;
+            if ready.is_true() && svc.latest_created_revision_name == svc.latest_ready_revision_name
+            {
+                set_model("Loaded", "UpToDate", None);
+            } else if latest_failed
+                || (ready.status == ConditionStatus::False
+                    && svc.latest_ready_revision_name.is_none())
+            {
+                set_model(
+                    "FailedToLoad",
+                    "BlockedByFailedLoad",
+                    Some(FailureInfo {
+                        reason: Some("ModelLoadFailed".into()),
+                        message: ready.message.clone(),
+                    }),
+                );
+            } else {
+                set_model("Loading", "InProgress", None);
+            }
+            ready
+        }
+    };
+    status.model_status = Some(model);
     let routed = status
         .components
         .get("predictor")
-        .is_some_and(|c| c.latest_ready_revision.is_some());
+        .is_some_and(|c| !c.traffic.is_empty());
     let ingress = if routed {
         status.url = Some(url.to_owned());
+        status.address = Some(sluice_crds::service::Addressable {
+            url: Some(url.to_owned()),
+        });
         Condition::ok("IngressReady")
     } else {
         Condition::unknown(
@@ -199,6 +390,16 @@ pub fn isvc_status(
 mod tests {
     use super::*;
 
+    fn rts() -> Runtimes<'static> {
+        static NS: std::sync::OnceLock<HashMap<String, Vec<ServingRuntime>>> =
+            std::sync::OnceLock::new();
+        static CLUSTER: std::sync::OnceLock<Vec<ServingRuntime>> = std::sync::OnceLock::new();
+        Runtimes {
+            namespaced: NS.get_or_init(HashMap::new),
+            cluster: CLUSTER.get_or_init(|| vec![sluice_crds::runtime::builtin_runtime()]),
+        }
+    }
+
     fn isvc(extra: &str) -> InferenceService {
         serde_yaml::from_str(&format!(
             "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\n\
@@ -212,7 +413,7 @@ mod tests {
         let i = isvc(
             "    minReplicas: 0\n    maxReplicas: 3\n    model:\n      modelFormat: {name: sluice-mlp}\n      storageUri: /m\n",
         );
-        let svc = predictor_service(&i).unwrap();
+        let svc = predictor_service(&i, &rts()).unwrap();
         assert_eq!(svc.metadata.name, "iris-predictor");
         let ann = &svc.spec.template.metadata.annotations;
         assert_eq!(ann[autoscaling::MIN_SCALE], "0");
@@ -228,7 +429,7 @@ mod tests {
         let mut i =
             isvc("    model:\n      modelFormat: {name: sluice-mlp}\n      storageUri: /m\n");
         assert_eq!(
-            predictor_service(&i)
+            predictor_service(&i, &rts())
                 .unwrap()
                 .spec
                 .template
@@ -240,7 +441,7 @@ mod tests {
             .annotations
             .insert(autoscaling::MIN_SCALE.into(), "0".into());
         assert_eq!(
-            predictor_service(&i)
+            predictor_service(&i, &rts())
                 .unwrap()
                 .spec
                 .template
@@ -253,11 +454,187 @@ mod tests {
     #[test]
     fn unsupported_format_is_no_supporting_runtime() {
         let i = isvc("    sklearn:\n      storageUri: gs://x\n");
-        let no = predictor_service(&i).unwrap_err();
+        let no = predictor_service(&i, &rts()).unwrap_err();
         assert_eq!(no.reason, "NoSupportingRuntime");
         let status = isvc_status(&i, Err(&no), "http://iris.default.localhost");
         let ready = find_condition(&status.conditions, "Ready").unwrap();
         assert_eq!(ready.reason.as_deref(), Some("NoSupportingRuntime"));
         assert!(status.url.is_none());
+        let model = status.model_status.unwrap();
+        assert_eq!(model.transition_status, "InvalidSpec");
+        assert_eq!(
+            model.last_failure_info.unwrap().reason.as_deref(),
+            Some("NoSupportingRuntime")
+        );
+    }
+
+    #[test]
+    fn image_runtimes_and_remote_storage_are_conditions() {
+        let mut sklearn = sluice_crds::runtime::builtin_runtime();
+        sklearn.metadata.name = "kserve-sklearnserver".into();
+        sklearn.spec.containers[0].image = Some("kserve-sklearnserver:replace".into());
+        sklearn.spec.supported_model_formats[0].name = "sklearn".into();
+        let cluster = vec![sluice_crds::runtime::builtin_runtime(), sklearn];
+        let ns = HashMap::new();
+        let runtimes = Runtimes {
+            namespaced: &ns,
+            cluster: &cluster,
+        };
+        let no = predictor_service(&isvc("    sklearn:\n      storageUri: gs://x\n"), &runtimes)
+            .unwrap_err();
+        assert_eq!(no.reason, "RuntimeNotRunnable");
+        assert!(
+            no.message.contains("\"kserve-sklearnserver\"")
+                && no.message.contains("kserve-sklearnserver:replace"),
+            "{}",
+            no.message
+        );
+        let no = predictor_service(
+            &isvc(
+                "    model:\n      modelFormat: {name: sluice-mlp}\n      storageUri: s3://b/m\n",
+            ),
+            &runtimes,
+        )
+        .unwrap_err();
+        assert_eq!(no.reason, "UnsupportedStorageURI");
+        let ok = predictor_service(
+            &isvc(
+                "    model:\n      modelFormat: {name: sluice-mlp}\n      storageUri: file:///m\n",
+            ),
+            &runtimes,
+        )
+        .unwrap();
+        assert!(
+            ok.spec.template.spec.containers[0]
+                .args
+                .contains(&"/m".to_owned())
+        );
+    }
+
+    fn traffic(entries: &[(&str, bool, i64, Option<&str>)]) -> Vec<TrafficTarget> {
+        entries
+            .iter()
+            .map(|(rev, latest, pct, tag)| TrafficTarget {
+                revision_name: Some((*rev).to_owned()),
+                latest_revision: Some(*latest),
+                percent: Some(*pct),
+                tag: tag.map(str::to_owned),
+                ..TrafficTarget::default()
+            })
+            .collect()
+    }
+
+    fn svc_status(created: &str, ready: &str, t: Vec<TrafficTarget>) -> ServiceStatus {
+        ServiceStatus {
+            conditions: vec![Condition::ok("Ready")],
+            traffic: t,
+            latest_created_revision_name: Some(created.into()),
+            latest_ready_revision_name: Some(ready.into()),
+            ..ServiceStatus::default()
+        }
+    }
+
+    #[test]
+    fn rollout_tracking_follows_kserve() {
+        let mut c = ComponentStatus::default();
+        propagate_rollout(
+            &mut c,
+            &svc_status("r1", "r1", traffic(&[("r1", true, 100, None)])),
+        );
+        assert_eq!(
+            (
+                c.latest_rolledout_revision.as_deref(),
+                c.previous_rolledout_revision.as_deref()
+            ),
+            (Some("r1"), None)
+        );
+        // Canary at 10: r2 ready with 10% does not roll out.
+        propagate_rollout(
+            &mut c,
+            &svc_status(
+                "r2",
+                "r2",
+                traffic(&[
+                    ("r2", true, 10, Some("latest")),
+                    ("r1", false, 90, Some("prev")),
+                ]),
+            ),
+        );
+        assert_eq!(c.latest_rolledout_revision.as_deref(), Some("r1"));
+        // While r3 is not ready yet, latest resolves to r2 (already rolled out): no rollback.
+        let mut c2 = ComponentStatus {
+            latest_rolledout_revision: Some("r2".into()),
+            previous_rolledout_revision: Some("r1".into()),
+            ..ComponentStatus::default()
+        };
+        propagate_rollout(
+            &mut c2,
+            &svc_status(
+                "r3",
+                "r2",
+                traffic(&[("r2", true, 20, None), ("r2", false, 80, Some("prev"))]),
+            ),
+        );
+        assert_eq!(c2.latest_rolledout_revision.as_deref(), Some("r2"));
+        // Promotion.
+        propagate_rollout(
+            &mut c,
+            &svc_status("r2", "r2", traffic(&[("r2", true, 100, None)])),
+        );
+        assert_eq!(
+            (
+                c.latest_rolledout_revision.as_deref(),
+                c.previous_rolledout_revision.as_deref()
+            ),
+            (Some("r2"), Some("r1"))
+        );
+    }
+
+    #[test]
+    fn canary_traffic_needs_a_rolled_out_revision() {
+        let mut i = isvc(
+            "    canaryTrafficPercent: 10\n    model:\n      modelFormat: {name: sluice-mlp}\n      storageUri: /m\n",
+        );
+        assert_eq!(
+            component_traffic(&i),
+            traffic(&[])
+                .into_iter()
+                .chain([TrafficTarget {
+                    latest_revision: Some(true),
+                    percent: Some(100),
+                    ..TrafficTarget::default()
+                }])
+                .collect::<Vec<_>>()
+        );
+        i.status = Some(InferenceServiceStatus {
+            components: [(
+                "predictor".to_owned(),
+                ComponentStatus {
+                    latest_rolledout_revision: Some("iris-predictor-00001".into()),
+                    ..ComponentStatus::default()
+                },
+            )]
+            .into(),
+            ..InferenceServiceStatus::default()
+        });
+        i.metadata
+            .annotations
+            .insert(ENABLE_TAG_ROUTING.into(), "true".into());
+        let t = component_traffic(&i);
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (t[0].tag.as_deref(), t[0].latest_revision, t[0].percent),
+            (Some("latest"), Some(true), Some(10))
+        );
+        assert_eq!(
+            (
+                t[1].tag.as_deref(),
+                t[1].revision_name.as_deref(),
+                t[1].percent
+            ),
+            (Some("prev"), Some("iris-predictor-00001"), Some(90))
+        );
+        i.spec.predictor.canary_traffic_percent = Some(100);
+        assert_eq!(component_traffic(&i).len(), 1);
     }
 }

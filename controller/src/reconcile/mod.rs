@@ -5,12 +5,16 @@
 //! applies replica counts through the `Runtime`, and publishes a new routing snapshot. A
 //! pass runs on every store change, runtime change, scale decision, and once a second.
 
+pub mod configuration;
 pub mod isvc;
 pub mod revision;
+pub mod route;
 mod routing;
+pub mod runtime_select;
 pub mod service;
+mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +28,19 @@ use sluice_core::{
 };
 use sluice_crds::Kind;
 use sluice_crds::autoscaling::scaling_from_annotations;
+use sluice_crds::configuration::{Configuration, ConfigurationStatus};
 use sluice_crds::inference_service::InferenceService;
-use sluice_crds::revision::{Revision, SERVICE_LABEL};
-use sluice_crds::service::Service;
-use tokio::sync::{broadcast, mpsc, watch};
+use sluice_crds::revision::Revision;
+use sluice_crds::route::{Route, RouteStatus};
+use sluice_crds::runtime::{BUILTIN_RUNTIME, ServingRuntime, builtin_runtime};
+use sluice_crds::service::{Service, ServiceStatus};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::runtime::Runtime;
-use crate::store::{Store, StoreError};
+use crate::runtime::{ReplicaFailure, ReplicaSpec, Runtime};
+use crate::store::{Event, Store, StoreError};
+use support::{
+    by_key, differs, event, group_by_config, initial_replicas, key_of, ready_transition, weighted,
+};
 
 /// Controller settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,8 +49,12 @@ pub struct ControllerConfig {
     pub domain: String,
     /// Port shown in URLs (the router's), omitted when 80.
     pub url_port: Option<u16>,
-    /// Interval of the safety-net resync.
+    /// Interval of the safety-net resync (stretched to four times the last pass's
+    /// duration, so that resyncs of a large store never take more than a fifth of a core).
     pub resync: Duration,
+    /// Revisions kept per configuration beyond those routed, latest created and latest
+    /// ready; older ones are deleted (Knative's `min-non-active-revisions`, default 20).
+    pub revision_history: usize,
 }
 
 /// Why a reconcile pass failed.
@@ -86,6 +100,8 @@ pub struct Controller<S: Store, R: Runtime> {
     decisions: HashMap<NamespacedName, ScaleDecision>,
     scaled: HashMap<NamespacedName, RevisionScaling>,
     ready_reported: HashMap<NamespacedName, u32>,
+    builtin_applied: bool,
+    first_pass: Option<oneshot::Sender<()>>,
 }
 
 fn name_of(raw: &Value) -> &str {
@@ -93,7 +109,8 @@ fn name_of(raw: &Value) -> &str {
 }
 
 fn decode<T: DeserializeOwned>(kind: Kind, raw: &Value) -> Result<T, ReconcileError> {
-    serde_json::from_value(raw.clone()).map_err(|source| ReconcileError::Serde {
+    // Deserialize from the borrowed tree: no copy of every object on every pass.
+    T::deserialize(raw).map_err(|source| ReconcileError::Serde {
         kind,
         name: name_of(raw).to_owned(),
         source,
@@ -126,6 +143,8 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             decisions: HashMap::new(),
             scaled: HashMap::new(),
             ready_reported: HashMap::new(),
+            builtin_applied: false,
+            first_pass: None,
         }
     }
 
@@ -134,11 +153,13 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     }
 
     fn url(&self, name: &str, namespace: &str) -> String {
-        let host = self.host(name, namespace);
-        match self.config.url_port {
-            Some(port) if port != 80 => format!("http://{host}:{port}"),
-            _ => format!("http://{host}"),
-        }
+        route::UrlFor::url_for(&self.urls(), &self.host(name, namespace))
+    }
+
+    /// Signals `done` once `run`'s first pass has published routes for what the store holds
+    /// (so a router can start with them).
+    pub fn notify_first_pass(&mut self, done: oneshot::Sender<()>) {
+        self.first_pass = Some(done);
     }
 
     /// Runs passes until `shutdown` resolves, then stops every replica.
@@ -149,10 +170,38 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     ) {
         let mut changes = self.store.watch();
         let mut runtime_changes = self.runtime.changes();
-        let mut resync = tokio::time::interval(self.config.resync);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Decisions are drained all the time, also during a pass: a pass registers every
+        // new revision with the autoscaler, which answers each with a decision; waiting for
+        // the pass to end before reading them would fill the channel and stall both sides.
+        // The inbox keeps the newest decision per revision, so it is bounded by revisions.
+        let inbox: Arc<std::sync::Mutex<HashMap<NamespacedName, ScaleDecision>>> = Arc::default();
+        let (arrived_tx, mut arrived) = watch::channel(false);
+        let forward = {
+            let inbox = inbox.clone();
+            tokio::spawn(async move {
+                while let Some(d) = decisions.recv().await {
+                    inbox
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(d.revision.clone(), d);
+                    arrived_tx.send_replace(false);
+                }
+                // The autoscaler is gone: tell the loop to stop.
+                arrived_tx.send_replace(true);
+            })
+        };
         tokio::pin!(shutdown);
         loop {
+            let drained: Vec<ScaleDecision> = inbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .map(|(_, d)| d)
+                .collect();
+            for d in drained {
+                self.record_decision(d);
+            }
+            let started = tokio::time::Instant::now();
             if let Err(e) = self.reconcile_all().await {
                 tracing::warn!(
                     reason = e.metric_label(),
@@ -160,25 +209,30 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                     sluice_core::error_chain(&e)
                 );
             }
+            let elapsed = started.elapsed();
+            tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "reconcile pass");
+            let resync = tokio::time::sleep(self.config.resync.max(elapsed * 4));
+            if let Some(done) = self.first_pass.take() {
+                let _ = done.send(());
+            }
             tokio::select! {
                 change = changes.recv() => match change {
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = runtime_changes.changed() => {}
-                decision = decisions.recv() => match decision {
-                    Some(d) => self.record_decision(d),
-                    None => break,
-                },
-                _ = resync.tick() => {}
+                closed = arrived.changed() => {
+                    if closed.is_err() || *arrived.borrow_and_update() {
+                        break;
+                    }
+                }
+                () = resync => {}
                 () = &mut shutdown => break,
             }
             // Coalesce whatever else arrived meanwhile into the next pass.
-            while let Ok(d) = decisions.try_recv() {
-                self.record_decision(d);
-            }
             while changes.try_recv().is_ok() {}
         }
+        forward.abort();
         self.runtime.shutdown().await;
     }
 
@@ -196,167 +250,360 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         self.decisions.insert(d.revision.clone(), d);
     }
 
-    async fn write_status(
+    /// Queues a status write (skipped when unchanged); `flush_statuses` writes the pass's
+    /// statuses in one transaction, so a pass costs one fsync, not one per object.
+    fn write_status(
         &self,
+        pending: &mut Vec<(Kind, Value, Value)>,
         kind: Kind,
         raw: &Value,
         status: &impl Serialize,
     ) -> Result<(), ReconcileError> {
         let status = encode(kind, name_of(raw), status)?;
-        if raw.get("status") == Some(&status) {
-            return Ok(());
+        if raw.get("status") != Some(&status) {
+            pending.push((kind, raw.clone(), status));
         }
-        match self.store.update_status(kind, raw, status).await {
-            // Someone wrote in between; the change event brings another pass.
-            Ok(_) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(())
     }
 
-    /// One reconcile pass over everything.
+    async fn flush_statuses(
+        &self,
+        pending: Vec<(Kind, Value, Value)>,
+        mut events: Vec<Event>,
+    ) -> Result<(), ReconcileError> {
+        events.extend(
+            pending
+                .iter()
+                .filter_map(|(kind, raw, status)| ready_transition(*kind, raw, status)),
+        );
+        if !events.is_empty() {
+            self.store.record_events(events).await?;
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for result in self.store.update_statuses(pending).await? {
+            match result {
+                // Someone wrote in between; the change event brings another pass.
+                Ok(()) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// One reconcile pass over everything, in dependency order, each level reading the
+    /// state the level above wrote in this same pass (so statuses are never a pass behind):
+    /// InferenceService → Service → Configuration + Route → Revisions → replicas; then
+    /// statuses upward and the routing snapshot.
     pub async fn reconcile_all(&mut self) -> Result<(), ReconcileError> {
-        // InferenceService → predictor Service.
-        let mut isvc_routes: Vec<(String, NamespacedName)> = Vec::new();
-        for raw in self.store.list(Kind::InferenceService, None).await? {
-            let isvc: InferenceService = decode(Kind::InferenceService, &raw)?;
-            let ns = isvc.metadata.namespace().to_owned();
-            let url = self.url(&isvc.metadata.name, &ns);
-            let status = match isvc::predictor_service(&isvc) {
-                Ok(svc) => {
-                    let name = svc.metadata.name.clone();
-                    let value = encode(Kind::Service, &name, &svc)?;
-                    self.store.apply(vec![(Kind::Service, value)]).await?;
-                    let current = self.store.get(Kind::Service, &ns, &name).await?;
-                    let current: Option<Service> =
-                        current.map(|v| decode(Kind::Service, &v)).transpose()?;
-                    isvc_routes.push((
-                        self.host(&isvc.metadata.name, &ns),
-                        NamespacedName::new(ns.clone(), name),
-                    ));
-                    isvc::isvc_status(&isvc, Ok(current.as_ref()), &url)
-                }
-                Err(no) => isvc::isvc_status(&isvc, Err(&no), &url),
-            };
-            self.write_status(Kind::InferenceService, &raw, &status)
+        if !self.builtin_applied {
+            let builtin = builtin_runtime();
+            let value = encode(
+                Kind::ClusterServingRuntime,
+                &builtin.metadata.name,
+                &builtin,
+            )?;
+            self.store
+                .apply(vec![(Kind::ClusterServingRuntime, value)])
                 .await?;
+            self.builtin_applied = true;
+        }
+        let mut cluster: Vec<ServingRuntime> = self
+            .list_typed(Kind::ClusterServingRuntime)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        if !cluster.iter().any(|r| r.metadata.name == BUILTIN_RUNTIME) {
+            cluster.push(builtin_runtime());
+        }
+        let mut namespaced: HashMap<String, Vec<ServingRuntime>> = HashMap::new();
+        for (_, r) in self
+            .list_typed::<ServingRuntime>(Kind::ServingRuntime)
+            .await?
+        {
+            namespaced
+                .entry(r.metadata.namespace().to_owned())
+                .or_default()
+                .push(r);
+        }
+        let runtimes = isvc::Runtimes {
+            namespaced: &namespaced,
+            cluster: &cluster,
+        };
+
+        // InferenceService → predictor Service (written only when it differs).
+        let isvcs: Vec<(Value, InferenceService)> = self.list_typed(Kind::InferenceService).await?;
+        let mut services: Vec<(Value, Service)> = self.list_typed(Kind::Service).await?;
+        let stored_services = by_key(services.iter().map(|(raw, _)| raw));
+        let mut predictors: Vec<Result<NamespacedName, isvc::NoRuntime>> = Vec::new();
+        let mut to_apply = Vec::new();
+        for (_, i) in &isvcs {
+            match isvc::predictor_service(i, &runtimes) {
+                Ok(svc) => {
+                    predictors.push(Ok(NamespacedName::new(
+                        i.metadata.namespace(),
+                        svc.metadata.name.clone(),
+                    )));
+                    let value = encode(Kind::Service, &svc.metadata.name, &svc)?;
+                    if differs(&value, stored_services.get(&key_of(&value))) {
+                        to_apply.push((Kind::Service, value));
+                    }
+                }
+                Err(no) => predictors.push(Err(no)),
+            }
+        }
+        drop(stored_services);
+        if !to_apply.is_empty() {
+            self.store.apply(to_apply).await?;
+            services = self.list_typed(Kind::Service).await?;
         }
 
-        // Service → Revisions, status and traffic.
-        let raw_revisions = self.store.list(Kind::Revision, None).await?;
-        let revisions: Vec<(Value, Revision)> = raw_revisions
-            .into_iter()
-            .map(|raw| decode(Kind::Revision, &raw).map(|r| (raw, r)))
-            .collect::<Result<_, _>>()?;
-        let mut traffic: BTreeMap<NamespacedName, Vec<WeightedTarget>> = BTreeMap::new();
-        let mut wanted: HashSet<NamespacedName> = HashSet::new();
-        let mut hosts: Vec<(String, NamespacedName)> = Vec::new();
-        for raw in self.store.list(Kind::Service, None).await? {
-            let svc: Service = decode(Kind::Service, &raw)?;
-            let ns = svc.metadata.namespace().to_owned();
-            let owned: Vec<&Revision> = revisions
-                .iter()
-                .map(|(_, r)| r)
-                .filter(|r| {
-                    r.metadata.namespace() == ns
-                        && r.metadata.labels.get(SERVICE_LABEL) == Some(&svc.metadata.name)
-                })
-                .collect();
-            let owned_values: Vec<Revision> = owned.iter().map(|r| (*r).clone()).collect();
-            if let Some(new) = service::revision_to_create(&svc, &owned_values) {
-                tracing::info!(revision = %new.metadata.name, "creating revision");
-                let value = encode(Kind::Revision, &new.metadata.name, &new)?;
-                self.store.apply(vec![(Kind::Revision, value)]).await?;
+        // Service → Configuration + Route (written only when they differ).
+        let mut configs: Vec<(Value, Configuration)> = self.list_typed(Kind::Configuration).await?;
+        let mut routes: Vec<(Value, Route)> = self.list_typed(Kind::Route).await?;
+        let stored_configs = by_key(configs.iter().map(|(raw, _)| raw));
+        let stored_routes = by_key(routes.iter().map(|(raw, _)| raw));
+        let (mut new_configs, mut new_routes) = (Vec::new(), Vec::new());
+        for (_, svc) in &services {
+            let cfg = service::configuration_for(svc);
+            let route = service::route_for(svc);
+            let cfg = encode(Kind::Configuration, &cfg.metadata.name, &cfg)?;
+            let route = encode(Kind::Route, &route.metadata.name, &route)?;
+            if differs(&cfg, stored_configs.get(&key_of(&cfg))) {
+                new_configs.push((Kind::Configuration, cfg));
             }
-            let status = service::service_status(&svc, &owned, &self.url(&svc.metadata.name, &ns));
-            let key = NamespacedName::new(ns.clone(), svc.metadata.name.clone());
-            let mut targets: Vec<WeightedTarget> = status
-                .traffic
+            if differs(&route, stored_routes.get(&key_of(&route))) {
+                new_routes.push((Kind::Route, route));
+            }
+        }
+        drop((stored_configs, stored_routes));
+        let (configs_changed, routes_changed) = (!new_configs.is_empty(), !new_routes.is_empty());
+        new_configs.extend(new_routes);
+        if !new_configs.is_empty() {
+            self.store.apply(new_configs).await?;
+        }
+        if configs_changed {
+            configs = self.list_typed(Kind::Configuration).await?;
+        }
+        if routes_changed {
+            routes = self.list_typed(Kind::Route).await?;
+        }
+
+        // Configuration → Revisions.
+        let mut revisions: Vec<(Value, Revision)> = self.list_typed(Kind::Revision).await?;
+        let mut stamp_errors: HashMap<NamespacedName, String> = HashMap::new();
+        let mut events: Vec<Event> = Vec::new();
+        let mut to_apply = Vec::new();
+        let by_config = group_by_config(revisions.iter().map(|(_, r)| r));
+        let by_name: HashMap<(&str, &str), &Revision> = revisions
+            .iter()
+            .map(|(_, r)| ((r.metadata.namespace(), r.metadata.name.as_str()), r))
+            .collect();
+        for (_, cfg) in &configs {
+            let ns = cfg.metadata.namespace();
+            let mut candidates: Vec<&Revision> = by_config
+                .get(&(ns, cfg.metadata.name.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            let byo = cfg.spec.template.metadata.name.as_str();
+            if let Some(r) = by_name.get(&(ns, byo))
+                && !candidates.iter().any(|c| c.metadata.name == byo)
+            {
+                candidates.push(r);
+            }
+            match configuration::revision_to_create(cfg, &candidates) {
+                configuration::Stamp::Exists => {}
+                configuration::Stamp::Create(new) => {
+                    tracing::info!(revision = %new.metadata.name, "creating revision");
+                    events.push(event(
+                        Kind::Configuration,
+                        cfg.metadata.namespace(),
+                        &cfg.metadata.name,
+                        "Normal",
+                        "Created",
+                        format!("Created Revision {:?}", new.metadata.name),
+                    ));
+                    to_apply.push((
+                        Kind::Revision,
+                        encode(Kind::Revision, &new.metadata.name, &*new)?,
+                    ));
+                }
+                configuration::Stamp::NameTaken(name) => {
+                    stamp_errors.insert(
+                        NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone()),
+                        name,
+                    );
+                }
+            }
+        }
+        drop((by_config, by_name));
+        if !to_apply.is_empty() {
+            self.store.apply(to_apply).await?;
+            revisions = self.list_typed(Kind::Revision).await?;
+        }
+
+        // Revision readiness as the runtime sees it now.
+        let mut specs: Vec<Result<ReplicaSpec, ReplicaFailure>> =
+            Vec::with_capacity(revisions.len());
+        let mut observed: Vec<Revision> = Vec::with_capacity(revisions.len());
+        for (_, rev) in &revisions {
+            let key = revision::key(rev);
+            let spec = revision::replica_spec(rev);
+            let mut rt = self.runtime.status(&key);
+            if let Err(f) = &spec {
+                rt.failure = Some(f.clone());
+            }
+            let desired = self
+                .decisions
+                .get(&key)
+                .map_or_else(|| initial_replicas(rev), |d| d.desired_replicas);
+            let mut now = rev.clone();
+            now.status = Some(revision::revision_status(rev, &rt, desired));
+            observed.push(now);
+            specs.push(spec);
+        }
+
+        // Configuration statuses.
+        let mut config_status: HashMap<NamespacedName, ConfigurationStatus> = HashMap::new();
+        let observed_by_config = group_by_config(observed.iter());
+        for (_, cfg) in &configs {
+            let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
+            let mine: Vec<&Revision> = observed_by_config
+                .get(&(cfg.metadata.namespace(), cfg.metadata.name.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            let status = configuration::configuration_status(
+                cfg,
+                &mine,
+                stamp_errors.get(&key).map(String::as_str),
+            );
+            config_status.insert(key, status);
+        }
+
+        drop(observed_by_config);
+        // Route statuses and the traffic of every host.
+        let mut by_ns_configs: HashMap<&str, HashMap<String, ConfigurationStatus>> = HashMap::new();
+        for (key, st) in &config_status {
+            by_ns_configs
+                .entry(key.namespace.as_str())
+                .or_default()
+                .insert(key.name.clone(), st.clone());
+        }
+        let mut by_ns_revs: HashMap<&str, HashMap<String, &Revision>> = HashMap::new();
+        for r in &observed {
+            by_ns_revs
+                .entry(r.metadata.namespace())
+                .or_default()
+                .insert(r.metadata.name.clone(), r);
+        }
+        let (empty_cfgs, empty_revs) = (HashMap::new(), HashMap::new());
+        let mut route_status: HashMap<NamespacedName, RouteStatus> = HashMap::new();
+        let mut hosts: Vec<(String, NamespacedName, Vec<WeightedTarget>)> = Vec::new();
+        let mut route_targets: HashMap<NamespacedName, Vec<WeightedTarget>> = HashMap::new();
+        let mut wanted: HashSet<NamespacedName> = HashSet::new();
+        for (_, route) in &routes {
+            let ns = route.metadata.namespace().to_owned();
+            let key = NamespacedName::new(ns.clone(), route.metadata.name.clone());
+            let owned_by_service = route
+                .metadata
+                .owner_references
                 .iter()
-                .filter_map(|t| {
-                    Some(WeightedTarget {
-                        revision: NamespacedName::new(ns.clone(), t.revision_name.clone()?),
-                        percent: u32::try_from(t.percent.unwrap_or(0)).ok()?,
-                    })
-                })
-                .collect();
+                .any(|o| o.kind == Kind::Service.name());
+            let inputs = route::RouteInputs {
+                configurations: by_ns_configs.get(ns.as_str()).unwrap_or(&empty_cfgs),
+                revisions: by_ns_revs.get(ns.as_str()).unwrap_or(&empty_revs),
+                default_configuration: owned_by_service.then_some(route.metadata.name.as_str()),
+            };
+            let host = self.host(&route.metadata.name, &ns);
+            let status = route::route_status(route, &inputs, &host, &self.urls());
+            let mut targets = weighted(&ns, &status.traffic);
             // Before any revision is ready, the data plane sends requests to the newest one
             // through the activator, which holds them until it is ready (or says why it
             // cannot be), rather than answering 404 during the first deployment. Status
             // traffic stays empty, as in Knative.
             if targets.is_empty()
-                && let Some(latest) = &status.latest_created_revision_name
+                && let Some(latest) = inputs
+                    .default_configuration
+                    .and_then(|c| inputs.configurations.get(c))
+                    .and_then(|c| c.latest_created_revision_name.clone())
             {
                 targets.push(WeightedTarget {
-                    revision: NamespacedName::new(ns.clone(), latest.clone()),
+                    revision: NamespacedName::new(ns.clone(), latest),
                     percent: 100,
                 });
             }
-            wanted.extend(targets.iter().map(|t| t.revision.clone()));
-            if let Some(latest) = &status.latest_created_revision_name {
-                wanted.insert(NamespacedName::new(ns.clone(), latest.clone()));
+            for t in status
+                .traffic
+                .iter()
+                .filter(|t| t.tag.as_deref().is_some_and(|t| !t.is_empty()))
+            {
+                if let (Some(tag), Some(rev)) = (&t.tag, &t.revision_name) {
+                    let target = WeightedTarget {
+                        revision: NamespacedName::new(ns.clone(), rev.clone()),
+                        percent: 100,
+                    };
+                    wanted.insert(target.revision.clone());
+                    hosts.push((route::tag_host(tag, &host), key.clone(), vec![target]));
+                }
             }
-            hosts.push((self.host(&svc.metadata.name, &ns), key.clone()));
-            traffic.insert(key, targets);
-            self.write_status(Kind::Service, &raw, &status).await?;
+            wanted.extend(targets.iter().map(|t| t.revision.clone()));
+            hosts.push((host, key.clone(), targets.clone()));
+            route_targets.insert(key.clone(), targets);
+            route_status.insert(key, status);
         }
-        hosts.extend(isvc_routes);
+        for (_, cfg) in &configs {
+            let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
+            if let Some(latest) = config_status
+                .get(&key)
+                .and_then(|s| s.latest_created_revision_name.clone())
+            {
+                wanted.insert(NamespacedName::new(key.namespace.clone(), latest));
+            }
+        }
+        for ((_, i), predictor) in isvcs.iter().zip(&predictors) {
+            if let Ok(p) = predictor
+                && let Some(targets) = route_targets.get(p)
+            {
+                hosts.push((
+                    self.host(&i.metadata.name, i.metadata.namespace()),
+                    NamespacedName::new(i.metadata.namespace(), i.metadata.name.clone()),
+                    targets.clone(),
+                ));
+            }
+        }
 
         // Revisions → replicas and status.
+        let mut pending = Vec::new();
         let mut present: HashSet<NamespacedName> = HashSet::new();
-        for (raw, rev) in &revisions {
+        for (((raw, rev), spec), seen) in revisions.iter().zip(&specs).zip(&observed) {
             let key = revision::key(rev);
             present.insert(key.clone());
-            let cc = rev
-                .spec
-                .container_concurrency
-                .and_then(|c| u32::try_from(c).ok())
-                .unwrap_or(0);
-            let scaling = scaling_from_annotations(&rev.metadata.annotations, cc).unwrap_or_else(|errors| {
-                tracing::warn!(revision = %key, "ignoring invalid autoscaling annotations: {errors:?}");
-                RevisionScaling { container_concurrency: cc, ..RevisionScaling::default() }
-            });
-            let desired = if wanted.contains(&key) {
-                if self.scaled.get(&key) != Some(&scaling) {
-                    // A revision with a stored status ran before this process started:
-                    // resume at its scale rather than starting over at the initial one.
-                    let resumed = rev.status.as_ref().map(|s| s.desired_replicas);
-                    if !self
-                        .autoscaler
-                        .upsert(key.clone(), scaling.clone(), resumed)
-                        .await
-                    {
-                        return Err(ReconcileError::AutoscalerGone);
-                    }
-                    self.scaled.insert(key.clone(), scaling.clone());
-                }
-                self.decisions
-                    .get(&key)
-                    .map_or(scaling.initial_scale.max(scaling.min_scale), |d| {
-                        d.desired_replicas
-                    })
-            } else {
-                if self.scaled.remove(&key).is_some() {
-                    self.autoscaler.remove(key.clone()).await;
-                    self.decisions.remove(&key);
-                    self.ready_reported.remove(&key);
-                }
-                0
-            };
-            let spec = revision::replica_spec(rev);
+            let desired = self
+                .desired_replicas(&key, rev, wanted.contains(&key))
+                .await?;
             let mut rt = self.runtime.status(&key);
-            if let Err(e) = self.runtime.scale(&spec, desired).await {
-                rt.failure = Some(crate::runtime::ReplicaFailure {
-                    reason: "InvalidSpec".into(),
-                    message: e.to_string(),
-                });
+            match spec {
+                Ok(spec) => {
+                    if let Err(e) = self.runtime.scale(spec, desired).await {
+                        rt.failure = Some(ReplicaFailure {
+                            reason: "InvalidSpec".into(),
+                            message: e.to_string(),
+                        });
+                    }
+                }
+                Err(f) => rt.failure = Some(f.clone()),
             }
             let ready = rt.ready.len() as u32;
             if self.scaled.contains_key(&key) && self.ready_reported.get(&key) != Some(&ready) {
                 self.autoscaler.set_ready(key.clone(), ready).await;
                 self.ready_reported.insert(key.clone(), ready);
             }
-            let status = revision::revision_status(rev, &rt, desired);
-            self.write_status(Kind::Revision, raw, &status).await?;
+            // Readiness as routed above; desired replicas as just decided.
+            let mut status = seen.status.clone().unwrap_or_default();
+            status.desired_replicas = desired;
+            self.write_status(&mut pending, Kind::Revision, raw, &status)?;
         }
         for gone in self
             .runtime
@@ -368,8 +615,45 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             self.runtime.remove(&gone);
         }
 
+        // Statuses upward: Configuration, Route, Service, InferenceService.
+        for (raw, cfg) in &configs {
+            let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
+            if let Some(st) = config_status.get(&key) {
+                self.write_status(&mut pending, Kind::Configuration, raw, st)?;
+            }
+        }
+        for (raw, route) in &routes {
+            let key = NamespacedName::new(route.metadata.namespace(), route.metadata.name.clone());
+            if let Some(st) = route_status.get(&key) {
+                self.write_status(&mut pending, Kind::Route, raw, st)?;
+            }
+        }
+        let mut service_status: HashMap<NamespacedName, ServiceStatus> = HashMap::new();
+        for (raw, svc) in &services {
+            let key = NamespacedName::new(svc.metadata.namespace(), svc.metadata.name.clone());
+            let st = service::service_status(
+                svc,
+                &config_status.get(&key).cloned().unwrap_or_default(),
+                &route_status.get(&key).cloned().unwrap_or_default(),
+            );
+            self.write_status(&mut pending, Kind::Service, raw, &st)?;
+            service_status.insert(key, st);
+        }
+        for ((raw, i), predictor) in isvcs.iter().zip(&predictors) {
+            let url = self.url(&i.metadata.name, i.metadata.namespace());
+            let status = match predictor {
+                Ok(key) => isvc::isvc_status(i, Ok(service_status.get(key)), &url),
+                Err(no) => isvc::isvc_status(i, Err(no), &url),
+            };
+            self.write_status(&mut pending, Kind::InferenceService, raw, &status)?;
+        }
+        self.flush_statuses(pending, events).await?;
+
+        self.collect_garbage(&configs, &observed, &wanted, &config_status)
+            .await?;
+
         // Publish routes.
-        let snap = routing::build(&hosts, &traffic, &revisions, &self.runtime, &self.decisions);
+        let snap = routing::build(&hosts, &observed, &self.runtime, &self.decisions);
         self.snapshot.send_if_modified(|current| {
             if **current == snap {
                 false
@@ -379,5 +663,139 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             }
         });
         Ok(())
+    }
+
+    async fn list_typed<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+    ) -> Result<Vec<(Value, T)>, ReconcileError> {
+        self.store
+            .list(kind, None)
+            .await?
+            .into_iter()
+            .map(|raw| decode(kind, &raw).map(|t| (raw, t)))
+            .collect()
+    }
+
+    /// Replicas a revision should have: the autoscaler's decision while it is routed (or
+    /// the newest of its configuration), zero otherwise.
+    async fn desired_replicas(
+        &mut self,
+        key: &NamespacedName,
+        rev: &Revision,
+        wanted: bool,
+    ) -> Result<u32, ReconcileError> {
+        if !wanted {
+            if self.scaled.remove(key).is_some() {
+                self.autoscaler.remove(key.clone()).await;
+                self.decisions.remove(key);
+                self.ready_reported.remove(key);
+            }
+            return Ok(0);
+        }
+        let cc = rev
+            .spec
+            .container_concurrency
+            .and_then(|c| u32::try_from(c).ok())
+            .unwrap_or(0);
+        let scaling = scaling_from_annotations(&rev.metadata.annotations, cc).unwrap_or_else(|errors| {
+            tracing::warn!(revision = %key, "ignoring invalid autoscaling annotations: {errors:?}");
+            RevisionScaling { container_concurrency: cc, ..RevisionScaling::default() }
+        });
+        if self.scaled.get(key) != Some(&scaling) {
+            // A revision with a stored status ran before this process started: resume at
+            // its scale rather than starting over at the initial one.
+            let resumed = rev.status.as_ref().map(|s| s.desired_replicas);
+            if !self
+                .autoscaler
+                .upsert(key.clone(), scaling.clone(), resumed)
+                .await
+            {
+                return Err(ReconcileError::AutoscalerGone);
+            }
+            self.scaled.insert(key.clone(), scaling.clone());
+        }
+        Ok(self
+            .decisions
+            .get(key)
+            .map_or(scaling.initial_scale.max(scaling.min_scale), |d| {
+                d.desired_replicas
+            }))
+    }
+
+    /// Deletes the oldest revisions of each configuration beyond the history limit, never
+    /// one that is routed, the latest created or the latest ready.
+    async fn collect_garbage(
+        &self,
+        configs: &[(Value, Configuration)],
+        revisions: &[Revision],
+        wanted: &HashSet<NamespacedName>,
+        statuses: &HashMap<NamespacedName, ConfigurationStatus>,
+    ) -> Result<(), ReconcileError> {
+        let by_config = group_by_config(revisions.iter());
+        for (_, cfg) in configs {
+            let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
+            let Some(mine) = by_config.get(&(cfg.metadata.namespace(), cfg.metadata.name.as_str()))
+            else {
+                continue;
+            };
+            if mine.len() <= self.config.revision_history {
+                continue;
+            }
+            let status = statuses.get(&key);
+            let keep = |r: &Revision| {
+                let name = Some(&r.metadata.name);
+                wanted.contains(&revision::key(r))
+                    || status.and_then(|s| s.latest_created_revision_name.as_ref()) == name
+                    || status.and_then(|s| s.latest_ready_revision_name.as_ref()) == name
+            };
+            let mut idle: Vec<&Revision> = mine.iter().copied().filter(|r| !keep(r)).collect();
+            if idle.len() <= self.config.revision_history {
+                continue;
+            }
+            idle.sort_by_key(|r| configuration::revision_generation(r));
+            let excess = idle.len() - self.config.revision_history;
+            for r in idle.into_iter().take(excess) {
+                tracing::info!(revision = %r.metadata.name, "deleting old revision beyond the history limit");
+                self.store
+                    .record_events(vec![event(
+                        Kind::Configuration,
+                        cfg.metadata.namespace(),
+                        &cfg.metadata.name,
+                        "Normal",
+                        "Deleted",
+                        format!(
+                            "Deleted Revision {:?}: beyond the history limit of {}",
+                            r.metadata.name, self.config.revision_history
+                        ),
+                    )])
+                    .await?;
+                match self
+                    .store
+                    .delete(Kind::Revision, r.metadata.namespace(), &r.metadata.name)
+                    .await
+                {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn urls(&self) -> Urls<'_> {
+        Urls(&self.config)
+    }
+}
+
+/// Formats URLs for the controller's domain and port.
+struct Urls<'a>(&'a ControllerConfig);
+
+impl route::UrlFor for Urls<'_> {
+    fn url_for(&self, host: &str) -> String {
+        match self.0.url_port {
+            Some(port) if port != 80 => format!("http://{host}:{port}"),
+            _ => format!("http://{host}"),
+        }
     }
 }

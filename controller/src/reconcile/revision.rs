@@ -7,7 +7,7 @@ use sluice_crds::Condition;
 use sluice_crds::meta::find_condition;
 use sluice_crds::revision::{CONFIGURATION_LABEL, Revision, RevisionStatus, SERVICE_LABEL};
 
-use crate::runtime::{ReplicaSpec, RevisionRuntimeStatus};
+use crate::runtime::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus};
 
 /// Knative's default `timeoutSeconds`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -26,29 +26,92 @@ pub fn timeout(rev: &Revision) -> Duration {
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
 }
 
-/// How to run one replica of the revision (with Knative's `K_*` environment).
-pub fn replica_spec(rev: &Revision) -> ReplicaSpec {
-    let container = rev.spec.containers.first();
-    let mut command: Vec<String> = container.map(|c| c.command.clone()).unwrap_or_default();
-    command.extend(container.map(|c| c.args.clone()).unwrap_or_default());
+/// Annotation on a revision template whose container is Sluice's own model-server, which
+/// links the queue layer in-process (no `sluice queue` in front of it).
+pub const IN_PROCESS_QUEUE_ANNOTATION: &str = "serving.sluice.dev/in-process-queue";
+
+/// How to run one replica of the revision (with Knative's `K_*` environment): the first
+/// container's `command` + `args` behind `sluice queue` (QUEUE-CONTRACT.md), or as is when
+/// it carries the queue layer itself. Local mode runs no images: a container without a
+/// command cannot run, and says so.
+pub fn replica_spec(rev: &Revision) -> Result<ReplicaSpec, ReplicaFailure> {
+    let Some(container) = rev.spec.containers.first() else {
+        return Err(ReplicaFailure {
+            reason: "ContainerMissing".into(),
+            message: "the revision has no container to run".into(),
+        });
+    };
+    if container.command.is_empty() {
+        let name = container.name.as_deref().unwrap_or("user-container");
+        return Err(ReplicaFailure {
+            reason: "ContainerMissing".into(),
+            message: match &container.image {
+                Some(image) => format!(
+                    "local mode runs no images: container {name:?} (image {image:?}) has no command; give containers[0].command"
+                ),
+                None => format!("container {name:?} has no command"),
+            },
+        });
+    }
+    let in_process = rev
+        .metadata
+        .annotations
+        .get(IN_PROCESS_QUEUE_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let mut command = Vec::new();
+    if !in_process {
+        let cc = rev.spec.container_concurrency.unwrap_or(0).max(0);
+        command.extend([
+            "sluice".to_owned(),
+            "queue".to_owned(),
+            "--container-concurrency".to_owned(),
+            cc.to_string(),
+            "--timeout-seconds".to_owned(),
+            timeout(rev).as_secs().to_string(),
+        ]);
+        if let Some(t) = rev.spec.response_start_timeout_seconds.filter(|t| *t > 0) {
+            command.extend(["--response-start-timeout-seconds".to_owned(), t.to_string()]);
+        }
+        if let Some(t) = rev.spec.idle_timeout_seconds.filter(|t| *t > 0) {
+            command.extend(["--idle-timeout-seconds".to_owned(), t.to_string()]);
+        }
+        if container
+            .ports
+            .iter()
+            .any(|p| p.name.as_deref() == Some("h2c"))
+        {
+            command.push("--h2c".to_owned());
+        }
+        command.push("--".to_owned());
+    }
+    command.extend(container.command.iter().cloned());
+    command.extend(container.args.iter().cloned());
     let mut env: Vec<(String, String)> = container
-        .map(|c| {
-            c.env
-                .iter()
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+        .env
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
     let label = |k: &str| rev.metadata.labels.get(k).cloned().unwrap_or_default();
     env.push(("K_SERVICE".into(), label(SERVICE_LABEL)));
     env.push(("K_CONFIGURATION".into(), label(CONFIGURATION_LABEL)));
     env.push(("K_REVISION".into(), rev.metadata.name.clone()));
-    ReplicaSpec {
+    Ok(ReplicaSpec {
         revision: key(rev),
         command,
         env,
         drain_timeout: timeout(rev),
-    }
+    })
+}
+
+/// Knative's `initial-scale: 0` (with `allow-zero-initial-scale`): the revision is ready
+/// without ever running a replica, and starts one on its first request.
+fn starts_at_zero(rev: &Revision, desired: u32) -> bool {
+    desired == 0
+        && rev
+            .metadata
+            .annotations
+            .get("autoscaling.knative.dev/initial-scale")
+            .is_some_and(|v| v.trim() == "0")
 }
 
 /// The revision's status: replicas, and `Ready`/`Active`/`ContainerHealthy` conditions.
@@ -78,7 +141,7 @@ pub fn revision_status(
             failed("Ready"),
             Condition::ok("ResourcesAvailable"),
         ]
-    } else if was_ready {
+    } else if was_ready || starts_at_zero(rev, desired) {
         // Scaled to zero, or being woken from zero by the activator: still ready, so it
         // keeps its traffic and the activator holds requests meanwhile.
         let active = if desired == 0 {
@@ -125,7 +188,6 @@ mod tests {
     use sluice_crds::service::{Container, RevisionSpec};
 
     use super::*;
-    use crate::runtime::ReplicaFailure;
 
     fn rev() -> Revision {
         Revision {
@@ -135,6 +197,7 @@ mod tests {
                 name: "iris-predictor-00001".into(),
                 namespace: Some("default".into()),
                 labels: [(SERVICE_LABEL.to_owned(), "iris-predictor".to_owned())].into(),
+                annotations: [(IN_PROCESS_QUEUE_ANNOTATION.to_owned(), "true".to_owned())].into(),
                 ..ObjectMeta::default()
             },
             spec: RevisionSpec {
@@ -151,8 +214,59 @@ mod tests {
     }
 
     #[test]
+    fn user_containers_run_behind_sluice_queue() {
+        let mut r = rev();
+        r.metadata.annotations.clear();
+        r.spec.container_concurrency = Some(4);
+        r.spec.response_start_timeout_seconds = Some(10);
+        r.spec.containers[0].command = vec!["hello-server".into()];
+        r.spec.containers[0].env = vec![sluice_crds::service::EnvVar::new("TARGET", "Sluice")];
+        r.spec.containers[0].ports = vec![sluice_crds::service::ContainerPort {
+            name: Some("h2c".into()),
+            ..Default::default()
+        }];
+        let spec = replica_spec(&r).unwrap();
+        assert_eq!(
+            spec.command,
+            [
+                "sluice",
+                "queue",
+                "--container-concurrency",
+                "4",
+                "--timeout-seconds",
+                "30",
+                "--response-start-timeout-seconds",
+                "10",
+                "--h2c",
+                "--",
+                "hello-server",
+                "--x"
+            ]
+        );
+        assert!(spec.env.contains(&("TARGET".into(), "Sluice".into())));
+        assert!(
+            spec.env
+                .contains(&("K_CONFIGURATION".into(), String::new()))
+        );
+    }
+
+    #[test]
+    fn an_image_without_command_cannot_run_locally() {
+        let mut r = rev();
+        r.spec.containers[0].command.clear();
+        r.spec.containers[0].image = Some("ghcr.io/knative/helloworld-go".into());
+        let failure = replica_spec(&r).unwrap_err();
+        assert_eq!(failure.reason, "ContainerMissing");
+        assert!(
+            failure.message.contains("ghcr.io/knative/helloworld-go"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
     fn replica_spec_has_command_env_and_drain() {
-        let spec = replica_spec(&rev());
+        let spec = replica_spec(&rev()).unwrap();
         assert_eq!(spec.command, ["sluice", "model-server", "--x"]);
         assert!(
             spec.env
@@ -163,6 +277,26 @@ mod tests {
                 .contains(&("K_SERVICE".into(), "iris-predictor".into()))
         );
         assert_eq!(spec.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn initial_scale_zero_is_ready_without_a_replica() {
+        let mut r = rev();
+        r.metadata
+            .annotations
+            .insert("autoscaling.knative.dev/initial-scale".into(), "0".into());
+        let st = revision_status(&r, &RevisionRuntimeStatus::default(), 0);
+        assert!(find_condition(&st.conditions, "Ready").unwrap().is_true());
+        assert_eq!(
+            find_condition(&st.conditions, "Active")
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("NoTraffic")
+        );
+        // Once asked for a replica, it is not ready before one is.
+        let st = revision_status(&r, &RevisionRuntimeStatus::default(), 1);
+        assert!(!find_condition(&st.conditions, "Ready").unwrap().is_true());
     }
 
     #[test]

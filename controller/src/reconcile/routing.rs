@@ -1,8 +1,5 @@
 //! Builds the routing snapshot the data plane serves from.
 
-use std::collections::BTreeMap;
-
-use serde_json::Value;
 use sluice_core::{
     Endpoint, HostRoute, NamespacedName, RevisionRoute, RoutingSnapshot, ScaleDecision,
     WeightedTarget,
@@ -15,30 +12,33 @@ use sluice_crds::meta::find_condition;
 use super::revision;
 use crate::runtime::Runtime;
 
-/// Hosts map to services' traffic; every revision with traffic gets its endpoints.
+/// Each host (route, tag, InferenceService) maps to its weighted targets; every revision
+/// with traffic gets its endpoints.
 pub(super) fn build(
-    hosts: &[(String, NamespacedName)],
-    traffic: &BTreeMap<NamespacedName, Vec<WeightedTarget>>,
-    revisions: &[(Value, Revision)],
+    hosts: &[(String, NamespacedName, Vec<WeightedTarget>)],
+    revisions: &[Revision],
     runtime: &impl Runtime,
     decisions: &std::collections::HashMap<NamespacedName, ScaleDecision>,
 ) -> RoutingSnapshot {
     let mut snap = RoutingSnapshot::default();
-    for (host, service) in hosts {
-        let Some(targets) = traffic.get(service).filter(|t| !t.is_empty()) else {
+    for (host, service, targets) in hosts {
+        if targets.is_empty() {
             continue;
-        };
+        }
         snap.hosts.insert(
-            host.clone(),
+            host.to_ascii_lowercase(),
             HostRoute {
                 service: service.clone(),
                 targets: targets.clone(),
             },
         );
     }
-    let routed: std::collections::HashSet<&NamespacedName> =
-        traffic.values().flatten().map(|t| &t.revision).collect();
-    for (_, rev) in revisions {
+    let routed: std::collections::HashSet<&NamespacedName> = hosts
+        .iter()
+        .flat_map(|(_, _, t)| t)
+        .map(|t| &t.revision)
+        .collect();
+    for rev in revisions {
         let key = revision::key(rev);
         if !routed.contains(&key) {
             continue;

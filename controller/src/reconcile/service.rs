@@ -1,136 +1,81 @@
-//! Service → immutable Revisions, and the Service's status and traffic.
+//! Service → its Configuration and Route (same name, owned by it), and the Service's status
+//! from theirs.
 
-use std::collections::BTreeMap;
-
+use sluice_crds::configuration::{Configuration, ConfigurationSpec, ConfigurationStatus};
 use sluice_crds::meta::find_condition;
-use sluice_crds::revision::{
-    CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, Revision, SERVICE_LABEL,
-};
-use sluice_crds::service::{Service, ServiceStatus, TrafficTarget, revision_name};
-use sluice_crds::{Condition, ConditionStatus, Kind, ObjectMeta, OwnerReference};
+use sluice_crds::revision::SERVICE_LABEL;
+use sluice_crds::route::{Route, RouteSpec, RouteStatus};
+use sluice_crds::service::{Service, ServiceStatus};
+use sluice_crds::{Condition, Kind, ObjectMeta, OwnerReference};
 
-/// The configuration generation a revision was stamped from.
-pub fn revision_generation(rev: &Revision) -> i64 {
-    rev.metadata
-        .labels
-        .get(CONFIGURATION_GENERATION_LABEL)
-        .and_then(|g| g.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Whether a revision's `Ready` condition is `True`.
-pub fn revision_ready(rev: &Revision) -> bool {
-    rev.status
-        .as_ref()
-        .and_then(|s| find_condition(&s.conditions, "Ready"))
-        .is_some_and(Condition::is_true)
-}
-
-/// The revision for the Service's current generation, unless it exists already.
-pub fn revision_to_create(svc: &Service, existing: &[Revision]) -> Option<Revision> {
-    let generation = svc.metadata.generation.unwrap_or(1);
-    if existing
-        .iter()
-        .any(|r| revision_generation(r) == generation)
-    {
-        return None;
-    }
-    let name = svc.spec.template.metadata.name.clone();
-    let name = Some(name)
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| revision_name(&svc.metadata.name, generation));
-    let template = &svc.spec.template;
-    let mut labels = template.metadata.labels.clone();
+fn owned_meta(svc: &Service) -> ObjectMeta {
+    let mut labels = svc.metadata.labels.clone();
     labels.insert(SERVICE_LABEL.into(), svc.metadata.name.clone());
-    labels.insert(CONFIGURATION_LABEL.into(), svc.metadata.name.clone());
-    labels.insert(
-        CONFIGURATION_GENERATION_LABEL.into(),
-        generation.to_string(),
-    );
-    Some(Revision {
-        api_version: Kind::Revision.api_version().into(),
-        kind: Kind::Revision.name().into(),
-        metadata: ObjectMeta {
-            name,
-            namespace: Some(svc.metadata.namespace().to_owned()),
-            labels,
-            annotations: template.metadata.annotations.clone(),
-            owner_references: vec![OwnerReference {
-                api_version: Kind::Service.api_version().into(),
-                kind: Kind::Service.name().into(),
-                name: svc.metadata.name.clone(),
-                uid: svc.metadata.uid.clone().unwrap_or_default(),
-                controller: true,
-            }],
-            ..ObjectMeta::default()
-        },
-        spec: template.spec.clone(),
-        status: None,
-    })
+    ObjectMeta {
+        name: svc.metadata.name.clone(),
+        namespace: Some(svc.metadata.namespace().to_owned()),
+        labels,
+        annotations: svc.metadata.annotations.clone(),
+        owner_references: vec![OwnerReference {
+            api_version: Kind::Service.api_version().into(),
+            kind: Kind::Service.name().into(),
+            name: svc.metadata.name.clone(),
+            uid: svc.metadata.uid.clone().unwrap_or_default(),
+            controller: true,
+        }],
+        ..ObjectMeta::default()
+    }
 }
 
-/// The Service's status from its revisions (those labelled with its name).
-pub fn service_status(svc: &Service, revisions: &[&Revision], url: &str) -> ServiceStatus {
-    let mut by_generation: BTreeMap<i64, &Revision> = BTreeMap::new();
-    for r in revisions {
-        by_generation.insert(revision_generation(r), r);
+/// The Service's Configuration: its template. Only a template change bumps its generation
+/// (and so stamps a revision); a traffic change does not.
+pub fn configuration_for(svc: &Service) -> Configuration {
+    Configuration {
+        api_version: Kind::Configuration.api_version().into(),
+        kind: Kind::Configuration.name().into(),
+        metadata: owned_meta(svc),
+        spec: ConfigurationSpec {
+            template: svc.spec.template.clone(),
+            extra: Default::default(),
+        },
+        status: None,
     }
-    let latest_created = by_generation.values().next_back().copied();
-    let latest_ready = by_generation
-        .values()
-        .rev()
-        .find(|r| revision_ready(r))
-        .copied();
+}
 
-    let configurations = match latest_created {
-        None => Condition::unknown(
-            "ConfigurationsReady",
-            "Creating",
-            "creating the first revision",
-        ),
-        Some(rev) => match rev
-            .status
-            .as_ref()
-            .and_then(|s| find_condition(&s.conditions, "Ready"))
-        {
-            Some(c) if c.is_true() => Condition::ok("ConfigurationsReady"),
-            Some(c) if c.status == ConditionStatus::False => Condition::failed(
-                "ConfigurationsReady",
-                "RevisionFailed",
-                format!(
-                    "Revision {:?} failed with message: {}",
-                    rev.metadata.name,
-                    c.message.clone().unwrap_or_default()
-                ),
-            ),
-            _ => Condition::unknown(
+/// The Service's Route: its traffic.
+pub fn route_for(svc: &Service) -> Route {
+    Route {
+        api_version: Kind::Route.api_version().into(),
+        kind: Kind::Route.name().into(),
+        metadata: owned_meta(svc),
+        spec: RouteSpec {
+            traffic: svc.spec.traffic.clone(),
+            extra: Default::default(),
+        },
+        status: None,
+    }
+}
+
+/// The Service's status from its Configuration's and Route's.
+pub fn service_status(
+    svc: &Service,
+    config: &ConfigurationStatus,
+    route: &RouteStatus,
+) -> ServiceStatus {
+    let configurations = find_condition(&config.conditions, "Ready").map_or_else(
+        || {
+            Condition::unknown(
                 "ConfigurationsReady",
                 "Deploying",
-                format!(
-                    "waiting for revision {:?} to become ready",
-                    rev.metadata.name
-                ),
-            ),
+                "creating the configuration",
+            )
         },
-    };
-    let traffic: Vec<TrafficTarget> = latest_ready
-        .map(|r| TrafficTarget {
-            revision_name: Some(r.metadata.name.clone()),
-            latest_revision: Some(true),
-            percent: Some(100),
-            tag: None,
-        })
-        .into_iter()
-        .collect();
-    let routes = if traffic.is_empty() {
-        Condition::unknown(
-            "RoutesReady",
-            "NoReadyRevision",
-            "no revision is ready to receive traffic",
-        )
-    } else {
-        Condition::ok("RoutesReady")
-    };
+        |c| c.renamed("ConfigurationsReady"),
+    );
+    let routes = find_condition(&route.conditions, "Ready").map_or_else(
+        || Condition::unknown("RoutesReady", "Deploying", "creating the route"),
+        |c| c.renamed("RoutesReady"),
+    );
     let ready = if !configurations.is_true() {
         configurations.renamed("Ready")
     } else if !routes.is_true() {
@@ -140,29 +85,29 @@ pub fn service_status(svc: &Service, revisions: &[&Revision], url: &str) -> Serv
     };
     ServiceStatus {
         conditions: vec![configurations, ready, routes],
-        url: Some(url.to_owned()),
-        traffic,
-        latest_ready_revision_name: latest_ready.map(|r| r.metadata.name.clone()),
-        latest_created_revision_name: latest_created.map(|r| r.metadata.name.clone()),
+        url: route.url.clone(),
+        address: route.address.clone(),
+        traffic: route.traffic.clone(),
+        latest_ready_revision_name: config.latest_ready_revision_name.clone(),
+        latest_created_revision_name: config.latest_created_revision_name.clone(),
         observed_generation: svc.metadata.generation,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use sluice_crds::revision::RevisionStatus;
-    use sluice_crds::service::{RevisionSpec, RevisionTemplate, ServiceSpec};
+    use sluice_crds::service::{RevisionSpec, RevisionTemplate, ServiceSpec, TrafficTarget};
 
     use super::*;
 
-    fn svc(generation: i64) -> Service {
+    fn svc() -> Service {
         Service {
             api_version: "serving.knative.dev/v1".into(),
             kind: "Service".into(),
             metadata: ObjectMeta {
                 name: "hello".into(),
                 namespace: Some("default".into()),
-                generation: Some(generation),
+                generation: Some(3),
                 uid: Some("u".into()),
                 ..ObjectMeta::default()
             },
@@ -171,55 +116,55 @@ mod tests {
                     metadata: ObjectMeta::default(),
                     spec: RevisionSpec::default(),
                 },
-                traffic: vec![],
+                traffic: vec![TrafficTarget {
+                    latest_revision: Some(true),
+                    percent: Some(100),
+                    ..TrafficTarget::default()
+                }],
+                extra: Default::default(),
             },
             status: None,
         }
     }
 
-    fn with_ready(mut r: Revision, c: Condition) -> Revision {
-        r.status = Some(RevisionStatus {
-            conditions: vec![c],
-            ..RevisionStatus::default()
-        });
-        r
+    #[test]
+    fn children_are_owned_and_split_template_from_traffic() {
+        let s = svc();
+        let cfg = configuration_for(&s);
+        let route = route_for(&s);
+        assert_eq!(cfg.metadata.owner_references[0].uid, "u");
+        assert_eq!(cfg.metadata.labels[SERVICE_LABEL], "hello");
+        assert_eq!(route.spec.traffic, s.spec.traffic);
+        let mut changed = s.clone();
+        changed.spec.traffic[0].tag = Some("current".into());
+        assert_eq!(configuration_for(&changed).spec, cfg.spec);
     }
 
     #[test]
-    fn stamps_one_revision_per_generation() {
-        let first = revision_to_create(&svc(1), &[]).unwrap();
-        assert_eq!(first.metadata.name, "hello-00001");
-        assert!(revision_to_create(&svc(1), std::slice::from_ref(&first)).is_none());
-        let second = revision_to_create(&svc(2), &[first]).unwrap();
-        assert_eq!(second.metadata.name, "hello-00002");
-        assert_eq!(second.metadata.labels[CONFIGURATION_GENERATION_LABEL], "2");
-    }
-
-    #[test]
-    fn traffic_follows_latest_ready_and_failure_surfaces() {
-        let r1 = with_ready(
-            revision_to_create(&svc(1), &[]).unwrap(),
-            Condition::ok("Ready"),
-        );
-        let r2 = with_ready(
-            revision_to_create(&svc(2), &[]).unwrap(),
-            Condition::failed("Ready", "ExitCode", "replica exited with exit status: 1"),
-        );
-        let status = service_status(&svc(2), &[&r1, &r2], "http://hello.default.localhost");
+    fn status_takes_failures_from_either_child() {
+        let config = ConfigurationStatus {
+            conditions: vec![Condition::failed("Ready", "RevisionFailed", "boom")],
+            latest_created_revision_name: Some("hello-00002".into()),
+            latest_ready_revision_name: Some("hello-00001".into()),
+            observed_generation: Some(2),
+        };
+        let route = RouteStatus {
+            conditions: vec![Condition::ok("Ready")],
+            url: Some("http://hello.default.localhost".into()),
+            ..RouteStatus::default()
+        };
+        let st = service_status(&svc(), &config, &route);
+        let ready = find_condition(&st.conditions, "Ready").unwrap();
+        assert_eq!(ready.reason.as_deref(), Some("RevisionFailed"));
         assert_eq!(
-            status.latest_created_revision_name.as_deref(),
-            Some("hello-00002")
-        );
-        assert_eq!(
-            status.latest_ready_revision_name.as_deref(),
+            st.latest_ready_revision_name.as_deref(),
             Some("hello-00001")
         );
-        assert_eq!(
-            status.traffic[0].revision_name.as_deref(),
-            Some("hello-00001")
+        assert_eq!(st.observed_generation, Some(3));
+        assert!(
+            find_condition(&st.conditions, "RoutesReady")
+                .unwrap()
+                .is_true()
         );
-        let ready = find_condition(&status.conditions, "Ready").unwrap();
-        assert_eq!(ready.status, ConditionStatus::False);
-        assert!(ready.message.as_deref().unwrap().contains("exit status: 1"));
     }
 }

@@ -69,6 +69,9 @@ pub enum ApplyOutcome {
     Configured,
     /// Nothing changed.
     Unchanged,
+    /// Not written: its controlling owner (`ownerReferences[controller=true]`) no longer
+    /// exists, so writing it would resurrect a child of a deleted object.
+    OwnerGone,
 }
 
 /// A change notification (the object's new state is read from the store).
@@ -81,6 +84,31 @@ pub struct Change {
     /// Name.
     pub name: String,
 }
+
+/// Something that happened to an object, for `sluice describe` (Kubernetes' Event, trimmed).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// The object's kind.
+    pub kind: Kind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// One-word reason.
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+    /// When (RFC 3339), set by the store.
+    #[serde(default)]
+    pub time: String,
+}
+
+/// Events kept in the store (oldest dropped first).
+pub const MAX_EVENTS: i64 = 10_000;
 
 /// Desired and observed state, with optimistic concurrency.
 ///
@@ -103,11 +131,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<serde_json::Value>, StoreError>> + Send;
 
     /// Creates or updates the spec, labels and annotations of each object, all or none.
-    /// Status is kept.
+    /// Status is kept. An object whose controlling owner is gone is skipped (`OwnerGone`).
     fn apply(
         &self,
         objects: Vec<(Kind, serde_json::Value)>,
     ) -> impl Future<Output = Result<Vec<ApplyOutcome>, StoreError>> + Send;
+
+    /// Replaces the spec, labels and annotations of an existing object if the
+    /// `metadata.resourceVersion` it carries is still the stored one: a write based on a
+    /// stale read is refused with `Conflict` (optimistic concurrency). Status is kept.
+    fn update(
+        &self,
+        kind: Kind,
+        object: serde_json::Value,
+    ) -> impl Future<Output = Result<(ApplyOutcome, serde_json::Value), StoreError>> + Send;
 
     /// Replaces an object's status if its `resourceVersion` still matches.
     fn update_status(
@@ -116,6 +153,27 @@ pub trait Store: Send + Sync + 'static {
         object: &serde_json::Value,
         status: serde_json::Value,
     ) -> impl Future<Output = Result<serde_json::Value, StoreError>> + Send;
+
+    /// Replaces the status of each object whose `resourceVersion` still matches, in one
+    /// transaction; each write succeeds or fails (conflict, not found) on its own.
+    fn update_statuses(
+        &self,
+        writes: Vec<(Kind, serde_json::Value, serde_json::Value)>,
+    ) -> impl Future<Output = Result<Vec<Result<(), StoreError>>, StoreError>> + Send;
+
+    /// Records events (the newest `MAX_EVENTS` are kept).
+    fn record_events(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The events of one object, oldest first.
+    fn events(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
 
     /// Deletes an object and, transitively, everything it owns. Returns what was deleted.
     fn delete(

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sluice_crds::Kind;
 use tokio::sync::broadcast;
 
-use super::{ApplyOutcome, Change, Store, StoreError};
+use super::{ApplyOutcome, Change, Event, MAX_EVENTS, Store, StoreError};
 
 /// A `Store` in a SQLite database file.
 #[derive(Clone, Debug)]
@@ -30,6 +30,14 @@ CREATE TABLE IF NOT EXISTS objects (
     body TEXT NOT NULL,
     PRIMARY KEY (kind, namespace, name)
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_object ON events (kind, namespace, name, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters (name, value) VALUES ('resource_version', 0);
 ";
@@ -143,6 +151,32 @@ fn key_of(obj: &Value) -> Result<(String, String), StoreError> {
     Ok((ns.to_owned(), name.to_owned()))
 }
 
+/// Whether the object's controlling owner (same namespace) still exists with that uid.
+/// Objects without one always pass.
+fn owner_exists(tx: &Transaction, ns: &str, obj: &Value) -> Result<bool, StoreError> {
+    let Some(owner) = obj["metadata"]["ownerReferences"]
+        .as_array()
+        .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+    else {
+        return Ok(true);
+    };
+    let (Some(kind), Some(name), Some(uid)) = (
+        owner["kind"].as_str(),
+        owner["name"].as_str(),
+        owner["uid"].as_str(),
+    ) else {
+        return Ok(true);
+    };
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT uid FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+            params![kind, ns, name],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(stored.as_deref() == Some(uid))
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -223,6 +257,10 @@ impl Store for SqliteStore {
                 let mut changes = Vec::new();
                 for (kind, applied) in objects {
                     let (ns, name) = key_of(&applied)?;
+                    if !owner_exists(&tx, &ns, &applied)? {
+                        outcomes.push(ApplyOutcome::OwnerGone);
+                        continue;
+                    }
                     let existing = read(&tx, kind, &ns, &name)?;
                     let (outcome, mut merged) = merge(existing, applied);
                     if outcome != ApplyOutcome::Unchanged {
@@ -241,6 +279,53 @@ impl Store for SqliteStore {
             .await?;
         self.notify(changes);
         Ok(outcomes)
+    }
+
+    async fn update(&self, kind: Kind, object: Value) -> Result<(ApplyOutcome, Value), StoreError> {
+        let (ns, name) = key_of(&object)?;
+        let have = object["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let (n2, name2) = (ns.clone(), name.clone());
+        let (outcome, updated) = self
+            .blocking(move |c| {
+                let tx = c.transaction()?;
+                let current =
+                    read(&tx, kind, &n2, &name2)?.ok_or_else(|| StoreError::NotFound {
+                        kind,
+                        namespace: n2.clone(),
+                        name: name2.clone(),
+                    })?;
+                let stored = current["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if stored != have {
+                    return Err(StoreError::Conflict {
+                        kind,
+                        namespace: n2,
+                        name: name2,
+                        have,
+                        stored,
+                    });
+                }
+                let (outcome, mut merged) = merge(Some(current), object);
+                if outcome != ApplyOutcome::Unchanged {
+                    write(&tx, kind, &mut merged)?;
+                }
+                tx.commit()?;
+                Ok((outcome, merged))
+            })
+            .await?;
+        if outcome != ApplyOutcome::Unchanged {
+            self.notify([Change {
+                kind,
+                namespace: ns,
+                name,
+            }]);
+        }
+        Ok((outcome, updated))
     }
 
     async fn update_status(
@@ -289,6 +374,105 @@ impl Store for SqliteStore {
             name,
         }]);
         Ok(updated)
+    }
+
+    async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |c| {
+            let tx = c.transaction()?;
+            for mut e in events {
+                e.time = now_rfc3339();
+                let body =
+                    serde_json::to_string(&e).map_err(|e| StoreError::Malformed(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO events (kind, namespace, name, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![e.kind.name(), e.namespace, e.name, body],
+                )?;
+            }
+            tx.execute(
+                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1",
+                params![MAX_EVENTS],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Event>, StoreError> {
+        let (ns, name) = (namespace.to_owned(), name.to_owned());
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT body FROM events WHERE kind = ?1 AND namespace = ?2 AND name = ?3 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![kind.name(), ns, name], |row| row.get::<_, String>(0))?;
+            rows.map(|body| {
+                serde_json::from_str(&body?).map_err(|e| StoreError::Malformed(e.to_string()))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn update_statuses(
+        &self,
+        writes: Vec<(Kind, Value, Value)>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let (results, changes) = self
+            .blocking(move |c| {
+                let tx = c.transaction()?;
+                let mut results = Vec::with_capacity(writes.len());
+                let mut changes = Vec::new();
+                for (kind, object, status) in writes {
+                    let (ns, name) = key_of(&object)?;
+                    let have = object["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let Some(mut current) = read(&tx, kind, &ns, &name)? else {
+                        results.push(Err(StoreError::NotFound {
+                            kind,
+                            namespace: ns,
+                            name,
+                        }));
+                        continue;
+                    };
+                    let stored = current["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if stored != have {
+                        results.push(Err(StoreError::Conflict {
+                            kind,
+                            namespace: ns,
+                            name,
+                            have,
+                            stored,
+                        }));
+                        continue;
+                    }
+                    current["status"] = status;
+                    write(&tx, kind, &mut current)?;
+                    results.push(Ok(()));
+                    changes.push(Change {
+                        kind,
+                        namespace: ns,
+                        name,
+                    });
+                }
+                tx.commit()?;
+                Ok((results, changes))
+            })
+            .await?;
+        self.notify(changes);
+        Ok(results)
     }
 
     async fn delete(
@@ -411,6 +595,119 @@ mod tests {
             .unwrap();
         assert_eq!(got["metadata"]["generation"], 2);
         assert_eq!(got["spec"]["predictor"]["minReplicas"], 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_child_of_a_deleted_owner_is_not_resurrected() {
+        let dir = temp_dir("owner");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .apply(vec![(Kind::InferenceService, isvc("a", 1))])
+            .await
+            .unwrap();
+        let owner = store
+            .get(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        let child = |uid: &Value| {
+            json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                   "metadata": {"name": "a-predictor", "namespace": "default",
+                     "ownerReferences": [{"apiVersion": "serving.kserve.io/v1beta1",
+                       "kind": "InferenceService", "name": "a", "uid": uid, "controller": true}]},
+                   "spec": {}})
+        };
+        let uid = owner["metadata"]["uid"].clone();
+        let out = store
+            .apply(vec![(Kind::Service, child(&uid))])
+            .await
+            .unwrap();
+        assert_eq!(out, [ApplyOutcome::Created]);
+        store
+            .delete(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap();
+        // A controller pass that read the owner before it was deleted writes the child again.
+        let out = store
+            .apply(vec![(Kind::Service, child(&uid))])
+            .await
+            .unwrap();
+        assert_eq!(out, [ApplyOutcome::OwnerGone]);
+        assert!(store.list(Kind::Service, None).await.unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn events_are_kept_per_object_and_survive_reopening() {
+        let dir = temp_dir("events");
+        let store = SqliteStore::open(&dir).unwrap();
+        let event = |name: &str, reason: &str| Event {
+            kind: Kind::Configuration,
+            namespace: "default".into(),
+            name: name.into(),
+            type_: "Normal".into(),
+            reason: reason.into(),
+            message: format!("{reason} {name}"),
+            time: String::new(),
+        };
+        store
+            .record_events(vec![
+                event("a", "Created"),
+                event("b", "Created"),
+                event("a", "Deleted"),
+            ])
+            .await
+            .unwrap();
+        drop(store);
+        let store = SqliteStore::open(&dir).unwrap();
+        let got = store
+            .events(Kind::Configuration, "default", "a")
+            .await
+            .unwrap();
+        let reasons: Vec<&str> = got.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["Created", "Deleted"]);
+        assert!(!got[0].time.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_one_wins_the_other_gets_a_conflict() {
+        let dir = temp_dir("update");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .apply(vec![(Kind::InferenceService, isvc("a", 1))])
+            .await
+            .unwrap();
+        let read = store
+            .get(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        // Two writers edit the same read.
+        let (mut first, mut second) = (read.clone(), read);
+        first["spec"]["predictor"]["minReplicas"] = json!(0);
+        second["spec"]["predictor"]["minReplicas"] = json!(5);
+        let (out, stored) = store.update(Kind::InferenceService, first).await.unwrap();
+        assert_eq!(out, ApplyOutcome::Configured);
+        assert_eq!(stored["metadata"]["generation"], 2);
+        let err = store
+            .update(Kind::InferenceService, second)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        let now = store
+            .get(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now["spec"]["predictor"]["minReplicas"], 0);
+        let mut missing = now.clone();
+        missing["metadata"]["name"] = json!("nope");
+        assert!(matches!(
+            store.update(Kind::InferenceService, missing).await,
+            Err(StoreError::NotFound { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

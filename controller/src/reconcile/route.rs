@@ -1,0 +1,297 @@
+//! Route → concrete traffic: `latestRevision` targets resolve to their Configuration's
+//! latest ready revision, named revisions must exist and be ready; tags get their own URL.
+
+use std::collections::HashMap;
+
+use sluice_crds::configuration::ConfigurationStatus;
+use sluice_crds::revision::Revision;
+use sluice_crds::route::{Route, RouteStatus};
+use sluice_crds::service::{Addressable, TrafficTarget};
+use sluice_crds::{Condition, ConditionStatus};
+
+use super::configuration::revision_ready;
+
+/// What a route's resolution needs to know of the namespace.
+pub struct RouteInputs<'a> {
+    /// Configuration statuses by name.
+    pub configurations: &'a HashMap<String, ConfigurationStatus>,
+    /// Revisions by name.
+    pub revisions: &'a HashMap<String, &'a Revision>,
+    /// The configuration a target without `configurationName` follows (a Service's own).
+    pub default_configuration: Option<&'a str>,
+}
+
+/// Builds `http://{host}` URLs.
+pub trait UrlFor {
+    /// The URL of `host`.
+    fn url_for(&self, host: &str) -> String;
+}
+
+/// A tag's host: `{tag}-{route}.{namespace}.{domain}` given the route's host.
+pub fn tag_host(tag: &str, route_host: &str) -> String {
+    format!("{tag}-{route_host}")
+}
+
+fn failed(reason: &str, message: String) -> Condition {
+    Condition::failed("AllTrafficAssigned", reason, message)
+}
+
+fn waiting(reason: &str, message: String) -> Condition {
+    Condition::unknown("AllTrafficAssigned", reason, message)
+}
+
+/// Resolves one target to a revision name, or says why it cannot be.
+fn resolve(target: &TrafficTarget, inputs: &RouteInputs<'_>) -> Result<String, Condition> {
+    if let Some(name) = target.revision_name.as_deref().filter(|n| !n.is_empty()) {
+        let Some(rev) = inputs.revisions.get(name) else {
+            return Err(failed(
+                "RevisionMissing",
+                format!("Revision {name:?} referenced in traffic not found."),
+            ));
+        };
+        if revision_ready(rev) {
+            return Ok(name.to_owned());
+        }
+        let not_ready = rev
+            .status
+            .as_ref()
+            .and_then(|s| sluice_crds::meta::find_condition(&s.conditions, "Ready"))
+            .is_some_and(|c| c.status == ConditionStatus::False);
+        return Err(if not_ready {
+            failed(
+                "RevisionMissing",
+                format!("Revision {name:?} failed to become ready."),
+            )
+        } else {
+            waiting(
+                "RevisionMissing",
+                format!("Revision {name:?} is not yet ready."),
+            )
+        });
+    }
+    let config = target
+        .configuration_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or(inputs.default_configuration)
+        .unwrap_or_default();
+    let Some(status) = inputs.configurations.get(config) else {
+        return Err(failed(
+            "ConfigurationMissing",
+            format!("Configuration {config:?} referenced in traffic not found."),
+        ));
+    };
+    if let Some(ready) = &status.latest_ready_revision_name {
+        return Ok(ready.clone());
+    }
+    let config_failed = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::False);
+    Err(if config_failed {
+        failed(
+            "RevisionMissing",
+            format!("Configuration {config:?} does not have any ready Revision."),
+        )
+    } else {
+        waiting(
+            "RevisionMissing",
+            format!("Configuration {config:?} is waiting for a Revision to become ready."),
+        )
+    })
+}
+
+/// The route's status. Unresolvable traffic keeps the previous status traffic (requests keep
+/// going where they went) and says why on `AllTrafficAssigned`.
+pub fn route_status(
+    route: &Route,
+    inputs: &RouteInputs<'_>,
+    host: &str,
+    urls: &impl UrlFor,
+) -> RouteStatus {
+    let previous = route.status.clone().unwrap_or_default();
+    let mut traffic = Vec::with_capacity(route.spec.traffic.len());
+    let mut problem = None;
+    for t in &route.spec.traffic {
+        match resolve(t, inputs) {
+            Ok(revision) => traffic.push(TrafficTarget {
+                tag: t.tag.clone(),
+                revision_name: Some(revision),
+                configuration_name: None,
+                latest_revision: t.latest_revision,
+                percent: t.percent,
+                url: t
+                    .tag
+                    .as_deref()
+                    .filter(|tag| !tag.is_empty())
+                    .map(|tag| urls.url_for(&tag_host(tag, host))),
+            }),
+            Err(c) => {
+                // A hard failure wins over a wait.
+                if problem
+                    .as_ref()
+                    .is_none_or(|p: &Condition| p.status != ConditionStatus::False)
+                {
+                    problem = Some(c);
+                }
+            }
+        }
+    }
+    let url = urls.url_for(host);
+    let (assigned, traffic) = match problem {
+        None => (Condition::ok("AllTrafficAssigned"), traffic),
+        Some(c) => (c, previous.traffic),
+    };
+    let ingress = if traffic.is_empty() {
+        Condition::unknown(
+            "IngressReady",
+            "NoReadyRevision",
+            "no revision is ready to receive traffic",
+        )
+    } else {
+        Condition::ok("IngressReady")
+    };
+    let ready = if !assigned.is_true() {
+        assigned.renamed("Ready")
+    } else if !ingress.is_true() {
+        ingress.renamed("Ready")
+    } else {
+        Condition::ok("Ready")
+    };
+    RouteStatus {
+        conditions: vec![assigned, ingress, ready],
+        url: Some(url.clone()),
+        address: Some(Addressable { url: Some(url) }),
+        traffic,
+        observed_generation: route.metadata.generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_crds::ObjectMeta;
+    use sluice_crds::revision::RevisionStatus;
+    use sluice_crds::route::RouteSpec;
+    use sluice_crds::service::RevisionSpec;
+
+    use super::*;
+
+    struct Plain;
+    impl UrlFor for Plain {
+        fn url_for(&self, host: &str) -> String {
+            format!("http://{host}")
+        }
+    }
+
+    fn rev(name: &str, ready: ConditionStatus) -> Revision {
+        Revision {
+            api_version: "serving.knative.dev/v1".into(),
+            kind: "Revision".into(),
+            metadata: ObjectMeta {
+                name: name.into(),
+                ..ObjectMeta::default()
+            },
+            spec: RevisionSpec::default(),
+            status: Some(RevisionStatus {
+                conditions: vec![Condition {
+                    type_: "Ready".into(),
+                    status: ready,
+                    reason: None,
+                    message: None,
+                }],
+                ..RevisionStatus::default()
+            }),
+        }
+    }
+
+    fn target(rev: Option<&str>, percent: i64, tag: Option<&str>) -> TrafficTarget {
+        TrafficTarget {
+            revision_name: rev.map(str::to_owned),
+            latest_revision: Some(rev.is_none()),
+            percent: Some(percent),
+            tag: tag.map(str::to_owned),
+            ..TrafficTarget::default()
+        }
+    }
+
+    fn route(traffic: Vec<TrafficTarget>) -> Route {
+        Route {
+            api_version: "serving.knative.dev/v1".into(),
+            kind: "Route".into(),
+            metadata: ObjectMeta {
+                name: "hello".into(),
+                ..ObjectMeta::default()
+            },
+            spec: RouteSpec {
+                traffic,
+                extra: Default::default(),
+            },
+            status: None,
+        }
+    }
+
+    #[test]
+    fn resolves_latest_named_and_tags() {
+        let (r1, r2) = (
+            rev("hello-00001", ConditionStatus::True),
+            rev("hello-00002", ConditionStatus::True),
+        );
+        let revisions = HashMap::from([
+            ("hello-00001".to_owned(), &r1),
+            ("hello-00002".to_owned(), &r2),
+        ]);
+        let configurations = HashMap::from([(
+            "hello".to_owned(),
+            ConfigurationStatus {
+                latest_ready_revision_name: Some("hello-00002".into()),
+                ..ConfigurationStatus::default()
+            },
+        )]);
+        let inputs = RouteInputs {
+            configurations: &configurations,
+            revisions: &revisions,
+            default_configuration: Some("hello"),
+        };
+        let r = route(vec![
+            target(None, 10, Some("latest")),
+            target(Some("hello-00001"), 90, Some("prev")),
+        ]);
+        let st = route_status(&r, &inputs, "hello.default.example.test", &Plain);
+        assert!(st.conditions.iter().all(Condition::is_true), "{st:?}");
+        assert_eq!(st.traffic[0].revision_name.as_deref(), Some("hello-00002"));
+        assert_eq!(st.traffic[0].latest_revision, Some(true));
+        assert_eq!(
+            st.traffic[0].url.as_deref(),
+            Some("http://latest-hello.default.example.test")
+        );
+        assert_eq!(st.traffic[1].revision_name.as_deref(), Some("hello-00001"));
+        assert_eq!(st.traffic[1].percent, Some(90));
+    }
+
+    #[test]
+    fn missing_or_failed_targets_keep_previous_traffic() {
+        let r1 = rev("hello-00001", ConditionStatus::False);
+        let revisions = HashMap::from([("hello-00001".to_owned(), &r1)]);
+        let configurations = HashMap::new();
+        let inputs = RouteInputs {
+            configurations: &configurations,
+            revisions: &revisions,
+            default_configuration: Some("hello"),
+        };
+        let mut r = route(vec![target(Some("hello-00009"), 100, None)]);
+        r.status = Some(RouteStatus {
+            traffic: vec![target(Some("hello-00000"), 100, None)],
+            ..RouteStatus::default()
+        });
+        let st = route_status(&r, &inputs, "h", &Plain);
+        assert_eq!(
+            st.conditions[0].message.as_deref(),
+            Some("Revision \"hello-00009\" referenced in traffic not found.")
+        );
+        assert_eq!(st.traffic[0].revision_name.as_deref(), Some("hello-00000"));
+        let r = route(vec![target(Some("hello-00001"), 100, None)]);
+        let st = route_status(&r, &inputs, "h", &Plain);
+        assert_eq!(st.conditions[0].status, ConditionStatus::False);
+        assert!(st.traffic.is_empty());
+    }
+}
