@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sluice_core::NamespacedName;
+use sluice_core::{NamespacedName, ResponseTimeouts};
 use sluice_crds::Condition;
 use sluice_crds::meta::find_condition;
 use sluice_crds::revision::{CONFIGURATION_LABEL, Revision, RevisionStatus, SERVICE_LABEL};
@@ -24,6 +24,20 @@ pub fn timeout(rev: &Revision) -> Duration {
         .and_then(|t| u64::try_from(t).ok())
         .filter(|t| *t > 0)
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
+
+/// The optional response timeouts (`responseStartTimeoutSeconds`, `idleTimeoutSeconds`);
+/// zero or absent means the default (the request timeout, and no idle limit).
+pub fn response_timeouts(rev: &Revision) -> ResponseTimeouts {
+    let secs = |t: Option<i64>| {
+        t.and_then(|t| u64::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .map(Duration::from_secs)
+    };
+    ResponseTimeouts {
+        response_start: secs(rev.spec.response_start_timeout_seconds),
+        idle: secs(rev.spec.idle_timeout_seconds),
+    }
 }
 
 /// Annotation on a revision template whose container is Sluice's own model-server, which
@@ -211,6 +225,23 @@ mod tests {
             },
             status: None,
         }
+    }
+
+    #[test]
+    fn response_timeouts_reach_the_routing_snapshot_only_when_set() {
+        let mut r = rev();
+        assert_eq!(response_timeouts(&r), ResponseTimeouts::default());
+        r.spec.response_start_timeout_seconds = Some(10);
+        r.spec.idle_timeout_seconds = Some(0);
+        assert_eq!(
+            response_timeouts(&r),
+            ResponseTimeouts {
+                response_start: Some(Duration::from_secs(10)),
+                idle: None,
+            }
+        );
+        r.spec.idle_timeout_seconds = Some(7);
+        assert_eq!(response_timeouts(&r).idle, Some(Duration::from_secs(7)));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Builds the routing snapshot the data plane serves from.
 
 use sluice_core::{
-    Endpoint, HostRoute, NamespacedName, RevisionRoute, RoutingSnapshot, ScaleDecision,
-    WeightedTarget,
+    Endpoint, HostRoute, NamespacedName, ResponseTimeouts, RevisionRoute, RoutingSnapshot,
+    ScaleDecision, WeightedTarget,
 };
 use sluice_crds::revision::Revision;
 
@@ -55,6 +55,10 @@ pub(super) fn build(
             .container_concurrency
             .and_then(|c| u32::try_from(c).ok())
             .unwrap_or(0);
+        let timeouts = revision::response_timeouts(rev);
+        if timeouts != ResponseTimeouts::default() {
+            snap.timeouts.insert(key.clone(), timeouts);
+        }
         snap.revisions.insert(
             key.clone(),
             RevisionRoute {
