@@ -58,7 +58,7 @@ pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) 
         ("Latest Ready", "latestReadyRevisionName"),
     ] {
         if let Some(v) = st[field].as_str() {
-            let _ = writeln!(out, "{:<14}{v}", format!("{label}:"));
+            let _ = writeln!(out, "{:<15} {v}", format!("{label}:"));
         }
     }
     let traffic = st["traffic"]

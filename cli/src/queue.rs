@@ -184,7 +184,16 @@ fn spawn(
     let (program, args) = command
         .split_first()
         .context("no user command given after --")?;
-    let mut child = Command::new(program)
+    // As in `ReplicaSpec`, a command of `sluice` means this very binary, so the samples'
+    // `command: ["sluice"]` works without `sluice` on PATH.
+    let program = if program == "sluice" {
+        std::env::current_exe()
+            .context("finding this binary to run the user command `sluice`")?
+            .into_os_string()
+    } else {
+        program.into()
+    };
+    let mut child = Command::new(&program)
         .args(args)
         .env("PORT", port.to_string())
         // The user process is ours to stop; it must not exit on its own closed stdin.
