@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,7 +27,7 @@ use crate::body::AttemptBody;
 
 /// Idle connections kept per replica address.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
-/// Replica addresses remembered before empty entries are forgotten.
+/// (Thread, replica address) entries remembered before empty ones are forgotten.
 const MAX_ENDPOINTS: usize = 1024;
 /// How long dialling a replica may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,7 +56,10 @@ impl H1Error {
     }
 }
 
-type Idle = Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<AttemptBody>>>>>;
+/// Idle connections by the thread that dialled them and the replica address: a forwarder
+/// shared by several single-threaded runtimes (the activator's) hands each thread only the
+/// connections its own runtime drives, so no request wakes another thread.
+type Idle = Arc<Mutex<HashMap<(ThreadId, SocketAddr), Vec<SendRequest<AttemptBody>>>>>;
 
 /// HTTP/1.1 connections to replicas, by address.
 #[derive(Clone, Debug, Default)]
@@ -65,8 +69,9 @@ pub(crate) struct H1Pool {
 
 impl H1Pool {
     fn take(&self, endpoint: SocketAddr) -> Option<SendRequest<AttemptBody>> {
+        let key = (std::thread::current().id(), endpoint);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stack = idle.get_mut(&endpoint)?;
+        let stack = idle.get_mut(&key)?;
         while let Some(sender) = stack.pop() {
             if !sender.is_closed() {
                 return Some(sender);
@@ -142,8 +147,9 @@ impl H1Pool {
         if sender.is_closed() {
             return;
         }
+        let key = (std::thread::current().id(), endpoint);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= MAX_ENDPOINTS && !idle.contains_key(&endpoint) {
+        if idle.len() >= MAX_ENDPOINTS && !idle.contains_key(&key) {
             idle.retain(|_, stack| {
                 stack.retain(|s| !s.is_closed());
                 !stack.is_empty()
@@ -152,7 +158,7 @@ impl H1Pool {
                 return;
             }
         }
-        let stack = idle.entry(endpoint).or_default();
+        let stack = idle.entry(key).or_default();
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(sender);
         }
