@@ -72,12 +72,16 @@ impl H1Pool {
         let key = (std::thread::current().id(), endpoint);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let stack = idle.get_mut(&key)?;
-        while let Some(sender) = stack.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        // The most recently used connection that can take a request now. One still busy
+        // (its response was read but its request body is still being sent, say) stays for
+        // later: waiting on it could hold this request up for as long as that upload takes.
+        match stack.iter().rposition(|s| s.is_ready()) {
+            Some(i) => Some(stack.remove(i)),
+            None => {
+                stack.retain(|s| !s.is_closed());
+                None
             }
         }
-        None
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `endpoint`.
@@ -271,6 +275,68 @@ mod tests {
         let resp = pool.request(addr, get(addr)).await.unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 1 << 20);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A request body that never ends (an upload still going on).
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_its_upload_is_not_waited_on() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers every request head at once, without reading any body.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let pool = H1Pool::default();
+        let mut upload = Request::new(ReplayableBody::new(Endless, None).attempt());
+        *upload.method_mut() = http::Method::POST;
+        *upload.uri_mut() = http::Uri::from_static("/upload");
+        upload
+            .headers_mut()
+            .insert(http::header::HOST, addr.to_string().parse().unwrap());
+        let resp = pool.request(addr, upload).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+        // The upload's connection is back on the stack but busy: this one dials anew.
+        let resp = pool.request(addr, get(addr)).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
