@@ -8,6 +8,27 @@ use sluice_core::NamespacedName;
 use crate::proxy::{ProxyBody, full_body};
 use crate::timeouts::TimeoutKind;
 
+/// How an exchange with a replica failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Over HTTP/1.1.
+    #[error(transparent)]
+    Http1(#[from] crate::h1pool::H1Error),
+    /// Over HTTP/2.
+    #[error(transparent)]
+    Http2(#[from] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// Whether the replica could not even be connected to (so nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Http1(e) => e.is_connect(),
+            UpstreamError::Http2(e) => e.is_connect(),
+        }
+    }
+}
+
 /// Why the data plane could not deliver a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -68,7 +89,7 @@ pub enum ProxyError {
         endpoint: std::net::SocketAddr,
         /// The cause.
         #[source]
-        source: Box<hyper_util::client::legacy::Error>,
+        source: Box<UpstreamError>,
     },
     /// The request could not be rewritten for forwarding.
     #[error("cannot forward request: {0}")]

@@ -15,6 +15,7 @@ mod activator;
 pub mod balance;
 mod body;
 mod error;
+mod h1pool;
 mod proxy;
 pub mod queue;
 mod retry;
@@ -22,6 +23,7 @@ pub mod timeouts;
 
 pub use activator::{Activator, ActivatorConfig};
 pub use body::{BodyTooLarge, Tunnel, hold, hold_response};
-pub use error::{ProxyError, error_response};
+pub use error::{ProxyError, UpstreamError, error_response};
+pub use h1pool::H1Error;
 pub use proxy::{BoxError, Forwarder, Outbound, ProxyBody, full_body, strip_hop_by_hop};
 pub use retry::{RetryBudget, RetryConfig};

@@ -1,4 +1,5 @@
-//! Forwarding one request to one replica over pooled HTTP/1.1 and HTTP/2 clients.
+//! Forwarding one request to one replica over HTTP/1.1 (our own idle-connection stacks,
+//! [`crate::h1pool`]) or a pooled HTTP/2 client.
 //!
 //! A request arriving over HTTP/2 (gRPC included) goes out over HTTP/2 prior knowledge, each
 //! request on its own stream, so load is balanced per request, never per connection. Upgrades
@@ -21,7 +22,8 @@ use sluice_core::NamespacedName;
 use tokio::time::timeout_at;
 
 use crate::body::{AttemptBody, ReplayableBody, Tunnel};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamError};
+use crate::h1pool::H1Pool;
 use crate::retry::RetryBudget;
 use crate::timeouts::{Deadline, IdleBody};
 
@@ -170,31 +172,38 @@ impl Outbound {
     }
 
     fn attempt(&self, endpoint: SocketAddr) -> Result<Request<AttemptBody>, ProxyError> {
-        let authority = Authority::try_from(endpoint.to_string())
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(self.path.clone())
-            .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         let mut req = Request::new(self.body.attempt());
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = if self.version == Version::HTTP_2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
         *req.headers_mut() = self.headers.clone();
+        if self.version == Version::HTTP_2 {
+            let authority = Authority::try_from(endpoint.to_string())
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            *req.uri_mut() = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(self.path.clone())
+                .build()
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            // HTTP/1.1 on a connection of our own: origin-form target, `Host` always set.
+            *req.uri_mut() = Uri::from(self.path.clone());
+            *req.version_mut() = Version::HTTP_11;
+            if !req.headers().contains_key(header::HOST) {
+                let host = HeaderValue::try_from(endpoint.to_string())
+                    .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
         Ok(req)
     }
 }
 
-/// Pooled clients to replicas, plus the retry budget every attempt draws on.
+/// Connections to replicas (HTTP/1.1 idle stacks, a pooled HTTP/2 client), plus the retry
+/// budget every attempt draws on.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
-    h1: Pool,
+    h1: H1Pool,
     h2: Pool,
     budget: Arc<RetryBudget>,
     hop: &'static str,
@@ -214,10 +223,9 @@ impl Forwarder {
 
     /// A forwarder with fresh connection pools and `budget`.
     pub fn with_budget(budget: RetryBudget) -> Self {
-        let (h1, h2) = clients();
         Self {
-            h1,
-            h2,
+            h1: H1Pool::default(),
+            h2: h2_client(),
             budget: Arc::new(budget),
             hop: "activator",
         }
@@ -227,10 +235,9 @@ impl Forwarder {
     /// one per thread of a sharded server, so a connection is only ever used by the thread
     /// whose runtime drives it.
     pub fn with_fresh_pools(&self) -> Self {
-        let (h1, h2) = clients();
         Self {
-            h1,
-            h2,
+            h1: H1Pool::default(),
+            h2: h2_client(),
             budget: self.budget.clone(),
             hop: self.hop,
         }
@@ -268,13 +275,25 @@ impl Forwarder {
         idle: Option<std::time::Duration>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let req = out.attempt(endpoint)?;
-        let client = if out.version == Version::HTTP_2 {
-            &self.h2
-        } else {
-            &self.h1
-        };
         self.budget.deposit();
-        let resp = match timeout_at(deadline.at, client.request(req)).await {
+        let sent = if out.version == Version::HTTP_2 {
+            timeout_at(deadline.at, async {
+                match self.h2.request(req).await {
+                    Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
+                    Err(e) => Err(UpstreamError::from(e)),
+                }
+            })
+            .await
+        } else {
+            timeout_at(deadline.at, async {
+                match self.h1.request(endpoint, req).await {
+                    Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
+                    Err(e) => Err(UpstreamError::from(e)),
+                }
+            })
+            .await
+        };
+        let resp = match sent {
             Err(_) => {
                 return Err(ProxyError::Timeout {
                     hop: self.hop,
@@ -315,7 +334,6 @@ impl Forwarder {
             return Ok(Response::from_parts(parts, full_body(Bytes::new())));
         }
         strip_hop_by_hop(&mut parts.headers);
-        let body = body.map_err(BoxError::from).boxed();
         let body = match idle {
             Some(idle) => IdleBody::new(body, idle).boxed(),
             None => body,
@@ -332,16 +350,14 @@ impl Outbound {
 
 type Pool = Client<HttpConnector, AttemptBody>;
 
-/// An HTTP/1.1 and an HTTP/2 (prior knowledge) client with their own pools.
-fn clients() -> (Pool, Pool) {
+/// An HTTP/2 (prior knowledge) client with its own pool.
+fn h2_client() -> Pool {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
-    let mut h1 = Client::builder(TokioExecutor::new());
-    h1.pool_max_idle_per_host(1024);
-    let mut h2 = Client::builder(TokioExecutor::new());
-    h2.http2_only(true);
-    (h1.build(connector.clone()), h2.build(connector))
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector)
 }
 
 /// Copies bytes both ways between an upgraded client connection and the replica's.

@@ -1,0 +1,354 @@
+//! HTTP/1.1 connections to replicas, kept in a small bounded stack of idle connections per
+//! replica address (one set per forwarder, so one per router shard).
+//!
+//! A request takes the most recently used idle connection (or dials a new one) and sends on
+//! it directly through hyper's connection handle: no pool checkout future, no per-request
+//! connector. The connection goes back on the stack when its response body has been read to
+//! the end; a response dropped half-read closes its connection. A request that a stale idle
+//! connection could not even start to send is sent on the next one, or a fresh one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::AttemptBody;
+
+/// Idle connections kept per replica address.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
+/// (Thread, replica address) entries remembered before empty ones are forgotten.
+const MAX_ENDPOINTS: usize = 1024;
+/// How long dialling a replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why an HTTP/1.1 exchange with a replica failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// The replica could not be connected to (nothing was sent).
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// Connecting took longer than the connect timeout (nothing was sent).
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// The HTTP/1.1 handshake on a fresh connection failed (nothing was sent).
+    #[error("connection setup failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// The exchange failed after the request was handed to the connection.
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
+impl H1Error {
+    /// Whether the request cannot have reached the replica (the connection never stood).
+    pub fn is_connect(&self) -> bool {
+        !matches!(self, H1Error::Http(_))
+    }
+}
+
+/// Idle connections by the thread that dialled them and the replica address: a forwarder
+/// shared by several single-threaded runtimes (the activator's) hands each thread only the
+/// connections its own runtime drives, so no request wakes another thread.
+type Idle = Arc<Mutex<HashMap<(ThreadId, SocketAddr), Vec<SendRequest<AttemptBody>>>>>;
+
+/// HTTP/1.1 connections to replicas, by address.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct H1Pool {
+    idle: Idle,
+}
+
+impl H1Pool {
+    fn take(&self, endpoint: SocketAddr) -> Option<SendRequest<AttemptBody>> {
+        let key = (std::thread::current().id(), endpoint);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stack = idle.get_mut(&key)?;
+        // The most recently used connection that can take a request now. One still busy
+        // (its response was read but its request body is still being sent, say) stays for
+        // later: waiting on it could hold this request up for as long as that upload takes.
+        match stack.iter().rposition(|s| s.is_ready()) {
+            Some(i) => Some(stack.remove(i)),
+            None => {
+                stack.retain(|s| !s.is_closed());
+                None
+            }
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `endpoint`.
+    pub(crate) async fn request(
+        &self,
+        endpoint: SocketAddr,
+        mut req: Request<AttemptBody>,
+    ) -> Result<Response<PooledBody>, H1Error> {
+        while let Some(mut sender) = self.take(endpoint) {
+            if sender.ready().await.is_err() {
+                continue; // closed while idle
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(endpoint, sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    // Not a byte written: try the next connection.
+                    Some(back) => req = back,
+                    None => return Err(H1Error::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(endpoint).await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.wrap(endpoint, sender, resp)),
+            Err(e) => Err(H1Error::Http(e)),
+        }
+    }
+
+    async fn connect(&self, endpoint: SocketAddr) -> Result<SendRequest<AttemptBody>, H1Error> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| H1Error::ConnectTimeout(CONNECT_TIMEOUT))?
+            .map_err(H1Error::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(H1Error::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, "replica connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn wrap(
+        &self,
+        endpoint: SocketAddr,
+        sender: SendRequest<AttemptBody>,
+        resp: Response<Incoming>,
+    ) -> Response<PooledBody> {
+        let (parts, inner) = resp.into_parts();
+        // An upgraded connection belongs to its tunnel from now on.
+        let reusable = parts.status != http::StatusCode::SWITCHING_PROTOCOLS;
+        let mut body = PooledBody {
+            inner,
+            back: reusable.then(|| (self.clone(), endpoint, sender)),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        Response::from_parts(parts, body)
+    }
+
+    fn put(&self, endpoint: SocketAddr, sender: SendRequest<AttemptBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let key = (std::thread::current().id(), endpoint);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= MAX_ENDPOINTS && !idle.contains_key(&key) {
+            idle.retain(|_, stack| {
+                stack.retain(|s| !s.is_closed());
+                !stack.is_empty()
+            });
+            if idle.len() >= MAX_ENDPOINTS {
+                return;
+            }
+        }
+        let stack = idle.entry(key).or_default();
+        if stack.len() < MAX_IDLE_PER_ENDPOINT {
+            stack.push(sender);
+        }
+    }
+}
+
+/// A replica's response body; its connection returns to the idle stack once the body has
+/// been read to the end (dropped earlier, the connection closes).
+#[derive(Debug)]
+pub(crate) struct PooledBody {
+    inner: Incoming,
+    back: Option<(H1Pool, SocketAddr, SendRequest<AttemptBody>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((pool, endpoint, sender)) = self.back.take() {
+            pool.put(endpoint, sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            // A broken body: the connection is of no further use.
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::body::ReplayableBody;
+
+    /// A replica answering `body_len` bytes; counts the connections it accepted.
+    async fn replica(body_len: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |_req| async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            vec![b'x'; body_len],
+                        ))))
+                    }),
+                ));
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(addr: SocketAddr) -> Request<AttemptBody> {
+        let mut req = Request::new(ReplayableBody::new(Empty::<Bytes>::new(), None).attempt());
+        *req.uri_mut() = http::Uri::from_static("/");
+        req.headers_mut()
+            .insert(http::header::HOST, addr.to_string().parse().unwrap());
+        req
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_was_read() {
+        let (addr, accepted) = replica(1024).await;
+        let pool = H1Pool::default();
+        for _ in 0..3 {
+            let resp = pool.request(addr, get(addr)).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len(), 1024);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_half_read_does_not_give_its_connection_back() {
+        let (addr, accepted) = replica(1 << 20).await;
+        let pool = H1Pool::default();
+        let resp = pool.request(addr, get(addr)).await.unwrap();
+        drop(resp);
+        let resp = pool.request(addr, get(addr)).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 1 << 20);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A request body that never ends (an upload still going on).
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_its_upload_is_not_waited_on() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers every request head at once, without reading any body.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let pool = H1Pool::default();
+        let mut upload = Request::new(ReplayableBody::new(Endless, None).attempt());
+        *upload.method_mut() = http::Method::POST;
+        *upload.uri_mut() = http::Uri::from_static("/upload");
+        upload
+            .headers_mut()
+            .insert(http::header::HOST, addr.to_string().parse().unwrap());
+        let resp = pool.request(addr, upload).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+        // The upload's connection is back on the stack but busy: this one dials anew.
+        let resp = pool.request(addr, get(addr)).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_failure() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = H1Pool::default()
+            .request(addr, get(addr))
+            .await
+            .unwrap_err();
+        assert!(err.is_connect(), "{err}");
+    }
+}
