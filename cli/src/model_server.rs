@@ -31,6 +31,9 @@ pub struct ModelServerArgs {
     /// Address to serve on; port 0 picks one, announced on stdout.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// An extra port for gRPC clients that want one (gRPC is always served on --listen too).
+    #[arg(long, env = "SLUICE_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
     /// Maximum concurrent inferences (0 = unlimited).
     #[arg(long, env = "SLUICE_CONTAINER_CONCURRENCY", default_value_t = 0)]
     container_concurrency: u32,
@@ -88,6 +91,7 @@ pub async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
     };
     let config = ModelServerConfig {
         listen: args.listen,
+        grpc_listen: args.grpc_listen,
         models,
         model_repository: args.model_repository,
         cache_dir,

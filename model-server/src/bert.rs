@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
@@ -87,7 +87,8 @@ impl Bert {
             path: weights_path.clone(),
             source,
         };
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
+        let device = crate::model::compute_device();
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
             .map_err(weights_err)?;
         let model = BertModel::load(vb, &config).map_err(weights_err)?;
         let metadata = ModelMetadata {
@@ -131,10 +132,10 @@ impl Bert {
             types.extend(e.get_type_ids().iter().map(|&x| i64::from(x)));
             mask.extend(e.get_attention_mask().iter().map(|&x| i64::from(x)));
         }
-        let device = Device::Cpu;
-        let ids = Tensor::from_vec(ids, (rows, len), &device)?;
-        let types = Tensor::from_vec(types, (rows, len), &device)?;
-        let mask = Tensor::from_vec(mask, (rows, len), &device)?;
+        let device = &self.model.device;
+        let ids = Tensor::from_vec(ids, (rows, len), device)?;
+        let types = Tensor::from_vec(types, (rows, len), device)?;
+        let mask = Tensor::from_vec(mask, (rows, len), device)?;
         let hidden = self.model.forward(&ids, &types, Some(&mask))?;
         // Mean over real tokens: sum(h * mask) / sum(mask).
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;

@@ -21,9 +21,18 @@ use crate::codec::{
     encode_v1, parse_header_length,
 };
 use crate::error::InferError;
+use crate::grpc::{GrpcService, SERVICE_PREFIX};
 use crate::metrics::GaugeGuard;
 use crate::model::validate_inputs;
 use crate::repository::{Repository, ServedModel};
+
+/// Protocol extensions this server implements (`GET /v2`, gRPC ServerMetadata).
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "kserve_v1",
+    "metrics",
+];
 
 /// Bodies larger than this are decoded off the reactor.
 const INLINE_DECODE_BYTES: usize = 64 * 1024;
@@ -39,6 +48,13 @@ pub struct AppState {
 /// Builds the router. Inference routes sit behind the queue layer; probes, metadata and
 /// stats do not, so they neither wait in the queue nor count as load.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    // gRPC on the same port: tonic answers every method; ModelInfer goes through the queue
+    // layer like REST inference, the other methods do not.
+    let grpc = <_ as tower::ServiceExt<http::Request<axum::body::Body>>>::map_response(
+        GrpcService::server(state.clone(), max_body_bytes),
+        |r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new),
+    );
+    let queued_grpc = tower::Layer::layer(&QueueLayer::new(state.queue.clone()), grpc.clone());
     let inference = Router::new()
         .route("/v2/models/{model}/infer", post(infer))
         .route(
@@ -73,6 +89,8 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             get(model_ready_version),
         )
         .route("/metrics", get(metrics))
+        .route_service(&format!("{SERVICE_PREFIX}ModelInfer"), queued_grpc)
+        .route_service(&format!("{SERVICE_PREFIX}{{*method}}"), grpc)
         .route(PROBE_PATH, get(probe))
         .route(STATS_PATH, get(stats))
         .merge(inference)
@@ -114,7 +132,7 @@ async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
         "name": "sluice-model-server",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_repository", "kserve_v1", "metrics"],
+        "extensions": EXTENSIONS,
     }))
 }
 

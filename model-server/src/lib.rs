@@ -15,6 +15,7 @@ pub mod batch;
 pub mod bert;
 pub mod codec;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod mlp;

@@ -62,6 +62,21 @@ pub fn validate_inputs(meta: &ModelMetadata, inputs: &[NamedTensor]) -> Result<(
     Ok(())
 }
 
+/// The device heavy models run on: the first GPU when built with `cuda` (or `metal`) and
+/// one is present, otherwise the CPU. (`sluice-mlp` always runs on the CPU: it is too small
+/// for a GPU to pay off.)
+pub fn compute_device() -> candle_core::Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = candle_core::Device::cuda_if_available(0) {
+        return d;
+    }
+    #[cfg(feature = "metal")]
+    if let Ok(d) = candle_core::Device::new_metal(0) {
+        return d;
+    }
+    candle_core::Device::Cpu
+}
+
 /// Metadata entry for a tensor.
 pub fn tensor_meta(name: &str, datatype: DataType, shape: Vec<i64>) -> TensorMetadata {
     TensorMetadata {

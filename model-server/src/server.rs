@@ -21,6 +21,8 @@ use crate::repository::{ModelSource, Repository};
 pub struct ModelServerConfig {
     /// Address to serve on (port 0 picks a free one, announced on stdout).
     pub listen: SocketAddr,
+    /// An extra port serving gRPC (and REST) besides `listen`, if any.
+    pub grpc_listen: Option<SocketAddr>,
     /// Models given by name and source (the single-model flags).
     pub models: Vec<(String, ModelSource)>,
     /// A model repository folder: every subfolder is a model, loaded at start.
@@ -116,6 +118,27 @@ pub async fn run(
     });
     let app = router(state.clone(), config.max_body_bytes);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (extra_stop_tx, extra_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let extra = match config.grpc_listen {
+        Some(grpc_addr) => {
+            let grpc_listener =
+                TcpListener::bind(grpc_addr)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: grpc_addr,
+                        source,
+                    })?;
+            tracing::info!(addr = %grpc_listener.local_addr()?, "gRPC port (REST answers too)");
+            Some(tokio::spawn(
+                axum::serve(grpc_listener, app.clone())
+                    .with_graceful_shutdown(async {
+                        let _ = extra_stop_rx.await;
+                    })
+                    .into_future(),
+            ))
+        }
+        None => None,
+    };
     let server = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -164,6 +187,12 @@ pub async fn run(
         );
     }
     let _ = stop_tx.send(());
+    let _ = extra_stop_tx.send(());
+    if let Some(extra) = extra
+        && let Ok(Err(e)) = extra.await
+    {
+        tracing::warn!("gRPC port failed: {e}");
+    }
     match server.await {
         Ok(result) => result.map_err(ServeError::Io),
         Err(e) => Err(ServeError::Task(e.to_string())),
