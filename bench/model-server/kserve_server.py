@@ -29,7 +29,7 @@ class MiniLM(Model):
         emb = self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
         out = InferOutput(name="embedding", shape=list(emb.shape), datatype="FP32")
         out.set_data_from_numpy(emb.astype(np.float32), binary_data=False)
-        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id)
+        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id or "")
 
 
 class Iris(Model):
@@ -55,7 +55,7 @@ class Iris(Model):
         classes = h.argmax(axis=1).astype(np.int64)
         out = InferOutput(name="output-0", shape=list(classes.shape), datatype="INT64")
         out.set_data_from_numpy(classes, binary_data=False)
-        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id)
+        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id or "")
 
 
 if __name__ == "__main__":

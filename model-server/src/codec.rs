@@ -663,3 +663,64 @@ mod tests {
         assert_eq!(encode_v1(&resp), json!({"predictions": [[1, 2], [3, 4]]}));
     }
 }
+
+/// Not a coverage-guided fuzzer (cargo-fuzz needs nightly): a deterministic stream of
+/// mutated bodies through both decoders, asserting only that they answer without panicking.
+#[cfg(test)]
+mod mutation_tests {
+    use super::*;
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn mutated_bodies_never_panic() {
+        let mut raw = Vec::new();
+        raw.extend(1.5f32.to_le_bytes());
+        raw.extend([3, 0, 0, 0]);
+        raw.extend(b"abc");
+        let header = br#"{"id": "x", "parameters": {"binary_data_output": true}, "inputs": [{"name": "f", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}, {"name": "s", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}, {"name": "j", "shape": [2, 1], "datatype": "INT8", "data": [[1], [2]]}], "outputs": [{"name": "o", "parameters": {"binary_data": true}}]}"#;
+        let mut seed = header.to_vec();
+        seed.extend_from_slice(&raw);
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let meta = ModelMetadata {
+            name: "m".into(),
+            versions: vec![],
+            platform: "p".into(),
+            inputs: vec![crate::model::tensor_meta("x", DataType::Fp32, vec![-1, 2])],
+            outputs: vec![],
+        };
+        for round in 0..20_000 {
+            let mut body = seed.clone();
+            for _ in 0..(1 + rng.next() % 4) {
+                let i = (rng.next() as usize) % body.len();
+                match rng.next() % 3 {
+                    0 => body[i] = rng.next() as u8,
+                    1 => {
+                        body.remove(i);
+                    }
+                    _ => body.insert(i, b"[]{}\",:0-9e"[(rng.next() % 11) as usize]),
+                }
+            }
+            let split = if round % 2 == 0 {
+                Some(header.len())
+            } else {
+                Some((rng.next() as usize) % (body.len() + 8))
+            };
+            let _ = decode_request(&body, split);
+            let _ = decode_request(&body, None);
+            let _ = decode_v1(&body, &meta);
+            for dt in DataType::ALL {
+                let _ = TensorData::from_binary(dt, &body[..body.len().min(64)], 3);
+            }
+        }
+    }
+}
