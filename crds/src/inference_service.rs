@@ -144,7 +144,7 @@ pub const FRAMEWORK_SHORTHANDS: &[&str] = &[
 ];
 
 /// Model formats the built-in candle runtime serves.
-pub const BUILTIN_FORMATS: &[&str] = &["sluice-mlp"];
+pub const BUILTIN_FORMATS: &[&str] = &["sluice-mlp", "bert"];
 
 impl InferenceService {
     /// Validates the spec; every error names its field path.

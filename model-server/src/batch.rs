@@ -353,6 +353,35 @@ mod tests {
         assert_eq!(first.await.unwrap()[0].data, TensorData::Fp32(vec![2.0]));
     }
 
+    /// Each call waits until another call is inside `infer` too: only two instances
+    /// computing at the same time let both finish.
+    struct Rendezvous(ModelMetadata, std::sync::Barrier);
+
+    impl Model for Rendezvous {
+        fn metadata(&self) -> &ModelMetadata {
+            &self.0
+        }
+        fn infer(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, InferError> {
+            self.1.wait();
+            Ok(inputs.to_vec())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_compute_in_parallel() {
+        let model = Rendezvous(Doubler::new().0, std::sync::Barrier::new(2));
+        let config = BatchConfig {
+            max_batch_size: 1,
+            max_queue_delay: Duration::ZERO,
+            max_queue: 4,
+            instances: 2,
+        };
+        let ex = Executor::start("r", Arc::new(model), &config, Arc::default());
+        let (a, b) = tokio::join!(ex.run(x(&[1.0])), ex.run(x(&[2.0])));
+        assert_eq!(a.unwrap()[0].data, TensorData::Fp32(vec![1.0]));
+        assert_eq!(b.unwrap()[0].data, TensorData::Fp32(vec![2.0]));
+    }
+
     /// Polls a future once, returning its output if it finished.
     async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
         let mut f = f;
