@@ -1,35 +1,60 @@
 //! `sluice model-server`: flags → `ModelServerConfig`, run until told to stop.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sluice_model_server::{ModelServerConfig, run as serve};
+use sluice_model_server::{BatchConfig, ModelServerConfig, ModelSource, run as serve};
 
 use crate::shutdown;
 
 /// Flags of `sluice model-server`.
 #[derive(Args, Debug)]
 pub struct ModelServerArgs {
-    /// Name the model is served under (`/v2/models/{name}`).
-    #[arg(long, env = "SLUICE_MODEL_NAME")]
-    model_name: String,
-    /// Model format (`sluice-mlp`).
+    /// Name the model is served under (`/v2/models/{name}`); with --storage-uri.
+    #[arg(long, env = "SLUICE_MODEL_NAME", requires = "storage_uri")]
+    model_name: Option<String>,
+    /// Model format (`sluice-mlp`, `bert`).
     #[arg(long, env = "SLUICE_MODEL_FORMAT", default_value = "sluice-mlp")]
     model_format: String,
-    /// Model folder (plain path or file:// URI).
-    #[arg(long, env = "SLUICE_STORAGE_URI")]
-    storage_uri: String,
+    /// Model folder: plain path, file:// URI, or http:// folder serving SHA256SUMS.
+    #[arg(long, env = "SLUICE_STORAGE_URI", requires = "model_name")]
+    storage_uri: Option<String>,
+    /// Model repository folder: one subfolder per model (optional sluice-model.json).
+    #[arg(long, env = "SLUICE_MODEL_REPOSITORY")]
+    model_repository: Option<PathBuf>,
+    /// Where downloaded models are cached (default: $HOME/.cache/sluice/models).
+    #[arg(long, env = "SLUICE_MODEL_CACHE")]
+    model_cache: Option<PathBuf>,
     /// Address to serve on; port 0 picks one, announced on stdout.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// An extra port for gRPC clients that want one (gRPC is always served on --listen too).
+    #[arg(long, env = "SLUICE_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
     /// Maximum concurrent inferences (0 = unlimited).
     #[arg(long, env = "SLUICE_CONTAINER_CONCURRENCY", default_value_t = 0)]
     container_concurrency: u32,
-    /// Largest request body in bytes.
+    /// Largest request body in bytes (larger: 413).
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Most rows in one dynamically batched model call (1 = no batching).
+    #[arg(long, env = "SLUICE_MAX_BATCH_SIZE", default_value_t = 32)]
+    max_batch_size: usize,
+    /// Longest a request waits for others to join its batch.
+    #[arg(long, env = "SLUICE_MAX_QUEUE_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
+    max_queue_delay: Duration,
+    /// Requests that may wait per model before new ones get 503.
+    #[arg(long, env = "SLUICE_MAX_QUEUE", default_value_t = 1024)]
+    max_queue: usize,
+    /// Model instances computing in parallel.
+    #[arg(long, env = "SLUICE_INSTANCES", default_value_t = 1)]
+    instances: usize,
+    /// Threads for the numeric kernels (0 = one per core).
+    #[arg(long, env = "SLUICE_CPU_THREADS", default_value_t = 0)]
+    cpu_threads: usize,
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -40,11 +65,38 @@ pub struct ModelServerArgs {
 
 /// Runs the model server until SIGTERM/SIGINT (or stdin EOF when asked).
 pub async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
+    let batching = BatchConfig {
+        max_batch_size: args.max_batch_size,
+        max_queue_delay: args.max_queue_delay,
+        max_queue: args.max_queue,
+        instances: args.instances,
+    };
+    let mut models = Vec::new();
+    if let (Some(name), Some(uri)) = (args.model_name, args.storage_uri) {
+        models.push((
+            name,
+            ModelSource {
+                format: args.model_format,
+                storage_uri: uri,
+                batching: batching.clone(),
+            },
+        ));
+    }
+    let cache_dir = match args.model_cache {
+        Some(dir) => dir,
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".cache/sluice/models"),
+    };
     let config = ModelServerConfig {
         listen: args.listen,
-        model_name: args.model_name,
-        model_format: args.model_format,
-        storage_uri: args.storage_uri,
+        grpc_listen: args.grpc_listen,
+        models,
+        model_repository: args.model_repository,
+        cache_dir,
+        batching,
+        cpu_threads: args.cpu_threads,
         container_concurrency: args.container_concurrency,
         max_body_bytes: args.max_body_bytes,
         drain_timeout: args.drain_timeout,

@@ -29,6 +29,28 @@ pub enum InferError {
         /// What is wrong.
         message: String,
     },
+    /// A request header is malformed.
+    #[error("header {header}: {message}")]
+    InvalidHeader {
+        /// Header name.
+        header: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The model's batching queue is full.
+    #[error("model {0:?} is overloaded: its request queue is full")]
+    QueueFull(String),
+    /// The model could not be (re)loaded from the repository.
+    #[error("model {name:?} failed to load: {message}")]
+    LoadFailed {
+        /// Model name.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// The endpoint or feature is not implemented.
+    #[error("{0} is not implemented")]
+    NotImplemented(String),
     /// A requested output does not exist.
     #[error("output {0:?} is not an output of this model")]
     UnknownOutput(String),
@@ -45,11 +67,15 @@ impl InferError {
     pub fn status(&self) -> StatusCode {
         match self {
             InferError::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            InferError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InferError::NotReady(_) | InferError::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InferError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             InferError::InvalidBody { .. }
+            | InferError::InvalidHeader { .. }
             | InferError::InvalidInput { .. }
             | InferError::UnknownOutput(_) => StatusCode::BAD_REQUEST,
-            InferError::Compute(_) | InferError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InferError::Compute(_) | InferError::Task(_) | InferError::LoadFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }

@@ -1,65 +1,83 @@
-//! The REST surface: Open Inference Protocol v2 routes, the readiness probe and the
-//! autoscaler's stats endpoint, as an axum `Router` testable without a socket.
+//! The REST surface on one port: Open Inference Protocol v2 (health, metadata, infer with
+//! JSON or binary tensors, repository), KServe v1 (`instances` → `predictions`), Prometheus
+//! metrics, the readiness probe and the autoscaler's stats endpoint — an axum `Router`
+//! testable without a socket.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use serde_json::json;
 use sluice_activator::queue::{PROBE_PATH, Queue, QueueLayer, STATS_PATH};
 use tokio::time::Instant;
 
+use crate::codec::{
+    HEADER_LENGTH, InferRequest, InferResponse, decode_request, decode_v1, encode_response,
+    encode_v1, parse_header_length,
+};
 use crate::error::InferError;
-use crate::model::Model;
-use crate::tensor::parse_request;
+use crate::grpc::{GrpcService, SERVICE_PREFIX};
+use crate::metrics::GaugeGuard;
+use crate::model::validate_inputs;
+use crate::repository::{Repository, ServedModel};
+
+/// Protocol extensions this server implements (`GET /v2`, gRPC ServerMetadata).
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "kserve_v1",
+    "metrics",
+];
+
+/// Bodies larger than this are decoded off the reactor.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
 
 /// What the handlers share.
 pub struct AppState {
-    /// Name the model is served under.
-    pub model_name: String,
-    /// The model, once loaded.
-    pub model: OnceLock<Arc<dyn Model>>,
+    /// The served models.
+    pub repository: Arc<Repository>,
     /// The in-process queue layer.
     pub queue: Arc<Queue>,
 }
 
-impl AppState {
-    fn model(&self, name: &str) -> Result<Arc<dyn Model>, InferError> {
-        if name != self.model_name {
-            return Err(InferError::ModelNotFound(name.to_owned()));
-        }
-        self.model
-            .get()
-            .cloned()
-            .ok_or_else(|| InferError::NotReady(name.to_owned()))
-    }
-
-    fn ready(&self) -> bool {
-        self.model.get().is_some()
-    }
-}
-
-/// Builds the router. Inference routes sit behind the queue layer; probes and stats do not,
-/// so they neither wait in the queue nor count as load.
+/// Builds the router. Inference routes sit behind the queue layer; probes, metadata and
+/// stats do not, so they neither wait in the queue nor count as load.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    // gRPC on the same port: tonic answers every method; ModelInfer goes through the queue
+    // layer like REST inference, the other methods do not.
+    let grpc = <_ as tower::ServiceExt<http::Request<axum::body::Body>>>::map_response(
+        GrpcService::server(state.clone(), max_body_bytes),
+        |r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new),
+    );
+    let queued_grpc = tower::Layer::layer(&QueueLayer::new(state.queue.clone()), grpc.clone());
     let inference = Router::new()
         .route("/v2/models/{model}/infer", post(infer))
         .route(
             "/v2/models/{model}/versions/{version}/infer",
             post(infer_version),
         )
+        .route("/v1/models/{model}", post(v1_predict))
         .layer(QueueLayer::new(state.queue.clone()))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     Router::new()
+        .route("/", get(|| async { Json(json!({ "status": "alive" })) }))
         .route(
             "/v2/health/live",
-            get(|| async { Json(serde_json::json!({ "live": true })) }),
+            get(|| async { Json(json!({ "live": true })) }),
         )
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
+        .route("/v2/models", get(list_models))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{model}", get(v1_model))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
         .route("/v2/models/{model}", get(model_metadata))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -70,39 +88,85 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready_version),
         )
+        .route("/metrics", get(metrics))
+        .route_service(&format!("{SERVICE_PREFIX}ModelInfer"), queued_grpc)
+        .route_service(&format!("{SERVICE_PREFIX}{{*method}}"), grpc)
         .route(PROBE_PATH, get(probe))
         .route(STATS_PATH, get(stats))
         .merge(inference)
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                Json(serde_json::json!({ "error": "no such endpoint" })),
+                Json(json!({ "error": "no such endpoint" })),
             )
         })
         .with_state(state)
 }
 
+fn error_response(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// A body that could not be read (too large → 413), as `{"error"}`.
+fn body_rejection(rejection: BytesRejection) -> Response {
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "request body is larger than the server's limit (--max-body-bytes)".to_owned()
+    } else {
+        format!("cannot read request body: {}", rejection.body_text())
+    };
+    error_response(status, message)
+}
+
 async fn server_ready(State(s): State<Arc<AppState>>) -> Response {
-    let ready = s.ready() && !s.queue.is_draining();
+    let ready = s.repository.all_ready() && !s.queue.is_draining();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(serde_json::json!({ "ready": ready }))).into_response()
+    (status, Json(json!({ "ready": ready }))).into_response()
 }
 
 async fn server_metadata() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
+    Json(json!({
         "name": "sluice-model-server",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": EXTENSIONS,
     }))
 }
 
+async fn list_models(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let names: Vec<String> = s
+        .repository
+        .ready_models()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    Json(json!({ "models": names }))
+}
+
+async fn repository_index(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::to_value(s.repository.index()).unwrap_or_default())
+}
+
+async fn load(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    match s.repository.load(&model).await {
+        Ok(()) => Json(json!({ "name": model, "load": true })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn unload(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    match s.repository.unload(&model) {
+        Ok(()) => Json(json!({ "name": model, "unload": true })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn model_metadata(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    match s.model(&model) {
-        Ok(m) => Json(m.metadata().clone()).into_response(),
+    match s.repository.get(&model) {
+        Ok(m) => Json(m.model.metadata().clone()).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -115,11 +179,11 @@ async fn model_metadata_version(
 }
 
 async fn model_ready(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    match s.model(&model) {
-        Ok(_) => Json(serde_json::json!({ "name": model, "ready": true })).into_response(),
+    match s.repository.get(&model) {
+        Ok(_) => Json(json!({ "name": model, "ready": true })).into_response(),
         Err(InferError::NotReady(_)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "name": model, "ready": false })),
+            Json(json!({ "name": model, "ready": false })),
         )
             .into_response(),
         Err(e) => e.into_response(),
@@ -133,8 +197,36 @@ async fn model_ready_version(
     model_ready(state, Path(model)).await
 }
 
-async fn infer(State(s): State<Arc<AppState>>, Path(model): Path<String>, body: Bytes) -> Response {
-    match run_infer(&s, &model, body).await {
+async fn infer(
+    State(s): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    infer_response(&s, &model, None, &headers, body).await
+}
+
+async fn infer_version(
+    State(s): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    infer_response(&s, &model, Some(version), &headers, body).await
+}
+
+async fn infer_response(
+    s: &AppState,
+    model: &str,
+    version: Option<String>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return body_rejection(rejection),
+    };
+    match run_infer(s, model, version, headers, body).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(model = %model, "inference refused: {e}");
@@ -143,28 +235,161 @@ async fn infer(State(s): State<Arc<AppState>>, Path(model): Path<String>, body: 
     }
 }
 
-async fn infer_version(
-    state: State<Arc<AppState>>,
-    Path((model, _version)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    infer(state, Path(model), body).await
+/// Decodes off the reactor when the body is large.
+async fn decode<F>(body: Bytes, f: F) -> Result<InferRequest, InferError>
+where
+    F: FnOnce(&[u8]) -> Result<InferRequest, InferError> + Send + 'static,
+{
+    if body.len() <= INLINE_DECODE_BYTES {
+        return f(&body);
+    }
+    tokio::task::spawn_blocking(move || f(&body))
+        .await
+        .map_err(|e| InferError::Task(e.to_string()))?
 }
 
-async fn run_infer(s: &AppState, name: &str, body: Bytes) -> Result<Response, InferError> {
-    let model = s.model(name)?;
-    // Parsing and compute are CPU work: keep them off the reactor.
-    let response = tokio::task::spawn_blocking(move || {
-        let request = parse_request(&body)?;
-        model.infer(&request)
+/// Validates, queues and computes a decoded request; returns the response before encoding.
+pub async fn execute(
+    served: &ServedModel,
+    name: &str,
+    version: Option<String>,
+    request: InferRequest,
+) -> Result<InferResponse, InferError> {
+    let metadata = served.model.metadata();
+    validate_inputs(metadata, &request.inputs)?;
+    if let Some(wanted) = &request.outputs {
+        for w in wanted {
+            if !metadata.outputs.iter().any(|o| o.name == w.name) {
+                return Err(InferError::UnknownOutput(w.name.clone()));
+            }
+        }
+    }
+    let started = Instant::now();
+    let mut outputs = served.executor.run(request.inputs).await?;
+    served.metrics.predict.observe_duration(started.elapsed());
+    let outputs = match &request.outputs {
+        None => outputs
+            .into_iter()
+            .map(|t| (t, request.binary_output))
+            .collect(),
+        Some(wanted) => wanted
+            .iter()
+            .filter_map(|w| {
+                let i = outputs.iter().position(|o| o.name == w.name)?;
+                Some((outputs.swap_remove(i), w.binary))
+            })
+            .collect(),
+    };
+    Ok(InferResponse {
+        model_name: name.to_owned(),
+        model_version: version,
+        id: request.id,
+        parameters: request.parameters,
+        outputs,
     })
-    .await
-    .map_err(|e| InferError::Task(e.to_string()))??;
-    Ok(Json(response).into_response())
+}
+
+async fn run_infer(
+    s: &AppState,
+    name: &str,
+    version: Option<String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, InferError> {
+    let served = s.repository.get(name)?;
+    let _in_flight = GaugeGuard::new(&served.metrics.in_flight);
+    let started = Instant::now();
+    let header_length = headers
+        .get(HEADER_LENGTH)
+        .map(|v| parse_header_length(v.as_bytes()))
+        .transpose()?;
+    let request = decode(body, move |b| decode_request(b, header_length)).await?;
+    served
+        .metrics
+        .preprocess
+        .observe_duration(started.elapsed());
+    let response = execute(&served, name, version, request).await?;
+    let started = Instant::now();
+    let encoded = encode_response(&response);
+    let mut resp = encoded.body.into_response();
+    let h = resp.headers_mut();
+    match encoded.header_length {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    served
+        .metrics
+        .postprocess
+        .observe_duration(started.elapsed());
+    Ok(resp)
+}
+
+async fn v1_model(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    match s.repository.get(&model) {
+        Ok(_) => Json(json!({ "name": model, "ready": true })).into_response(),
+        Err(InferError::NotReady(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "name": model, "ready": false })),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn v1_predict(
+    State(s): State<Arc<AppState>>,
+    Path(target): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return body_rejection(rejection),
+    };
+    let Some((model, verb)) = target.rsplit_once(':') else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: POST /v1/models/{target} (expected {target}:predict)"),
+        );
+    };
+    if verb != "predict" {
+        return InferError::NotImplemented(format!("POST /v1/models/{{m}}:{verb}")).into_response();
+    }
+    let result = async {
+        let served = s.repository.get(model)?;
+        let _in_flight = GaugeGuard::new(&served.metrics.in_flight);
+        let started = Instant::now();
+        let metadata = served.model.metadata().clone();
+        let request = decode(body, move |b| decode_v1(b, &metadata)).await?;
+        served
+            .metrics
+            .preprocess
+            .observe_duration(started.elapsed());
+        let response = execute(&served, model, None, request).await?;
+        Ok::<_, InferError>(Json(encode_v1(&response)).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let models = s.repository.ready_models();
+    let text = crate::metrics::render(models.iter().map(|(n, m)| (n.as_str(), m.metrics.as_ref())));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn probe(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let (code, body) = s.queue.probe(s.ready());
+    let (code, body) = s.queue.probe(s.repository.all_ready());
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     // A plain liveness GET without the probe header gets the same answer, minus the body
     // contract, so kubelet-style probes work too.
@@ -178,134 +403,4 @@ async fn probe(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
 
 async fn stats(State(s): State<Arc<AppState>>) -> Json<sluice_activator::queue::PeriodStats> {
     Json(s.queue.recorder().take_period(Instant::now()))
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use axum::http::Request;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
-    use super::*;
-    use crate::mlp::{Mlp, MlpConfig, MlpNet};
-    use sluice_activator::queue::QueueConfig;
-
-    fn state(loaded: bool) -> Arc<AppState> {
-        let s = Arc::new(AppState {
-            model_name: "m".into(),
-            model: OnceLock::new(),
-            queue: Arc::new(Queue::new(
-                QueueConfig {
-                    container_concurrency: 0,
-                    max_queued: None,
-                },
-                Instant::now(),
-            )),
-        });
-        if loaded {
-            let config = MlpConfig {
-                input_name: "input-0".into(),
-                features: 2,
-                hidden: vec![],
-                classes: vec!["a".into(), "b".into()],
-                mean: vec![0.0; 2],
-                std: vec![1.0; 2],
-                max_batch_size: 8,
-            };
-            let vb =
-                candle_nn::VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
-            let net = MlpNet::new(&config, vb).unwrap();
-            let _ = s.model.set(Arc::new(Mlp::from_parts("m", config, net)));
-        }
-        s
-    }
-
-    async fn call(s: Arc<AppState>, req: Request<Body>) -> (StatusCode, serde_json::Value) {
-        let resp = router(s, 1024).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-        )
-    }
-
-    fn infer_req(model: &str, body: &str) -> Request<Body> {
-        Request::post(format!("/v2/models/{model}/infer"))
-            .body(Body::from(body.to_owned()))
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn infer_and_errors() {
-        let ok = r#"{"id": "a", "inputs": [{"name": "input-0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}"#;
-        let (status, body) = call(state(true), infer_req("m", ok)).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["id"], "a");
-        assert_eq!(body["outputs"][0]["name"], "output-0");
-
-        let (status, body) = call(state(true), infer_req("other", ok)).await;
-        assert_eq!(
-            (status, body["error"].as_str().unwrap()),
-            (StatusCode::NOT_FOUND, "model \"other\" not found")
-        );
-
-        let (status, _) = call(state(false), infer_req("m", ok)).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-
-        let (status, body) = call(
-            state(true),
-            infer_req("m", r#"{"inputs": [{"name": "input-0"}]}"#),
-        )
-        .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(
-            body["error"].as_str().unwrap().contains("inputs[0]"),
-            "{body}"
-        );
-
-        let too_big = format!("{{\"pad\": \"{}\"}}", "x".repeat(2048));
-        let resp = router(state(true), 1024)
-            .oneshot(infer_req("m", &too_big))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    }
-
-    #[tokio::test]
-    async fn probe_and_health() {
-        let probe = || {
-            Request::get(PROBE_PATH)
-                .header("k-network-probe", "queue")
-                .body(Body::empty())
-                .unwrap()
-        };
-        let resp = router(state(false), 1024).oneshot(probe()).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let resp = router(state(true), 1024).oneshot(probe()).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        assert_eq!(
-            resp.into_body().collect().await.unwrap().to_bytes(),
-            "queue"
-        );
-        let (status, body) = call(
-            state(true),
-            Request::get("/v2/models/m").body(Body::empty()).unwrap(),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["inputs"][0]["shape"], serde_json::json!([-1, 2]));
-        let (status, body) = call(
-            state(false),
-            Request::get("/v2/health/ready")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(
-            (status, body["ready"].as_bool()),
-            (StatusCode::SERVICE_UNAVAILABLE, Some(false))
-        );
-    }
 }

@@ -1,20 +1,32 @@
 //! sluice-model-server: the reference model runtime.
 //!
-//! Owns loading models with candle (`sluice-mlp` today), the Open Inference Protocol REST
-//! surface (health, metadata, infer), inference errors and their status codes, and the
-//! process lifecycle of `sluice model-server` (announce address, load, serve, drain). The
-//! queue layer from `sluice-activator` runs in-process in front of inference routes.
+//! Owns loading models with candle (`sluice-mlp`, `bert` sentence embeddings), the model
+//! repository (folder, `storageUri` download cache, load/unload), the Open Inference
+//! Protocol v2 and KServe v1 REST surface with the binary tensor extension (HTTP/1.1 and
+//! h2c on one port), dynamic batching per model, Prometheus metrics, inference errors and
+//! their status codes, and the process lifecycle of `sluice model-server` (announce
+//! address, load, serve, drain). The queue layer from `sluice-activator` runs in-process
+//! in front of inference routes.
 //!
 //! Not here: deciding how many servers run (`sluice-autoscaler`), starting them
 //! (`sluice-controller`), routing to them (`sluice-router`).
 
+pub mod batch;
+pub mod bert;
+pub mod codec;
 pub mod error;
+pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod mlp;
 pub mod model;
+pub mod repository;
 pub mod server;
+pub mod storage;
 pub mod tensor;
 
+pub use batch::BatchConfig;
 pub use error::InferError;
 pub use model::{Model, ModelMetadata, TensorMetadata, load_model};
+pub use repository::{ModelSource, Repository};
 pub use server::{ModelServerConfig, ServeError, run};

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::InferError;
 use crate::model::{LoadError, Model, ModelMetadata, TensorMetadata};
-use crate::tensor::{InferRequest, InferResponse, ResponseOutput, TensorData};
+use crate::tensor::{NamedTensor, TensorData};
 
 /// The config file in a model folder.
 pub const CONFIG_FILE: &str = "config.json";
@@ -202,89 +202,62 @@ impl Model for Mlp {
         &self.metadata
     }
 
-    fn infer(&self, request: &InferRequest) -> Result<InferResponse, InferError> {
+    fn infer(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, InferError> {
         let features = self.config.features;
-        let input = match request.inputs.as_slice() {
-            [only] if only.name == self.config.input_name => only,
-            [only] => {
-                return Err(InferError::InvalidInput {
-                    tensor: only.name.clone(),
-                    message: format!(
-                        "unknown input; the model's input is {:?}",
-                        self.config.input_name
-                    ),
-                });
-            }
-            _ => {
-                return Err(InferError::InvalidInput {
-                    tensor: self.config.input_name.clone(),
-                    message: format!("expected exactly one input, got {}", request.inputs.len()),
-                });
-            }
+        let [input] = inputs else {
+            return Err(InferError::InvalidInput {
+                tensor: self.config.input_name.clone(),
+                message: format!("expected exactly one input, got {}", inputs.len()),
+            });
         };
-        let dims = input.dims()?;
-        let rows = match dims.as_slice() {
+        let rows = match input.shape.as_slice() {
             [rows, f] if *f == features => *rows,
-            [f] if *f == features => 1,
             _ => {
-                return Err(InferError::InvalidInput {
-                    tensor: input.name.clone(),
-                    message: format!("shape {:?} does not match [-1, {features}]", input.shape),
-                });
+                return Err(input.invalid(format!(
+                    "shape {:?} does not match [-1, {features}]",
+                    input.shape
+                )));
             }
         };
         if rows > self.config.max_batch_size {
-            return Err(InferError::InvalidInput {
-                tensor: input.name.clone(),
-                message: format!(
-                    "{rows} rows exceed the model's max batch size {}",
-                    self.config.max_batch_size
-                ),
-            });
+            return Err(input.invalid(format!(
+                "{rows} rows exceed the model's max batch size {}",
+                self.config.max_batch_size
+            )));
         }
-        let data = input.to_f32()?;
-        let x = Tensor::from_vec(data, (rows, features), &Device::Cpu)?;
+        let TensorData::Fp32(data) = &input.data else {
+            return Err(input.invalid(format!(
+                "datatype is {}, the model expects FP32",
+                input.datatype()
+            )));
+        };
+        let x = Tensor::from_slice(data.as_slice(), (rows, features), &Device::Cpu)?;
         let logits = self.net.logits(&x)?;
         let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)?;
         let classes = probabilities.argmax(D::Minus1)?.to_dtype(DType::I64)?;
-        let mut outputs = vec![
-            ResponseOutput {
-                name: CLASS_OUTPUT.to_owned(),
-                shape: vec![rows],
-                datatype: "INT64".to_owned(),
-                parameters: None,
-                data: TensorData::Int64(classes.to_vec1::<i64>()?),
-            },
-            ResponseOutput {
-                name: PROBABILITIES_OUTPUT.to_owned(),
-                shape: vec![rows, self.config.classes.len()],
-                datatype: "FP32".to_owned(),
-                parameters: None,
-                data: TensorData::Fp32(probabilities.flatten_all()?.to_vec1::<f32>()?),
-            },
-        ];
-        if let Some(wanted) = &request.outputs {
-            for w in wanted {
-                if !outputs.iter().any(|o| o.name == w.name) {
-                    return Err(InferError::UnknownOutput(w.name.clone()));
-                }
-            }
-            outputs.retain(|o| wanted.iter().any(|w| w.name == o.name));
-        }
-        Ok(InferResponse {
-            model_name: self.metadata.name.clone(),
-            model_version: None,
-            id: request.id.clone(),
-            parameters: request.parameters.clone(),
-            outputs,
-        })
+        Ok(vec![
+            NamedTensor::new(
+                CLASS_OUTPUT,
+                vec![rows],
+                TensorData::Int64(classes.to_vec1::<i64>()?),
+            ),
+            NamedTensor::new(
+                PROBABILITIES_OUTPUT,
+                vec![rows, self.config.classes.len()],
+                TensorData::Fp32(probabilities.flatten_all()?.to_vec1::<f32>()?),
+            ),
+        ])
+    }
+
+    fn batchable(&self) -> bool {
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::parse_request;
+    use crate::model::validate_inputs;
 
     fn zero_model() -> Mlp {
         let config = MlpConfig {
@@ -301,13 +274,21 @@ mod tests {
         Mlp::from_parts("m", config, net)
     }
 
+    fn input(name: &str, shape: Vec<usize>, data: TensorData) -> Vec<NamedTensor> {
+        vec![NamedTensor::new(name, shape, data)]
+    }
+
     #[test]
     fn zero_weights_give_uniform_probabilities() {
         let m = zero_model();
-        let req = parse_request(br#"{"id": "7", "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#).unwrap();
-        let resp = m.infer(&req).unwrap();
-        assert_eq!(resp.id.as_deref(), Some("7"));
-        let TensorData::Fp32(p) = &resp.outputs[1].data else {
+        let out = m
+            .infer(&input(
+                "input-0",
+                vec![1, 4],
+                TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]),
+            ))
+            .unwrap();
+        let TensorData::Fp32(p) = &out[1].data else {
             panic!("fp32 expected")
         };
         for x in p {
@@ -316,31 +297,39 @@ mod tests {
     }
 
     #[test]
-    fn shape_batch_and_output_errors_name_the_tensor() {
+    fn shape_batch_and_name_errors_name_the_tensor() {
         let m = zero_model();
-        let bad_shape = parse_request(br#"{"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}"#).unwrap();
+        let bad_shape = input("input-0", vec![1, 3], TensorData::Fp32(vec![1.0; 3]));
         assert_eq!(
-            m.infer(&bad_shape).unwrap_err().to_string(),
-            "input \"input-0\": shape [1, 3] does not match [-1, 4]"
+            validate_inputs(m.metadata(), &bad_shape)
+                .unwrap_err()
+                .to_string(),
+            "input \"input-0\": shape [1, 3] does not match the model's [-1, 4]"
         );
-        let too_many = parse_request(br#"{"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP32", "data": [1,2,3,4,1,2,3,4,1,2,3,4]}]}"#).unwrap();
+        let too_many = input("input-0", vec![3, 4], TensorData::Fp32(vec![1.0; 12]));
         assert!(
             m.infer(&too_many)
                 .unwrap_err()
                 .to_string()
                 .contains("max batch size 2")
         );
-        let wrong_name = parse_request(br#"{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1,2,3,4]}]}"#).unwrap();
-        assert!(
-            m.infer(&wrong_name)
+        let wrong_name = input("x", vec![1, 4], TensorData::Fp32(vec![1.0; 4]));
+        assert_eq!(
+            validate_inputs(m.metadata(), &wrong_name)
                 .unwrap_err()
-                .to_string()
-                .starts_with("input \"x\": unknown input")
+                .to_string(),
+            "input \"x\": unknown input; the model's inputs are [\"input-0\"]"
         );
-        let unknown_out = parse_request(br#"{"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [1,2,3,4]}], "outputs": [{"name": "nope"}]}"#).unwrap();
-        assert!(matches!(
-            m.infer(&unknown_out),
-            Err(InferError::UnknownOutput(_))
-        ));
+        let fp64 = input("input-0", vec![1, 4], TensorData::Fp64(vec![1.0; 4]));
+        assert_eq!(
+            validate_inputs(m.metadata(), &fp64)
+                .unwrap_err()
+                .to_string(),
+            "input \"input-0\": datatype is FP64, the model expects FP32"
+        );
+        assert_eq!(
+            validate_inputs(m.metadata(), &[]).unwrap_err().to_string(),
+            "input \"input-0\": required input is missing"
+        );
     }
 }

@@ -4,17 +4,86 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bert::Bert;
 use crate::error::InferError;
 use crate::mlp::Mlp;
-use crate::tensor::{InferRequest, InferResponse};
+use crate::tensor::{DataType, NamedTensor};
 
 /// A loaded model, ready to compute. Inference is synchronous CPU work: callers run it off
 /// the async reactor.
 pub trait Model: Send + Sync {
     /// What the model takes and returns.
     fn metadata(&self) -> &ModelMetadata;
-    /// Computes the response to one request.
-    fn infer(&self, request: &InferRequest) -> Result<InferResponse, InferError>;
+    /// Computes every output for inputs already checked by [`validate_inputs`].
+    fn infer(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, InferError>;
+    /// Whether every input and output has a leading batch dimension, so requests can be
+    /// concatenated along it (dynamic batching).
+    fn batchable(&self) -> bool {
+        false
+    }
+}
+
+/// Checks inputs against the model's metadata: known names, each required input present
+/// once, datatypes and fixed dimensions as declared (-1 = any). Errors name the tensor.
+pub fn validate_inputs(meta: &ModelMetadata, inputs: &[NamedTensor]) -> Result<(), InferError> {
+    for input in inputs {
+        let Some(spec) = meta.inputs.iter().find(|m| m.name == input.name) else {
+            let names: Vec<&str> = meta.inputs.iter().map(|m| m.name.as_str()).collect();
+            return Err(input.invalid(format!("unknown input; the model's inputs are {names:?}")));
+        };
+        if input.datatype().as_str() != spec.datatype {
+            return Err(input.invalid(format!(
+                "datatype is {}, the model expects {}",
+                input.datatype(),
+                spec.datatype
+            )));
+        }
+        let fits = input.shape.len() == spec.shape.len()
+            && input
+                .shape
+                .iter()
+                .zip(&spec.shape)
+                .all(|(&d, &want)| want < 0 || d as i64 == want);
+        if !fits {
+            return Err(input.invalid(format!(
+                "shape {:?} does not match the model's {:?}",
+                input.shape, spec.shape
+            )));
+        }
+    }
+    for spec in &meta.inputs {
+        if !inputs.iter().any(|i| i.name == spec.name) {
+            return Err(InferError::InvalidInput {
+                tensor: spec.name.clone(),
+                message: "required input is missing".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The device heavy models run on: the first GPU when built with `cuda` (or `metal`) and
+/// one is present, otherwise the CPU. (`sluice-mlp` always runs on the CPU: it is too small
+/// for a GPU to pay off.)
+pub fn compute_device() -> candle_core::Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = candle_core::Device::cuda_if_available(0) {
+        return d;
+    }
+    #[cfg(feature = "metal")]
+    if let Ok(d) = candle_core::Device::new_metal(0) {
+        return d;
+    }
+    candle_core::Device::Cpu
+}
+
+/// Metadata entry for a tensor.
+pub fn tensor_meta(name: &str, datatype: DataType, shape: Vec<i64>) -> TensorMetadata {
+    TensorMetadata {
+        name: name.to_owned(),
+        datatype: datatype.as_str().to_owned(),
+        shape,
+    }
 }
 
 /// `GET /v2/models/{m}` body.
@@ -48,7 +117,9 @@ pub struct TensorMetadata {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The format is not one this server runs.
-    #[error("model format {0:?} is not supported by the candle runtime (supported: sluice-mlp)")]
+    #[error(
+        "model format {0:?} is not supported by the candle runtime (supported: sluice-mlp, bert)"
+    )]
     UnsupportedFormat(String),
     /// The storage URI is not a local folder.
     #[error("storage URI {0:?} is not a local path or file:// URI")]
@@ -70,6 +141,22 @@ pub enum LoadError {
         /// What is wrong.
         message: String,
     },
+    /// The tokenizer could not be loaded.
+    #[error("invalid tokenizer {path}: {message}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Downloading the model failed.
+    #[error("cannot download {uri}: {message}")]
+    Download {
+        /// What was fetched.
+        uri: String,
+        /// Why it failed.
+        message: String,
+    },
     /// The weights are missing, malformed, or do not fit the config.
     #[error("invalid weights {path}")]
     Weights {
@@ -81,21 +168,11 @@ pub enum LoadError {
     },
 }
 
-/// Turns a `storageUri` (plain path or `file://`) into a local folder.
-pub fn local_path(storage_uri: &str) -> Result<PathBuf, LoadError> {
-    if let Some(rest) = storage_uri.strip_prefix("file://") {
-        return Ok(PathBuf::from(rest));
-    }
-    if storage_uri.contains("://") {
-        return Err(LoadError::UnsupportedUri(storage_uri.to_owned()));
-    }
-    Ok(PathBuf::from(storage_uri))
-}
-
 /// Loads the model in `dir` as `format`, serving it under `name`.
 pub fn load_model(format: &str, name: &str, dir: &Path) -> Result<Box<dyn Model>, LoadError> {
     match format {
         "sluice-mlp" => Ok(Box::new(Mlp::load(name, dir)?)),
+        "bert" => Ok(Box::new(Bert::load(name, dir)?)),
         other => Err(LoadError::UnsupportedFormat(other.to_owned())),
     }
 }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_activator::queue::{Queue, QueueConfig};
@@ -11,20 +11,28 @@ use sluice_core::replica::{LISTENING_PREFIX, READY_LINE};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::batch::BatchConfig;
 use crate::http::{AppState, router};
-use crate::model::{LoadError, Model, load_model, local_path};
+use crate::model::LoadError;
+use crate::repository::{ModelSource, Repository};
 
 /// Settings of one model server.
 #[derive(Clone, Debug)]
 pub struct ModelServerConfig {
     /// Address to serve on (port 0 picks a free one, announced on stdout).
     pub listen: SocketAddr,
-    /// Name the model is served under.
-    pub model_name: String,
-    /// Model format (`sluice-mlp`).
-    pub model_format: String,
-    /// Where the model is (folder path or `file://` URI).
-    pub storage_uri: String,
+    /// An extra port serving gRPC (and REST) besides `listen`, if any.
+    pub grpc_listen: Option<SocketAddr>,
+    /// Models given by name and source (the single-model flags).
+    pub models: Vec<(String, ModelSource)>,
+    /// A model repository folder: every subfolder is a model, loaded at start.
+    pub model_repository: Option<PathBuf>,
+    /// Where downloaded models are cached.
+    pub cache_dir: PathBuf,
+    /// Batching settings for repository models without their own.
+    pub batching: BatchConfig,
+    /// Threads for the numeric kernels (0 = one per core).
+    pub cpu_threads: usize,
     /// Maximum concurrent inferences; 0 = unlimited.
     pub container_concurrency: u32,
     /// Largest accepted request body.
@@ -45,14 +53,20 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    /// The model could not be loaded.
+    /// A model could not be loaded.
     #[error("cannot load model")]
     Load(#[from] LoadError),
+    /// A model could not be loaded.
+    #[error("cannot load model")]
+    Model(#[from] crate::error::InferError),
+    /// No model was given.
+    #[error("no model to serve: give --model-name/--storage-uri or --model-repository")]
+    NoModels,
     /// Serving failed.
     #[error("server failed")]
     Io(#[from] std::io::Error),
-    /// The loading task died.
-    #[error("model loading task failed: {0}")]
+    /// The serving task died.
+    #[error("server task failed: {0}")]
     Task(String),
 }
 
@@ -61,6 +75,13 @@ pub async fn run(
     config: ModelServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    if config.cpu_threads > 0
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.cpu_threads)
+            .build_global()
+    {
+        tracing::warn!("cannot set the kernel thread count: {e}");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -77,13 +98,47 @@ pub async fn run(
         },
         Instant::now(),
     ));
+    let repository = Arc::new(Repository::new(
+        config.model_repository.clone(),
+        config.cache_dir.clone(),
+        config.batching.clone(),
+    ));
+    let mut names = Vec::new();
+    for (name, source) in &config.models {
+        repository.add(name, source.clone());
+        names.push(name.clone());
+    }
+    names.extend(repository.scan()?);
+    if names.is_empty() {
+        return Err(ServeError::NoModels);
+    }
     let state = Arc::new(AppState {
-        model_name: config.model_name.clone(),
-        model: OnceLock::new(),
+        repository: repository.clone(),
         queue: queue.clone(),
     });
     let app = router(state.clone(), config.max_body_bytes);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (extra_stop_tx, extra_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let extra = match config.grpc_listen {
+        Some(grpc_addr) => {
+            let grpc_listener =
+                TcpListener::bind(grpc_addr)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: grpc_addr,
+                        source,
+                    })?;
+            tracing::info!(addr = %grpc_listener.local_addr()?, "gRPC port (REST answers too)");
+            Some(tokio::spawn(
+                axum::serve(grpc_listener, app.clone())
+                    .with_graceful_shutdown(async {
+                        let _ = extra_stop_rx.await;
+                    })
+                    .into_future(),
+            ))
+        }
+        None => None,
+    };
     let server = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -93,42 +148,30 @@ pub async fn run(
     );
 
     let started = Instant::now();
-    let (format, name, uri) = (
-        config.model_format.clone(),
-        config.model_name.clone(),
-        config.storage_uri.clone(),
-    );
-    let load = tokio::task::spawn_blocking(move || -> Result<Box<dyn Model>, LoadError> {
-        let dir: PathBuf = local_path(&uri)?;
-        load_model(&format, &name, &dir)
-    });
+    let load_all = async {
+        for name in &names {
+            repository.load(name).await?;
+        }
+        Ok::<_, crate::error::InferError>(())
+    };
     tokio::pin!(shutdown);
     let loaded = tokio::select! {
-        loaded = load => Some(loaded),
+        loaded = load_all => Some(loaded),
         () = &mut shutdown => None,
     };
     let Some(loaded) = loaded else {
         let _ = stop_tx.send(());
         return Ok(());
     };
-    let model = match loaded.map_err(|e| ServeError::Task(e.to_string())) {
-        Ok(Ok(model)) => model,
-        Ok(Err(e)) => {
-            let _ = stop_tx.send(());
-            return Err(e.into());
-        }
-        Err(e) => {
-            let _ = stop_tx.send(());
-            return Err(e);
-        }
-    };
-    let _ = state.model.set(Arc::from(model));
+    if let Err(e) = loaded {
+        let _ = stop_tx.send(());
+        return Err(e.into());
+    }
     tracing::info!(
-        model = %config.model_name,
-        format = %config.model_format,
+        models = ?names,
         load_ms = started.elapsed().as_millis() as u64,
         %addr,
-        "model loaded; serving"
+        "models loaded; serving"
     );
     announce(READY_LINE);
 
@@ -144,6 +187,12 @@ pub async fn run(
         );
     }
     let _ = stop_tx.send(());
+    let _ = extra_stop_tx.send(());
+    if let Some(extra) = extra
+        && let Ok(Err(e)) = extra.await
+    {
+        tracing::warn!("gRPC port failed: {e}");
+    }
     match server.await {
         Ok(result) => result.map_err(ServeError::Io),
         Err(e) => Err(ServeError::Task(e.to_string())),

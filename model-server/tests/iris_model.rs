@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 
 use sluice_model_server::Model;
+use sluice_model_server::codec::decode_request;
 use sluice_model_server::mlp::Mlp;
-use sluice_model_server::tensor::{TensorData, parse_request};
+use sluice_model_server::tensor::TensorData;
 
 #[test]
 fn shipped_iris_model_knows_its_flowers() {
@@ -16,12 +17,11 @@ fn shipped_iris_model_knows_its_flowers() {
     let body = r#"{"inputs": [{"name": "input-0", "shape": [5, 4], "datatype": "FP32",
         "data": [[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5],
                  [6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}"#;
-    let resp = model
-        .infer(&parse_request(body.as_bytes()).unwrap())
-        .unwrap();
-    assert_eq!(resp.outputs[0].name, "output-0");
-    assert_eq!(resp.outputs[0].data, TensorData::Int64(vec![0, 1, 2, 1, 1]));
-    let TensorData::Fp32(p) = &resp.outputs[1].data else {
+    let request = decode_request(body.as_bytes(), None).unwrap();
+    let outputs = model.infer(&request.inputs).unwrap();
+    assert_eq!(outputs[0].name, "output-0");
+    assert_eq!(outputs[0].data, TensorData::Int64(vec![0, 1, 2, 1, 1]));
+    let TensorData::Fp32(p) = &outputs[1].data else {
         panic!("probabilities are FP32")
     };
     assert_eq!(p.len(), 15);

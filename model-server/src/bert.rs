@@ -1,0 +1,193 @@
+//! `bert`: sentence embeddings from a BERT encoder (e.g. all-MiniLM-L6-v2) on candle.
+//!
+//! A model folder holds Hugging Face's `config.json`, `tokenizer.json` and
+//! `model.safetensors`. Input `text` (BYTES, one UTF-8 sentence per row) is tokenized with
+//! the `tokenizers` crate, run through candle-transformers' `BertModel`, mean-pooled over
+//! the attention mask and L2-normalized, as sentence-transformers does. Output `embedding`
+//! is FP32 `[batch, hidden]`.
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::error::InferError;
+use crate::model::{LoadError, Model, ModelMetadata, tensor_meta};
+use crate::tensor::{DataType, NamedTensor, TensorData};
+
+/// The `modelFormat` name.
+pub const BERT_FORMAT: &str = "bert";
+/// Input holding the sentences.
+pub const TEXT_INPUT: &str = "text";
+/// Output holding the embeddings.
+pub const EMBEDDING_OUTPUT: &str = "embedding";
+/// Longest token sequence (sentence-transformers' `max_seq_length` for MiniLM).
+pub const MAX_TOKENS: usize = 256;
+
+/// A loaded sentence-embedding model.
+pub struct Bert {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    hidden: usize,
+    metadata: ModelMetadata,
+}
+
+impl std::fmt::Debug for Bert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bert")
+            .field("name", &self.metadata.name)
+            .field("hidden", &self.hidden)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bert {
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
+    pub fn load(name: &str, dir: &Path) -> Result<Self, LoadError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|source| LoadError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let config: Config = serde_json::from_str(&text).map_err(|e| LoadError::Config {
+            path: config_path.clone(),
+            message: e.to_string(),
+        })?;
+        let hidden = config.hidden_size;
+
+        let tokenizer_path = dir.join("tokenizer.json");
+        let mut tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| LoadError::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..PaddingParams::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| LoadError::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+
+        // Read, not mmap: the workspace forbids `unsafe`, and candle's mmap loader is unsafe.
+        let weights_path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&weights_path).map_err(|source| LoadError::Io {
+            path: weights_path.clone(),
+            source,
+        })?;
+        let weights_err = |source| LoadError::Weights {
+            path: weights_path.clone(),
+            source,
+        };
+        let device = crate::model::compute_device();
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
+            .map_err(weights_err)?;
+        let model = BertModel::load(vb, &config).map_err(weights_err)?;
+        let metadata = ModelMetadata {
+            name: name.to_owned(),
+            versions: Vec::new(),
+            platform: "sluice-candle".to_owned(),
+            inputs: vec![tensor_meta(TEXT_INPUT, DataType::Bytes, vec![-1])],
+            outputs: vec![tensor_meta(
+                EMBEDDING_OUTPUT,
+                DataType::Fp32,
+                vec![-1, hidden as i64],
+            )],
+        };
+        Ok(Self {
+            model,
+            tokenizer,
+            hidden,
+            metadata,
+        })
+    }
+
+    /// Embeds sentences: `[sentences.len(), hidden]`, row-major, each row of unit length.
+    pub fn embed(&self, sentences: &[&str]) -> Result<Vec<f32>, InferError> {
+        if sentences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(sentences.to_vec(), true)
+            .map_err(|e| InferError::InvalidInput {
+                tensor: TEXT_INPUT.into(),
+                message: format!("cannot tokenize: {e}"),
+            })?;
+        let rows = encodings.len();
+        let len = encodings.first().map_or(0, |e| e.get_ids().len());
+        let mut ids = Vec::with_capacity(rows * len);
+        let mut types = Vec::with_capacity(rows * len);
+        let mut mask = Vec::with_capacity(rows * len);
+        for e in &encodings {
+            ids.extend(e.get_ids().iter().map(|&x| i64::from(x)));
+            types.extend(e.get_type_ids().iter().map(|&x| i64::from(x)));
+            mask.extend(e.get_attention_mask().iter().map(|&x| i64::from(x)));
+        }
+        let device = &self.model.device;
+        let ids = Tensor::from_vec(ids, (rows, len), device)?;
+        let types = Tensor::from_vec(types, (rows, len), device)?;
+        let mask = Tensor::from_vec(mask, (rows, len), device)?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        // Mean over real tokens: sum(h * mask) / sum(mask).
+        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let counts = mask.sum(1)?.clamp(1e-9, f32::MAX)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+        let normalized = mean.broadcast_div(&norm)?;
+        Ok(normalized.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Width of an embedding.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+}
+
+impl Model for Bert {
+    fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    fn infer(&self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, InferError> {
+        let [input] = inputs else {
+            return Err(InferError::InvalidInput {
+                tensor: TEXT_INPUT.into(),
+                message: format!("expected exactly one input, got {}", inputs.len()),
+            });
+        };
+        let TensorData::Bytes(items) = &input.data else {
+            return Err(input.invalid(format!(
+                "datatype is {}, the model expects BYTES",
+                input.datatype()
+            )));
+        };
+        let sentences = items
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                std::str::from_utf8(b)
+                    .map_err(|e| input.invalid(format!("element {i} is not UTF-8 text: {e}")))
+            })
+            .collect::<Result<Vec<&str>, InferError>>()?;
+        let embeddings = self.embed(&sentences)?;
+        Ok(vec![NamedTensor::new(
+            EMBEDDING_OUTPUT,
+            vec![sentences.len(), self.hidden],
+            TensorData::Fp32(embeddings),
+        )])
+    }
+
+    fn batchable(&self) -> bool {
+        true
+    }
+}
