@@ -9,7 +9,6 @@
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -77,18 +76,19 @@ impl Bert {
                 message: e.to_string(),
             })?;
 
-        // Read, not mmap: the workspace forbids `unsafe`, and candle's mmap loader is unsafe.
         let weights_path = dir.join("model.safetensors");
-        let bytes = std::fs::read(&weights_path).map_err(|source| LoadError::Io {
-            path: weights_path.clone(),
-            source,
-        })?;
         let weights_err = |source| LoadError::Weights {
             path: weights_path.clone(),
             source,
         };
+        if !weights_path.is_file() {
+            return Err(LoadError::Io {
+                path: weights_path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
         let device = crate::model::compute_device();
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
+        let vb = crate::weights::mmap_var_builder(&[&weights_path], DType::F32, &device)
             .map_err(weights_err)?;
         let model = BertModel::load(vb, &config).map_err(weights_err)?;
         let metadata = ModelMetadata {

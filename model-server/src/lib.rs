@@ -24,6 +24,7 @@ pub mod repository;
 pub mod server;
 pub mod storage;
 pub mod tensor;
+pub mod weights;
 
 pub use batch::BatchConfig;
 pub use error::InferError;

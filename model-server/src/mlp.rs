@@ -5,7 +5,6 @@
 //! `layers.{i}.bias`. Outputs: `output-0`, the predicted class index per row (INT64, as
 //! KServe's sklearn server answers for iris), and `probabilities` (FP32, softmax).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -153,9 +152,8 @@ impl Mlp {
             });
         }
         let device = Device::Cpu;
-        let tensors: HashMap<String, Tensor> =
-            candle_core::safetensors::load(&weights_path, &device).map_err(weights_err)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let vb = crate::weights::mmap_var_builder(&[&weights_path], DType::F32, &device)
+            .map_err(weights_err)?;
         let net = MlpNet::new(&config, vb).map_err(weights_err)?;
         Ok(Self::from_parts(name, config, net))
     }
