@@ -174,7 +174,6 @@ pub fn builtin_runtime() -> ServingRuntime {
         spec: ServingRuntimeSpec {
             supported_model_formats: vec![
                 format("sluice-mlp"),
-                format("safetensors"),
                 format("bert"),
             ],
             protocol_versions: vec!["v1".into(), "v2".into()],
