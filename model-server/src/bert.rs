@@ -81,15 +81,8 @@ impl Bert {
             path: weights_path.clone(),
             source,
         };
-        if !weights_path.is_file() {
-            return Err(LoadError::Io {
-                path: weights_path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            });
-        }
         let device = crate::model::compute_device();
-        let vb = crate::weights::mmap_var_builder(&[&weights_path], DType::F32, &device)
-            .map_err(weights_err)?;
+        let vb = crate::weights::map_file(&weights_path, &device)?;
         let model = BertModel::load(vb, &config).map_err(weights_err)?;
         let metadata = ModelMetadata {
             name: name.to_owned(),

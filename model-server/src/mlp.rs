@@ -145,15 +145,8 @@ impl Mlp {
             path: weights_path.clone(),
             source,
         };
-        if !weights_path.is_file() {
-            return Err(LoadError::Io {
-                path: weights_path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            });
-        }
         let device = Device::Cpu;
-        let vb = crate::weights::mmap_var_builder(&[&weights_path], DType::F32, &device)
-            .map_err(weights_err)?;
+        let vb = crate::weights::map_file(&weights_path, &device)?;
         let net = MlpNet::new(&config, vb).map_err(weights_err)?;
         Ok(Self::from_parts(name, config, net))
     }

@@ -10,6 +10,22 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
+use crate::model::LoadError;
+
+/// Maps one safetensors file of F32 weights for building a model; errors name the file.
+pub fn map_file(path: &Path, device: &Device) -> Result<VarBuilder<'static>, LoadError> {
+    if !path.is_file() {
+        return Err(LoadError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    mmap_var_builder(&[path], DType::F32, device).map_err(|source| LoadError::Weights {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Maps `paths` (safetensors files) read-only and returns a `VarBuilder` over them.
 ///
 /// # Why the `unsafe` is sound here
