@@ -865,3 +865,54 @@ async fn every_upstream_kserve_sample_and_runtime_applies() {
         .unwrap();
     assert!(builtin.is_some(), "the built-in runtime is listed");
 }
+
+#[tokio::test]
+async fn deleting_one_of_two_isvcs_unroutes_and_stops_only_it() {
+    let mut h = Harness::new("delete-one");
+    let mut other = manifest("./v1");
+    other.text = other.text.replace("{name: iris}", "{name: lily}");
+    apply_files(&h.store, &[manifest("./v1"), other])
+        .await
+        .unwrap();
+    h.settle().await;
+    let hosts = |h: &Harness| {
+        let mut hosts: Vec<String> = h.snapshot.borrow().hosts.keys().cloned().collect();
+        hosts.sort();
+        hosts
+    };
+    assert!(hosts(&h).contains(&"iris.default.example.test".to_owned()));
+    assert!(hosts(&h).contains(&"lily.default.example.test".to_owned()));
+
+    let deleted = h
+        .store
+        .delete(Kind::InferenceService, "default", "iris")
+        .await
+        .unwrap();
+    assert!(deleted.len() >= 5, "{deleted:?}");
+    h.settle().await;
+
+    // Only lily's hosts and replicas are left, and nothing of iris was written back.
+    assert!(
+        hosts(&h).iter().all(|host| host.starts_with("lily")),
+        "{:?}",
+        hosts(&h)
+    );
+    assert!(!hosts(&h).is_empty());
+    let running: Vec<String> = h.runtime.revisions().into_iter().map(|k| k.name).collect();
+    assert_eq!(running, vec!["lily-predictor-00001".to_owned()]);
+    for kind in [
+        Kind::Service,
+        Kind::Configuration,
+        Kind::Route,
+        Kind::Revision,
+    ] {
+        let left = h.store.list(kind, None).await.unwrap();
+        assert!(
+            left.iter()
+                .all(|o| !o["metadata"]["name"].as_str().unwrap().starts_with("iris")),
+            "{kind:?} of iris resurrected: {left:?}"
+        );
+    }
+    let lily = h.get(Kind::InferenceService, "lily").await;
+    assert_eq!(condition(&lily, "Ready").0, "True", "{lily:#}");
+}
