@@ -457,15 +457,24 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         applied: &[(Kind, Value)],
         scope: &mut Option<BTreeSet<Key>>,
     ) -> Result<(), ReconcileError> {
+        let mut keys = Vec::with_capacity(applied.len());
         for (kind, value) in applied {
             let (ns, name) = key_of(value);
             let now = self.store.get(*kind, &ns, &name).await?;
             self.cache.put(*kind, &ns, &name, now);
-            if let Some(scope) = scope {
-                scope.insert((*kind, ns, name));
-            }
+            keys.push((*kind, ns, name));
         }
+        self.widen(scope, keys);
         Ok(())
+    }
+
+    /// Adds `keys` to an incremental pass's scope and closes it again (see `cache`), so
+    /// that objects created or found during the pass bring their own scope.
+    fn widen(&self, scope: &mut Option<BTreeSet<Key>>, keys: impl IntoIterator<Item = Key>) {
+        if let Some(scope) = scope {
+            scope.extend(keys);
+            *scope = self.cache.closure(std::mem::take(scope));
+        }
     }
 
     /// The decoded objects of `kind` in `scope` (all without one), from the cache.
@@ -522,7 +531,6 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         // InferenceService → predictor Service (written only when it differs).
         let isvcs: Vec<(Value, InferenceService)> = self.typed(Kind::InferenceService, &scope)?;
         let mut services: Vec<(Value, Service)> = self.typed(Kind::Service, &scope)?;
-        let stored_services = by_key(services.iter().map(|(raw, _)| raw));
         let mut predictors: Vec<Result<NamespacedName, isvc::NoRuntime>> = Vec::new();
         let mut to_apply = Vec::new();
         for (_, i) in &isvcs {
@@ -533,29 +541,41 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                         svc.metadata.name.clone(),
                     )));
                     let value = encode(Kind::Service, &svc.metadata.name, &svc)?;
-                    if differs(&value, stored_services.get(&key_of(&value))) {
+                    let stored =
+                        self.cache
+                            .get(Kind::Service, i.metadata.namespace(), &svc.metadata.name);
+                    if differs(&value, stored.as_ref()) {
                         to_apply.push((Kind::Service, value));
                     }
                 }
                 Err(no) => predictors.push(Err(no)),
             }
         }
-        drop(stored_services);
         if !to_apply.is_empty() {
             self.store.apply(to_apply.clone()).await?;
             self.refresh_applied(&to_apply, &mut scope).await?;
+        }
+        if scope.is_some() {
+            // Each predictor Service with its scope, also when it was not owned before.
+            let keys: Vec<Key> = isvcs
+                .iter()
+                .zip(&predictors)
+                .filter_map(|((_, i), p)| {
+                    let p = p.as_ref().ok()?;
+                    Some((
+                        Kind::Service,
+                        i.metadata.namespace().to_owned(),
+                        p.name.clone(),
+                    ))
+                })
+                .collect();
+            self.widen(&mut scope, keys);
+        }
+        if !to_apply.is_empty() || scope.is_some() {
             services = self.typed(Kind::Service, &scope)?;
         }
 
         // Service → Configuration + Route (written only when they differ).
-        if let Some(scope) = &mut scope {
-            // A Service's Configuration and Route, also when just created.
-            for (raw, _) in &services {
-                let (ns, name) = key_of(raw);
-                scope.insert((Kind::Configuration, ns.clone(), name.clone()));
-                scope.insert((Kind::Route, ns, name));
-            }
-        }
         let mut configs: Vec<(Value, Configuration)> = self.typed(Kind::Configuration, &scope)?;
         let mut routes: Vec<(Value, Route)> = self.typed(Kind::Route, &scope)?;
         let stored_configs = by_key(configs.iter().map(|(raw, _)| raw));
@@ -822,6 +842,10 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             !present.contains(k)
                 && scope.as_ref().is_none_or(|s| {
                     s.contains(&(Kind::Revision, k.namespace.clone(), k.name.clone()))
+                        && self
+                            .cache
+                            .get(Kind::Revision, &k.namespace, &k.name)
+                            .is_none()
                 })
         };
         for gone in self.runtime.revisions().into_iter().filter(removed) {
@@ -866,8 +890,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         self.collect_garbage(&configs, &observed, &wanted, &config_status)
             .await?;
 
-        // Keep this pass's host entries and revisions: all of them after a full pass, those
-        // in scope (present or deleted) after an incremental one.
+        // Keep this pass's host entries and revisions: all of them after a full pass; after
+        // an incremental one, those it reconciled replace theirs and those of deleted
+        // objects in its scope go.
         match &scope {
             None => {
                 self.hosts = hosts;
@@ -875,6 +900,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             }
             Some(scope) => {
                 for (kind, ns, name) in scope {
+                    if self.cache.get(*kind, ns, name).is_some() {
+                        continue;
+                    }
                     let key = NamespacedName::new(ns.clone(), name.clone());
                     match kind {
                         Kind::Route | Kind::InferenceService => {
@@ -885,6 +913,20 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                         }
                         _ => {}
                     }
+                }
+                let reconciled = routes
+                    .iter()
+                    .map(|(_, r)| (Kind::Route, r.metadata.namespace(), &r.metadata.name))
+                    .chain(isvcs.iter().map(|(_, i)| {
+                        (
+                            Kind::InferenceService,
+                            i.metadata.namespace(),
+                            &i.metadata.name,
+                        )
+                    }));
+                for (kind, ns, name) in reconciled {
+                    self.hosts
+                        .remove(&(kind, NamespacedName::new(ns, name.clone())));
                 }
                 self.hosts.extend(hosts);
             }
