@@ -10,7 +10,7 @@
 //! dependents, and the Routes that reference them; see `cache`), coalescing whatever
 //! arrived meanwhile. A full pass that re-reads the whole store runs at start, after the
 //! watch stream lagged or a serving runtime changed, and as the periodic resync (once a
-//! second, stretched to four times the last full pass), which also retries a failed pass.
+//! second, stretched to fifty times the last full pass), which also retries a failed pass.
 
 mod cache;
 pub mod configuration;
@@ -58,8 +58,9 @@ pub struct ControllerConfig {
     pub domain: String,
     /// Port shown in URLs (the router's), omitted when 80.
     pub url_port: Option<u16>,
-    /// Interval of the safety-net resync (stretched to four times the last pass's
-    /// duration, so that resyncs of a large store never take more than a fifth of a core).
+    /// Interval of the safety-net resync, a full pass (stretched to fifty times the last
+    /// full pass's duration: changes are reconciled incrementally, so resyncs of a large
+    /// store take at most 2 % of a core and rarely delay an incremental pass).
     pub resync: Duration,
     /// Revisions kept per configuration beyond those routed, latest created and latest
     /// ready; older ones are deleted (Knative's `min-non-active-revisions`, default 20).
@@ -124,6 +125,9 @@ pub struct Controller<S: Store, R: Runtime> {
     /// Every revision with the status its last pass computed (for the routing snapshot).
     observed: HashMap<NamespacedName, Revision>,
 }
+
+/// The resync interval is at least this many times the last full pass's duration.
+const RESYNC_STRETCH: u32 = 50;
 
 /// `(host, service, targets)` of the routing snapshot.
 type HostEntry = (String, NamespacedName, Vec<WeightedTarget>);
@@ -253,7 +257,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 "reconcile pass"
             );
             if full {
-                next_resync = started + self.config.resync.max(elapsed * 4);
+                next_resync = started + self.config.resync.max(elapsed * RESYNC_STRETCH);
             }
             if result.is_err() {
                 // Retried by the next full pass (what failed is not known object by object).
