@@ -426,13 +426,11 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 .iter()
                 .filter_map(|(kind, raw, status)| ready_transition(*kind, raw, status)),
         );
-        if !events.is_empty() {
-            self.store.record_events(events).await?;
-        }
-        if pending.is_empty() {
+        if pending.is_empty() && events.is_empty() {
             return Ok(());
         }
-        for result in self.store.update_statuses(pending).await? {
+        // One transaction (one fsync) for the pass's statuses and events.
+        for result in self.store.update_statuses(pending, events).await? {
             match result {
                 // Someone wrote in between; the change event brings another pass.
                 Ok(()) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}
