@@ -11,7 +11,7 @@
 //! Routes reference), closed transitively, so every input of a status computed in the
 //! pass is itself recomputed in the pass.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 use sluice_crds::Kind;
@@ -39,17 +39,49 @@ fn ns_name(raw: &Value) -> (String, String) {
     )
 }
 
-/// Stored objects by kind, then `(namespace, name)` (the store's listing order).
+/// Stored objects by kind, then `(namespace, name)` (the store's listing order), with the
+/// reverse of `relatives`: for each object, the objects that name it (its children, the
+/// Revisions of a Configuration, the Routes that route to it).
 #[derive(Default)]
 pub(super) struct Cache {
     objects: BTreeMap<Kind, BTreeMap<(String, String), Value>>,
+    named_by: HashMap<(String, Kind, String), BTreeSet<(Kind, String)>>,
 }
 
 impl Cache {
     /// Replaces every object of `kind`.
     pub(super) fn fill(&mut self, kind: Kind, objects: Vec<Value>) {
-        let map = objects.into_iter().map(|o| (ns_name(&o), o)).collect();
+        let old = self.objects.remove(&kind).unwrap_or_default();
+        for ((ns, name), o) in &old {
+            self.unindex(kind, ns, name, o);
+        }
+        let map: BTreeMap<(String, String), Value> =
+            objects.into_iter().map(|o| (ns_name(&o), o)).collect();
+        for ((ns, name), o) in &map {
+            self.index(kind, ns, name, relatives(kind, o));
+        }
         self.objects.insert(kind, map);
+    }
+
+    fn index(&mut self, kind: Kind, ns: &str, name: &str, relatives: Vec<(Kind, String)>) {
+        for (k, n) in relatives {
+            self.named_by
+                .entry((ns.to_owned(), k, n))
+                .or_default()
+                .insert((kind, name.to_owned()));
+        }
+    }
+
+    fn unindex(&mut self, kind: Kind, ns: &str, name: &str, raw: &Value) {
+        for (k, n) in relatives(kind, raw) {
+            let key = (ns.to_owned(), k, n);
+            if let Some(set) = self.named_by.get_mut(&key) {
+                set.remove(&(kind, name.to_owned()));
+                if set.is_empty() {
+                    self.named_by.remove(&key);
+                }
+            }
+        }
     }
 
     /// Stores (or, with `None`, forgets) one object; returns the previous one.
@@ -60,12 +92,20 @@ impl Cache {
         name: &str,
         object: Option<Value>,
     ) -> Option<Value> {
+        let now = object.as_ref().map(|o| relatives(kind, o));
         let map = self.objects.entry(kind).or_default();
         let key = (namespace.to_owned(), name.to_owned());
-        match object {
+        let old = match object {
             Some(o) => map.insert(key, o),
             None => map.remove(&key),
+        };
+        if let Some(o) = &old {
+            self.unindex(kind, namespace, name, o);
         }
+        if let Some(now) = now {
+            self.index(kind, namespace, name, now);
+        }
+        old
     }
 
     /// One object.
@@ -78,15 +118,6 @@ impl Cache {
     /// All objects of a kind.
     pub(super) fn all(&self, kind: Kind) -> impl Iterator<Item = &Value> {
         self.objects.get(&kind).into_iter().flat_map(|m| m.values())
-    }
-
-    /// Objects of a kind in one namespace.
-    fn in_namespace<'a>(&'a self, kind: Kind, ns: &'a str) -> impl Iterator<Item = &'a Value> {
-        self.objects.get(&kind).into_iter().flat_map(move |m| {
-            m.range((ns.to_owned(), String::new())..)
-                .take_while(move |((n, _), _)| n == ns)
-                .map(|(_, v)| v)
-        })
     }
 
     /// The objects of `kind` in `scope` that exist, in listing order.
@@ -122,47 +153,16 @@ impl Cache {
                     add(k, &n);
                 }
             }
-            match kind {
-                Kind::InferenceService => {
-                    for svc in self.in_namespace(Kind::Service, ns) {
-                        if owned_by(svc, Kind::InferenceService, name) {
-                            add(Kind::Service, &ns_name(svc).1);
-                        }
-                    }
+            if *kind == Kind::Service {
+                add(Kind::Configuration, name);
+                add(Kind::Route, name);
+            }
+            // Children, a Configuration's Revisions, the Routes that route to it, the
+            // Configurations that bring its name.
+            if let Some(by) = self.named_by.get(&(ns.clone(), *kind, name.clone())) {
+                for (k, n) in by {
+                    add(*k, n);
                 }
-                Kind::Service => {
-                    add(Kind::Configuration, name);
-                    add(Kind::Route, name);
-                }
-                Kind::Configuration => {
-                    for rev in self.in_namespace(Kind::Revision, ns) {
-                        if rev["metadata"]["labels"][CONFIGURATION_LABEL].as_str()
-                            == Some(name.as_str())
-                        {
-                            add(Kind::Revision, &ns_name(rev).1);
-                        }
-                    }
-                    for route in self.in_namespace(Kind::Route, ns) {
-                        if route_references(route, Kind::Configuration, name) {
-                            add(Kind::Route, &ns_name(route).1);
-                        }
-                    }
-                }
-                Kind::Revision => {
-                    for route in self.in_namespace(Kind::Route, ns) {
-                        if route_references(route, Kind::Revision, name) {
-                            add(Kind::Route, &ns_name(route).1);
-                        }
-                    }
-                    for cfg in self.in_namespace(Kind::Configuration, ns) {
-                        if cfg["spec"]["template"]["metadata"]["name"].as_str()
-                            == Some(name.as_str())
-                        {
-                            add(Kind::Configuration, &ns_name(cfg).1);
-                        }
-                    }
-                }
-                _ => {}
             }
         }
         scope
@@ -227,37 +227,6 @@ fn owned_by_kind(raw: &Value, kind: Kind) -> bool {
         .into_iter()
         .flatten()
         .any(|o| o["kind"].as_str() == Some(kind.name()))
-}
-
-fn owned_by(raw: &Value, kind: Kind, name: &str) -> bool {
-    raw["metadata"]["ownerReferences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|o| o["kind"].as_str() == Some(kind.name()) && o["name"].as_str() == Some(name))
-}
-
-/// Whether a Route can route to the Configuration or Revision `name` (its own spec or
-/// status traffic, or its Service's configuration).
-fn route_references(route: &Value, kind: Kind, name: &str) -> bool {
-    if kind == Kind::Configuration
-        && route["metadata"]["name"].as_str() == Some(name)
-        && owned_by_kind(route, Kind::Service)
-    {
-        return true;
-    }
-    let field = if kind == Kind::Configuration {
-        "configurationName"
-    } else {
-        "revisionName"
-    };
-    ["spec", "status"].iter().any(|part| {
-        route[part]["traffic"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|t| t[field].as_str() == Some(name))
-    })
 }
 
 #[cfg(test)]
@@ -350,6 +319,43 @@ mod tests {
         let scope = cache.closure([(Kind::Revision, "default".into(), "b-predictor-00001".into())]);
         assert!(scope.contains(&(Kind::Route, "default".into(), "split".into())));
         assert!(!scope.iter().any(|(_, _, n)| n.starts_with("a")));
+    }
+
+    #[test]
+    fn the_index_follows_updates_deletes_and_refills() {
+        let mut cache = Cache::default();
+        family(&mut cache, "a");
+        family(&mut cache, "b");
+        let split = |cfg: &str| {
+            obj(
+                "split",
+                json!({}),
+                json!({"spec": {"traffic": [{"configurationName": cfg, "percent": 100}]}}),
+            )
+        };
+        let route = (Kind::Route, "default".to_owned(), "split".to_owned());
+        let from = |n: &str| (Kind::Configuration, "default".to_owned(), n.to_owned());
+        cache.put(Kind::Route, "default", "split", Some(split("b-predictor")));
+        assert!(cache.closure([from("b-predictor")]).contains(&route));
+        // Re-pointed: now in a's scope only.
+        cache.put(Kind::Route, "default", "split", Some(split("a-predictor")));
+        assert!(!cache.closure([from("b-predictor")]).contains(&route));
+        assert!(cache.closure([from("a-predictor")]).contains(&route));
+        // Deleted: in nobody's.
+        cache.put(Kind::Route, "default", "split", None);
+        assert!(!cache.closure([from("a-predictor")]).contains(&route));
+        // A refill replaces the kind's edges.
+        cache.fill(Kind::Route, vec![split("b-predictor")]);
+        assert!(cache.closure([from("b-predictor")]).contains(&route));
+        assert!(!cache.closure([from("a-predictor")]).contains(&route));
+        let rev = (
+            Kind::Revision,
+            "default".to_owned(),
+            "a-predictor-00001".to_owned(),
+        );
+        assert!(cache.closure([from("a-predictor")]).contains(&rev));
+        cache.fill(Kind::Revision, vec![]);
+        assert!(!cache.closure([from("a-predictor")]).contains(&rev));
     }
 
     #[test]
