@@ -14,7 +14,16 @@ Measures, in one run on this machine:
     JSON rows with WAL and synchronous=FULL, one transaction per 100 (what any control
     plane on this store pays before reconciling anything).
 
-Usage: bench/control-plane/bench.py [--count N] [--edits N] [--binary PATH]
+With `--workload ksvc-image` the N objects are Knative Services whose container is only an
+image (local mode runs no images: each revision is reconciled to Ready=False,
+ContainerMissing, without a process), "Ready" above reads "status final" (observedGeneration
+current, the new revision as latestCreatedRevisionName, a final Ready condition) and an
+edit changes the template (an env value), stamping a new revision. This workload exists
+because `initial-scale: "0"` is refused since Knative's `allow-zero-initial-scale=false`
+became the cluster's setting, and 1,000 InferenceServices at initial scale 1 would start
+1,000 model servers.
+
+Usage: bench/control-plane/bench.py [--count N] [--edits N] [--binary PATH] [--workload W]
 Without --binary it builds target/release/sluice. Standard library only.
 """
 
@@ -43,6 +52,33 @@ def isvc(name, target=None):
         f"spec:\n  predictor:\n    minReplicas: 0\n{scale}    model:\n"
         f"      modelFormat: {{name: sluice-mlp}}\n      storageUri: {MODEL}\n"
     )
+
+
+def ksvc(name, version=1):
+    """A Knative Service whose container is only an image: local mode runs no images, so
+    its revision is reconciled to Ready=False (ContainerMissing) without starting a
+    process. Each `version` is a new template, so a new revision."""
+    return (
+        "apiVersion: serving.knative.dev/v1\nkind: Service\n"
+        f"metadata:\n  name: {name}\n"
+        "spec:\n  template:\n    spec:\n      containers:\n"
+        "      - image: bench.invalid/server:1\n"
+        f"        env: [{{name: VERSION, value: \"{version}\"}}]\n"
+    )
+
+
+def ksvc_reconciled(obj, generation=None, old_latest=None):
+    """Status written for `generation` (default: the object's), with a revision newer
+    than `old_latest` stamped for it and a final (True or False) Ready condition."""
+    st = obj.get("status") or {}
+    generation = generation or obj["metadata"]["generation"]
+    if st.get("observedGeneration") != generation:
+        return False
+    latest = st.get("latestCreatedRevisionName")
+    if not latest or latest == old_latest:
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") in ("True", "False")
+               for c in st.get("conditions", []))
 
 
 class Admin:
@@ -109,6 +145,10 @@ def main():
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--edits", type=int, default=200)
     ap.add_argument("--binary")
+    ap.add_argument("--workload", choices=["isvc-at-zero", "ksvc-image"], default="isvc-at-zero",
+                    help="isvc-at-zero: InferenceServices with initial-scale 0 (refused since "
+                         "allow-zero-initial-scale became false); ksvc-image: Knative Services "
+                         "whose container is an image (reconciled, never run)")
     args = ap.parse_args()
     binary = args.binary
     if not binary:
@@ -124,15 +164,17 @@ def main():
         admin = Admin(addr)
         names = [f"m-{i:05}" for i in range(args.count)]
         t0 = time.perf_counter()
+        ks = args.workload == "ksvc-image"
+        plural = "services" if ks else "isvc"
         for start in range(0, args.count, 100):
-            files = [{"source": f"{n}.yaml", "base_dir": "/", "text": isvc(n)}
+            files = [{"source": f"{n}.yaml", "base_dir": "/", "text": ksvc(n) if ks else isvc(n)}
                      for n in names[start:start + 100]]
             admin.call("POST", "/v1/apply", {"files": files})
         applied = time.perf_counter() - t0
         print(f"applied {args.count} in {applied:.2f} s", file=sys.stderr)
         while True:
-            items = admin.call("GET", "/v1/isvc")["items"]
-            n_ready = sum(1 for o in items if ready(o))
+            items = admin.call("GET", f"/v1/{plural}")["items"]
+            n_ready = sum(1 for o in items if (ksvc_reconciled(o) if ks else ready(o)))
             if n_ready == args.count:
                 break
             if time.perf_counter() - t0 > 600:
@@ -147,8 +189,9 @@ def main():
         lat = []
         for i in range(args.edits):
             name = names[(i * 7919) % args.count]
-            obj = admin.call("GET", f"/v1/isvc/default/{name}")
-            manifest = isvc(name, target=100 + i)
+            obj = admin.call("GET", f"/v1/{plural}/default/{name}")
+            manifest = ksvc(name, version=2 + i) if ks else isvc(name, target=100 + i)
+            old_latest = (obj.get("status") or {}).get("latestCreatedRevisionName")
             t1 = time.perf_counter()
             res = admin.call("POST", "/v1/apply",
                              {"files": [{"source": "e.yaml", "base_dir": "/", "text": manifest}]})
@@ -156,8 +199,8 @@ def main():
             version = obj["metadata"]["resourceVersion"]
             generation = obj["metadata"]["generation"] + 1
             while True:
-                obj = admin.call("GET", f"/v1/isvc/default/{name}?after={version}&timeout=30")
-                if ready(obj, generation):
+                obj = admin.call("GET", f"/v1/{plural}/default/{name}?after={version}&timeout=30")
+                if ksvc_reconciled(obj, generation, old_latest) if ks else ready(obj, generation):
                     break
                 version = obj["metadata"]["resourceVersion"]
             lat.append((time.perf_counter() - t1) * 1e3)
@@ -176,11 +219,12 @@ def main():
     floor = store_floor(args.count, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"{args.count} InferenceServices, {args.edits} single-object edits, binary {binary}")
+    print(f"{args.count} objects ({args.workload}), {args.edits} single-object edits, binary {binary}")
     print("| measure | value | target |")
     print("|---|---|---|")
     print(f"| apply requests acknowledged (sluice) | {applied:.2f} s | |")
-    print(f"| all Ready at zero (sluice) | {all_ready:.2f} s ({at_zero}/{len(revs)} revisions at 0) | <= 60 s |")
+    final = "statuses final" if ks else "Ready at zero"
+    print(f"| all {final} (sluice) | {all_ready:.2f} s ({at_zero}/{len(revs)} revisions at 0) | <= 60 s |")
     print(f"| store floor: sqlite3 inserts only (baseline) | {floor:.2f} s | |")
     print(f"| store on disk (state.db + WAL) | {size / 1e6:.1f} MB | < 50 MB |")
     print(f"| one-object reconcile, median | {statistics.median(lat):.1f} ms | |")

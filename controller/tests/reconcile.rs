@@ -1,6 +1,11 @@
 //! The reconcilers over the real SQLite store and a scripted runtime: InferenceService →
 //! Service → Revision → routes and status, a spec change rolling out blue-green, and a
 //! failing revision surfacing its reason without taking traffic from the ready one.
+//!
+//! After the first full pass, the harness settles through the incremental path (the store's
+//! change notifications into `reconcile_changes`, as the controller's loop does) and then
+//! checks that a full pass over the store finds nothing left to change: incremental passes
+//! reach the same state as full ones.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,10 +21,10 @@ use sluice_controller::reconcile::{Controller, ControllerConfig};
 use sluice_controller::runtime::{
     ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime, RuntimeError,
 };
-use sluice_controller::store::{SqliteStore, Store};
+use sluice_controller::store::{Change, SqliteStore, Store};
 use sluice_core::{NamespacedName, RoutingSnapshot};
 use sluice_crds::Kind;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Replicas asked for, and the command they run.
 type Scaled = (u32, Vec<String>);
@@ -113,6 +118,8 @@ struct Harness {
     runtime: ScriptedRuntime,
     controller: Controller<SqliteStore, ScriptedRuntime>,
     snapshot: watch::Receiver<Arc<RoutingSnapshot>>,
+    changes: broadcast::Receiver<Change>,
+    started: bool,
     dir: PathBuf,
     _stats: mpsc::Sender<sluice_core::StatReport>,
     _decisions: mpsc::Receiver<sluice_core::ScaleDecision>,
@@ -124,6 +131,7 @@ impl Harness {
             std::env::temp_dir().join(format!("sluice-reconcile-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = SqliteStore::open(&dir).unwrap();
+        let changes = store.watch();
         let runtime = ScriptedRuntime::default();
         let (stats_tx, stats_rx) = mpsc::channel(8);
         let (dec_tx, dec_rx) = mpsc::channel(8);
@@ -147,17 +155,54 @@ impl Harness {
             runtime,
             controller,
             snapshot,
+            changes,
+            started: false,
             dir,
             _stats: stats_tx,
             _decisions: dec_rx,
         }
     }
 
-    /// Runs passes until nothing changes (at most a handful).
-    async fn settle(&mut self) {
-        for _ in 0..6 {
-            self.controller.reconcile_all().await.unwrap();
+    /// Change notifications since the last call (`None`: the receiver lagged).
+    fn drain(&mut self) -> Option<Vec<Change>> {
+        let mut out = Vec::new();
+        loop {
+            match self.changes.try_recv() {
+                Ok(c) => out.push(c),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => return None,
+                Err(_) => return Some(out),
+            }
         }
+    }
+
+    /// Runs passes until nothing changes (at most a handful): a full pass the first time,
+    /// incremental ones on the store's change notifications after that; then asserts that
+    /// a full pass changes nothing more in the store or the routing snapshot.
+    async fn settle(&mut self) {
+        if !self.started {
+            self.drain();
+            self.controller.reconcile_all().await.unwrap();
+            self.started = true;
+        }
+        for _ in 0..6 {
+            match self.drain() {
+                Some(changes) => self.controller.reconcile_changes(changes).await.unwrap(),
+                None => self.controller.reconcile_all().await.unwrap(),
+            }
+        }
+        assert_eq!(
+            self.drain(),
+            Some(vec![]),
+            "incremental passes did not settle"
+        );
+        let before = self.snapshot.borrow().clone();
+        self.controller.reconcile_all().await.unwrap();
+        assert_eq!(
+            self.drain(),
+            Some(vec![]),
+            "a full pass changed what incremental passes left"
+        );
+        assert_eq!(*self.snapshot.borrow().clone(), *before);
     }
 
     async fn get(&self, kind: Kind, name: &str) -> Value {
@@ -819,4 +864,55 @@ async fn every_upstream_kserve_sample_and_runtime_applies() {
         .await
         .unwrap();
     assert!(builtin.is_some(), "the built-in runtime is listed");
+}
+
+#[tokio::test]
+async fn deleting_one_of_two_isvcs_unroutes_and_stops_only_it() {
+    let mut h = Harness::new("delete-one");
+    let mut other = manifest("./v1");
+    other.text = other.text.replace("{name: iris}", "{name: lily}");
+    apply_files(&h.store, &[manifest("./v1"), other])
+        .await
+        .unwrap();
+    h.settle().await;
+    let hosts = |h: &Harness| {
+        let mut hosts: Vec<String> = h.snapshot.borrow().hosts.keys().cloned().collect();
+        hosts.sort();
+        hosts
+    };
+    assert!(hosts(&h).contains(&"iris.default.example.test".to_owned()));
+    assert!(hosts(&h).contains(&"lily.default.example.test".to_owned()));
+
+    let deleted = h
+        .store
+        .delete(Kind::InferenceService, "default", "iris")
+        .await
+        .unwrap();
+    assert!(deleted.len() >= 5, "{deleted:?}");
+    h.settle().await;
+
+    // Only lily's hosts and replicas are left, and nothing of iris was written back.
+    assert!(
+        hosts(&h).iter().all(|host| host.starts_with("lily")),
+        "{:?}",
+        hosts(&h)
+    );
+    assert!(!hosts(&h).is_empty());
+    let running: Vec<String> = h.runtime.revisions().into_iter().map(|k| k.name).collect();
+    assert_eq!(running, vec!["lily-predictor-00001".to_owned()]);
+    for kind in [
+        Kind::Service,
+        Kind::Configuration,
+        Kind::Route,
+        Kind::Revision,
+    ] {
+        let left = h.store.list(kind, None).await.unwrap();
+        assert!(
+            left.iter()
+                .all(|o| !o["metadata"]["name"].as_str().unwrap().starts_with("iris")),
+            "{kind:?} of iris resurrected: {left:?}"
+        );
+    }
+    let lily = h.get(Kind::InferenceService, "lily").await;
+    assert_eq!(condition(&lily, "Ready").0, "True", "{lily:#}");
 }

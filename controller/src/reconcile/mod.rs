@@ -1,10 +1,18 @@
 //! The reconcilers and the loop that runs them.
 //!
-//! Each pass reads desired state from the `Store`, derives what should exist with the pure
-//! functions of `isvc`, `service` and `revision`, writes what changed (objects and status),
-//! applies replica counts through the `Runtime`, and publishes a new routing snapshot. A
-//! pass runs on every store change, runtime change, scale decision, and once a second.
+//! Each pass reads desired state from the controller's cache of the `Store` (kept current
+//! by the store's watch stream), derives what should exist with the pure functions of
+//! `isvc`, `service` and `revision`, writes what changed (objects and status), applies
+//! replica counts through the `Runtime`, and publishes a new routing snapshot.
+//!
+//! Passes are incremental: a store change, a runtime change or a changed scale decision
+//! marks objects, and the next pass reconciles only those and their scope (owner chain,
+//! dependents, and the Routes that reference them; see `cache`), coalescing whatever
+//! arrived meanwhile. A full pass that re-reads the whole store runs at start, after the
+//! watch stream lagged or a serving runtime changed, and as the periodic resync (once a
+//! second, stretched to fifty times the last full pass), which also retries a failed pass.
 
+mod cache;
 pub mod configuration;
 pub mod isvc;
 pub mod revision;
@@ -14,7 +22,7 @@ pub mod runtime_select;
 pub mod service;
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +45,8 @@ use sluice_crds::service::{Service, ServiceStatus};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::runtime::{ReplicaFailure, ReplicaSpec, Runtime};
-use crate::store::{Event, Store, StoreError};
+use crate::store::{Change, Event, Store, StoreError};
+use cache::{Cache, KINDS, Key};
 use support::{
     by_key, differs, event, group_by_config, initial_replicas, key_of, ready_transition, weighted,
 };
@@ -49,8 +58,9 @@ pub struct ControllerConfig {
     pub domain: String,
     /// Port shown in URLs (the router's), omitted when 80.
     pub url_port: Option<u16>,
-    /// Interval of the safety-net resync (stretched to four times the last pass's
-    /// duration, so that resyncs of a large store never take more than a fifth of a core).
+    /// Interval of the safety-net resync, a full pass (stretched to fifty times the last
+    /// full pass's duration: changes are reconciled incrementally, so resyncs of a large
+    /// store take at most 2 % of a core and rarely delay an incremental pass).
     pub resync: Duration,
     /// Revisions kept per configuration beyond those routed, latest created and latest
     /// ready; older ones are deleted (Knative's `min-non-active-revisions`, default 20).
@@ -102,7 +112,25 @@ pub struct Controller<S: Store, R: Runtime> {
     ready_reported: HashMap<NamespacedName, u32>,
     builtin_applied: bool,
     first_pass: Option<oneshot::Sender<()>>,
+    /// The store's objects, kept current by its watch stream.
+    cache: Cache,
+    /// Objects changed since the last pass (reconciled with their scope).
+    dirty: BTreeSet<Key>,
+    /// A full pass is due (start, lagged watch, runtime definitions changed, resync).
+    full_due: bool,
+    /// Revisions the runtime had replicas for at the last runtime change.
+    runtime_known: HashSet<NamespacedName>,
+    /// Host entries of the routing snapshot by the Route or InferenceService they come from.
+    hosts: BTreeMap<(Kind, NamespacedName), Vec<HostEntry>>,
+    /// Every revision with the status its last pass computed (for the routing snapshot).
+    observed: HashMap<NamespacedName, Revision>,
 }
+
+/// The resync interval is at least this many times the last full pass's duration.
+const RESYNC_STRETCH: u32 = 50;
+
+/// `(host, service, targets)` of the routing snapshot.
+type HostEntry = (String, NamespacedName, Vec<WeightedTarget>);
 
 fn name_of(raw: &Value) -> &str {
     raw["metadata"]["name"].as_str().unwrap_or_default()
@@ -145,6 +173,12 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             ready_reported: HashMap::new(),
             builtin_applied: false,
             first_pass: None,
+            cache: Cache::default(),
+            dirty: BTreeSet::new(),
+            full_due: true,
+            runtime_known: HashSet::new(),
+            hosts: BTreeMap::new(),
+            observed: HashMap::new(),
         }
     }
 
@@ -191,6 +225,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             })
         };
         tokio::pin!(shutdown);
+        let mut next_resync = tokio::time::Instant::now();
         loop {
             let drained: Vec<ScaleDecision> = inbox
                 .lock()
@@ -202,35 +237,64 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 self.record_decision(d);
             }
             let started = tokio::time::Instant::now();
-            if let Err(e) = self.reconcile_all().await {
+            let full = self.full_due || started >= next_resync;
+            let result = if full {
+                self.reconcile_all().await
+            } else {
+                self.reconcile_dirty().await
+            };
+            if let Err(e) = &result {
                 tracing::warn!(
                     reason = e.metric_label(),
                     "reconcile failed: {}",
-                    sluice_core::error_chain(&e)
+                    sluice_core::error_chain(e)
                 );
             }
             let elapsed = started.elapsed();
-            tracing::debug!(elapsed_ms = elapsed.as_secs_f64() * 1e3, "reconcile pass");
-            let resync = tokio::time::sleep(self.config.resync.max(elapsed * 4));
+            tracing::debug!(
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                full,
+                "reconcile pass"
+            );
+            if full {
+                next_resync = started + self.config.resync.max(elapsed * RESYNC_STRETCH);
+            }
+            if result.is_err() {
+                // Retried by the next full pass (what failed is not known object by object).
+                next_resync = next_resync.min(started + self.config.resync);
+            }
             if let Some(done) = self.first_pass.take() {
                 let _ = done.send(());
             }
-            tokio::select! {
-                change = changes.recv() => match change {
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-                _ = runtime_changes.changed() => {}
-                closed = arrived.changed() => {
-                    if closed.is_err() || *arrived.borrow_and_update() {
-                        break;
+            if self.dirty.is_empty() && !self.full_due {
+                tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(c) => self.note_change(c).await,
+                        Err(broadcast::error::RecvError::Lagged(_)) => self.full_due = true,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = runtime_changes.changed() => self.note_runtime_change(),
+                    closed = arrived.changed() => {
+                        if closed.is_err() || *arrived.borrow_and_update() {
+                            break;
+                        }
                     }
+                    () = tokio::time::sleep_until(next_resync) => {}
+                    () = &mut shutdown => break,
                 }
-                () = resync => {}
-                () = &mut shutdown => break,
             }
             // Coalesce whatever else arrived meanwhile into the next pass.
-            while changes.try_recv().is_ok() {}
+            loop {
+                match changes.try_recv() {
+                    Ok(c) => self.note_change(c).await,
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => self.full_due = true,
+                    Err(_) => break,
+                }
+            }
+            if runtime_changes.has_changed().unwrap_or(false) {
+                runtime_changes.borrow_and_update();
+                self.note_runtime_change();
+            }
         }
         forward.abort();
         self.runtime.shutdown().await;
@@ -247,7 +311,93 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 "scaling revision"
             );
         }
+        if self.decisions.get(&d.revision) != Some(&d) {
+            self.dirty.insert((
+                Kind::Revision,
+                d.revision.namespace.clone(),
+                d.revision.name.clone(),
+            ));
+        }
         self.decisions.insert(d.revision.clone(), d);
+    }
+
+    /// Brings the cache up to date with one change notification and marks the object (and
+    /// what its previous version named: owners, configuration) for the next pass.
+    async fn note_change(&mut self, change: Change) {
+        let Change {
+            kind,
+            namespace,
+            name,
+        } = change;
+        if !KINDS.contains(&kind) {
+            return;
+        }
+        if matches!(kind, Kind::ServingRuntime | Kind::ClusterServingRuntime) {
+            // Runtime definitions select the predictor of every InferenceService.
+            self.full_due = true;
+        }
+        let now = match self.store.get(kind, &namespace, &name).await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!("re-reading {kind} {namespace}/{name} failed: {e}; resyncing");
+                self.full_due = true;
+                return;
+            }
+        };
+        if let Some(old) = self.cache.put(kind, &namespace, &name, now) {
+            for (k, n) in cache::relatives(kind, &old) {
+                self.dirty.insert((k, namespace.clone(), n));
+            }
+        }
+        self.dirty.insert((kind, namespace, name));
+    }
+
+    /// Marks every revision the runtime has (or had) replicas for.
+    fn note_runtime_change(&mut self) {
+        let now: HashSet<NamespacedName> = self.runtime.revisions().into_iter().collect();
+        for key in now.iter().chain(self.runtime_known.iter()) {
+            self.dirty
+                .insert((Kind::Revision, key.namespace.clone(), key.name.clone()));
+        }
+        self.runtime_known = now;
+    }
+
+    /// Reconciles the objects of `changes` (notifications of the store's watch stream) and
+    /// everything they affect, reading the controller's cache of the store: the
+    /// incremental counterpart of `reconcile_all`, which must have run once before.
+    /// Revisions with replicas are reconciled too (their readiness may have changed).
+    pub async fn reconcile_changes(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Result<(), ReconcileError> {
+        for c in changes {
+            self.note_change(c).await;
+        }
+        self.note_runtime_change();
+        if self.full_due {
+            self.reconcile_all().await
+        } else {
+            self.reconcile_dirty().await
+        }
+    }
+
+    /// One pass over the objects marked since the last pass and their scope.
+    async fn reconcile_dirty(&mut self) -> Result<(), ReconcileError> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let scope = self.cache.closure(dirty);
+        self.pass(Some(scope)).await
+    }
+
+    /// Re-reads the store into the cache (the safety net against anything a watch missed).
+    async fn reload(&mut self) -> Result<(), ReconcileError> {
+        for kind in KINDS {
+            let objects = self.store.list(kind, None).await?;
+            self.cache.fill(kind, objects);
+        }
+        Ok(())
     }
 
     /// Queues a status write (skipped when unchanged); `flush_statuses` writes the pass's
@@ -276,13 +426,11 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 .iter()
                 .filter_map(|(kind, raw, status)| ready_transition(*kind, raw, status)),
         );
-        if !events.is_empty() {
-            self.store.record_events(events).await?;
-        }
-        if pending.is_empty() {
+        if pending.is_empty() && events.is_empty() {
             return Ok(());
         }
-        for result in self.store.update_statuses(pending).await? {
+        // One transaction (one fsync) for the pass's statuses and events.
+        for result in self.store.update_statuses(pending, events).await? {
             match result {
                 // Someone wrote in between; the change event brings another pass.
                 Ok(()) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}
@@ -292,11 +440,64 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         Ok(())
     }
 
-    /// One reconcile pass over everything, in dependency order, each level reading the
-    /// state the level above wrote in this same pass (so statuses are never a pass behind):
-    /// InferenceService → Service → Configuration + Route → Revisions → replicas; then
-    /// statuses upward and the routing snapshot.
+    /// One reconcile pass over everything (re-read from the store), in dependency order,
+    /// each level reading the state the level above wrote in this same pass (so statuses
+    /// are never a pass behind): InferenceService → Service → Configuration + Route →
+    /// Revisions → replicas; then statuses upward and the routing snapshot.
     pub async fn reconcile_all(&mut self) -> Result<(), ReconcileError> {
+        self.full_due = false;
+        self.dirty.clear();
+        self.note_runtime_change();
+        self.dirty.clear();
+        self.reload().await?;
+        self.pass(None).await
+    }
+
+    /// Stores what `apply` wrote into the cache and, in an incremental pass, the scope.
+    async fn refresh_applied(
+        &mut self,
+        applied: &[(Kind, Value)],
+        scope: &mut Option<BTreeSet<Key>>,
+    ) -> Result<(), ReconcileError> {
+        let mut keys = Vec::with_capacity(applied.len());
+        for (kind, value) in applied {
+            let (ns, name) = key_of(value);
+            let now = self.store.get(*kind, &ns, &name).await?;
+            self.cache.put(*kind, &ns, &name, now);
+            keys.push((*kind, ns, name));
+        }
+        self.widen(scope, keys);
+        Ok(())
+    }
+
+    /// Adds `keys` to an incremental pass's scope and closes it again (see `cache`), so
+    /// that objects created or found during the pass bring their own scope.
+    fn widen(&self, scope: &mut Option<BTreeSet<Key>>, keys: impl IntoIterator<Item = Key>) {
+        if let Some(scope) = scope {
+            scope.extend(keys);
+            *scope = self.cache.closure(std::mem::take(scope));
+        }
+    }
+
+    /// The decoded objects of `kind` in `scope` (all without one), from the cache.
+    fn typed<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        scope: &Option<BTreeSet<Key>>,
+    ) -> Result<Vec<(Value, T)>, ReconcileError> {
+        let raws: Vec<Value> = match scope {
+            None => self.cache.all(kind).cloned().collect(),
+            Some(scope) => self.cache.scoped(kind, scope),
+        };
+        raws.into_iter()
+            .map(|raw| decode(kind, &raw).map(|t| (raw, t)))
+            .collect()
+    }
+
+    /// A pass over `scope` (everything without one): see `reconcile_all`. With a scope,
+    /// every input of what it computes is in the scope (see `cache`), and the routing
+    /// snapshot is rebuilt from the host entries and revisions kept from earlier passes.
+    async fn pass(&mut self, mut scope: Option<BTreeSet<Key>>) -> Result<(), ReconcileError> {
         if !self.builtin_applied {
             let builtin = builtin_runtime();
             let value = encode(
@@ -304,14 +505,13 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 &builtin.metadata.name,
                 &builtin,
             )?;
-            self.store
-                .apply(vec![(Kind::ClusterServingRuntime, value)])
-                .await?;
+            let applied = vec![(Kind::ClusterServingRuntime, value)];
+            self.store.apply(applied.clone()).await?;
+            self.refresh_applied(&applied, &mut None).await?;
             self.builtin_applied = true;
         }
         let mut cluster: Vec<ServingRuntime> = self
-            .list_typed(Kind::ClusterServingRuntime)
-            .await?
+            .typed(Kind::ClusterServingRuntime, &None)?
             .into_iter()
             .map(|(_, r)| r)
             .collect();
@@ -319,10 +519,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             cluster.push(builtin_runtime());
         }
         let mut namespaced: HashMap<String, Vec<ServingRuntime>> = HashMap::new();
-        for (_, r) in self
-            .list_typed::<ServingRuntime>(Kind::ServingRuntime)
-            .await?
-        {
+        for (_, r) in self.typed::<ServingRuntime>(Kind::ServingRuntime, &None)? {
             namespaced
                 .entry(r.metadata.namespace().to_owned())
                 .or_default()
@@ -334,9 +531,8 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         };
 
         // InferenceService → predictor Service (written only when it differs).
-        let isvcs: Vec<(Value, InferenceService)> = self.list_typed(Kind::InferenceService).await?;
-        let mut services: Vec<(Value, Service)> = self.list_typed(Kind::Service).await?;
-        let stored_services = by_key(services.iter().map(|(raw, _)| raw));
+        let isvcs: Vec<(Value, InferenceService)> = self.typed(Kind::InferenceService, &scope)?;
+        let mut services: Vec<(Value, Service)> = self.typed(Kind::Service, &scope)?;
         let mut predictors: Vec<Result<NamespacedName, isvc::NoRuntime>> = Vec::new();
         let mut to_apply = Vec::new();
         for (_, i) in &isvcs {
@@ -347,22 +543,43 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                         svc.metadata.name.clone(),
                     )));
                     let value = encode(Kind::Service, &svc.metadata.name, &svc)?;
-                    if differs(&value, stored_services.get(&key_of(&value))) {
+                    let stored =
+                        self.cache
+                            .get(Kind::Service, i.metadata.namespace(), &svc.metadata.name);
+                    if differs(&value, stored.as_ref()) {
                         to_apply.push((Kind::Service, value));
                     }
                 }
                 Err(no) => predictors.push(Err(no)),
             }
         }
-        drop(stored_services);
         if !to_apply.is_empty() {
-            self.store.apply(to_apply).await?;
-            services = self.list_typed(Kind::Service).await?;
+            self.store.apply(to_apply.clone()).await?;
+            self.refresh_applied(&to_apply, &mut scope).await?;
+        }
+        if scope.is_some() {
+            // Each predictor Service with its scope, also when it was not owned before.
+            let keys: Vec<Key> = isvcs
+                .iter()
+                .zip(&predictors)
+                .filter_map(|((_, i), p)| {
+                    let p = p.as_ref().ok()?;
+                    Some((
+                        Kind::Service,
+                        i.metadata.namespace().to_owned(),
+                        p.name.clone(),
+                    ))
+                })
+                .collect();
+            self.widen(&mut scope, keys);
+        }
+        if !to_apply.is_empty() || scope.is_some() {
+            services = self.typed(Kind::Service, &scope)?;
         }
 
         // Service → Configuration + Route (written only when they differ).
-        let mut configs: Vec<(Value, Configuration)> = self.list_typed(Kind::Configuration).await?;
-        let mut routes: Vec<(Value, Route)> = self.list_typed(Kind::Route).await?;
+        let mut configs: Vec<(Value, Configuration)> = self.typed(Kind::Configuration, &scope)?;
+        let mut routes: Vec<(Value, Route)> = self.typed(Kind::Route, &scope)?;
         let stored_configs = by_key(configs.iter().map(|(raw, _)| raw));
         let stored_routes = by_key(routes.iter().map(|(raw, _)| raw));
         let (mut new_configs, mut new_routes) = (Vec::new(), Vec::new());
@@ -382,17 +599,18 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         let (configs_changed, routes_changed) = (!new_configs.is_empty(), !new_routes.is_empty());
         new_configs.extend(new_routes);
         if !new_configs.is_empty() {
-            self.store.apply(new_configs).await?;
+            self.store.apply(new_configs.clone()).await?;
+            self.refresh_applied(&new_configs, &mut scope).await?;
         }
         if configs_changed {
-            configs = self.list_typed(Kind::Configuration).await?;
+            configs = self.typed(Kind::Configuration, &scope)?;
         }
         if routes_changed {
-            routes = self.list_typed(Kind::Route).await?;
+            routes = self.typed(Kind::Route, &scope)?;
         }
 
         // Configuration → Revisions.
-        let mut revisions: Vec<(Value, Revision)> = self.list_typed(Kind::Revision).await?;
+        let mut revisions: Vec<(Value, Revision)> = self.typed(Kind::Revision, &scope)?;
         let mut stamp_errors: HashMap<NamespacedName, String> = HashMap::new();
         let mut events: Vec<Event> = Vec::new();
         let mut to_apply = Vec::new();
@@ -440,8 +658,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
         drop((by_config, by_name));
         if !to_apply.is_empty() {
-            self.store.apply(to_apply).await?;
-            revisions = self.list_typed(Kind::Revision).await?;
+            self.store.apply(to_apply.clone()).await?;
+            self.refresh_applied(&to_apply, &mut scope).await?;
+            revisions = self.typed(Kind::Revision, &scope)?;
         }
 
         // Revision readiness as the runtime sees it now.
@@ -500,7 +719,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
         let (empty_cfgs, empty_revs) = (HashMap::new(), HashMap::new());
         let mut route_status: HashMap<NamespacedName, RouteStatus> = HashMap::new();
-        let mut hosts: Vec<(String, NamespacedName, Vec<WeightedTarget>)> = Vec::new();
+        let mut hosts: BTreeMap<(Kind, NamespacedName), Vec<HostEntry>> = BTreeMap::new();
         let mut route_targets: HashMap<NamespacedName, Vec<WeightedTarget>> = HashMap::new();
         let mut wanted: HashSet<NamespacedName> = HashSet::new();
         for (_, route) in &routes {
@@ -545,11 +764,19 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                         percent: 100,
                     };
                     wanted.insert(target.revision.clone());
-                    hosts.push((route::tag_host(tag, &host), key.clone(), vec![target]));
+                    hosts.entry((Kind::Route, key.clone())).or_default().push((
+                        route::tag_host(tag, &host),
+                        key.clone(),
+                        vec![target],
+                    ));
                 }
             }
             wanted.extend(targets.iter().map(|t| t.revision.clone()));
-            hosts.push((host, key.clone(), targets.clone()));
+            hosts.entry((Kind::Route, key.clone())).or_default().push((
+                host,
+                key.clone(),
+                targets.clone(),
+            ));
             route_targets.insert(key.clone(), targets);
             route_status.insert(key, status);
         }
@@ -566,17 +793,22 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             if let Ok(p) = predictor
                 && let Some(targets) = route_targets.get(p)
             {
-                hosts.push((
-                    self.host(&i.metadata.name, i.metadata.namespace()),
-                    NamespacedName::new(i.metadata.namespace(), i.metadata.name.clone()),
-                    targets.clone(),
-                ));
+                let key = NamespacedName::new(i.metadata.namespace(), i.metadata.name.clone());
+                hosts.insert(
+                    (Kind::InferenceService, key.clone()),
+                    vec![(
+                        self.host(&i.metadata.name, i.metadata.namespace()),
+                        key,
+                        targets.clone(),
+                    )],
+                );
             }
         }
 
         // Revisions → replicas and status.
         let mut pending = Vec::new();
         let mut present: HashSet<NamespacedName> = HashSet::new();
+        let mut now_observed: Vec<Revision> = Vec::with_capacity(revisions.len());
         for (((raw, rev), spec), seen) in revisions.iter().zip(&specs).zip(&observed) {
             let key = revision::key(rev);
             present.insert(key.clone());
@@ -604,13 +836,21 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             let mut status = seen.status.clone().unwrap_or_default();
             status.desired_replicas = desired;
             self.write_status(&mut pending, Kind::Revision, raw, &status)?;
+            let mut routed = seen.clone();
+            routed.status = Some(status);
+            now_observed.push(routed);
         }
-        for gone in self
-            .runtime
-            .revisions()
-            .into_iter()
-            .filter(|k| !present.contains(k))
-        {
+        let removed = |k: &NamespacedName| {
+            !present.contains(k)
+                && scope.as_ref().is_none_or(|s| {
+                    s.contains(&(Kind::Revision, k.namespace.clone(), k.name.clone()))
+                        && self
+                            .cache
+                            .get(Kind::Revision, &k.namespace, &k.name)
+                            .is_none()
+                })
+        };
+        for gone in self.runtime.revisions().into_iter().filter(removed) {
             tracing::info!(revision = %gone, "revision deleted; stopping its replicas");
             self.runtime.remove(&gone);
         }
@@ -652,8 +892,57 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         self.collect_garbage(&configs, &observed, &wanted, &config_status)
             .await?;
 
+        // Keep this pass's host entries and revisions: all of them after a full pass; after
+        // an incremental one, those it reconciled replace theirs and those of deleted
+        // objects in its scope go.
+        match &scope {
+            None => {
+                self.hosts = hosts;
+                self.observed.clear();
+            }
+            Some(scope) => {
+                for (kind, ns, name) in scope {
+                    if self.cache.get(*kind, ns, name).is_some() {
+                        continue;
+                    }
+                    let key = NamespacedName::new(ns.clone(), name.clone());
+                    match kind {
+                        Kind::Route | Kind::InferenceService => {
+                            self.hosts.remove(&(*kind, key));
+                        }
+                        Kind::Revision => {
+                            self.observed.remove(&key);
+                        }
+                        _ => {}
+                    }
+                }
+                let reconciled = routes
+                    .iter()
+                    .map(|(_, r)| (Kind::Route, r.metadata.namespace(), &r.metadata.name))
+                    .chain(isvcs.iter().map(|(_, i)| {
+                        (
+                            Kind::InferenceService,
+                            i.metadata.namespace(),
+                            &i.metadata.name,
+                        )
+                    }));
+                for (kind, ns, name) in reconciled {
+                    self.hosts
+                        .remove(&(kind, NamespacedName::new(ns, name.clone())));
+                }
+                self.hosts.extend(hosts);
+            }
+        }
+        self.observed
+            .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
+
         // Publish routes.
-        let snap = routing::build(&hosts, &observed, &self.runtime, &self.decisions);
+        let snap = routing::build(
+            self.hosts.values().flatten(),
+            &self.observed,
+            &self.runtime,
+            &self.decisions,
+        );
         self.snapshot.send_if_modified(|current| {
             if **current == snap {
                 false
@@ -663,18 +952,6 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             }
         });
         Ok(())
-    }
-
-    async fn list_typed<T: DeserializeOwned>(
-        &self,
-        kind: Kind,
-    ) -> Result<Vec<(Value, T)>, ReconcileError> {
-        self.store
-            .list(kind, None)
-            .await?
-            .into_iter()
-            .map(|raw| decode(kind, &raw).map(|t| (raw, t)))
-            .collect()
     }
 
     /// Replicas a revision should have: the autoscaler's decision while it is routed (or

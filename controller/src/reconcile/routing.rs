@@ -14,14 +14,14 @@ use crate::runtime::Runtime;
 
 /// Each host (route, tag, InferenceService) maps to its weighted targets; every revision
 /// with traffic gets its endpoints.
-pub(super) fn build(
-    hosts: &[(String, NamespacedName, Vec<WeightedTarget>)],
-    revisions: &[Revision],
+pub(super) fn build<'a>(
+    hosts: impl Iterator<Item = &'a (String, NamespacedName, Vec<WeightedTarget>)> + Clone,
+    revisions: &std::collections::HashMap<NamespacedName, Revision>,
     runtime: &impl Runtime,
     decisions: &std::collections::HashMap<NamespacedName, ScaleDecision>,
 ) -> RoutingSnapshot {
     let mut snap = RoutingSnapshot::default();
-    for (host, service, targets) in hosts {
+    for (host, service, targets) in hosts.clone() {
         if targets.is_empty() {
             continue;
         }
@@ -33,16 +33,13 @@ pub(super) fn build(
             },
         );
     }
-    let routed: std::collections::HashSet<&NamespacedName> = hosts
-        .iter()
-        .flat_map(|(_, _, t)| t)
-        .map(|t| &t.revision)
-        .collect();
-    for rev in revisions {
-        let key = revision::key(rev);
-        if !routed.contains(&key) {
+    let routed: std::collections::HashSet<&NamespacedName> =
+        hosts.flat_map(|(_, _, t)| t).map(|t| &t.revision).collect();
+    for key in routed {
+        let Some(rev) = revisions.get(key) else {
             continue;
-        }
+        };
+        let key = key.clone();
         let mut endpoints: Vec<Endpoint> = runtime
             .status(&key)
             .ready

@@ -154,11 +154,13 @@ pub trait Store: Send + Sync + 'static {
         status: serde_json::Value,
     ) -> impl Future<Output = Result<serde_json::Value, StoreError>> + Send;
 
-    /// Replaces the status of each object whose `resourceVersion` still matches, in one
-    /// transaction; each write succeeds or fails (conflict, not found) on its own.
+    /// Replaces the status of each object whose `resourceVersion` still matches, and
+    /// records `events`, in one transaction; each status write succeeds or fails
+    /// (conflict, not found) on its own.
     fn update_statuses(
         &self,
         writes: Vec<(Kind, serde_json::Value, serde_json::Value)>,
+        events: Vec<Event>,
     ) -> impl Future<Output = Result<Vec<Result<(), StoreError>>, StoreError>> + Send;
 
     /// Records events (the newest `MAX_EVENTS` are kept).

@@ -177,6 +177,23 @@ fn owner_exists(tx: &Transaction, ns: &str, obj: &Value) -> Result<bool, StoreEr
     Ok(stored.as_deref() == Some(uid))
 }
 
+/// Inserts events (stamped now) and drops those beyond the newest `MAX_EVENTS`.
+fn insert_events(tx: &Transaction, events: Vec<Event>) -> Result<(), StoreError> {
+    for mut e in events {
+        e.time = now_rfc3339();
+        let body = serde_json::to_string(&e).map_err(|e| StoreError::Malformed(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO events (kind, namespace, name, body) VALUES (?1, ?2, ?3, ?4)",
+            params![e.kind.name(), e.namespace, e.name, body],
+        )?;
+    }
+    tx.execute(
+        "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1",
+        params![MAX_EVENTS],
+    )?;
+    Ok(())
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -382,19 +399,7 @@ impl Store for SqliteStore {
         }
         self.blocking(move |c| {
             let tx = c.transaction()?;
-            for mut e in events {
-                e.time = now_rfc3339();
-                let body =
-                    serde_json::to_string(&e).map_err(|e| StoreError::Malformed(e.to_string()))?;
-                tx.execute(
-                    "INSERT INTO events (kind, namespace, name, body) VALUES (?1, ?2, ?3, ?4)",
-                    params![e.kind.name(), e.namespace, e.name, body],
-                )?;
-            }
-            tx.execute(
-                "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1",
-                params![MAX_EVENTS],
-            )?;
+            insert_events(&tx, events)?;
             tx.commit()?;
             Ok(())
         })
@@ -424,10 +429,14 @@ impl Store for SqliteStore {
     async fn update_statuses(
         &self,
         writes: Vec<(Kind, Value, Value)>,
+        events: Vec<Event>,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let (results, changes) = self
             .blocking(move |c| {
                 let tx = c.transaction()?;
+                if !events.is_empty() {
+                    insert_events(&tx, events)?;
+                }
                 let mut results = Vec::with_capacity(writes.len());
                 let mut changes = Vec::new();
                 for (kind, object, status) in writes {
@@ -668,6 +677,67 @@ mod tests {
         let reasons: Vec<&str> = got.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(reasons, ["Created", "Deleted"]);
         assert!(!got[0].time.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn statuses_and_events_are_written_together_and_a_stale_write_alone_fails() {
+        let dir = temp_dir("statuses");
+        let store = SqliteStore::open(&dir).unwrap();
+        store
+            .apply(vec![
+                (Kind::InferenceService, isvc("a", 1)),
+                (Kind::InferenceService, isvc("b", 1)),
+            ])
+            .await
+            .unwrap();
+        let a = store
+            .get(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        let mut stale = store
+            .get(Kind::InferenceService, "default", "b")
+            .await
+            .unwrap()
+            .unwrap();
+        stale["metadata"]["resourceVersion"] = json!("0");
+        let event = Event {
+            kind: Kind::InferenceService,
+            namespace: "default".into(),
+            name: "a".into(),
+            type_: "Normal".into(),
+            reason: "Ready".into(),
+            message: "became ready".into(),
+            time: String::new(),
+        };
+        let results = store
+            .update_statuses(
+                vec![
+                    (Kind::InferenceService, a, json!({"x": 1})),
+                    (Kind::InferenceService, stale, json!({"x": 2})),
+                ],
+                vec![event],
+            )
+            .await
+            .unwrap();
+        assert!(results[0].is_ok());
+        assert!(
+            matches!(results[1], Err(StoreError::Conflict { .. })),
+            "{results:?}"
+        );
+        let a = store
+            .get(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a["status"], json!({"x": 1}));
+        let events = store
+            .events(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "Ready");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
