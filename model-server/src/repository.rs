@@ -4,7 +4,7 @@
 //! A model repository folder (`--model-repository DIR`) holds one folder per model; the
 //! folder's name is the model's name, and its optional `sluice-model.json` gives the format
 //! and batching settings (without it the format is detected: `tokenizer.json` → `bert`,
-//! otherwise `sluice-mlp`).
+//! otherwise `sluice-mlp`; a `safetensors` dense model must say so).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ pub const MODEL_SETTINGS_FILE: &str = "sluice-model.json";
 /// Where a model comes from and how it is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelSource {
-    /// Model format (`sluice-mlp`, `bert`).
+    /// Model format (`sluice-mlp`, `bert`, `safetensors`).
     pub format: String,
     /// Folder path, `file://` URI or `http(s)://` base URI.
     pub storage_uri: String,
