@@ -509,10 +509,7 @@ mod tests {
             // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
             ("gelu_tanh", [-0.158_808, 0.0, 0.345_714, 0.841_192]),
             // exp(x_i) / Σ exp(x_j) over the row.
-            (
-                "softmax",
-                [0.064_147_7, 0.174_371_5, 0.287_490_0, 0.473_990_8],
-            ),
+            ("softmax", [0.064_147_7, 0.174_371_5, 0.287_49, 0.473_990_8]),
         ];
         for (activation, want) in cases {
             let config = json!({
@@ -555,6 +552,11 @@ mod tests {
         assert_close(fp32(&out[0]), &[e2 / (e2 + 1.0), 1.0 / (e2 + 1.0)]);
     }
 
+    /// A change to a good config that makes it bad.
+    type ConfigEdit = Box<dyn Fn(&mut Value)>;
+    /// The tensors written to a test model's file.
+    type Tensors = Vec<(&'static str, Tensor)>;
+
     /// Loads a folder and returns the whole error chain.
     fn load_error(tag: &str, config: &Value, tensors: &[(&str, Tensor)]) -> String {
         let folder = Folder::new(tag, config, tensors);
@@ -567,7 +569,7 @@ mod tests {
     #[test]
     fn config_errors_name_the_field() {
         let tensors = two_layer_tensors();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        let cases: Vec<(&str, ConfigEdit, &str)> = vec![
             (
                 "activation",
                 Box::new(|c| c["layers"][1]["type"] = json!("swish")),
@@ -636,7 +638,7 @@ mod tests {
         let fc1w = || t2(&[&[1.0, 2.0], &[-1.0, 1.0], &[0.5, 0.0]]);
         let fc1b = || t1(&[0.0, 1.0, -1.0]);
         let fc2w = || t2(&[&[1.0, 0.0, 1.0], &[0.0, 1.0, -1.0]]);
-        let cases: Vec<(&str, Vec<(&str, Tensor)>, &str)> = vec![
+        let cases: Vec<(&str, Tensors, &str)> = vec![
             (
                 "missing-weight",
                 vec![("fc1.weight", fc1w()), ("fc1.bias", fc1b())],
