@@ -1,6 +1,7 @@
 //! sluice-model-server: the reference model runtime.
 //!
-//! Owns loading models with candle (`sluice-mlp`, `bert` sentence embeddings), the model
+//! Owns loading models with candle (`sluice-mlp`, `bert` sentence
+//! embeddings, generic `safetensors` dense networks described by a config), the model
 //! repository (folder, `storageUri` download cache, load/unload), the Open Inference
 //! Protocol v2 and KServe v1 REST surface with the binary tensor extension (HTTP/1.1 and
 //! h2c on one port), dynamic batching per model, Prometheus metrics, inference errors and
@@ -14,6 +15,7 @@
 pub mod batch;
 pub mod bert;
 pub mod codec;
+pub mod dense;
 pub mod error;
 pub mod grpc;
 pub mod http;

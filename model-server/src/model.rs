@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::bert::Bert;
+use crate::dense::{DENSE_FORMAT, Dense};
 use crate::error::InferError;
 use crate::mlp::Mlp;
 use crate::tensor::{DataType, NamedTensor};
@@ -116,9 +117,9 @@ pub struct TensorMetadata {
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The format is not one this server runs.
+    /// The format is not one this server runs (`sluice-mlp`, `bert`, `safetensors`).
     #[error(
-        "model format {0:?} is not supported by the candle runtime (supported: sluice-mlp, bert)"
+        "model format {0:?} is not supported by the candle runtime (supported: sluice-mlp, bert, safetensors)"
     )]
     UnsupportedFormat(String),
     /// The storage URI is not a local folder.
@@ -173,6 +174,7 @@ pub fn load_model(format: &str, name: &str, dir: &Path) -> Result<Box<dyn Model>
     match format {
         "sluice-mlp" => Ok(Box::new(Mlp::load(name, dir)?)),
         "bert" => Ok(Box::new(Bert::load(name, dir)?)),
+        DENSE_FORMAT => Ok(Box::new(Dense::load(name, dir)?)),
         other => Err(LoadError::UnsupportedFormat(other.to_owned())),
     }
 }

@@ -4,7 +4,7 @@
 //! A model repository folder (`--model-repository DIR`) holds one folder per model; the
 //! folder's name is the model's name, and its optional `sluice-model.json` gives the format
 //! and batching settings (without it the format is detected: `tokenizer.json` → `bert`,
-//! otherwise `sluice-mlp`).
+//! otherwise `sluice-mlp`; a `safetensors` dense model must say so).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ pub const MODEL_SETTINGS_FILE: &str = "sluice-model.json";
 /// Where a model comes from and how it is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelSource {
-    /// Model format (`sluice-mlp`, `bert`).
+    /// Model format (`sluice-mlp`, `bert`, `safetensors`).
     pub format: String,
     /// Folder path, `file://` URI or `http(s)://` base URI.
     pub storage_uri: String,
@@ -84,6 +84,7 @@ pub struct IndexEntry {
 pub struct Repository {
     dir: Option<PathBuf>,
     cache_dir: PathBuf,
+    ca_file: Option<PathBuf>,
     defaults: BatchConfig,
     sources: RwLock<BTreeMap<String, ModelSource>>,
     slots: RwLock<BTreeMap<String, Slot>>,
@@ -104,10 +105,18 @@ impl Repository {
         Self {
             dir,
             cache_dir,
+            ca_file: None,
             defaults,
             sources: RwLock::new(BTreeMap::new()),
             slots: RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// Trusts also the CA certificates in the PEM file `ca_file` when downloading from
+    /// `https://` storage URIs (the system's roots are trusted either way).
+    pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Self {
+        self.ca_file = ca_file;
+        self
     }
 
     /// Registers a model by source (the single-model flags); it is not ready until loaded.
@@ -166,10 +175,11 @@ impl Repository {
         }
         let started = Instant::now();
         let (model_name, cache) = (name.to_owned(), self.cache_dir.clone());
+        let ca_file = self.ca_file.clone();
         let uri = source.storage_uri.clone();
         let format = source.format.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Result<Box<dyn Model>, LoadError> {
-            let dir = storage::fetch(&uri, &cache)?;
+            let dir = storage::fetch_with(&uri, &cache, ca_file.as_deref())?;
             load_model(&format, &model_name, &dir)
         })
         .await;

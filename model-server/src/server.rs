@@ -98,11 +98,17 @@ pub async fn run(
         },
         Instant::now(),
     ));
-    let repository = Arc::new(Repository::new(
-        config.model_repository.clone(),
-        config.cache_dir.clone(),
-        config.batching.clone(),
-    ));
+    // Extra CA certificates for `https://` storage URIs (the system's roots are trusted
+    // either way).
+    let ca_file = std::env::var_os(crate::storage::CA_FILE_ENV).map(std::path::PathBuf::from);
+    let repository = Arc::new(
+        Repository::new(
+            config.model_repository.clone(),
+            config.cache_dir.clone(),
+            config.batching.clone(),
+        )
+        .with_ca_file(ca_file),
+    );
     let mut names = Vec::new();
     for (name, source) in &config.models {
         repository.add(name, source.clone());

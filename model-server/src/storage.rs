@@ -4,10 +4,14 @@
 //! serves `SHA256SUMS` (lines of `<sha256>  <file>`, as `sha256sum` writes them); every file
 //! it lists is downloaded once into the cache (`<cache>/<sha256 of the URI>/`), checked
 //! against its checksum, and reused on later loads when the checksums still match.
-//! `https://` needs a TLS client, which this build does not carry: a clear error says so.
+//! `https://` works the same over TLS (rustls, ring): servers are trusted when their chain
+//! ends at a root in the system's bundle (`SSL_CERT_FILE`, or the usual bundle files of
+//! Linux distributions) or in the PEM file given as the CA file
+//! (`SLUICE_MODEL_CA_FILE` for `sluice model-server`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
@@ -21,21 +25,34 @@ pub const MAX_FILE_BYTES: u64 = 8 << 30;
 /// Most files a manifest may list.
 pub const MAX_FILES: usize = 64;
 
-/// Resolves `uri` to a local folder, downloading into `cache` when remote.
+/// Environment variable naming an extra PEM file of CA certificates for `https://`.
+pub const CA_FILE_ENV: &str = "SLUICE_MODEL_CA_FILE";
+
+/// System CA bundles tried, in order, when `SSL_CERT_FILE` is unset.
+const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// Resolves `uri` to a local folder, downloading into `cache` when remote (`https://`
+/// trusts the system's roots only).
 pub fn fetch(uri: &str, cache: &Path) -> Result<PathBuf, LoadError> {
+    fetch_with(uri, cache, None)
+}
+
+/// As [`fetch`], trusting also the CA certificates in the PEM file `ca_file` for `https://`.
+pub fn fetch_with(uri: &str, cache: &Path, ca_file: Option<&Path>) -> Result<PathBuf, LoadError> {
     if let Some(rest) = uri.strip_prefix("file://") {
         return Ok(PathBuf::from(rest));
     }
     if uri.starts_with("http://") {
-        return download_folder(uri, cache);
+        return download_folder(uri, cache, None);
     }
     if uri.starts_with("https://") {
-        return Err(LoadError::Download {
-            uri: uri.to_owned(),
-            message: "https:// needs TLS, which this build does not include; use http:// \
-                      inside the cluster or a local path"
-                .into(),
-        });
+        let tls = tls_config(ca_file).map_err(|m| download_err(uri, m))?;
+        return download_folder(uri, cache, Some(tls));
     }
     if uri.contains("://") {
         return Err(LoadError::UnsupportedUri(uri.to_owned()));
@@ -94,7 +111,60 @@ pub fn parse_manifest(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn download_folder(uri: &str, cache: &Path) -> Result<PathBuf, LoadError> {
+/// The TLS client: system roots plus those in `ca_file`; errors name the file.
+fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            SYSTEM_BUNDLES
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        });
+    if let Some(bundle) = system
+        && let Ok(certs) = CertificateDer::pem_file_iter(&bundle)
+    {
+        // Like every TLS client reading a distribution's bundle: entries that do not
+        // parse are skipped rather than failing every download.
+        let certs: Vec<_> = certs.filter_map(Result::ok).collect();
+        roots.add_parsable_certificates(certs);
+    }
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("CA file {}: no certificates", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "no trusted CA certificates: no system bundle found and no {CA_FILE_ENV} given"
+        ));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn download_folder(
+    uri: &str,
+    cache: &Path,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<PathBuf, LoadError> {
     let base = uri.trim_end_matches('/');
     let dir = cache.join(hex(&Sha256::digest(base.as_bytes())));
     std::fs::create_dir_all(&dir).map_err(|source| LoadError::Io {
@@ -108,6 +178,7 @@ fn download_folder(uri: &str, cache: &Path) -> Result<PathBuf, LoadError> {
         &format!("{base}/{MANIFEST}"),
         &manifest_path,
         1 << 20,
+        tls.as_ref(),
     ))?;
     let text = std::fs::read_to_string(&manifest_path).map_err(|source| LoadError::Io {
         path: manifest_path.clone(),
@@ -124,6 +195,7 @@ fn download_folder(uri: &str, cache: &Path) -> Result<PathBuf, LoadError> {
             &format!("{base}/{name}"),
             &part,
             MAX_FILE_BYTES,
+            tls.as_ref(),
         ))?;
         let have = file_sha256(&part).map_err(|source| LoadError::Io {
             path: part.clone(),
@@ -144,15 +216,61 @@ fn download_folder(uri: &str, cache: &Path) -> Result<PathBuf, LoadError> {
     Ok(dir)
 }
 
-async fn get_to_file(url: &str, path: &Path, limit: u64) -> Result<(), LoadError> {
+/// One HTTP/1.1 GET on its own connection, over TLS when `tls` is given.
+async fn get(
+    uri: &http::Uri,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let host = uri.host().ok_or("the URI has no host")?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    // `[::1]` in a URI is `::1` to connect to and to name in TLS.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::net::TcpStream::connect((bare, port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let authority = uri.authority().map_or(host, |a| a.as_str()).to_owned();
+    let request = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(http::header::HOST, authority)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let fail = |e: hyper::Error| sluice_core::error_chain(&e);
+    match tls {
+        None => {
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(fail)?;
+            tokio::spawn(conn);
+            send.send_request(request).await.map_err(fail)
+        }
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
+                .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(fail)?;
+            tokio::spawn(conn);
+            send.send_request(request).await.map_err(fail)
+        }
+    }
+}
+
+async fn get_to_file(
+    url: &str,
+    path: &Path,
+    limit: u64,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(), LoadError> {
     let err = |m: String| download_err(url, m);
     let uri: http::Uri = url.parse().map_err(|e| err(format!("invalid URI: {e}")))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client
-        .get(uri)
-        .await
-        .map_err(|e| err(sluice_core::error_chain(&e)))?;
+    let resp = get(&uri, tls).await.map_err(err)?;
     if !resp.status().is_success() {
         return Err(err(format!("server answered {}", resp.status())));
     }
@@ -191,8 +309,10 @@ mod tests {
             fetch("s3://b/x", cache),
             Err(LoadError::UnsupportedUri(_))
         ));
-        let err = fetch("https://h/x", cache).unwrap_err().to_string();
-        assert!(err.contains("https:// needs TLS"), "{err}");
+        let missing = Path::new("/nonexistent/ca.pem");
+        let err =
+            sluice_core::error_chain(&fetch_with("https://h/x", cache, Some(missing)).unwrap_err());
+        assert!(err.contains("CA file /nonexistent/ca.pem"), "{err}");
     }
 
     #[test]
