@@ -16,10 +16,10 @@ pub struct ModelServerArgs {
     /// Name the model is served under (`/v2/models/{name}`); with --storage-uri.
     #[arg(long, env = "SLUICE_MODEL_NAME", requires = "storage_uri")]
     model_name: Option<String>,
-    /// Model format (`sluice-mlp`, `bert`).
+    /// Model format (`sluice-mlp`, `bert`, `safetensors`).
     #[arg(long, env = "SLUICE_MODEL_FORMAT", default_value = "sluice-mlp")]
     model_format: String,
-    /// Model folder: plain path, file:// URI, or http:// folder serving SHA256SUMS.
+    /// Model folder: plain path, file:// URI, or http(s):// folder serving SHA256SUMS.
     #[arg(long, env = "SLUICE_STORAGE_URI", requires = "model_name")]
     storage_uri: Option<String>,
     /// Model repository folder: one subfolder per model (optional sluice-model.json).

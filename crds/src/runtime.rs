@@ -172,7 +172,11 @@ pub fn builtin_runtime() -> ServingRuntime {
             ..ObjectMeta::default()
         },
         spec: ServingRuntimeSpec {
-            supported_model_formats: vec![format("sluice-mlp"), format("bert")],
+            supported_model_formats: vec![
+                format("sluice-mlp"),
+                format("bert"),
+                format("safetensors"),
+            ],
             protocol_versions: vec!["v1".into(), "v2".into()],
             containers: vec![Container {
                 name: Some("kserve-container".into()),
