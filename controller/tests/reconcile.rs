@@ -916,3 +916,184 @@ async fn deleting_one_of_two_isvcs_unroutes_and_stops_only_it() {
     let lily = h.get(Kind::InferenceService, "lily").await;
     assert_eq!(condition(&lily, "Ready").0, "True", "{lily:#}");
 }
+
+fn transformer_manifest(transformer: &str) -> ManifestFile {
+    let mut m = manifest("./v1");
+    m.text.push_str(transformer);
+    m
+}
+
+#[tokio::test]
+async fn transformer_fronts_the_predictor_and_goes_with_its_isvc() {
+    let mut h = Harness::new("transformer");
+    apply_files(
+        &h.store,
+        &[transformer_manifest(
+            "  transformer:\n    minReplicas: 2\n    containerConcurrency: 4\n    containers:\n    \
+             - command: [python, -m, image_transformer]\n      args: [--workers, '1']\n      \
+             env: [{name: STAGE, value: pre}]\n",
+        )],
+    )
+    .await
+    .unwrap();
+    h.settle().await;
+
+    // Both component Services, owned by the InferenceService.
+    let t = h.get(Kind::Service, "iris-transformer").await;
+    assert_eq!(t["metadata"]["ownerReferences"][0]["name"], "iris");
+    assert_eq!(t["metadata"]["labels"]["component"], "transformer");
+    assert_eq!(
+        t["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"],
+        "2"
+    );
+    h.get(Kind::Service, "iris-predictor").await;
+
+    // The transformer runs behind `sluice queue` with KServe's args to reach its predictor
+    // through the router.
+    let key = NamespacedName::new("default", "iris-transformer-00001");
+    let (replicas, command) = h.runtime.state.lock().unwrap()[&key].clone();
+    assert_eq!(replicas, 2);
+    assert_eq!(
+        command,
+        [
+            "sluice",
+            "queue",
+            "--container-concurrency",
+            "4",
+            "--timeout-seconds",
+            "300",
+            "--",
+            "python",
+            "-m",
+            "image_transformer",
+            "--workers",
+            "1",
+            "--model_name",
+            "iris",
+            "--predictor_host",
+            "iris-predictor.default.example.test:80",
+            "--protocol",
+            "v1",
+        ]
+    );
+    let rev = h.get(Kind::Revision, "iris-transformer-00001").await;
+    let env = rev["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(env.contains(&serde_json::json!({"name": "STAGE", "value": "pre"})));
+    assert!(env.contains(
+        &serde_json::json!({"name": "PREDICTOR_HOST", "value": "iris-predictor.default.example.test:80"})
+    ));
+
+    // The top-level host routes to the transformer; the predictor keeps its own host.
+    let snap = h.snapshot.borrow().clone();
+    let top = snap.route_for_host("iris.default.example.test").unwrap();
+    assert_eq!(top.targets.len(), 1);
+    assert_eq!(top.targets[0].revision.name, "iris-transformer-00001");
+    assert_eq!(
+        snap.route_for_host("iris-predictor.default.example.test")
+            .unwrap()
+            .targets[0]
+            .revision
+            .name,
+        "iris-predictor-00001"
+    );
+
+    // Status: both components, TransformerReady, Ready.
+    let isvc = h.get(Kind::InferenceService, "iris").await;
+    assert_eq!(condition(&isvc, "TransformerReady").0, "True", "{isvc:#}");
+    assert_eq!(condition(&isvc, "PredictorReady").0, "True", "{isvc:#}");
+    assert_eq!(condition(&isvc, "Ready").0, "True", "{isvc:#}");
+    assert_eq!(isvc["status"]["url"], "http://iris.default.example.test");
+    let tc = &isvc["status"]["components"]["transformer"];
+    assert_eq!(tc["url"], "http://iris-transformer.default.example.test");
+    assert_eq!(tc["latestCreatedRevision"], "iris-transformer-00001");
+    assert_eq!(tc["latestReadyRevision"], "iris-transformer-00001");
+    assert_eq!(tc["traffic"][0]["revisionName"], "iris-transformer-00001");
+    assert_eq!(tc["traffic"][0]["percent"], 100);
+    assert_eq!(
+        isvc["status"]["components"]["predictor"]["latestReadyRevision"],
+        "iris-predictor-00001"
+    );
+
+    // Deleting the InferenceService removes both components and their routes.
+    h.store
+        .delete(Kind::InferenceService, "default", "iris")
+        .await
+        .unwrap();
+    h.settle().await;
+    assert!(h.snapshot.borrow().hosts.is_empty());
+    assert!(h.runtime.revisions().is_empty());
+    for kind in [
+        Kind::Service,
+        Kind::Configuration,
+        Kind::Route,
+        Kind::Revision,
+    ] {
+        assert!(
+            h.store.list(kind, None).await.unwrap().is_empty(),
+            "{kind:?} left"
+        );
+    }
+}
+
+#[tokio::test]
+async fn failing_transformer_keeps_the_isvc_not_ready_and_removing_it_deletes_its_service() {
+    let mut h = Harness::new("transformer-fail");
+    *h.runtime.failing_arg.lock().unwrap() = Some("broken_transformer".into());
+    apply_files(
+        &h.store,
+        &[transformer_manifest(
+            "  transformer:\n    containers:\n    - command: [broken_transformer]\n",
+        )],
+    )
+    .await
+    .unwrap();
+    h.settle().await;
+    let isvc = h.get(Kind::InferenceService, "iris").await;
+    assert_eq!(condition(&isvc, "PredictorReady").0, "True", "{isvc:#}");
+    assert_eq!(condition(&isvc, "TransformerReady").0, "False", "{isvc:#}");
+    assert_eq!(condition(&isvc, "Ready").0, "False", "{isvc:#}");
+
+    // Without the transformer the predictor takes the top-level host again.
+    apply_files(&h.store, &[manifest("./v1")]).await.unwrap();
+    h.settle().await;
+    assert!(
+        h.store
+            .get(Kind::Service, "default", "iris-transformer")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let isvc = h.get(Kind::InferenceService, "iris").await;
+    assert_eq!(condition(&isvc, "Ready").0, "True", "{isvc:#}");
+    assert!(isvc["status"]["components"].get("transformer").is_none());
+    let snap = h.snapshot.borrow().clone();
+    assert_eq!(
+        snap.route_for_host("iris.default.example.test")
+            .unwrap()
+            .targets[0]
+            .revision
+            .name,
+        "iris-predictor-00001"
+    );
+    assert!(
+        snap.route_for_host("iris-transformer.default.example.test")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn transformer_without_containers_is_refused_with_kserve_message() {
+    let h = Harness::new("transformer-invalid");
+    let err = apply_files(
+        &h.store,
+        &[transformer_manifest("  transformer:\n    containers: []\n")],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("spec.transformer")
+            && err.contains("exactly one of [PodSpec] must be specified in TransformerSpec"),
+        "{err}"
+    );
+}

@@ -31,7 +31,11 @@ pub struct InferenceService {
 pub struct InferenceServiceSpec {
     /// The model-serving component.
     pub predictor: PredictorSpec,
-    /// Fields not interpreted yet (e.g. `transformer`), preserved.
+    /// A pre/post-processing component in front of the predictor: requests to the
+    /// InferenceService's host reach it, and it calls the predictor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformer: Option<TransformerSpec>,
+    /// Fields not interpreted yet (e.g. `explainer`), preserved.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -68,6 +72,144 @@ pub struct PredictorSpec {
     /// Fields not interpreted yet, preserved (framework shorthands such as `sklearn`).
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `spec.transformer`: a pod-spec-like component (its first container runs behind
+/// `sluice queue`) with the component extension fields of the predictor.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransformerSpec {
+    /// The user containers; local mode runs the first one.
+    #[serde(default)]
+    pub containers: Vec<crate::service::Container>,
+    /// Lowest replica count; 0 allows scale to zero. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i64>,
+    /// Highest replica count; 0 = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i64>,
+    /// Autoscaling target per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_target: Option<i64>,
+    /// `concurrency` or `rps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_metric: Option<String>,
+    /// Maximum in-flight requests per replica; 0 = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_concurrency: Option<i64>,
+    /// Request timeout in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    /// Share of traffic for the latest transformer revision (as for the predictor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_traffic_percent: Option<i64>,
+    /// Other pod-spec fields, preserved.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// The component extension fields shared by the predictor and the transformer.
+#[derive(Clone, Copy, Debug)]
+pub struct ComponentFields<'a> {
+    /// `minReplicas`.
+    pub min_replicas: Option<i64>,
+    /// `maxReplicas`.
+    pub max_replicas: Option<i64>,
+    /// `scaleTarget`.
+    pub scale_target: Option<i64>,
+    /// `scaleMetric`.
+    pub scale_metric: Option<&'a str>,
+    /// `containerConcurrency`.
+    pub container_concurrency: Option<i64>,
+    /// `timeout`.
+    pub timeout: Option<i64>,
+    /// `canaryTrafficPercent`.
+    pub canary_traffic_percent: Option<i64>,
+}
+
+impl PredictorSpec {
+    /// The component extension fields.
+    pub fn fields(&self) -> ComponentFields<'_> {
+        ComponentFields {
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            scale_target: self.scale_target,
+            scale_metric: self.scale_metric.as_deref(),
+            container_concurrency: self.container_concurrency,
+            timeout: self.timeout,
+            canary_traffic_percent: self.canary_traffic_percent,
+        }
+    }
+}
+
+impl TransformerSpec {
+    /// The component extension fields.
+    pub fn fields(&self) -> ComponentFields<'_> {
+        ComponentFields {
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            scale_target: self.scale_target,
+            scale_metric: self.scale_metric.as_deref(),
+            container_concurrency: self.container_concurrency,
+            timeout: self.timeout,
+            canary_traffic_percent: self.canary_traffic_percent,
+        }
+    }
+}
+
+/// KServe's message for a component with no implementation (its `ExactlyOneErrorFor`).
+pub const TRANSFORMER_EXACTLY_ONE: &str =
+    "exactly one of [PodSpec] must be specified in TransformerSpec";
+
+/// Checks the component extension fields under `path` (`spec.predictor`, `spec.transformer`).
+fn validate_component(v: &mut Validator, path: &str, p: ComponentFields<'_>) {
+    if let Some(min) = p.min_replicas {
+        v.check(min >= 0, format!("{path}.minReplicas"), "must be >= 0");
+    }
+    if let Some(max) = p.max_replicas {
+        v.check(max >= 0, format!("{path}.maxReplicas"), "must be >= 0");
+        if let Some(min) = p.min_replicas {
+            v.check(
+                max == 0 || max >= min,
+                format!("{path}.maxReplicas"),
+                format!("{max} must be >= minReplicas ({min}) or 0 (unlimited)"),
+            );
+        }
+    }
+    if let Some(cc) = p.container_concurrency {
+        v.check(
+            (0..=1000).contains(&cc),
+            format!("{path}.containerConcurrency"),
+            format!("{cc} is outside [0, 1000]"),
+        );
+    }
+    if let Some(pct) = p.canary_traffic_percent {
+        v.check(
+            (0..=100).contains(&pct),
+            format!("{path}.canaryTrafficPercent"),
+            crate::validation::out_of_bounds(pct, 0, 100),
+        );
+    }
+    if let Some(t) = p.timeout {
+        v.check(
+            (1..=600).contains(&t),
+            format!("{path}.timeout"),
+            format!("{t} is outside [1, 600] seconds"),
+        );
+    }
+    if let Some(target) = p.scale_target {
+        v.check(target > 0, format!("{path}.scaleTarget"), "must be > 0");
+    }
+    if let Some(metric) = p.scale_metric {
+        v.check(
+            ["concurrency", "rps"].contains(&metric),
+            format!("{path}.scaleMetric"),
+            format!(
+                "{metric:?}: local mode scales on concurrency or rps (cpu and memory \
+                 need a Kubernetes HPA)"
+            ),
+        );
+    }
 }
 
 /// `spec.predictor.model`.
@@ -246,52 +388,12 @@ impl InferenceService {
                 }
             }
         }
-        if let Some(min) = p.min_replicas {
-            v.check(min >= 0, "spec.predictor.minReplicas", "must be >= 0");
-        }
-        if let Some(max) = p.max_replicas {
-            v.check(max >= 0, "spec.predictor.maxReplicas", "must be >= 0");
-            if let Some(min) = p.min_replicas {
-                v.check(
-                    max == 0 || max >= min,
-                    "spec.predictor.maxReplicas",
-                    format!("{max} must be >= minReplicas ({min}) or 0 (unlimited)"),
-                );
+        validate_component(&mut v, "spec.predictor", p.fields());
+        if let Some(t) = &self.spec.transformer {
+            if t.containers.is_empty() {
+                v.error("spec.transformer", TRANSFORMER_EXACTLY_ONE);
             }
-        }
-        if let Some(cc) = p.container_concurrency {
-            v.check(
-                (0..=1000).contains(&cc),
-                "spec.predictor.containerConcurrency",
-                format!("{cc} is outside [0, 1000]"),
-            );
-        }
-        if let Some(pct) = p.canary_traffic_percent {
-            v.check(
-                (0..=100).contains(&pct),
-                "spec.predictor.canaryTrafficPercent",
-                crate::validation::out_of_bounds(pct, 0, 100),
-            );
-        }
-        if let Some(t) = p.timeout {
-            v.check(
-                (1..=600).contains(&t),
-                "spec.predictor.timeout",
-                format!("{t} is outside [1, 600] seconds"),
-            );
-        }
-        if let Some(target) = p.scale_target {
-            v.check(target > 0, "spec.predictor.scaleTarget", "must be > 0");
-        }
-        if let Some(metric) = &p.scale_metric {
-            v.check(
-                ["concurrency", "rps"].contains(&metric.as_str()),
-                "spec.predictor.scaleMetric",
-                format!(
-                    "{metric:?}: local mode scales on concurrency or rps (cpu and memory \
-                     need a Kubernetes HPA)"
-                ),
-            );
+            validate_component(&mut v, "spec.transformer", t.fields());
         }
         if let Err(errors) = crate::autoscaling::validate_annotations(&self.metadata.annotations) {
             for e in errors {
@@ -308,6 +410,17 @@ impl InferenceService {
         let mut w = Vec::new();
         for key in self.spec.extra.keys() {
             w.push((format!("spec.{key}"), KEPT.to_owned()));
+        }
+        if let Some(t) = &self.spec.transformer {
+            for key in t.extra.keys() {
+                w.push((format!("spec.transformer.{key}"), KEPT.to_owned()));
+            }
+            for i in 1..t.containers.len() {
+                w.push((
+                    format!("spec.transformer.containers[{i}]"),
+                    "kept, but local mode runs only the first container".to_owned(),
+                ));
+            }
         }
         let shorthand_in_use = self.spec.predictor.model.is_none();
         for key in self.spec.predictor.extra.keys() {
@@ -378,13 +491,13 @@ mod tests {
             "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\n\
              metadata: {name: iris}\nspec:\n  predictor:\n    minReplicas: 0\n    \
              model: {modelFormat: {name: sluice-mlp}, storageUri: ./iris, args: [--x]}\n  \
-             transformer: {containers: []}\n",
+             transformer: {containers: [{command: [t], resources: {}}], minReplicas: 0}\n",
         );
         i.validate().unwrap();
         let back = serde_json::to_value(&i).unwrap();
         assert_eq!(
             back["spec"]["transformer"],
-            serde_json::json!({"containers": []})
+            serde_json::json!({"containers": [{"command": ["t"], "resources": {}}], "minReplicas": 0})
         );
         assert_eq!(
             back["spec"]["predictor"]["model"]["args"],
@@ -414,10 +527,19 @@ mod tests {
             "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\n\
              metadata: {name: iris}\nspec:\n  predictor:\n    canaryTrafficPercent: 10\n    \
              model: {modelFormat: {name: sluice-mlp}, storageUri: ./iris, args: [--x]}\n  \
-             transformer: {containers: []}\n",
+             transformer: {containers: [{command: [t]}, {command: [s]}], volumes: []}\n  \
+             explainer: {}\n",
         );
         let paths: Vec<String> = i.warnings().into_iter().map(|(p, _)| p).collect();
-        assert_eq!(paths, ["spec.transformer", "spec.predictor.model.args"]);
+        assert_eq!(
+            paths,
+            [
+                "spec.explainer",
+                "spec.transformer.volumes",
+                "spec.transformer.containers[1]",
+                "spec.predictor.model.args"
+            ]
+        );
     }
 
     #[test]
@@ -436,6 +558,30 @@ mod tests {
                 "spec.predictor.model",
                 "spec.predictor.maxReplicas",
                 "spec.predictor.containerConcurrency"
+            ]
+        );
+    }
+
+    #[test]
+    fn transformer_needs_a_container_and_valid_fields() {
+        let i = isvc(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\n\
+             metadata: {name: iris}\nspec:\n  predictor:\n    \
+             model: {modelFormat: {name: sluice-mlp}, storageUri: ./iris}\n  \
+             transformer: {containers: [], timeout: 0, scaleMetric: cpu}\n",
+        );
+        let errors = i.validate().unwrap_err();
+        let got: Vec<_> = errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(got[0], ("spec.transformer", TRANSFORMER_EXACTLY_ONE));
+        assert_eq!(
+            got.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            [
+                "spec.transformer",
+                "spec.transformer.timeout",
+                "spec.transformer.scaleMetric"
             ]
         );
     }

@@ -1,13 +1,14 @@
 //! InferenceService → its predictor Service (runtime chosen by KServe's rules, KServe's
-//! canary traffic), and the InferenceService's status: conditions, rolled-out revisions,
-//! traffic and `modelStatus`.
+//! canary traffic) and, with `spec.transformer`, its transformer Service (the user's
+//! container behind `sluice queue`, told where the predictor is); and the
+//! InferenceService's status: conditions, rolled-out revisions, traffic and `modelStatus`.
 
 use std::collections::{BTreeMap, HashMap};
 
 use sluice_crds::autoscaling;
 use sluice_crds::inference_service::{
-    ComponentStatus, ENABLE_TAG_ROUTING, FailureInfo, InferenceService, InferenceServiceStatus,
-    ModelRevisionStates,
+    ComponentFields, ComponentStatus, ENABLE_TAG_ROUTING, FailureInfo, InferenceService,
+    InferenceServiceStatus, ModelRevisionStates,
 };
 use sluice_crds::meta::find_condition;
 use sluice_crds::runtime::ServingRuntime;
@@ -26,6 +27,11 @@ const DEFAULT_MIN_REPLICAS: i64 = 1;
 /// The predictor Service's name: `<isvc>-predictor`.
 pub fn predictor_name(isvc: &str) -> String {
     format!("{isvc}-predictor")
+}
+
+/// The transformer Service's name: `<isvc>-transformer`.
+pub fn transformer_name(isvc: &str) -> String {
+    format!("{isvc}-transformer")
 }
 
 /// The runtimes an InferenceService may choose from: its namespace's, and the cluster's.
@@ -57,6 +63,19 @@ fn local_storage(uri: &str) -> Result<String, NoRuntime> {
 /// the latest gets P% and the last rolled-out one the rest, tagged `prev`; otherwise the
 /// latest gets everything. `latest` is tagged when tag routing is enabled.
 pub fn component_traffic(isvc: &InferenceService) -> Vec<TrafficTarget> {
+    traffic_for(
+        isvc,
+        "predictor",
+        isvc.spec.predictor.canary_traffic_percent,
+    )
+}
+
+/// [`component_traffic`] for the named component and its `canaryTrafficPercent`.
+fn traffic_for(
+    isvc: &InferenceService,
+    component: &str,
+    canary: Option<i64>,
+) -> Vec<TrafficTarget> {
     let tagged = isvc
         .metadata
         .annotations
@@ -66,10 +85,10 @@ pub fn component_traffic(isvc: &InferenceService) -> Vec<TrafficTarget> {
     let rolled_out = isvc
         .status
         .as_ref()
-        .and_then(|s| s.components.get("predictor"))
+        .and_then(|s| s.components.get(component))
         .and_then(|c| c.latest_rolledout_revision.clone())
         .filter(|r| !r.is_empty());
-    match (isvc.spec.predictor.canary_traffic_percent, rolled_out) {
+    match (canary, rolled_out) {
         (Some(pct), Some(prev)) => {
             let mut t = vec![TrafficTarget {
                 tag: latest_tag,
@@ -133,26 +152,7 @@ pub fn predictor_service(
     let storage = local_storage(&storage_uri)?;
     let p = &isvc.spec.predictor;
     let meta = &isvc.metadata;
-
-    // KServe maps component fields onto Knative autoscaling annotations.
-    let mut annotations: BTreeMap<String, String> = meta.annotations.clone();
-    annotations.remove(ENABLE_TAG_ROUTING);
-    let min = p.min_replicas.map(|m| m.to_string()).or_else(|| {
-        (!annotations.contains_key(autoscaling::MIN_SCALE))
-            .then(|| DEFAULT_MIN_REPLICAS.to_string())
-    });
-    if let Some(min) = min {
-        annotations.insert(autoscaling::MIN_SCALE.into(), min);
-    }
-    if let Some(max) = p.max_replicas {
-        annotations.insert(autoscaling::MAX_SCALE.into(), max.to_string());
-    }
-    if let Some(target) = p.scale_target {
-        annotations.insert(autoscaling::TARGET.into(), target.to_string());
-    }
-    if let Some(metric) = &p.scale_metric {
-        annotations.insert(autoscaling::METRIC.into(), metric.clone());
-    }
+    let mut annotations = component_annotations(isvc, p.fields());
     annotations.insert(IN_PROCESS_QUEUE_ANNOTATION.into(), "true".into());
     let cc = p.container_concurrency.unwrap_or(0);
     let container = Container {
@@ -173,24 +173,148 @@ pub fn predictor_service(
         ],
         ..Container::default()
     };
-    let mut labels = meta.labels.clone();
-    labels.insert(
-        "serving.kserve.io/inferenceservice".into(),
-        meta.name.clone(),
-    );
-    labels.insert("component".into(), "predictor".into());
+    let labels = component_labels(isvc, "predictor");
     let mut template_labels = labels.clone();
     template_labels.insert(
         "serving.kserve.io/servingruntime".into(),
         runtime.metadata.name.clone(),
     );
+    Ok(component_service(
+        isvc,
+        Component {
+            name: predictor_name(&meta.name),
+            labels,
+            template_labels,
+            annotations,
+            container,
+            traffic: component_traffic(isvc),
+        },
+        p.fields(),
+    ))
+}
+
+/// The host:port a transformer reaches its predictor at: the predictor Service's own host
+/// on the router (local mode has no cluster DNS; the router routes by `Host`).
+pub fn predictor_host(isvc: &InferenceService, domain: &str, port: Option<u16>) -> String {
+    let host = format!(
+        "{}.{}.{domain}",
+        predictor_name(&isvc.metadata.name),
+        isvc.metadata.namespace()
+    )
+    .to_ascii_lowercase();
+    format!("{host}:{}", port.unwrap_or(80))
+}
+
+/// The transformer Service (`<isvc>-transformer`) when `spec.transformer` is given: its
+/// first container runs behind `sluice queue` like any Knative revision, with KServe's
+/// `--model_name <isvc>`, `--predictor_host <predictor_host>` and `--protocol <predictor
+/// protocol>` appended unless given (and `PREDICTOR_HOST` in its environment).
+pub fn transformer_service(isvc: &InferenceService, predictor_host: &str) -> Option<Service> {
+    let t = isvc.spec.transformer.as_ref()?;
+    let mut container = t.containers.first().cloned().unwrap_or_default();
+    if container.name.is_none() {
+        container.name = Some("kserve-container".into());
+    }
+    let has = |c: &Container, flag: &str| {
+        c.args
+            .iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    if !has(&container, "--model_name") {
+        container
+            .args
+            .extend(["--model_name".to_owned(), isvc.metadata.name.clone()]);
+    }
+    if !has(&container, "--predictor_host") {
+        container
+            .args
+            .extend(["--predictor_host".to_owned(), predictor_host.to_owned()]);
+    }
+    let protocol = isvc
+        .effective_model()
+        .and_then(|m| m.protocol_version)
+        .unwrap_or_else(|| "v1".into());
+    if !has(&container, "--protocol") {
+        container.args.extend(["--protocol".to_owned(), protocol]);
+    }
+    if !container.env.iter().any(|e| e.name == "PREDICTOR_HOST") {
+        container.env.push(sluice_crds::service::EnvVar::new(
+            "PREDICTOR_HOST",
+            predictor_host,
+        ));
+    }
+    let labels = component_labels(isvc, "transformer");
+    Some(component_service(
+        isvc,
+        Component {
+            name: transformer_name(&isvc.metadata.name),
+            template_labels: labels.clone(),
+            labels,
+            annotations: component_annotations(isvc, t.fields()),
+            container,
+            traffic: traffic_for(isvc, "transformer", t.canary_traffic_percent),
+        },
+        t.fields(),
+    ))
+}
+
+/// KServe maps component fields onto Knative autoscaling annotations.
+fn component_annotations(
+    isvc: &InferenceService,
+    p: ComponentFields<'_>,
+) -> BTreeMap<String, String> {
+    let mut annotations: BTreeMap<String, String> = isvc.metadata.annotations.clone();
+    annotations.remove(ENABLE_TAG_ROUTING);
+    let min = p.min_replicas.map(|m| m.to_string()).or_else(|| {
+        (!annotations.contains_key(autoscaling::MIN_SCALE))
+            .then(|| DEFAULT_MIN_REPLICAS.to_string())
+    });
+    if let Some(min) = min {
+        annotations.insert(autoscaling::MIN_SCALE.into(), min);
+    }
+    if let Some(max) = p.max_replicas {
+        annotations.insert(autoscaling::MAX_SCALE.into(), max.to_string());
+    }
+    if let Some(target) = p.scale_target {
+        annotations.insert(autoscaling::TARGET.into(), target.to_string());
+    }
+    if let Some(metric) = p.scale_metric {
+        annotations.insert(autoscaling::METRIC.into(), metric.to_owned());
+    }
+    annotations
+}
+
+/// The labels KServe puts on a component's Service.
+fn component_labels(isvc: &InferenceService, component: &str) -> BTreeMap<String, String> {
+    let mut labels = isvc.metadata.labels.clone();
+    labels.insert(
+        "serving.kserve.io/inferenceservice".into(),
+        isvc.metadata.name.clone(),
+    );
+    labels.insert("component".into(), component.into());
+    labels
+}
+
+/// What differs between the predictor's and the transformer's Service.
+struct Component {
+    name: String,
+    labels: BTreeMap<String, String>,
+    template_labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    container: Container,
+    traffic: Vec<TrafficTarget>,
+}
+
+/// A component's Service, owned by the InferenceService.
+fn component_service(isvc: &InferenceService, c: Component, p: ComponentFields<'_>) -> Service {
+    let meta = &isvc.metadata;
     let mut svc = Service {
         api_version: Kind::Service.api_version().into(),
         kind: Kind::Service.name().into(),
         metadata: ObjectMeta {
-            name: predictor_name(&meta.name),
+            name: c.name,
             namespace: Some(meta.namespace().to_owned()),
-            labels,
+            labels: c.labels,
             owner_references: vec![OwnerReference {
                 api_version: Kind::InferenceService.api_version().into(),
                 kind: Kind::InferenceService.name().into(),
@@ -203,24 +327,24 @@ pub fn predictor_service(
         spec: ServiceSpec {
             template: RevisionTemplate {
                 metadata: ObjectMeta {
-                    labels: template_labels,
-                    annotations,
+                    labels: c.template_labels,
+                    annotations: c.annotations,
                     ..ObjectMeta::default()
                 },
                 spec: RevisionSpec {
-                    container_concurrency: Some(cc),
+                    container_concurrency: Some(p.container_concurrency.unwrap_or(0)),
                     timeout_seconds: p.timeout,
-                    containers: vec![container],
+                    containers: vec![c.container],
                     ..RevisionSpec::default()
                 },
             },
-            traffic: component_traffic(isvc),
+            traffic: c.traffic,
             extra: BTreeMap::new(),
         },
         status: None,
     };
     svc.set_defaults();
-    Ok(svc)
+    svc
 }
 
 /// KServe's rolled-out tracking: a revision is rolled out once it is the latest ready one
@@ -265,11 +389,27 @@ fn propagate_rollout(component: &mut ComponentStatus, svc: &ServiceStatus) {
     }
 }
 
+/// A component's status from its Service's status, carrying the rolled-out revisions
+/// forward from the previous one.
+fn component_status(previous: Option<&ComponentStatus>, svc: &ServiceStatus) -> ComponentStatus {
+    let mut component = previous.cloned().unwrap_or_default();
+    component.latest_created_revision = svc.latest_created_revision_name.clone();
+    propagate_rollout(&mut component, svc);
+    component.latest_ready_revision = svc.latest_ready_revision_name.clone();
+    component.traffic = svc.traffic.clone();
+    component.url = svc.url.clone();
+    component
+}
+
 /// The InferenceService's status from its predictor Service's status (or the reason it has
-/// none), carrying the rolled-out revisions forward from its previous status.
+/// none) and, when `spec.transformer` is given, its transformer Service's status (`None`
+/// while not created yet), carrying the rolled-out revisions forward from its previous
+/// status. With a transformer, the InferenceService's host routes to it, and `Ready` needs
+/// `TransformerReady` too.
 pub fn isvc_status(
     isvc: &InferenceService,
     predictor: Result<Option<&ServiceStatus>, &NoRuntime>,
+    transformer: Option<Option<&ServiceStatus>>,
     url: &str,
 ) -> InferenceServiceStatus {
     let previous = isvc.status.clone().unwrap_or_default();
@@ -319,16 +459,7 @@ pub fn isvc_status(
             Condition::unknown("PredictorReady", "Creating", "creating the predictor")
         }
         Ok(Some(svc)) => {
-            let mut component = previous
-                .components
-                .get("predictor")
-                .cloned()
-                .unwrap_or_default();
-            component.latest_created_revision = svc.latest_created_revision_name.clone();
-            propagate_rollout(&mut component, svc);
-            component.latest_ready_revision = svc.latest_ready_revision_name.clone();
-            component.traffic = svc.traffic.clone();
-            component.url = svc.url.clone();
+            let component = component_status(previous.components.get("predictor"), svc);
             status.components.insert("predictor".into(), component);
             let ready = find_condition(&svc.conditions, "Ready").map_or_else(
                 || Condition::unknown("PredictorReady", "Deploying", "waiting for the predictor"),
@@ -358,9 +489,32 @@ pub fn isvc_status(
         }
     };
     status.model_status = Some(model);
+    let transformer_ready = transformer.map(|t| match t {
+        None => Condition::unknown("TransformerReady", "Creating", "creating the transformer"),
+        Some(svc) => {
+            let component = component_status(previous.components.get("transformer"), svc);
+            status.components.insert("transformer".into(), component);
+            find_condition(&svc.conditions, "Ready").map_or_else(
+                || {
+                    Condition::unknown(
+                        "TransformerReady",
+                        "Deploying",
+                        "waiting for the transformer",
+                    )
+                },
+                |c| c.renamed("TransformerReady"),
+            )
+        }
+    });
+    // The top-level host routes to the transformer when there is one.
+    let top = if transformer.is_some() {
+        "transformer"
+    } else {
+        "predictor"
+    };
     let routed = status
         .components
-        .get("predictor")
+        .get(top)
         .is_some_and(|c| !c.traffic.is_empty());
     let ingress = if routed {
         status.url = Some(url.to_owned());
@@ -375,14 +529,18 @@ pub fn isvc_status(
             "no revision is ready to route to",
         )
     };
-    let ready = if predictor_ready.is_true() && ingress.is_true() {
-        Condition::ok("Ready")
-    } else if !predictor_ready.is_true() {
-        predictor_ready.renamed("Ready")
-    } else {
-        ingress.renamed("Ready")
-    };
-    status.conditions = vec![ingress, predictor_ready, ready];
+    let not_ready = [
+        Some(&predictor_ready),
+        transformer_ready.as_ref(),
+        Some(&ingress),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|c| !c.is_true());
+    let ready = not_ready.map_or_else(|| Condition::ok("Ready"), |c| c.renamed("Ready"));
+    status.conditions = vec![ingress, predictor_ready];
+    status.conditions.extend(transformer_ready);
+    status.conditions.push(ready);
     status
 }
 
@@ -425,6 +583,43 @@ mod tests {
     }
 
     #[test]
+    fn transformer_gets_kserves_args_unless_given() {
+        let mut i = isvc(
+            "    model:\n      modelFormat: {name: sluice-mlp}\n      storageUri: /m\n      \
+             protocolVersion: v2\n  transformer:\n    timeout: 30\n    containers:\n    \
+             - command: [t]\n      args: [--predictor_host=elsewhere:1]\n",
+        );
+        assert!(transformer_service(&i, "h:1").is_some());
+        let host = predictor_host(&i, "Example.Test", Some(8080));
+        assert_eq!(host, "iris-predictor.default.example.test:8080");
+        let svc = transformer_service(&i, &host).unwrap();
+        assert_eq!(svc.metadata.name, "iris-transformer");
+        assert_eq!(svc.metadata.owner_references[0].uid, "u1");
+        let spec = &svc.spec.template.spec;
+        assert_eq!(spec.timeout_seconds, Some(30));
+        assert_eq!(
+            spec.containers[0].args,
+            [
+                "--predictor_host=elsewhere:1",
+                "--model_name",
+                "iris",
+                "--protocol",
+                "v2"
+            ]
+        );
+        assert!(
+            !svc.spec
+                .template
+                .metadata
+                .annotations
+                .contains_key(IN_PROCESS_QUEUE_ANNOTATION),
+            "the transformer runs behind sluice queue"
+        );
+        i.spec.transformer = None;
+        assert!(transformer_service(&i, &host).is_none());
+    }
+
+    #[test]
     fn min_scale_annotation_is_kept_when_min_replicas_is_absent() {
         let mut i =
             isvc("    model:\n      modelFormat: {name: sluice-mlp}\n      storageUri: /m\n");
@@ -456,7 +651,7 @@ mod tests {
         let i = isvc("    sklearn:\n      storageUri: gs://x\n");
         let no = predictor_service(&i, &rts()).unwrap_err();
         assert_eq!(no.reason, "NoSupportingRuntime");
-        let status = isvc_status(&i, Err(&no), "http://iris.default.localhost");
+        let status = isvc_status(&i, Err(&no), None, "http://iris.default.localhost");
         let ready = find_condition(&status.conditions, "Ready").unwrap();
         assert_eq!(ready.reason.as_deref(), Some("NoSupportingRuntime"));
         assert!(status.url.is_none());

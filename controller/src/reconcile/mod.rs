@@ -534,8 +534,40 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         let isvcs: Vec<(Value, InferenceService)> = self.typed(Kind::InferenceService, &scope)?;
         let mut services: Vec<(Value, Service)> = self.typed(Kind::Service, &scope)?;
         let mut predictors: Vec<Result<NamespacedName, isvc::NoRuntime>> = Vec::new();
+        let mut transformers: Vec<Option<NamespacedName>> = Vec::new();
         let mut to_apply = Vec::new();
+        let mut stale_transformers = Vec::new();
         for (_, i) in &isvcs {
+            let ns = i.metadata.namespace();
+            let host = isvc::predictor_host(i, &self.config.domain, self.config.url_port);
+            match isvc::transformer_service(i, &host) {
+                Some(svc) => {
+                    transformers.push(Some(NamespacedName::new(ns, svc.metadata.name.clone())));
+                    let value = encode(Kind::Service, &svc.metadata.name, &svc)?;
+                    let stored = self.cache.get(Kind::Service, ns, &svc.metadata.name);
+                    if differs(&value, stored.as_ref()) {
+                        to_apply.push((Kind::Service, value));
+                    }
+                }
+                None => {
+                    transformers.push(None);
+                    // A transformer removed from the spec: its Service goes.
+                    let name = isvc::transformer_name(&i.metadata.name);
+                    let owned = self.cache.get(Kind::Service, ns, &name).is_some_and(|v| {
+                        v["metadata"]["ownerReferences"]
+                            .as_array()
+                            .is_some_and(|o| {
+                                o.iter().any(|r| {
+                                    r["kind"] == "InferenceService"
+                                        && r["name"] == i.metadata.name.as_str()
+                                })
+                            })
+                    });
+                    if owned {
+                        stale_transformers.push((ns.to_owned(), name));
+                    }
+                }
+            }
             match isvc::predictor_service(i, &runtimes) {
                 Ok(svc) => {
                     predictors.push(Ok(NamespacedName::new(
@@ -557,23 +589,31 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             self.store.apply(to_apply.clone()).await?;
             self.refresh_applied(&to_apply, &mut scope).await?;
         }
+        for (ns, name) in &stale_transformers {
+            tracing::info!(service = %name, "transformer removed from its InferenceService; deleting its Service");
+            match self.store.delete(Kind::Service, ns, name).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         if scope.is_some() {
-            // Each predictor Service with its scope, also when it was not owned before.
+            // Each component Service with its scope, also when it was not owned before.
             let keys: Vec<Key> = isvcs
                 .iter()
                 .zip(&predictors)
-                .filter_map(|((_, i), p)| {
-                    let p = p.as_ref().ok()?;
-                    Some((
-                        Kind::Service,
-                        i.metadata.namespace().to_owned(),
-                        p.name.clone(),
-                    ))
+                .zip(&transformers)
+                .flat_map(|(((_, i), p), t)| {
+                    let ns = i.metadata.namespace();
+                    p.as_ref()
+                        .ok()
+                        .into_iter()
+                        .chain(t.as_ref())
+                        .map(move |k| (Kind::Service, ns.to_owned(), k.name.clone()))
                 })
                 .collect();
             self.widen(&mut scope, keys);
         }
-        if !to_apply.is_empty() || scope.is_some() {
+        if !to_apply.is_empty() || !stale_transformers.is_empty() || scope.is_some() {
             services = self.typed(Kind::Service, &scope)?;
         }
 
@@ -789,8 +829,13 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 wanted.insert(NamespacedName::new(key.namespace.clone(), latest));
             }
         }
-        for ((_, i), predictor) in isvcs.iter().zip(&predictors) {
-            if let Ok(p) = predictor
+        for (((_, i), predictor), transformer) in isvcs.iter().zip(&predictors).zip(&transformers) {
+            // The top-level host routes to the transformer when there is one.
+            let top = match transformer {
+                Some(t) => Some(t),
+                None => predictor.as_ref().ok(),
+            };
+            if let Some(p) = top
                 && let Some(targets) = route_targets.get(p)
             {
                 let key = NamespacedName::new(i.metadata.namespace(), i.metadata.name.clone());
@@ -879,11 +924,13 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             self.write_status(&mut pending, Kind::Service, raw, &st)?;
             service_status.insert(key, st);
         }
-        for ((raw, i), predictor) in isvcs.iter().zip(&predictors) {
+        for (((raw, i), predictor), transformer) in isvcs.iter().zip(&predictors).zip(&transformers)
+        {
             let url = self.url(&i.metadata.name, i.metadata.namespace());
+            let transformer = transformer.as_ref().map(|k| service_status.get(k));
             let status = match predictor {
-                Ok(key) => isvc::isvc_status(i, Ok(service_status.get(key)), &url),
-                Err(no) => isvc::isvc_status(i, Err(no), &url),
+                Ok(key) => isvc::isvc_status(i, Ok(service_status.get(key)), transformer, &url),
+                Err(no) => isvc::isvc_status(i, Err(no), transformer, &url),
             };
             self.write_status(&mut pending, Kind::InferenceService, raw, &status)?;
         }
