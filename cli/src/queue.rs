@@ -24,6 +24,7 @@ use sluice_core::replica::{LISTENING_PREFIX, READY_LINE};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
 use crate::shutdown;
 
@@ -104,7 +105,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         .port();
     let app = SocketAddr::from(([127, 0, 0, 1], app_port));
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-    let mut child = spawn(&args.command, app_port, tail.clone())?;
+    let (mut child, stderr_relay) = spawn(&args.command, app_port, tail.clone())?;
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -136,7 +137,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             say(READY_LINE)?;
             tracing::info!(%addr, %app, "user process ready");
         }
-        status = child.wait() => return exited(status, &tail),
+        status = child.wait() => return exited(status, stderr_relay, &tail).await,
         () = &mut stop => {
             let _ = child.start_kill();
             return Ok(());
@@ -146,7 +147,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     tokio::select! {
         status = child.wait() => {
             let _ = stop_tx.send(true);
-            return exited(status, &tail);
+            return exited(status, stderr_relay, &tail).await;
         }
         () = &mut stop => {}
     }
@@ -180,7 +181,20 @@ fn spawn(
     command: &[String],
     port: u16,
     tail: Arc<Mutex<VecDeque<String>>>,
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<(Child, Option<JoinHandle<()>>)> {
+    // `$(VAR)` in the command and args expands as the kubelet does, `$(PORT)` included.
+    let port_text = port.to_string();
+    let lookup = |name: &str| {
+        if name == "PORT" {
+            Some(port_text.clone())
+        } else {
+            std::env::var(name).ok()
+        }
+    };
+    let command: Vec<String> = command
+        .iter()
+        .map(|part| sidecar::expand_env_refs(part, lookup))
+        .collect();
     let (program, args) = command
         .split_first()
         .context("no user command given after --")?;
@@ -207,10 +221,11 @@ fn spawn(
     if let Some(out) = child.stdout.take() {
         tokio::spawn(relay(out, None));
     }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(relay(err, Some(tail)));
-    }
-    Ok(child)
+    let stderr_relay = child
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(relay(err, Some(tail))));
+    Ok((child, stderr_relay))
 }
 
 /// Copies the user process's output, line by line, to our stderr (stdout carries the
@@ -236,11 +251,18 @@ async fn relay(stream: impl AsyncRead + Unpin, tail: Option<Arc<Mutex<VecDeque<S
     }
 }
 
-fn exited(
+/// The user process has exited: reports its status with the last lines of its stderr, once
+/// the relay has read them to the end (bounded: a grandchild holding the pipe open cannot
+/// keep the queue from exiting).
+async fn exited(
     status: std::io::Result<std::process::ExitStatus>,
+    stderr_relay: Option<JoinHandle<()>>,
     tail: &Mutex<VecDeque<String>>,
 ) -> anyhow::Result<()> {
     let status = status.context("waiting for the user process")?;
+    if let Some(relay) = stderr_relay {
+        let _ = tokio::time::timeout(Duration::from_secs(1), relay).await;
+    }
     let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
     let last: Vec<&str> = tail.iter().map(String::as_str).collect();
     if last.is_empty() {

@@ -30,10 +30,15 @@ impl Drop for Queue {
 }
 
 fn start(flags: &[&str]) -> Queue {
+    start_user(flags, &[SLUICE, "hello"])
+}
+
+fn start_user(flags: &[&str], user: &[&str]) -> Queue {
     let mut child = Command::new(SLUICE)
         .arg("queue")
         .args(flags)
-        .args(["--", SLUICE, "hello"])
+        .arg("--")
+        .args(user)
         .env("K_SERVICE", "hello")
         .env("K_REVISION", "hello-00001")
         .env("TARGET", "Sluice")
@@ -199,4 +204,28 @@ fn timeout_flags_answer_504_naming_the_limit_and_h2c_speaks_http2() {
     let (status, body) = http(q.addr, "/", &[]);
     assert_eq!(status, 200);
     assert!(body.contains("version: HTTP/2.0\n"), "{body}");
+}
+
+#[test]
+fn port_and_env_references_in_args_expand_like_the_kubelet() {
+    // The user command only starts `sluice hello` when its arguments arrived expanded:
+    // `$(PORT)` to the port the queue chose, `$(TARGET)` from the env, `$$(PORT)` kept as
+    // `$(PORT)` (the script is expanded too, hence its own `$$`).
+    let script =
+        r#"test "$1" = "$PORT" && test "$2" = Sluice && test "$3" = '$$(PORT)' && exec "$0" hello"#;
+    let q = start_user(
+        &[],
+        &[
+            "sh",
+            "-c",
+            script,
+            SLUICE,
+            "$(PORT)",
+            "$(TARGET)",
+            "$$(PORT)",
+        ],
+    );
+    let (status, body) = http(q.addr, "/", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("Hello Sluice!"), "{body}");
 }

@@ -974,6 +974,8 @@ async fn transformer_fronts_the_predictor_and_goes_with_its_isvc() {
             "iris-predictor.default.example.test:80",
             "--protocol",
             "v1",
+            "--http_port",
+            "$(PORT)",
         ]
     );
     let rev = h.get(Kind::Revision, "iris-transformer-00001").await;

@@ -30,6 +30,35 @@ use crate::error::error_response;
 use crate::proxy::{Forwarder, Outbound, ProxyBody, full_body};
 use crate::timeouts::Timeouts;
 
+/// Expands Kubernetes-style `$(VAR)` references in a container's command or argument, as
+/// the kubelet does: `$(VAR)` becomes the variable's value when `lookup` knows it and stays
+/// as written when it does not; `$$` is a literal `$` (so `$$(VAR)` stays `$(VAR)`).
+/// This is how `args: ["--http_port", "$(PORT)"]` reaches a user process in local mode,
+/// where the port is chosen only when the replica starts.
+pub fn expand_env_refs(s: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(close) = inner.find(')')
+            && let Some(value) = lookup(&inner[..close])
+        {
+            out.push_str(&value);
+            rest = &inner[close + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Settings of one sidecar.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SidecarConfig {
@@ -180,4 +209,34 @@ pub async fn serve(
         });
     }
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::expand_env_refs;
+
+    fn lookup(name: &str) -> Option<String> {
+        match name {
+            "PORT" => Some("8080".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expands_known_references_like_the_kubelet() {
+        assert_eq!(expand_env_refs("$(PORT)", lookup), "8080");
+        assert_eq!(
+            expand_env_refs("--http_port=$(PORT)", lookup),
+            "--http_port=8080"
+        );
+        assert_eq!(expand_env_refs("a$(EMPTY)b$(PORT)c", lookup), "ab8080c");
+        assert_eq!(expand_env_refs("$(NOPE)", lookup), "$(NOPE)");
+        assert_eq!(expand_env_refs("$$(PORT)", lookup), "$(PORT)");
+        assert_eq!(
+            expand_env_refs("cost $5 $$ $(PORT", lookup),
+            "cost $5 $ $(PORT"
+        );
+        assert_eq!(expand_env_refs("plain", lookup), "plain");
+    }
 }

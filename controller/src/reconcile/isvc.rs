@@ -207,8 +207,9 @@ pub fn predictor_host(isvc: &InferenceService, domain: &str, port: Option<u16>) 
 
 /// The transformer Service (`<isvc>-transformer`) when `spec.transformer` is given: its
 /// first container runs behind `sluice queue` like any Knative revision, with KServe's
-/// `--model_name <isvc>`, `--predictor_host <predictor_host>` and `--protocol <predictor
-/// protocol>` appended unless given (and `PREDICTOR_HOST` in its environment).
+/// `--model_name <isvc>`, `--predictor_host <predictor_host>`, `--protocol <predictor
+/// protocol>` and `--http_port $(PORT)` appended unless given (and `PREDICTOR_HOST` in its
+/// environment).
 pub fn transformer_service(isvc: &InferenceService, predictor_host: &str) -> Option<Service> {
     let t = isvc.spec.transformer.as_ref()?;
     let mut container = t.containers.first().cloned().unwrap_or_default();
@@ -236,6 +237,13 @@ pub fn transformer_service(isvc: &InferenceService, predictor_host: &str) -> Opt
         .unwrap_or_else(|| "v1".into());
     if !has(&container, "--protocol") {
         container.args.extend(["--protocol".to_owned(), protocol]);
+    }
+    // KServe passes the serving port too; locally it is chosen when the replica starts,
+    // so the argument is the kubelet-style `$(PORT)` that `sluice queue` expands.
+    if !has(&container, "--http_port") {
+        container
+            .args
+            .extend(["--http_port".to_owned(), "$(PORT)".to_owned()]);
     }
     if !container.env.iter().any(|e| e.name == "PREDICTOR_HOST") {
         container.env.push(sluice_crds::service::EnvVar::new(
@@ -604,7 +612,9 @@ mod tests {
                 "--model_name",
                 "iris",
                 "--protocol",
-                "v2"
+                "v2",
+                "--http_port",
+                "$(PORT)"
             ]
         );
         assert!(
