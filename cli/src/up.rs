@@ -15,6 +15,7 @@ use sluice_controller::reconcile::{Controller, ControllerConfig};
 use sluice_controller::runtime::{LocalRuntime, LocalRuntimeConfig};
 use sluice_controller::store::SqliteStore;
 use sluice_core::RoutingSnapshot;
+use sluice_crds::autoscaling::ClusterConfig;
 use sluice_router::{Router, ServeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -51,6 +52,20 @@ pub struct UpArgs {
     /// Requests the activator buffers per revision before answering 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
     activator_queue: usize,
+    /// Accept `autoscaling.knative.dev/initial-scale: "0"` (Knative's
+    /// `allow-zero-initial-scale`): such a revision is Ready at zero and starts a replica on
+    /// its first request. Off, as upstream, such manifests are refused.
+    #[arg(long, env = "SLUICE_ALLOW_ZERO_INITIAL_SCALE")]
+    allow_zero_initial_scale: bool,
+}
+
+impl UpArgs {
+    /// The cluster settings apply-time validation uses.
+    fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            allow_zero_initial_scale: self.allow_zero_initial_scale,
+        }
+    }
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `path` (a file or a folder, not recursive).
@@ -108,9 +123,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let store = SqliteStore::open(&args.state_dir)
         .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
     tracing::info!(db = %store.path().display(), "store open");
+    let cluster = args.cluster_config();
     if let Some(dir) = &args.dir {
         let files = manifest_files(dir)?;
-        match admin::apply_files(&store, &files).await {
+        match admin::apply_files_with(&store, &files, &cluster).await {
             Ok(results) => crate::client::print_apply_results(&results),
             Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
         }
@@ -191,7 +207,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         stopped(),
     ));
     let admin_task = tokio::spawn(
-        axum::serve(admin_listener, admin::router(store))
+        axum::serve(admin_listener, admin::router(store, cluster))
             .with_graceful_shutdown(stopped())
             .into_future(),
     );

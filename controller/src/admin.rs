@@ -11,12 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use sluice_crds::autoscaling::ClusterConfig;
 use sluice_crds::{Kind, ManifestError, parse_manifests, parse_object};
 
 use crate::store::{ApplyOutcome, Store, StoreError};
@@ -100,16 +101,26 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-/// Parses and validates every file, then applies all objects in one transaction.
+/// [`apply_files_with`] under upstream's default cluster settings.
 pub async fn apply_files(
     store: &impl Store,
     files: &[ManifestFile],
+) -> Result<Vec<ApplyResult>, ApplyError> {
+    apply_files_with(store, files, &ClusterConfig::default()).await
+}
+
+/// Parses and validates every file (under the cluster's autoscaler settings `config`), then
+/// applies all objects in one transaction.
+pub async fn apply_files_with(
+    store: &impl Store,
+    files: &[ManifestFile],
+    config: &ClusterConfig,
 ) -> Result<Vec<ApplyResult>, ApplyError> {
     let mut objects = Vec::new();
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
     for file in files {
-        match parse_manifests(&file.text, &file.source, &file.base_dir) {
+        match parse_manifests(&file.text, &file.source, &file.base_dir, config) {
             Ok(manifests) => {
                 for m in manifests {
                     objects.push((m.kind, m.object));
@@ -147,8 +158,29 @@ pub async fn apply_files(
         .collect())
 }
 
-/// The admin API over `store`.
-pub fn router<S: Store + Clone>(store: S) -> Router {
+/// What the admin handlers share: the store, and the cluster settings validation uses.
+struct Admin<S> {
+    store: Arc<S>,
+    config: ClusterConfig,
+}
+
+impl<S> Clone for Admin<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            config: self.config,
+        }
+    }
+}
+
+impl<S> FromRef<Admin<S>> for Arc<S> {
+    fn from_ref(admin: &Admin<S>) -> Self {
+        Arc::clone(&admin.store)
+    }
+}
+
+/// The admin API over `store`; applies and edits are validated under `config`.
+pub fn router<S: Store + Clone>(store: S, config: ClusterConfig) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/apply", post(apply::<S>))
@@ -159,7 +191,10 @@ pub fn router<S: Store + Clone>(store: S) -> Router {
         )
         .route("/v1/{kind}/{namespace}/{name}/events", get(events::<S>))
         .layer(DefaultBodyLimit::max(MAX_APPLY_BYTES))
-        .with_state(Arc::new(store))
+        .with_state(Admin {
+            store: Arc::new(store),
+            config,
+        })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -184,7 +219,7 @@ fn unknown_kind(name: &str) -> Response {
     )
 }
 
-async fn apply<S: Store>(State(store): State<Arc<S>>, body: axum::body::Bytes) -> Response {
+async fn apply<S: Store>(State(admin): State<Admin<S>>, body: axum::body::Bytes) -> Response {
     let request: ApplyRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -194,7 +229,7 @@ async fn apply<S: Store>(State(store): State<Arc<S>>, body: axum::body::Bytes) -
             );
         }
     };
-    match apply_files(store.as_ref(), &request.files).await {
+    match apply_files_with(admin.store.as_ref(), &request.files, &admin.config).await {
         Ok(results) => Json(serde_json::json!({ "results": results })).into_response(),
         Err(ApplyError::Invalid(errors)) => (
             StatusCode::BAD_REQUEST,
@@ -311,7 +346,7 @@ async fn events<S: Store>(
 /// `PUT`: replaces an object's spec, labels and annotations; the body's
 /// `metadata.resourceVersion` must still be the stored one (409 otherwise).
 async fn update<S: Store>(
-    State(store): State<Arc<S>>,
+    State(Admin { store, config }): State<Admin<S>>,
     Path((k, ns, name)): Path<(String, String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -323,7 +358,7 @@ async fn update<S: Store>(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid object: {e}")),
     };
     let source = format!("{}/{ns}/{name}", kind.plural());
-    let manifest = match parse_object(object, &source, std::path::Path::new("/")) {
+    let manifest = match parse_object(object, &source, std::path::Path::new("/"), &config) {
         Ok(m) => m,
         Err(errors) => {
             return (
@@ -413,7 +448,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-admin-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = SqliteStore::open(&dir).unwrap();
-        let app = router(store.clone());
+        let app = router(store.clone(), ClusterConfig::default());
 
         let bad = IRIS
             .replace("name: iris}", "name: other}")
@@ -513,7 +548,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-admin-put-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = SqliteStore::open(&dir).unwrap();
-        let app = router(store.clone());
+        let app = router(store.clone(), ClusterConfig::default());
         call(app.clone(), apply_req(&[("good.yaml", IRIS)])).await;
         let (_, read) = call(
             app.clone(),
@@ -558,6 +593,83 @@ mod tests {
         assert_eq!(
             body["errors"][0],
             "inferenceservices/default/iris: spec.predictor.canaryTrafficPercent: expected 0 <= 120 <= 100"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn zero_initial_scale_is_applied_only_when_the_cluster_allows_it() {
+        let dir = std::env::temp_dir().join(format!("sluice-admin-zero-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir).unwrap();
+        let at_zero = IRIS.replace(
+            "metadata: {name: iris}",
+            "metadata: {name: iris, annotations: {autoscaling.knative.dev/initial-scale: \"0\"}}",
+        );
+
+        // Upstream's default: refused with Knative's message, nothing stored.
+        let upstream = router(store.clone(), ClusterConfig::default());
+        let (status, body) = call(upstream.clone(), apply_req(&[("z.yaml", &at_zero)])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            body["errors"][0],
+            "z.yaml: document 1: metadata.annotations.autoscaling.knative.dev/initial-scale=0 \
+             not allowed by cluster: invalid value: 0"
+        );
+        assert!(
+            store
+                .list(Kind::InferenceService, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Allowed: applied; an edit keeping it is accepted under the same setting.
+        let allowed = router(
+            store.clone(),
+            ClusterConfig {
+                allow_zero_initial_scale: true,
+            },
+        );
+        let (status, body) = call(allowed.clone(), apply_req(&[("z.yaml", &at_zero)])).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["results"][0]["outcome"], "created");
+        let (_, read) = call(
+            allowed.clone(),
+            Request::get("/v1/isvc/default/iris")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            read["metadata"]["annotations"]["autoscaling.knative.dev/initial-scale"],
+            "0"
+        );
+        let mut edit = read.clone();
+        edit["metadata"]["labels"] = serde_json::json!({"team": "a"});
+        let put = |obj: &serde_json::Value| {
+            Request::put("/v1/isvc/default/iris")
+                .body(Body::from(obj.to_string()))
+                .unwrap()
+        };
+        let (status, body) = call(allowed.clone(), put(&edit)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // The same edit through an admin API without the setting is refused.
+        let (_, read) = call(
+            upstream.clone(),
+            Request::get("/v1/isvc/default/iris")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        let (status, body) = call(upstream.clone(), put(&read)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["errors"][0]
+                .as_str()
+                .unwrap()
+                .ends_with("initial-scale=0 not allowed by cluster: invalid value: 0"),
+            "{body}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -36,8 +36,14 @@ pub const HPA_CLASS: &str = "hpa.autoscaling.knative.dev";
 
 const WINDOW_MIN: Duration = Duration::from_secs(6);
 const WINDOW_MAX: Duration = Duration::from_secs(3600);
-/// Knative's `allow-zero-initial-scale` default.
-const ALLOW_ZERO_INITIAL_SCALE: bool = false;
+
+/// The cluster-wide autoscaler settings apply-time validation depends on (Knative's
+/// `config-autoscaler` ConfigMap). `Default` is upstream's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `allow-zero-initial-scale`: whether `initial-scale: 0` may be applied (upstream: false).
+    pub allow_zero_initial_scale: bool,
+}
 
 /// Each knob with its accepted spellings, preferred first (Knative's `kmap.KeyPriority`).
 const KNOBS: &[(&str, &[&str])] = &[
@@ -115,11 +121,32 @@ pub fn annotation_warnings(annotations: &BTreeMap<String, String>) -> Vec<(Strin
     warnings
 }
 
-/// Validates the autoscaling annotations of an object.
+/// Validates the autoscaling annotations of an object by the rules that hold whatever the
+/// cluster's settings; [`validate_for_cluster`] adds those that depend on them.
 pub fn validate_annotations(
     annotations: &BTreeMap<String, String>,
 ) -> Result<(), Vec<ValidationError>> {
     scaling_from_annotations(annotations, 0).map(|_| ())
+}
+
+/// The rules that depend on the cluster's [`ClusterConfig`]: `initial-scale: 0` is refused
+/// unless `allow-zero-initial-scale` is on, with Knative's path and message. Paths are
+/// relative to the object whose metadata holds `annotations`.
+pub fn validate_for_cluster(
+    annotations: &BTreeMap<String, String>,
+    config: &ClusterConfig,
+) -> Result<(), Vec<ValidationError>> {
+    let mut v = Validator::default();
+    if let Some((key, value)) = get(annotations, "initial-scale")
+        && !config.allow_zero_initial_scale
+        && value.parse::<i64>() == Ok(0)
+    {
+        v.error(
+            format!("{}=0 not allowed by cluster", path(&key)),
+            format!("invalid value: {value}"),
+        );
+    }
+    v.finish()
 }
 
 fn invalid(v: &mut Validator, key: &str, value: &str) {
@@ -209,7 +236,9 @@ fn duration_0_1h(
 }
 
 /// Builds a revision's scaling parameters from its annotations and `containerConcurrency`,
-/// refusing what Knative refuses.
+/// refusing what Knative refuses whatever the cluster's settings. `initial-scale: 0` is
+/// accepted here: whether the cluster allows it is decided once, at apply time, by
+/// [`validate_for_cluster`], so an object in the store keeps the scale it was admitted with.
 pub fn scaling_from_annotations(
     annotations: &BTreeMap<String, String>,
     container_concurrency: u32,
@@ -372,10 +401,6 @@ pub fn scaling_from_annotations(
             Err(_) => invalid(&mut v, &key, value),
             Ok(n) if n < 0 => v.error(
                 format!("{} must be greater than 0", path(&key)),
-                format!("invalid value: {value}"),
-            ),
-            Ok(0) if !ALLOW_ZERO_INITIAL_SCALE => v.error(
-                format!("{}=0 not allowed by cluster", path(&key)),
                 format!("invalid value: {value}"),
             ),
             Ok(n) => s.initial_scale = u32::try_from(n).unwrap_or(u32::MAX),
@@ -674,11 +699,45 @@ mod tests {
                 "min-scale=3 is greater than min-activate-scale=2"
             )
         );
+    }
+
+    #[test]
+    fn zero_initial_scale_only_when_the_cluster_allows_it() {
+        let upstream = ClusterConfig::default();
+        let allowed = ClusterConfig {
+            allow_zero_initial_scale: true,
+        };
+        for spelling in ["initial-scale", "initialScale"] {
+            let zero = ann(&[(spelling, "0")]);
+            let refused: Vec<(String, String)> = validate_for_cluster(&zero, &upstream)
+                .unwrap_err()
+                .into_iter()
+                .map(|e| (e.path, e.message))
+                .collect();
+            assert_eq!(
+                refused,
+                one(
+                    &format!(
+                        "metadata.annotations.autoscaling.knative.dev/{spelling}=0 not allowed by cluster"
+                    ),
+                    "invalid value: 0"
+                )
+            );
+            assert_eq!(validate_for_cluster(&zero, &allowed), Ok(()));
+            // Once admitted, the revision starts at zero.
+            assert_eq!(scaling_from_annotations(&zero, 0).unwrap().initial_scale, 0);
+        }
+        // Other values do not depend on the setting.
+        for value in ["1", "3"] {
+            let a = ann(&[("initial-scale", value)]);
+            assert_eq!(validate_for_cluster(&a, &upstream), Ok(()));
+            assert_eq!(validate_for_cluster(&BTreeMap::new(), &upstream), Ok(()));
+        }
         assert_eq!(
-            errors(&[("initial-scale", "0")]),
+            errors(&[("initial-scale", "-1")]),
             one(
-                "metadata.annotations.autoscaling.knative.dev/initial-scale=0 not allowed by cluster",
-                "invalid value: 0"
+                "metadata.annotations.autoscaling.knative.dev/initial-scale must be greater than 0",
+                "invalid value: -1"
             )
         );
     }
@@ -752,8 +811,13 @@ spec:
       modelFormat: {name: sluice-mlp}
       storageUri: /models/iris
 "#;
-        let errors =
-            crate::parse_manifests(yaml, "iris.yaml", std::path::Path::new("/")).unwrap_err();
+        let errors = crate::parse_manifests(
+            yaml,
+            "iris.yaml",
+            std::path::Path::new("/"),
+            &ClusterConfig::default(),
+        )
+        .unwrap_err();
         let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let a = "metadata.annotations.autoscaling.knative.dev";
         let p = format!("iris.yaml: document 1: {a}");

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::Kind;
+use crate::autoscaling::{ClusterConfig, validate_for_cluster};
 use crate::configuration::Configuration;
 use crate::inference_service::InferenceService;
 use crate::route::Route;
@@ -55,12 +56,14 @@ impl fmt::Display for ManifestError {
     }
 }
 
-/// Parses every document of `text`. `base_dir` (absolute) resolves relative `storageUri`s.
+/// Parses every document of `text`. `base_dir` (absolute) resolves relative `storageUri`s;
+/// `config` is the cluster's autoscaler settings validation depends on.
 /// Returns every error found, so that nothing is applied when anything is wrong.
 pub fn parse_manifests(
     text: &str,
     source_name: &str,
     base_dir: &Path,
+    config: &ClusterConfig,
 ) -> Result<Vec<Manifest>, Vec<ManifestError>> {
     let mut manifests = Vec::new();
     let mut errors = Vec::new();
@@ -81,7 +84,7 @@ pub fn parse_manifests(
                 break;
             }
         };
-        match parse_document(value, base_dir) {
+        match parse_document(value, base_dir, config) {
             Ok((kind, object, warnings)) => manifests.push(Manifest {
                 kind,
                 object,
@@ -111,6 +114,7 @@ pub fn parse_object(
     value: serde_json::Value,
     source_name: &str,
     base_dir: &Path,
+    config: &ClusterConfig,
 ) -> Result<Manifest, Vec<ManifestError>> {
     let err = |path: String, message: String| ManifestError {
         source_name: source_name.to_owned(),
@@ -118,7 +122,7 @@ pub fn parse_object(
         path,
         message,
     };
-    match parse_document(value, base_dir) {
+    match parse_document(value, base_dir, config) {
         Ok((kind, object, warnings)) => Ok(Manifest {
             kind,
             object,
@@ -137,6 +141,7 @@ type Problems = Vec<(String, String)>;
 fn parse_document(
     value: serde_json::Value,
     base_dir: &Path,
+    config: &ClusterConfig,
 ) -> Result<(Kind, serde_json::Value, Problems), Problems> {
     let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or_default();
     let (api_version, kind_name) = (field("apiVersion"), field("kind"));
@@ -151,7 +156,11 @@ fn parse_document(
             let mut isvc: InferenceService = typed(value)?;
             isvc.status = None;
             isvc.metadata.namespace = Some(isvc.metadata.namespace().to_owned());
-            isvc.validate().map_err(problems)?;
+            both(
+                isvc.validate(),
+                validate_for_cluster(&isvc.metadata.annotations, config),
+                "",
+            )?;
             if let Some(uri) = isvc
                 .spec
                 .predictor
@@ -168,7 +177,11 @@ fn parse_document(
             svc.status = None;
             svc.metadata.namespace = Some(svc.metadata.namespace().to_owned());
             svc.set_defaults();
-            svc.validate().map_err(problems)?;
+            both(
+                svc.validate(),
+                validate_for_cluster(&svc.spec.template.metadata.annotations, config),
+                "spec.template.",
+            )?;
             Ok((Kind::Service, reencode(&svc)?, svc.warnings()))
         }
         Some(Kind::Configuration) => {
@@ -176,7 +189,11 @@ fn parse_document(
             cfg.status = None;
             cfg.metadata.namespace = Some(cfg.metadata.namespace().to_owned());
             cfg.set_defaults();
-            cfg.validate().map_err(problems)?;
+            both(
+                cfg.validate(),
+                validate_for_cluster(&cfg.spec.template.metadata.annotations, config),
+                "spec.template.",
+            )?;
             Ok((Kind::Configuration, reencode(&cfg)?, cfg.warnings()))
         }
         Some(Kind::Route) => {
@@ -219,6 +236,24 @@ fn parse_document(
 
 fn problems(errors: Vec<crate::ValidationError>) -> Problems {
     errors.into_iter().map(|e| (e.path, e.message)).collect()
+}
+
+/// An object's own validation and the cluster-dependent checks of the annotations at
+/// `prefix` (`spec.template.` for a template's), all errors together.
+fn both(
+    own: Result<(), Vec<crate::ValidationError>>,
+    cluster: Result<(), Vec<crate::ValidationError>>,
+    prefix: &str,
+) -> Result<(), Problems> {
+    let mut all = own.err().map(problems).unwrap_or_default();
+    all.extend(
+        cluster
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (format!("{prefix}{}", e.path), e.message)),
+    );
+    if all.is_empty() { Ok(()) } else { Err(all) }
 }
 
 fn reencode(object: &impl serde::Serialize) -> Result<serde_json::Value, Problems> {
@@ -280,7 +315,13 @@ spec:
             "{IRIS}---\n---\n{}",
             IRIS.replace("name: iris\n", "name: iris2\n")
         );
-        let got = parse_manifests(&text, "samples/iris.yaml", Path::new("/srv/samples")).unwrap();
+        let got = parse_manifests(
+            &text,
+            "samples/iris.yaml",
+            Path::new("/srv/samples"),
+            &ClusterConfig::default(),
+        )
+        .unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].document, 1);
         assert_eq!(got[1].document, 3);
@@ -291,7 +332,13 @@ spec:
         );
         assert!(got[0].warnings.is_empty());
         let with_extra = IRIS.replace("  predictor:\n", "  predictor:\n    logger: {mode: all}\n");
-        let got = parse_manifests(&with_extra, "c.yaml", Path::new("/")).unwrap();
+        let got = parse_manifests(
+            &with_extra,
+            "c.yaml",
+            Path::new("/"),
+            &ClusterConfig::default(),
+        )
+        .unwrap();
         assert!(
             got[0].warnings[0].starts_with("c.yaml: document 1: spec.predictor.logger: kept"),
             "{:?}",
@@ -309,7 +356,8 @@ spec:
             "{IRIS}---\n{}",
             bad.replace("storageUri: ./iris/model", "minReplicas: no")
         );
-        let errors = parse_manifests(&text, "m.yaml", Path::new("/")).unwrap_err();
+        let errors = parse_manifests(&text, "m.yaml", Path::new("/"), &ClusterConfig::default())
+            .unwrap_err();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].document, 2);
         assert!(
@@ -327,7 +375,8 @@ spec:
     #[test]
     fn validation_errors_carry_paths() {
         let text = IRIS.replace("  predictor:\n", "  predictor:\n    minReplicas: -1\n");
-        let errors = parse_manifests(&text, "m.yaml", Path::new("/")).unwrap_err();
+        let errors = parse_manifests(&text, "m.yaml", Path::new("/"), &ClusterConfig::default())
+            .unwrap_err();
         assert_eq!(
             errors[0].to_string(),
             "m.yaml: document 1: spec.predictor.minReplicas: must be >= 0"
@@ -336,17 +385,78 @@ spec:
 
     #[test]
     fn refuses_unknown_kinds_and_garbage() {
-        let errors =
-            parse_manifests("apiVersion: v1\nkind: Pod\n", "p.yaml", Path::new("/")).unwrap_err();
+        let errors = parse_manifests(
+            "apiVersion: v1\nkind: Pod\n",
+            "p.yaml",
+            Path::new("/"),
+            &ClusterConfig::default(),
+        )
+        .unwrap_err();
         assert!(errors[0].message.contains("unknown kind v1 Pod"));
-        let errors = parse_manifests("a: [1, 2\n", "g.yaml", Path::new("/")).unwrap_err();
+        let errors = parse_manifests(
+            "a: [1, 2\n",
+            "g.yaml",
+            Path::new("/"),
+            &ClusterConfig::default(),
+        )
+        .unwrap_err();
         assert!(errors[0].message.contains("not valid YAML"));
-        let errors = parse_manifests("just text\n", "t.yaml", Path::new("/")).unwrap_err();
+        let errors = parse_manifests(
+            "just text\n",
+            "t.yaml",
+            Path::new("/"),
+            &ClusterConfig::default(),
+        )
+        .unwrap_err();
         assert!(
             errors[0]
                 .message
                 .contains("apiVersion and kind are required")
         );
+    }
+
+    #[test]
+    fn zero_initial_scale_follows_the_cluster_setting() {
+        let isvc = IRIS.replace(
+            "  name: iris\n",
+            "  name: iris\n  annotations: {autoscaling.knative.dev/initial-scale: \"0\"}\n",
+        );
+        let ksvc = "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: hello}
+spec:
+  template:
+    metadata:
+      annotations: {autoscaling.knative.dev/initial-scale: \"0\"}
+    spec:
+      containers: [{image: hello}]
+";
+        let text = format!("{isvc}---\n{ksvc}");
+        let errors: Vec<String> =
+            parse_manifests(&text, "z.yaml", Path::new("/"), &ClusterConfig::default())
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        let a =
+            "metadata.annotations.autoscaling.knative.dev/initial-scale=0 not allowed by cluster";
+        assert_eq!(
+            errors,
+            [
+                format!("z.yaml: document 1: {a}: invalid value: 0"),
+                format!("z.yaml: document 2: spec.template.{a}: invalid value: 0"),
+            ]
+        );
+        let allowed = ClusterConfig {
+            allow_zero_initial_scale: true,
+        };
+        let got = parse_manifests(&text, "z.yaml", Path::new("/"), &allowed).unwrap();
+        assert_eq!(got.len(), 2);
+        // Other errors are still reported next to the cluster's refusal.
+        let both = isvc.replace("  predictor:\n", "  predictor:\n    minReplicas: -1\n");
+        let errors = parse_manifests(&both, "b.yaml", Path::new("/"), &ClusterConfig::default())
+            .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
     }
 
     #[test]
