@@ -109,6 +109,41 @@ fn read(tx: &Connection, kind: Kind, ns: &str, name: &str) -> Result<Option<Valu
         .transpose()
 }
 
+/// An object's `metadata.resourceVersion` ("" when absent).
+fn resource_version(obj: &Value) -> String {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Reads the stored object for a write made against resourceVersion `have`: `NotFound` when
+/// it is gone, `Conflict` when it has changed since.
+fn read_at_version(
+    tx: &Connection,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    have: String,
+) -> Result<Value, StoreError> {
+    let current = read(tx, kind, ns, name)?.ok_or_else(|| StoreError::NotFound {
+        kind,
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+    })?;
+    let stored = resource_version(&current);
+    if stored != have {
+        return Err(StoreError::Conflict {
+            kind,
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            have,
+            stored,
+        });
+    }
+    Ok(current)
+}
+
 fn write(tx: &Transaction, kind: Kind, obj: &mut Value) -> Result<(), StoreError> {
     let version = next_version(tx)?;
     let meta = obj
@@ -300,33 +335,12 @@ impl Store for SqliteStore {
 
     async fn update(&self, kind: Kind, object: Value) -> Result<(ApplyOutcome, Value), StoreError> {
         let (ns, name) = key_of(&object)?;
-        let have = object["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let have = resource_version(&object);
         let (n2, name2) = (ns.clone(), name.clone());
         let (outcome, updated) = self
             .blocking(move |c| {
                 let tx = c.transaction()?;
-                let current =
-                    read(&tx, kind, &n2, &name2)?.ok_or_else(|| StoreError::NotFound {
-                        kind,
-                        namespace: n2.clone(),
-                        name: name2.clone(),
-                    })?;
-                let stored = current["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                if stored != have {
-                    return Err(StoreError::Conflict {
-                        kind,
-                        namespace: n2,
-                        name: name2,
-                        have,
-                        stored,
-                    });
-                }
+                let current = read_at_version(&tx, kind, &n2, &name2, have)?;
                 let (outcome, mut merged) = merge(Some(current), object);
                 if outcome != ApplyOutcome::Unchanged {
                     write(&tx, kind, &mut merged)?;
@@ -352,33 +366,12 @@ impl Store for SqliteStore {
         status: Value,
     ) -> Result<Value, StoreError> {
         let (ns, name) = key_of(object)?;
-        let have = object["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let have = resource_version(object);
         let (n2, name2) = (ns.clone(), name.clone());
         let updated = self
             .blocking(move |c| {
                 let tx = c.transaction()?;
-                let mut current =
-                    read(&tx, kind, &n2, &name2)?.ok_or_else(|| StoreError::NotFound {
-                        kind,
-                        namespace: n2.clone(),
-                        name: name2.clone(),
-                    })?;
-                let stored = current["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                if stored != have {
-                    return Err(StoreError::Conflict {
-                        kind,
-                        namespace: n2,
-                        name: name2,
-                        have,
-                        stored,
-                    });
-                }
+                let mut current = read_at_version(&tx, kind, &n2, &name2, have)?;
                 current["status"] = status;
                 write(&tx, kind, &mut current)?;
                 tx.commit()?;
@@ -441,32 +434,15 @@ impl Store for SqliteStore {
                 let mut changes = Vec::new();
                 for (kind, object, status) in writes {
                     let (ns, name) = key_of(&object)?;
-                    let have = object["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let Some(mut current) = read(&tx, kind, &ns, &name)? else {
-                        results.push(Err(StoreError::NotFound {
-                            kind,
-                            namespace: ns,
-                            name,
-                        }));
-                        continue;
+                    let have = resource_version(&object);
+                    let mut current = match read_at_version(&tx, kind, &ns, &name, have) {
+                        Ok(current) => current,
+                        Err(e @ (StoreError::NotFound { .. } | StoreError::Conflict { .. })) => {
+                            results.push(Err(e));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     };
-                    let stored = current["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                    if stored != have {
-                        results.push(Err(StoreError::Conflict {
-                            kind,
-                            namespace: ns,
-                            name,
-                            have,
-                            stored,
-                        }));
-                        continue;
-                    }
                     current["status"] = status;
                     write(&tx, kind, &mut current)?;
                     results.push(Ok(()));
