@@ -82,6 +82,9 @@ impl Bert {
             source,
         };
         let device = crate::model::compute_device();
+        // Say where the model computes: a CUDA build on a machine without a usable GPU
+        // falls back to the CPU, and an operator should see that in the log.
+        tracing::info!(model = name, device = ?device.location(), "bert model device");
         let vb = crate::weights::map_file(&weights_path, &device)?;
         let model = BertModel::load(vb, &config).map_err(weights_err)?;
         let metadata = ModelMetadata {
