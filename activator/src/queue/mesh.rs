@@ -222,3 +222,71 @@ pub async fn serve_replica<H, Fut>(
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
 }
+
+/// A replica's mesh and telemetry, as `sluice up` handed them over.
+#[derive(Debug)]
+pub struct ReplicaMeshSetup {
+    /// The inbound mesh; `None` when no private directory was handed over (mesh off).
+    pub mesh: Option<Arc<InboundMesh>>,
+    /// Telemetry for every request (always on; labels say `none` without the mesh).
+    pub telemetry: HopTelemetry,
+    /// The task following certificate and policy files (keep it alive with the server).
+    pub follower: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Why a replica's mesh could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaMeshError {
+    /// The handed-over files are unusable.
+    #[error("mesh material in $SLUICE_MESH_DIR: {0}")]
+    Handoff(#[from] sluice_mesh::handoff::HandoffError),
+    /// The TLS config could not be built.
+    #[error(transparent)]
+    Tls(#[from] sluice_mesh::tls::TlsConfigError),
+}
+
+/// Loads the mesh material named by `$SLUICE_MESH_DIR` (if set) for a replica listening on
+/// `port`, reporting as `container` (`queue` or `model-server`); revision labels come from
+/// the handed-over workload file, else from `K_SERVICE`/`K_CONFIGURATION`/`K_REVISION`.
+pub fn replica_mesh_from_env(
+    port: u16,
+    container: &'static str,
+) -> Result<ReplicaMeshSetup, ReplicaMeshError> {
+    use sluice_mesh::telemetry::{AccessLog, Registry, RevisionLabels};
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| "unknown".into());
+    let (mesh, follower, labels) = match sluice_mesh::handoff::WorkloadMesh::from_env() {
+        Some(loaded) => {
+            let (workload, task) = loaded?;
+            let info = workload.info.clone();
+            let inbound = Arc::new(InboundMesh::new(&workload, port)?);
+            let labels = RevisionLabels {
+                namespace: info.namespace,
+                service: info.service,
+                configuration: info.configuration,
+                revision: info.revision,
+                pod: info.pod,
+                container: container.to_owned(),
+            };
+            (Some(inbound), Some(task), labels)
+        }
+        None => (
+            None,
+            None,
+            RevisionLabels {
+                namespace: env("SLUICE_NAMESPACE"),
+                service: env("K_SERVICE"),
+                configuration: env("K_CONFIGURATION"),
+                revision: env("K_REVISION"),
+                pod: format!("{}-{}", env("K_REVISION"), std::process::id()),
+                container: container.to_owned(),
+            },
+        ),
+    };
+    let telemetry =
+        HopTelemetry::new(Registry::new(), container, AccessLog::Stderr).with_revision(labels);
+    Ok(ReplicaMeshSetup {
+        mesh,
+        telemetry,
+        follower,
+    })
+}
