@@ -27,7 +27,7 @@ pub struct DocumentError {
 }
 
 /// The `kind` of one document, if it has one.
-fn kind_of(doc: &str) -> Option<String> {
+pub fn kind_of(doc: &str) -> Option<String> {
     let value: serde_yaml::Value = serde_yaml::from_str(doc).ok()?;
     value.get("kind")?.as_str().map(str::to_owned)
 }
@@ -89,7 +89,7 @@ pub fn partition(text: &str) -> (String, String) {
 }
 
 /// Splits on `---` separator lines, dropping empty documents.
-fn split_documents(text: &str) -> Vec<&str> {
+pub fn split_documents(text: &str) -> Vec<&str> {
     let mut docs = Vec::new();
     let mut start = 0;
     let mut offset = 0;
