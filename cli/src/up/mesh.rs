@@ -252,11 +252,10 @@ pub fn split_policies(files: &[ManifestFile]) -> (Vec<ManifestFile>, String) {
 pub fn print_policy_results(results: &[PolicyApplied]) {
     for r in results {
         println!(
-            "{}/{} {} ({})",
+            "{}.security.istio.io/{} {}",
             r.kind.to_ascii_lowercase(),
             r.name,
-            r.outcome,
-            r.namespace
+            r.outcome
         );
         for w in &r.warnings {
             eprintln!("Warning: {}/{}: {w}", r.kind, r.name);
