@@ -468,3 +468,145 @@ async fn a_policy_behind_the_activator_sees_the_original_caller() {
         "{replica_text}"
     );
 }
+
+/// A user CA and leaves for ingress TLS, as files (what `--tls-cert/--tls-key/--tls-dir` read).
+fn user_leaf(
+    dir: &std::path::Path,
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    host: &str,
+) -> (
+    sluice_mesh::tls::IngressCertificate,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+        .unwrap()
+        .signed_by(&key, issuer)
+        .unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{host}.crt")),
+        dir.join(format!("{host}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (
+        sluice_mesh::tls::IngressCertificate {
+            hosts: vec![host.to_owned()],
+            cert_path,
+            key_path,
+        },
+        cert.der().clone(),
+    )
+}
+
+#[tokio::test]
+async fn ingress_tls_by_sni_and_mesh_mtls_share_the_router_port() {
+    let pki = pki();
+    let r = replica(&pki, "", false).await;
+    // The user's CA and one certificate per host.
+    let user_dir = pki.dir.join("user");
+    std::fs::create_dir_all(&user_dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let user_ca = ca_params.self_signed(&ca_key).unwrap().der().clone();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let (hello, hello_der) = user_leaf(&user_dir, &issuer, HOST);
+    let (other, other_der) = user_leaf(&user_dir, &issuer, "other.default.localhost");
+    let ingress_tls = sluice_mesh::tls::ingress_server_config(&[hello, other], None).unwrap();
+
+    let snap = Snap::default()
+        .host(HOST, "hello", &[(REVISION, 100)])
+        .host("other.default.localhost", "hello", &[(REVISION, 100)])
+        .revision(revision(REVISION, &[r.addr], 0, Duration::from_secs(30)))
+        .build();
+    let (_publish, snapshot) = watch::channel(snap);
+    let (stats_tx, _stats) = mpsc::channel(16);
+    let activator = Arc::new(Activator::new(
+        ActivatorConfig::default(),
+        snapshot.clone(),
+        stats_tx,
+        Forwarder::new().with_mesh(outbound(&pki.ca, "sluice-system", "activator")),
+    ));
+    let router_tls = tls(&pki.ca, "sluice-system", "router");
+    let router = Arc::new(Router::new(
+        snapshot,
+        activator,
+        Forwarder::new().with_mesh(OutboundMesh::new(router_tls.clone()).unwrap()),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ingress = Ingress {
+        tls: Some(ingress_tls),
+        mesh: Some(router_tls.server_config().unwrap()),
+        ..Ingress::default()
+    };
+    let config = ServeConfig {
+        shards: 1,
+        ..ServeConfig::default()
+    };
+    tokio::spawn(serve_ingress(
+        listener,
+        router,
+        config,
+        ingress,
+        std::future::pending(),
+    ));
+
+    // A browser-like client: SNI, the user's CA, no client certificate.
+    let https_get = |sni: &'static str| {
+        let user_ca = user_ca.clone();
+        async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(user_ca).unwrap();
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(rustls::pki_types::ServerName::try_from(sni).unwrap(), tcp)
+                .await
+                .unwrap();
+            let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let resp = send
+                .send_request(
+                    Request::get("/")
+                        .header("host", sni)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (served, status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (served, status, body) = https_get(HOST).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!(served, hello_der, "the certificate for {HOST}");
+    let (served, status, _) = https_get("other.default.localhost").await;
+    assert_eq!(status, 200);
+    assert_eq!(served, other_der, "SNI picks the other host's certificate");
+    // On the same port, a mesh client (no SNI) gets mTLS with the router's SVID, and
+    // plaintext is still served.
+    let a = client(Some(&outbound(&pki.ca, "default", "a")));
+    assert_eq!(call(&a, addr, "/").await, Ok((200, "ok".into())));
+    assert_eq!(call(&client(None), addr, "/").await, Ok((200, "ok".into())));
+    let text = r.registry.encode();
+    assert!(
+        text.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/a\"")),
+        "{text}"
+    );
+}
