@@ -4,7 +4,8 @@
 //! Connection pools key idle connections by [`OutboundMesh::generation`], which changes
 //! whenever this workload's certificate rotates: a connection made with the previous
 //! certificate finishes what it carries and is not reused, so a peer never sees a stale
-//! identity for long. TLS session resumption is off for the same reason (a resumed session
+//! identity for long. Caller attestations are mTLS-bound (see
+//! [`AttestationMode::MtlsBound`]). TLS session resumption is off for the same reason (a resumed session
 //! would carry the identity of the certificate it was first established with).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use rustls::pki_types::UnixTime;
 
-use crate::attestation::{AttestationError, Attester};
+use crate::attestation::{AttestationError, AttestationMode, Attester};
 use crate::tls::{
     ExpectedServer, MeshConnector, MeshHttpConnector, MeshTls, PeerInfo, TlsConfigError,
 };
@@ -33,7 +34,11 @@ impl OutboundMesh {
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Self {
             connector: MeshConnector::new(Arc::new(config)),
-            attester: Arc::new(Attester::new(tls.identity().clone())),
+            // Bound to the mTLS connection: the replica accepts it only from a trusted
+            // attester's connection, with no per-request ECDSA on either side.
+            attester: Arc::new(
+                Attester::new(tls.identity().clone()).with_mode(AttestationMode::MtlsBound),
+            ),
             tls,
         })
     }

@@ -339,6 +339,38 @@ async fn allow_admits_a_refuses_b_and_deny_beats_allow() {
         call(&a, r.addr, "/admin/x").await,
         Ok((403, "RBAC: access denied".into()))
     );
+    // b cannot claim to speak for a: a statement is believed only on a trusted attester's
+    // own mTLS connection.
+    let claim = sluice_mesh::attestation::Attester::new(RotatingSvid::fixed(
+        pki.ca
+            .issue(&id("default", "b"), Duration::from_secs(3600))
+            .unwrap(),
+    ))
+    .with_mode(sluice_mesh::attestation::AttestationMode::MtlsBound)
+    .attest(
+        Some(&id("default", "a")),
+        sluice_mesh::tls::ConnectionSecurity::MutualTls,
+        sluice_mesh::attestation::RequestBinding {
+            method: "GET",
+            authority: HOST,
+            path: "/",
+            request_id: "",
+        },
+        UnixTime::now(),
+    )
+    .unwrap();
+    let forged = Request::get(format!("http://{}/", r.addr))
+        .header("host", HOST)
+        .header(sluice_mesh::attestation::HEADER, claim)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = b.request(forged).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("not trusted to attest"),
+        "{body:?}"
+    );
     // Sluice's own paths are not the user's to deny (probes, stats, metrics).
     let probe = Request::get(format!("http://{}/healthz", r.addr))
         .header("k-network-probe", "queue")
