@@ -172,7 +172,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             &args.trust_domain,
             args.cert_ttl,
         )?),
-        _ => None,
+        _ => {
+            if policies.len() > 0 {
+                eprintln!(
+                    "Warning: --mesh=off: {} stored security policies are not enforced",
+                    policies.len()
+                );
+            }
+            None
+        }
     };
     let ingress_tls = mesh::ingress_tls(
         args.tls_cert.as_deref(),

@@ -112,6 +112,7 @@ pub struct PolicyStore {
 }
 
 /// What one policy document did on apply.
+#[derive(Debug)]
 pub struct PolicyApplied {
     /// `AuthorizationPolicy` or `PeerAuthentication`.
     pub kind: String,
@@ -174,6 +175,11 @@ impl PolicyStore {
             docs: std::sync::Mutex::new(docs),
             tx,
         }))
+    }
+
+    /// How many policies are stored.
+    pub fn len(&self) -> usize {
+        self.docs.lock().map_or(0, |d| d.len())
     }
 
     /// Follows the policy text in force.
@@ -510,4 +516,47 @@ pub fn ingress_tls(
     Ok(Some(sluice_mesh::tls::ingress_server_config(
         &certs, default,
     )?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const ALLOW: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: default}\nspec: {action: ALLOW}\n";
+
+    #[test]
+    fn merged_metrics_keep_one_header_per_family() {
+        let one = "# HELP x_total X.\n# TYPE x_total counter\nx_total{pod=\"1\"} 1\n".to_owned();
+        let two = "# HELP x_total X.\n# TYPE x_total counter\nx_total{pod=\"2\"} 2\n# HELP y Y.\n# TYPE y gauge\ny 3\n".to_owned();
+        assert_eq!(
+            merge_expositions(&[one, two]),
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total{pod=\"1\"} 1\nx_total{pod=\"2\"} 2\n# HELP y Y.\n# TYPE y gauge\ny 3\n"
+        );
+    }
+
+    #[test]
+    fn policies_are_stored_published_and_refused_with_field_paths() {
+        let dir = std::env::temp_dir().join(format!("sluice-up-policies-{}", std::process::id()));
+        let store = PolicyStore::open(&dir).unwrap();
+        let mut rx = store.subscribe();
+        let outcome = |r: Vec<PolicyApplied>| r.iter().map(|p| p.outcome).collect::<Vec<_>>();
+        assert_eq!(outcome(store.apply(ALLOW).unwrap()), ["created"]);
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().contains("name: a"));
+        assert_eq!(outcome(store.apply(ALLOW).unwrap()), ["unchanged"]);
+        let bad = ALLOW.replace("ALLOW", "MAYBE");
+        let errors = store.apply(&bad).unwrap_err();
+        assert!(errors[0].contains("spec.action"), "{errors:?}");
+        // Persisted (0600) and read back by the next `sluice up`.
+        let path = dir.join("mesh").join("policies.yaml");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(PolicyStore::open(&dir).unwrap().len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
