@@ -17,7 +17,10 @@ use crate::handoff::{Policies, WorkloadMesh};
 use crate::identity::{RotatingSvid, SpiffeId};
 use crate::policy::{AuthorizationEngine, Workload};
 use crate::telemetry::hop::Exchange;
-use crate::tls::{AcceptError, MeshAcceptor, MeshStream, PeerAuthMode, PeerInfo, TlsConfigError};
+use crate::tls::{
+    AcceptError, ConnectionSecurity, MeshAcceptor, MeshStream, PeerAuthMode, PeerInfo,
+    TlsConfigError,
+};
 
 /// Paths Sluice itself serves on a replica (probes, stats, metrics). Like Istio's rewritten
 /// health probes they are exempt from authorization policy, not from peer authentication.
@@ -82,11 +85,28 @@ impl InboundMesh {
     }
 
     /// Accepts one connection under the current mode.
+    ///
+    /// Under `DISABLE` the replica authenticates nobody: plaintext is served, and so is a
+    /// TLS client (Sluice's own router and activator always encrypt), but without a peer
+    /// identity: its requests are labelled `none` and policies see no principal.
     pub async fn accept(
         &self,
         tcp: TcpStream,
     ) -> Result<(MeshStream<TcpStream>, PeerInfo), AcceptError> {
-        self.acceptor.accept(tcp, self.mode()).await
+        match self.mode() {
+            PeerAuthMode::Disable => {
+                let (stream, _) = self.acceptor.accept(tcp, PeerAuthMode::Permissive).await?;
+                Ok((
+                    stream,
+                    PeerInfo {
+                        identity: None,
+                        security: ConnectionSecurity::None,
+                        peer_not_after: None,
+                    },
+                ))
+            }
+            mode => self.acceptor.accept(tcp, mode).await,
+        }
     }
 
     /// The caller the request is served for, or the refusal (403) to answer.
@@ -97,6 +117,18 @@ impl InboundMesh {
         source_ip: Option<IpAddr>,
     ) -> Result<Option<SpiffeId>, Refusal> {
         let engine = self.policies.borrow().authorization.clone();
+        if peer.identity.is_none()
+            && self.mode() == PeerAuthMode::Disable
+            && parts.headers.contains_key(crate::attestation::HEADER)
+        {
+            // No peer identity under DISABLE, so nobody's statement about a caller can be
+            // believed: the request is served as the anonymous caller it is.
+            let mut anonymous = parts.clone();
+            anonymous.headers.remove(crate::attestation::HEADER);
+            return self
+                .enforcer
+                .check_with(&engine, &anonymous, peer, source_ip, UnixTime::now());
+        }
         self.enforcer
             .check_with(&engine, parts, peer, source_ip, UnixTime::now())
     }

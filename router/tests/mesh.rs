@@ -208,6 +208,7 @@ async fn call(client: &MeshClient, addr: SocketAddr, path: &str) -> Result<(u16,
 }
 
 const STRICT: &str = "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: default}\nspec: {mtls: {mode: STRICT}}\n";
+const DISABLE: &str = "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: off, namespace: default}\nspec: {mtls: {mode: DISABLE}}\n";
 const ALLOW_A: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-a, namespace: default}\nspec:\n  selector: {matchLabels: {app: hello}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {principals: [\"cluster.local/ns/default/sa/a\"]}\n";
 const DENY_ADMIN: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: default}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {paths: [\"/admin*\"]}\n";
 
@@ -379,6 +380,40 @@ async fn allow_admits_a_refuses_b_and_deny_beats_allow() {
     assert_ne!(
         b.request(probe).await.unwrap().status(),
         StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn disable_authenticates_nobody_yet_serves_the_router() {
+    let pki = pki();
+    let r = replica(&pki, DISABLE, false).await;
+    let p = plane(&pki, r.addr, false).await;
+    // The router's hop still arrives (encrypted), but as nobody: no principal, `none`.
+    assert_eq!(
+        call(
+            &client(Some(&outbound(&pki.ca, "default", "a"))),
+            p.addr,
+            "/"
+        )
+        .await,
+        Ok((200, "ok".into()))
+    );
+    assert_eq!(
+        call(&client(None), r.addr, "/").await,
+        Ok((200, "ok".into()))
+    );
+    let text = r.registry.encode();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert!(!series.is_empty(), "{text}");
+    assert!(
+        series
+            .iter()
+            .all(|l| l.contains("source_principal=\"unknown\"")
+                && l.contains("connection_security_policy=\"none\"")),
+        "{text}"
     );
 }
 
