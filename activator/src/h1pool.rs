@@ -21,6 +21,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use sluice_mesh::outbound::OutboundMesh;
+use sluice_mesh::tls::MeshIo;
 use tokio::net::TcpStream;
 
 use crate::body::AttemptBody;
@@ -56,21 +58,43 @@ impl H1Error {
     }
 }
 
-/// Idle connections by the thread that dialled them and the replica address: a forwarder
-/// shared by several single-threaded runtimes (the activator's) hands each thread only the
-/// connections its own runtime drives, so no request wakes another thread.
-type Idle = Arc<Mutex<HashMap<(ThreadId, SocketAddr), Vec<SendRequest<AttemptBody>>>>>;
+/// Idle connections by the thread that dialled them, the replica address and the mesh
+/// certificate generation they were made with: a forwarder shared by several
+/// single-threaded runtimes (the activator's) hands each thread only the connections its
+/// own runtime drives, so no request wakes another thread; after a certificate rotation,
+/// connections made with the old certificate are not reused.
+type Key = (ThreadId, SocketAddr, u64);
+type Idle = Arc<Mutex<HashMap<Key, Vec<SendRequest<AttemptBody>>>>>;
 
 /// HTTP/1.1 connections to replicas, by address.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct H1Pool {
     idle: Idle,
+    mesh: Option<OutboundMesh>,
 }
 
 impl H1Pool {
+    /// A pool whose connections are mTLS as `mesh`'s workload.
+    pub(crate) fn with_mesh(mesh: Option<OutboundMesh>) -> Self {
+        Self {
+            idle: Idle::default(),
+            mesh,
+        }
+    }
+
+    fn key(&self, endpoint: SocketAddr) -> Key {
+        let generation = self.mesh.as_ref().map_or(0, OutboundMesh::generation);
+        (std::thread::current().id(), endpoint, generation)
+    }
+
     fn take(&self, endpoint: SocketAddr) -> Option<SendRequest<AttemptBody>> {
-        let key = (std::thread::current().id(), endpoint);
+        let key = self.key(endpoint);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if self.mesh.is_some() && !idle.contains_key(&key) {
+            // First request since a rotation: let go of the previous generation's
+            // connections to this replica (they close once dropped).
+            idle.retain(|k, _| !(k.0 == key.0 && k.1 == endpoint));
+        }
         let stack = idle.get_mut(&key)?;
         // The most recently used connection that can take a request now. One still busy
         // (its response was read but its request body is still being sent, say) stays for
@@ -116,8 +140,18 @@ impl H1Pool {
             .map_err(|_| H1Error::ConnectTimeout(CONNECT_TIMEOUT))?
             .map_err(H1Error::Connect)?;
         let _ = stream.set_nodelay(true);
+        let io = match &self.mesh {
+            Some(mesh) => MeshIo::Tls(Box::new(
+                mesh.connector()
+                    .connect(stream)
+                    .await
+                    .map_err(|e| H1Error::Connect(std::io::Error::other(e)))?
+                    .0,
+            )),
+            None => MeshIo::Plain(stream),
+        };
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(H1Error::Handshake)?;
         tokio::spawn(async move {
@@ -151,7 +185,7 @@ impl H1Pool {
         if sender.is_closed() {
             return;
         }
-        let key = (std::thread::current().id(), endpoint);
+        let key = self.key(endpoint);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= MAX_ENDPOINTS && !idle.contains_key(&key) {
             idle.retain(|_, stack| {

@@ -16,9 +16,10 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_core::NamespacedName;
+use sluice_mesh::outbound::OutboundMesh;
+use sluice_mesh::tls::{ConnectionSecurity, MeshHttpConnector, PeerInfo};
 use tokio::time::timeout_at;
 
 use crate::body::{AttemptBody, ReplayableBody, Tunnel};
@@ -74,6 +75,7 @@ pub struct Outbound {
     headers: HeaderMap,
     body: ReplayableBody,
     upgrade: Option<OnUpgrade>,
+    caller: PeerInfo,
 }
 
 impl Outbound {
@@ -117,6 +119,13 @@ impl Outbound {
         {
             parts.headers.insert(header::HOST, v);
         }
+        // Who sent it, as the connection it arrived on authenticated them (a `PeerInfo`
+        // extension set by the accept loop); a mesh hop attests it to the next one.
+        let caller = parts.extensions.remove::<PeerInfo>().unwrap_or(PeerInfo {
+            identity: None,
+            security: ConnectionSecurity::None,
+            peer_not_after: None,
+        });
         let upgrade = match upgrade_to {
             Some(protocol) => {
                 parts.headers.insert(header::UPGRADE, protocol);
@@ -138,6 +147,7 @@ impl Outbound {
             headers: parts.headers,
             body: ReplayableBody::new(body, max_body),
             upgrade,
+            caller,
         })
     }
 
@@ -164,6 +174,11 @@ impl Outbound {
         } else {
             self.version = Version::HTTP_11;
         }
+    }
+
+    /// Who sent the request (the peer of its incoming connection).
+    pub fn caller(&self) -> &PeerInfo {
+        &self.caller
     }
 
     /// Whether another attempt may send this request (no byte of the body has left).
@@ -207,6 +222,7 @@ pub struct Forwarder {
     h2: Pool,
     budget: Arc<RetryBudget>,
     hop: &'static str,
+    mesh: Option<OutboundMesh>,
 }
 
 impl Default for Forwarder {
@@ -225,9 +241,10 @@ impl Forwarder {
     pub fn with_budget(budget: RetryBudget) -> Self {
         Self {
             h1: H1Pool::default(),
-            h2: h2_client(),
+            h2: h2_client(None),
             budget: Arc::new(budget),
             hop: "activator",
+            mesh: None,
         }
     }
 
@@ -236,11 +253,26 @@ impl Forwarder {
     /// whose runtime drives it.
     pub fn with_fresh_pools(&self) -> Self {
         Self {
-            h1: H1Pool::default(),
-            h2: h2_client(),
+            h1: H1Pool::with_mesh(self.mesh.clone()),
+            h2: h2_client(self.mesh.as_ref()),
             budget: self.budget.clone(),
             hop: self.hop,
+            mesh: self.mesh.clone(),
         }
+    }
+
+    /// Fresh pools whose connections are mTLS as `mesh`'s workload, and an attestation of
+    /// the original caller on every request sent.
+    pub fn with_mesh(mut self, mesh: OutboundMesh) -> Self {
+        self.h1 = H1Pool::with_mesh(Some(mesh.clone()));
+        self.h2 = h2_client(Some(&mesh));
+        self.mesh = Some(mesh);
+        self
+    }
+
+    /// The outbound mesh, when connections are mTLS.
+    pub fn mesh(&self) -> Option<&OutboundMesh> {
+        self.mesh.as_ref()
     }
 
     /// The same pools, naming `hop` in timeout messages (`router`, `activator`, `queue`).
@@ -274,7 +306,13 @@ impl Forwarder {
         deadline: Deadline,
         idle: Option<std::time::Duration>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let req = out.attempt(endpoint)?;
+        let mut req = out.attempt(endpoint)?;
+        if let Some(mesh) = &self.mesh {
+            let (mut parts, body) = req.into_parts();
+            mesh.attest(&mut parts, &out.caller)
+                .map_err(|e| ProxyError::BadRequest(format!("cannot attest the caller: {e}")))?;
+            req = Request::from_parts(parts, body);
+        }
         self.budget.deposit();
         let sent = if out.version == Version::HTTP_2 {
             timeout_at(deadline.at, async {
@@ -348,13 +386,11 @@ impl Outbound {
     }
 }
 
-type Pool = Client<HttpConnector, AttemptBody>;
+type Pool = Client<MeshHttpConnector, AttemptBody>;
 
-/// An HTTP/2 (prior knowledge) client with its own pool.
-fn h2_client() -> Pool {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+/// An HTTP/2 (prior knowledge) client with its own pool, mTLS when `mesh` is given.
+fn h2_client(mesh: Option<&OutboundMesh>) -> Pool {
+    let connector = MeshHttpConnector::new(mesh.map(|m| m.connector().clone()));
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(connector)

@@ -8,10 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_core::replica::STATS_PATH;
 use sluice_core::{PeriodStats, RoutingSnapshot, StatReport, StatSource};
+use sluice_mesh::tls::{MeshConnector, MeshHttpConnector};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
@@ -38,15 +38,20 @@ pub enum ScrapeError {
 /// Scrapes replicas listed in the routing snapshot.
 #[derive(Clone, Debug)]
 pub struct Scraper {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<MeshHttpConnector, Empty<Bytes>>,
     timeout: Duration,
 }
 
 impl Scraper {
     /// A scraper whose requests give up after `timeout`.
     pub fn new(timeout: Duration) -> Self {
+        Self::with_mesh(timeout, None)
+    }
+
+    /// A scraper that reaches replicas over mTLS through `mesh` (when given).
+    pub fn with_mesh(timeout: Duration, mesh: Option<MeshConnector>) -> Self {
         Self {
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            client: Client::builder(TokioExecutor::new()).build(MeshHttpConnector::new(mesh)),
             timeout,
         }
     }

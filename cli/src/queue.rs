@@ -111,7 +111,11 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the queue layer to {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let sidecar = Sidecar::new(config, app);
+    // The mesh material `sluice up` handed over (none when the mesh is off).
+    let setup = sluice_activator::queue::mesh::replica_mesh_from_env(addr.port(), "queue")
+        .context("setting up the replica's mesh identity")?;
+    let _follower = setup.follower;
+    let sidecar = Sidecar::with_mesh(config, app, setup.mesh, Some(setup.telemetry));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(sidecar::serve(listener, sidecar.clone(), async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -212,6 +216,8 @@ fn spawn(
         .env("PORT", port.to_string())
         // The user process is ours to stop; it must not exit on its own closed stdin.
         .env_remove("SLUICE_EXIT_ON_STDIN_CLOSE")
+        // The replica's private key is the queue layer's, never the user process's.
+        .env_remove(sluice_mesh::handoff::DIR_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

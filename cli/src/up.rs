@@ -12,15 +12,21 @@ use sluice_activator::{Activator, ActivatorConfig, Forwarder};
 use sluice_autoscaler::{AutoscalerConfig, Scraper};
 use sluice_controller::admin::{self, ManifestFile};
 use sluice_controller::reconcile::{Controller, ControllerConfig};
+use sluice_controller::runtime::mesh::LocalMesh;
 use sluice_controller::runtime::{LocalRuntime, LocalRuntimeConfig};
 use sluice_controller::store::SqliteStore;
 use sluice_core::RoutingSnapshot;
 use sluice_crds::autoscaling::ClusterConfig;
+use sluice_mesh::identity::RotationConfig;
+use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
+use sluice_router::ingress::Ingress;
 use sluice_router::{Router, ServeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::{absolute, shutdown};
+
+mod mesh;
 
 /// Flags of `sluice up`.
 #[derive(Args, Debug)]
@@ -57,6 +63,25 @@ pub struct UpArgs {
     /// its first request. Off, as upstream, such manifests are refused.
     #[arg(long, env = "SLUICE_ALLOW_ZERO_INITIAL_SCALE")]
     allow_zero_initial_scale: bool,
+    /// Mutual TLS between the router, the activator and replicas, with workload identities
+    /// from a CA kept in the state directory (`off`: plaintext, no identities, no policy).
+    #[arg(long, env = "SLUICE_MESH", default_value = "on", value_parser = ["on", "off"])]
+    mesh: String,
+    /// Trust domain of the mesh's SPIFFE IDs.
+    #[arg(long, env = "SLUICE_TRUST_DOMAIN", default_value = sluice_mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Life of workload certificates; each is renewed at 40–50 % of it.
+    #[arg(long, env = "SLUICE_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_ttl: Duration,
+    /// Ingress TLS certificate chain (PEM) served to every host (with --tls-key).
+    #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Folder of per-host ingress certificates: `<host>.crt` and `<host>.key`, chosen by SNI.
+    #[arg(long, env = "SLUICE_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 impl UpArgs {
@@ -124,13 +149,44 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
     tracing::info!(db = %store.path().display(), "store open");
     let cluster = args.cluster_config();
+    let policies = mesh::PolicyStore::open(&args.state_dir)?;
     if let Some(dir) = &args.dir {
         let files = manifest_files(dir)?;
-        match admin::apply_files_with(&store, &files, &cluster).await {
-            Ok(results) => crate::client::print_apply_results(&results),
-            Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
+        let (files, policy_text) = mesh::split_policies(&files);
+        if !policy_text.is_empty() {
+            match policies.apply(&policy_text) {
+                Ok(applied) => mesh::print_policy_results(&applied),
+                Err(errors) => bail!("nothing applied:\n{}", errors.join("\n")),
+            }
+        }
+        if !files.is_empty() {
+            match admin::apply_files_with(&store, &files, &cluster).await {
+                Ok(results) => crate::client::print_apply_results(&results),
+                Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
+            }
         }
     }
+    let up_mesh = match args.mesh.as_str() {
+        "on" => Some(mesh::UpMesh::start(
+            &args.state_dir,
+            &args.trust_domain,
+            args.cert_ttl,
+        )?),
+        _ => {
+            if policies.len() > 0 {
+                eprintln!(
+                    "Warning: --mesh=off: {} stored security policies are not enforced",
+                    policies.len()
+                );
+            }
+            None
+        }
+    };
+    let ingress_tls = mesh::ingress_tls(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_dir.as_deref(),
+    )?;
 
     let router_listener = TcpListener::bind(args.listen)
         .await
@@ -167,17 +223,37 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
         snapshot_rx.clone(),
         stats_tx.clone(),
-        Forwarder::new(),
+        match &up_mesh {
+            Some(m) => Forwarder::new().with_mesh(m.activator.clone()),
+            None => Forwarder::new(),
+        },
     ));
     tokio::spawn(activator.clone().run_stats());
-    tokio::spawn(Scraper::new(Duration::from_millis(500)).run(
-        Duration::from_secs(1),
-        snapshot_rx.clone(),
-        stats_tx,
-    ));
+    let scrape_tls = up_mesh.as_ref().map(|m| m.control.connector().clone());
+    tokio::spawn(
+        Scraper::with_mesh(Duration::from_millis(500), scrape_tls).run(
+            Duration::from_secs(1),
+            snapshot_rx.clone(),
+            stats_tx,
+        ),
+    );
 
     let self_exe = std::env::current_exe().context("finding the sluice binary")?;
-    let runtime = LocalRuntime::new(LocalRuntimeConfig::new(self_exe));
+    let mut runtime_config = LocalRuntimeConfig::new(self_exe);
+    if let Some(m) = &up_mesh {
+        let dir = mesh::UpMesh::replicas_dir(&args.state_dir);
+        // Directories of replicas of an earlier run are stale (their keys too).
+        let _ = std::fs::remove_dir_all(&dir);
+        runtime_config.mesh = Some(LocalMesh::new(
+            m.ca.clone(),
+            dir,
+            RotationConfig::new(args.cert_ttl),
+            m.attesters.clone(),
+            policies.subscribe(),
+            m.control.clone(),
+        ));
+    }
+    let runtime = LocalRuntime::new(runtime_config);
     let controller = Controller::new(
         ControllerConfig {
             domain: args.domain.clone(),
@@ -199,22 +275,60 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tracing::warn!("the controller stopped before its first pass");
     }
 
-    let router = Arc::new(Router::new(snapshot_rx, activator, Forwarder::new()));
-    let router_task = tokio::spawn(sluice_router::serve(
+    let registry = Registry::new();
+    let router_forwarder = match &up_mesh {
+        Some(m) => Forwarder::new().with_mesh(m.router_out.clone()),
+        None => Forwarder::new(),
+    };
+    let router = Arc::new(Router::new(
+        snapshot_rx.clone(),
+        activator,
+        router_forwarder,
+    ));
+    let ingress = Ingress {
+        tls: ingress_tls,
+        mesh: match &up_mesh {
+            Some(m) => Some(m.router.server_config()?),
+            None => None,
+        },
+        telemetry: Some(HopTelemetry::new(
+            registry.clone(),
+            "router",
+            AccessLog::Tracing,
+        )),
+        ..Ingress::default()
+    };
+    let router_task = tokio::spawn(sluice_router::serve_ingress(
         router_listener,
         router,
         ServeConfig::default(),
+        ingress,
         stopped(),
     ));
+    let metrics_client = up_mesh.as_ref().map(|m| m.control.clone());
+    let admin_app = admin::router(store, cluster)
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                mesh::all_metrics(
+                    registry.clone(),
+                    snapshot_rx.clone(),
+                    metrics_client.clone(),
+                )
+            }),
+        )
+        .layer(axum::middleware::from_fn(move |req, next| {
+            mesh::apply_policies(policies.clone(), req, next)
+        }));
     let admin_task = tokio::spawn(
-        axum::serve(admin_listener, admin::router(store, cluster))
+        axum::serve(admin_listener, admin_app)
             .with_graceful_shutdown(stopped())
             .into_future(),
     );
     // Tools and tests read these two lines to find the ports.
     println!("sluice: router listening on http://{router_addr}");
     println!("sluice: admin API on http://{admin_addr}");
-    tracing::info!(%router_addr, %admin_addr, domain = %args.domain, "sluice is up");
+    tracing::info!(%router_addr, %admin_addr, domain = %args.domain, mesh = %args.mesh, "sluice is up");
 
     shutdown::signalled().await;
     tracing::info!("shutting down: stopping replicas");

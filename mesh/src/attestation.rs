@@ -41,6 +41,22 @@ pub const MAX_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
 const FORMAT: &str = "v1";
+/// The mTLS-bound form: `m1.<statement>`, unsigned, accepted only from a connection whose
+/// verified mTLS peer is a trusted attester (only the holder of that workload's key can open
+/// one, so nobody else can make a replica believe it).
+const BOUND_FORMAT: &str = "m1";
+
+/// How an [`Attester`] vouches for callers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttestationMode {
+    /// ECDSA-signed with the attester's SVID key, its certificate attached (verifiable by
+    /// anyone holding the trust bundle, and still bound to the mTLS peer).
+    #[default]
+    Signed,
+    /// Bound to the mTLS connection it travels on: no signature, so no per-request ECDSA on
+    /// either side; the replica accepts it only from a trusted attester's mTLS connection.
+    MtlsBound,
+}
 const DOMAIN: &[u8] = b"sluice caller attestation v1\n";
 
 /// The request an attestation is bound to.
@@ -132,6 +148,7 @@ pub enum AttestationError {
 pub struct Attester {
     identity: RotatingSvid,
     ttl: Duration,
+    mode: AttestationMode,
     rng: SystemRandom,
     cached: Mutex<Option<(Vec<u8>, Arc<EcdsaKeyPair>)>>,
 }
@@ -150,9 +167,16 @@ impl Attester {
         Self {
             identity,
             ttl: DEFAULT_TTL,
+            mode: AttestationMode::Signed,
             rng: SystemRandom::new(),
             cached: Mutex::new(None),
         }
+    }
+
+    /// Changes how statements are vouched for.
+    pub fn with_mode(mut self, mode: AttestationMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Changes the statement life (capped at [`MAX_TTL`]).
@@ -192,7 +216,6 @@ impl Attester {
         request: RequestBinding<'_>,
         now: UnixTime,
     ) -> Result<HeaderValue, AttestationError> {
-        let (cert, key) = self.key()?;
         let statement = Statement {
             caller: caller.map(ToString::to_string),
             security: security.label().to_owned(),
@@ -205,6 +228,11 @@ impl Attester {
         };
         let payload = serde_json::to_vec(&statement)
             .map_err(|_| AttestationError::Signing("statement did not serialize"))?;
+        if self.mode == AttestationMode::MtlsBound {
+            return HeaderValue::from_str(&format!("{BOUND_FORMAT}.{}", B64.encode(&payload)))
+                .map_err(|_| AttestationError::Signing("not a header value"));
+        }
+        let (cert, key) = self.key()?;
         let signature = key
             .sign(&self.rng, &[DOMAIN, &payload].concat())
             .map_err(|_| AttestationError::Signing("ECDSA signing failed"))?;
@@ -248,6 +276,23 @@ impl AttestationVerifier {
             return Err(E::TooLong(value.len()));
         }
         let text = value.to_str().map_err(|_| E::Malformed("not ASCII"))?;
+        if let Some(payload) = text
+            .strip_prefix(BOUND_FORMAT)
+            .and_then(|t| t.strip_prefix('.'))
+        {
+            // mTLS-bound: the connection's verified peer must be a trusted attester.
+            let signer = peer.cloned().ok_or_else(|| E::NotFromSigner {
+                signer: "a trusted attester".into(),
+                peer: "none".into(),
+            })?;
+            if !self.trusted.contains(&signer) {
+                return Err(E::UntrustedSigner(signer.to_string()));
+            }
+            let payload = B64
+                .decode(payload)
+                .map_err(|_| E::Malformed("statement is not base64url"))?;
+            return finish(&payload, request, now, signer);
+        }
         let mut parts = text.split('.');
         let (Some(FORMAT), Some(payload), Some(signature), Some(cert), None) = (
             parts.next(),
@@ -287,47 +332,7 @@ impl AttestationVerifier {
         .verify(&[DOMAIN, &payload].concat(), &signature)
         .map_err(|_| E::BadSignature)?;
 
-        let statement: Statement =
-            serde_json::from_slice(&payload).map_err(|_| E::Malformed("statement is not JSON"))?;
-        for (field, ours, theirs) in [
-            ("method", request.method, &statement.method),
-            ("authority", request.authority, &statement.authority),
-            ("path", request.path, &statement.path),
-            ("request id", request.request_id, &statement.request_id),
-        ] {
-            if ours != theirs {
-                return Err(E::WrongRequest(field));
-            }
-        }
-        let now_s = now.as_secs();
-        let skew = CLOCK_SKEW.as_secs();
-        if statement.exp < statement.iat
-            || statement.exp - statement.iat > MAX_TTL.as_secs()
-            || statement.iat > now_s + skew
-            || statement.exp + skew < now_s
-        {
-            return Err(E::Stale {
-                iat: statement.iat,
-                exp: statement.exp,
-                now: now_s,
-            });
-        }
-        let caller = statement
-            .caller
-            .as_deref()
-            .map(str::parse::<SpiffeId>)
-            .transpose()
-            .map_err(|_| E::Malformed("caller is not a SPIFFE ID"))?;
-        let security = match statement.security.as_str() {
-            "mutual_tls" if caller.is_some() => ConnectionSecurity::MutualTls,
-            "none" if caller.is_none() => ConnectionSecurity::None,
-            _ => return Err(E::Malformed("security does not agree with caller")),
-        };
-        Ok(Attested {
-            caller,
-            security,
-            signer,
-        })
+        finish(&payload, request, now, signer)
     }
 
     /// The caller a policy should see for a request: the attested original caller when the
@@ -344,4 +349,55 @@ impl AttestationVerifier {
             None => Ok(peer.cloned()),
         }
     }
+}
+
+/// Checks a statement's binding to `request` and its freshness at `now`.
+fn finish(
+    payload: &[u8],
+    request: RequestBinding<'_>,
+    now: UnixTime,
+    signer: SpiffeId,
+) -> Result<Attested, AttestationError> {
+    use AttestationError as E;
+    let statement: Statement =
+        serde_json::from_slice(payload).map_err(|_| E::Malformed("statement is not JSON"))?;
+    for (field, ours, theirs) in [
+        ("method", request.method, &statement.method),
+        ("authority", request.authority, &statement.authority),
+        ("path", request.path, &statement.path),
+        ("request id", request.request_id, &statement.request_id),
+    ] {
+        if ours != theirs {
+            return Err(E::WrongRequest(field));
+        }
+    }
+    let now_s = now.as_secs();
+    let skew = CLOCK_SKEW.as_secs();
+    if statement.exp < statement.iat
+        || statement.exp - statement.iat > MAX_TTL.as_secs()
+        || statement.iat > now_s + skew
+        || statement.exp + skew < now_s
+    {
+        return Err(E::Stale {
+            iat: statement.iat,
+            exp: statement.exp,
+            now: now_s,
+        });
+    }
+    let caller = statement
+        .caller
+        .as_deref()
+        .map(str::parse::<SpiffeId>)
+        .transpose()
+        .map_err(|_| E::Malformed("caller is not a SPIFFE ID"))?;
+    let security = match statement.security.as_str() {
+        "mutual_tls" if caller.is_some() => ConnectionSecurity::MutualTls,
+        "none" if caller.is_none() => ConnectionSecurity::None,
+        _ => return Err(E::Malformed("security does not agree with caller")),
+    };
+    Ok(Attested {
+        caller,
+        security,
+        signer,
+    })
 }

@@ -144,6 +144,24 @@ impl Enforcer {
         source_ip: Option<IpAddr>,
         now: UnixTime,
     ) -> Result<Option<SpiffeId>, Refusal> {
+        let engine = self
+            .engine
+            .read()
+            .map(|e| e.clone())
+            .map_err(|_| Refusal::Denied("policy lock poisoned".into()))?;
+        self.check_with(&engine, parts, peer, source_ip, now)
+    }
+
+    /// As [`Enforcer::check`], with `engine` instead of the enforcer's own policies (a
+    /// replica whose policies arrive on a watch channel).
+    pub fn check_with(
+        &self,
+        engine: &AuthorizationEngine,
+        parts: &Parts,
+        peer: &PeerInfo,
+        source_ip: Option<IpAddr>,
+        now: UnixTime,
+    ) -> Result<Option<SpiffeId>, Refusal> {
         let (method, authority, path, request_id) = binding(parts);
         let request = RequestBinding {
             method: &method,
@@ -165,11 +183,6 @@ impl Enforcer {
                 .into());
             }
         };
-        let engine = self
-            .engine
-            .read()
-            .map(|e| e.clone())
-            .map_err(|_| Refusal::Denied("policy lock poisoned".into()))?;
         let attrs = RequestAttributes {
             source: caller.as_ref(),
             source_ip,

@@ -11,12 +11,19 @@
 //! * [`telemetry`]: Istio, Knative and KServe metric families in an injected registry, and the
 //!   JSON access-log line; [`otlp`]: span export; [`trace`]: `traceparent` / `x-request-id`.
 //!
+//! * [`handoff`]: local mode's private directory that hands a replica its SVID, bundle and
+//!   policies; [`inbound`] and [`outbound`]: what a replica's listener and a proxy's client
+//!   do per connection and per request.
+//!
 //! Not here: anything that routes or serves requests; those crates call into this one.
 
 pub mod attestation;
 pub mod enforce;
+pub mod handoff;
 pub mod identity;
+pub mod inbound;
 pub mod otlp;
+pub mod outbound;
 pub mod policy;
 pub mod telemetry;
 pub mod tls;

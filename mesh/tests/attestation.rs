@@ -13,7 +13,8 @@ use base64::Engine as _;
 use http::HeaderValue;
 use rustls::pki_types::UnixTime;
 use sluice_mesh::attestation::{
-    AttestationError, AttestationVerifier, Attester, MAX_HEADER_LEN, RequestBinding,
+    AttestationError, AttestationMode, AttestationVerifier, Attester, MAX_HEADER_LEN,
+    RequestBinding,
 };
 use sluice_mesh::identity::{CaConfig, CertificateAuthority, RotatingSvid, SpiffeId, SvidIssuer};
 use sluice_mesh::policy::{AuthorizationEngine, AuthorizationPolicy, RequestAttributes, Workload};
@@ -70,6 +71,49 @@ const REQ: RequestBinding<'static> = RequestBinding {
 
 fn later(secs: u64) -> UnixTime {
     UnixTime::since_unix_epoch(Duration::from_secs(UnixTime::now().as_secs() + secs))
+}
+
+#[test]
+fn mtls_bound_statements_count_only_on_a_trusted_attesters_connection() {
+    let f = Fixture::new();
+    let attester = Attester::new(f.holder("activator")).with_mode(AttestationMode::MtlsBound);
+    let value = attester
+        .attest(
+            Some(&id("alice")),
+            ConnectionSecurity::MutualTls,
+            REQ,
+            UnixTime::now(),
+        )
+        .unwrap();
+    assert!(value.to_str().unwrap().starts_with("m1."));
+    let v = f.verifier();
+    let ok = v
+        .verify(&value, Some(&id("activator")), REQ, UnixTime::now())
+        .unwrap();
+    assert_eq!(ok.caller, Some(id("alice")));
+    assert_eq!(ok.signer, id("activator"));
+    // Anyone can write the header; it counts only from the activator's own connection.
+    assert_eq!(
+        v.verify(&value, Some(&id("mallory")), REQ, UnixTime::now()),
+        Err(AttestationError::UntrustedSigner(id("mallory").to_string()))
+    );
+    assert!(matches!(
+        v.verify(&value, None, REQ, UnixTime::now()),
+        Err(AttestationError::NotFromSigner { .. })
+    ));
+    // Still bound to its request and its life.
+    let other = RequestBinding {
+        path: "/admin",
+        ..REQ
+    };
+    assert_eq!(
+        v.verify(&value, Some(&id("activator")), other, UnixTime::now()),
+        Err(AttestationError::WrongRequest("path"))
+    );
+    assert!(matches!(
+        v.verify(&value, Some(&id("activator")), REQ, later(3600)),
+        Err(AttestationError::Stale { .. })
+    ));
 }
 
 #[test]

@@ -6,10 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
+use sluice_activator::BoxError;
+use sluice_activator::queue::mesh::{
+    METRICS_PATH, ReplicaGate, replica_mesh_from_env, serve_replica,
+};
 use sluice_activator::queue::{Queue, QueueConfig};
 use sluice_core::replica::{LISTENING_PREFIX, READY_LINE};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tower::ServiceExt;
 
 use crate::batch::BatchConfig;
 use crate::http::{AppState, router};
@@ -65,6 +71,9 @@ pub enum ServeError {
     /// Serving failed.
     #[error("server failed")]
     Io(#[from] std::io::Error),
+    /// The mesh material handed over by `sluice up` is unusable.
+    #[error("mesh setup failed")]
+    Mesh(#[from] sluice_activator::queue::mesh::ReplicaMeshError),
     /// The serving task died.
     #[error("server task failed: {0}")]
     Task(String),
@@ -145,13 +154,48 @@ pub async fn run(
         }
         None => None,
     };
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
+    // The main port goes through the replica's mesh gate: mTLS under the peer-authentication
+    // mode in force, authorization policy, Istio/Knative telemetry, the access log.
+    let setup = replica_mesh_from_env(addr.port(), "model-server")?;
+    let _follower = setup.follower;
+    let revision = std::env::var("K_REVISION").unwrap_or_else(|_| "unknown".into());
+    let gate = Arc::new(ReplicaGate::new(
+        setup.mesh.clone(),
+        Some(setup.telemetry),
+        queue.clone(),
+        &revision,
+    ));
+    let server = tokio::spawn(async move {
+        serve_replica(
+            listener,
+            setup.mesh,
+            move |req| {
+                let (gate, app) = (gate.clone(), app.clone());
+                async move {
+                    let metrics = gate.clone();
+                    gate.handle(req, |req| async move {
+                        if req.uri().path() == METRICS_PATH {
+                            return metrics.metrics();
+                        }
+                        match app.oneshot(req).await {
+                            Ok(resp) => resp.map(|b| {
+                                SyncBody(std::sync::Mutex::new(b))
+                                    .map_err(BoxError::from)
+                                    .boxed()
+                            }),
+                            Err(never) => match never {},
+                        }
+                    })
+                    .await
+                }
+            },
+            async {
                 let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+            },
+        )
+        .await;
+        Ok::<(), std::io::Error>(())
+    });
 
     let started = Instant::now();
     let load_all = async {
@@ -202,6 +246,35 @@ pub async fn run(
     match server.await {
         Ok(result) => result.map_err(ServeError::Io),
         Err(e) => Err(ServeError::Task(e.to_string())),
+    }
+}
+
+/// axum's body is `Send` but not `Sync`; the data plane's boxed body must be both. Only
+/// `poll_frame(&mut self)` touches it, so the mutex is never contended (`get_mut`).
+struct SyncBody(std::sync::Mutex<axum::body::Body>);
+
+impl http_body::Body for SyncBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        let body = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        std::pin::Pin::new(body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.lock().map(|b| b.is_end_stream()).unwrap_or(true)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.lock().map(|b| b.size_hint()).unwrap_or_default()
     }
 }
 

@@ -10,9 +10,10 @@
 //! routes (`sluice-controller`).
 
 mod headers;
+pub mod ingress;
 mod router;
 mod serve;
 
 pub use headers::{ClientAddr, add_forwarded};
 pub use router::{Router, RouterConfig, TAG_HEADER};
-pub use serve::{ServeConfig, serve};
+pub use serve::{ServeConfig, serve, serve_ingress};

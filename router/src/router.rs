@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::headers::{ClientAddr, add_forwarded};
+use crate::ingress::Scheme;
 
 /// Header that picks a tagged revision on the service's own host.
 pub const TAG_HEADER: &str = "knative-serving-tag";
@@ -150,8 +151,9 @@ impl Router {
             .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
 
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+        let scheme = req.extensions().get::<Scheme>().map_or("http", |s| s.0);
         let mut out = Outbound::new(req, self.config.max_body_bytes)?;
-        add_forwarded(out.headers_mut(), client, "http", &host);
+        add_forwarded(out.headers_mut(), client, scheme, &host);
         // Only the activator may say a request came through it (the queue layer's stats
         // count such requests apart); a client cannot.
         out.headers_mut().remove(PROXY_HEADER);

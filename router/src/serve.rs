@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::Router;
 use crate::headers::ClientAddr;
+use crate::ingress::{Ingress, IngressSecurity};
 
 /// Listener settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +57,19 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_ingress(listener, router, config, Ingress::default(), shutdown).await;
+}
+
+/// As [`serve`], with ingress TLS (a certificate per host, by SNI), mesh mTLS for callers
+/// with an SVID, and per-request telemetry, as `ingress` says.
+pub async fn serve_ingress(
+    listener: TcpListener,
+    router: Arc<Router>,
+    config: ServeConfig,
+    ingress: Ingress,
+    shutdown: impl Future<Output = ()>,
+) {
+    let ingress = Arc::new(ingress);
     let shards = match config.shards {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -63,7 +77,7 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let builder = Arc::new(builder(&config));
     if shards <= 1 {
-        accept_loop(listener, router, builder, permits, shutdown).await;
+        accept_loop(listener, router, builder, permits, ingress, shutdown).await;
         return;
     }
     let std_listener = match listener.into_std() {
@@ -88,6 +102,7 @@ pub async fn serve(
         done.push(done_rx);
         let router = Arc::new(router.for_shard());
         let (builder, permits, mut stop_rx) = (builder.clone(), permits.clone(), stop_rx.clone());
+        let ingress = ingress.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("router-{i}"))
             .spawn(move || {
@@ -112,7 +127,7 @@ pub async fn serve(
                     let stop = async move {
                         let _ = stop_rx.wait_for(|s| *s).await;
                     };
-                    accept_loop(listener, router, builder, permits, stop).await;
+                    accept_loop(listener, router, builder, permits, ingress, stop).await;
                 });
                 let _ = done_tx.send(());
             });
@@ -147,6 +162,7 @@ async fn accept_loop(
     router: Arc<Router>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     permits: Arc<Semaphore>,
+    ingress: Arc<Ingress>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -172,17 +188,66 @@ async fn accept_loop(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service = service_fn(move |mut req| {
-            let router = router.clone();
-            req.extensions_mut().insert(ClientAddr(peer));
-            async move { Ok::<_, std::convert::Infallible>(router.handle(req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (router, builder, ingress) = (router.clone(), builder.clone(), ingress.clone());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // The TLS handshake (if any) runs here, in the connection's own task.
+            let (io, info) = match ingress.accept(stream).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!(%peer, "connection refused: {e}");
+                    return;
+                }
+            };
+            let IngressSecurity {
+                peer: caller,
+                scheme,
+            } = info;
+            let telemetry = ingress.telemetry.clone();
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let router = router.clone();
+                req.extensions_mut().insert(ClientAddr(peer));
+                req.extensions_mut().insert(scheme);
+                req.extensions_mut().insert(caller.clone());
+                let exchange = telemetry.as_ref().map(|t| {
+                    // The router's line and metrics carry the trace it forwards.
+                    sluice_mesh::trace::propagate(req.headers_mut());
+                    let mut ex = t.start(&req);
+                    ex.labels.reporter = sluice_mesh::telemetry::Reporter::Source;
+                    ex.labels.source_workload = "ingress".into();
+                    if let Some(id) = &caller.identity {
+                        ex.labels.source_principal = id.to_string();
+                        ex.labels.source_workload = id.service_account().to_owned();
+                        ex.labels.source_workload_namespace = id.namespace().to_owned();
+                        ex.entry.source_principal = id.to_string();
+                    }
+                    let host = ex
+                        .entry
+                        .authority
+                        .split(':')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
+                    ex.labels.destination_service = host;
+                    ex.labels.connection_security_policy = caller.security.label().to_owned();
+                    ex.entry.connection_security_policy = caller.security.label().to_owned();
+                    ex
+                });
+                async move {
+                    let resp = router.handle(req).await;
+                    Ok::<_, std::convert::Infallible>(match exchange {
+                        Some(ex) => ex.wrap(resp).map(|b| {
+                            use http_body_util::BodyExt as _;
+                            b.boxed()
+                        }),
+                        None => resp,
+                    })
+                }
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            let conn = watcher.watch(conn);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }

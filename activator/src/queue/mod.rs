@@ -6,6 +6,7 @@
 //! in-process; `sluice queue` runs it as a sidecar in front of a user process ([`sidecar`]).
 
 mod layer;
+pub mod mesh;
 pub mod sidecar;
 mod stats;
 

@@ -14,14 +14,13 @@ use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use sluice_core::NamespacedName;
+use sluice_mesh::inbound::InboundMesh;
+use sluice_mesh::telemetry::HopTelemetry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use super::mesh::{METRICS_PATH, ReplicaGate, serve_replica};
 use super::{
     PROBE_HEADER, PROBE_PATH, PROXY_HEADER, Queue, QueueConfig, QueueRejection, STATS_PATH,
 };
@@ -80,13 +79,27 @@ pub struct Sidecar {
     app: SocketAddr,
     app_ready: AtomicBool,
     forwarder: Forwarder,
+    gate: ReplicaGate,
 }
 
 impl Sidecar {
     /// A sidecar in front of the user process listening on `app`.
     pub fn new(config: SidecarConfig, app: SocketAddr) -> Arc<Self> {
+        Self::with_mesh(config, app, None, None)
+    }
+
+    /// A sidecar that accepts under `mesh`'s peer authentication and enforces its policies,
+    /// and records `telemetry` for every request.
+    pub fn with_mesh(
+        config: SidecarConfig,
+        app: SocketAddr,
+        mesh: Option<Arc<InboundMesh>>,
+        telemetry: Option<HopTelemetry>,
+    ) -> Arc<Self> {
+        let queue = Arc::new(Queue::new(config.queue, Instant::now()));
         Arc::new(Self {
-            queue: Arc::new(Queue::new(config.queue, Instant::now())),
+            gate: ReplicaGate::new(mesh, telemetry, queue.clone(), &config.revision.name),
+            queue,
             config,
             app,
             app_ready: AtomicBool::new(false),
@@ -104,9 +117,17 @@ impl Sidecar {
         self.app_ready.store(true, Ordering::Release);
     }
 
-    /// Serves one request: the probe, the stats, or the user's request through the queue.
+    /// Serves one request: the probe, the stats, the metrics, or the user's request through
+    /// authorization policy and the queue, recording its telemetry.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        self.gate.handle(req, |req| self.serve(req)).await
+    }
+
+    async fn serve(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let path = req.uri().path();
+        if path == METRICS_PATH {
+            return self.gate.metrics();
+        }
         if path == PROBE_PATH && req.headers().contains_key(PROBE_HEADER) {
             let (code, body) = self.queue.probe(self.app_ready.load(Ordering::Acquire));
             let mut resp = Response::new(full_body(body));
@@ -174,41 +195,25 @@ pub async fn wait_until_accepting(addr: SocketAddr, interval: Duration) {
 }
 
 /// Serves `sidecar` on `listener` until `shutdown` resolves, then lets open requests finish.
+/// With a mesh, each connection is accepted under the peer-authentication mode in force
+/// (the handshake runs in the connection's own task), and an mTLS connection is closed
+/// gracefully when its peer's certificate expires, so the peer reconnects with a fresh one.
 pub async fn serve(
     listener: TcpListener,
     sidecar: Arc<Sidecar>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let sidecar = sidecar.clone();
-        let service = service_fn(move |req| {
+    let mesh = sidecar.gate.mesh().cloned();
+    serve_replica(
+        listener,
+        mesh,
+        move |req| {
             let sidecar = sidecar.clone();
-            async move { Ok::<_, std::convert::Infallible>(sidecar.handle(req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
-    graceful.shutdown().await;
+            async move { sidecar.handle(req).await }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -109,6 +109,21 @@ pub fn replica_spec(rev: &Revision) -> Result<ReplicaSpec, ReplicaFailure> {
     env.push(("K_SERVICE".into(), label(SERVICE_LABEL)));
     env.push(("K_CONFIGURATION".into(), label(CONFIGURATION_LABEL)));
     env.push(("K_REVISION".into(), rev.metadata.name.clone()));
+    // For the mesh in local mode: the replica's identity (SPIFFE `sa/…`) and the labels
+    // authorization policies select on.
+    let sa = rev
+        .spec
+        .extra
+        .get("serviceAccountName")
+        .and_then(|v| v.as_str());
+    env.push((
+        "SLUICE_SERVICE_ACCOUNT".into(),
+        sa.unwrap_or("default").to_owned(),
+    ));
+    env.push((
+        "SLUICE_POD_LABELS".into(),
+        serde_json::to_string(&rev.metadata.labels).unwrap_or_default(),
+    ));
     Ok(ReplicaSpec {
         revision: key(rev),
         command,

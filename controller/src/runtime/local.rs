@@ -17,10 +17,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_core::NamespacedName;
 use sluice_core::replica::{HandshakeLine, PROBE_HEADER, PROBE_PATH, parse_handshake};
+use sluice_mesh::tls::MeshHttpConnector;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,6 +41,9 @@ pub struct LocalRuntimeConfig {
     pub max_backoff: Duration,
     /// Lines of stderr kept for failure messages.
     pub stderr_lines: usize,
+    /// Mesh identity for replicas (certificates handed over a private directory, mTLS
+    /// probes); `None` = mesh off.
+    pub mesh: Option<super::mesh::LocalMesh>,
 }
 
 impl LocalRuntimeConfig {
@@ -52,6 +55,7 @@ impl LocalRuntimeConfig {
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
             stderr_lines: 20,
+            mesh: None,
         }
     }
 }
@@ -68,7 +72,7 @@ struct Inner {
     revisions: Mutex<HashMap<NamespacedName, Procs>>,
     changes: watch::Sender<u64>,
     next_id: AtomicU64,
-    probe: Client<HttpConnector, Empty<Bytes>>,
+    probe: Client<MeshHttpConnector, Empty<Bytes>>,
 }
 
 #[derive(Debug, Default)]
@@ -90,13 +94,15 @@ impl LocalRuntime {
     /// A runtime with no replicas.
     pub fn new(config: LocalRuntimeConfig) -> Self {
         let (changes, _) = watch::channel(0);
+        let probe_tls = config.mesh.as_ref().map(|m| m.client().connector().clone());
         Self {
             inner: Arc::new(Inner {
                 config,
                 revisions: Mutex::new(HashMap::new()),
                 changes,
                 next_id: AtomicU64::new(1),
-                probe: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+                probe: Client::builder(TokioExecutor::new())
+                    .build(MeshHttpConnector::new(probe_tls)),
             }),
         }
     }
@@ -213,7 +219,28 @@ impl Runtime for LocalRuntime {
         });
         for _ in 0..to_start {
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            // The replica's identity, over a private directory named in its environment.
+            let handoff = match &inner.config.mesh {
+                Some(mesh) => match mesh.hand_off(spec, id) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        inner.record_failure(
+                            &spec.revision,
+                            id,
+                            ReplicaFailure {
+                                reason: "IdentityFailed".into(),
+                                message: format!("cannot hand the replica its identity: {e}"),
+                            },
+                        );
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let mut command = Command::new(&program);
+            if let Some(h) = &handoff {
+                command.env(sluice_mesh::handoff::DIR_ENV, h.dir());
+            }
             command
                 .args(&args)
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -237,7 +264,14 @@ impl Runtime for LocalRuntime {
                             })
                     });
                     tracing::info!(revision = %spec.revision, pid = child.id(), "started replica");
-                    tokio::spawn(supervise(inner.clone(), spec.clone(), id, child, stop_rx));
+                    tokio::spawn(supervise(
+                        inner.clone(),
+                        spec.clone(),
+                        id,
+                        child,
+                        stop_rx,
+                        handoff,
+                    ));
                 }
                 Err(e) => inner.record_failure(
                     &spec.revision,
@@ -326,6 +360,8 @@ async fn supervise(
     id: u64,
     mut child: Child,
     mut stop: oneshot::Receiver<()>,
+    // Keeps the replica's certificate rotating; removes its private directory when dropped.
+    _handoff: Option<super::mesh::ReplicaHandoff>,
 ) {
     let key = spec.revision.clone();
     // Held until the child is gone: closing it tells the child to exit.
@@ -337,6 +373,11 @@ async fn supervise(
         stderr_done = Some(tokio::spawn(async move {
             let mut reader = BufReader::new(stderr);
             while let Ok(Some(line)) = next_line(&mut reader).await {
+                if line.starts_with("{\"start_time\"") {
+                    // A replica's access-log line: the process's access log, not an error.
+                    tracing::info!(target: "sluice::access", "{line}");
+                    continue;
+                }
                 tracing::debug!(revision = %key, "replica: {line}");
                 let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
                 if t.len() == keep {

@@ -2,6 +2,7 @@
 //! Reconcilers see only this trait.
 
 mod local;
+pub mod mesh;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -93,6 +93,12 @@ impl RotatingSvid {
         }
     }
 
+    /// A holder fed by `rx` (e.g. a replica re-reading its handed-off files); renewals are
+    /// whatever the sender publishes.
+    pub fn from_receiver(rx: watch::Receiver<Arc<Svid>>) -> Self {
+        Self { rx, _fixed: None }
+    }
+
     /// The SVID to use now.
     pub fn current(&self) -> Arc<Svid> {
         self.rx.borrow().clone()

@@ -27,7 +27,7 @@ pub struct DocumentError {
 }
 
 /// The `kind` of one document, if it has one.
-fn kind_of(doc: &str) -> Option<String> {
+pub fn kind_of(doc: &str) -> Option<String> {
     let value: serde_yaml::Value = serde_yaml::from_str(doc).ok()?;
     value.get("kind")?.as_str().map(str::to_owned)
 }
@@ -68,8 +68,28 @@ impl PolicyDocuments {
     }
 }
 
+/// Separates the policy documents (`AuthorizationPolicy`, `PeerAuthentication`) of a
+/// manifest text from the rest: `(policies, others)`, each re-joined with `---`. How a
+/// manifest folder holding both Knative objects and Istio policies is split between loaders.
+pub fn partition(text: &str) -> (String, String) {
+    let (mut policies, mut others) = (Vec::new(), Vec::new());
+    for doc in split_documents(text) {
+        match kind_of(doc).as_deref() {
+            Some(authz::KIND | peer_auth::KIND) => policies.push(doc),
+            _ => others.push(doc),
+        }
+    }
+    let join = |docs: Vec<&str>| {
+        docs.iter()
+            .map(|d| d.trim_end_matches('\n'))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    (join(policies), join(others))
+}
+
 /// Splits on `---` separator lines, dropping empty documents.
-fn split_documents(text: &str) -> Vec<&str> {
+pub fn split_documents(text: &str) -> Vec<&str> {
     let mut docs = Vec::new();
     let mut start = 0;
     let mut offset = 0;
@@ -92,6 +112,21 @@ fn split_documents(text: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_separates_policies_from_other_objects() {
+        let text = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: iris}\n";
+        let (policies, others) = partition(text);
+        assert_eq!(
+            PolicyDocuments::parse(&policies)
+                .unwrap()
+                .authorization
+                .len(),
+            1
+        );
+        assert!(others.contains("kind: Service") && !others.contains("AuthorizationPolicy"));
+        assert_eq!(partition("kind: Service\n").0, "");
+    }
 
     #[test]
     fn dispatches_by_kind_and_skips_others() {

@@ -12,7 +12,7 @@ pub mod peer_auth;
 use std::collections::BTreeMap;
 
 pub use authz::{Action, AuthorizationPolicy};
-pub use documents::{DocumentError, PolicyDocuments};
+pub use documents::{DocumentError, PolicyDocuments, partition};
 pub use evaluate::{AuthorizationEngine, Decision, RequestAttributes};
 pub use manifest::{FieldError, ObjectMeta, ValidationError, WorkloadSelector};
 pub use peer_auth::{PeerAuthentication, PeerAuthenticationSet};

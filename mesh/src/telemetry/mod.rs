@@ -3,11 +3,13 @@
 //! exposition; and the JSON access-log line.
 
 pub mod access_log;
+pub mod hop;
 pub mod istio;
 pub mod knative;
 pub mod registry;
 
 pub use access_log::AccessLogEntry;
+pub use hop::{AccessLog, Exchange, HopTelemetry, Recorded};
 pub use istio::{IstioMetrics, Reporter, RequestLabels};
 pub use knative::{
     AutoscalerMetrics, AutoscalerSample, ModelMetrics, ModelStage, RevisionLabels, RevisionMetrics,

@@ -4,6 +4,7 @@
 pub mod acceptor;
 pub mod config;
 pub mod connector;
+pub mod http;
 pub mod ingress;
 pub mod verifier;
 
@@ -12,6 +13,7 @@ pub use acceptor::{
 };
 pub use config::{MeshTls, TlsConfigError};
 pub use connector::{ConnectError, MeshConnector};
+pub use http::{HyperMeshIo, MeshHttpConnector, MeshIo};
 pub use ingress::{IngressCertificate, IngressTlsError, ingress_server_config};
 pub use verifier::ExpectedServer;
 

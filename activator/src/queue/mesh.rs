@@ -1,0 +1,292 @@
+//! A replica's mesh gate, shared by the `sluice queue` sidecar and the model server's
+//! listener: accept each connection under the peer-authentication mode in force, check each
+//! request against authorization policy (403 `RBAC: access denied`), continue the trace,
+//! and record Istio and Knative telemetry with the caller and connection security.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sluice_mesh::inbound::{InboundMesh, is_internal};
+use sluice_mesh::telemetry::{CONTENT_TYPE, HopTelemetry};
+use sluice_mesh::tls::{ConnectionSecurity, MeshStream, PeerInfo};
+use tokio::net::TcpListener;
+
+use super::Queue;
+use crate::proxy::{BoxError, ProxyBody, full_body};
+
+/// Path where a replica serves its own metrics (Istio and Knative families, Prometheus text),
+/// for `sluice up`'s admin `/metrics` to merge.
+pub const METRICS_PATH: &str = "/sluice/metrics";
+
+fn plaintext() -> PeerInfo {
+    PeerInfo {
+        identity: None,
+        security: ConnectionSecurity::None,
+        peer_not_after: None,
+    }
+}
+
+/// Per-request mesh work at a replica.
+#[derive(Debug)]
+pub struct ReplicaGate {
+    mesh: Option<Arc<InboundMesh>>,
+    telemetry: Option<HopTelemetry>,
+    queue: Arc<Queue>,
+    revision: String,
+}
+
+impl ReplicaGate {
+    /// A gate enforcing `mesh` (when on) and recording `telemetry` (when given) for
+    /// `revision`, whose queue depth is read from `queue`.
+    pub fn new(
+        mesh: Option<Arc<InboundMesh>>,
+        telemetry: Option<HopTelemetry>,
+        queue: Arc<Queue>,
+        revision: &str,
+    ) -> Self {
+        Self {
+            mesh,
+            telemetry,
+            queue,
+            revision: revision.to_owned(),
+        }
+    }
+
+    /// The inbound mesh, when on.
+    pub fn mesh(&self) -> Option<&Arc<InboundMesh>> {
+        self.mesh.as_ref()
+    }
+
+    /// The replica's metrics in Prometheus text.
+    pub fn metrics(&self) -> Response<ProxyBody> {
+        let text = self
+            .telemetry
+            .as_ref()
+            .map(|t| t.registry().encode())
+            .unwrap_or_default();
+        let mut resp = Response::new(full_body(text));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        resp
+    }
+
+    /// Authorizes `req` (Sluice's own paths are exempt), continues its trace, hands it to
+    /// `inner` and records the exchange when the response body ends.
+    pub async fn handle<F, Fut>(&self, mut req: Request<Incoming>, inner: F) -> Response<ProxyBody>
+    where
+        F: FnOnce(Request<Incoming>) -> Fut,
+        Fut: Future<Output = Response<ProxyBody>>,
+    {
+        let peer = req
+            .extensions_mut()
+            .remove::<PeerInfo>()
+            .unwrap_or_else(plaintext);
+        let (mut parts, body) = req.into_parts();
+        if is_internal(&parts) {
+            return inner(Request::from_parts(parts, body)).await;
+        }
+        let mut exchange = self
+            .telemetry
+            .as_ref()
+            .map(|t| t.start(&Request::from_parts(parts.clone(), ())));
+        let caller = match &self.mesh {
+            Some(mesh) => match mesh.authorize(&parts, &peer, None) {
+                Ok(caller) => caller,
+                Err(refusal) => {
+                    tracing::info!(revision = %self.revision, "refused: {refusal}");
+                    let resp = refusal.to_response().map(full_body);
+                    return match exchange {
+                        Some(mut ex) => {
+                            mesh.label(&mut ex, peer.identity.as_ref(), &peer);
+                            ex.entry.response_flags = "RBAC".into();
+                            ex.wrap(resp).map(|b| b.map_err(BoxError::from).boxed())
+                        }
+                        None => resp,
+                    };
+                }
+            },
+            None => peer.identity.clone(),
+        };
+        if let Some(ex) = exchange.as_mut() {
+            match &self.mesh {
+                Some(mesh) => mesh.label(ex, caller.as_ref(), &peer),
+                None => {
+                    ex.labels.connection_security_policy = peer.security.label().to_owned();
+                    ex.labels.destination_revision = self.revision.clone();
+                    ex.entry.connection_security_policy = peer.security.label().to_owned();
+                    ex.entry.revision = self.revision.clone();
+                }
+            }
+        }
+        // The replica is a hop of the trace (after authorization: the attestation is bound
+        // to the request id the caller sent).
+        sluice_mesh::trace::propagate(&mut parts.headers);
+        let resp = inner(Request::from_parts(parts, body)).await;
+        if let Some(t) = &self.telemetry {
+            t.set_queue_depth(self.queue.recorder().in_flight() as usize);
+        }
+        match exchange {
+            Some(ex) => ex.wrap(resp).map(|b| b.map_err(BoxError::from).boxed()),
+            None => resp,
+        }
+    }
+}
+
+/// Serves `handler` on `listener` until `shutdown` resolves, then lets open connections
+/// finish their requests. With `mesh`, each connection is accepted under the
+/// peer-authentication mode in force (the handshake runs in the connection's own task, so a
+/// slow client holds up nobody), its peer reaches the handler as a [`PeerInfo`] request
+/// extension, and an mTLS connection is closed gracefully when its peer's certificate
+/// expires, so the peer reconnects with a fresh one.
+pub async fn serve_replica<H, Fut>(
+    listener: TcpListener,
+    mesh: Option<Arc<InboundMesh>>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (mesh, handler, builder, mut stop) = (
+            mesh.clone(),
+            handler.clone(),
+            builder.clone(),
+            stop_rx.clone(),
+        );
+        while conns.try_join_next().is_some() {}
+        conns.spawn(async move {
+            let (io, peer) = match &mesh {
+                Some(mesh) => match mesh.accept(stream).await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::info!(%client, "connection refused: {e}");
+                        return;
+                    }
+                },
+                None => (MeshStream::Plain(stream), plaintext()),
+            };
+            let expires = peer
+                .peer_not_after
+                .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+                .unwrap_or(Duration::from_secs(365 * 24 * 3600));
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                let fut = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let expiry = tokio::time::sleep(expires);
+            tokio::pin!(expiry);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = stop.wait_for(|s| *s), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = &mut expiry, if !closing => {
+                        tracing::debug!(%client, "peer certificate expired: closing the connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+}
+
+/// A replica's mesh and telemetry, as `sluice up` handed them over.
+#[derive(Debug)]
+pub struct ReplicaMeshSetup {
+    /// The inbound mesh; `None` when no private directory was handed over (mesh off).
+    pub mesh: Option<Arc<InboundMesh>>,
+    /// Telemetry for every request (always on; labels say `none` without the mesh).
+    pub telemetry: HopTelemetry,
+    /// The task following certificate and policy files (keep it alive with the server).
+    pub follower: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Why a replica's mesh could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaMeshError {
+    /// The handed-over files are unusable.
+    #[error("mesh material in $SLUICE_MESH_DIR: {0}")]
+    Handoff(#[from] sluice_mesh::handoff::HandoffError),
+    /// The TLS config could not be built.
+    #[error(transparent)]
+    Tls(#[from] sluice_mesh::tls::TlsConfigError),
+}
+
+/// Loads the mesh material named by `$SLUICE_MESH_DIR` (if set) for a replica listening on
+/// `port`, reporting as `container` (`queue` or `model-server`); revision labels come from
+/// the handed-over workload file, else from `K_SERVICE`/`K_CONFIGURATION`/`K_REVISION`.
+pub fn replica_mesh_from_env(
+    port: u16,
+    container: &'static str,
+) -> Result<ReplicaMeshSetup, ReplicaMeshError> {
+    use sluice_mesh::telemetry::{AccessLog, Registry, RevisionLabels};
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| "unknown".into());
+    let (mesh, follower, labels) = match sluice_mesh::handoff::WorkloadMesh::from_env() {
+        Some(loaded) => {
+            let (workload, task) = loaded?;
+            let info = workload.info.clone();
+            let inbound = Arc::new(InboundMesh::new(&workload, port)?);
+            let labels = RevisionLabels {
+                namespace: info.namespace,
+                service: info.service,
+                configuration: info.configuration,
+                revision: info.revision,
+                pod: info.pod,
+                container: container.to_owned(),
+            };
+            (Some(inbound), Some(task), labels)
+        }
+        None => (
+            None,
+            None,
+            RevisionLabels {
+                namespace: env("SLUICE_NAMESPACE"),
+                service: env("K_SERVICE"),
+                configuration: env("K_CONFIGURATION"),
+                revision: env("K_REVISION"),
+                pod: format!("{}-{}", env("K_REVISION"), std::process::id()),
+                container: container.to_owned(),
+            },
+        ),
+    };
+    let telemetry =
+        HopTelemetry::new(Registry::new(), container, AccessLog::Stderr).with_revision(labels);
+    Ok(ReplicaMeshSetup {
+        mesh,
+        telemetry,
+        follower,
+    })
+}

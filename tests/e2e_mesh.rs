@@ -1,0 +1,355 @@
+//! The mesh end to end with the real `sluice` binary: `sluice up` with a Service, a STRICT
+//! `PeerAuthentication` and an `AuthorizationPolicy` in its manifest folder. The replica
+//! (`sluice queue` in front of `sluice hello`) gets its identity over a private directory,
+//! the router reaches it over mTLS, the policy is enforced at the replica on the caller the
+//! router attests: a plaintext client gets 403, a mesh client with the allowed SVID gets
+//! through. `sluice apply` of a new policy reaches the running replica. The admin
+//! `/metrics` shows the router's and the replica's series with their labels.
+//!
+//! Waiting is event-driven (the admin API's long poll), except for a policy applied to a
+//! running replica, which re-reads its policy file about once a second: that one is polled.
+
+// This test drives another process in real time: the wall clock (std Instant) is the right
+// clock here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use sluice_mesh::identity::{CaConfig, CertificateAuthority, RotatingSvid, SpiffeId, SvidIssuer};
+use sluice_mesh::outbound::OutboundMesh;
+use sluice_mesh::tls::{MeshHttpConnector, MeshTls};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const HOST: &str = "hello.default.localhost";
+const WAIT: Duration = Duration::from_secs(90);
+
+const MANIFESTS: &str = "\
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: hello, namespace: default}
+spec:
+  template:
+    metadata:
+      labels: {app: hello}
+    spec:
+      serviceAccountName: hello-sa
+      containers:
+      - command: [sluice]
+        args: [hello]
+        env: [{name: TARGET, value: mesh}]
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: default}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-tester, namespace: default}
+spec:
+  selector: {matchLabels: {app: hello}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/default/sa/tester]}
+";
+
+const DENY_SECRET: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-secret, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: [/secret]}
+";
+
+struct Up {
+    child: Child,
+    router: SocketAddr,
+    admin: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Up {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn up(dir: &Path) -> Up {
+    let log = dir.join("up.log");
+    let mut child = Command::new(SLUICE)
+        .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--cert-ttl", "1h"])
+        .arg(dir.join("manifests"))
+        .env("SLUICE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("sluice up starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut router, mut admin) = (None, None);
+    while router.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(WAIT)
+            .expect("sluice up announces its addresses");
+        let addr = |l: &str| {
+            l.rsplit("http://")
+                .next()
+                .unwrap()
+                .parse::<SocketAddr>()
+                .unwrap()
+        };
+        if line.starts_with("sluice: router listening on") {
+            router = Some(addr(&line));
+        } else if line.starts_with("sluice: admin API on") {
+            admin = Some(addr(&line));
+        }
+    }
+    Up {
+        child,
+        router: router.unwrap(),
+        admin: admin.unwrap(),
+        log,
+    }
+}
+
+/// One plaintext HTTP/1.1 request over a fresh connection.
+fn http(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .expect("a complete HTTP response");
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+fn wait_ready(up: &Up) {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut version = String::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hello never became Ready\n{}",
+            up.log()
+        );
+        let (status, body) = http(
+            up.admin,
+            "admin",
+            &format!("/v1/ksvc/default/hello?after={version}&timeout=10"),
+        );
+        let obj: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let ready = obj["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if status == 200 && ready {
+            return;
+        }
+        version = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+    }
+}
+
+type MeshClient = Client<MeshHttpConnector, Full<Bytes>>;
+
+/// A mesh client for `spiffe://cluster.local/ns/default/sa/<sa>`, its certificate issued by
+/// the CA `sluice up` keeps in its state directory.
+fn mesh_client(state: &Path, sa: &str) -> MeshClient {
+    let ca = CertificateAuthority::load_or_create(&CaConfig::new(
+        "cluster.local",
+        state.join("mesh").join("ca"),
+    ))
+    .unwrap();
+    let id = SpiffeId::new("cluster.local", "default", sa).unwrap();
+    let svid = ca.issue(&id, Duration::from_secs(3600)).unwrap();
+    let tls = MeshTls::new(
+        Arc::new(ca.trust_bundle().unwrap()),
+        RotatingSvid::fixed(svid),
+    );
+    Client::builder(TokioExecutor::new()).build(OutboundMesh::new(tls).unwrap().http_connector())
+}
+
+async fn mesh_get(client: &MeshClient, addr: SocketAddr, path: &str) -> (u16, String) {
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_up_enforces_policy_over_mtls_and_shows_every_hop_in_metrics() {
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-mesh-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(dir.join("manifests/hello.yaml"), MANIFESTS).unwrap();
+    let up = up(&dir);
+    wait_ready(&up);
+    let state = dir.join("state");
+
+    // The CA key is private; so is each replica's directory and certificate.
+    assert_eq!(mode(&state.join("mesh/ca/ca.key")), 0o600);
+    let replicas: Vec<_> = std::fs::read_dir(state.join("mesh/replicas"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+    assert_eq!(mode(&replicas[0]), 0o700);
+    assert_eq!(mode(&replicas[0].join("svid.pem")), 0o600);
+    let workload = std::fs::read_to_string(replicas[0].join("workload.json")).unwrap();
+    assert!(workload.contains("\"app\": \"hello\""), "{workload}");
+
+    // A plaintext client is nobody: the policy (enforced at the replica) refuses it.
+    let (status, body) = http(up.router, HOST, "/");
+    assert_eq!(
+        (status, body.as_str()),
+        (403, "RBAC: access denied"),
+        "{}",
+        up.log()
+    );
+    // The allowed identity, over mTLS to the router, is attested to the replica.
+    let tester = mesh_client(&state, "tester");
+    let (status, body) = mesh_get(&tester, up.router, "/").await;
+    assert_eq!(status, 200, "{body}\n{}", up.log());
+    assert!(body.contains("mesh"), "{body}");
+    let (status, _) = mesh_get(&mesh_client(&state, "intruder"), up.router, "/").await;
+    assert_eq!(status, 403);
+
+    // `sluice apply` of a new policy reaches the running replica (DENY before ALLOW).
+    let deny = dir.join("deny.yaml");
+    std::fs::write(&deny, DENY_SECRET).unwrap();
+    let out = Command::new(SLUICE)
+        .args(["apply", "--server", &format!("http://{}", up.admin), "-f"])
+        .arg(&deny)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("authorizationpolicy/no-secret created"),
+        "{said}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = mesh_get(&tester, up.router, "/secret").await;
+        if status == 403 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the DENY policy never arrived"
+        );
+        // The replica re-reads its policy file about once a second.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mesh_get(&tester, up.router, "/").await.0, 200);
+
+    // One scrape of the admin port sees the router and the replica.
+    let (status, metrics) = http(up.admin, "admin", "/metrics");
+    assert_eq!(status, 200);
+    let has = |needles: &[&str]| {
+        metrics
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    };
+    assert!(
+        has(&[
+            "istio_requests_total{",
+            "reporter=\"destination\"",
+            "source_principal=\"spiffe://cluster.local/ns/default/sa/tester\"",
+            "destination_principal=\"spiffe://cluster.local/ns/default/sa/hello-sa\"",
+            "response_code=\"200\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ]),
+        "{metrics}"
+    );
+    assert!(
+        has(&[
+            "istio_requests_total{",
+            "reporter=\"source\"",
+            "response_code=\"403\""
+        ]),
+        "{metrics}"
+    );
+    assert!(
+        has(&[
+            "revision_request_count{",
+            "revision_name=\"hello-00001\"",
+            "container_name=\"queue\""
+        ]),
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics
+            .matches("# TYPE istio_requests_total counter")
+            .count(),
+        1,
+        "families merged"
+    );
+    // One JSON access-log line per request, the replica's included.
+    let log = up.log();
+    assert!(
+        log.lines().any(|l| l.contains("\"reporter\":\"queue\"")
+            && l.contains("\"source_principal\":\"spiffe://cluster.local/ns/default/sa/tester\"")),
+        "{log}"
+    );
+    drop(up);
+    let _ = std::fs::remove_dir_all(dir);
+}
