@@ -1,10 +1,14 @@
-//! Sweeps the pattern policy's per-time-of-day exchange rate (and the oracle that knows the
-//! true rate curve) on one trace, next to the KPA, through the real simulator.
+//! The pattern policy's per-time-of-day table on one trace, through the real simulator
+//! (default settings: cold start 2 s, service time 100 ms, concurrency 1): the KPA, the
+//! policy before the table (online estimate only), the policy with it, and, for memoryless
+//! kinds (diurnal, poisson), the oracle that plans on the generator's true rates
+//! (1-minute slots). Optional fixed exchange rates `c` (warm while rate × c ≥ 1) sweep the
+//! cold-start / replica-second trade-off for the learned table and the oracle.
 //!
-//! `cargo run -p sluice-autoscaler --example diurnal_sweep -- SPEC [EXCHANGE_S,...]`
-//! where SPEC is a trace file, or `KIND:SEED:HOURS` to generate one. With `HOURS` > 24 the
-//! last lines also give each policy's totals after the first day (the run minus a run of
-//! the first 24 h alone), which is where a learned daily table acts.
+//! `cargo run -p sluice-autoscaler --example diurnal_sweep -- SPEC [C_SECONDS,...|-]`
+//! where SPEC is a trace file, or `KIND:SEED:HOURS` to generate one. When the trace is
+//! longer than a day the last columns give each policy's totals after the first day (the
+//! run minus a run of the first 24 h alone), which is where a learned daily table acts.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
@@ -15,11 +19,25 @@ use sluice_autoscaler::sim::{
 };
 use sluice_core::ScalePolicy;
 
+/// The simulator's settings: the defaults, or `COLD_MS`, `SERVICE_MS` and `CONCURRENCY`
+/// from the environment.
+fn sim_config(policy: ScalePolicy) -> SimConfig {
+    let env = |k: &str| std::env::var(k).ok().map(|v| v.parse::<u64>().unwrap());
+    let mut cfg = SimConfig::new(policy, env("CONCURRENCY").unwrap_or(1) as u32);
+    if let Some(ms) = env("COLD_MS") {
+        cfg.cold_start = Duration::from_millis(ms);
+    }
+    if let Some(ms) = env("SERVICE_MS") {
+        cfg.service_time = Duration::from_millis(ms);
+    }
+    cfg
+}
+
 fn run(trace: &[Arrival], pattern: Option<PatternConfig>) -> SimReport {
     match pattern {
-        None => simulate(trace, &SimConfig::new(ScalePolicy::Kpa, 1)),
+        None => simulate(trace, &sim_config(ScalePolicy::Kpa)),
         Some(p) => {
-            let mut cfg = SimConfig::new(ScalePolicy::Pattern, 1);
+            let mut cfg = sim_config(ScalePolicy::Pattern);
             cfg.pattern = p;
             simulate(trace, &cfg)
         }
@@ -46,7 +64,12 @@ fn main() {
     let spec = args.first().expect("SPEC");
     let exchanges: Vec<u64> = args
         .get(1)
-        .map(|s| s.split(',').filter(|x| *x != "-").map(|x| x.parse().unwrap()).collect())
+        .map(|s| {
+            s.split(',')
+                .filter(|x| *x != "-")
+                .map(|x| x.parse().unwrap())
+                .collect()
+        })
         .unwrap_or_else(|| vec![62]);
     let (text, kind) = match spec.split(':').collect::<Vec<_>>()[..] {
         [k, seed, hours] => {
@@ -74,11 +97,29 @@ fn main() {
     let multi_day = trace.len() > first_day.len();
     let oracle = kind.and_then(|k| true_daily_rates(k, 1440));
 
-    let mut rows: Vec<(String, Option<PatternConfig>)> =
-        vec![("kpa".into(), None), ("pattern (planned)".into(), Some(base()))];
+    let mut rows: Vec<(String, Option<PatternConfig>)> = vec![
+        ("kpa".into(), None),
+        (
+            "pattern before (no table)".into(),
+            Some(PatternConfig {
+                daily_quiet_limit: -1.0,
+                ..base()
+            }),
+        ),
+        ("pattern (daily table)".into(), Some(base())),
+    ];
+    if std::env::var_os("ZERO_TABLE").is_some() {
+        rows.push((
+            "given all-quiet table".into(),
+            Some(PatternConfig {
+                daily_rates: Some(vec![0.0; 96]),
+                ..base()
+            }),
+        ));
+    }
     if let Some(rates) = &oracle {
         rows.push((
-            "oracle (planned)".into(),
+            "oracle (true rates, planned)".into(),
             Some(PatternConfig {
                 daily_rates: Some(rates.clone()),
                 ..base()
@@ -108,7 +149,9 @@ fn main() {
     let kpa = run(&trace, None);
     let kpa_day1 = multi_day.then(|| run(&first_day, None));
     println!("{spec}: {} requests", trace.len());
-    println!("| policy | cold | ratio | replica-s | ratio | after day 1: cold | ratio | replica-s | ratio |");
+    println!(
+        "| policy | cold | ratio | replica-s | ratio | after day 1: cold | ratio | replica-s | ratio |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, cfg) in rows {
         let r = if cfg.is_none() {

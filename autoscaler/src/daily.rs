@@ -313,7 +313,11 @@ mod tests {
         t.record_idle(1000.0, 1450.0, false);
         t.advance(DAY_SECS);
         assert_eq!(t.rate_at(0.0), Some(0.0), "slot 0: no arrival in 100 s");
-        assert_eq!(t.rate_at(900.0), Some(1.0 / 550.0), "slot 1: 1 over 100 + 450 s");
+        assert_eq!(
+            t.rate_at(900.0),
+            Some(1.0 / 550.0),
+            "slot 1: 1 over 100 + 450 s"
+        );
         // Smoothed over ±1 slot: slots 95, 0, 1 hold 1 end over 650 s.
         let mut s = DailyRates::new(96, 1, 0.5);
         s.record_idle(800.0, 1000.0, true);

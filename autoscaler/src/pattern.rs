@@ -43,6 +43,19 @@
 //! with the time of day, and the running idle time counts as evidence against a high rate,
 //! so a hold ends soon after the rate drops. Memory stays bounded: a handful of numbers.
 //!
+//! An online estimate must first see a rate change before it follows it. From the second
+//! day on the policy does not have to: it also keeps a per-time-of-day table of the same
+//! rate ([`DailyRates`]: 15-minute slots over a day from the model's origin, read smoothed
+//! over ±2 slots, older days weighing half as much per day) and plans each day from it
+//! ([`plan_warm`]): which slots to keep one replica warm through (pre-warming one lead
+//! before they start) and which to give back as soon as the revision is quiet, warming the
+//! busiest slots first while the day's *expected* replica-seconds stay within the KPA's
+//! (memoryless arrivals; the KPA keep-alive, the cold start learned and how long a zeroed
+//! replica lingers give the costs). Once the table holds a whole day it decides instead of
+//! the online estimate, unless the revision has been quiet through more than 8 arrivals
+//! the table expected (today does not follow the table: the online estimate decides, and a
+//! revision whose traffic stopped is not pre-warmed from memory day after day).
+//!
 //! While there is neither (too few gaps) it advises nothing and the KPA decides alone;
 //! under load the decider never goes below what the KPA provisions.
 
@@ -165,7 +178,8 @@ pub enum Advice {
     Hold,
 }
 
-/// The online idle-time model of one revision (about 1 KiB, whatever the traffic).
+/// The online idle-time model of one revision (about 1 KiB inline, plus the daily table's
+/// four rows of 96 numbers and the 96-flag plan on the heap, whatever the traffic).
 #[derive(Debug)]
 pub struct Pattern {
     config: PatternConfig,
@@ -703,6 +717,17 @@ mod tests {
         assert_eq!(bin_of(Duration::from_secs(u64::MAX / 4)), BINS - 1);
         assert_eq!(bin_of(Duration::ZERO), 0);
         assert!(std::mem::size_of::<Pattern>() < 2048);
+        // The daily table is bounded too, whatever the knobs or the given rates.
+        let p = Pattern::new(PatternConfig {
+            daily_slots: usize::MAX,
+            ..PatternConfig::default()
+        });
+        assert_eq!(p.daily().slots(), crate::daily::MAX_SLOTS);
+        let p = Pattern::new(PatternConfig {
+            daily_rates: Some(vec![0.1; 100_000]),
+            ..PatternConfig::default()
+        });
+        assert_eq!(p.daily().slots(), crate::daily::MAX_SLOTS);
     }
     /// 6 h slots of 0.001, 0.1, 0.001 and 0.02 arrivals/s known up front: with the KPA
     /// keeping 62 s, the plan warms only slot 1 (06:00–12:00; see `daily::tests`).
@@ -721,7 +746,11 @@ mod tests {
         let mut p = Pattern::new(given_table());
         p.activity(t0); // the origin: 00:00
         p.activity(t0 + h6 - secs(60));
-        assert_eq!(p.advise(t0 + h6 - secs(58), secs(2), k), Advice::Kpa, "< zero_after");
+        assert_eq!(
+            p.advise(t0 + h6 - secs(58), secs(2), k),
+            Advice::Kpa,
+            "< zero_after"
+        );
         assert_eq!(p.advise(t0 + h6 - secs(30), secs(2), k), Advice::Zero);
         // One lead (tick 2 + cold start 2 + margin 2 = 6 s) before 06:00: pre-warm.
         assert_eq!(p.advise(t0 + h6 - secs(7), secs(2), k), Advice::Zero);
@@ -737,7 +766,10 @@ mod tests {
         p.activity(t0 + day + h6);
         assert_eq!(p.advise(t0 + day + h6 + secs(10), secs(2), k), Advice::Warm);
         p.activity(t0 + day + h6 * 3);
-        assert_eq!(p.advise(t0 + day + h6 * 3 + secs(10), secs(2), k), Advice::Zero);
+        assert_eq!(
+            p.advise(t0 + day + h6 * 3 + secs(10), secs(2), k),
+            Advice::Zero
+        );
         // A longer KPA keep-alive raises the budget (expected replica-seconds 48 259 at
         // 150 s): the 0.02/s slot (43 630 with it) fits too.
         assert_eq!(
@@ -775,8 +807,14 @@ mod tests {
         let rate = p.daily().rate_at(86_400.0 + 7.0 * 3600.0).unwrap();
         assert!((rate - 0.0625).abs() < 0.001, "{rate}");
         let k = secs(62);
-        assert_eq!(p.advise(day + secs(5 * 3600 + 30), secs(2), k), Advice::Zero);
+        assert_eq!(
+            p.advise(day + secs(5 * 3600 + 30), secs(2), k),
+            Advice::Zero
+        );
         assert_eq!(p.advise(day + secs(6 * 3600 - 5), secs(2), k), Advice::Warm);
-        assert_eq!(p.advise(day + secs(6 * 3600 + 30), secs(2), k), Advice::Warm);
+        assert_eq!(
+            p.advise(day + secs(6 * 3600 + 30), secs(2), k),
+            Advice::Warm
+        );
     }
 }

@@ -545,9 +545,9 @@ mod tests {
     fn a_daily_table_halves_the_kpa_cold_starts_from_the_second_day() {
         // Diurnal seed 22, three days (not a committed trace). From day 2 on the policy
         // keeps warm the slots the day before says are busy, planned to the KPA's
-        // expected replica-seconds. Measured after day 1: 138 vs KPA 276 cold starts
+        // expected replica-seconds. Measured after day 1: 139 vs KPA 278 cold starts
         // (0.500×) at 0.9955× its replica-seconds; without the table (the online
-        // estimate alone) 0.67× at 0.98×.
+        // estimate alone) 175 (0.63×) at 0.988×.
         let trace = parse_trace(&generate(TraceKind::Diurnal, 22, 72.0)).unwrap();
         let (kpa_cold, kpa_rs) = after_first_day(&trace, &SimConfig::new(ScalePolicy::Kpa, 1));
         let (cold, rs) = after_first_day(&trace, &pattern_with(PatternConfig::default()));
