@@ -145,14 +145,8 @@ impl DailyRates {
     }
 
     /// Moves the table's clock to `secs` (folds finished days) without recording anything.
-    /// A given table only counts the days.
     pub fn advance(&mut self, secs: f64) {
-        if !secs.is_finite() {
-            return;
-        }
-        if self.given.is_some() {
-            self.day = self.day.max(Self::day_of(secs));
-        } else {
+        if self.given.is_none() && secs.is_finite() {
             self.roll_to(secs);
         }
     }
@@ -162,8 +156,8 @@ impl DailyRates {
         self.slot_secs
     }
 
-    /// Days since the origin the table has seen (changes each time a day is folded in);
-    /// lets a caller re-plan only when the table changed.
+    /// Folded-in days so far (changes each time a day is folded in); lets a caller re-plan
+    /// only when the table changed.
     pub fn generation(&self) -> u64 {
         self.day
     }

@@ -51,11 +51,7 @@
 //! before they start) and which to give back as soon as the revision is quiet, warming the
 //! busiest slots first while the day's *expected* replica-seconds stay within the KPA's
 //! (memoryless arrivals; the KPA keep-alive, the cold start learned and how long a zeroed
-//! replica lingers give the costs). That model is only a model, so the policy also keeps
-//! books each day: what it held while the revision was quiet, and what the KPA would have
-//! held on the same gaps (its keep-alive, and a start after each longer gap). After a day
-//! the plan ran, the next budget is scaled by KPA / own, at most 3 % a day and within
-//! ±10 % ([`correct_budget`]). Once the table holds a whole day it decides instead of
+//! replica lingers give the costs). Once the table holds a whole day it decides instead of
 //! the online estimate, unless the revision has been quiet through more than 8 arrivals
 //! the table expected (today does not follow the table: the online estimate decides, and a
 //! revision whose traffic stopped is not pre-warmed from memory day after day).
@@ -219,41 +215,6 @@ pub struct Pattern {
     /// integrated up to `expected_at`.
     expected_quiet: f64,
     expected_at: Option<Instant>,
-    /// Today's books: what the policy and (counterfactually) the KPA spent while quiet.
-    books: Books,
-    /// Scales the plan's budget: learned from the days the plan ran (see [`correct_budget`]).
-    correction: f64,
-    /// The last decision seen: when, and how many replicas it asked for.
-    last_scaled: Option<(Instant, u32)>,
-}
-
-/// One day's replica-seconds while the revision was quiet (idle beyond `zero_after`): what
-/// the policy held, and what the KPA would have held on the same gaps (its keep-alive, plus
-/// a start for each gap longer than that).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct Books {
-    /// The table generation (day) the books are for.
-    day: u64,
-    /// Whether the daily plan decided that day.
-    planned: bool,
-    quiet: f64,
-    own: f64,
-    kpa: f64,
-}
-
-/// The next budget correction after a day the plan ran: the day's replica-seconds were
-/// `own` for the policy and `kpa` for the KPA (counterfactually, on the same gaps). The
-/// plan's cost model is only a model (the KPA's keep-alive and a zeroed replica's linger
-/// vary with the settings), so the budget is scaled by `kpa / own`, at most 3 % a day and
-/// to within 0.9 … 1.1 overall.
-pub fn correct_budget(correction: f64, own: f64, kpa: f64) -> f64 {
-    if !correction.is_finite() {
-        return 1.0;
-    }
-    if !(own > 0.0 && kpa > 0.0 && own.is_finite() && kpa.is_finite()) {
-        return correction.clamp(0.9, 1.1);
-    }
-    (correction * (kpa / own).clamp(0.97, 1.03)).clamp(0.9, 1.1)
 }
 
 fn bin_of(idle: Duration) -> usize {
@@ -291,9 +252,6 @@ impl Pattern {
             plan: None,
             expected_quiet: 0.0,
             expected_at: None,
-            books: Books::default(),
-            correction: 1.0,
-            last_scaled: None,
             cold_start: config.initial_cold_start,
             config,
             counts: [0.0; BINS],
@@ -331,7 +289,6 @@ impl Pattern {
     /// two seconds since the last activity is an idle period and goes into the histogram.
     pub fn activity(&mut self, now: Instant) {
         let origin = *self.origin.get_or_insert(now);
-        self.book_quiet(now);
         if let Some(last) = self.last_active {
             let idle = now.saturating_duration_since(last);
             if idle >= Duration::from_secs(2) {
@@ -346,19 +303,6 @@ impl Pattern {
                 self.idle_ends += 1.0;
                 self.idle_secs += (idle - self.config.zero_after).as_secs_f64();
                 self.settle(idle);
-                // The books: the KPA would have held its keep-alive (and started a replica
-                // after a longer gap); the policy paid a start if it was at zero.
-                let k = self.keep_alive.as_secs_f64();
-                let zero_after = self.config.zero_after.as_secs_f64();
-                let gap = idle.as_secs_f64();
-                let cold = self.cold_start.as_secs_f64();
-                self.books.kpa += (gap.min(k) - zero_after).max(0.0);
-                if gap > k {
-                    self.books.kpa += cold;
-                }
-                if matches!(self.last_scaled, Some((_, 0))) {
-                    self.books.own += cold;
-                }
                 let from = (last + self.config.zero_after).saturating_duration_since(origin);
                 let to = now.saturating_duration_since(origin);
                 self.daily
@@ -394,25 +338,9 @@ impl Pattern {
         self.budget
     }
 
-    /// Books the quiet time since the last decision (or the end of the last quiet
-    /// stretch booked) up to `now`, with the replicas that decision held.
-    fn book_quiet(&mut self, now: Instant) {
-        if let (Some((at, held)), Some(last)) = (self.last_scaled, self.last_active) {
-            let quiet_from = (last + self.config.zero_after).max(at);
-            let quiet = now.saturating_duration_since(quiet_from).as_secs_f64();
-            self.books.quiet += quiet;
-            self.books.own += quiet * f64::from(held);
-            if quiet > 0.0 {
-                self.last_scaled = Some((now, held));
-            }
-        }
-    }
-
     /// Tells the model the revision's scale moved: a 0 → >0 decision at `now` starts timing
     /// a cold start, and the first tick with a ready replica ends it.
     pub fn scaled(&mut self, now: Instant, was_zero: bool, desired: u32, ready: u32) {
-        self.book_quiet(now);
-        self.last_scaled = Some((now, desired));
         if was_zero && desired > 0 && self.activating_since.is_none() {
             self.activating_since = Some(now);
         }
@@ -489,29 +417,6 @@ impl Pattern {
         &self.daily
     }
 
-    /// At a new day: a day the plan ran corrects the budget by how the policy's spend
-    /// compared with the KPA's on the same gaps (busy time counts the same for both).
-    fn close_books(&mut self) {
-        let day = self.daily.generation();
-        if day == self.books.day {
-            return;
-        }
-        let b = self.books;
-        if b.planned && b.quiet > 0.0 {
-            let busy = (crate::daily::DAY_SECS - b.quiet).max(0.0);
-            self.correction = correct_budget(self.correction, busy + b.own, busy + b.kpa);
-        }
-        self.books = Books {
-            day,
-            ..Books::default()
-        };
-    }
-
-    /// The plan's budget correction learned so far (1 until a planned day has passed).
-    pub fn budget_correction(&self) -> f64 {
-        self.correction
-    }
-
     /// Whether the daily plan keeps the slot of `at` (seconds since the origin) or the one
     /// `lead` later warm: with `daily_exchange` set, a slot is warm while its rate × that
     /// ≥ 1; else per the plan for the KPA keep-alive `k` ([`plan_warm`], re-planned when
@@ -527,7 +432,6 @@ impl Pattern {
             return Some(rates.iter().flatten().any(|r| r * c >= 1.0));
         }
         let generation = self.daily.generation();
-        self.books.planned = true;
         let fresh = matches!(&self.plan, Some((g, pk, _)) if *g == generation && *pk == k);
         if !fresh {
             let rates = self.daily.rates()?;
@@ -540,7 +444,7 @@ impl Pattern {
                 &rates,
                 self.daily.slot_secs(),
                 costs,
-                self.config.daily_budget * self.correction,
+                self.config.daily_budget,
             );
             self.plan = Some((generation, k, warm));
         }
@@ -557,7 +461,6 @@ impl Pattern {
         let origin = *self.origin.get_or_insert(now);
         let since_origin = now.saturating_duration_since(origin).as_secs_f64();
         self.daily.advance(since_origin);
-        self.close_books();
         let Some(last) = self.last_active else {
             return Advice::Kpa;
         };
@@ -913,44 +816,5 @@ mod tests {
             p.advise(day + secs(6 * 3600 + 30), secs(2), k),
             Advice::Warm
         );
-    }
-    #[test]
-    fn the_budget_correction_moves_at_most_3_percent_a_day_within_10_percent() {
-        assert!((correct_budget(1.0, 101.0, 100.0) - 100.0 / 101.0).abs() < 1e-12);
-        assert_eq!(correct_budget(1.0, 50.0, 100.0), 1.03);
-        assert_eq!(correct_budget(1.0, 100.0, 50.0), 0.97);
-        assert_eq!(correct_budget(1.09, 50.0, 100.0), 1.1);
-        assert_eq!(correct_budget(0.91, 100.0, 50.0), 0.9);
-        assert_eq!(correct_budget(1.0, 0.0, 100.0), 1.0);
-        assert_eq!(correct_budget(1.05, f64::NAN, 100.0), 1.05);
-        assert_eq!(correct_budget(f64::NAN, 100.0, 100.0), 1.0);
-    }
-
-    #[test]
-    fn a_planned_day_that_spent_more_than_the_kpa_lowers_the_next_budget() {
-        // Every slot busy enough to be warm (0.1/s known up front), but arrivals come only
-        // every 200 s: the policy holds its replica all day, while the KPA would have held
-        // each gap 62 s (58 s of it quiet) plus a 2 s start. The books say the policy spent
-        // far more: the next day's budget drops by the daily limit, 3 %.
-        let t0 = Instant::now();
-        let k = secs(62);
-        let mut p = Pattern::new(PatternConfig {
-            daily_rates: Some(vec![0.1; 4]),
-            ..PatternConfig::default()
-        });
-        p.activity(t0);
-        let mut t = t0;
-        while t < t0 + secs(86_398) {
-            t += secs(2);
-            if (t - t0).as_secs() % 200 == 0 {
-                p.activity(t);
-            }
-            p.advise(t, secs(2), k);
-            p.scaled(t, false, 1, 1);
-        }
-        assert_eq!(p.budget_correction(), 1.0, "books close at the next day");
-        t += secs(2);
-        p.advise(t, secs(2), k);
-        assert_eq!(p.budget_correction(), 0.97);
     }
 }
