@@ -116,10 +116,9 @@ pub struct PatternConfig {
     /// Rates known up front, one per slot over the day from the model's origin (the
     /// simulator's oracle bound); `None`: learned from the days seen.
     pub daily_rates: Option<Vec<f64>>,
-    /// Once the table is trusted, a slot is kept warm while its rate is at least a
-    /// threshold, and given back early otherwise. The threshold is planned from the table
-    /// each day ([`plan_threshold`]) so that the day's expected replica-seconds stay within
-    /// this fraction of the KPA's.
+    /// Once the table is trusted, each day is planned from it ([`plan_warm`]): the busiest
+    /// slots are kept warm, the rest given back early, so that the day's expected
+    /// replica-seconds stay within this fraction of the KPA's.
     pub daily_budget: f64,
     /// How long a replica lingers after a request in a slot given back early: the panic
     /// window must empty and a tick pass before the policy may let it go.
@@ -729,6 +728,7 @@ mod tests {
         });
         assert_eq!(p.daily().slots(), crate::daily::MAX_SLOTS);
     }
+
     /// 6 h slots of 0.001, 0.1, 0.001 and 0.02 arrivals/s known up front: with the KPA
     /// keeping 62 s, the plan warms only slot 1 (06:00–12:00; see `daily::tests`).
     fn given_table() -> PatternConfig {
