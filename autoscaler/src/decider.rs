@@ -101,6 +101,14 @@ impl Decider {
         }
     }
 
+    /// Replaces the pattern policy's knobs (and forgets what it learned); nothing for a
+    /// KPA revision.
+    pub fn set_pattern_config(&mut self, config: PatternConfig) {
+        if self.pattern.is_some() {
+            self.pattern = Some(Pattern::new(config));
+        }
+    }
+
     /// Sets the decision interval the pattern policy plans its pre-warm lead with.
     pub fn set_tick(&mut self, tick: Duration) {
         self.tick = tick;

@@ -13,6 +13,7 @@
 //! Not here: applying decisions (the controller's `Runtime`), measuring load (the queue
 //! layer and activator in `sluice-activator`), parsing annotations (`sluice-crds`).
 
+pub mod daily;
 mod decider;
 pub mod kpa;
 pub mod pattern;

@@ -43,12 +43,27 @@
 //! with the time of day, and the running idle time counts as evidence against a high rate,
 //! so a hold ends soon after the rate drops. Memory stays bounded: a handful of numbers.
 //!
+//! An online estimate must first see a rate change before it follows it. From the second
+//! day on the policy does not have to: it also keeps a per-time-of-day table of the same
+//! rate ([`DailyRates`]: 15-minute slots over a day from the model's origin, read smoothed
+//! over ±2 slots, older days weighing half as much per day) and plans each day from it
+//! ([`plan_warm`]): which slots to keep one replica warm through (pre-warming one lead
+//! before they start) and which to give back as soon as the revision is quiet, warming the
+//! busiest slots first while the day's *expected* replica-seconds stay within the KPA's
+//! (memoryless arrivals; the KPA keep-alive, the cold start learned and how long a zeroed
+//! replica lingers give the costs). Once the table holds a whole day it decides instead of
+//! the online estimate, unless the revision has been quiet through more than 8 arrivals
+//! the table expected (today does not follow the table: the online estimate decides, and a
+//! revision whose traffic stopped is not pre-warmed from memory day after day).
+//!
 //! While there is neither (too few gaps) it advises nothing and the KPA decides alone;
 //! under load the decider never goes below what the KPA provisions.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::daily::{DailyRates, PlanCosts, plan_warm};
 
 /// Bins per doubling of idle time (bin edges grow by 2^(1/8) ≈ 9 %).
 const BINS_PER_DOUBLING: f64 = 8.0;
@@ -92,6 +107,31 @@ pub struct PatternConfig {
     pub hold_allowance: f64,
     /// The most replica-seconds the budget saves up.
     pub max_budget: Duration,
+    /// Slots per day of the per-time-of-day rate table (96: 15 minutes).
+    pub daily_slots: usize,
+    /// The table reads each slot's rate smoothed over this many neighbours on each side.
+    pub daily_smooth: usize,
+    /// Each older day weighs this much less in the table.
+    pub daily_day_decay: f64,
+    /// Rates known up front, one per slot over the day from the model's origin (the
+    /// simulator's oracle bound); `None`: learned from the days seen.
+    pub daily_rates: Option<Vec<f64>>,
+    /// Once the table is trusted, each day is planned from it ([`plan_warm`]): the busiest
+    /// slots are kept warm, the rest given back early, so that the day's expected
+    /// replica-seconds stay within this fraction of the KPA's.
+    pub daily_budget: f64,
+    /// How long a replica lingers after a request in a slot given back early: the panic
+    /// window must empty and a tick pass before the policy may let it go.
+    pub daily_zero_linger: Duration,
+    /// A fixed exchange rate instead of the plan (to sweep the trade-off): a slot is warm
+    /// while its rate × this ≥ 1, i.e. a cold start is worth this many replica-seconds.
+    pub daily_exchange: Option<Duration>,
+    /// The table is set aside (the online estimate decides) while the revision has been
+    /// quiet through more arrivals than this that the table expected since its last
+    /// activity: a memoryless quiet that long has probability `e^−8` ≈ 0.03 %, so today's
+    /// traffic does not follow the table (it stopped, or the day's shape changed), and a
+    /// revision whose traffic stopped is not pre-warmed by its memory day after day.
+    pub daily_quiet_limit: f64,
 }
 
 impl Default for PatternConfig {
@@ -111,6 +151,14 @@ impl Default for PatternConfig {
             zero_below: std::f64::consts::LN_2,
             hold_allowance: 0.02,
             max_budget: Duration::from_secs(3600),
+            daily_slots: 96,
+            daily_smooth: 2,
+            daily_day_decay: 0.5,
+            daily_rates: None,
+            daily_budget: 1.0,
+            daily_zero_linger: Duration::from_secs(8),
+            daily_exchange: None,
+            daily_quiet_limit: 8.0,
         }
     }
 }
@@ -129,7 +177,8 @@ pub enum Advice {
     Hold,
 }
 
-/// The online idle-time model of one revision (about 1 KiB, whatever the traffic).
+/// The online idle-time model of one revision (about 1 KiB inline, plus the daily table's
+/// four rows of 96 numbers and the 96-flag plan on the heap, whatever the traffic).
 #[derive(Debug)]
 pub struct Pattern {
     config: PatternConfig,
@@ -154,6 +203,17 @@ pub struct Pattern {
     /// an early zero, and the longest it lasted under a hold past the KPA's keep-alive.
     zeroed_at: Option<Duration>,
     held_to: Option<Duration>,
+    /// Where the daily period starts: the first time the model saw the clock.
+    origin: Option<Instant>,
+    /// Per-time-of-day arrival rates after idle.
+    daily: DailyRates,
+    /// The warm plan (one flag a slot), with the table generation and the KPA keep-alive
+    /// it was planned for.
+    plan: Option<(u64, Duration, Vec<bool>)>,
+    /// Arrivals the table expected since the revision went quiet (beyond `zero_after`),
+    /// integrated up to `expected_at`.
+    expected_quiet: f64,
+    expected_at: Option<Instant>,
 }
 
 fn bin_of(idle: Duration) -> usize {
@@ -177,7 +237,20 @@ fn upper_edge(bin: usize) -> Duration {
 impl Pattern {
     /// An empty model.
     pub fn new(config: PatternConfig) -> Self {
+        let daily = match &config.daily_rates {
+            Some(rates) => DailyRates::with_rates(rates),
+            None => DailyRates::new(
+                config.daily_slots,
+                config.daily_smooth,
+                config.daily_day_decay,
+            ),
+        };
         Self {
+            origin: None,
+            daily,
+            plan: None,
+            expected_quiet: 0.0,
+            expected_at: None,
             cold_start: config.initial_cold_start,
             config,
             counts: [0.0; BINS],
@@ -214,6 +287,7 @@ impl Pattern {
     /// Records activity (a request arriving or running) seen at `now`. A gap of at least
     /// two seconds since the last activity is an idle period and goes into the histogram.
     pub fn activity(&mut self, now: Instant) {
+        let origin = *self.origin.get_or_insert(now);
         if let Some(last) = self.last_active {
             let idle = now.saturating_duration_since(last);
             if idle >= Duration::from_secs(2) {
@@ -228,11 +302,17 @@ impl Pattern {
                 self.idle_ends += 1.0;
                 self.idle_secs += (idle - self.config.zero_after).as_secs_f64();
                 self.settle(idle);
+                let from = (last + self.config.zero_after).saturating_duration_since(origin);
+                let to = now.saturating_duration_since(origin);
+                self.daily
+                    .record_idle(from.as_secs_f64(), to.as_secs_f64(), true);
             }
         }
         if self.last_active.is_none_or(|l| l < now) {
             self.last_active = Some(now);
         }
+        self.expected_quiet = 0.0;
+        self.expected_at = None;
     }
 
     /// Books an idle period of length `idle` that just ended against the KPA's keep-alive
@@ -331,11 +411,55 @@ impl Pattern {
         Some(ends / exposure)
     }
 
+    /// The per-time-of-day rate table.
+    pub fn daily(&self) -> &DailyRates {
+        &self.daily
+    }
+
+    /// Whether the daily plan keeps the slot of `at` (seconds since the origin) or the one
+    /// `lead` later warm: with `daily_exchange` set, a slot is warm while its rate × that
+    /// ≥ 1; else per the plan for the KPA keep-alive `k` ([`plan_warm`], re-planned when
+    /// the table or `k` changes). `None` while the table is not trusted.
+    pub fn daily_warm(&mut self, at: f64, lead: Duration, k: Duration) -> Option<bool> {
+        let ahead = at + lead.as_secs_f64();
+        if let Some(c) = self.config.daily_exchange {
+            let c = c.as_secs_f64();
+            let rates = [self.daily.rate_at(at), self.daily.rate_at(ahead)];
+            if rates.iter().all(Option::is_none) {
+                return None;
+            }
+            return Some(rates.iter().flatten().any(|r| r * c >= 1.0));
+        }
+        let generation = self.daily.generation();
+        let fresh = matches!(&self.plan, Some((g, pk, _)) if *g == generation && *pk == k);
+        if !fresh {
+            let rates = self.daily.rates()?;
+            let costs = PlanCosts {
+                kpa_keep_alive: k.as_secs_f64(),
+                zero_linger: self.config.daily_zero_linger.as_secs_f64(),
+                start: self.cold_start.as_secs_f64(),
+            };
+            let warm = plan_warm(
+                &rates,
+                self.daily.slot_secs(),
+                costs,
+                self.config.daily_budget,
+            );
+            self.plan = Some((generation, k, warm));
+        }
+        let (_, _, warm) = self.plan.as_ref()?;
+        let flag = |secs: f64| warm.get(self.daily.slot_of(secs)).copied().unwrap_or(false);
+        Some(flag(at) || flag(ahead))
+    }
+
     /// Advice at `now`, given the decision interval `tick` and how long the KPA keeps a
     /// replica after the last request (`kpa_keep_alive`: its stable window plus the
     /// scale-to-zero grace).
     pub fn advise(&mut self, now: Instant, tick: Duration, kpa_keep_alive: Duration) -> Advice {
         self.keep_alive = kpa_keep_alive;
+        let origin = *self.origin.get_or_insert(now);
+        let since_origin = now.saturating_duration_since(origin).as_secs_f64();
+        self.daily.advance(since_origin);
         let Some(last) = self.last_active else {
             return Advice::Kpa;
         };
@@ -356,6 +480,20 @@ impl Pattern {
                     Advice::Zero
                 };
             }
+        }
+        // From the second day on: the rate this time of day had on the days before, now
+        // and one pre-warm lead ahead (so a replica is ready when a busy slot starts).
+        let lead = tick + self.cold_start + self.config.margin;
+        let quiet_from = last + self.config.zero_after;
+        if let Some(rate) = self.daily.rate_at(since_origin) {
+            let from = self.expected_at.map_or(quiet_from, |at| at.max(quiet_from));
+            self.expected_quiet += rate * now.saturating_duration_since(from).as_secs_f64();
+            self.expected_at = Some(now);
+        }
+        if self.expected_quiet <= self.config.daily_quiet_limit
+            && let Some(warm) = self.daily_warm(since_origin, lead, kpa_keep_alive)
+        {
+            return if warm { Advice::Warm } else { Advice::Zero };
         }
         let Some(rate) = self.arrival_rate(now) else {
             return Advice::Kpa;
@@ -578,5 +716,105 @@ mod tests {
         assert_eq!(bin_of(Duration::from_secs(u64::MAX / 4)), BINS - 1);
         assert_eq!(bin_of(Duration::ZERO), 0);
         assert!(std::mem::size_of::<Pattern>() < 2048);
+        // The daily table is bounded too, whatever the knobs or the given rates.
+        let p = Pattern::new(PatternConfig {
+            daily_slots: usize::MAX,
+            ..PatternConfig::default()
+        });
+        assert_eq!(p.daily().slots(), crate::daily::MAX_SLOTS);
+        let p = Pattern::new(PatternConfig {
+            daily_rates: Some(vec![0.1; 100_000]),
+            ..PatternConfig::default()
+        });
+        assert_eq!(p.daily().slots(), crate::daily::MAX_SLOTS);
+    }
+
+    /// 6 h slots of 0.001, 0.1, 0.001 and 0.02 arrivals/s known up front: with the KPA
+    /// keeping 62 s, the plan warms only slot 1 (06:00–12:00; see `daily::tests`).
+    fn given_table() -> PatternConfig {
+        PatternConfig {
+            daily_rates: Some(vec![0.001, 0.1, 0.001, 0.02]),
+            ..PatternConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_daily_table_prewarms_before_a_busy_slot_and_zeros_quiet_ones() {
+        let t0 = Instant::now();
+        let k = secs(62);
+        let h6 = secs(6 * 3600);
+        let mut p = Pattern::new(given_table());
+        p.activity(t0); // the origin: 00:00
+        p.activity(t0 + h6 - secs(60));
+        assert_eq!(
+            p.advise(t0 + h6 - secs(58), secs(2), k),
+            Advice::Kpa,
+            "< zero_after"
+        );
+        assert_eq!(p.advise(t0 + h6 - secs(30), secs(2), k), Advice::Zero);
+        // One lead (tick 2 + cold start 2 + margin 2 = 6 s) before 06:00: pre-warm.
+        assert_eq!(p.advise(t0 + h6 - secs(7), secs(2), k), Advice::Zero);
+        assert_eq!(p.advise(t0 + h6 - secs(5), secs(2), k), Advice::Warm);
+        assert_eq!(p.advise(t0 + h6 + secs(60), secs(2), k), Advice::Warm);
+        // Quiet through 0.001 × 56 + 0.1 × 100 ≈ 10 expected arrivals (> 8): today does
+        // not follow the table; the online estimate (no rate yet) leaves it to the KPA.
+        assert_eq!(p.advise(t0 + h6 + secs(100), secs(2), k), Advice::Kpa);
+        p.activity(t0 + h6 + secs(101));
+        assert_eq!(p.advise(t0 + h6 + secs(110), secs(2), k), Advice::Warm);
+        // The same times of day repeat every day.
+        let day = secs(86_400);
+        p.activity(t0 + day + h6);
+        assert_eq!(p.advise(t0 + day + h6 + secs(10), secs(2), k), Advice::Warm);
+        p.activity(t0 + day + h6 * 3);
+        assert_eq!(
+            p.advise(t0 + day + h6 * 3 + secs(10), secs(2), k),
+            Advice::Zero
+        );
+        // A longer KPA keep-alive raises the budget (expected replica-seconds 48 259 at
+        // 150 s): the 0.02/s slot (43 630 with it) fits too.
+        assert_eq!(
+            p.advise(t0 + day + h6 * 3 + secs(12), secs(2), secs(150)),
+            Advice::Warm
+        );
+    }
+
+    #[test]
+    fn learns_a_day_then_follows_it_the_next_day() {
+        let t0 = Instant::now();
+        let mut p = Pattern::new(PatternConfig {
+            daily_slots: 4,
+            daily_smooth: 0,
+            daily_exchange: Some(secs(62)),
+            ..PatternConfig::default()
+        });
+        p.activity(t0);
+        // Day 0: 06:00–12:00 busy (irregular gaps of 10, 30, 15, 25 s: 4 arrivals after
+        // idle per 64 s idle beyond zero_after), quiet otherwise.
+        let mut t = t0 + secs(6 * 3600);
+        p.activity(t);
+        while t < t0 + secs(12 * 3600) {
+            for gap in [10, 30, 15, 25] {
+                t += secs(gap);
+                p.activity(t);
+            }
+        }
+        assert_eq!(p.daily().days(), 0.0);
+        // Day 1, 05:00: one arrival. Day 0 is folded in: slot 1's rate ≈ 1/16 per second
+        // (× 62 s ≥ 1: warm), slot 0 saw 6 h of quiet (rate 0: zero).
+        let day = t0 + secs(86_400);
+        p.activity(day + secs(5 * 3600));
+        assert_eq!(p.daily().days(), 1.0);
+        let rate = p.daily().rate_at(86_400.0 + 7.0 * 3600.0).unwrap();
+        assert!((rate - 0.0625).abs() < 0.001, "{rate}");
+        let k = secs(62);
+        assert_eq!(
+            p.advise(day + secs(5 * 3600 + 30), secs(2), k),
+            Advice::Zero
+        );
+        assert_eq!(p.advise(day + secs(6 * 3600 - 5), secs(2), k), Advice::Warm);
+        assert_eq!(
+            p.advise(day + secs(6 * 3600 + 30), secs(2), k),
+            Advice::Warm
+        );
     }
 }

@@ -5,7 +5,11 @@ a virtual clock). Prints one markdown table with pattern/KPA ratios, and the dec
 micro-benchmark (10,000 revisions ticked) when --micro is given.
 
 Usage: bench/autoscaler/run.py [--sluice PATH] [--cold-start MS] [--service-time MS]
-                               [--concurrency N] [--micro]
+                               [--concurrency N] [--micro] [--daily]
+With --daily it also runs the per-time-of-day study (`cargo run --example diurnal_sweep`,
+default simulator settings) on every committed trace and on freshly generated multi-day
+traces: KPA, the pattern policy before the daily table, with it, and the oracle that plans
+on the generator's true rates, with totals after the first day for traces longer than one.
 The sluice binary defaults to $SLUICE, else target/release/sluice, else target/debug/sluice
 (under $CARGO_TARGET_DIR when set).
 """
@@ -56,6 +60,9 @@ def main():
     p.add_argument("--service-time", type=int, default=100)
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--micro", action="store_true")
+    p.add_argument("--daily", action="store_true")
+    p.add_argument("--seeds", default="11,2026,5,7,8,21,22,23,24",
+                   help="diurnal seeds for the fresh 72 h traces of --daily")
     args = p.parse_args()
     sluice = find_sluice(args.sluice)
     traces = sorted((ROOT / "samples" / "traces").glob("*.csv"))
@@ -73,6 +80,14 @@ def main():
               f"| {k['p99_queue_ms']:.0f} | {q['p99_queue_ms']:.0f} | {ratio(q['p99_queue_ms'], k['p99_queue_ms'])} "
               f"| {k['replica_seconds']:.0f} | {q['replica_seconds']:.0f} "
               f"| {ratio(q['replica_seconds'], k['replica_seconds'], 3)} |")
+    if args.daily:
+        specs = [str(t) for t in traces]
+        specs += [f"diurnal:{seed}:72" for seed in args.seeds.split(",") if seed]
+        specs += ["poisson:78:72", "poisson:4:72", "bursty:77:72", "periodic:1:72"]
+        for spec in specs:
+            print()
+            subprocess.run(["cargo", "run", "-q", "-p", "sluice-autoscaler", "--example",
+                            "diurnal_sweep", "--", spec, "-"], check=True, cwd=ROOT)
     if args.micro:
         print()
         subprocess.run(["cargo", "bench", "-q", "-p", "sluice-autoscaler", "--bench", "decider"],

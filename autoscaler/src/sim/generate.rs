@@ -68,6 +68,43 @@ impl SplitMix64 {
     }
 }
 
+/// The diurnal trace's peak rate (requests per second, at 14:00).
+const DIURNAL_PEAK: f64 = 0.2;
+/// The diurnal trace's trough rate (at 02:00).
+const DIURNAL_TROUGH: f64 = 0.002;
+/// The Poisson trace's mean gap (seconds).
+const POISSON_GAP: f64 = 20.0;
+
+/// The diurnal trace's true arrival rate (per second) `t` seconds after 00:00.
+pub fn diurnal_rate(t: f64) -> f64 {
+    let phase = 2.0 * PI * (t / 86_400.0 - 14.0 / 24.0);
+    DIURNAL_TROUGH + (DIURNAL_PEAK - DIURNAL_TROUGH) * (1.0 + phase.cos()) / 2.0
+}
+
+/// The true arrival rate of a memoryless trace kind, averaged over each of `slots` equal
+/// slots of a day (the oracle's rate table); `None` for kinds that are not memoryless
+/// (periodic, bursty).
+pub fn true_daily_rates(kind: TraceKind, slots: usize) -> Option<Vec<f64>> {
+    let slots = slots.max(1);
+    let slot = 86_400.0 / slots as f64;
+    match kind {
+        TraceKind::Diurnal => Some(
+            (0..slots)
+                .map(|s| {
+                    // Midpoint rule over 60 points per slot.
+                    let n = 60;
+                    (0..n)
+                        .map(|k| diurnal_rate(slot * (s as f64 + (k as f64 + 0.5) / n as f64)))
+                        .sum::<f64>()
+                        / n as f64
+                })
+                .collect(),
+        ),
+        TraceKind::Poisson => Some(vec![1.0 / POISSON_GAP; slots]),
+        TraceKind::Periodic | TraceKind::Bursty => None,
+    }
+}
+
 /// Generates a trace of `hours` hours as CSV text (one `timestamp_seconds` a line, in
 /// order, with a `#` header comment naming the kind and seed).
 pub fn generate(kind: TraceKind, seed: u64, hours: f64) -> String {
@@ -95,11 +132,8 @@ pub fn generate(kind: TraceKind, seed: u64, hours: f64) -> String {
             }
         }
         TraceKind::Diurnal => {
-            let (peak, trough) = (0.2, 0.002);
-            let rate = |t: f64| {
-                let phase = 2.0 * PI * (t / 86_400.0 - 14.0 / 24.0);
-                trough + (peak - trough) * (1.0 + phase.cos()) / 2.0
-            };
+            let peak = DIURNAL_PEAK;
+            let rate = diurnal_rate;
             // Thinning: candidates at the peak rate, kept with probability rate/peak.
             let mut t = 0.0;
             loop {
@@ -113,10 +147,10 @@ pub fn generate(kind: TraceKind, seed: u64, hours: f64) -> String {
             }
         }
         TraceKind::Poisson => {
-            let mut t = rng.exp(20.0);
+            let mut t = rng.exp(POISSON_GAP);
             while t < end {
                 times.push(t);
-                t += rng.exp(20.0);
+                t += rng.exp(POISSON_GAP);
             }
         }
     }

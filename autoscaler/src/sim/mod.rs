@@ -8,6 +8,6 @@ mod generate;
 mod simulate;
 mod trace;
 
-pub use generate::{TraceKind, generate};
+pub use generate::{TraceKind, diurnal_rate, generate, true_daily_rates};
 pub use simulate::{SimConfig, SimReport, simulate};
 pub use trace::{Arrival, TraceError, parse_trace};
