@@ -108,6 +108,11 @@ impl Cache {
         old
     }
 
+    /// How many objects the cache holds.
+    pub(super) fn len(&self) -> usize {
+        self.objects.values().map(BTreeMap::len).sum()
+    }
+
     /// One object.
     pub(super) fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Value> {
         self.objects

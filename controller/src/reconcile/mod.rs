@@ -25,6 +25,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -44,7 +45,7 @@ use sluice_crds::runtime::{BUILTIN_RUNTIME, ServingRuntime, builtin_runtime};
 use sluice_crds::service::{Service, ServiceStatus};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::runtime::{ReplicaFailure, ReplicaSpec, Runtime};
+use crate::runtime::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime};
 use crate::store::{Change, Event, Store, StoreError};
 use cache::{Cache, KINDS, Key};
 use support::{
@@ -118,12 +119,61 @@ pub struct Controller<S: Store, R: Runtime> {
     dirty: BTreeSet<Key>,
     /// A full pass is due (start, lagged watch, runtime definitions changed, resync).
     full_due: bool,
-    /// Revisions the runtime had replicas for at the last runtime change.
-    runtime_known: HashSet<NamespacedName>,
+    /// The runtime's status of each revision at the last runtime change (only those that
+    /// differ from the default: no replicas, no failure), so that a change notification
+    /// marks only the revisions whose replicas changed.
+    runtime_seen: HashMap<NamespacedName, RevisionRuntimeStatus>,
     /// Host entries of the routing snapshot by the Route or InferenceService they come from.
     hosts: BTreeMap<(Kind, NamespacedName), Vec<HostEntry>>,
+    /// Counters of the passes run, shared with `stats` handles.
+    stats: PassStats,
     /// Every revision with the status its last pass computed (for the routing snapshot).
     observed: HashMap<NamespacedName, Revision>,
+}
+
+/// Counters of a controller's passes: how many ran, how many were full (re-reading the
+/// store), and how many objects their scopes held in all (a full pass counts every
+/// object). Cheap to clone; every clone reads the same counters.
+#[derive(Clone, Debug, Default)]
+pub struct PassStats(Arc<PassCounters>);
+
+#[derive(Debug, Default)]
+struct PassCounters {
+    passes: AtomicU64,
+    full: AtomicU64,
+    objects: AtomicU64,
+}
+
+/// A reading of `PassStats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassCount {
+    /// Passes run (full and incremental).
+    pub passes: u64,
+    /// Full passes among them.
+    pub full_passes: u64,
+    /// Objects in the scopes of all those passes.
+    pub objects: u64,
+}
+
+impl PassStats {
+    fn record(&self, full: bool, objects: usize) {
+        let c = &self.0;
+        c.passes.fetch_add(1, Ordering::Relaxed);
+        if full {
+            c.full.fetch_add(1, Ordering::Relaxed);
+        }
+        c.objects.fetch_add(objects as u64, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn read(&self) -> PassCount {
+        let c = &self.0;
+        PassCount {
+            passes: c.passes.load(Ordering::Relaxed),
+            full_passes: c.full.load(Ordering::Relaxed),
+            objects: c.objects.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The resync interval is at least this many times the last full pass's duration.
@@ -176,10 +226,16 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             cache: Cache::default(),
             dirty: BTreeSet::new(),
             full_due: true,
-            runtime_known: HashSet::new(),
+            runtime_seen: HashMap::new(),
             hosts: BTreeMap::new(),
             observed: HashMap::new(),
+            stats: PassStats::default(),
         }
+    }
+
+    /// A handle on the counters of this controller's passes (readable while it runs).
+    pub fn stats(&self) -> PassStats {
+        self.stats.clone()
     }
 
     fn host(&self, name: &str, namespace: &str) -> String {
@@ -237,6 +293,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 self.record_decision(d);
             }
             let started = tokio::time::Instant::now();
+            let counted = self.stats.read();
             let full = self.full_due || started >= next_resync;
             let result = if full {
                 self.reconcile_all().await
@@ -254,6 +311,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             tracing::debug!(
                 elapsed_ms = elapsed.as_secs_f64() * 1e3,
                 full,
+                objects = self.stats.read().objects - counted.objects,
                 "reconcile pass"
             );
             if full {
@@ -352,14 +410,28 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         self.dirty.insert((kind, namespace, name));
     }
 
-    /// Marks every revision the runtime has (or had) replicas for.
+    /// Marks the revisions whose replicas changed (started, became ready, failed, stopped)
+    /// since the last runtime change. The runtime's notification says only that something
+    /// changed; marking every revision it knows would make each notification a pass over
+    /// every revision (and each pass's own scale calls notify again).
     fn note_runtime_change(&mut self) {
-        let now: HashSet<NamespacedName> = self.runtime.revisions().into_iter().collect();
-        for key in now.iter().chain(self.runtime_known.iter()) {
+        let mut now: HashMap<NamespacedName, RevisionRuntimeStatus> = HashMap::new();
+        for key in self.runtime.revisions() {
+            let status = self.runtime.status(&key);
+            if status != RevisionRuntimeStatus::default() {
+                now.insert(key, status);
+            }
+        }
+        let changed = now
+            .iter()
+            .filter(|(k, s)| self.runtime_seen.get(*k) != Some(*s))
+            .map(|(k, _)| k)
+            .chain(self.runtime_seen.keys().filter(|k| !now.contains_key(*k)));
+        for key in changed {
             self.dirty
                 .insert((Kind::Revision, key.namespace.clone(), key.name.clone()));
         }
-        self.runtime_known = now;
+        self.runtime_seen = now;
     }
 
     /// Reconciles the objects of `changes` (notifications of the store's watch stream) and
@@ -498,6 +570,10 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     /// every input of what it computes is in the scope (see `cache`), and the routing
     /// snapshot is rebuilt from the host entries and revisions kept from earlier passes.
     async fn pass(&mut self, mut scope: Option<BTreeSet<Key>>) -> Result<(), ReconcileError> {
+        self.stats.record(
+            scope.is_none(),
+            scope.as_ref().map_or_else(|| self.cache.len(), BTreeSet::len),
+        );
         if !self.builtin_applied {
             let builtin = builtin_runtime();
             let value = encode(
