@@ -162,11 +162,18 @@ async fn an_isvc_edit_completes_from_notifications_alone_over_its_own_objects() 
     // No timer fired on the way: not the resync, not an autoscaler tick.
     assert_eq!(Instant::now(), edited_at, "the edit waited for a timer");
     let rev = store
-        .get(Kind::Revision, "default", &format!("{name}-predictor-00002"))
+        .get(
+            Kind::Revision,
+            "default",
+            &format!("{name}-predictor-00002"),
+        )
         .await
         .unwrap()
         .unwrap();
-    assert!(ready(&rev, None), "the new revision is Ready at zero: {rev}");
+    assert!(
+        ready(&rev, None),
+        "the new revision is Ready at zero: {rev}"
+    );
 
     quiesce().await;
     let after = stats.read();

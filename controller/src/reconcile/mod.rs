@@ -525,18 +525,28 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         self.pass(None).await
     }
 
-    /// Stores what `apply` wrote into the cache and, in an incremental pass, the scope.
-    async fn refresh_applied(
+    /// Applies derived objects (see `Store::apply_derived`) and stores them, as written,
+    /// into the cache and, in an incremental pass, the scope.
+    async fn apply_derived(
         &mut self,
-        applied: &[(Kind, Value)],
+        applied: Vec<(Kind, Value)>,
         scope: &mut Option<BTreeSet<Key>>,
     ) -> Result<(), ReconcileError> {
-        let mut keys = Vec::with_capacity(applied.len());
-        for (kind, value) in applied {
-            let (ns, name) = key_of(value);
-            let now = self.store.get(*kind, &ns, &name).await?;
-            self.cache.put(*kind, &ns, &name, now);
-            keys.push((*kind, ns, name));
+        let keys: Vec<Key> = applied
+            .iter()
+            .map(|(kind, value)| {
+                let (ns, name) = key_of(value);
+                (*kind, ns, name)
+            })
+            .collect();
+        let stored = self.store.apply_derived(applied).await?;
+        for ((kind, ns, name), now) in keys.iter().zip(stored) {
+            // Not written (its owner is gone): what the store holds, if anything.
+            let now = match now {
+                Some(now) => Some(now),
+                None => self.store.get(*kind, ns, name).await?,
+            };
+            self.cache.put(*kind, ns, name, now);
         }
         self.widen(scope, keys);
         Ok(())
@@ -572,7 +582,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     async fn pass(&mut self, mut scope: Option<BTreeSet<Key>>) -> Result<(), ReconcileError> {
         self.stats.record(
             scope.is_none(),
-            scope.as_ref().map_or_else(|| self.cache.len(), BTreeSet::len),
+            scope
+                .as_ref()
+                .map_or_else(|| self.cache.len(), BTreeSet::len),
         );
         if !self.builtin_applied {
             let builtin = builtin_runtime();
@@ -582,8 +594,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 &builtin,
             )?;
             let applied = vec![(Kind::ClusterServingRuntime, value)];
-            self.store.apply(applied.clone()).await?;
-            self.refresh_applied(&applied, &mut None).await?;
+            self.apply_derived(applied, &mut None).await?;
             self.builtin_applied = true;
         }
         let mut cluster: Vec<ServingRuntime> = self
@@ -661,9 +672,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 Err(no) => predictors.push(Err(no)),
             }
         }
-        if !to_apply.is_empty() {
-            self.store.apply(to_apply.clone()).await?;
-            self.refresh_applied(&to_apply, &mut scope).await?;
+        let services_applied = !to_apply.is_empty();
+        if services_applied {
+            self.apply_derived(to_apply, &mut scope).await?;
         }
         for (ns, name) in &stale_transformers {
             tracing::info!(service = %name, "transformer removed from its InferenceService; deleting its Service");
@@ -689,7 +700,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 .collect();
             self.widen(&mut scope, keys);
         }
-        if !to_apply.is_empty() || !stale_transformers.is_empty() || scope.is_some() {
+        if services_applied || !stale_transformers.is_empty() || scope.is_some() {
             services = self.typed(Kind::Service, &scope)?;
         }
 
@@ -715,8 +726,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         let (configs_changed, routes_changed) = (!new_configs.is_empty(), !new_routes.is_empty());
         new_configs.extend(new_routes);
         if !new_configs.is_empty() {
-            self.store.apply(new_configs.clone()).await?;
-            self.refresh_applied(&new_configs, &mut scope).await?;
+            self.apply_derived(new_configs, &mut scope).await?;
         }
         if configs_changed {
             configs = self.typed(Kind::Configuration, &scope)?;
@@ -774,8 +784,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
         drop((by_config, by_name));
         if !to_apply.is_empty() {
-            self.store.apply(to_apply.clone()).await?;
-            self.refresh_applied(&to_apply, &mut scope).await?;
+            self.apply_derived(to_apply, &mut scope).await?;
             revisions = self.typed(Kind::Revision, &scope)?;
         }
 
