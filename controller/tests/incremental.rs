@@ -174,6 +174,15 @@ async fn an_isvc_edit_completes_from_notifications_alone_over_its_own_objects() 
         ready(&rev, None),
         "the new revision is Ready at zero: {rev}"
     );
+    // Ready with no replica: the model is Pending, as KServe reports it with no pod.
+    let edited = store
+        .get(Kind::InferenceService, "default", name)
+        .await
+        .unwrap()
+        .unwrap();
+    let model = &edited["status"]["modelStatus"];
+    assert_eq!(model["states"]["targetModelState"], "Pending", "{model}");
+    assert_eq!(model["transitionStatus"], "InProgress", "{model}");
 
     quiesce().await;
     let after = stats.read();

@@ -1014,8 +1014,18 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             let url = self.url(&i.metadata.name, i.metadata.namespace());
             let transformer = transformer.as_ref().map(|k| service_status.get(k));
             let status = match predictor {
-                Ok(key) => isvc::isvc_status(i, Ok(service_status.get(key)), transformer, &url),
-                Err(no) => isvc::isvc_status(i, Err(no), transformer, &url),
+                Ok(key) => {
+                    let svc = service_status.get(key);
+                    let replicas = self.predictor_replicas(&key.namespace, svc);
+                    isvc::isvc_status(i, Ok(svc), &replicas, transformer, &url)
+                }
+                Err(no) => isvc::isvc_status(
+                    i,
+                    Err(no),
+                    &isvc::PredictorReplicas::default(),
+                    transformer,
+                    &url,
+                ),
             };
             self.write_status(&mut pending, Kind::InferenceService, raw, &status)?;
         }
@@ -1084,6 +1094,25 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             }
         });
         Ok(())
+    }
+
+    /// The replicas of a predictor's latest created revision, for `modelStatus`.
+    fn predictor_replicas(
+        &self,
+        namespace: &str,
+        svc: Option<&ServiceStatus>,
+    ) -> isvc::PredictorReplicas {
+        let Some(latest) = svc.and_then(|s| s.latest_created_revision_name.as_ref()) else {
+            return isvc::PredictorReplicas::default();
+        };
+        let rt = self
+            .runtime
+            .status(&NamespacedName::new(namespace, latest.clone()));
+        isvc::PredictorReplicas {
+            ready: rt.ready.len() as u32,
+            starting: rt.starting,
+            failure: rt.failure.map(|f| f.message),
+        }
     }
 
     /// Replicas a revision should have: the autoscaler's decision while it is routed (or
