@@ -208,3 +208,84 @@ async fn an_isvc_edit_completes_from_notifications_alone_over_its_own_objects() 
     task.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_the_watch_missed_is_found_by_the_resync_without_a_full_pass() {
+    let dir = std::env::temp_dir().join(format!("sluice-resync-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = SqliteStore::open(&dir).unwrap();
+    // A second connection to the same file: its writes notify nobody the controller hears.
+    let behind_its_back = SqliteStore::open(&dir).unwrap();
+    let runtime = LocalRuntime::new(LocalRuntimeConfig::new(PathBuf::from(
+        "/nonexistent/sluice",
+    )));
+    let (_stats_tx, stats_rx) = mpsc::channel(8);
+    let (dec_tx, dec_rx) = mpsc::channel(64);
+    let (autoscaler, _) = sluice_autoscaler::spawn(AutoscalerConfig::default(), stats_rx, dec_tx);
+    let (snap_tx, _snapshot) = watch::channel(Arc::new(RoutingSnapshot::default()));
+    let resync = Duration::from_secs(1);
+    let controller = Controller::new(
+        ControllerConfig {
+            domain: "example.test".into(),
+            url_port: None,
+            resync,
+            revision_history: 2,
+        },
+        store.clone(),
+        runtime,
+        autoscaler,
+        snap_tx,
+    );
+    let stats = controller.stats();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(controller.run(dec_rx, async {
+        let _ = stop_rx.await;
+    }));
+    let cluster = ClusterConfig {
+        allow_zero_initial_scale: true,
+    };
+    let mut changes = store.watch();
+    let files: Vec<ManifestFile> = (0..5)
+        .map(|i| file(isvc(&format!("m-{i:03}"), None)))
+        .collect();
+    apply_files_with(&store, &files, &cluster).await.unwrap();
+    until(&store, &mut changes, |items| {
+        items.len() == 5 && items.iter().all(|o| ready(o, None))
+    })
+    .await;
+    quiesce().await;
+    let before = stats.read();
+
+    let edited_at = Instant::now();
+    apply_files_with(
+        &behind_its_back,
+        &[file(isvc("m-003", Some(100)))],
+        &cluster,
+    )
+    .await
+    .unwrap();
+    // The controller's own status writes (through `store`) are what this waits on.
+    until(&store, &mut changes, |items| {
+        items
+            .iter()
+            .any(|o| o["metadata"]["name"] == "m-003" && ready(o, Some(2)))
+    })
+    .await;
+    let waited = Instant::now() - edited_at;
+    assert!(
+        waited > Duration::ZERO && waited <= resync * 2,
+        "found after {waited:?}: not by the next resync"
+    );
+    quiesce().await;
+    let after = stats.read();
+    assert_eq!(
+        after.full_passes, before.full_passes,
+        "the resync was a full pass"
+    );
+    // Only the edited InferenceService's objects were reconciled.
+    assert!(after.objects - before.objects <= (after.passes - before.passes) * FAMILY);
+
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

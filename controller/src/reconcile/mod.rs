@@ -5,12 +5,15 @@
 //! `isvc`, `service` and `revision`, writes what changed (objects and status), applies
 //! replica counts through the `Runtime`, and publishes a new routing snapshot.
 //!
-//! Passes are incremental: a store change, a runtime change or a changed scale decision
-//! marks objects, and the next pass reconciles only those and their scope (owner chain,
-//! dependents, and the Routes that reference them; see `cache`), coalescing whatever
-//! arrived meanwhile. A full pass that re-reads the whole store runs at start, after the
-//! watch stream lagged or a serving runtime changed, and as the periodic resync (once a
-//! second, stretched to fifty times the last full pass), which also retries a failed pass.
+//! Passes are incremental: a store change, a runtime change (of the revisions whose
+//! replicas changed) or a changed scale decision marks objects, and the next pass
+//! reconciles only those and their scope (owner chain, dependents, and the Routes that
+//! reference them; see `cache`), coalescing whatever arrived meanwhile. The periodic
+//! resync (once a second, stretched to fifty times its own duration) compares the store's
+//! object versions with the cache and reconciles what differs (a change the watch missed)
+//! and what a failed pass left. A full pass that re-reads the whole store runs at start,
+//! after the watch stream lagged or a serving runtime changed, after a failed full pass or
+//! resync, and every `FULL_EVERY` resync intervals.
 
 mod cache;
 pub mod configuration;
@@ -59,9 +62,9 @@ pub struct ControllerConfig {
     pub domain: String,
     /// Port shown in URLs (the router's), omitted when 80.
     pub url_port: Option<u16>,
-    /// Interval of the safety-net resync, a full pass (stretched to fifty times the last
-    /// full pass's duration: changes are reconciled incrementally, so resyncs of a large
-    /// store take at most 2 % of a core and rarely delay an incremental pass).
+    /// Interval of the safety-net resync, which compares the store's object versions with
+    /// the controller's cache (stretched to fifty times its own duration, so it takes at
+    /// most 2 % of a core); every 600 intervals it is a full pass instead.
     pub resync: Duration,
     /// Revisions kept per configuration beyond those routed, latest created and latest
     /// ready; older ones are deleted (Knative's `min-non-active-revisions`, default 20).
@@ -117,8 +120,10 @@ pub struct Controller<S: Store, R: Runtime> {
     cache: Cache,
     /// Objects changed since the last pass (reconciled with their scope).
     dirty: BTreeSet<Key>,
-    /// A full pass is due (start, lagged watch, runtime definitions changed, resync).
+    /// A full pass is due (start, lagged watch, runtime definitions changed).
     full_due: bool,
+    /// Objects of incremental passes that failed, retried by the next resync.
+    retry: BTreeSet<Key>,
     /// The runtime's status of each revision at the last runtime change (only those that
     /// differ from the default: no replicas, no failure), so that a change notification
     /// marks only the revisions whose replicas changed.
@@ -176,8 +181,12 @@ impl PassStats {
     }
 }
 
-/// The resync interval is at least this many times the last full pass's duration.
+/// The resync interval is at least this many times the last resync's duration.
 const RESYNC_STRETCH: u32 = 50;
+
+/// Every this many resync intervals, the resync is a full pass (re-reading the store and
+/// reconciling everything) rather than a comparison of versions.
+const FULL_EVERY: u32 = 600;
 
 /// `(host, service, targets)` of the routing snapshot.
 type HostEntry = (String, NamespacedName, Vec<WeightedTarget>);
@@ -226,6 +235,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             cache: Cache::default(),
             dirty: BTreeSet::new(),
             full_due: true,
+            retry: BTreeSet::new(),
             runtime_seen: HashMap::new(),
             hosts: BTreeMap::new(),
             observed: HashMap::new(),
@@ -282,6 +292,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         };
         tokio::pin!(shutdown);
         let mut next_resync = tokio::time::Instant::now();
+        let mut next_full = next_resync;
         loop {
             let drained: Vec<ScaleDecision> = inbox
                 .lock()
@@ -294,9 +305,15 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             }
             let started = tokio::time::Instant::now();
             let counted = self.stats.read();
-            let full = self.full_due || started >= next_resync;
+            let resync = started >= next_resync;
+            let full = self.full_due || (resync && started >= next_full);
             let result = if full {
                 self.reconcile_all().await
+            } else if resync {
+                match self.mark_stale().await {
+                    Ok(()) => self.reconcile_dirty().await,
+                    Err(e) => Err(e),
+                }
             } else {
                 self.reconcile_dirty().await
             };
@@ -311,15 +328,25 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             tracing::debug!(
                 elapsed_ms = elapsed.as_secs_f64() * 1e3,
                 full,
+                resync,
                 objects = self.stats.read().objects - counted.objects,
                 "reconcile pass"
             );
             if full {
+                next_full =
+                    started + (self.config.resync * FULL_EVERY).max(elapsed * RESYNC_STRETCH);
+            }
+            if full || resync {
                 next_resync = started + self.config.resync.max(elapsed * RESYNC_STRETCH);
             }
             if result.is_err() {
-                // Retried by the next full pass (what failed is not known object by object).
+                // An incremental pass's objects are retried by the next resync (`retry`);
+                // what a failed full pass or resync missed is not known object by object,
+                // so the next resync is a full pass.
                 next_resync = next_resync.min(started + self.config.resync);
+                if full || resync {
+                    next_full = next_resync;
+                }
             }
             if let Some(done) = self.first_pass.take() {
                 let _ = done.send(());
@@ -437,7 +464,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     /// Reconciles the objects of `changes` (notifications of the store's watch stream) and
     /// everything they affect, reading the controller's cache of the store: the
     /// incremental counterpart of `reconcile_all`, which must have run once before.
-    /// Revisions with replicas are reconciled too (their readiness may have changed).
+    /// Revisions whose replicas changed since the last pass are reconciled too.
     pub async fn reconcile_changes(
         &mut self,
         changes: impl IntoIterator<Item = Change>,
@@ -453,14 +480,50 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
     }
 
-    /// One pass over the objects marked since the last pass and their scope.
+    /// One pass over the objects marked since the last pass and their scope. When it fails,
+    /// its objects are kept for the next resync to retry.
     async fn reconcile_dirty(&mut self) -> Result<(), ReconcileError> {
         if self.dirty.is_empty() {
             return Ok(());
         }
         let dirty = std::mem::take(&mut self.dirty);
-        let scope = self.cache.closure(dirty);
-        self.pass(Some(scope)).await
+        let scope = self.cache.closure(dirty.iter().cloned());
+        let result = self.pass(Some(scope)).await;
+        if result.is_err() {
+            self.retry.extend(dirty);
+        }
+        result
+    }
+
+    /// The periodic resync short of a full pass: marks what a failed pass left, and every
+    /// object whose version in the store differs from the cache's (a change the watch
+    /// missed), re-reading those. Comparing versions reads no object bodies, so a resync of
+    /// a large store takes milliseconds, not a pass over everything.
+    async fn mark_stale(&mut self) -> Result<(), ReconcileError> {
+        self.dirty.append(&mut self.retry);
+        let mut stale = Vec::new();
+        for kind in KINDS {
+            let listed = self.store.list_versions(kind).await?;
+            let mut cached = self.cache.versions(kind);
+            for (ns, name, version) in listed {
+                match cached.remove(&(ns.clone(), name.clone())) {
+                    Some(v) if v == version => {}
+                    _ => stale.push((kind, ns, name)),
+                }
+            }
+            // Cached but gone from the store.
+            stale.extend(cached.into_keys().map(|(ns, name)| (kind, ns, name)));
+        }
+        for (kind, namespace, name) in stale {
+            tracing::info!(%kind, %namespace, %name, "resync found a change the watch missed");
+            self.note_change(Change {
+                kind,
+                namespace,
+                name,
+            })
+            .await;
+        }
+        Ok(())
     }
 
     /// Re-reads the store into the cache (the safety net against anything a watch missed).
@@ -519,6 +582,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     pub async fn reconcile_all(&mut self) -> Result<(), ReconcileError> {
         self.full_due = false;
         self.dirty.clear();
+        self.retry.clear();
         self.note_runtime_change();
         self.dirty.clear();
         self.reload().await?;

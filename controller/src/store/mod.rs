@@ -130,6 +130,28 @@ pub trait Store: Send + Sync + 'static {
         namespace: Option<&str>,
     ) -> impl Future<Output = Result<Vec<serde_json::Value>, StoreError>> + Send;
 
+    /// `(namespace, name, resourceVersion)` of every object of a kind, ordered by namespace
+    /// and name: what a controller's resync compares with its cache. The default lists the
+    /// objects; a store can answer without reading their bodies.
+    fn list_versions(
+        &self,
+        kind: Kind,
+    ) -> impl Future<Output = Result<Vec<(String, String, String)>, StoreError>> + Send {
+        async move {
+            Ok(self
+                .list(kind, None)
+                .await?
+                .iter()
+                .map(|o| {
+                    let meta = &o["metadata"];
+                    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                    let ns = meta["namespace"].as_str().unwrap_or("default").to_owned();
+                    (ns, s(&meta["name"]), s(&meta["resourceVersion"]))
+                })
+                .collect())
+        }
+    }
+
     /// Creates or updates the spec, labels and annotations of each object, all or none.
     /// Status is kept. An object whose controlling owner is gone is skipped (`OwnerGone`).
     fn apply(

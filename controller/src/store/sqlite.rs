@@ -356,6 +356,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_versions(&self, kind: Kind) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT namespace, name, resource_version FROM objects WHERE kind = ?1
+                 ORDER BY namespace, name",
+            )?;
+            let rows = stmt.query_map(params![kind.name()], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?.to_string(),
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn apply(&self, objects: Vec<(Kind, Value)>) -> Result<Vec<ApplyOutcome>, StoreError> {
         let (outcomes, changes, _) = self.blocking(move |c| apply_in(c, objects)).await?;
         self.notify(changes);
