@@ -128,8 +128,9 @@ pub struct Controller<S: Store, R: Runtime> {
     /// differ from the default: no replicas, no failure), so that a change notification
     /// marks only the revisions whose replicas changed.
     runtime_seen: HashMap<NamespacedName, RevisionRuntimeStatus>,
-    /// Host entries of the routing snapshot by the Route or InferenceService they come from.
-    hosts: BTreeMap<(Kind, NamespacedName), Vec<HostEntry>>,
+    /// Host entries of the routing snapshot by the Route or InferenceService they come
+    /// from, and the snapshot they make.
+    routing: routing::RoutingState,
     /// Counters of the passes run, shared with `stats` handles.
     stats: PassStats,
     /// Every revision with the status its last pass computed (for the routing snapshot).
@@ -188,8 +189,7 @@ const RESYNC_STRETCH: u32 = 50;
 /// reconciling everything) rather than a comparison of versions.
 const FULL_EVERY: u32 = 600;
 
-/// `(host, service, targets)` of the routing snapshot.
-type HostEntry = (String, NamespacedName, Vec<WeightedTarget>);
+use routing::HostEntry;
 
 fn name_of(raw: &Value) -> &str {
     raw["metadata"]["name"].as_str().unwrap_or_default()
@@ -237,7 +237,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             full_due: true,
             retry: BTreeSet::new(),
             runtime_seen: HashMap::new(),
-            hosts: BTreeMap::new(),
+            routing: routing::RoutingState::default(),
             observed: HashMap::new(),
             stats: PassStats::default(),
         }
@@ -1100,21 +1100,28 @@ impl<S: Store, R: Runtime> Controller<S, R> {
 
         // Keep this pass's host entries and revisions: all of them after a full pass; after
         // an incremental one, those it reconciled replace theirs and those of deleted
-        // objects in its scope go.
-        match &scope {
+        // objects in its scope go; the routing snapshot follows (see `routing`).
+        let changed = match &scope {
             None => {
-                self.hosts = hosts;
                 self.observed.clear();
+                self.observed
+                    .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
+                self.routing
+                    .reset(hosts, &self.observed, &self.runtime, &self.decisions);
+                true
             }
             Some(scope) => {
                 for (kind, ns, name) in scope {
+                    let key = NamespacedName::new(ns.clone(), name.clone());
+                    if *kind == Kind::Revision {
+                        self.routing.touch_revision(key.clone());
+                    }
                     if self.cache.get(*kind, ns, name).is_some() {
                         continue;
                     }
-                    let key = NamespacedName::new(ns.clone(), name.clone());
                     match kind {
                         Kind::Route | Kind::InferenceService => {
-                            self.hosts.remove(&(*kind, key));
+                            self.routing.replace((*kind, key), None);
                         }
                         Kind::Revision => {
                             self.observed.remove(&key);
@@ -1133,30 +1140,32 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                         )
                     }));
                 for (kind, ns, name) in reconciled {
-                    self.hosts
-                        .remove(&(kind, NamespacedName::new(ns, name.clone())));
+                    let owner = (kind, NamespacedName::new(ns, name.clone()));
+                    let entries = hosts.remove(&owner);
+                    self.routing.replace(owner, entries);
                 }
-                self.hosts.extend(hosts);
+                for (owner, entries) in hosts {
+                    self.routing.replace(owner, Some(entries));
+                }
+                self.observed
+                    .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
+                self.routing
+                    .refresh(&self.observed, &self.runtime, &self.decisions)
             }
-        }
-        self.observed
-            .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
+        };
 
         // Publish routes.
-        let snap = routing::build(
-            self.hosts.values().flatten(),
-            &self.observed,
-            &self.runtime,
-            &self.decisions,
-        );
-        self.snapshot.send_if_modified(|current| {
-            if **current == snap {
-                false
-            } else {
-                *current = Arc::new(snap);
-                true
-            }
-        });
+        if changed {
+            let snap = self.routing.snapshot();
+            self.snapshot.send_if_modified(|current| {
+                if **current == *snap {
+                    false
+                } else {
+                    *current = Arc::new(snap.clone());
+                    true
+                }
+            });
+        }
         Ok(())
     }
 
