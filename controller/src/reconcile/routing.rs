@@ -193,8 +193,8 @@ impl RoutingState {
                     .iter()
                     .filter_map(|o| self.entries.get(o))
                     .flatten()
-                    .filter(|(h, _, t)| !t.is_empty() && h.eq_ignore_ascii_case(&host))
-                    .last()
+                    .rev()
+                    .find(|(h, _, t)| !t.is_empty() && h.eq_ignore_ascii_case(&host))
                     .map(|(_, service, targets)| HostRoute {
                         service: service.clone(),
                         targets: targets.clone(),
