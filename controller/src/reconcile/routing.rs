@@ -253,3 +253,128 @@ fn unavailable(rev: &Revision) -> Option<String> {
     (ready.status == ConditionStatus::False)
         .then(|| ready.message.clone().unwrap_or_else(|| "not ready".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::runtime::{LocalRuntime, LocalRuntimeConfig};
+
+    fn rev(name: &str, timeout: i64) -> (NamespacedName, Revision) {
+        let r: Revision = serde_json::from_value(json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Revision",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"image": "x"}], "timeoutSeconds": timeout,
+                     "responseStartTimeoutSeconds": 5}
+        }))
+        .unwrap();
+        (NamespacedName::new("default", name), r)
+    }
+
+    fn entry(host: &str, service: &str, targets: &[(&str, u32)]) -> HostEntry {
+        (
+            host.to_owned(),
+            NamespacedName::new("default", service),
+            targets
+                .iter()
+                .map(|(r, p)| WeightedTarget {
+                    revision: NamespacedName::new("default", *r),
+                    percent: *p,
+                })
+                .collect(),
+        )
+    }
+
+    fn owner(kind: Kind, name: &str) -> Owner {
+        (kind, NamespacedName::new("default", name))
+    }
+
+    #[test]
+    fn updates_owner_by_owner_equal_a_rebuild_also_when_hosts_collide() {
+        let runtime = LocalRuntime::new(LocalRuntimeConfig::new(PathBuf::from("/nonexistent")));
+        let decisions = HashMap::new();
+        let mut revisions: HashMap<NamespacedName, Revision> =
+            [rev("a-1", 30), rev("a-2", 60), rev("b-1", 30)]
+                .into_iter()
+                .collect();
+        let mut state = RoutingState::default();
+        let mut all: BTreeMap<Owner, Vec<HostEntry>> = BTreeMap::new();
+        let check = |state: &mut RoutingState,
+                     all: &BTreeMap<Owner, Vec<HostEntry>>,
+                     revisions: &HashMap<NamespacedName, Revision>| {
+            state.refresh(revisions, &runtime, &decisions);
+            let rebuilt = build(all.values().flatten(), revisions, &runtime, &decisions);
+            assert_eq!(*state.snapshot(), rebuilt);
+        };
+        let mut set = |state: &mut RoutingState, o: Owner, e: Option<Vec<HostEntry>>| {
+            match &e {
+                Some(e) => all.insert(o.clone(), e.clone()),
+                None => all.remove(&o),
+            };
+            state.replace(o, e);
+            all.clone()
+        };
+        let a = owner(Kind::Route, "a");
+        let b = owner(Kind::Route, "b");
+        let isvc = owner(Kind::InferenceService, "a");
+        let now = set(
+            &mut state,
+            a.clone(),
+            Some(vec![
+                entry("A.default.test", "a", &[("a-1", 100)]),
+                entry("tag-a.default.test", "a", &[("a-2", 100)]),
+            ]),
+        );
+        check(&mut state, &now, &revisions);
+        // Another owner with the same host (case aside): the later owner wins, as in build.
+        let now = set(
+            &mut state,
+            isvc.clone(),
+            Some(vec![entry("a.default.test", "a", &[("b-1", 100)])]),
+        );
+        check(&mut state, &now, &revisions);
+        assert_eq!(
+            state.snapshot().hosts["a.default.test"].targets[0]
+                .revision
+                .name,
+            "a-1",
+            "Route sorts after InferenceService"
+        );
+        let now = set(
+            &mut state,
+            b.clone(),
+            Some(vec![entry("a.default.test", "b", &[])]),
+        );
+        check(&mut state, &now, &revisions);
+        // Targets move; a revision no longer routed leaves the snapshot.
+        let now = set(
+            &mut state,
+            a.clone(),
+            Some(vec![entry("a.default.test", "a", &[("a-2", 100)])]),
+        );
+        check(&mut state, &now, &revisions);
+        assert!(
+            !state
+                .snapshot()
+                .revisions
+                .contains_key(&NamespacedName::new("default", "a-1"))
+        );
+        // A revision's spec changes (its timeouts follow); then it is deleted.
+        revisions.insert(rev("a-2", 90).0, rev("a-2", 90).1);
+        state.touch_revision(NamespacedName::new("default", "a-2"));
+        check(&mut state, &now, &revisions);
+        revisions.remove(&NamespacedName::new("default", "a-2"));
+        state.touch_revision(NamespacedName::new("default", "a-2"));
+        check(&mut state, &now, &revisions);
+        // Owners go.
+        let now = set(&mut state, a, None);
+        check(&mut state, &now, &revisions);
+        let now = set(&mut state, isvc, None);
+        check(&mut state, &now, &revisions);
+        assert!(state.snapshot().hosts.is_empty());
+        let _ = set(&mut state, b, None);
+    }
+}
