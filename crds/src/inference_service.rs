@@ -278,13 +278,33 @@ pub struct ModelStatus {
     /// The last failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_info: Option<FailureInfo>,
+    /// Copies of the model: ready ones (`totalCopies`) and recently failed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies: Option<ModelCopies>,
+}
+
+/// `status.modelStatus.copies`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCopies {
+    /// Copies that failed to load recently.
+    #[serde(default)]
+    pub failed_copies: u32,
+    /// Copies of the model (KServe counts the ready pods of the latest created revision).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub total_copies: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `status.modelStatus.states`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelRevisionStates {
-    /// State of the model serving traffic (`Pending`, `Loading`, `Loaded`, `FailedToLoad`, or empty).
+    /// State of the model serving traffic (`Pending`, `Standby`, `Loading`, `Loaded`,
+    /// `FailedToLoad`, or empty).
     #[serde(default)]
     pub active_model_state: String,
     /// State of the model being rolled out.

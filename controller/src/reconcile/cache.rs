@@ -108,6 +108,26 @@ impl Cache {
         old
     }
 
+    /// `(namespace, name)` → `metadata.resourceVersion` of every cached object of `kind`.
+    pub(super) fn versions(&self, kind: Kind) -> HashMap<(String, String), String> {
+        self.objects
+            .get(&kind)
+            .into_iter()
+            .flatten()
+            .map(|(key, o)| {
+                let version = o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                (key.clone(), version.to_owned())
+            })
+            .collect()
+    }
+
+    /// How many objects the cache holds.
+    pub(super) fn len(&self) -> usize {
+        self.objects.values().map(BTreeMap::len).sum()
+    }
+
     /// One object.
     pub(super) fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Value> {
         self.objects

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use sluice_crds::autoscaling;
 use sluice_crds::inference_service::{
     ComponentFields, ComponentStatus, ENABLE_TAG_ROUTING, FailureInfo, InferenceService,
-    InferenceServiceStatus, ModelRevisionStates,
+    InferenceServiceStatus, ModelCopies, ModelRevisionStates, ModelStatus,
 };
 use sluice_crds::meta::find_condition;
 use sluice_crds::runtime::ServingRuntime;
@@ -409,14 +409,116 @@ fn component_status(previous: Option<&ComponentStatus>, svc: &ServiceStatus) -> 
     component
 }
 
+/// The replicas of the predictor's latest created revision: what KServe reads from that
+/// revision's pods for `modelStatus`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PredictorReplicas {
+    /// Replicas that passed their readiness probe (KServe's ready pods).
+    pub ready: u32,
+    /// Replicas started and not ready yet: the model server is fetching and loading the
+    /// model (KServe's pod with its storage initializer running).
+    pub starting: u32,
+    /// Why the last replica failed, while the runtime reports it (KServe's container
+    /// terminated with an error or in CrashLoopBackOff).
+    pub failure: Option<String>,
+}
+
+/// KServe's `modelStatus` (`PropagateModelStatus`, Knative mode), from the previous one,
+/// the predictor Service's status, the replicas of its latest created revision, and
+/// whether the InferenceService is Ready:
+/// * no replica: `FailedToLoad` (`BlockedByFailedLoad`) when a condition of the Service is
+///   False, else `Pending` (`InProgress`): also at zero replicas after scaling down, where
+///   KServe keeps `activeModelState` (`Loaded` once loaded) and targets `Pending`;
+/// * replicas starting, none ready (KServe's storage initializer running: Sluice's model
+///   server fetches and loads the model before it is ready): `Loading` (`InProgress`), or
+///   `FailedToLoad` with reason `ModelLoadFailed` while the runtime reports a failure;
+/// * ready with the latest created revision the latest ready one: `Loaded` (`UpToDate`),
+///   and `activeModelState` becomes `Loaded`;
+/// * otherwise `FailedToLoad` after a failure, else `Pending` (`InProgress`).
+///
+/// `copies.totalCopies` counts the ready replicas (as KServe counts ready pods).
+fn model_status(
+    previous: Option<ModelStatus>,
+    svc: &ServiceStatus,
+    replicas: &PredictorReplicas,
+    isvc_ready: bool,
+) -> ModelStatus {
+    let mut model = previous.unwrap_or_default();
+    let target = |model: &mut ModelStatus, state: &str, failure: Option<FailureInfo>| {
+        let states = model
+            .states
+            .get_or_insert_with(ModelRevisionStates::default);
+        states.target_model_state = state.to_owned();
+        model.transition_status = match state {
+            "Loaded" => {
+                states.active_model_state = "Loaded".to_owned();
+                "UpToDate"
+            }
+            "FailedToLoad" => "BlockedByFailedLoad",
+            _ => "InProgress",
+        }
+        .to_owned();
+        if failure.is_some() {
+            model.last_failure_info = failure;
+        }
+    };
+    model.copies = Some(ModelCopies {
+        failed_copies: 0,
+        total_copies: replicas.ready,
+    });
+    let load_failed = |message: Option<String>| FailureInfo {
+        reason: Some("ModelLoadFailed".into()),
+        message,
+    };
+    let ready_condition = find_condition(&svc.conditions, "Ready");
+    if replicas.ready == 0 && replicas.starting == 0 {
+        if svc
+            .conditions
+            .iter()
+            .any(|c| c.status == ConditionStatus::False)
+        {
+            let message = replicas
+                .failure
+                .clone()
+                .or_else(|| ready_condition.and_then(|c| c.message.clone()));
+            target(&mut model, "FailedToLoad", Some(load_failed(message)));
+        } else {
+            target(&mut model, "Pending", None);
+        }
+    } else if replicas.ready == 0 {
+        // Replicas only starting: KServe's storage initializer running (Loading), or
+        // failing (FailedToLoad).
+        match &replicas.failure {
+            Some(failure) => target(
+                &mut model,
+                "FailedToLoad",
+                Some(load_failed(Some(failure.clone()))),
+            ),
+            None => target(&mut model, "Loading", None),
+        }
+    } else if isvc_ready && svc.latest_created_revision_name == svc.latest_ready_revision_name {
+        target(&mut model, "Loaded", None);
+    } else if let Some(failure) = &replicas.failure {
+        target(
+            &mut model,
+            "FailedToLoad",
+            Some(load_failed(Some(failure.clone()))),
+        );
+    } else {
+        target(&mut model, "Pending", None);
+    }
+    model
+}
+
 /// The InferenceService's status from its predictor Service's status (or the reason it has
-/// none) and, when `spec.transformer` is given, its transformer Service's status (`None`
-/// while not created yet), carrying the rolled-out revisions forward from its previous
-/// status. With a transformer, the InferenceService's host routes to it, and `Ready` needs
-/// `TransformerReady` too.
+/// none) and the replicas of its latest created revision and, when `spec.transformer` is
+/// given, its transformer Service's status (`None` while not created yet), carrying the
+/// rolled-out revisions forward from its previous status. With a transformer, the
+/// InferenceService's host routes to it, and `Ready` needs `TransformerReady` too.
 pub fn isvc_status(
     isvc: &InferenceService,
     predictor: Result<Option<&ServiceStatus>, &NoRuntime>,
+    replicas: &PredictorReplicas,
     transformer: Option<Option<&ServiceStatus>>,
     url: &str,
 ) -> InferenceServiceStatus {
@@ -429,74 +531,41 @@ pub fn isvc_status(
         observed_generation: isvc.metadata.generation,
         model_status: None,
     };
-    let mut model = previous.model_status.clone().unwrap_or_default();
-    let active = model
-        .states
-        .as_ref()
-        .map(|s| s.active_model_state.clone())
-        .unwrap_or_default();
-    let mut set_model = |target: &str, transition: &str, failure: Option<FailureInfo>| {
-        let active = if target == "Loaded" {
-            "Loaded".to_owned()
-        } else {
-            active.clone()
-        };
-        model.states = Some(ModelRevisionStates {
-            active_model_state: active,
-            target_model_state: target.to_owned(),
-        });
-        model.transition_status = transition.to_owned();
-        if failure.is_some() {
-            model.last_failure_info = failure;
-        }
-    };
     let predictor_ready = match predictor {
         Err(no) => {
-            set_model(
-                "FailedToLoad",
-                "InvalidSpec",
-                Some(FailureInfo {
-                    reason: Some(no.reason.to_owned()),
-                    message: Some(no.message.clone()),
-                }),
-            );
+            // KServe's InvalidSpec: the target model cannot load.
+            let mut model = previous.model_status.clone().unwrap_or_default();
+            model
+                .states
+                .get_or_insert_with(ModelRevisionStates::default)
+                .target_model_state = "FailedToLoad".into();
+            model.transition_status = "InvalidSpec".into();
+            model.last_failure_info = Some(FailureInfo {
+                reason: Some(no.reason.to_owned()),
+                message: Some(no.message.clone()),
+            });
+            status.model_status = Some(model);
             Condition::failed("PredictorReady", no.reason, no.message.clone())
         }
         Ok(None) => {
-            set_model("Pending", "InProgress", None);
+            let mut model = previous.model_status.clone().unwrap_or_default();
+            model
+                .states
+                .get_or_insert_with(ModelRevisionStates::default)
+                .target_model_state = "Pending".into();
+            model.transition_status = "InProgress".into();
+            status.model_status = Some(model);
             Condition::unknown("PredictorReady", "Creating", "creating the predictor")
         }
         Ok(Some(svc)) => {
             let component = component_status(previous.components.get("predictor"), svc);
             status.components.insert("predictor".into(), component);
-            let ready = find_condition(&svc.conditions, "Ready").map_or_else(
+            find_condition(&svc.conditions, "Ready").map_or_else(
                 || Condition::unknown("PredictorReady", "Deploying", "waiting for the predictor"),
                 |c| c.renamed("PredictorReady"),
-            );
-            let latest_failed = ready.status == ConditionStatus::False
-                && svc.latest_created_revision_name != svc.latest_ready_revision_name;
-            if ready.is_true() && svc.latest_created_revision_name == svc.latest_ready_revision_name
-            {
-                set_model("Loaded", "UpToDate", None);
-            } else if latest_failed
-                || (ready.status == ConditionStatus::False
-                    && svc.latest_ready_revision_name.is_none())
-            {
-                set_model(
-                    "FailedToLoad",
-                    "BlockedByFailedLoad",
-                    Some(FailureInfo {
-                        reason: Some("ModelLoadFailed".into()),
-                        message: ready.message.clone(),
-                    }),
-                );
-            } else {
-                set_model("Loading", "InProgress", None);
-            }
-            ready
+            )
         }
     };
-    status.model_status = Some(model);
     let transformer_ready = transformer.map(|t| match t {
         None => Condition::unknown("TransformerReady", "Creating", "creating the transformer"),
         Some(svc) => {
@@ -546,9 +615,18 @@ pub fn isvc_status(
     .flatten()
     .find(|c| !c.is_true());
     let ready = not_ready.map_or_else(|| Condition::ok("Ready"), |c| c.renamed("Ready"));
+    let isvc_ready = ready.is_true();
     status.conditions = vec![ingress, predictor_ready];
     status.conditions.extend(transformer_ready);
     status.conditions.push(ready);
+    if let Ok(Some(svc)) = predictor {
+        status.model_status = Some(model_status(
+            previous.model_status.clone(),
+            svc,
+            replicas,
+            isvc_ready,
+        ));
+    }
     status
 }
 
@@ -661,7 +739,13 @@ mod tests {
         let i = isvc("    sklearn:\n      storageUri: gs://x\n");
         let no = predictor_service(&i, &rts()).unwrap_err();
         assert_eq!(no.reason, "NoSupportingRuntime");
-        let status = isvc_status(&i, Err(&no), None, "http://iris.default.localhost");
+        let status = isvc_status(
+            &i,
+            Err(&no),
+            &PredictorReplicas::default(),
+            None,
+            "http://iris.default.localhost",
+        );
         let ready = find_condition(&status.conditions, "Ready").unwrap();
         assert_eq!(ready.reason.as_deref(), Some("NoSupportingRuntime"));
         assert!(status.url.is_none());
@@ -737,6 +821,106 @@ mod tests {
             latest_ready_revision_name: Some(ready.into()),
             ..ServiceStatus::default()
         }
+    }
+
+    fn model(
+        status: &InferenceServiceStatus,
+    ) -> (String, String, String, Option<String>, Option<u32>) {
+        let m = status.model_status.clone().unwrap();
+        let states = m.states.unwrap_or_default();
+        (
+            states.active_model_state,
+            states.target_model_state,
+            m.transition_status,
+            m.last_failure_info.and_then(|f| f.reason),
+            m.copies.map(|c| c.total_copies),
+        )
+    }
+
+    fn with_status(mut i: InferenceService, status: InferenceServiceStatus) -> InferenceService {
+        i.status = Some(status);
+        i
+    }
+
+    #[test]
+    fn model_status_follows_kserve_at_zero_loading_loaded_and_failed() {
+        let url = "http://iris.default.localhost";
+        let i = isvc("    model:\n      modelFormat: {name: sluice-mlp}\n");
+        let routed = traffic(&[("iris-predictor-00001", true, 100, None)]);
+        let svc = svc_status(
+            "iris-predictor-00001",
+            "iris-predictor-00001",
+            routed.clone(),
+        );
+        let at = |ready: u32, starting: u32, failure: Option<&str>| PredictorReplicas {
+            ready,
+            starting,
+            failure: failure.map(str::to_owned),
+        };
+        let s = |s: &str| s.to_owned();
+
+        // Ready at zero from the start (scale to zero, initial scale 0): Ready, but the
+        // model is Pending, not Loaded, as KServe reports with no pod.
+        let zero = isvc_status(&i, Ok(Some(&svc)), &at(0, 0, None), None, url);
+        assert!(find_condition(&zero.conditions, "Ready").unwrap().is_true());
+        assert_eq!(
+            model(&zero),
+            (s(""), s("Pending"), s("InProgress"), None, Some(0))
+        );
+        // A replica starting: the model server fetches and loads the model.
+        let loading = isvc_status(&i, Ok(Some(&svc)), &at(0, 1, None), None, url);
+        assert_eq!(
+            model(&loading),
+            (s(""), s("Loading"), s("InProgress"), None, Some(0))
+        );
+        // Ready replicas of the latest revision: Loaded, up to date, copies counted.
+        let loaded = isvc_status(&i, Ok(Some(&svc)), &at(2, 0, None), None, url);
+        assert_eq!(
+            model(&loaded),
+            (s("Loaded"), s("Loaded"), s("UpToDate"), None, Some(2))
+        );
+        // Scaled back to zero: KServe keeps the active state and targets Pending.
+        let i = with_status(i, loaded);
+        let idle = isvc_status(&i, Ok(Some(&svc)), &at(0, 0, None), None, url);
+        assert_eq!(
+            model(&idle),
+            (s("Loaded"), s("Pending"), s("InProgress"), None, Some(0))
+        );
+        // A new revision whose replica crashes: FailedToLoad, blocked, with the reason.
+        let mut failing = svc_status("iris-predictor-00002", "iris-predictor-00001", routed);
+        failing.conditions = vec![Condition::failed("Ready", "ExitCode", "exit status: 1")];
+        let crashed = isvc_status(
+            &i,
+            Ok(Some(&failing)),
+            &at(0, 1, Some("exit status: 1: cannot load model")),
+            None,
+            url,
+        );
+        assert_eq!(
+            model(&crashed),
+            (
+                s("Loaded"),
+                s("FailedToLoad"),
+                s("BlockedByFailedLoad"),
+                Some(s("ModelLoadFailed")),
+                Some(0)
+            )
+        );
+        // At zero with a False condition (no replica left): still FailedToLoad.
+        let down = isvc_status(&i, Ok(Some(&failing)), &at(0, 0, None), None, url);
+        let m = down.model_status.unwrap();
+        assert_eq!(m.transition_status, "BlockedByFailedLoad");
+        assert_eq!(
+            m.last_failure_info.unwrap().message.as_deref(),
+            Some("exit status: 1")
+        );
+        // Ready replicas of a revision not yet the latest ready one: Pending.
+        let behind = svc_status("iris-predictor-00002", "iris-predictor-00001", vec![]);
+        let pending = isvc_status(&i, Ok(Some(&behind)), &at(1, 0, None), None, url);
+        assert_eq!(model(&pending).1, "Pending");
+        // No predictor Service yet: Pending.
+        let creating = isvc_status(&i, Ok(None), &at(0, 0, None), None, url);
+        assert_eq!(model(&creating).2, "InProgress");
     }
 
     #[test]

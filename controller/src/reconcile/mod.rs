@@ -5,12 +5,15 @@
 //! `isvc`, `service` and `revision`, writes what changed (objects and status), applies
 //! replica counts through the `Runtime`, and publishes a new routing snapshot.
 //!
-//! Passes are incremental: a store change, a runtime change or a changed scale decision
-//! marks objects, and the next pass reconciles only those and their scope (owner chain,
-//! dependents, and the Routes that reference them; see `cache`), coalescing whatever
-//! arrived meanwhile. A full pass that re-reads the whole store runs at start, after the
-//! watch stream lagged or a serving runtime changed, and as the periodic resync (once a
-//! second, stretched to fifty times the last full pass), which also retries a failed pass.
+//! Passes are incremental: a store change, a runtime change (of the revisions whose
+//! replicas changed) or a changed scale decision marks objects, and the next pass
+//! reconciles only those and their scope (owner chain, dependents, and the Routes that
+//! reference them; see `cache`), coalescing whatever arrived meanwhile. The periodic
+//! resync (once a second, stretched to fifty times its own duration) compares the store's
+//! object versions with the cache and reconciles what differs (a change the watch missed)
+//! and what a failed pass left. A full pass that re-reads the whole store runs at start,
+//! after the watch stream lagged or a serving runtime changed, after a failed full pass or
+//! resync, and every `FULL_EVERY` resync intervals.
 
 mod cache;
 pub mod configuration;
@@ -25,6 +28,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -44,7 +48,7 @@ use sluice_crds::runtime::{BUILTIN_RUNTIME, ServingRuntime, builtin_runtime};
 use sluice_crds::service::{Service, ServiceStatus};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::runtime::{ReplicaFailure, ReplicaSpec, Runtime};
+use crate::runtime::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime};
 use crate::store::{Change, Event, Store, StoreError};
 use cache::{Cache, KINDS, Key};
 use support::{
@@ -58,9 +62,9 @@ pub struct ControllerConfig {
     pub domain: String,
     /// Port shown in URLs (the router's), omitted when 80.
     pub url_port: Option<u16>,
-    /// Interval of the safety-net resync, a full pass (stretched to fifty times the last
-    /// full pass's duration: changes are reconciled incrementally, so resyncs of a large
-    /// store take at most 2 % of a core and rarely delay an incremental pass).
+    /// Interval of the safety-net resync, which compares the store's object versions with
+    /// the controller's cache (stretched to fifty times its own duration, so it takes at
+    /// most 2 % of a core); every 600 intervals it is a full pass instead.
     pub resync: Duration,
     /// Revisions kept per configuration beyond those routed, latest created and latest
     /// ready; older ones are deleted (Knative's `min-non-active-revisions`, default 20).
@@ -116,21 +120,76 @@ pub struct Controller<S: Store, R: Runtime> {
     cache: Cache,
     /// Objects changed since the last pass (reconciled with their scope).
     dirty: BTreeSet<Key>,
-    /// A full pass is due (start, lagged watch, runtime definitions changed, resync).
+    /// A full pass is due (start, lagged watch, runtime definitions changed).
     full_due: bool,
-    /// Revisions the runtime had replicas for at the last runtime change.
-    runtime_known: HashSet<NamespacedName>,
-    /// Host entries of the routing snapshot by the Route or InferenceService they come from.
-    hosts: BTreeMap<(Kind, NamespacedName), Vec<HostEntry>>,
+    /// Objects of incremental passes that failed, retried by the next resync.
+    retry: BTreeSet<Key>,
+    /// The runtime's status of each revision at the last runtime change (only those that
+    /// differ from the default: no replicas, no failure), so that a change notification
+    /// marks only the revisions whose replicas changed.
+    runtime_seen: HashMap<NamespacedName, RevisionRuntimeStatus>,
+    /// Host entries of the routing snapshot by the Route or InferenceService they come
+    /// from, and the snapshot they make.
+    routing: routing::RoutingState,
+    /// Counters of the passes run, shared with `stats` handles.
+    stats: PassStats,
     /// Every revision with the status its last pass computed (for the routing snapshot).
     observed: HashMap<NamespacedName, Revision>,
 }
 
-/// The resync interval is at least this many times the last full pass's duration.
+/// Counters of a controller's passes: how many ran, how many were full (re-reading the
+/// store), and how many objects their scopes held in all (a full pass counts every
+/// object). Cheap to clone; every clone reads the same counters.
+#[derive(Clone, Debug, Default)]
+pub struct PassStats(Arc<PassCounters>);
+
+#[derive(Debug, Default)]
+struct PassCounters {
+    passes: AtomicU64,
+    full: AtomicU64,
+    objects: AtomicU64,
+}
+
+/// A reading of `PassStats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassCount {
+    /// Passes run (full and incremental).
+    pub passes: u64,
+    /// Full passes among them.
+    pub full_passes: u64,
+    /// Objects in the scopes of all those passes.
+    pub objects: u64,
+}
+
+impl PassStats {
+    fn record(&self, full: bool, objects: usize) {
+        let c = &self.0;
+        c.passes.fetch_add(1, Ordering::Relaxed);
+        if full {
+            c.full.fetch_add(1, Ordering::Relaxed);
+        }
+        c.objects.fetch_add(objects as u64, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn read(&self) -> PassCount {
+        let c = &self.0;
+        PassCount {
+            passes: c.passes.load(Ordering::Relaxed),
+            full_passes: c.full.load(Ordering::Relaxed),
+            objects: c.objects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The resync interval is at least this many times the last resync's duration.
 const RESYNC_STRETCH: u32 = 50;
 
-/// `(host, service, targets)` of the routing snapshot.
-type HostEntry = (String, NamespacedName, Vec<WeightedTarget>);
+/// Every this many resync intervals, the resync is a full pass (re-reading the store and
+/// reconciling everything) rather than a comparison of versions.
+const FULL_EVERY: u32 = 600;
+
+use routing::HostEntry;
 
 fn name_of(raw: &Value) -> &str {
     raw["metadata"]["name"].as_str().unwrap_or_default()
@@ -176,10 +235,17 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             cache: Cache::default(),
             dirty: BTreeSet::new(),
             full_due: true,
-            runtime_known: HashSet::new(),
-            hosts: BTreeMap::new(),
+            retry: BTreeSet::new(),
+            runtime_seen: HashMap::new(),
+            routing: routing::RoutingState::default(),
             observed: HashMap::new(),
+            stats: PassStats::default(),
         }
+    }
+
+    /// A handle on the counters of this controller's passes (readable while it runs).
+    pub fn stats(&self) -> PassStats {
+        self.stats.clone()
     }
 
     fn host(&self, name: &str, namespace: &str) -> String {
@@ -226,6 +292,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         };
         tokio::pin!(shutdown);
         let mut next_resync = tokio::time::Instant::now();
+        let mut next_full = next_resync;
         loop {
             let drained: Vec<ScaleDecision> = inbox
                 .lock()
@@ -237,9 +304,16 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 self.record_decision(d);
             }
             let started = tokio::time::Instant::now();
-            let full = self.full_due || started >= next_resync;
+            let counted = self.stats.read();
+            let resync = started >= next_resync;
+            let full = self.full_due || (resync && started >= next_full);
             let result = if full {
                 self.reconcile_all().await
+            } else if resync {
+                match self.mark_stale().await {
+                    Ok(()) => self.reconcile_dirty().await,
+                    Err(e) => Err(e),
+                }
             } else {
                 self.reconcile_dirty().await
             };
@@ -254,14 +328,25 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             tracing::debug!(
                 elapsed_ms = elapsed.as_secs_f64() * 1e3,
                 full,
+                resync,
+                objects = self.stats.read().objects - counted.objects,
                 "reconcile pass"
             );
             if full {
+                next_full =
+                    started + (self.config.resync * FULL_EVERY).max(elapsed * RESYNC_STRETCH);
+            }
+            if full || resync {
                 next_resync = started + self.config.resync.max(elapsed * RESYNC_STRETCH);
             }
             if result.is_err() {
-                // Retried by the next full pass (what failed is not known object by object).
+                // An incremental pass's objects are retried by the next resync (`retry`);
+                // what a failed full pass or resync missed is not known object by object,
+                // so the next resync is a full pass.
                 next_resync = next_resync.min(started + self.config.resync);
+                if full || resync {
+                    next_full = next_resync;
+                }
             }
             if let Some(done) = self.first_pass.take() {
                 let _ = done.send(());
@@ -352,20 +437,34 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         self.dirty.insert((kind, namespace, name));
     }
 
-    /// Marks every revision the runtime has (or had) replicas for.
+    /// Marks the revisions whose replicas changed (started, became ready, failed, stopped)
+    /// since the last runtime change. The runtime's notification says only that something
+    /// changed; marking every revision it knows would make each notification a pass over
+    /// every revision (and each pass's own scale calls notify again).
     fn note_runtime_change(&mut self) {
-        let now: HashSet<NamespacedName> = self.runtime.revisions().into_iter().collect();
-        for key in now.iter().chain(self.runtime_known.iter()) {
+        let mut now: HashMap<NamespacedName, RevisionRuntimeStatus> = HashMap::new();
+        for key in self.runtime.revisions() {
+            let status = self.runtime.status(&key);
+            if status != RevisionRuntimeStatus::default() {
+                now.insert(key, status);
+            }
+        }
+        let changed = now
+            .iter()
+            .filter(|(k, s)| self.runtime_seen.get(*k) != Some(*s))
+            .map(|(k, _)| k)
+            .chain(self.runtime_seen.keys().filter(|k| !now.contains_key(*k)));
+        for key in changed {
             self.dirty
                 .insert((Kind::Revision, key.namespace.clone(), key.name.clone()));
         }
-        self.runtime_known = now;
+        self.runtime_seen = now;
     }
 
     /// Reconciles the objects of `changes` (notifications of the store's watch stream) and
     /// everything they affect, reading the controller's cache of the store: the
     /// incremental counterpart of `reconcile_all`, which must have run once before.
-    /// Revisions with replicas are reconciled too (their readiness may have changed).
+    /// Revisions whose replicas changed since the last pass are reconciled too.
     pub async fn reconcile_changes(
         &mut self,
         changes: impl IntoIterator<Item = Change>,
@@ -381,14 +480,50 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
     }
 
-    /// One pass over the objects marked since the last pass and their scope.
+    /// One pass over the objects marked since the last pass and their scope. When it fails,
+    /// its objects are kept for the next resync to retry.
     async fn reconcile_dirty(&mut self) -> Result<(), ReconcileError> {
         if self.dirty.is_empty() {
             return Ok(());
         }
         let dirty = std::mem::take(&mut self.dirty);
-        let scope = self.cache.closure(dirty);
-        self.pass(Some(scope)).await
+        let scope = self.cache.closure(dirty.iter().cloned());
+        let result = self.pass(Some(scope)).await;
+        if result.is_err() {
+            self.retry.extend(dirty);
+        }
+        result
+    }
+
+    /// The periodic resync short of a full pass: marks what a failed pass left, and every
+    /// object whose version in the store differs from the cache's (a change the watch
+    /// missed), re-reading those. Comparing versions reads no object bodies, so a resync of
+    /// a large store takes milliseconds, not a pass over everything.
+    async fn mark_stale(&mut self) -> Result<(), ReconcileError> {
+        self.dirty.append(&mut self.retry);
+        let mut stale = Vec::new();
+        for kind in KINDS {
+            let listed = self.store.list_versions(kind).await?;
+            let mut cached = self.cache.versions(kind);
+            for (ns, name, version) in listed {
+                match cached.remove(&(ns.clone(), name.clone())) {
+                    Some(v) if v == version => {}
+                    _ => stale.push((kind, ns, name)),
+                }
+            }
+            // Cached but gone from the store.
+            stale.extend(cached.into_keys().map(|(ns, name)| (kind, ns, name)));
+        }
+        for (kind, namespace, name) in stale {
+            tracing::info!(%kind, %namespace, %name, "resync found a change the watch missed");
+            self.note_change(Change {
+                kind,
+                namespace,
+                name,
+            })
+            .await;
+        }
+        Ok(())
     }
 
     /// Re-reads the store into the cache (the safety net against anything a watch missed).
@@ -447,24 +582,35 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     pub async fn reconcile_all(&mut self) -> Result<(), ReconcileError> {
         self.full_due = false;
         self.dirty.clear();
+        self.retry.clear();
         self.note_runtime_change();
         self.dirty.clear();
         self.reload().await?;
         self.pass(None).await
     }
 
-    /// Stores what `apply` wrote into the cache and, in an incremental pass, the scope.
-    async fn refresh_applied(
+    /// Applies derived objects (see `Store::apply_derived`) and stores them, as written,
+    /// into the cache and, in an incremental pass, the scope.
+    async fn apply_derived(
         &mut self,
-        applied: &[(Kind, Value)],
+        applied: Vec<(Kind, Value)>,
         scope: &mut Option<BTreeSet<Key>>,
     ) -> Result<(), ReconcileError> {
-        let mut keys = Vec::with_capacity(applied.len());
-        for (kind, value) in applied {
-            let (ns, name) = key_of(value);
-            let now = self.store.get(*kind, &ns, &name).await?;
-            self.cache.put(*kind, &ns, &name, now);
-            keys.push((*kind, ns, name));
+        let keys: Vec<Key> = applied
+            .iter()
+            .map(|(kind, value)| {
+                let (ns, name) = key_of(value);
+                (*kind, ns, name)
+            })
+            .collect();
+        let stored = self.store.apply_derived(applied).await?;
+        for ((kind, ns, name), now) in keys.iter().zip(stored) {
+            // Not written (its owner is gone): what the store holds, if anything.
+            let now = match now {
+                Some(now) => Some(now),
+                None => self.store.get(*kind, ns, name).await?,
+            };
+            self.cache.put(*kind, ns, name, now);
         }
         self.widen(scope, keys);
         Ok(())
@@ -498,6 +644,12 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     /// every input of what it computes is in the scope (see `cache`), and the routing
     /// snapshot is rebuilt from the host entries and revisions kept from earlier passes.
     async fn pass(&mut self, mut scope: Option<BTreeSet<Key>>) -> Result<(), ReconcileError> {
+        self.stats.record(
+            scope.is_none(),
+            scope
+                .as_ref()
+                .map_or_else(|| self.cache.len(), BTreeSet::len),
+        );
         if !self.builtin_applied {
             let builtin = builtin_runtime();
             let value = encode(
@@ -506,8 +658,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 &builtin,
             )?;
             let applied = vec![(Kind::ClusterServingRuntime, value)];
-            self.store.apply(applied.clone()).await?;
-            self.refresh_applied(&applied, &mut None).await?;
+            self.apply_derived(applied, &mut None).await?;
             self.builtin_applied = true;
         }
         let mut cluster: Vec<ServingRuntime> = self
@@ -585,9 +736,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 Err(no) => predictors.push(Err(no)),
             }
         }
-        if !to_apply.is_empty() {
-            self.store.apply(to_apply.clone()).await?;
-            self.refresh_applied(&to_apply, &mut scope).await?;
+        let services_applied = !to_apply.is_empty();
+        if services_applied {
+            self.apply_derived(to_apply, &mut scope).await?;
         }
         for (ns, name) in &stale_transformers {
             tracing::info!(service = %name, "transformer removed from its InferenceService; deleting its Service");
@@ -613,7 +764,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 .collect();
             self.widen(&mut scope, keys);
         }
-        if !to_apply.is_empty() || !stale_transformers.is_empty() || scope.is_some() {
+        if services_applied || !stale_transformers.is_empty() || scope.is_some() {
             services = self.typed(Kind::Service, &scope)?;
         }
 
@@ -639,8 +790,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         let (configs_changed, routes_changed) = (!new_configs.is_empty(), !new_routes.is_empty());
         new_configs.extend(new_routes);
         if !new_configs.is_empty() {
-            self.store.apply(new_configs.clone()).await?;
-            self.refresh_applied(&new_configs, &mut scope).await?;
+            self.apply_derived(new_configs, &mut scope).await?;
         }
         if configs_changed {
             configs = self.typed(Kind::Configuration, &scope)?;
@@ -698,8 +848,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
         drop((by_config, by_name));
         if !to_apply.is_empty() {
-            self.store.apply(to_apply.clone()).await?;
-            self.refresh_applied(&to_apply, &mut scope).await?;
+            self.apply_derived(to_apply, &mut scope).await?;
             revisions = self.typed(Kind::Revision, &scope)?;
         }
 
@@ -929,8 +1078,18 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             let url = self.url(&i.metadata.name, i.metadata.namespace());
             let transformer = transformer.as_ref().map(|k| service_status.get(k));
             let status = match predictor {
-                Ok(key) => isvc::isvc_status(i, Ok(service_status.get(key)), transformer, &url),
-                Err(no) => isvc::isvc_status(i, Err(no), transformer, &url),
+                Ok(key) => {
+                    let svc = service_status.get(key);
+                    let replicas = self.predictor_replicas(&key.namespace, svc);
+                    isvc::isvc_status(i, Ok(svc), &replicas, transformer, &url)
+                }
+                Err(no) => isvc::isvc_status(
+                    i,
+                    Err(no),
+                    &isvc::PredictorReplicas::default(),
+                    transformer,
+                    &url,
+                ),
             };
             self.write_status(&mut pending, Kind::InferenceService, raw, &status)?;
         }
@@ -941,21 +1100,28 @@ impl<S: Store, R: Runtime> Controller<S, R> {
 
         // Keep this pass's host entries and revisions: all of them after a full pass; after
         // an incremental one, those it reconciled replace theirs and those of deleted
-        // objects in its scope go.
-        match &scope {
+        // objects in its scope go; the routing snapshot follows (see `routing`).
+        let changed = match &scope {
             None => {
-                self.hosts = hosts;
                 self.observed.clear();
+                self.observed
+                    .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
+                self.routing
+                    .reset(hosts, &self.observed, &self.runtime, &self.decisions);
+                true
             }
             Some(scope) => {
                 for (kind, ns, name) in scope {
+                    let key = NamespacedName::new(ns.clone(), name.clone());
+                    if *kind == Kind::Revision {
+                        self.routing.touch_revision(key.clone());
+                    }
                     if self.cache.get(*kind, ns, name).is_some() {
                         continue;
                     }
-                    let key = NamespacedName::new(ns.clone(), name.clone());
                     match kind {
                         Kind::Route | Kind::InferenceService => {
-                            self.hosts.remove(&(*kind, key));
+                            self.routing.replace((*kind, key), None);
                         }
                         Kind::Revision => {
                             self.observed.remove(&key);
@@ -974,31 +1140,52 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                         )
                     }));
                 for (kind, ns, name) in reconciled {
-                    self.hosts
-                        .remove(&(kind, NamespacedName::new(ns, name.clone())));
+                    let owner = (kind, NamespacedName::new(ns, name.clone()));
+                    let entries = hosts.remove(&owner);
+                    self.routing.replace(owner, entries);
                 }
-                self.hosts.extend(hosts);
+                for (owner, entries) in hosts {
+                    self.routing.replace(owner, Some(entries));
+                }
+                self.observed
+                    .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
+                self.routing
+                    .refresh(&self.observed, &self.runtime, &self.decisions)
             }
-        }
-        self.observed
-            .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
+        };
 
         // Publish routes.
-        let snap = routing::build(
-            self.hosts.values().flatten(),
-            &self.observed,
-            &self.runtime,
-            &self.decisions,
-        );
-        self.snapshot.send_if_modified(|current| {
-            if **current == snap {
-                false
-            } else {
-                *current = Arc::new(snap);
-                true
-            }
-        });
+        if changed {
+            let snap = self.routing.snapshot();
+            self.snapshot.send_if_modified(|current| {
+                if **current == *snap {
+                    false
+                } else {
+                    *current = Arc::new(snap.clone());
+                    true
+                }
+            });
+        }
         Ok(())
+    }
+
+    /// The replicas of a predictor's latest created revision, for `modelStatus`.
+    fn predictor_replicas(
+        &self,
+        namespace: &str,
+        svc: Option<&ServiceStatus>,
+    ) -> isvc::PredictorReplicas {
+        let Some(latest) = svc.and_then(|s| s.latest_created_revision_name.as_ref()) else {
+            return isvc::PredictorReplicas::default();
+        };
+        let rt = self
+            .runtime
+            .status(&NamespacedName::new(namespace, latest.clone()));
+        isvc::PredictorReplicas {
+            ready: rt.ready.len() as u32,
+            starting: rt.starting,
+            failure: rt.failure.map(|f| f.message),
+        }
     }
 
     /// Replicas a revision should have: the autoscaler's decision while it is routed (or

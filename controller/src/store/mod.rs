@@ -130,12 +130,69 @@ pub trait Store: Send + Sync + 'static {
         namespace: Option<&str>,
     ) -> impl Future<Output = Result<Vec<serde_json::Value>, StoreError>> + Send;
 
+    /// `(namespace, name, resourceVersion)` of every object of a kind, ordered by namespace
+    /// and name: what a controller's resync compares with its cache. The default lists the
+    /// objects; a store can answer without reading their bodies.
+    fn list_versions(
+        &self,
+        kind: Kind,
+    ) -> impl Future<Output = Result<Vec<(String, String, String)>, StoreError>> + Send {
+        async move {
+            Ok(self
+                .list(kind, None)
+                .await?
+                .iter()
+                .map(|o| {
+                    let meta = &o["metadata"];
+                    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                    let ns = meta["namespace"].as_str().unwrap_or("default").to_owned();
+                    (ns, s(&meta["name"]), s(&meta["resourceVersion"]))
+                })
+                .collect())
+        }
+    }
+
     /// Creates or updates the spec, labels and annotations of each object, all or none.
     /// Status is kept. An object whose controlling owner is gone is skipped (`OwnerGone`).
     fn apply(
         &self,
         objects: Vec<(Kind, serde_json::Value)>,
     ) -> impl Future<Output = Result<Vec<ApplyOutcome>, StoreError>> + Send;
+
+    /// `apply` for objects the controller derives from others (a Service's Configuration,
+    /// Route and Revisions, an InferenceService's Services), returning each one as stored
+    /// afterwards (`None` where it was not written because its owner is gone).
+    ///
+    /// Derived objects, like statuses, are recomputed from the objects they come from when
+    /// the controller starts, so a store may acknowledge them before they are durable
+    /// against power loss (never before they survive a crash of the process that wrote
+    /// them); user writes (`apply`, `update`, `delete`) stay durable when acknowledged.
+    /// The default is `apply` followed by a `get` of each object.
+    fn apply_derived(
+        &self,
+        objects: Vec<(Kind, serde_json::Value)>,
+    ) -> impl Future<Output = Result<Vec<Option<serde_json::Value>>, StoreError>> + Send {
+        async move {
+            let keys: Vec<(Kind, String, String)> = objects
+                .iter()
+                .map(|(kind, o)| {
+                    let meta = &o["metadata"];
+                    let ns = meta["namespace"].as_str().unwrap_or("default").to_owned();
+                    let name = meta["name"].as_str().unwrap_or_default().to_owned();
+                    (*kind, ns, name)
+                })
+                .collect();
+            let outcomes = self.apply(objects).await?;
+            let mut stored = Vec::with_capacity(keys.len());
+            for ((kind, ns, name), outcome) in keys.into_iter().zip(outcomes) {
+                stored.push(match outcome {
+                    ApplyOutcome::OwnerGone => None,
+                    _ => self.get(kind, &ns, &name).await?,
+                });
+            }
+            Ok(stored)
+        }
+    }
 
     /// Replaces the spec, labels and annotations of an existing object if the
     /// `metadata.resourceVersion` it carries is still the stored one: a write based on a
@@ -156,7 +213,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces the status of each object whose `resourceVersion` still matches, and
     /// records `events`, in one transaction; each status write succeeds or fails
-    /// (conflict, not found) on its own.
+    /// (conflict, not found) on its own. Statuses are derived (see `apply_derived`): a
+    /// store may acknowledge them before they are durable against power loss.
     fn update_statuses(
         &self,
         writes: Vec<(Kind, serde_json::Value, serde_json::Value)>,

@@ -1,5 +1,9 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a write is
-//! on disk before it is acknowledged and survives `kill -9`.
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a user's
+//! write is on disk before it is acknowledged and survives `kill -9` and power loss. The
+//! controller's derived writes (`apply_derived`, `update_statuses`) commit with
+//! `synchronous=NORMAL`: in the WAL at once (they survive `kill -9`), fsynced with the next
+//! `FULL` commit or checkpoint; a power loss may lose the newest of them, which the
+//! controller recomputes when it starts.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -274,6 +278,57 @@ fn merge(existing: Option<Value>, mut applied: Value) -> (ApplyOutcome, Value) {
     (outcome, current)
 }
 
+/// Applies `objects` in one transaction: the outcome of each, the changes to announce,
+/// and each object as stored afterwards (`None` when its owner is gone).
+#[allow(clippy::type_complexity)]
+fn apply_in(
+    c: &mut Connection,
+    objects: Vec<(Kind, Value)>,
+) -> Result<(Vec<ApplyOutcome>, Vec<Change>, Vec<Option<Value>>), StoreError> {
+    let tx = c.transaction()?;
+    let mut outcomes = Vec::with_capacity(objects.len());
+    let mut stored = Vec::with_capacity(objects.len());
+    let mut changes = Vec::new();
+    for (kind, applied) in objects {
+        let (ns, name) = key_of(&applied)?;
+        if !owner_exists(&tx, &ns, &applied)? {
+            outcomes.push(ApplyOutcome::OwnerGone);
+            stored.push(None);
+            continue;
+        }
+        let existing = read(&tx, kind, &ns, &name)?;
+        let (outcome, mut merged) = merge(existing, applied);
+        if outcome != ApplyOutcome::Unchanged {
+            write(&tx, kind, &mut merged)?;
+            changes.push(Change {
+                kind,
+                namespace: ns,
+                name,
+            });
+        }
+        outcomes.push(outcome);
+        stored.push(Some(merged));
+    }
+    tx.commit()?;
+    Ok((outcomes, changes, stored))
+}
+
+/// Runs `f` (its own transactions) with `synchronous=NORMAL`, for derived writes (see
+/// `Store::apply_derived`): in WAL mode such a commit is in the WAL, so it survives a crash
+/// of this process, but it is not fsynced until the next `FULL` commit or checkpoint, so a
+/// power loss may lose it. User writes stay `FULL`: the level is restored before returning.
+fn relaxed<T>(
+    c: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    c.pragma_update(None, "synchronous", "NORMAL")?;
+    let out = f(c);
+    let restored = c.pragma_update(None, "synchronous", "FULL");
+    let out = out?;
+    restored?;
+    Ok(out)
+}
+
 impl Store for SqliteStore {
     async fn get(
         &self,
@@ -301,36 +356,39 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_versions(&self, kind: Kind) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT namespace, name, resource_version FROM objects WHERE kind = ?1
+                 ORDER BY namespace, name",
+            )?;
+            let rows = stmt.query_map(params![kind.name()], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?.to_string(),
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn apply(&self, objects: Vec<(Kind, Value)>) -> Result<Vec<ApplyOutcome>, StoreError> {
-        let (outcomes, changes) = self
-            .blocking(move |c| {
-                let tx = c.transaction()?;
-                let mut outcomes = Vec::with_capacity(objects.len());
-                let mut changes = Vec::new();
-                for (kind, applied) in objects {
-                    let (ns, name) = key_of(&applied)?;
-                    if !owner_exists(&tx, &ns, &applied)? {
-                        outcomes.push(ApplyOutcome::OwnerGone);
-                        continue;
-                    }
-                    let existing = read(&tx, kind, &ns, &name)?;
-                    let (outcome, mut merged) = merge(existing, applied);
-                    if outcome != ApplyOutcome::Unchanged {
-                        write(&tx, kind, &mut merged)?;
-                        changes.push(Change {
-                            kind,
-                            namespace: ns,
-                            name,
-                        });
-                    }
-                    outcomes.push(outcome);
-                }
-                tx.commit()?;
-                Ok((outcomes, changes))
-            })
-            .await?;
+        let (outcomes, changes, _) = self.blocking(move |c| apply_in(c, objects)).await?;
         self.notify(changes);
         Ok(outcomes)
+    }
+
+    async fn apply_derived(
+        &self,
+        objects: Vec<(Kind, Value)>,
+    ) -> Result<Vec<Option<Value>>, StoreError> {
+        let (_, changes, stored) = self
+            .blocking(move |c| relaxed(c, |c| apply_in(c, objects)))
+            .await?;
+        self.notify(changes);
+        Ok(stored)
     }
 
     async fn update(&self, kind: Kind, object: Value) -> Result<(ApplyOutcome, Value), StoreError> {
@@ -426,34 +484,38 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let (results, changes) = self
             .blocking(move |c| {
-                let tx = c.transaction()?;
-                if !events.is_empty() {
-                    insert_events(&tx, events)?;
-                }
-                let mut results = Vec::with_capacity(writes.len());
-                let mut changes = Vec::new();
-                for (kind, object, status) in writes {
-                    let (ns, name) = key_of(&object)?;
-                    let have = resource_version(&object);
-                    let mut current = match read_at_version(&tx, kind, &ns, &name, have) {
-                        Ok(current) => current,
-                        Err(e @ (StoreError::NotFound { .. } | StoreError::Conflict { .. })) => {
-                            results.push(Err(e));
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    current["status"] = status;
-                    write(&tx, kind, &mut current)?;
-                    results.push(Ok(()));
-                    changes.push(Change {
-                        kind,
-                        namespace: ns,
-                        name,
-                    });
-                }
-                tx.commit()?;
-                Ok((results, changes))
+                relaxed(c, |c| {
+                    let tx = c.transaction()?;
+                    if !events.is_empty() {
+                        insert_events(&tx, events)?;
+                    }
+                    let mut results = Vec::with_capacity(writes.len());
+                    let mut changes = Vec::new();
+                    for (kind, object, status) in writes {
+                        let (ns, name) = key_of(&object)?;
+                        let have = resource_version(&object);
+                        let mut current = match read_at_version(&tx, kind, &ns, &name, have) {
+                            Ok(current) => current,
+                            Err(
+                                e @ (StoreError::NotFound { .. } | StoreError::Conflict { .. }),
+                            ) => {
+                                results.push(Err(e));
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        current["status"] = status;
+                        write(&tx, kind, &mut current)?;
+                        results.push(Ok(()));
+                        changes.push(Change {
+                            kind,
+                            namespace: ns,
+                            name,
+                        });
+                    }
+                    tx.commit()?;
+                    Ok((results, changes))
+                })
             })
             .await?;
         self.notify(changes);
@@ -580,6 +642,68 @@ mod tests {
             .unwrap();
         assert_eq!(got["metadata"]["generation"], 2);
         assert_eq!(got["spec"]["predictor"]["minReplicas"], 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn synchronous(store: &SqliteStore) -> i64 {
+        let conn = store.conn.lock().unwrap();
+        conn.pragma_query_value(None, "synchronous", |row| row.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn derived_writes_return_what_is_stored_and_leave_user_writes_full() {
+        const FULL: i64 = 2;
+        let dir = temp_dir("derived");
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(synchronous(&store), FULL);
+        let mut watch = store.watch();
+        let stored = store
+            .apply_derived(vec![(Kind::InferenceService, isvc("a", 1))])
+            .await
+            .unwrap();
+        let a = stored[0].clone().unwrap();
+        assert_eq!(a["metadata"]["generation"], 1);
+        assert_eq!(watch.recv().await.unwrap().name, "a");
+        assert_eq!(
+            Some(&a),
+            store
+                .get(Kind::InferenceService, "default", "a")
+                .await
+                .unwrap()
+                .as_ref()
+        );
+        assert_eq!(synchronous(&store), FULL);
+        // A failed derived write restores the level too.
+        let nameless = json!({"metadata": {}, "spec": {}});
+        assert!(
+            store
+                .apply_derived(vec![(Kind::InferenceService, nameless)])
+                .await
+                .is_err()
+        );
+        assert_eq!(synchronous(&store), FULL);
+        store
+            .update_statuses(
+                vec![(
+                    Kind::InferenceService,
+                    a.clone(),
+                    json!({"observedGeneration": 1}),
+                )],
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(synchronous(&store), FULL);
+        // Reopened (as after kill -9): derived writes are there.
+        drop(store);
+        let store = SqliteStore::open(&dir).unwrap();
+        let a = store
+            .get(Kind::InferenceService, "default", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a["status"]["observedGeneration"], 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
