@@ -25,7 +25,7 @@ use crate::shutdown;
 pub struct ControllerArgs {
     /// Run on the Kubernetes API of the current kubeconfig (or the in-cluster service
     /// account). Required: the controller of local mode is part of `sluice up`.
-    #[arg(long)]
+    #[arg(long, env = "SLUICE_KUBE")]
     kube: bool,
     /// The image of replica Pods (it must hold the `sluice` binary on PATH).
     #[arg(long, env = "SLUICE_IMAGE", default_value = "sluice:latest")]
@@ -60,7 +60,7 @@ pub struct ControllerArgs {
     #[arg(long, env = "SLUICE_SCRAPE_STATS", default_value_t = true, action = clap::ArgAction::Set)]
     scrape_stats: bool,
     /// Namespace of the leader election Lease.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = "SLUICE_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// Name of the leader election Lease.
     #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
@@ -214,4 +214,72 @@ pub async fn admin_server() -> anyhow::Result<String> {
     let app = sluice_controller::admin::router(store, ClusterConfig::default());
     tokio::spawn(axum::serve(listener, app).into_future());
     Ok(format!("http://{addr}"))
+}
+
+/// Flags of `sluice router`.
+#[derive(Args, Debug)]
+pub struct RouterArgs {
+    /// Build routes from the Kubernetes API of the current kubeconfig (or the in-cluster
+    /// service account). Required: the router of local mode is part of `sluice up`.
+    #[arg(long, env = "SLUICE_KUBE")]
+    kube: bool,
+    /// Ingress address.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Requests the activator buffers per revision before answering 503.
+    #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
+    activator_queue: usize,
+}
+
+/// `sluice router --kube`: the ingress, with the activator in-process, routing from watched
+/// Routes, Services, InferenceServices, Revisions and EndpointSlices.
+pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
+    use sluice_activator::{Activator, ActivatorConfig, Forwarder};
+    use sluice_controller::reconcile::kube_routing;
+    use sluice_router::{Router, ServeConfig};
+
+    if !args.kube {
+        bail!("sluice router runs in Kubernetes mode only: pass --kube (in local mode the router is part of `sluice up`)");
+    }
+    let client = infer_client().await.context("connecting to Kubernetes")?;
+    let store = KubeStore::new(client.clone());
+    wait_for_crds(&store).await?;
+    store.start_watching_kinds(&kube_routing::ROUTER_KINDS);
+    let runtime = KubeRuntime::endpoints_only(client);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the router to {}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(RoutingSnapshot::default()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let routes = tokio::spawn(kube_routing::run(store, runtime, snapshot_tx, stopped()));
+    // The activator's stats are for an autoscaler; the controller's scrapes the replicas
+    // itself, so here they are read and let go (the channel never fills).
+    let (stats_tx, mut stats_rx) = mpsc::channel(1024);
+    tokio::spawn(async move { while stats_rx.recv().await.is_some() {} });
+    let activator = Arc::new(Activator::new(
+        ActivatorConfig {
+            max_queued_per_revision: args.activator_queue,
+            ..ActivatorConfig::default()
+        },
+        snapshot_rx.clone(),
+        stats_tx,
+        Forwarder::new(),
+    ));
+    tokio::spawn(activator.clone().run_stats());
+    let router = Arc::new(Router::new(snapshot_rx, activator, Forwarder::new()));
+    let serve = tokio::spawn(sluice_router::serve(listener, router, ServeConfig::default(), stopped()));
+    println!("sluice: router listening on http://{addr}");
+    shutdown::signalled().await;
+    let _ = stop_tx.send(true);
+    let _ = serve.await;
+    let _ = routes.await;
+    Ok(())
 }

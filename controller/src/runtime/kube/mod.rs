@@ -113,6 +113,21 @@ fn ready_addresses(s: &EndpointSlice) -> Vec<SocketAddr> {
 impl KubeRuntime {
     /// A runtime on `client` whose Pods are made from `pod`. Starts its watchers.
     pub fn new(client: Client, pod: PodTemplate) -> Self {
+        Self::start(client, pod, true)
+    }
+
+    /// Only the ready endpoints of revisions (EndpointSlices), for the router: `status`
+    /// answers, `scale` would apply Deployments (which the router's RBAC forbids).
+    pub fn endpoints_only(client: Client) -> Self {
+        let pod = PodTemplate {
+            image: String::new(),
+            image_pull_policy: String::new(),
+            service_account: String::new(),
+        };
+        Self::start(client, pod, false)
+    }
+
+    fn start(client: Client, pod: PodTemplate, deployments: bool) -> Self {
         let (changes, _) = watch::channel(0);
         let rt = Self {
             inner: Arc::new(Inner {
@@ -123,13 +138,15 @@ impl KubeRuntime {
                 watchers: Mutex::default(),
             }),
         };
-        let deployments = tokio::spawn(rt.clone().watch_deployments());
-        let slices = tokio::spawn(rt.clone().watch_slices());
+        let mut watchers = vec![tokio::spawn(rt.clone().watch_slices())];
+        if deployments {
+            watchers.push(tokio::spawn(rt.clone().watch_deployments()));
+        }
         rt.inner
             .watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend([deployments, slices]);
+            .extend(watchers);
         rt
     }
 

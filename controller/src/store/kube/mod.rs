@@ -128,8 +128,13 @@ impl KubeStore {
     /// Starts one watcher per kind (once; later calls do nothing). Their changes arrive on
     /// `watch()`, and reads are served from what they saw.
     pub fn start_watching(&self) {
+        self.start_watching_kinds(&Kind::ALL);
+    }
+
+    /// Starts watchers for `kinds` only (a component whose RBAC allows no more), once.
+    pub fn start_watching_kinds(&self, kinds: &[Kind]) {
         self.inner.watching.get_or_init(|| {
-            for kind in Kind::ALL {
+            for &kind in kinds {
                 tokio::spawn(cache::watch_kind(
                     self.api(kind, None),
                     kind,
