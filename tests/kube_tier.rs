@@ -18,7 +18,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
+use sluice_controller::reconcile::kube_routing;
+use sluice_controller::runtime::KubeRuntime;
+use sluice_controller::store::KubeStore;
+use sluice_core::{NamespacedName, RoutingSnapshot};
 use sluice_crds::Kind;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 use kube_support::{Cluster, api, condition, eventually, get, install_crds, ready, repo};
 
@@ -141,6 +147,49 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
     let isvc = ready(&api(&client, Kind::InferenceService), "InferenceService", "iris").await;
     assert!(isvc["status"]["url"].as_str().unwrap().contains("iris.default."), "{isvc}");
+
+    // The router's snapshot, built from watched objects as `sluice router --kube` builds it
+    // (no request is sent: kwok's Pod IPs are data only).
+    let pod_ip = eventually("the hello Pod's IP", || async {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let list = pods
+            .list(&ListParams::default().labels("serving.knative.dev/revision=hello-00001"))
+            .await
+            .ok()?;
+        list.items.into_iter().find_map(|p| p.status?.pod_ip)
+    })
+    .await;
+    let store = KubeStore::new(client.clone());
+    store.start_watching_kinds(&kube_routing::ROUTER_KINDS);
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(RoutingSnapshot::default()));
+    let routing = tokio::spawn(kube_routing::run(
+        store,
+        KubeRuntime::endpoints_only(client.clone()),
+        snapshot_tx,
+        std::future::pending(),
+    ));
+    let hello_key = NamespacedName::new("default", "hello-00001");
+    let snap = eventually("the router's snapshot with hello's endpoint", || {
+        let snap = snapshot_rx.borrow().clone();
+        async move {
+            let ready = snap.revisions.get(&hello_key)?.endpoints.len() == 1
+                && snap.hosts.contains_key("iris.default.example.com");
+            ready.then_some(snap)
+        }
+    })
+    .await;
+    let hello_route = &snap.hosts["hello.default.example.com"];
+    assert_eq!(hello_route.targets[0].revision, hello_key);
+    assert_eq!(hello_route.targets[0].percent, 100);
+    let r = &snap.revisions[&hello_key];
+    assert_eq!(r.endpoints[0].addr.to_string(), format!("{pod_ip}:8012"));
+    assert!(!r.activator_in_path);
+    assert_eq!(r.container_concurrency, 10);
+    assert_eq!(
+        snap.hosts["iris.default.example.com"].targets[0].revision.name,
+        "iris-predictor-00001"
+    );
+    routing.abort();
 
     // `get` and `describe` read the same objects.
     let (ok, out, err) = cluster.sluice(&["get", "--kube", "isvc", "iris", "-o", "json"]);
