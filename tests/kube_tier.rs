@@ -12,11 +12,11 @@
 
 mod kube_support;
 
-use kube::Api;
-use kube::api::ListParams;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
 use serde_json::Value;
 use sluice_controller::reconcile::kube_routing;
 use sluice_controller::runtime::KubeRuntime;
@@ -46,12 +46,18 @@ fn hello(name: &str, target: &str, min_scale: Option<u32>) -> String {
     format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n\
          spec:\n  template:\n{}    spec:\n      containers:\n        - image: sluice:test\n          command: [\"sluice\"]\n          args: [\"hello\"]\n          env:\n            - name: TARGET\n              value: \"{target}\"\n",
-        if annotations.is_empty() { String::new() } else { format!("    metadata:\n{annotations}") }
+        if annotations.is_empty() {
+            String::new()
+        } else {
+            format!("    metadata:\n{annotations}")
+        }
     )
 }
 
 fn iris(storage: &str, canary: Option<u32>) -> String {
-    let canary = canary.map_or(String::new(), |p| format!("    canaryTrafficPercent: {p}\n"));
+    let canary = canary.map_or(String::new(), |p| {
+        format!("    canaryTrafficPercent: {p}\n")
+    });
     format!(
         "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: iris\n  namespace: default\n\
          spec:\n  predictor:\n{canary}    model:\n      modelFormat:\n        name: sluice-mlp\n      storageUri: {storage}\n"
@@ -76,7 +82,11 @@ async fn ready_pods(client: &kube::Client, revision: &str) -> usize {
     list.items
         .iter()
         .filter(|p| {
-            let on_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("kwok-node"));
+            let on_node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| n.starts_with("kwok-node"));
             let st = p.status.as_ref();
             let ready = st
                 .and_then(|s| s.conditions.as_ref())
@@ -114,23 +124,50 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     let controller = cluster.controller("solo");
 
     // `sluice apply --kube` validates and applies the samples as `sluice apply` does.
-    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &sample("hello.yaml"), "-f", &sample("iris.yaml")]);
+    let (ok, out, err) = cluster.sluice(&[
+        "apply",
+        "--kube",
+        "-f",
+        &sample("hello.yaml"),
+        "-f",
+        &sample("iris.yaml"),
+    ]);
     assert!(ok, "apply failed: {out}{err}");
-    assert!(out.contains("service.serving.knative.dev/hello created"), "{out}");
-    assert!(out.contains("inferenceservice.serving.kserve.io/iris created"), "{out}");
+    assert!(
+        out.contains("service.serving.knative.dev/hello created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("inferenceservice.serving.kserve.io/iris created"),
+        "{out}"
+    );
 
     // The controller creates a Deployment per revision, owned by its Revision.
     for rev in ["hello-00001", "iris-predictor-00001"] {
         let d = eventually(&format!("Deployment {rev}"), || deployment(&client, rev)).await;
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Revision", rev));
-        let c = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("Revision", rev)
+        );
+        let c = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
         assert_eq!(c.image.as_deref(), Some("sluice:test"));
         let command = c.command.clone().unwrap();
         assert_eq!(command[0], "sluice");
         if rev.starts_with("hello") {
             assert_eq!(command[1], "queue", "{command:?}");
-            assert!(command.ends_with(&["sluice".to_owned(), "hello".to_owned()]), "{command:?}");
+            assert!(
+                command.ends_with(&["sluice".to_owned(), "hello".to_owned()]),
+                "{command:?}"
+            );
         } else {
             assert_eq!(command[1], "model-server", "{command:?}");
         }
@@ -145,8 +182,19 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     ready(&api(&client, Kind::Revision), "Revision", "hello-00001").await;
     let svc = ready(&api(&client, Kind::Service), "Service", "hello").await;
     assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
-    let isvc = ready(&api(&client, Kind::InferenceService), "InferenceService", "iris").await;
-    assert!(isvc["status"]["url"].as_str().unwrap().contains("iris.default."), "{isvc}");
+    let isvc = ready(
+        &api(&client, Kind::InferenceService),
+        "InferenceService",
+        "iris",
+    )
+    .await;
+    assert!(
+        isvc["status"]["url"]
+            .as_str()
+            .unwrap()
+            .contains("iris.default."),
+        "{isvc}"
+    );
 
     // The router's snapshot, built from watched objects as `sluice router --kube` builds it
     // (no request is sent: kwok's Pod IPs are data only).
@@ -187,7 +235,9 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     assert!(!r.activator_in_path);
     assert_eq!(r.container_concurrency, 10);
     assert_eq!(
-        snap.hosts["iris.default.example.com"].targets[0].revision.name,
+        snap.hosts["iris.default.example.com"].targets[0]
+            .revision
+            .name,
         "iris-predictor-00001"
     );
     routing.abort();
@@ -206,11 +256,17 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v2]);
     assert!(ok, "{out}{err}");
     let isvc_api = api(&client, Kind::InferenceService);
-    let traffic = eventually("the canary split in the InferenceService's status", || async {
-        let v = get(&isvc_api, "iris").await?;
-        let t = predictor_traffic(&v);
-        (t.len() == 2 && t.iter().any(|(r, p, _)| r == "iris-predictor-00002" && *p == 20)).then_some(t)
-    })
+    let traffic = eventually(
+        "the canary split in the InferenceService's status",
+        || async {
+            let v = get(&isvc_api, "iris").await?;
+            let t = predictor_traffic(&v);
+            (t.len() == 2
+                && t.iter()
+                    .any(|(r, p, _)| r == "iris-predictor-00002" && *p == 20))
+            .then_some(t)
+        },
+    )
     .await;
     // KServe's split: the latest revision 20 %, the rolled-out one 80 % under `prev`.
     assert_eq!(
@@ -233,7 +289,8 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     .await;
     let svc = eventually("hello routed to hello-00002", || async {
         let v = get(&api(&client, Kind::Service), "hello").await?;
-        (v["status"]["latestReadyRevisionName"] == "hello-00002" && condition(&v, "Ready")).then_some(v)
+        (v["status"]["latestReadyRevisionName"] == "hello-00002" && condition(&v, "Ready"))
+            .then_some(v)
     })
     .await;
     assert_eq!(svc["status"]["traffic"][0]["percent"], 100);
@@ -242,7 +299,9 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
         (d.spec?.replicas == Some(0)).then_some(())
     })
     .await;
-    let rev = get(&api(&client, Kind::Revision), "hello-00002").await.unwrap();
+    let rev = get(&api(&client, Kind::Revision), "hello-00002")
+        .await
+        .unwrap();
     assert_eq!(rev["status"]["desiredReplicas"], 2, "{rev}");
 
     // Deleting the InferenceService removes everything it owned (garbage collector).
@@ -257,12 +316,17 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
             .ok()?;
         let d1 = deployment(&client, "iris-predictor-00001").await;
         let d2 = deployment(&client, "iris-predictor-00002").await;
-        (svc.is_none() && cfg.is_none() && revs.items.is_empty() && d1.is_none() && d2.is_none()).then_some(())
+        (svc.is_none() && cfg.is_none() && revs.items.is_empty() && d1.is_none() && d2.is_none())
+            .then_some(())
     })
     .await;
     // What it did not own stays.
     assert!(get(&api(&client, Kind::Service), "hello").await.is_some());
-    assert!(controller.log().contains("became the leader"), "{}", controller.log());
+    assert!(
+        controller.log().contains("became the leader"),
+        "{}",
+        controller.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -281,27 +345,45 @@ async fn a_standby_takes_over_from_a_killed_leader_without_duplicate_revisions()
     })
     .await;
     // Only the leader reconciles: the standby says it stands by.
-    let (active, standby, standby_name) = if leader == "ctl-a" { (&mut a, &mut b, "ctl-b") } else { (&mut b, &mut a, "ctl-a") };
-    eventually("the standby standing by", || async { standby.log().contains("standing by").then_some(()) }).await;
+    let (active, standby, standby_name) = if leader == "ctl-a" {
+        (&mut a, &mut b, "ctl-b")
+    } else {
+        (&mut b, &mut a, "ctl-a")
+    };
+    eventually("the standby standing by", || async {
+        standby.log().contains("standing by").then_some(())
+    })
+    .await;
 
     const N: usize = 8;
-    let v1: String = (0..N).map(|i| hello(&format!("svc-{i}"), "v1", None) + "---\n").collect();
-    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &manifest(&cluster, "v1.yaml", &v1)]);
+    let v1: String = (0..N)
+        .map(|i| hello(&format!("svc-{i}"), "v1", None) + "---\n")
+        .collect();
+    let (ok, out, err) =
+        cluster.sluice(&["apply", "--kube", "-f", &manifest(&cluster, "v1.yaml", &v1)]);
     assert!(ok, "{out}{err}");
     for i in 0..N {
         ready(&api(&client, Kind::Service), "Service", &format!("svc-{i}")).await;
     }
 
     // v2 of every service; the leader is killed as soon as it has started on them.
-    let v2: String = (0..N).map(|i| hello(&format!("svc-{i}"), "v2", None) + "---\n").collect();
-    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &manifest(&cluster, "v2.yaml", &v2)]);
+    let v2: String = (0..N)
+        .map(|i| hello(&format!("svc-{i}"), "v2", None) + "---\n")
+        .collect();
+    let (ok, out, err) =
+        cluster.sluice(&["apply", "--kube", "-f", &manifest(&cluster, "v2.yaml", &v2)]);
     assert!(ok, "{out}{err}");
     let revisions = api(&client, Kind::Revision);
     eventually("the leader creating a second revision", || async {
         let list = revisions.list(&ListParams::default()).await.ok()?;
         list.items
             .iter()
-            .any(|r| r.metadata.name.as_deref().is_some_and(|n| n.ends_with("-00002")))
+            .any(|r| {
+                r.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with("-00002"))
+            })
             .then_some(())
     })
     .await;
@@ -316,13 +398,19 @@ async fn a_standby_takes_over_from_a_killed_leader_without_duplicate_revisions()
         let name = format!("svc-{i}");
         eventually(&format!("{name} ready on its second revision"), || async {
             let v = get(&api(&client, Kind::Service), &name).await?;
-            (condition(&v, "Ready") && v["status"]["latestReadyRevisionName"] == format!("{name}-00002")).then_some(())
+            (condition(&v, "Ready")
+                && v["status"]["latestReadyRevisionName"] == format!("{name}-00002"))
+            .then_some(())
         })
         .await;
     }
     // Exactly two revisions per service, one Deployment each: nothing stamped twice.
     let list = revisions.list(&ListParams::default()).await.unwrap();
-    let mut names: Vec<String> = list.items.iter().filter_map(|r| r.metadata.name.clone()).collect();
+    let mut names: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|r| r.metadata.name.clone())
+        .collect();
     names.sort();
     let mut want: Vec<String> = (0..N)
         .flat_map(|i| [format!("svc-{i}-00001"), format!("svc-{i}-00002")])
@@ -340,7 +428,11 @@ async fn a_standby_takes_over_from_a_killed_leader_without_duplicate_revisions()
         .collect();
     ds.sort();
     assert_eq!(ds, want);
-    assert!(standby.stdout().contains("is the leader"), "{}", standby.log());
+    assert!(
+        standby.stdout().contains("is the leader"),
+        "{}",
+        standby.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -357,12 +449,22 @@ async fn without_the_crds_the_controller_names_the_missing_one_and_waits() {
             .map(str::to_owned)
     })
     .await;
-    assert!(line.contains("CRD ") && line.contains(".serving."), "{line}");
-    assert!(controller.child.try_wait().unwrap().is_none(), "the controller exited: {}", controller.log());
+    assert!(
+        line.contains("CRD ") && line.contains(".serving."),
+        "{line}"
+    );
+    assert!(
+        controller.child.try_wait().unwrap().is_none(),
+        "the controller exited: {}",
+        controller.log()
+    );
     // `sluice get --kube` says the same.
     let (ok, _, err) = cluster.sluice(&["get", "--kube", "isvc"]);
     assert!(!ok);
-    assert!(err.contains("CRD inferenceservices.serving.kserve.io is not installed"), "{err}");
+    assert!(
+        err.contains("CRD inferenceservices.serving.kserve.io is not installed"),
+        "{err}"
+    );
 
     // Installing them lets it proceed, without a restart.
     install_crds(&client).await;

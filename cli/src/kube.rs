@@ -239,7 +239,9 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     use sluice_router::{Router, ServeConfig};
 
     if !args.kube {
-        bail!("sluice router runs in Kubernetes mode only: pass --kube (in local mode the router is part of `sluice up`)");
+        bail!(
+            "sluice router runs in Kubernetes mode only: pass --kube (in local mode the router is part of `sluice up`)"
+        );
     }
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
@@ -275,7 +277,12 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     ));
     tokio::spawn(activator.clone().run_stats());
     let router = Arc::new(Router::new(snapshot_rx, activator, Forwarder::new()));
-    let serve = tokio::spawn(sluice_router::serve(listener, router, ServeConfig::default(), stopped()));
+    let serve = tokio::spawn(sluice_router::serve(
+        listener,
+        router,
+        ServeConfig::default(),
+        stopped(),
+    ));
     println!("sluice: router listening on http://{addr}");
     shutdown::signalled().await;
     let _ = stop_tx.send(true);

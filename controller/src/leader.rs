@@ -116,7 +116,12 @@ impl LeaderElector {
     /// Takes or renews the Lease once: whether this candidate holds it now.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, KubeError> {
         let me = self.config.identity.clone();
-        let Some(lease) = self.api.get_opt(&self.config.name).await.map_err(Self::err)? else {
+        let Some(lease) = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(Self::err)?
+        else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.config.name.clone()),
@@ -196,7 +201,10 @@ impl LeaderElector {
                         logged = true;
                     }
                 }
-                Err(e) => tracing::warn!("leader election failed, retrying: {}", sluice_core::error_chain(&e)),
+                Err(e) => tracing::warn!(
+                    "leader election failed, retrying: {}",
+                    sluice_core::error_chain(&e)
+                ),
             }
             tokio::time::sleep(self.config.retry_period).await;
         }
@@ -215,7 +223,10 @@ impl LeaderElector {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!("renewing the lease failed: {}", sluice_core::error_chain(&e));
+                    tracing::warn!(
+                        "renewing the lease failed: {}",
+                        sluice_core::error_chain(&e)
+                    );
                     if renewed.elapsed() >= self.config.renew_deadline {
                         tracing::warn!(identity = %self.config.identity, "could not renew the lease within the renew deadline");
                         return;
@@ -230,7 +241,9 @@ impl LeaderElector {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
             return;
         };
-        let Some(spec) = lease.spec.as_mut() else { return };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
         if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
             return;
         }

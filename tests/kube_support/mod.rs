@@ -55,7 +55,10 @@ impl Cluster {
             kubeconfig: dir.join("kubeconfig"),
             dir,
         };
-        assert!(status.success(), "scripts/kube-cluster start failed: {status}");
+        assert!(
+            status.success(),
+            "scripts/kube-cluster start failed: {status}"
+        );
         cluster
     }
 
@@ -212,9 +215,13 @@ pub async fn install_crds(client: &Client) {
     for path in paths {
         let v: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let name = v["metadata"]["name"].as_str().unwrap().to_owned();
-        crds.patch(&name, &PatchParams::apply("sluice-test").force(), &Patch::Apply(&v))
-            .await
-            .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+        crds.patch(
+            &name,
+            &PatchParams::apply("sluice-test").force(),
+            &Patch::Apply(&v),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
         names.push(name);
     }
     for name in names {
@@ -228,9 +235,10 @@ pub async fn install_crds(client: &Client) {
 
 /// Whether a condition of `type_` is `True` in `v.status.conditions`.
 pub fn condition(v: &Value, type_: &str) -> bool {
-    v["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == type_ && c["status"] == "True"))
+    v["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == type_ && c["status"] == "True")
+    })
 }
 
 /// The object as JSON, once it exists.

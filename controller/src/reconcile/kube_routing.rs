@@ -55,7 +55,12 @@ pub fn snapshot(
 ) -> RoutingSnapshot {
     let services: HashMap<(String, String), Service> = decoded::<Service>(services)
         .into_iter()
-        .map(|s| ((s.metadata.namespace().to_owned(), s.metadata.name.clone()), s))
+        .map(|s| {
+            (
+                (s.metadata.namespace().to_owned(), s.metadata.name.clone()),
+                s,
+            )
+        })
         .collect();
     let mut hosts: Vec<(String, NamespacedName, Vec<WeightedTarget>)> = Vec::new();
     let mut route_targets: HashMap<(String, String), Vec<WeightedTarget>> = HashMap::new();
@@ -85,7 +90,9 @@ pub fn snapshot(
             }
         }
         for t in &status.traffic {
-            if let (Some(tag), Some(rev)) = (t.tag.as_deref().filter(|t| !t.is_empty()), &t.revision_name) {
+            if let (Some(tag), Some(rev)) =
+                (t.tag.as_deref().filter(|t| !t.is_empty()), &t.revision_name)
+            {
                 hosts.push((
                     route::tag_host(tag, &host),
                     key.clone(),
@@ -162,7 +169,10 @@ pub async fn run<S: Store, R: Runtime>(
                     }
                 });
             }
-            Err(e) => tracing::warn!("building the routing snapshot failed: {}", sluice_core::error_chain(&e)),
+            Err(e) => tracing::warn!(
+                "building the routing snapshot failed: {}",
+                sluice_core::error_chain(&e)
+            ),
         }
         tokio::select! {
             change = changes.recv() => {
@@ -181,7 +191,10 @@ pub async fn run<S: Store, R: Runtime>(
     }
 }
 
-async fn rebuild<S: Store, R: Runtime>(store: &S, runtime: &R) -> Result<RoutingSnapshot, StoreError> {
+async fn rebuild<S: Store, R: Runtime>(
+    store: &S,
+    runtime: &R,
+) -> Result<RoutingSnapshot, StoreError> {
     let routes = store.list(Kind::Route, None).await?;
     let services = store.list(Kind::Service, None).await?;
     let isvcs = store.list(Kind::InferenceService, None).await?;
@@ -195,8 +208,14 @@ mod tests {
 
     #[test]
     fn hosts_come_from_status_urls() {
-        assert_eq!(host_of("http://Hello.default.example.com:8080/x").as_deref(), Some("hello.default.example.com"));
-        assert_eq!(host_of("http://iris.default.example.com").as_deref(), Some("iris.default.example.com"));
+        assert_eq!(
+            host_of("http://Hello.default.example.com:8080/x").as_deref(),
+            Some("hello.default.example.com")
+        );
+        assert_eq!(
+            host_of("http://iris.default.example.com").as_deref(),
+            Some("iris.default.example.com")
+        );
         assert_eq!(host_of(""), None);
     }
 }

@@ -50,7 +50,10 @@ fn labels(spec: &ReplicaSpec) -> Value {
     let mut labels = serde_json::Map::new();
     labels.insert(REVISION_LABEL.into(), spec.revision.name.clone().into());
     labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-    for (label, env) in [(CONFIGURATION_LABEL, "K_CONFIGURATION"), (SERVICE_LABEL, "K_SERVICE")] {
+    for (label, env) in [
+        (CONFIGURATION_LABEL, "K_CONFIGURATION"),
+        (SERVICE_LABEL, "K_SERVICE"),
+    ] {
         if let Some(v) = env_value(spec, env).filter(|v| !v.is_empty()) {
             labels.insert(label.into(), v.into());
         }
@@ -171,24 +174,38 @@ mod tests {
 
     #[test]
     fn deployment_runs_the_replica_command_owned_by_its_revision() {
-        let owner = Owner { name: "hello-00001".into(), uid: "u1".into() };
+        let owner = Owner {
+            name: "hello-00001".into(),
+            uid: "u1".into(),
+        };
         let pod = PodTemplate {
             image: "sluice:dev".into(),
             image_pull_policy: String::new(),
             service_account: String::new(),
         };
-        let d = deployment(&spec(&["sluice", "queue", "--", "sluice", "hello"]), 3, &owner, &pod);
+        let d = deployment(
+            &spec(&["sluice", "queue", "--", "sluice", "hello"]),
+            3,
+            &owner,
+            &pod,
+        );
         assert_eq!(d["spec"]["replicas"], 3);
         assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "u1");
         assert_eq!(d["metadata"]["labels"][REVISION_LABEL], "hello-00001");
         assert_eq!(d["metadata"]["labels"][SERVICE_LABEL], "hello");
         let c = &d["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["image"], "sluice:dev");
-        assert_eq!(c["command"], json!(["sluice", "queue", "--", "sluice", "hello"]));
+        assert_eq!(
+            c["command"],
+            json!(["sluice", "queue", "--", "sluice", "hello"])
+        );
         let env = c["env"].as_array().unwrap();
         assert!(env.contains(&json!({"name": "SLUICE_QUEUE_LISTEN", "value": "0.0.0.0:8012"})));
         assert!(env.contains(&json!({"name": "TARGET", "value": "Sluice"})));
-        assert_eq!(d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], 30);
+        assert_eq!(
+            d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+            30
+        );
         assert_eq!(
             d["spec"]["selector"]["matchLabels"],
             d["spec"]["template"]["metadata"]["labels"][REVISION_LABEL]
@@ -196,8 +213,16 @@ mod tests {
                 .map(|r| json!({REVISION_LABEL: r}))
                 .unwrap()
         );
-        let m = deployment(&spec(&["sluice", "model-server", "--model-name", "iris"]), 1, &owner, &pod);
-        let env = m["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+        let m = deployment(
+            &spec(&["sluice", "model-server", "--model-name", "iris"]),
+            1,
+            &owner,
+            &pod,
+        );
+        let env = m["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
         assert!(env.contains(&json!({"name": "SLUICE_LISTEN", "value": "0.0.0.0:8012"})));
         let s = service(&spec(&["sluice", "hello"]), &owner);
         assert_eq!(s["spec"]["selector"][REVISION_LABEL], "hello-00001");

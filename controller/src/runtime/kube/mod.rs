@@ -72,9 +72,14 @@ impl std::fmt::Debug for KubeRuntime {
     }
 }
 
-fn revision_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<NamespacedName> {
+fn revision_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<NamespacedName> {
     let name = meta.labels.as_ref()?.get(REVISION_LABEL)?;
-    Some(NamespacedName::new(meta.namespace.clone().unwrap_or_default(), name.clone()))
+    Some(NamespacedName::new(
+        meta.namespace.clone().unwrap_or_default(),
+        name.clone(),
+    ))
 }
 
 fn selector() -> String {
@@ -199,8 +204,14 @@ impl KubeRuntime {
     }
 
     fn saw_deployment(&self, d: &Deployment) {
-        let Some(key) = revision_of(&d.metadata) else { return };
-        let desired = d.spec.as_ref().and_then(|s| s.replicas).and_then(|r| u32::try_from(r).ok());
+        let Some(key) = revision_of(&d.metadata) else {
+            return;
+        };
+        let desired = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .and_then(|r| u32::try_from(r).ok());
         let replicas = d
             .status
             .as_ref()
@@ -211,7 +222,11 @@ impl KubeRuntime {
         {
             let mut state = self.state();
             // Someone else changed the replica count: apply ours again on the next pass.
-            if state.applied.get(&key).is_some_and(|(n, _)| Some(*n) != desired) {
+            if state
+                .applied
+                .get(&key)
+                .is_some_and(|(n, _)| Some(*n) != desired)
+            {
                 state.applied.remove(&key);
             }
             let seen = state.seen.entry(key).or_default();
@@ -271,7 +286,9 @@ impl KubeRuntime {
     }
 
     fn saw_slice(&self, s: &EndpointSlice, deleted: bool) {
-        let Some(key) = revision_of(&s.metadata) else { return };
+        let Some(key) = revision_of(&s.metadata) else {
+            return;
+        };
         let name = s.metadata.name.clone().unwrap_or_default();
         let changed = {
             let mut state = self.state();
@@ -296,23 +313,37 @@ impl KubeRuntime {
     /// The uid of a revision (its Deployment's owner), read once.
     async fn owner(&self, revision: &NamespacedName) -> Result<Owner, RuntimeError> {
         if let Some(uid) = self.state().owners.get(revision).cloned() {
-            return Ok(Owner { name: revision.name.clone(), uid });
+            return Ok(Owner {
+                name: revision.name.clone(),
+                uid,
+            });
         }
         let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
             self.inner.client.clone(),
             &revision.namespace,
             &api_resource(Kind::Revision),
         );
-        let rev = api.get(&revision.name).await.map_err(|e| RuntimeError::Kube {
-            revision: revision.clone(),
-            source: classify("get", "revisions.serving.knative.dev".into(), None, e),
-        })?;
+        let rev = api
+            .get(&revision.name)
+            .await
+            .map_err(|e| RuntimeError::Kube {
+                revision: revision.clone(),
+                source: classify("get", "revisions.serving.knative.dev".into(), None, e),
+            })?;
         let uid = rev.metadata.uid.unwrap_or_default();
         self.state().owners.insert(revision.clone(), uid.clone());
-        Ok(Owner { name: revision.name.clone(), uid })
+        Ok(Owner {
+            name: revision.name.clone(),
+            uid,
+        })
     }
 
-    async fn apply<K>(&self, revision: &NamespacedName, resource: &str, body: serde_json::Value) -> Result<(), RuntimeError>
+    async fn apply<K>(
+        &self,
+        revision: &NamespacedName,
+        resource: &str,
+        body: serde_json::Value,
+    ) -> Result<(), RuntimeError>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -350,7 +381,9 @@ impl Runtime for KubeRuntime {
         self.apply::<Deployment>(key, "deployments.apps", deployment)
             .await?;
         tracing::debug!(revision = %key, replicas, "applied deployment");
-        self.state().applied.insert(key.clone(), (replicas, spec.clone()));
+        self.state()
+            .applied
+            .insert(key.clone(), (replicas, spec.clone()));
         Ok(())
     }
 
@@ -392,7 +425,11 @@ impl Runtime for KubeRuntime {
         let created = seen.replicas.max(seen.desired.unwrap_or(0));
         RevisionRuntimeStatus {
             starting: created.saturating_sub(ready.len() as u32),
-            failure: if ready.is_empty() { seen.failure.clone() } else { None },
+            failure: if ready.is_empty() {
+                seen.failure.clone()
+            } else {
+                None
+            },
             ready,
         }
     }
@@ -412,7 +449,13 @@ impl Runtime for KubeRuntime {
 
     async fn shutdown(&self) {
         // Replicas are Kubernetes': they keep serving while no controller runs.
-        for w in self.inner.watchers.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for w in self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             w.abort();
         }
     }
@@ -427,13 +470,19 @@ mod tests {
     fn only_ready_endpoints_count() {
         let ep = |ip: &str, ready: bool| Endpoint {
             addresses: vec![ip.to_owned()],
-            conditions: Some(EndpointConditions { ready: Some(ready), ..Default::default() }),
+            conditions: Some(EndpointConditions {
+                ready: Some(ready),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let s = EndpointSlice {
             address_type: "IPv4".into(),
             endpoints: vec![ep("10.0.0.1", true), ep("10.0.0.2", false)],
-            ports: Some(vec![EndpointPort { port: Some(8012), ..Default::default() }]),
+            ports: Some(vec![EndpointPort {
+                port: Some(8012),
+                ..Default::default()
+            }]),
             ..Default::default()
         };
         assert_eq!(ready_addresses(&s), vec!["10.0.0.1:8012".parse().unwrap()]);

@@ -12,8 +12,8 @@ use std::sync::{Arc, RwLock};
 use futures_util::StreamExt;
 use kube::Api;
 use kube::core::DynamicObject;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use serde_json::Value;
 use sluice_crds::Kind;
 use tokio::sync::broadcast;
@@ -103,7 +103,10 @@ impl Objects {
         match event {
             Event::Apply(v) => {
                 let key = key(&v);
-                let changed = k.objects.get(&key).is_none_or(|old| version(old) != version(&v));
+                let changed = k
+                    .objects
+                    .get(&key)
+                    .is_none_or(|old| version(old) != version(&v));
                 k.objects.insert(key.clone(), Arc::new(v));
                 if changed { vec![key] } else { vec![] }
             }
@@ -117,7 +120,9 @@ impl Objects {
                 vec![]
             }
             Event::InitApply(v) => {
-                k.relist.get_or_insert_with(HashMap::new).insert(key(&v), Arc::new(v));
+                k.relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key(&v), Arc::new(v));
                 vec![]
             }
             Event::InitDone => {
@@ -129,7 +134,10 @@ impl Objects {
                     .cloned()
                     .collect();
                 for (key, v) in &fresh {
-                    if k.objects.get(key).is_none_or(|old| version(old) != version(v)) {
+                    if k.objects
+                        .get(key)
+                        .is_none_or(|old| version(old) != version(v))
+                    {
                         changed.push(key.clone());
                     }
                 }
@@ -185,7 +193,11 @@ pub(super) async fn watch_kind(
         };
         let Some(event) = event else { continue };
         for (namespace, name) in objects.apply(kind, event) {
-            let namespace = if namespace.is_empty() { "default".to_owned() } else { namespace };
+            let namespace = if namespace.is_empty() {
+                "default".to_owned()
+            } else {
+                namespace
+            };
             let _ = changes.send(Change {
                 kind,
                 namespace,
@@ -207,7 +219,11 @@ mod tests {
     #[test]
     fn a_relist_reports_what_changed_and_what_went_while_disconnected() {
         let o = Objects::default();
-        assert_eq!(o.get(Kind::Route, "default", "a"), None, "unsynced reads go to the API");
+        assert_eq!(
+            o.get(Kind::Route, "default", "a"),
+            None,
+            "unsynced reads go to the API"
+        );
         o.apply(Kind::Route, Event::Init);
         o.apply(Kind::Route, Event::InitApply(obj("a", "1")));
         o.apply(Kind::Route, Event::InitApply(obj("b", "1")));
@@ -215,7 +231,11 @@ mod tests {
         first.sort();
         assert_eq!(first.len(), 2);
         assert_eq!(o.get(Kind::Route, "default", "c"), Some(None));
-        assert_eq!(o.apply(Kind::Route, Event::Apply(obj("a", "1"))), vec![], "same version");
+        assert_eq!(
+            o.apply(Kind::Route, Event::Apply(obj("a", "1"))),
+            vec![],
+            "same version"
+        );
         // Disconnected: b changed, a was deleted, c was created; the re-list tells all three.
         o.apply(Kind::Route, Event::Init);
         o.apply(Kind::Route, Event::InitApply(obj("b", "2")));
@@ -225,6 +245,9 @@ mod tests {
         let names: Vec<&str> = changed.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(o.get(Kind::Route, "default", "a"), Some(None));
-        assert_eq!(o.list(Kind::Route, Some("default")).map(|l| l.len()), Some(2));
+        assert_eq!(
+            o.list(Kind::Route, Some("default")).map(|l| l.len()),
+            Some(2)
+        );
     }
 }

@@ -158,7 +158,12 @@ impl KubeStore {
                 Ok(list) => list.resources.iter().any(|r| r.name == kind.plural()),
                 Err(e) if api_code(&e) == Some(404) => false,
                 Err(e) => {
-                    return Err(classify("get", format!("/apis/{}", kind.api_version()), None, e));
+                    return Err(classify(
+                        "get",
+                        format!("/apis/{}", kind.api_version()),
+                        None,
+                        e,
+                    ));
                 }
             };
             if !found {
@@ -187,7 +192,12 @@ impl KubeStore {
     }
 
     /// Reads one object from the API (never from the watchers' copy).
-    async fn get_fresh(&self, kind: Kind, ns: &str, name: &str) -> Result<Option<Value>, StoreError> {
+    async fn get_fresh(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Value>, StoreError> {
         match self.api(kind, Some(ns)).get_opt(name).await {
             Ok(o) => Ok(o.and_then(to_value)),
             Err(e) => Err(self.err("get", kind, e)),
@@ -259,7 +269,12 @@ impl KubeStore {
     }
 
     /// Applies one object for real (skipped when its owner is gone), with its outcome.
-    async fn apply_checked(&self, kind: Kind, body: &Value, live: bool) -> Result<ApplyOutcome, StoreError> {
+    async fn apply_checked(
+        &self,
+        kind: Kind,
+        body: &Value,
+        live: bool,
+    ) -> Result<ApplyOutcome, StoreError> {
         if !live {
             return Ok(ApplyOutcome::OwnerGone);
         }
@@ -288,7 +303,11 @@ impl KubeStore {
         if dry_run {
             pp = pp.dry_run();
         }
-        match self.api(kind, Some(&ns)).patch(name, &pp, &Patch::Apply(body)).await {
+        match self
+            .api(kind, Some(&ns))
+            .patch(name, &pp, &Patch::Apply(body))
+            .await
+        {
             Ok(o) => Ok(to_value(o)),
             Err(e) => Err(self.err("patch", kind, e)),
         }
@@ -299,7 +318,9 @@ impl KubeStore {
             kind,
             namespace: meta_str(obj, "namespace").unwrap_or("default").to_owned(),
             name: meta_str(obj, "name").unwrap_or_default().to_owned(),
-            have: meta_str(obj, "resourceVersion").unwrap_or_default().to_owned(),
+            have: meta_str(obj, "resourceVersion")
+                .unwrap_or_default()
+                .to_owned(),
             stored: "a newer one".to_owned(),
         })
     }
@@ -312,13 +333,22 @@ impl KubeStore {
         })
     }
 
-    async fn write_status(&self, kind: Kind, object: &Value, status: Value) -> Result<Value, StoreError> {
+    async fn write_status(
+        &self,
+        kind: Kind,
+        object: &Value,
+        status: Value,
+    ) -> Result<Value, StoreError> {
         let mut body = object.clone();
         body["status"] = status;
         let ns = Self::ns_of(kind, &body);
         let name = meta_str(&body, "name").unwrap_or_default().to_owned();
         let o = from_value(kind, body)?;
-        match self.api(kind, Some(&ns)).replace_status(&name, &PostParams::default(), &o).await {
+        match self
+            .api(kind, Some(&ns))
+            .replace_status(&name, &PostParams::default(), &o)
+            .await
+        {
             Ok(o) => to_value(o).ok_or_else(|| StoreError::Malformed(format!("{kind} {name}"))),
             Err(e) => Err(Self::conflict(kind, object, &e)
                 .or_else(|| Self::not_found(kind, object, &e))
@@ -334,8 +364,15 @@ impl KubeStore {
     }
 
     async fn record_event(&self, e: Event) -> Result<(), StoreError> {
-        let ns = if namespaced(e.kind) { e.namespace.clone() } else { "default".to_owned() };
-        let uid = self.inner.objects.uid(e.kind, if namespaced(e.kind) { &ns } else { "" }, &e.name);
+        let ns = if namespaced(e.kind) {
+            e.namespace.clone()
+        } else {
+            "default".to_owned()
+        };
+        let uid =
+            self.inner
+                .objects
+                .uid(e.kind, if namespaced(e.kind) { &ns } else { "" }, &e.name);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let event = CoreEvent {
             metadata: ObjectMeta {
@@ -373,7 +410,12 @@ impl KubeStore {
 }
 
 impl Store for KubeStore {
-    async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Value>, StoreError> {
+    async fn get(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, StoreError> {
         let ns = if namespaced(kind) { namespace } else { "" };
         if let Some(hit) = self.inner.objects.get(kind, ns, name) {
             return Ok(hit);
@@ -433,9 +475,14 @@ impl Store for KubeStore {
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         let sent_rv = meta_str(&object, "resourceVersion").map(str::to_owned);
         let o = from_value(kind, object.clone())?;
-        match self.api(kind, Some(&ns)).replace(&name, &PostParams::default(), &o).await {
+        match self
+            .api(kind, Some(&ns))
+            .replace(&name, &PostParams::default(), &o)
+            .await
+        {
             Ok(o) => {
-                let v = to_value(o).ok_or_else(|| StoreError::Malformed(format!("{kind} {name}")))?;
+                let v =
+                    to_value(o).ok_or_else(|| StoreError::Malformed(format!("{kind} {name}")))?;
                 let outcome = if meta_str(&v, "resourceVersion").map(str::to_owned) == sent_rv {
                     ApplyOutcome::Unchanged
                 } else {
@@ -467,8 +514,11 @@ impl Store for KubeStore {
         for (kind, object, status) in &writes {
             pending.push(self.write_status(*kind, object, status.clone()));
         }
-        let results: Vec<Result<(), StoreError>> =
-            bounded(pending).await.into_iter().map(|r| r.map(|_| ())).collect();
+        let results: Vec<Result<(), StoreError>> = bounded(pending)
+            .await
+            .into_iter()
+            .map(|r| r.map(|_| ()))
+            .collect();
         self.record_events(events).await?;
         Ok(results)
     }
@@ -478,14 +528,26 @@ impl Store for KubeStore {
         for r in bounded(pending).await {
             if let Err(e) = r {
                 // An event is a courtesy: losing one never fails a reconcile pass.
-                tracing::warn!("recording an event failed: {}", sluice_core::error_chain(&e));
+                tracing::warn!(
+                    "recording an event failed: {}",
+                    sluice_core::error_chain(&e)
+                );
             }
         }
         Ok(())
     }
 
-    async fn events(&self, kind: Kind, namespace: &str, name: &str) -> Result<Vec<Event>, StoreError> {
-        let ns = if namespaced(kind) { namespace } else { "default" };
+    async fn events(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Event>, StoreError> {
+        let ns = if namespaced(kind) {
+            namespace
+        } else {
+            "default"
+        };
         let api: Api<CoreEvent> = Api::namespaced(self.inner.client.clone(), ns);
         let selector = format!(
             "involvedObject.apiVersion={},involvedObject.kind={},involvedObject.name={name}",
@@ -528,15 +590,26 @@ impl Store for KubeStore {
         Ok(out.into_iter().map(|(_, e)| e).collect())
     }
 
-    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Vec<Change>, StoreError> {
+    async fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Change>, StoreError> {
         let obj = serde_json::json!({"metadata": {"namespace": namespace, "name": name}});
-        match self.api(kind, Some(namespace)).delete(name, &DeleteParams::background()).await {
+        match self
+            .api(kind, Some(namespace))
+            .delete(name, &DeleteParams::background())
+            .await
+        {
             Ok(_) => Ok(vec![Change {
                 kind,
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
             }]),
-            Err(e) => Err(Self::not_found(kind, &obj, &e).unwrap_or_else(|| self.err("delete", kind, e))),
+            Err(e) => {
+                Err(Self::not_found(kind, &obj, &e).unwrap_or_else(|| self.err("delete", kind, e)))
+            }
         }
     }
 

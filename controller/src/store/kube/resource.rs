@@ -13,7 +13,10 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         .api_version()
         .split_once('/')
         .unwrap_or(("", kind.api_version()));
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind.name()), kind.plural())
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, kind.name()),
+        kind.plural(),
+    )
 }
 
 /// The API group of a kind.
@@ -92,7 +95,12 @@ pub(crate) fn api_code(e: &kube::Error) -> Option<u16> {
 }
 
 /// Classifies a failed request on `resource` (a missing CRD, RBAC, or other).
-pub(crate) fn classify(verb: &'static str, resource: String, crd: Option<String>, e: kube::Error) -> KubeError {
+pub(crate) fn classify(
+    verb: &'static str,
+    resource: String,
+    crd: Option<String>,
+    e: kube::Error,
+) -> KubeError {
     if let (Some(crd), true) = (crd, is_missing_type(&e)) {
         return KubeError::MissingCrd { crd };
     }
@@ -120,8 +128,18 @@ mod tests {
     fn every_kind_maps_to_its_group_version_and_crd() {
         let r = api_resource(Kind::InferenceService);
         assert_eq!(
-            (r.group.as_str(), r.version.as_str(), r.plural.as_str(), r.kind.as_str()),
-            ("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
+            (
+                r.group.as_str(),
+                r.version.as_str(),
+                r.plural.as_str(),
+                r.kind.as_str()
+            ),
+            (
+                "serving.kserve.io",
+                "v1beta1",
+                "inferenceservices",
+                "InferenceService"
+            )
         );
         assert_eq!(crd_name(Kind::Revision), "revisions.serving.knative.dev");
         assert_eq!(
@@ -131,7 +149,11 @@ mod tests {
         assert_eq!(api_resource(Kind::ServingRuntime).version, "v1alpha1");
         assert!(!namespaced(Kind::ClusterServingRuntime));
         for kind in Kind::ALL {
-            let file = format!("{}/../crds/yaml/{}.yaml", env!("CARGO_MANIFEST_DIR"), crd_name(kind));
+            let file = format!(
+                "{}/../crds/yaml/{}.yaml",
+                env!("CARGO_MANIFEST_DIR"),
+                crd_name(kind)
+            );
             assert!(std::path::Path::new(&file).exists(), "{file} missing");
         }
     }
@@ -149,7 +171,11 @@ mod tests {
             "list",
             "inferenceservices.serving.kserve.io".into(),
             Some("inferenceservices.serving.kserve.io".into()),
-            status(404, "the server could not find the requested resource", "NotFound"),
+            status(
+                404,
+                "the server could not find the requested resource",
+                "NotFound",
+            ),
         );
         assert_eq!(
             e.to_string(),
@@ -159,10 +185,23 @@ mod tests {
             "patch",
             "deployments.apps".into(),
             None,
-            status(403, "deployments.apps \"x\" is forbidden: User \"u\" cannot patch", "Forbidden"),
+            status(
+                403,
+                "deployments.apps \"x\" is forbidden: User \"u\" cannot patch",
+                "Forbidden",
+            ),
         );
-        assert!(e.to_string().starts_with("forbidden: cannot patch deployments.apps:"), "{e}");
-        let e = classify("get", "revisions.serving.knative.dev".into(), None, status(500, "boom", "InternalError"));
+        assert!(
+            e.to_string()
+                .starts_with("forbidden: cannot patch deployments.apps:"),
+            "{e}"
+        );
+        let e = classify(
+            "get",
+            "revisions.serving.knative.dev".into(),
+            None,
+            status(500, "boom", "InternalError"),
+        );
         assert!(matches!(e, KubeError::Api { verb: "get", .. }));
     }
 }
