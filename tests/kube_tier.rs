@@ -474,3 +474,47 @@ async fn without_the_crds_the_controller_names_the_missing_one_and_waits() {
     .await;
     assert!(controller.child.try_wait().unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn the_controller_rides_out_an_api_server_restart() {
+    let cluster = Cluster::start("restart");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    let mut controller = cluster.controller("steady");
+    let v1 = manifest(&cluster, "v1.yaml", &hello("hello", "v1", None));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v1]);
+    assert!(ok, "{out}{err}");
+    ready(&api(&client, Kind::Service), "Service", "hello").await;
+
+    // The API server goes away for longer than the renew deadline and comes back.
+    cluster.restart_apiserver().await;
+    let client = cluster.client().await;
+    eventually("the API server answering again", || async {
+        api(&client, Kind::Service).list(&ListParams::default()).await.ok()
+    })
+    .await;
+
+    // The controller reconnects (re-listing its watches) and reconciles what comes next.
+    let v2 = manifest(&cluster, "v2.yaml", &hello("hello", "v2", None));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v2]);
+    assert!(ok, "{out}{err}");
+    eventually("hello ready on hello-00002", || async {
+        let v = get(&api(&client, Kind::Service), "hello").await?;
+        (condition(&v, "Ready") && v["status"]["latestReadyRevisionName"] == "hello-00002")
+            .then_some(())
+    })
+    .await;
+    let list = api(&client, Kind::Revision)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut names: Vec<String> = list.items.into_iter().filter_map(|r| r.metadata.name).collect();
+    names.sort();
+    assert_eq!(names, ["hello-00001", "hello-00002"]);
+    assert!(
+        controller.child.try_wait().unwrap().is_none(),
+        "the controller exited: {}",
+        controller.log()
+    );
+}

@@ -136,15 +136,43 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     wait_for_crds(&store).await?;
 
     let mut elector = LeaderElector::new(client.clone(), lease);
-    tokio::select! {
-        () = elector.acquire() => {}
-        () = shutdown::signalled() => return Ok(()),
+    loop {
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown::signalled() => return Ok(()),
+        }
+        println!("sluice: controller {} is the leader", elector.identity());
+        store.start_watching();
+        match lead(&args, &store, &mut elector).await {
+            Term::Stopped => return Ok(()),
+            // The API server was out of reach for longer than the renew deadline, or another
+            // replica took over: stop reconciling, stand by, and start afresh (a full pass
+            // from a re-listed cache) if this replica leads again.
+            Term::Lost => println!(
+                "sluice: controller {} lost leadership; standing by",
+                elector.identity()
+            ),
+        }
     }
-    println!("sluice: controller {} is the leader", elector.identity());
+}
 
-    store.start_watching();
+/// How a term as leader ended.
+enum Term {
+    /// A signal: the Lease was released.
+    Stopped,
+    /// Leadership was lost.
+    Lost,
+}
+
+/// One term as leader: the reconcilers on the store, with a fresh runtime and autoscaler,
+/// until leadership is lost or a signal arrives.
+async fn lead(
+    args: &ControllerArgs,
+    store: &KubeStore,
+    elector: &mut LeaderElector,
+) -> Term {
     let runtime = KubeRuntime::new(
-        client,
+        store.client().clone(),
         PodTemplate {
             image: args.image.clone(),
             image_pull_policy: args.image_pull_policy.clone(),
@@ -154,7 +182,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(RoutingSnapshot::default()));
     let (stats_tx, stats_rx) = mpsc::channel(1024);
     let (decisions_tx, decisions_rx) = mpsc::channel(256);
-    let (autoscaler, _autoscaler_task) = sluice_autoscaler::spawn(
+    let (autoscaler, autoscaler_task) = sluice_autoscaler::spawn(
         AutoscalerConfig {
             tick: args.autoscaler_tick,
             scale_to_zero_grace: args.scale_to_zero_grace,
@@ -163,13 +191,13 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         decisions_tx,
     );
     // Replicas' queue layers are scraped for the autoscaler (Pod IPs, from EndpointSlices).
-    if args.scrape_stats {
+    let scraper = args.scrape_stats.then(|| {
         tokio::spawn(Scraper::new(Duration::from_millis(500)).run(
             Duration::from_secs(1),
             snapshot_rx,
             stats_tx.clone(),
-        ));
-    }
+        ))
+    });
     let controller = Controller::new(
         ControllerConfig {
             domain: args.domain.clone(),
@@ -177,28 +205,29 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             resync: args.resync,
             revision_history: args.revision_history,
         },
-        store,
+        store.clone(),
         runtime,
         autoscaler,
         snapshot_tx,
     );
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
-    let stop = async move {
+    let mut term = Term::Lost;
+    let stop = async {
         tokio::select! {
-            () = elector.hold() => { let _ = lost_tx.send(true); }
+            () = elector.hold() => {}
             () = shutdown::signalled() => {
                 elector.release().await;
-                let _ = lost_tx.send(false);
+                term = Term::Stopped;
             }
         }
     };
     controller.run(decisions_rx, stop).await;
     // The autoscaler runs while its stats channel is open: until here.
     drop(stats_tx);
-    if lost_rx.await.unwrap_or(false) {
-        bail!("lost leadership: exiting so that this replica restarts as a standby");
+    if let Some(s) = scraper {
+        s.abort();
     }
-    Ok(())
+    autoscaler_task.abort();
+    term
 }
 
 /// The admin API served on loopback over the current kubeconfig's API server, for the

@@ -257,3 +257,45 @@ pub async fn ready(api: &Api<DynamicObject>, what: &str, name: &str) -> Value {
     })
     .await
 }
+
+impl Cluster {
+    /// Stops kube-apiserver (TERM) and starts it again with the same arguments; the new
+    /// process is added to the cluster's PID file, so `stop` ends it. Returns once the old
+    /// one has exited (the caller waits for the new one to answer).
+    pub async fn restart_apiserver(&self) {
+        let pids = std::fs::read_to_string(self.dir.join("pids")).unwrap();
+        let (pid, args) = pids
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .find_map(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let args: Vec<String> = cmdline
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.first()?.ends_with("/kube-apiserver").then_some((pid, args))
+            })
+            .expect("the cluster's kube-apiserver");
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        eventually("kube-apiserver to exit", || async {
+            (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        })
+        .await;
+        let log = std::fs::File::create(self.dir.join("kube-apiserver-restarted.log")).unwrap();
+        let child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("kube-apiserver restarts");
+        let mut pids = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("pids"))
+            .unwrap();
+        std::io::Write::write_all(&mut pids, format!("{}\n", child.id()).as_bytes()).unwrap();
+    }
+}
