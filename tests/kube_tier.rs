@@ -491,7 +491,10 @@ async fn the_controller_rides_out_an_api_server_restart() {
     cluster.restart_apiserver().await;
     let client = cluster.client().await;
     eventually("the API server answering again", || async {
-        api(&client, Kind::Service).list(&ListParams::default()).await.ok()
+        api(&client, Kind::Service)
+            .list(&ListParams::default())
+            .await
+            .ok()
     })
     .await;
 
@@ -509,12 +512,104 @@ async fn the_controller_rides_out_an_api_server_restart() {
         .list(&ListParams::default())
         .await
         .unwrap();
-    let mut names: Vec<String> = list.items.into_iter().filter_map(|r| r.metadata.name).collect();
+    let mut names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
     names.sort();
     assert_eq!(names, ["hello-00001", "hello-00002"]);
     assert!(
         controller.child.try_wait().unwrap().is_none(),
         "the controller exited: {}",
         controller.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn the_least_privilege_role_suffices_and_a_forbidden_action_is_named() {
+    let cluster = Cluster::start("rbac");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    // The install manifests' namespace and controller RBAC, and a kubeconfig with the token
+    // of its service account.
+    let deploy = repo().join("deploy");
+    for f in ["00-namespace.yaml", "10-rbac-controller.yaml"] {
+        cluster.kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &deploy.join(f).display().to_string(),
+        ]);
+    }
+    let token = cluster.kubectl(&[
+        "create",
+        "token",
+        "sluice-controller",
+        "-n",
+        "sluice-system",
+    ]);
+    let sa_config = cluster.dir.join("sa-kubeconfig");
+    std::fs::copy(&cluster.kubeconfig, &sa_config).unwrap();
+    let sa = sa_config.display().to_string();
+    cluster.kubectl(&[
+        "--kubeconfig",
+        &sa,
+        "config",
+        "set-credentials",
+        "sa",
+        "--token",
+        token.trim(),
+    ]);
+    cluster.kubectl(&[
+        "--kubeconfig",
+        &sa,
+        "config",
+        "set-context",
+        "--current",
+        "--user",
+        "sa",
+    ]);
+    let _controller = cluster.controller_with(
+        "limited",
+        &sa_config,
+        &["--lease-namespace", "sluice-system"],
+    );
+
+    let v1 = manifest(&cluster, "v1.yaml", &hello("hello", "v1", None));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v1]);
+    assert!(ok, "{out}{err}");
+    ready(&api(&client, Kind::Service), "Service", "hello").await;
+
+    // Take the right to write Deployments away: the next revision says what was refused.
+    let role = cluster.kubectl(&["get", "clusterrole", "sluice-controller", "-o", "json"]);
+    let mut role: Value = serde_json::from_str(&role).unwrap();
+    role["rules"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["apiGroups"] != serde_json::json!(["apps"]));
+    let path = manifest(&cluster, "role.json", &role.to_string());
+    cluster.kubectl(&["replace", "-f", &path]);
+    let v2 = manifest(&cluster, "v2.yaml", &hello("hello", "v2", None));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v2]);
+    assert!(ok, "{out}{err}");
+    let message = eventually(
+        "hello-00002 Ready=False naming the refused action",
+        || async {
+            let rev = get(&api(&client, Kind::Revision), "hello-00002").await?;
+            rev["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready" && c["status"] == "False")
+                .and_then(|c| c["message"].as_str().map(str::to_owned))
+                .filter(|m| m.contains("forbidden"))
+        },
+    )
+    .await;
+    assert!(
+        message.contains("cannot get deployments.apps")
+            || message.contains("cannot patch deployments.apps"),
+        "{message}"
     );
 }

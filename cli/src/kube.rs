@@ -166,11 +166,7 @@ enum Term {
 
 /// One term as leader: the reconcilers on the store, with a fresh runtime and autoscaler,
 /// until leadership is lost or a signal arrives.
-async fn lead(
-    args: &ControllerArgs,
-    store: &KubeStore,
-    elector: &mut LeaderElector,
-) -> Term {
+async fn lead(args: &ControllerArgs, store: &KubeStore, elector: &mut LeaderElector) -> Term {
     let runtime = KubeRuntime::new(
         store.client().clone(),
         PodTemplate {
@@ -235,7 +231,7 @@ async fn lead(
 /// output as against `sluice up`. Returns its base URL.
 pub async fn admin_server() -> anyhow::Result<String> {
     let client = infer_client().await.context("connecting to Kubernetes")?;
-    let store = KubeStore::with_field_manager(client, "sluice");
+    let store = KubeStore::validating_batches(client, "sluice");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a loopback port for the Kubernetes client")?;

@@ -85,8 +85,40 @@ impl Cluster {
         )
     }
 
+    /// `kubectl ARGS` (the cluster's own build) as cluster-admin; panics on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let env = std::fs::read_to_string(self.dir.join("env")).unwrap();
+        let bin = env
+            .lines()
+            .find_map(|l| l.strip_prefix("KUBE_BIN="))
+            .expect("KUBE_BIN in the cluster's env")
+            .trim_matches(['"', '\'']);
+        let out = Command::new(Path::new(bin).join("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Starts `sluice controller --kube` as `identity`, with a short lease.
     pub fn controller(&self, identity: &str) -> ControllerProc {
+        self.controller_with(identity, &self.kubeconfig, &[])
+    }
+
+    /// Starts `sluice controller --kube` as `identity` with another kubeconfig and flags.
+    pub fn controller_with(
+        &self,
+        identity: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> ControllerProc {
         let log = self.dir.join(format!("controller-{identity}.log"));
         let out = self.dir.join(format!("controller-{identity}.out"));
         let child = Command::new(SLUICE)
@@ -109,7 +141,8 @@ impl Cluster {
                 "--scale-to-zero-grace",
                 "600s",
             ])
-            .env("KUBECONFIG", &self.kubeconfig)
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
             .env("SLUICE_LOG", "info,sluice_controller=debug")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("stdout file"))
@@ -274,7 +307,9 @@ impl Cluster {
                     .filter(|a| !a.is_empty())
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect();
-                args.first()?.ends_with("/kube-apiserver").then_some((pid, args))
+                args.first()?
+                    .ends_with("/kube-apiserver")
+                    .then_some((pid, args))
             })
             .expect("the cluster's kube-apiserver");
         let _ = Command::new("kill")
@@ -285,7 +320,7 @@ impl Cluster {
         })
         .await;
         let log = std::fs::File::create(self.dir.join("kube-apiserver-restarted.log")).unwrap();
-        let child = Command::new(&args[0])
+        let mut child = Command::new(&args[0])
             .args(&args[1..])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -297,5 +332,9 @@ impl Cluster {
             .open(self.dir.join("pids"))
             .unwrap();
         std::io::Write::write_all(&mut pids, format!("{}\n", child.id()).as_bytes()).unwrap();
+        // `kube-cluster stop` ends it; this thread reaps it then.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
     }
 }

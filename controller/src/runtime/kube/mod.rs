@@ -49,6 +49,9 @@ struct State {
     applied: HashMap<NamespacedName, (u32, ReplicaSpec)>,
     /// Revision uids (owner references), by revision.
     owners: HashMap<NamespacedName, String>,
+    /// Why the last apply of a revision's objects failed (RBAC, API errors), until one
+    /// succeeds: reported by `status`, so the Revision's condition names it.
+    apply_failures: HashMap<NamespacedName, ReplicaFailure>,
 }
 
 #[derive(Default)]
@@ -363,14 +366,9 @@ impl KubeRuntime {
             source: classify("patch", resource.to_owned(), None, e),
         })
     }
-}
-
-impl Runtime for KubeRuntime {
-    async fn scale(&self, spec: &ReplicaSpec, replicas: u32) -> Result<(), RuntimeError> {
+    /// Applies a revision's Service (once) and Deployment.
+    async fn apply_revision(&self, spec: &ReplicaSpec, replicas: u32) -> Result<(), RuntimeError> {
         let key = &spec.revision;
-        if self.state().applied.get(key) == Some(&(replicas, spec.clone())) {
-            return Ok(());
-        }
         let owner = self.owner(key).await?;
         let first = !self.state().applied.contains_key(key);
         if first {
@@ -387,12 +385,8 @@ impl Runtime for KubeRuntime {
         Ok(())
     }
 
-    fn remove(&self, revision: &NamespacedName) {
-        {
-            let mut state = self.state();
-            state.applied.remove(revision);
-            state.owners.remove(revision);
-        }
+    /// Deletes a revision's Deployment and Service (in the background).
+    fn remove_objects(&self, revision: &NamespacedName) {
         let client = self.inner.client.clone();
         let revision = revision.clone();
         // The Revision is gone: its Deployment and Service go too (the garbage collector
@@ -413,11 +407,59 @@ impl Runtime for KubeRuntime {
             }
         });
     }
+}
+
+impl Runtime for KubeRuntime {
+    async fn scale(&self, spec: &ReplicaSpec, replicas: u32) -> Result<(), RuntimeError> {
+        let key = &spec.revision;
+        if self.state().applied.get(key) == Some(&(replicas, spec.clone())) {
+            return Ok(());
+        }
+        let result = self.apply_revision(spec, replicas).await;
+        let changed = {
+            let mut state = self.state();
+            match &result {
+                Ok(()) => state.apply_failures.remove(key).is_some(),
+                Err(e) => {
+                    let failure = ReplicaFailure {
+                        reason: match e {
+                            RuntimeError::Kube {
+                                source: crate::store::kube::KubeError::Forbidden { .. },
+                                ..
+                            } => "Forbidden".to_owned(),
+                            _ => "DeploymentFailed".to_owned(),
+                        },
+                        message: sluice_core::error_chain(e),
+                    };
+                    state.apply_failures.insert(key.clone(), failure.clone()) != Some(failure)
+                }
+            }
+        };
+        if changed {
+            // The next pass writes it into the Revision's status.
+            self.bump();
+        }
+        result
+    }
+
+    fn remove(&self, revision: &NamespacedName) {
+        {
+            let mut state = self.state();
+            state.applied.remove(revision);
+            state.owners.remove(revision);
+            state.apply_failures.remove(revision);
+        }
+        self.remove_objects(revision);
+    }
 
     fn status(&self, revision: &NamespacedName) -> RevisionRuntimeStatus {
         let state = self.state();
+        let apply_failure = state.apply_failures.get(revision).cloned();
         let Some(seen) = state.seen.get(revision) else {
-            return RevisionRuntimeStatus::default();
+            return RevisionRuntimeStatus {
+                failure: apply_failure,
+                ..RevisionRuntimeStatus::default()
+            };
         };
         let mut ready: Vec<SocketAddr> = seen.slices.values().flatten().copied().collect();
         ready.sort();
@@ -425,11 +467,13 @@ impl Runtime for KubeRuntime {
         let created = seen.replicas.max(seen.desired.unwrap_or(0));
         RevisionRuntimeStatus {
             starting: created.saturating_sub(ready.len() as u32),
-            failure: if ready.is_empty() {
-                seen.failure.clone()
-            } else {
-                None
-            },
+            failure: apply_failure.or_else(|| {
+                if ready.is_empty() {
+                    seen.failure.clone()
+                } else {
+                    None
+                }
+            }),
             ready,
         }
     }
