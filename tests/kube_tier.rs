@@ -613,3 +613,106 @@ async fn the_least_privilege_role_suffices_and_a_forbidden_action_is_named() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn the_store_refuses_stale_writes_and_keeps_status_and_events() {
+    use sluice_controller::store::{ApplyOutcome, Event, Store, StoreError};
+
+    let cluster = Cluster::start("store");
+    let client = cluster.client().await;
+    // Before the CRDs: a read names the missing one.
+    let store = KubeStore::new(client.clone());
+    let err = store
+        .get(Kind::InferenceService, "default", "x")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "CRD inferenceservices.serving.kserve.io is not installed (apply crds/yaml: kubectl apply -f crds/yaml)"
+    );
+    install_crds(&client).await;
+
+    let route = |target: &str| {
+        serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+            "metadata": {"name": "r", "namespace": "default", "labels": {"v": target}},
+            "spec": {"traffic": [{"configurationName": target, "percent": 100}]},
+        })
+    };
+    let out = store.apply(vec![(Kind::Route, route("a"))]).await.unwrap();
+    assert_eq!(out, [ApplyOutcome::Created]);
+    let out = store.apply(vec![(Kind::Route, route("a"))]).await.unwrap();
+    assert_eq!(out, [ApplyOutcome::Unchanged]);
+    let read = store
+        .get(Kind::Route, "default", "r")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read["metadata"]["generation"], 1);
+
+    // Status through the subresource; a write based on a stale read is a conflict.
+    let with_status = store
+        .update_status(Kind::Route, &read, serde_json::json!({"url": "http://r"}))
+        .await
+        .unwrap();
+    let stale = store
+        .update_status(
+            Kind::Route,
+            &read,
+            serde_json::json!({"url": "http://stale"}),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict { .. }), "{stale}");
+    let mut edit = read.clone();
+    edit["spec"]["traffic"][0]["configurationName"] = "b".into();
+    let stale = store.update(Kind::Route, edit).await.unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict { .. }), "{stale}");
+    // A fresh edit wins, bumps the generation and keeps the status; so does apply.
+    let mut edit = with_status.clone();
+    edit["spec"]["traffic"][0]["configurationName"] = "b".into();
+    let (outcome, updated) = store.update(Kind::Route, edit).await.unwrap();
+    assert_eq!(outcome, ApplyOutcome::Configured);
+    assert_eq!(updated["metadata"]["generation"], 2);
+    assert_eq!(updated["status"]["url"], "http://r");
+    let out = store.apply(vec![(Kind::Route, route("c"))]).await.unwrap();
+    assert_eq!(out, [ApplyOutcome::Configured]);
+    let now = store
+        .get(Kind::Route, "default", "r")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now["status"]["url"], "http://r");
+    assert!(now["metadata"].get("managedFields").is_none());
+
+    // Events are core/v1 Events on the object, read back oldest first.
+    let event = |reason: &str| Event {
+        kind: Kind::Route,
+        namespace: "default".into(),
+        name: "r".into(),
+        type_: "Normal".into(),
+        reason: reason.into(),
+        message: format!("{reason} happened"),
+        time: String::new(),
+    };
+    store.record_events(vec![event("First")]).await.unwrap();
+    store.record_events(vec![event("Second")]).await.unwrap();
+    let events = store.events(Kind::Route, "default", "r").await.unwrap();
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, ["First", "Second"]);
+
+    // Delete; then it is gone, and a second delete says so.
+    store.delete(Kind::Route, "default", "r").await.unwrap();
+    eventually("the Route gone", || async {
+        store
+            .get(Kind::Route, "default", "r")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let again = store.delete(Kind::Route, "default", "r").await.unwrap_err();
+    assert!(matches!(again, StoreError::NotFound { .. }), "{again}");
+}
