@@ -26,6 +26,9 @@ pub struct ApplyArgs {
     /// Admin API of the running `sluice up`.
     #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// Use the Kubernetes API of the current kubeconfig instead of `sluice up`.
+    #[arg(long, conflicts_with = "server")]
+    kube: bool,
 }
 
 /// Output formats of `sluice get`.
@@ -56,6 +59,9 @@ pub struct GetArgs {
     /// Admin API of the running `sluice up`.
     #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// Use the Kubernetes API of the current kubeconfig instead of `sluice up`.
+    #[arg(long, conflicts_with = "server")]
+    kube: bool,
 }
 
 /// Flags of `sluice delete`.
@@ -71,6 +77,9 @@ pub struct DeleteArgs {
     /// Admin API of the running `sluice up`.
     #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// Use the Kubernetes API of the current kubeconfig instead of `sluice up`.
+    #[arg(long, conflicts_with = "server")]
+    kube: bool,
 }
 
 pub(crate) async fn call(
@@ -113,7 +122,10 @@ pub(crate) fn server_error(status: http::StatusCode, body: &Value) -> anyhow::Er
 }
 
 /// `sluice apply -f …`.
-pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+pub async fn apply(mut args: ApplyArgs) -> anyhow::Result<()> {
+    if args.kube {
+        args.server = crate::kube::admin_server().await?;
+    }
     let mut files = Vec::new();
     for path in &args.files {
         files.extend(manifest_files(path)?);
@@ -150,7 +162,10 @@ pub fn print_apply_results(results: &[ApplyResult]) {
 }
 
 /// `sluice get KIND [NAME]`.
-pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+pub async fn get(mut args: GetArgs) -> anyhow::Result<()> {
+    if args.kube {
+        args.server = crate::kube::admin_server().await?;
+    }
     let kind = kind(&args.kind)?;
     let base = args.server.trim_end_matches('/');
     let url = match &args.name {
@@ -191,7 +206,10 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 }
 
 /// `sluice delete KIND NAME`.
-pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+pub async fn delete(mut args: DeleteArgs) -> anyhow::Result<()> {
+    if args.kube {
+        args.server = crate::kube::admin_server().await?;
+    }
     let kind = kind(&args.kind)?;
     let url = format!(
         "{}/v1/{}/{}/{}",

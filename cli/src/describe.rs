@@ -22,6 +22,9 @@ pub struct DescribeArgs {
     /// Admin API of the running `sluice up`.
     #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// Use the Kubernetes API of the current kubeconfig instead of `sluice up`.
+    #[arg(long, conflicts_with = "server")]
+    kube: bool,
 }
 
 /// Renders the description of `o`, with `owned` objects (kind, name, ready) and its
@@ -182,7 +185,10 @@ pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) 
 }
 
 /// `sluice describe KIND NAME`.
-pub async fn run(args: DescribeArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: DescribeArgs) -> anyhow::Result<()> {
+    if args.kube {
+        args.server = crate::kube::admin_server().await?;
+    }
     let kind = kind(&args.kind)?;
     let base = args.server.trim_end_matches('/');
     let ns = if kind.cluster_scoped() {

@@ -8,6 +8,7 @@ mod canary;
 mod client;
 mod describe;
 mod hello;
+mod kube;
 mod model_server;
 mod queue;
 mod shutdown;
@@ -46,6 +47,12 @@ enum Command {
     ModelServer(model_server::ModelServerArgs),
     /// Autoscaler tools: a trace simulator and a trace generator.
     Autoscaler(autoscaler::AutoscalerArgs),
+    /// Run the controller on Kubernetes (`--kube`): the reconcilers on the Kubernetes API,
+    /// revisions as Deployments, one active replica by leader election.
+    Controller(kube::ControllerArgs),
+    /// Run the ingress on Kubernetes (`--kube`), with the activator in-process: routes from
+    /// watched Routes, Revisions and EndpointSlices.
+    Router(kube::RouterArgs),
     /// Run the queue layer in front of a user process (a Service revision's replica):
     /// `sluice queue [flags] -- command args...`.
     Queue(queue::QueueArgs),
@@ -77,6 +84,8 @@ fn main() -> ExitCode {
             Command::Rollback(args) => canary::run(args, canary::Edit::Rollback).await,
             Command::ModelServer(args) => model_server::run(args).await,
             Command::Autoscaler(args) => autoscaler::run(args),
+            Command::Controller(args) => kube::controller(args).await,
+            Command::Router(args) => kube::router(args).await,
             Command::Queue(args) => queue::run(args).await,
             Command::Hello(args) => hello::run(args).await,
         }

@@ -18,6 +18,7 @@
 mod cache;
 pub mod configuration;
 pub mod isvc;
+pub mod kube_routing;
 pub mod revision;
 pub mod route;
 mod routing;

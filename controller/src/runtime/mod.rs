@@ -1,6 +1,7 @@
 //! The `Runtime`: where replicas run (child processes locally, Deployments on Kubernetes).
 //! Reconcilers see only this trait.
 
+pub mod kube;
 mod local;
 pub mod mesh;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use sluice_core::NamespacedName;
 use tokio::sync::watch;
 
+pub use kube::KubeRuntime;
 pub use local::{LocalRuntime, LocalRuntimeConfig};
 
 /// How to run one replica of a revision.
@@ -56,6 +58,15 @@ pub enum RuntimeError {
         revision: NamespacedName,
         /// Why.
         message: String,
+    },
+    /// The Kubernetes API refused or failed a request (Kubernetes mode).
+    #[error("cannot run revision {revision}: {source}")]
+    Kube {
+        /// The revision.
+        revision: NamespacedName,
+        /// The cause.
+        #[source]
+        source: crate::store::kube::KubeError,
     },
 }
 

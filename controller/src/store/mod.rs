@@ -1,6 +1,7 @@
 //! The `Store`: where desired and observed state lives (SQLite locally, the Kubernetes API
 //! in cluster mode). Reconcilers see only this trait.
 
+pub mod kube;
 mod sqlite;
 
 use std::future::Future;
@@ -8,6 +9,7 @@ use std::future::Future;
 use sluice_crds::Kind;
 use tokio::sync::broadcast;
 
+pub use kube::KubeStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -54,6 +56,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The Kubernetes API refused or failed a request (Kubernetes mode).
+    #[error(transparent)]
+    Kube(#[from] kube::KubeError),
     /// A blocking store task died.
     #[error("store task failed: {0}")]
     Task(String),

@@ -1,0 +1,231 @@
+//! The Deployment and Service of one revision, built from its `ReplicaSpec` (pure).
+//!
+//! One Pod per replica with one container, `sluice`, running the replica's command as in
+//! local mode: `sluice queue [flags] -- <user command>` (the queue layer in front of the
+//! user process, in the same container) or `sluice model-server …` alone (its queue layer
+//! is in-process). The replica listens on `REPLICA_PORT` on all interfaces; the Service
+//! selects the revision's Pods, and its EndpointSlices say which are ready.
+
+use serde_json::{Value, json};
+use sluice_core::replica::{PROBE_HEADER, PROBE_PATH};
+use sluice_crds::revision::{CONFIGURATION_LABEL, SERVICE_LABEL};
+
+use crate::runtime::ReplicaSpec;
+
+/// The label naming a revision on its Deployment, Pods, Service and EndpointSlices.
+pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
+/// The label every object the runtime writes carries.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sluice");
+/// The port a replica (queue layer or model-server) serves on inside its Pod.
+pub const REPLICA_PORT: u16 = 8012;
+
+/// Settings of the Pods the runtime creates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodTemplate {
+    /// The image that holds the `sluice` binary.
+    pub image: String,
+    /// `imagePullPolicy` (`IfNotPresent` when empty).
+    pub image_pull_policy: String,
+    /// The service account of replica Pods (the namespace's default when empty).
+    pub service_account: String,
+}
+
+/// Who owns the objects: the Revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The Revision's name.
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+}
+
+fn env_value<'a>(spec: &'a ReplicaSpec, name: &str) -> Option<&'a str> {
+    spec.env
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn labels(spec: &ReplicaSpec) -> Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert(REVISION_LABEL.into(), spec.revision.name.clone().into());
+    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+    for (label, env) in [
+        (CONFIGURATION_LABEL, "K_CONFIGURATION"),
+        (SERVICE_LABEL, "K_SERVICE"),
+    ] {
+        if let Some(v) = env_value(spec, env).filter(|v| !v.is_empty()) {
+            labels.insert(label.into(), v.into());
+        }
+    }
+    Value::Object(labels)
+}
+
+fn owner_references(owner: &Owner) -> Value {
+    json!([{
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Revision",
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }])
+}
+
+/// The revision's Deployment with `replicas` replicas (a server-side apply body).
+pub fn deployment(spec: &ReplicaSpec, replicas: u32, owner: &Owner, pod: &PodTemplate) -> Value {
+    let labels = labels(spec);
+    let listen = format!("0.0.0.0:{REPLICA_PORT}");
+    let mut env: Vec<Value> = spec
+        .env
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    // The replica's own listener: the queue layer's, or the model-server's.
+    match spec.command.get(1).map(String::as_str) {
+        Some("queue") => env.push(json!({"name": "SLUICE_QUEUE_LISTEN", "value": listen})),
+        Some("model-server") => env.push(json!({"name": "SLUICE_LISTEN", "value": listen})),
+        _ => {}
+    }
+    let mut pod_spec = json!({
+        "terminationGracePeriodSeconds": spec.drain_timeout.as_secs().max(1),
+        "containers": [{
+            "name": "sluice",
+            "image": pod.image,
+            "imagePullPolicy": if pod.image_pull_policy.is_empty() { "IfNotPresent" } else { pod.image_pull_policy.as_str() },
+            "command": spec.command,
+            "env": env,
+            "ports": [{"name": "http", "containerPort": REPLICA_PORT, "protocol": "TCP"}],
+            "readinessProbe": {
+                "httpGet": {
+                    "path": PROBE_PATH,
+                    "port": REPLICA_PORT,
+                    "httpHeaders": [{"name": PROBE_HEADER, "value": "queue"}],
+                },
+                "periodSeconds": 1,
+                "failureThreshold": 3,
+            },
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "runAsNonRoot": true,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }],
+    });
+    if !pod.service_account.is_empty() {
+        pod_spec["serviceAccountName"] = pod.service_account.clone().into();
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": spec.revision.name,
+            "namespace": spec.revision.namespace,
+            "labels": labels,
+            "ownerReferences": owner_references(owner),
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {REVISION_LABEL: spec.revision.name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": pod_spec,
+            },
+        },
+    })
+}
+
+/// The revision's Service: its ready Pods, as EndpointSlices.
+pub fn service(spec: &ReplicaSpec, owner: &Owner) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": spec.revision.name,
+            "namespace": spec.revision.namespace,
+            "labels": labels(spec),
+            "ownerReferences": owner_references(owner),
+        },
+        "spec": {
+            "selector": {REVISION_LABEL: spec.revision.name},
+            "ports": [{"name": "http", "port": 80, "targetPort": REPLICA_PORT, "protocol": "TCP"}],
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::NamespacedName;
+    use std::time::Duration;
+
+    fn spec(command: &[&str]) -> ReplicaSpec {
+        ReplicaSpec {
+            revision: NamespacedName::new("default", "hello-00001"),
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            env: vec![
+                ("TARGET".into(), "Sluice".into()),
+                ("K_SERVICE".into(), "hello".into()),
+                ("K_CONFIGURATION".into(), "hello".into()),
+            ],
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn deployment_runs_the_replica_command_owned_by_its_revision() {
+        let owner = Owner {
+            name: "hello-00001".into(),
+            uid: "u1".into(),
+        };
+        let pod = PodTemplate {
+            image: "sluice:dev".into(),
+            image_pull_policy: String::new(),
+            service_account: String::new(),
+        };
+        let d = deployment(
+            &spec(&["sluice", "queue", "--", "sluice", "hello"]),
+            3,
+            &owner,
+            &pod,
+        );
+        assert_eq!(d["spec"]["replicas"], 3);
+        assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "u1");
+        assert_eq!(d["metadata"]["labels"][REVISION_LABEL], "hello-00001");
+        assert_eq!(d["metadata"]["labels"][SERVICE_LABEL], "hello");
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "sluice:dev");
+        assert_eq!(
+            c["command"],
+            json!(["sluice", "queue", "--", "sluice", "hello"])
+        );
+        let env = c["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": "SLUICE_QUEUE_LISTEN", "value": "0.0.0.0:8012"})));
+        assert!(env.contains(&json!({"name": "TARGET", "value": "Sluice"})));
+        assert_eq!(
+            d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+            30
+        );
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"],
+            d["spec"]["template"]["metadata"]["labels"][REVISION_LABEL]
+                .as_str()
+                .map(|r| json!({REVISION_LABEL: r}))
+                .unwrap()
+        );
+        let m = deployment(
+            &spec(&["sluice", "model-server", "--model-name", "iris"]),
+            1,
+            &owner,
+            &pod,
+        );
+        let env = m["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(env.contains(&json!({"name": "SLUICE_LISTEN", "value": "0.0.0.0:8012"})));
+        let s = service(&spec(&["sluice", "hello"]), &owner);
+        assert_eq!(s["spec"]["selector"][REVISION_LABEL], "hello-00001");
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 8012);
+    }
+}

@@ -1,0 +1,534 @@
+//! `KubeRuntime`: the `Runtime` on Kubernetes. A revision's replicas are the Pods of its
+//! Deployment (server-side applied with `spec.replicas` = the scale decision, owned by the
+//! Revision), selected by a Service of the same name; readiness comes from the Service's
+//! EndpointSlices (ready endpoints) and failures from the Deployment's conditions, both
+//! watched. Pods are the kubelet's (or kwok's) to run: stopping the controller stops no
+//! replica.
+
+pub mod manifest;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service as CoreService;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use sluice_core::NamespacedName;
+use sluice_crds::Kind;
+use tokio::sync::watch;
+
+use super::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime, RuntimeError};
+use crate::store::kube::{FIELD_MANAGER, api_resource, classify};
+pub use manifest::{MANAGED_BY, Owner, PodTemplate, REPLICA_PORT, REVISION_LABEL};
+
+/// Deployments as replicas.
+#[derive(Clone)]
+pub struct KubeRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    pod: PodTemplate,
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+    watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// What the watchers saw, per revision.
+    seen: HashMap<NamespacedName, Seen>,
+    /// What was last applied, per revision (to skip applying the same again every pass).
+    applied: HashMap<NamespacedName, (u32, ReplicaSpec)>,
+    /// Revision uids (owner references), by revision.
+    owners: HashMap<NamespacedName, String>,
+    /// Why the last apply of a revision's objects failed (RBAC, API errors), until one
+    /// succeeds: reported by `status`, so the Revision's condition names it.
+    apply_failures: HashMap<NamespacedName, ReplicaFailure>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Whether a Deployment exists.
+    deployment: bool,
+    /// Its `spec.replicas`.
+    desired: Option<u32>,
+    /// Pods created (`status.replicas`).
+    replicas: u32,
+    failure: Option<ReplicaFailure>,
+    /// Ready endpoints, per EndpointSlice name.
+    slices: HashMap<String, Vec<SocketAddr>>,
+}
+
+impl std::fmt::Debug for KubeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeRuntime")
+            .field("pod", &self.inner.pod)
+            .finish_non_exhaustive()
+    }
+}
+
+fn revision_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<NamespacedName> {
+    let name = meta.labels.as_ref()?.get(REVISION_LABEL)?;
+    Some(NamespacedName::new(
+        meta.namespace.clone().unwrap_or_default(),
+        name.clone(),
+    ))
+}
+
+fn selector() -> String {
+    format!("{},{}={}", REVISION_LABEL, MANAGED_BY.0, MANAGED_BY.1)
+}
+
+/// Why a Deployment cannot make progress, from its conditions.
+fn deployment_failure(d: &Deployment) -> Option<ReplicaFailure> {
+    let conditions = d.status.as_ref()?.conditions.as_ref()?;
+    conditions.iter().find_map(|c| {
+        let failed = (c.type_ == "ReplicaFailure" && c.status == "True")
+            || (c.type_ == "Progressing" && c.status == "False");
+        failed.then(|| ReplicaFailure {
+            reason: c.reason.clone().unwrap_or_else(|| c.type_.clone()),
+            message: c.message.clone().unwrap_or_default(),
+        })
+    })
+}
+
+/// The ready addresses of an EndpointSlice.
+fn ready_addresses(s: &EndpointSlice) -> Vec<SocketAddr> {
+    let port = s
+        .ports
+        .as_ref()
+        .and_then(|p| p.iter().find_map(|p| p.port))
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(REPLICA_PORT);
+    s.endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .filter_map(|e| e.addresses.first()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+impl KubeRuntime {
+    /// A runtime on `client` whose Pods are made from `pod`. Starts its watchers.
+    pub fn new(client: Client, pod: PodTemplate) -> Self {
+        Self::start(client, pod, true)
+    }
+
+    /// Only the ready endpoints of revisions (EndpointSlices), for the router: `status`
+    /// answers, `scale` would apply Deployments (which the router's RBAC forbids).
+    pub fn endpoints_only(client: Client) -> Self {
+        let pod = PodTemplate {
+            image: String::new(),
+            image_pull_policy: String::new(),
+            service_account: String::new(),
+        };
+        Self::start(client, pod, false)
+    }
+
+    fn start(client: Client, pod: PodTemplate, deployments: bool) -> Self {
+        let (changes, _) = watch::channel(0);
+        let rt = Self {
+            inner: Arc::new(Inner {
+                client,
+                pod,
+                state: Mutex::default(),
+                changes,
+                watchers: Mutex::default(),
+            }),
+        };
+        let mut watchers = vec![tokio::spawn(rt.clone().watch_slices())];
+        if deployments {
+            watchers.push(tokio::spawn(rt.clone().watch_deployments()));
+        }
+        rt.inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(watchers);
+        rt
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    async fn watch_deployments(self) {
+        let api: Api<Deployment> = Api::all(self.inner.client.clone());
+        let config = watcher::Config::default().labels(&selector());
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut relist: Option<HashMap<NamespacedName, Deployment>> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Err(e) => tracing::warn!("watching Deployments failed, retrying: {e}"),
+                Ok(Event::Apply(d)) => self.saw_deployment(&d),
+                Ok(Event::Delete(d)) => {
+                    if let Some(key) = revision_of(&d.metadata) {
+                        self.saw_deployment_gone(&key);
+                    }
+                }
+                Ok(Event::Init) => relist = Some(HashMap::new()),
+                Ok(Event::InitApply(d)) => {
+                    if let Some(key) = revision_of(&d.metadata) {
+                        relist.get_or_insert_with(HashMap::new).insert(key, d);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    let fresh = relist.take().unwrap_or_default();
+                    let gone: Vec<NamespacedName> = self
+                        .state()
+                        .seen
+                        .iter()
+                        .filter(|(k, s)| s.deployment && !fresh.contains_key(*k))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in gone {
+                        self.saw_deployment_gone(&key);
+                    }
+                    for d in fresh.values() {
+                        self.saw_deployment(d);
+                    }
+                }
+            }
+        }
+    }
+
+    fn saw_deployment(&self, d: &Deployment) {
+        let Some(key) = revision_of(&d.metadata) else {
+            return;
+        };
+        let desired = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .and_then(|r| u32::try_from(r).ok());
+        let replicas = d
+            .status
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0);
+        let failure = deployment_failure(d);
+        {
+            let mut state = self.state();
+            // Someone else changed the replica count: apply ours again on the next pass.
+            if state
+                .applied
+                .get(&key)
+                .is_some_and(|(n, _)| Some(*n) != desired)
+            {
+                state.applied.remove(&key);
+            }
+            let seen = state.seen.entry(key).or_default();
+            seen.deployment = true;
+            seen.desired = desired;
+            seen.replicas = replicas;
+            seen.failure = failure;
+        }
+        self.bump();
+    }
+
+    fn saw_deployment_gone(&self, key: &NamespacedName) {
+        {
+            let mut state = self.state();
+            state.applied.remove(key);
+            if let Some(seen) = state.seen.get_mut(key) {
+                seen.deployment = false;
+                seen.desired = None;
+                seen.replicas = 0;
+                seen.failure = None;
+                if seen.slices.is_empty() {
+                    state.seen.remove(key);
+                }
+            }
+        }
+        self.bump();
+    }
+
+    async fn watch_slices(self) {
+        let api: Api<EndpointSlice> = Api::all(self.inner.client.clone());
+        let config = watcher::Config::default().labels(&selector());
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut relist: Option<Vec<EndpointSlice>> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Err(e) => tracing::warn!("watching EndpointSlices failed, retrying: {e}"),
+                Ok(Event::Apply(s)) => self.saw_slice(&s, false),
+                Ok(Event::Delete(s)) => self.saw_slice(&s, true),
+                Ok(Event::Init) => relist = Some(Vec::new()),
+                Ok(Event::InitApply(s)) => relist.get_or_insert_with(Vec::new).push(s),
+                Ok(Event::InitDone) => {
+                    let fresh = relist.take().unwrap_or_default();
+                    {
+                        let mut state = self.state();
+                        for seen in state.seen.values_mut() {
+                            seen.slices.clear();
+                        }
+                        state.seen.retain(|_, s| s.deployment);
+                    }
+                    for s in &fresh {
+                        self.saw_slice(s, false);
+                    }
+                    self.bump();
+                }
+            }
+        }
+    }
+
+    fn saw_slice(&self, s: &EndpointSlice, deleted: bool) {
+        let Some(key) = revision_of(&s.metadata) else {
+            return;
+        };
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let changed = {
+            let mut state = self.state();
+            let seen = state.seen.entry(key.clone()).or_default();
+            let before = seen.slices.get(&name).cloned();
+            if deleted {
+                seen.slices.remove(&name);
+            } else {
+                seen.slices.insert(name.clone(), ready_addresses(s));
+            }
+            let after = seen.slices.get(&name).cloned();
+            if !seen.deployment && seen.slices.is_empty() {
+                state.seen.remove(&key);
+            }
+            before != after
+        };
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// The uid of a revision (its Deployment's owner), read once.
+    async fn owner(&self, revision: &NamespacedName) -> Result<Owner, RuntimeError> {
+        if let Some(uid) = self.state().owners.get(revision).cloned() {
+            return Ok(Owner {
+                name: revision.name.clone(),
+                uid,
+            });
+        }
+        let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
+            self.inner.client.clone(),
+            &revision.namespace,
+            &api_resource(Kind::Revision),
+        );
+        let rev = api
+            .get(&revision.name)
+            .await
+            .map_err(|e| RuntimeError::Kube {
+                revision: revision.clone(),
+                source: classify("get", "revisions.serving.knative.dev".into(), None, e),
+            })?;
+        let uid = rev.metadata.uid.unwrap_or_default();
+        self.state().owners.insert(revision.clone(), uid.clone());
+        Ok(Owner {
+            name: revision.name.clone(),
+            uid,
+        })
+    }
+
+    async fn apply<K>(
+        &self,
+        revision: &NamespacedName,
+        resource: &str,
+        body: serde_json::Value,
+    ) -> Result<(), RuntimeError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.inner.client.clone(), &revision.namespace);
+        api.patch(
+            &revision.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| RuntimeError::Kube {
+            revision: revision.clone(),
+            source: classify("patch", resource.to_owned(), None, e),
+        })
+    }
+    /// Applies a revision's Service (once) and Deployment.
+    async fn apply_revision(&self, spec: &ReplicaSpec, replicas: u32) -> Result<(), RuntimeError> {
+        let key = &spec.revision;
+        let owner = self.owner(key).await?;
+        let first = !self.state().applied.contains_key(key);
+        if first {
+            self.apply::<CoreService>(key, "services", manifest::service(spec, &owner))
+                .await?;
+        }
+        let deployment = manifest::deployment(spec, replicas, &owner, &self.inner.pod);
+        self.apply::<Deployment>(key, "deployments.apps", deployment)
+            .await?;
+        tracing::debug!(revision = %key, replicas, "applied deployment");
+        self.state()
+            .applied
+            .insert(key.clone(), (replicas, spec.clone()));
+        Ok(())
+    }
+
+    /// Deletes a revision's Deployment and Service (in the background).
+    fn remove_objects(&self, revision: &NamespacedName) {
+        let client = self.inner.client.clone();
+        let revision = revision.clone();
+        // The Revision is gone: its Deployment and Service go too (the garbage collector
+        // would also remove them through their owner reference; this is sooner).
+        tokio::spawn(async move {
+            let dp = DeleteParams::background();
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), &revision.namespace);
+            let services: Api<CoreService> = Api::namespaced(client, &revision.namespace);
+            for result in [
+                deployments.delete(&revision.name, &dp).await.map(|_| ()),
+                services.delete(&revision.name, &dp).await.map(|_| ()),
+            ] {
+                if let Err(e) = result
+                    && crate::store::kube::api_code(&e) != Some(404)
+                {
+                    tracing::warn!(%revision, "deleting the revision's replicas failed: {e}");
+                }
+            }
+        });
+    }
+}
+
+impl Runtime for KubeRuntime {
+    async fn scale(&self, spec: &ReplicaSpec, replicas: u32) -> Result<(), RuntimeError> {
+        let key = &spec.revision;
+        if self.state().applied.get(key) == Some(&(replicas, spec.clone())) {
+            return Ok(());
+        }
+        let result = self.apply_revision(spec, replicas).await;
+        let changed = {
+            let mut state = self.state();
+            match &result {
+                Ok(()) => state.apply_failures.remove(key).is_some(),
+                Err(e) => {
+                    let failure = ReplicaFailure {
+                        reason: match e {
+                            RuntimeError::Kube {
+                                source: crate::store::kube::KubeError::Forbidden { .. },
+                                ..
+                            } => "Forbidden".to_owned(),
+                            _ => "DeploymentFailed".to_owned(),
+                        },
+                        message: sluice_core::error_chain(e),
+                    };
+                    state.apply_failures.insert(key.clone(), failure.clone()) != Some(failure)
+                }
+            }
+        };
+        if changed {
+            // The next pass writes it into the Revision's status.
+            self.bump();
+        }
+        result
+    }
+
+    fn remove(&self, revision: &NamespacedName) {
+        {
+            let mut state = self.state();
+            state.applied.remove(revision);
+            state.owners.remove(revision);
+            state.apply_failures.remove(revision);
+        }
+        self.remove_objects(revision);
+    }
+
+    fn status(&self, revision: &NamespacedName) -> RevisionRuntimeStatus {
+        let state = self.state();
+        let apply_failure = state.apply_failures.get(revision).cloned();
+        let Some(seen) = state.seen.get(revision) else {
+            return RevisionRuntimeStatus {
+                failure: apply_failure,
+                ..RevisionRuntimeStatus::default()
+            };
+        };
+        let mut ready: Vec<SocketAddr> = seen.slices.values().flatten().copied().collect();
+        ready.sort();
+        ready.dedup();
+        let created = seen.replicas.max(seen.desired.unwrap_or(0));
+        RevisionRuntimeStatus {
+            starting: created.saturating_sub(ready.len() as u32),
+            failure: apply_failure.or_else(|| {
+                if ready.is_empty() {
+                    seen.failure.clone()
+                } else {
+                    None
+                }
+            }),
+            ready,
+        }
+    }
+
+    fn revisions(&self) -> Vec<NamespacedName> {
+        self.state()
+            .seen
+            .iter()
+            .filter(|(_, s)| s.deployment)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    async fn shutdown(&self) {
+        // Replicas are Kubernetes': they keep serving while no controller runs.
+        for w in self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            w.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+
+    #[test]
+    fn only_ready_endpoints_count() {
+        let ep = |ip: &str, ready: bool| Endpoint {
+            addresses: vec![ip.to_owned()],
+            conditions: Some(EndpointConditions {
+                ready: Some(ready),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = EndpointSlice {
+            address_type: "IPv4".into(),
+            endpoints: vec![ep("10.0.0.1", true), ep("10.0.0.2", false)],
+            ports: Some(vec![EndpointPort {
+                port: Some(8012),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        assert_eq!(ready_addresses(&s), vec!["10.0.0.1:8012".parse().unwrap()]);
+    }
+}

@@ -1,0 +1,718 @@
+//! The Kubernetes tier, on a real control plane (kube-apiserver, etcd,
+//! kube-controller-manager, kube-scheduler and kwok's simulated nodes, started by
+//! `scripts/kube-cluster`), with the real `sluice` binary: `sluice controller --kube`
+//! reconciles the samples into Deployments whose Pods kwok runs, objects reach Ready, a
+//! canary splits traffic, scale decisions land in `spec.replicas`, deletion cascades, a
+//! standby takes over from a killed leader without duplicate revisions, and a cluster
+//! without the CRDs is told so. Run by `scripts/kube-test` (ignored by plain `cargo test`).
+
+// These tests drive other processes and a real API server in real time: polling with
+// backoff under a deadline, never sleeping to synchronize.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod kube_support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::Value;
+use sluice_controller::reconcile::kube_routing;
+use sluice_controller::runtime::KubeRuntime;
+use sluice_controller::store::KubeStore;
+use sluice_core::{NamespacedName, RoutingSnapshot};
+use sluice_crds::Kind;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+use kube_support::{Cluster, api, condition, eventually, get, install_crds, ready, repo};
+
+fn sample(name: &str) -> String {
+    repo().join("samples").join(name).display().to_string()
+}
+
+/// Writes `text` as a manifest file in the cluster's directory.
+fn manifest(cluster: &Cluster, name: &str, text: &str) -> String {
+    let path = cluster.dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn hello(name: &str, target: &str, min_scale: Option<u32>) -> String {
+    let annotations = min_scale.map_or(String::new(), |m| {
+        format!("      annotations:\n        autoscaling.knative.dev/min-scale: \"{m}\"\n")
+    });
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n\
+         spec:\n  template:\n{}    spec:\n      containers:\n        - image: sluice:test\n          command: [\"sluice\"]\n          args: [\"hello\"]\n          env:\n            - name: TARGET\n              value: \"{target}\"\n",
+        if annotations.is_empty() {
+            String::new()
+        } else {
+            format!("    metadata:\n{annotations}")
+        }
+    )
+}
+
+fn iris(storage: &str, canary: Option<u32>) -> String {
+    let canary = canary.map_or(String::new(), |p| {
+        format!("    canaryTrafficPercent: {p}\n")
+    });
+    format!(
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: iris\n  namespace: default\n\
+         spec:\n  predictor:\n{canary}    model:\n      modelFormat:\n        name: sluice-mlp\n      storageUri: {storage}\n"
+    )
+}
+
+async fn deployment(client: &kube::Client, name: &str) -> Option<Deployment> {
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Ready Pods of a revision on kwok's nodes.
+async fn ready_pods(client: &kube::Client, revision: &str) -> usize {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let list = pods
+        .list(&ListParams::default().labels(&format!("serving.knative.dev/revision={revision}")))
+        .await
+        .unwrap();
+    list.items
+        .iter()
+        .filter(|p| {
+            let on_node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| n.starts_with("kwok-node"));
+            let st = p.status.as_ref();
+            let ready = st
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ip = st.and_then(|s| s.pod_ip.as_ref()).is_some();
+            on_node && ready && ip
+        })
+        .count()
+}
+
+/// (revision, percent, tag) of the predictor's traffic in an InferenceService's status.
+fn predictor_traffic(isvc: &Value) -> Vec<(String, i64, String)> {
+    isvc["status"]["components"]["predictor"]["traffic"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    (
+                        t["revisionName"].as_str().unwrap_or_default().to_owned(),
+                        t["percent"].as_i64().unwrap_or(-1),
+                        t["tag"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn samples_run_on_kubernetes_through_their_whole_life() {
+    let cluster = Cluster::start("samples");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    let controller = cluster.controller("solo");
+
+    // `sluice apply --kube` validates and applies the samples as `sluice apply` does.
+    let (ok, out, err) = cluster.sluice(&[
+        "apply",
+        "--kube",
+        "-f",
+        &sample("hello.yaml"),
+        "-f",
+        &sample("iris.yaml"),
+    ]);
+    assert!(ok, "apply failed: {out}{err}");
+    assert!(
+        out.contains("service.serving.knative.dev/hello created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("inferenceservice.serving.kserve.io/iris created"),
+        "{out}"
+    );
+
+    // The controller creates a Deployment per revision, owned by its Revision.
+    for rev in ["hello-00001", "iris-predictor-00001"] {
+        let d = eventually(&format!("Deployment {rev}"), || deployment(&client, rev)).await;
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("Revision", rev)
+        );
+        let c = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        assert_eq!(c.image.as_deref(), Some("sluice:test"));
+        let command = c.command.clone().unwrap();
+        assert_eq!(command[0], "sluice");
+        if rev.starts_with("hello") {
+            assert_eq!(command[1], "queue", "{command:?}");
+            assert!(
+                command.ends_with(&["sluice".to_owned(), "hello".to_owned()]),
+                "{command:?}"
+            );
+        } else {
+            assert_eq!(command[1], "model-server", "{command:?}");
+        }
+        // Pods become Running/Ready on kwok's nodes.
+        eventually(&format!("a ready Pod of {rev}"), || async {
+            (ready_pods(&client, rev).await >= 1).then_some(())
+        })
+        .await;
+    }
+
+    // Revision, Service and InferenceService reach Ready=True.
+    ready(&api(&client, Kind::Revision), "Revision", "hello-00001").await;
+    let svc = ready(&api(&client, Kind::Service), "Service", "hello").await;
+    assert_eq!(svc["status"]["latestReadyRevisionName"], "hello-00001");
+    let isvc = ready(
+        &api(&client, Kind::InferenceService),
+        "InferenceService",
+        "iris",
+    )
+    .await;
+    assert!(
+        isvc["status"]["url"]
+            .as_str()
+            .unwrap()
+            .contains("iris.default."),
+        "{isvc}"
+    );
+
+    // The router's snapshot, built from watched objects as `sluice router --kube` builds it
+    // (no request is sent: kwok's Pod IPs are data only).
+    let pod_ip = eventually("the hello Pod's IP", || async {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let list = pods
+            .list(&ListParams::default().labels("serving.knative.dev/revision=hello-00001"))
+            .await
+            .ok()?;
+        list.items.into_iter().find_map(|p| p.status?.pod_ip)
+    })
+    .await;
+    let store = KubeStore::new(client.clone());
+    store.start_watching_kinds(&kube_routing::ROUTER_KINDS);
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(RoutingSnapshot::default()));
+    let routing = tokio::spawn(kube_routing::run(
+        store,
+        KubeRuntime::endpoints_only(client.clone()),
+        snapshot_tx,
+        std::future::pending(),
+    ));
+    let hello_key = NamespacedName::new("default", "hello-00001");
+    let snap = eventually("the router's snapshot with hello's endpoint", || {
+        let snap = snapshot_rx.borrow().clone();
+        let key = hello_key.clone();
+        async move {
+            let ready = snap.revisions.get(&key)?.endpoints.len() == 1
+                && snap.hosts.contains_key("iris.default.example.com");
+            ready.then_some(snap)
+        }
+    })
+    .await;
+    let hello_route = &snap.hosts["hello.default.example.com"];
+    assert_eq!(hello_route.targets[0].revision, hello_key);
+    assert_eq!(hello_route.targets[0].percent, 100);
+    let r = &snap.revisions[&hello_key];
+    assert_eq!(r.endpoints[0].addr.to_string(), format!("{pod_ip}:8012"));
+    assert!(!r.activator_in_path);
+    assert_eq!(r.container_concurrency, 10);
+    assert_eq!(
+        snap.hosts["iris.default.example.com"].targets[0]
+            .revision
+            .name,
+        "iris-predictor-00001"
+    );
+    routing.abort();
+
+    // `get` and `describe` read the same objects.
+    let (ok, out, err) = cluster.sluice(&["get", "--kube", "isvc", "iris", "-o", "json"]);
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert!(condition(&got, "Ready"), "{got}");
+    let (ok, out, err) = cluster.sluice(&["describe", "--kube", "ksvc", "hello"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("hello-00001"), "{out}");
+
+    // A canary: v2 at 20% beside the rolled-out v1.
+    let v2 = manifest(&cluster, "iris-v2.yaml", &iris("/models/iris-v2", Some(20)));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v2]);
+    assert!(ok, "{out}{err}");
+    let isvc_api = api(&client, Kind::InferenceService);
+    let traffic = eventually(
+        "the canary split in the InferenceService's status",
+        || async {
+            let v = get(&isvc_api, "iris").await?;
+            let t = predictor_traffic(&v);
+            (t.len() == 2
+                && t.iter()
+                    .any(|(r, p, _)| r == "iris-predictor-00002" && *p == 20))
+            .then_some(t)
+        },
+    )
+    .await;
+    // KServe's split: the latest revision 20 %, the rolled-out one 80 % under `prev`.
+    assert_eq!(
+        traffic,
+        [
+            ("iris-predictor-00002".to_owned(), 20, String::new()),
+            ("iris-predictor-00001".to_owned(), 80, "prev".to_owned()),
+        ]
+    );
+
+    // A scale decision lands in spec.replicas: a new revision with min-scale 2 gets two
+    // Pods, and the revision it replaces (no longer routed) goes to zero.
+    let scaled = manifest(&cluster, "hello-v2.yaml", &hello("hello", "v2", Some(2)));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &scaled]);
+    assert!(ok, "{out}{err}");
+    eventually("hello-00002 at 2 replicas with 2 ready Pods", || async {
+        let d = deployment(&client, "hello-00002").await?;
+        (d.spec?.replicas == Some(2) && ready_pods(&client, "hello-00002").await == 2).then_some(())
+    })
+    .await;
+    let svc = eventually("hello routed to hello-00002", || async {
+        let v = get(&api(&client, Kind::Service), "hello").await?;
+        (v["status"]["latestReadyRevisionName"] == "hello-00002" && condition(&v, "Ready"))
+            .then_some(v)
+    })
+    .await;
+    assert_eq!(svc["status"]["traffic"][0]["percent"], 100);
+    eventually("hello-00001 scaled to zero", || async {
+        let d = deployment(&client, "hello-00001").await?;
+        (d.spec?.replicas == Some(0)).then_some(())
+    })
+    .await;
+    let rev = get(&api(&client, Kind::Revision), "hello-00002")
+        .await
+        .unwrap();
+    assert_eq!(rev["status"]["desiredReplicas"], 2, "{rev}");
+
+    // Deleting the InferenceService removes everything it owned (garbage collector).
+    let (ok, out, err) = cluster.sluice(&["delete", "--kube", "isvc", "iris"]);
+    assert!(ok, "{out}{err}");
+    eventually("everything iris owned is gone", || async {
+        let svc = get(&api(&client, Kind::Service), "iris-predictor").await;
+        let cfg = get(&api(&client, Kind::Configuration), "iris-predictor").await;
+        let revs = api(&client, Kind::Revision)
+            .list(&ListParams::default().labels("serving.knative.dev/configuration=iris-predictor"))
+            .await
+            .ok()?;
+        let d1 = deployment(&client, "iris-predictor-00001").await;
+        let d2 = deployment(&client, "iris-predictor-00002").await;
+        (svc.is_none() && cfg.is_none() && revs.items.is_empty() && d1.is_none() && d2.is_none())
+            .then_some(())
+    })
+    .await;
+    // What it did not own stays.
+    assert!(get(&api(&client, Kind::Service), "hello").await.is_some());
+    assert!(
+        controller.log().contains("became the leader"),
+        "{}",
+        controller.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn a_standby_takes_over_from_a_killed_leader_without_duplicate_revisions() {
+    let cluster = Cluster::start("failover");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    let mut a = cluster.controller("ctl-a");
+    let mut b = cluster.controller("ctl-b");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    let leader = eventually("a leader", || async {
+        let l = leases.get_opt("sluice-controller").await.ok()??;
+        Some(holder(l)).filter(|h| !h.is_empty())
+    })
+    .await;
+    // Only the leader reconciles: the standby says it stands by.
+    let (active, standby, standby_name) = if leader == "ctl-a" {
+        (&mut a, &mut b, "ctl-b")
+    } else {
+        (&mut b, &mut a, "ctl-a")
+    };
+    eventually("the standby standing by", || async {
+        standby.log().contains("standing by").then_some(())
+    })
+    .await;
+
+    const N: usize = 8;
+    let v1: String = (0..N)
+        .map(|i| hello(&format!("svc-{i}"), "v1", None) + "---\n")
+        .collect();
+    let (ok, out, err) =
+        cluster.sluice(&["apply", "--kube", "-f", &manifest(&cluster, "v1.yaml", &v1)]);
+    assert!(ok, "{out}{err}");
+    for i in 0..N {
+        ready(&api(&client, Kind::Service), "Service", &format!("svc-{i}")).await;
+    }
+
+    // v2 of every service; the leader is killed as soon as it has started on them.
+    let v2: String = (0..N)
+        .map(|i| hello(&format!("svc-{i}"), "v2", None) + "---\n")
+        .collect();
+    let (ok, out, err) =
+        cluster.sluice(&["apply", "--kube", "-f", &manifest(&cluster, "v2.yaml", &v2)]);
+    assert!(ok, "{out}{err}");
+    let revisions = api(&client, Kind::Revision);
+    eventually("the leader creating a second revision", || async {
+        let list = revisions.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|r| {
+                r.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with("-00002"))
+            })
+            .then_some(())
+    })
+    .await;
+    active.kill();
+
+    eventually("the standby holding the lease", || async {
+        let l = leases.get_opt("sluice-controller").await.ok()??;
+        (holder(l) == standby_name).then_some(())
+    })
+    .await;
+    for i in 0..N {
+        let name = format!("svc-{i}");
+        eventually(&format!("{name} ready on its second revision"), || async {
+            let v = get(&api(&client, Kind::Service), &name).await?;
+            (condition(&v, "Ready")
+                && v["status"]["latestReadyRevisionName"] == format!("{name}-00002"))
+            .then_some(())
+        })
+        .await;
+    }
+    // Exactly two revisions per service, one Deployment each: nothing stamped twice.
+    let list = revisions.list(&ListParams::default()).await.unwrap();
+    let mut names: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|r| r.metadata.name.clone())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..N)
+        .flat_map(|i| [format!("svc-{i}-00001"), format!("svc-{i}-00002")])
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let mut ds: Vec<String> = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|d| d.metadata.name)
+        .collect();
+    ds.sort();
+    assert_eq!(ds, want);
+    assert!(
+        standby.stdout().contains("is the leader"),
+        "{}",
+        standby.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn without_the_crds_the_controller_names_the_missing_one_and_waits() {
+    let cluster = Cluster::start("nocrds");
+    let client = cluster.client().await;
+    let mut controller = cluster.controller("lonely");
+    let line = eventually("the missing CRD in the controller's log", || async {
+        controller
+            .log()
+            .lines()
+            .find(|l| l.contains("is not installed"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(
+        line.contains("CRD ") && line.contains(".serving."),
+        "{line}"
+    );
+    assert!(
+        controller.child.try_wait().unwrap().is_none(),
+        "the controller exited: {}",
+        controller.log()
+    );
+    // `sluice get --kube` says the same.
+    let (ok, _, err) = cluster.sluice(&["get", "--kube", "isvc"]);
+    assert!(!ok);
+    assert!(
+        err.contains("CRD inferenceservices.serving.kserve.io is not installed"),
+        "{err}"
+    );
+
+    // Installing them lets it proceed, without a restart.
+    install_crds(&client).await;
+    eventually("the controller leading once the CRDs exist", || async {
+        controller.stdout().contains("is the leader").then_some(())
+    })
+    .await;
+    assert!(controller.child.try_wait().unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn the_controller_rides_out_an_api_server_restart() {
+    let cluster = Cluster::start("restart");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    let mut controller = cluster.controller("steady");
+    let v1 = manifest(&cluster, "v1.yaml", &hello("hello", "v1", None));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v1]);
+    assert!(ok, "{out}{err}");
+    ready(&api(&client, Kind::Service), "Service", "hello").await;
+
+    // The API server goes away for longer than the renew deadline and comes back.
+    cluster.restart_apiserver().await;
+    let client = cluster.client().await;
+    eventually("the API server answering again", || async {
+        api(&client, Kind::Service)
+            .list(&ListParams::default())
+            .await
+            .ok()
+    })
+    .await;
+
+    // The controller reconnects (re-listing its watches) and reconciles what comes next.
+    let v2 = manifest(&cluster, "v2.yaml", &hello("hello", "v2", None));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v2]);
+    assert!(ok, "{out}{err}");
+    eventually("hello ready on hello-00002", || async {
+        let v = get(&api(&client, Kind::Service), "hello").await?;
+        (condition(&v, "Ready") && v["status"]["latestReadyRevisionName"] == "hello-00002")
+            .then_some(())
+    })
+    .await;
+    let list = api(&client, Kind::Revision)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["hello-00001", "hello-00002"]);
+    assert!(
+        controller.child.try_wait().unwrap().is_none(),
+        "the controller exited: {}",
+        controller.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn the_least_privilege_role_suffices_and_a_forbidden_action_is_named() {
+    let cluster = Cluster::start("rbac");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    // The install manifests' namespace and controller RBAC, and a kubeconfig with the token
+    // of its service account.
+    let deploy = repo().join("deploy");
+    for f in ["00-namespace.yaml", "10-rbac-controller.yaml"] {
+        cluster.kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            &deploy.join(f).display().to_string(),
+        ]);
+    }
+    let token = cluster.kubectl(&[
+        "create",
+        "token",
+        "sluice-controller",
+        "-n",
+        "sluice-system",
+    ]);
+    let sa_config = cluster.dir.join("sa-kubeconfig");
+    std::fs::copy(&cluster.kubeconfig, &sa_config).unwrap();
+    let sa = sa_config.display().to_string();
+    cluster.kubectl(&[
+        "--kubeconfig",
+        &sa,
+        "config",
+        "set-credentials",
+        "sa",
+        "--token",
+        token.trim(),
+    ]);
+    cluster.kubectl(&[
+        "--kubeconfig",
+        &sa,
+        "config",
+        "set-context",
+        "--current",
+        "--user",
+        "sa",
+    ]);
+    let _controller = cluster.controller_with(
+        "limited",
+        &sa_config,
+        &["--lease-namespace", "sluice-system"],
+    );
+
+    let v1 = manifest(&cluster, "v1.yaml", &hello("hello", "v1", None));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v1]);
+    assert!(ok, "{out}{err}");
+    ready(&api(&client, Kind::Service), "Service", "hello").await;
+
+    // Take the right to write Deployments away: the next revision says what was refused.
+    let role = cluster.kubectl(&["get", "clusterrole", "sluice-controller", "-o", "json"]);
+    let mut role: Value = serde_json::from_str(&role).unwrap();
+    role["rules"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["apiGroups"] != serde_json::json!(["apps"]));
+    let path = manifest(&cluster, "role.json", &role.to_string());
+    cluster.kubectl(&["replace", "-f", &path]);
+    let v2 = manifest(&cluster, "v2.yaml", &hello("hello", "v2", None));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v2]);
+    assert!(ok, "{out}{err}");
+    let message = eventually(
+        "hello-00002 Ready=False naming the refused action",
+        || async {
+            let rev = get(&api(&client, Kind::Revision), "hello-00002").await?;
+            rev["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready" && c["status"] == "False")
+                .and_then(|c| c["message"].as_str().map(str::to_owned))
+                .filter(|m| m.contains("forbidden"))
+        },
+    )
+    .await;
+    assert!(
+        message.contains("cannot get deployments.apps")
+            || message.contains("cannot patch deployments.apps"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn the_store_refuses_stale_writes_and_keeps_status_and_events() {
+    use sluice_controller::store::{ApplyOutcome, Event, Store, StoreError};
+
+    let cluster = Cluster::start("store");
+    let client = cluster.client().await;
+    // Before the CRDs: a read names the missing one.
+    let store = KubeStore::new(client.clone());
+    let err = store
+        .get(Kind::InferenceService, "default", "x")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "CRD inferenceservices.serving.kserve.io is not installed (apply crds/yaml: kubectl apply -f crds/yaml)"
+    );
+    install_crds(&client).await;
+
+    let route = |target: &str| {
+        serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Route",
+            "metadata": {"name": "r", "namespace": "default", "labels": {"v": target}},
+            "spec": {"traffic": [{"configurationName": target, "percent": 100}]},
+        })
+    };
+    let out = store.apply(vec![(Kind::Route, route("a"))]).await.unwrap();
+    assert_eq!(out, [ApplyOutcome::Created]);
+    let out = store.apply(vec![(Kind::Route, route("a"))]).await.unwrap();
+    assert_eq!(out, [ApplyOutcome::Unchanged]);
+    let read = store
+        .get(Kind::Route, "default", "r")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read["metadata"]["generation"], 1);
+
+    // Status through the subresource; a write based on a stale read is a conflict.
+    let with_status = store
+        .update_status(Kind::Route, &read, serde_json::json!({"url": "http://r"}))
+        .await
+        .unwrap();
+    let stale = store
+        .update_status(
+            Kind::Route,
+            &read,
+            serde_json::json!({"url": "http://stale"}),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict { .. }), "{stale}");
+    let mut edit = read.clone();
+    edit["spec"]["traffic"][0]["configurationName"] = "b".into();
+    let stale = store.update(Kind::Route, edit).await.unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict { .. }), "{stale}");
+    // A fresh edit wins, bumps the generation and keeps the status; so does apply.
+    let mut edit = with_status.clone();
+    edit["spec"]["traffic"][0]["configurationName"] = "b".into();
+    let (outcome, updated) = store.update(Kind::Route, edit).await.unwrap();
+    assert_eq!(outcome, ApplyOutcome::Configured);
+    assert_eq!(updated["metadata"]["generation"], 2);
+    assert_eq!(updated["status"]["url"], "http://r");
+    let out = store.apply(vec![(Kind::Route, route("c"))]).await.unwrap();
+    assert_eq!(out, [ApplyOutcome::Configured]);
+    let now = store
+        .get(Kind::Route, "default", "r")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now["status"]["url"], "http://r");
+    assert!(now["metadata"].get("managedFields").is_none());
+
+    // Events are core/v1 Events on the object, read back oldest first.
+    let event = |reason: &str| Event {
+        kind: Kind::Route,
+        namespace: "default".into(),
+        name: "r".into(),
+        type_: "Normal".into(),
+        reason: reason.into(),
+        message: format!("{reason} happened"),
+        time: String::new(),
+    };
+    store.record_events(vec![event("First")]).await.unwrap();
+    store.record_events(vec![event("Second")]).await.unwrap();
+    let events = store.events(Kind::Route, "default", "r").await.unwrap();
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, ["First", "Second"]);
+
+    // Delete; then it is gone, and a second delete says so.
+    store.delete(Kind::Route, "default", "r").await.unwrap();
+    eventually("the Route gone", || async {
+        store
+            .get(Kind::Route, "default", "r")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let again = store.delete(Kind::Route, "default", "r").await.unwrap_err();
+    assert!(matches!(again, StoreError::NotFound { .. }), "{again}");
+}
