@@ -687,13 +687,32 @@ async fn the_least_privilege_role_suffices_and_a_forbidden_action_is_named() {
     let _controller = cluster.controller_with(
         "limited",
         &sa_config,
-        &["--lease-namespace", "sluice-system"],
+        &[
+            "--lease-namespace",
+            "sluice-system",
+            "--stats-listen",
+            "127.0.0.1:0",
+            // A documentation address (RFC 5737): data only, nothing dials it.
+            "--advertise-address",
+            "192.0.2.10",
+        ],
     );
 
     let v1 = manifest(&cluster, "v1.yaml", &hello("hello", "v1", None));
     let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v1]);
     assert!(ok, "{out}{err}");
     ready(&api(&client, Kind::Service), "Service", "hello").await;
+    // The role lets the leader advertise its stats endpoint in sluice-system.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "sluice-system");
+    eventually(
+        "the sluice-autoscaler EndpointSlice in sluice-system",
+        || async {
+            let s = slices.get_opt("sluice-autoscaler").await.ok().flatten()?;
+            (s.endpoints.first()?.addresses == ["192.0.2.10"]).then_some(())
+        },
+    )
+    .await;
 
     // Take the right to write Deployments away: the next revision says what was refused.
     let role = cluster.kubectl(&["get", "clusterrole", "sluice-controller", "-o", "json"]);
