@@ -444,6 +444,45 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn a_crash_looping_replica_fails_its_revision_with_the_reason() {
+    let cluster = Cluster::start("crashloop");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    let _controller = cluster.controller("solo");
+    // The tier's kwok stage (scripts/kube/kwok-test-stages.yaml) gives a Pod with this env
+    // var the kubelet's status of a container that keeps exiting.
+    let text = hello("crashy", "v1", None)
+        + "            - name: SLUICE_KWOK_SIMULATE\n              value: CrashLoopBackOff\n";
+    let (ok, out, err) = cluster.sluice(&[
+        "apply",
+        "--kube",
+        "-f",
+        &manifest(&cluster, "crashy.yaml", &text),
+    ]);
+    assert!(ok, "{out}{err}");
+    let ready = eventually("crashy-00001 Ready=False from its Pod's status", || async {
+        let rev = get(&api(&client, Kind::Revision), "crashy-00001").await?;
+        rev["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready" && c["status"] == "False")
+            .cloned()
+    })
+    .await;
+    assert_eq!(ready["reason"], "CrashLoopBackOff", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("container \"sluice\" is waiting: CrashLoopBackOff")
+            && message.contains("its last run exited with code 1 (Error) after 5 restarts"),
+        "{message}"
+    );
+    let svc = get(&api(&client, Kind::Service), "crashy").await.unwrap();
+    assert!(!condition(&svc, "Ready"), "{svc}");
+    assert_eq!(ready_pods(&client, "crashy-00001").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
 async fn a_standby_takes_over_from_a_killed_leader_without_duplicate_revisions() {
     let cluster = Cluster::start("failover");
     let client = cluster.client().await;
