@@ -329,6 +329,158 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     );
 }
 
+/// A raw HTTP/1.1 request for `host` to the router at `addr` (loopback), over and over while
+/// the router answers (it has no route yet, or gave up waiting); a request the activator
+/// holds stays open. Aborted by the caller.
+async fn keep_requesting(addr: std::net::SocketAddr, host: &'static str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    assert!(addr.ip().is_loopback(), "{addr}");
+    loop {
+        if let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await {
+            let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+            if conn.write_all(request.as_bytes()).await.is_ok() {
+                let mut answer = Vec::new();
+                let _ = conn.read_to_end(&mut answer).await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn a_request_through_the_router_scales_a_revision_from_zero() {
+    let cluster = Cluster::start("fromzero");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    // kwok's Pod IPs are data only and must never be dialled: with both nodes cordoned the
+    // replica the scale-up asks for stays Pending (no IP, no ready endpoint), so the
+    // activator holds the request and never forwards it.
+    cluster.kubectl(&["cordon", "kwok-node-0", "kwok-node-1"]);
+    let controller = cluster.controller_with(
+        "solo",
+        &cluster.kubeconfig,
+        &[
+            "--stats-listen",
+            "127.0.0.1:0",
+            // The API server refuses loopback endpoints; a documentation address (RFC 5737)
+            // is data only here, as kwok's Pod IPs are: nothing dials it.
+            "--advertise-address",
+            "192.0.2.10",
+        ],
+    );
+    let stats = controller
+        .printed("sluice: controller stats endpoint on ")
+        .await;
+    let autoscaler = stats.strip_suffix("/v1/stats").unwrap().to_owned();
+    assert!(autoscaler.starts_with("http://127.0.0.1:"), "{autoscaler}");
+
+    // A revision that starts at zero. `initial-scale: 0` is refused by `sluice apply` unless
+    // the cluster allows it (Knative's webhook rule), so it is applied as cluster-admin,
+    // with the traffic block `sluice apply` would have defaulted.
+    let text = hello("hello", "zero", Some(0)).replace(
+        "autoscaling.knative.dev/min-scale: \"0\"\n",
+        "autoscaling.knative.dev/min-scale: \"0\"\n        autoscaling.knative.dev/initial-scale: \"0\"\n",
+    ) + "  traffic:\n    - latestRevision: true\n      percent: 100\n";
+    assert!(text.contains("initial-scale"), "{text}");
+    cluster.kubectl(&["apply", "-f", &manifest(&cluster, "hello-zero.yaml", &text)]);
+    ready(&api(&client, Kind::Service), "Service", "hello").await;
+    let d = deployment(&client, "hello-00001").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(0));
+
+    // The leader pointed the autoscaler's selector-less Service at itself.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    let slice = eventually("the sluice-autoscaler EndpointSlice", || async {
+        slices.get_opt("sluice-autoscaler").await.ok().flatten()
+    })
+    .await;
+    let port: i32 = autoscaler.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(slice.endpoints[0].addresses, ["192.0.2.10"]);
+    assert_eq!(slice.ports.unwrap()[0].port, Some(port));
+    assert_eq!(
+        slice.metadata.labels.unwrap()["kubernetes.io/service-name"],
+        "sluice-autoscaler"
+    );
+
+    // The router (activator in-process) on loopback, posting its stats to the leader.
+    let mut router = cluster.spawn(
+        "router",
+        &[
+            "router",
+            "--kube",
+            "--listen",
+            "127.0.0.1:0",
+            "--autoscaler",
+            &autoscaler,
+        ],
+    );
+    let addr: std::net::SocketAddr = router
+        .printed("sluice: router listening on http://")
+        .await
+        .parse()
+        .unwrap();
+    let requests = tokio::spawn(keep_requesting(addr, "hello.default.example.com"));
+    eventually("hello-00001 scaled from 0 to 1 by the request", || async {
+        let d = deployment(&client, "hello-00001").await?;
+        (d.spec?.replicas == Some(1)).then_some(())
+    })
+    .await;
+    router.kill();
+    requests.abort();
+    // The replica never ran, so nothing could have been dialled.
+    assert_eq!(ready_pods(&client, "hello-00001").await, 0);
+    eventually("hello-00001's status wants 1 replica", || async {
+        let rev = get(&api(&client, Kind::Revision), "hello-00001").await?;
+        (rev["status"]["desiredReplicas"] == 1).then_some(())
+    })
+    .await;
+    assert!(
+        router.log().contains("stats posted"),
+        "the router's log: {}",
+        router.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn a_crash_looping_replica_fails_its_revision_with_the_reason() {
+    let cluster = Cluster::start("crashloop");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    let _controller = cluster.controller("solo");
+    // The tier's kwok stage (scripts/kube/kwok-test-stages.yaml) gives a Pod with this env
+    // var the kubelet's status of a container that keeps exiting.
+    let text = hello("crashy", "v1", None)
+        + "            - name: SLUICE_KWOK_SIMULATE\n              value: CrashLoopBackOff\n";
+    let (ok, out, err) = cluster.sluice(&[
+        "apply",
+        "--kube",
+        "-f",
+        &manifest(&cluster, "crashy.yaml", &text),
+    ]);
+    assert!(ok, "{out}{err}");
+    let ready = eventually("crashy-00001 Ready=False from its Pod's status", || async {
+        let rev = get(&api(&client, Kind::Revision), "crashy-00001").await?;
+        rev["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready" && c["status"] == "False")
+            .cloned()
+    })
+    .await;
+    assert_eq!(ready["reason"], "CrashLoopBackOff", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("container \"sluice\" is waiting: CrashLoopBackOff")
+            && message.contains("its last run exited with code 1 (Error) after 5 restarts"),
+        "{message}"
+    );
+    let svc = get(&api(&client, Kind::Service), "crashy").await.unwrap();
+    assert!(!condition(&svc, "Ready"), "{svc}");
+    assert_eq!(ready_pods(&client, "crashy-00001").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "Kubernetes tier: run by scripts/kube-test"]
 async fn a_standby_takes_over_from_a_killed_leader_without_duplicate_revisions() {
@@ -574,13 +726,32 @@ async fn the_least_privilege_role_suffices_and_a_forbidden_action_is_named() {
     let _controller = cluster.controller_with(
         "limited",
         &sa_config,
-        &["--lease-namespace", "sluice-system"],
+        &[
+            "--lease-namespace",
+            "sluice-system",
+            "--stats-listen",
+            "127.0.0.1:0",
+            // A documentation address (RFC 5737): data only, nothing dials it.
+            "--advertise-address",
+            "192.0.2.10",
+        ],
     );
 
     let v1 = manifest(&cluster, "v1.yaml", &hello("hello", "v1", None));
     let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v1]);
     assert!(ok, "{out}{err}");
     ready(&api(&client, Kind::Service), "Service", "hello").await;
+    // The role lets the leader advertise its stats endpoint in sluice-system.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "sluice-system");
+    eventually(
+        "the sluice-autoscaler EndpointSlice in sluice-system",
+        || async {
+            let s = slices.get_opt("sluice-autoscaler").await.ok().flatten()?;
+            (s.endpoints.first()?.addresses == ["192.0.2.10"]).then_some(())
+        },
+    )
+    .await;
 
     // Take the right to write Deployments away: the next revision says what was refused.
     let role = cluster.kubectl(&["get", "clusterrole", "sluice-controller", "-o", "json"]);

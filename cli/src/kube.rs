@@ -14,7 +14,7 @@ use sluice_controller::runtime::KubeRuntime;
 use sluice_controller::runtime::kube::PodTemplate;
 use sluice_controller::store::KubeStore;
 use sluice_controller::store::kube::{KubeError, infer_client};
-use sluice_core::RoutingSnapshot;
+use sluice_core::{RoutingSnapshot, StatReport};
 use sluice_crds::autoscaling::ClusterConfig;
 use tokio::sync::{mpsc, watch};
 
@@ -65,6 +65,22 @@ pub struct ControllerArgs {
     /// Name of the leader election Lease.
     #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
     lease_name: String,
+    /// Address of the autoscaler's stats endpoint (`POST /v1/stats`, the StatReports of the
+    /// routers' activators, which scale revisions from zero). Off when absent. Only the
+    /// leader accepts; a standby answers 503.
+    #[arg(long, env = "SLUICE_STATS_LISTEN")]
+    stats_listen: Option<std::net::SocketAddr>,
+    /// This replica's Pod IP: the leader points the selector-less Service `--stats-service`
+    /// at it (an EndpointSlice it writes), so activators reach the leader only.
+    #[arg(long, env = "POD_IP", requires = "stats_listen")]
+    advertise_address: Option<std::net::IpAddr>,
+    /// The Service (in the Lease's namespace) the leader advertises its stats endpoint on.
+    #[arg(
+        long,
+        env = "SLUICE_STATS_SERVICE",
+        default_value = "sluice-autoscaler"
+    )]
+    stats_service: String,
     /// This replica's identity in the Lease (host name and process id when absent).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -135,6 +151,19 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let store = KubeStore::new(client.clone());
     wait_for_crds(&store).await?;
 
+    let sink = StatsSink::default();
+    let stats_port = match args.stats_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the stats endpoint to {addr}"))?;
+            let local = listener.local_addr()?;
+            tokio::spawn(axum::serve(listener, stats_app(sink.clone())).into_future());
+            println!("sluice: controller stats endpoint on http://{local}/v1/stats");
+            Some(local.port())
+        }
+        None => None,
+    };
     let mut elector = LeaderElector::new(client.clone(), lease);
     loop {
         tokio::select! {
@@ -143,7 +172,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         println!("sluice: controller {} is the leader", elector.identity());
         store.start_watching();
-        match lead(&args, &store, &mut elector).await {
+        match lead(&args, &store, &mut elector, &sink, stats_port).await {
             Term::Stopped => return Ok(()),
             // The API server was out of reach for longer than the renew deadline, or another
             // replica took over: stop reconciling, stand by, and start afresh (a full pass
@@ -166,7 +195,13 @@ enum Term {
 
 /// One term as leader: the reconcilers on the store, with a fresh runtime and autoscaler,
 /// until leadership is lost or a signal arrives.
-async fn lead(args: &ControllerArgs, store: &KubeStore, elector: &mut LeaderElector) -> Term {
+async fn lead(
+    args: &ControllerArgs,
+    store: &KubeStore,
+    elector: &mut LeaderElector,
+    sink: &StatsSink,
+    stats_port: Option<u16>,
+) -> Term {
     let runtime = KubeRuntime::new(
         store.client().clone(),
         PodTemplate {
@@ -194,6 +229,35 @@ async fn lead(args: &ControllerArgs, store: &KubeStore, elector: &mut LeaderElec
             stats_tx.clone(),
         ))
     });
+    // The routers' activators post their stats here (through the stats endpoint) while this
+    // replica leads; the leader points the autoscaler's Service at itself.
+    sink.set(Some(stats_tx.clone()));
+    let advertised = stats_port.zip(args.advertise_address).map(|(port, ip)| {
+        let (client, ns, service) = (
+            store.client().clone(),
+            args.lease_namespace.clone(),
+            args.stats_service.clone(),
+        );
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                match sluice_controller::leader::advertise(client.clone(), &ns, &service, ip, port)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(%ip, port, %service, "stats endpoint advertised");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(
+                        "advertising the stats endpoint failed, retrying: {}",
+                        sluice_core::error_chain(&e)
+                    ),
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        })
+    });
     let controller = Controller::new(
         ControllerConfig {
             domain: args.domain.clone(),
@@ -218,12 +282,106 @@ async fn lead(args: &ControllerArgs, store: &KubeStore, elector: &mut LeaderElec
     };
     controller.run(decisions_rx, stop).await;
     // The autoscaler runs while its stats channel is open: until here.
+    sink.set(None);
     drop(stats_tx);
+    if let Some(a) = advertised {
+        a.abort();
+    }
     if let Some(s) = scraper {
         s.abort();
     }
     autoscaler_task.abort();
     term
+}
+
+/// The stats channel of the current term's autoscaler: `None` on a standby.
+#[derive(Clone, Default)]
+struct StatsSink {
+    tx: Arc<std::sync::Mutex<Option<mpsc::Sender<StatReport>>>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StatsSink {
+    fn set(&self, tx: Option<mpsc::Sender<StatReport>>) {
+        *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = tx;
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<StatReport>> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Most StatReports one `POST /v1/stats` may carry.
+const MAX_STATS_PER_POST: usize = 4096;
+/// Largest `POST /v1/stats` body.
+const MAX_STATS_BODY: usize = 1024 * 1024;
+
+/// The stats endpoint: `POST /v1/stats` with a JSON array of StatReports.
+fn stats_app(sink: StatsSink) -> axum::Router {
+    use axum::extract::{DefaultBodyLimit, State};
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    async fn accept(
+        State(sink): State<StatsSink>,
+        body: Result<axum::Json<Vec<StatReport>>, axum::extract::rejection::JsonRejection>,
+    ) -> (StatusCode, String) {
+        let reports = match body {
+            Ok(axum::Json(r)) => r,
+            Err(e) => {
+                return (
+                    e.status(),
+                    format!(
+                        "the body must be a JSON array of StatReports: {}",
+                        e.body_text()
+                    ),
+                );
+            }
+        };
+        if reports.len() > MAX_STATS_PER_POST {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} StatReports in one post; at most {MAX_STATS_PER_POST}",
+                    reports.len()
+                ),
+            );
+        }
+        let Some(tx) = sink.sender() else {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this controller is a standby: stats go to the leader".into(),
+            );
+        };
+        let mut accepted = 0usize;
+        let mut dropped = 0u64;
+        for r in reports {
+            match tx.try_send(r) {
+                Ok(()) => accepted += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        if dropped > 0 {
+            let total = sink
+                .dropped
+                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed)
+                + dropped;
+            tracing::warn!(
+                dropped,
+                total,
+                "the autoscaler's stats queue is full: StatReports dropped"
+            );
+        }
+        (
+            StatusCode::ACCEPTED,
+            serde_json::json!({ "accepted": accepted, "dropped": dropped }).to_string(),
+        )
+    }
+
+    axum::Router::new()
+        .route("/v1/stats", post(accept))
+        .layer(DefaultBodyLimit::max(MAX_STATS_BODY))
+        .with_state(sink)
 }
 
 /// The admin API served on loopback over the current kubeconfig's API server, for the
@@ -251,6 +409,11 @@ pub struct RouterArgs {
     /// Ingress address.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: std::net::SocketAddr,
+    /// The controller's autoscaler (base URL of its stats endpoint, `http://` only): the
+    /// activator posts its StatReports there, so revisions at zero scale up on the first
+    /// request. When absent they are dropped (counted) and revisions at zero stay there.
+    #[arg(long, env = "SLUICE_AUTOSCALER")]
+    autoscaler: Option<String>,
     /// Requests the activator buffers per revision before answering 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
     activator_queue: usize,
@@ -268,6 +431,12 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
             "sluice router runs in Kubernetes mode only: pass --kube (in local mode the router is part of `sluice up`)"
         );
     }
+    let stats_url = args
+        .autoscaler
+        .as_deref()
+        .map(stats_url)
+        .transpose()
+        .context("--autoscaler")?;
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
     wait_for_crds(&store).await?;
@@ -287,10 +456,10 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         }
     };
     let routes = tokio::spawn(kube_routing::run(store, runtime, snapshot_tx, stopped()));
-    // The activator's stats are for an autoscaler; the controller's scrapes the replicas
-    // itself, so here they are read and let go (the channel never fills).
-    let (stats_tx, mut stats_rx) = mpsc::channel(1024);
-    tokio::spawn(async move { while stats_rx.recv().await.is_some() {} });
+    // The activator's stats (with the immediate one on a request to a revision at zero) go
+    // to the controller's autoscaler.
+    let (stats_tx, stats_rx) = mpsc::channel(STATS_QUEUE);
+    tokio::spawn(post_stats(stats_url, stats_rx));
     let activator = Arc::new(Activator::new(
         ActivatorConfig {
             max_queued_per_revision: args.activator_queue,
@@ -314,4 +483,160 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let _ = serve.await;
     let _ = routes.await;
     Ok(())
+}
+
+/// StatReports the router holds for the autoscaler before the activator's are dropped.
+const STATS_QUEUE: usize = 1024;
+/// Most StatReports the router sends in one post.
+const STATS_BATCH: usize = 512;
+/// How long one post to the autoscaler may take.
+const STATS_POST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `BASE` → `BASE/v1/stats`, `http://` only.
+fn stats_url(base: &str) -> anyhow::Result<http::Uri> {
+    let uri: http::Uri = format!("{}/v1/stats", base.trim_end_matches('/'))
+        .parse()
+        .with_context(|| format!("{base:?} is not a URL"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        bail!("{base:?}: the autoscaler's URL must be http://HOST[:PORT]");
+    }
+    Ok(uri)
+}
+
+/// Posts the activator's StatReports to the autoscaler as they come (whatever is queued in
+/// one post), until the activator stops. Reports that cannot be delivered are dropped and
+/// counted: stats are a stream, the next second's replace them.
+async fn post_stats(url: Option<http::Uri>, mut rx: mpsc::Receiver<StatReport>) {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let Some(url) = url else {
+        tracing::warn!(
+            "no --autoscaler: the activator's stats are dropped, and revisions at zero stay at zero"
+        );
+        while rx.recv().await.is_some() {}
+        return;
+    };
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut dropped = 0u64;
+    let mut failing = false;
+    let mut batch = Vec::with_capacity(STATS_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < STATS_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let result = async {
+            let body = serde_json::to_vec(&batch)?;
+            let request = http::Request::post(url.clone())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(bytes::Bytes::from(body)))?;
+            let response = tokio::time::timeout(STATS_POST_TIMEOUT, client.request(request))
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {STATS_POST_TIMEOUT:?}"))??;
+            let status = response.status();
+            if !status.is_success() {
+                bail!("answered {status}");
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(%url, dropped, "the autoscaler takes stats again");
+                    failing = false;
+                }
+                tracing::debug!(%url, reports = batch.len(), "stats posted");
+            }
+            Err(e) => {
+                dropped += batch.len() as u64;
+                if !failing {
+                    tracing::warn!(%url, dropped, "posting stats to the autoscaler failed, dropping them: {e:#}");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_autoscaler_url_is_http_with_a_host() {
+        assert_eq!(
+            stats_url("http://sluice-autoscaler.sluice-system.svc:8080/")
+                .unwrap()
+                .to_string(),
+            "http://sluice-autoscaler.sluice-system.svc:8080/v1/stats"
+        );
+        assert!(stats_url("https://a:1").is_err());
+        assert!(stats_url("a b").is_err());
+    }
+
+    /// Serves `app` on a loopback port and posts `body` to it.
+    async fn post(app: axum::Router, body: &str) -> (u16, String) {
+        use http_body_util::Full;
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(axum::serve(listener, app).into_future());
+        let client: Client<_, Full<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let response = client
+            .request(
+                http::Request::post(format!("http://{addr}/v1/stats"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(bytes::Bytes::from(body.to_owned())))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        server.abort();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn only_the_leader_takes_stats_and_a_full_queue_drops_counted() {
+        let report = serde_json::to_string(&vec![StatReport::poke(sluice_core::NamespacedName {
+            namespace: "default".into(),
+            name: "hello-00001".into(),
+        })])
+        .unwrap();
+        let sink = StatsSink::default();
+        let (status, body) = post(stats_app(sink.clone()), &report).await;
+        assert_eq!((status, body.contains("standby")), (503, true), "{body}");
+
+        let (tx, mut rx) = mpsc::channel(1);
+        sink.set(Some(tx));
+        let (status, body) = post(stats_app(sink.clone()), &report).await;
+        assert_eq!(status, 202, "{body}");
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got.revision.name, "hello-00001");
+        assert_eq!(got.request_count, 1);
+
+        // The queue holds one: of two, one is dropped, and counted.
+        let two = format!("[{0},{0}]", &report[1..report.len() - 1]);
+        let (status, body) = post(stats_app(sink.clone()), &two).await;
+        assert_eq!(status, 202, "{body}");
+        assert!(body.contains(r#""dropped":1"#), "{body}");
+        assert_eq!(sink.dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        let (status, body) = post(stats_app(sink.clone()), r#"{"revision": 1}"#).await;
+        assert!((400..500).contains(&status), "{status} {body}");
+        assert!(body.contains("JSON array of StatReports"), "{body}");
+    }
 }

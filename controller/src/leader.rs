@@ -260,6 +260,56 @@ impl LeaderElector {
     }
 }
 
+/// Points the selector-less Service `service` (in `namespace`) at this leader: server-side
+/// applies the EndpointSlice `service` with the one address `ip` and port `port` (named
+/// `http`). Knative's autoscaler does the same, so that the stats the activators post reach
+/// the leader and never a standby, whatever the Pods' readiness.
+pub async fn advertise(
+    client: Client,
+    namespace: &str,
+    service: &str,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> Result<(), KubeError> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Patch, PatchParams};
+    let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
+    let slice = endpoint_slice(service, ip, port);
+    api.patch(
+        service,
+        &PatchParams::apply("sluice-controller").force(),
+        &Patch::Apply(&slice),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        classify(
+            "patch",
+            format!("endpointslices.discovery.k8s.io {namespace}/{service}"),
+            None,
+            e,
+        )
+    })
+}
+
+/// The EndpointSlice of [`advertise`].
+fn endpoint_slice(service: &str, ip: std::net::IpAddr, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": service,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "sluice-controller",
+            },
+        },
+        "addressType": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{ "addresses": [ip.to_string()], "conditions": { "ready": true } }],
+        "ports": [{ "name": "http", "port": port, "protocol": "TCP" }],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +324,19 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("retry period"));
         c.identity.clear();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_advertised_slice_names_the_service_and_the_leader() {
+        let s = endpoint_slice("sluice-autoscaler", "10.1.2.3".parse().unwrap(), 8080);
+        assert_eq!(
+            s["metadata"]["labels"]["kubernetes.io/service-name"],
+            "sluice-autoscaler"
+        );
+        assert_eq!(s["addressType"], "IPv4");
+        assert_eq!(s["endpoints"][0]["addresses"][0], "10.1.2.3");
+        assert_eq!(s["ports"][0]["port"], 8080);
+        let v6 = endpoint_slice("a", "fd00::1".parse().unwrap(), 1);
+        assert_eq!(v6["addressType"], "IPv6");
     }
 }

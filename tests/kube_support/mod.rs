@@ -153,6 +153,25 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Starts `sluice ARGS` (a long-running component, e.g. `router --kube`) on this
+    /// cluster; its stdout and log go to `DIR/NAME.out` and `DIR/NAME.log`.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> ControllerProc {
+        let log = self.dir.join(format!("{name}.log"));
+        let out = self.dir.join(format!("{name}.out"));
+        let child = Command::new(SLUICE)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("SLUICE_LOG", "info,sluice=debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("sluice starts");
+        ControllerProc { child, log, out }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = Command::new(script())
@@ -183,6 +202,15 @@ impl ControllerProc {
     }
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+    /// The rest of the first stdout line that starts with `prefix`, once it is printed.
+    pub async fn printed(&self, prefix: &str) -> String {
+        eventually(&format!("{prefix:?} on {}", self.out.display()), || async {
+            self.stdout()
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+        })
+        .await
     }
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1,8 +1,8 @@
 //! `KubeRuntime`: the `Runtime` on Kubernetes. A revision's replicas are the Pods of its
 //! Deployment (server-side applied with `spec.replicas` = the scale decision, owned by the
 //! Revision), selected by a Service of the same name; readiness comes from the Service's
-//! EndpointSlices (ready endpoints) and failures from the Deployment's conditions, both
-//! watched. Pods are the kubelet's (or kwok's) to run: stopping the controller stops no
+//! EndpointSlices (ready endpoints), failures from the Deployment's conditions and from its
+//! Pods' container statuses (CrashLoopBackOff, ImagePullBackOff, ...), all watched. Pods are the kubelet's (or kwok's) to run: stopping the controller stops no
 //! replica.
 
 pub mod manifest;
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service as CoreService;
+use k8s_openapi::api::core::v1::{Pod, Service as CoreService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -65,6 +65,14 @@ struct Seen {
     failure: Option<ReplicaFailure>,
     /// Ready endpoints, per EndpointSlice name.
     slices: HashMap<String, Vec<SocketAddr>>,
+    /// Why Pods cannot run, per Pod name (only failing Pods).
+    pod_failures: std::collections::BTreeMap<String, ReplicaFailure>,
+}
+
+impl Seen {
+    fn is_empty(&self) -> bool {
+        !self.deployment && self.slices.is_empty() && self.pod_failures.is_empty()
+    }
 }
 
 impl std::fmt::Debug for KubeRuntime {
@@ -98,6 +106,57 @@ fn deployment_failure(d: &Deployment) -> Option<ReplicaFailure> {
         failed.then(|| ReplicaFailure {
             reason: c.reason.clone().unwrap_or_else(|| c.type_.clone()),
             message: c.message.clone().unwrap_or_default(),
+        })
+    })
+}
+
+/// Container waiting reasons that mean a replica cannot start without a change (the
+/// kubelet's): reported on the Revision's `Ready=False`, as Knative does.
+const FAILING_WAITING_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why a Pod's containers cannot run, from their statuses: a container waiting for one of
+/// [`FAILING_WAITING_REASONS`] (with, for a crash loop, how its last run ended).
+fn pod_failure(p: &Pod) -> Option<ReplicaFailure> {
+    let status = p.status.as_ref()?;
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    containers.into_iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        if !FAILING_WAITING_REASONS.contains(&reason) {
+            return None;
+        }
+        let mut message = format!("container {:?} is waiting: {reason}", c.name);
+        if let Some(m) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
+            message.push_str(": ");
+            message.push_str(m);
+        }
+        if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            message.push_str(&format!("; its last run exited with code {}", t.exit_code));
+            if let Some(r) = t.reason.as_deref().filter(|r| !r.is_empty()) {
+                message.push_str(&format!(" ({r})"));
+            }
+            if let Some(m) = t.message.as_deref().filter(|m| !m.is_empty()) {
+                message.push_str(&format!(": {m}"));
+            }
+        }
+        if c.restart_count > 0 {
+            message.push_str(&format!(" after {} restarts", c.restart_count));
+        }
+        Some(ReplicaFailure {
+            reason: reason.to_owned(),
+            message,
         })
     })
 }
@@ -149,6 +208,7 @@ impl KubeRuntime {
         let mut watchers = vec![tokio::spawn(rt.clone().watch_slices())];
         if deployments {
             watchers.push(tokio::spawn(rt.clone().watch_deployments()));
+            watchers.push(tokio::spawn(rt.clone().watch_pods()));
         }
         rt.inner
             .watchers
@@ -250,7 +310,7 @@ impl KubeRuntime {
                 seen.desired = None;
                 seen.replicas = 0;
                 seen.failure = None;
-                if seen.slices.is_empty() {
+                if seen.is_empty() {
                     state.seen.remove(key);
                 }
             }
@@ -277,7 +337,7 @@ impl KubeRuntime {
                         for seen in state.seen.values_mut() {
                             seen.slices.clear();
                         }
-                        state.seen.retain(|_, s| s.deployment);
+                        state.seen.retain(|_, s| !s.is_empty());
                     }
                     for s in &fresh {
                         self.saw_slice(s, false);
@@ -303,10 +363,63 @@ impl KubeRuntime {
                 seen.slices.insert(name.clone(), ready_addresses(s));
             }
             let after = seen.slices.get(&name).cloned();
-            if !seen.deployment && seen.slices.is_empty() {
+            if seen.is_empty() {
                 state.seen.remove(&key);
             }
             before != after
+        };
+        if changed {
+            self.bump();
+        }
+    }
+
+    async fn watch_pods(self) {
+        let api: Api<Pod> = Api::all(self.inner.client.clone());
+        let config = watcher::Config::default().labels(&selector());
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut relist: Option<Vec<Pod>> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Err(e) => tracing::warn!("watching Pods failed, retrying: {e}"),
+                Ok(Event::Apply(p)) => self.saw_pod(&p, false),
+                Ok(Event::Delete(p)) => self.saw_pod(&p, true),
+                Ok(Event::Init) => relist = Some(Vec::new()),
+                Ok(Event::InitApply(p)) => relist.get_or_insert_with(Vec::new).push(p),
+                Ok(Event::InitDone) => {
+                    let fresh = relist.take().unwrap_or_default();
+                    {
+                        let mut state = self.state();
+                        for seen in state.seen.values_mut() {
+                            seen.pod_failures.clear();
+                        }
+                        state.seen.retain(|_, s| !s.is_empty());
+                    }
+                    for p in &fresh {
+                        self.saw_pod(p, false);
+                    }
+                    self.bump();
+                }
+            }
+        }
+    }
+
+    fn saw_pod(&self, p: &Pod, deleted: bool) {
+        let Some(key) = revision_of(&p.metadata) else {
+            return;
+        };
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let failure = if deleted { None } else { pod_failure(p) };
+        let changed = {
+            let mut state = self.state();
+            let seen = state.seen.entry(key.clone()).or_default();
+            let before = match failure {
+                Some(f) => seen.pod_failures.insert(name, f.clone()) != Some(f),
+                None => seen.pod_failures.remove(&name).is_some(),
+            };
+            if seen.is_empty() {
+                state.seen.remove(&key);
+            }
+            before
         };
         if changed {
             self.bump();
@@ -467,9 +580,15 @@ impl Runtime for KubeRuntime {
         let created = seen.replicas.max(seen.desired.unwrap_or(0));
         RevisionRuntimeStatus {
             starting: created.saturating_sub(ready.len() as u32),
+            // A Pod that cannot run says why more precisely than the Deployment (which
+            // only times out on progress).
             failure: apply_failure.or_else(|| {
                 if ready.is_empty() {
-                    seen.failure.clone()
+                    seen.pod_failures
+                        .values()
+                        .next()
+                        .or(seen.failure.as_ref())
+                        .cloned()
                 } else {
                     None
                 }
@@ -530,5 +649,64 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ready_addresses(&s), vec!["10.0.0.1:8012".parse().unwrap()]);
+    }
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "hello-00001-abc", "namespace": "default"},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_crash_loop_is_a_failure_with_the_last_exit() {
+        let p = pod(serde_json::json!({
+            "phase": "Running",
+            "containerStatuses": [{
+                "name": "sluice", "image": "sluice:test", "imageID": "", "ready": false,
+                "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff",
+                    "message": "back-off 1m20s restarting failed container=sluice"}},
+                "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}},
+            }],
+        }));
+        let f = pod_failure(&p).unwrap();
+        assert_eq!(f.reason, "CrashLoopBackOff");
+        assert_eq!(
+            f.message,
+            "container \"sluice\" is waiting: CrashLoopBackOff: back-off 1m20s restarting \
+             failed container=sluice; its last run exited with code 3 (Error) after 4 restarts"
+        );
+    }
+
+    #[test]
+    fn an_image_pull_back_off_is_a_failure_and_starting_is_not() {
+        let waiting = |reason: &str| {
+            pod(serde_json::json!({
+                "phase": "Pending",
+                "containerStatuses": [{
+                    "name": "sluice", "image": "nope:1", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": "pull access denied"}},
+                }],
+            }))
+        };
+        let f = pod_failure(&waiting("ImagePullBackOff")).unwrap();
+        assert_eq!(f.reason, "ImagePullBackOff");
+        assert!(f.message.contains("pull access denied"), "{}", f.message);
+        assert_eq!(pod_failure(&waiting("ContainerCreating")), None);
+        assert_eq!(
+            pod_failure(&pod(serde_json::json!({"phase": "Pending"}))),
+            None
+        );
+        let running = pod(serde_json::json!({
+            "phase": "Running",
+            "containerStatuses": [{
+                "name": "sluice", "image": "sluice:test", "imageID": "", "ready": true,
+                "restartCount": 0, "state": {"running": {}},
+            }],
+        }));
+        assert_eq!(pod_failure(&running), None);
     }
 }
