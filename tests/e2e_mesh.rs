@@ -353,3 +353,169 @@ async fn sluice_up_enforces_policy_over_mtls_and_shows_every_hop_in_metrics() {
     drop(up);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `sluice model-server` with a private mesh directory (as `sluice up` hands it over) and an
+/// extra `--grpc-listen` port.
+struct ModelServer {
+    child: Child,
+    listen: SocketAddr,
+    grpc: SocketAddr,
+}
+
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn model_server(mesh_dir: &Path, log: &Path) -> ModelServer {
+    let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/iris/model");
+    let mut child = Command::new(SLUICE)
+        .args(["model-server", "--model-name", "iris", "--storage-uri"])
+        .arg(&iris)
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .env("SLUICE_MESH_DIR", mesh_dir)
+        .env("K_REVISION", "iris-00001")
+        .env("SLUICE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("sluice model-server starts");
+    let stdout = child.stdout.take().unwrap();
+    let (mut listen, mut grpc) = (None, None);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("SLUICE_LISTENING ") {
+            listen = Some(a.parse().unwrap());
+        } else if let Some(a) = line.strip_prefix("SLUICE_GRPC_LISTENING ") {
+            grpc = Some(a.parse().unwrap());
+        } else if line == "SLUICE_READY" {
+            break;
+        }
+    }
+    ModelServer {
+        child,
+        listen: listen.unwrap_or_else(|| panic!("{}", std::fs::read_to_string(log).unwrap())),
+        grpc: grpc.unwrap_or_else(|| panic!("{}", std::fs::read_to_string(log).unwrap())),
+    }
+}
+
+/// The model server's extra gRPC port is behind the same mesh gate as its main port:
+/// STRICT refuses plaintext at the TLS layer, the ALLOW policy admits one principal and
+/// refuses another with 403, and its requests land in the replica's metrics with the caller
+/// and `mutual_tls`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_server_grpc_port_is_behind_the_mesh_gate() {
+    use sluice_mesh::handoff::{Handoff, WorkloadInfo};
+    let dir = std::env::temp_dir().join(format!("sluice-ms-mesh-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = CertificateAuthority::load_or_create(&CaConfig::new("cluster.local", dir.join("ca")))
+        .unwrap();
+    let handoff = Handoff::create(&dir.join("replica")).unwrap();
+    handoff.write_bundle(&ca.root_pem()).unwrap();
+    let me = SpiffeId::new("cluster.local", "default", "iris-sa").unwrap();
+    handoff
+        .write_svid(&ca.issue(&me, Duration::from_secs(3600)).unwrap())
+        .unwrap();
+    handoff
+        .write_workload(&WorkloadInfo {
+            trust_domain: "cluster.local".into(),
+            namespace: "default".into(),
+            service: "iris".into(),
+            configuration: "iris".into(),
+            revision: "iris-00001".into(),
+            pod: "iris-00001-a".into(),
+            labels: [("app".to_owned(), "iris".to_owned())].into(),
+            attesters: Vec::new(),
+        })
+        .unwrap();
+    handoff
+        .write_policies(
+            "\
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: default}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-tester, namespace: default}
+spec:
+  selector: {matchLabels: {app: iris}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/default/sa/tester]}
+",
+        )
+        .unwrap();
+    let log = dir.join("model-server.log");
+    let server = model_server(handoff.dir(), &log);
+    assert_ne!(server.grpc, server.listen);
+
+    // Plaintext is refused at the TLS layer on the gRPC port, as on the main port.
+    for addr in [server.listen, server.grpc] {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let _ = stream
+            .write_all(b"GET /v2/models/iris HTTP/1.1\r\nHost: iris\r\nConnection: close\r\n\r\n");
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        assert!(
+            !String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"),
+            "plaintext served on {addr}"
+        );
+    }
+
+    let client = |sa: &str| {
+        let id = SpiffeId::new("cluster.local", "default", sa).unwrap();
+        let tls = MeshTls::new(
+            Arc::new(ca.trust_bundle().unwrap()),
+            RotatingSvid::fixed(ca.issue(&id, Duration::from_secs(3600)).unwrap()),
+        );
+        Client::builder(TokioExecutor::new())
+            .build::<_, Full<Bytes>>(OutboundMesh::new(tls).unwrap().http_connector())
+    };
+    let (tester, intruder) = (client("tester"), client("intruder"));
+    let (status, body) = mesh_get(&tester, server.grpc, "/v2/models/iris/ready").await;
+    assert_eq!(
+        status,
+        200,
+        "{body}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let (status, body) = mesh_get(&intruder, server.grpc, "/v2/models/iris/ready").await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+
+    // Both ports record into the replica's one registry.
+    let (status, metrics) = mesh_get(&tester, server.listen, "/sluice/metrics").await;
+    assert_eq!(status, 200);
+    let has = |needles: &[&str]| {
+        metrics
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    };
+    assert!(
+        has(&[
+            "istio_requests_total{",
+            "source_principal=\"spiffe://cluster.local/ns/default/sa/tester\"",
+            "destination_principal=\"spiffe://cluster.local/ns/default/sa/iris-sa\"",
+            "response_code=\"200\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ]),
+        "{metrics}"
+    );
+    assert!(
+        has(&[
+            "istio_requests_total{",
+            "source_principal=\"spiffe://cluster.local/ns/default/sa/intruder\"",
+            "response_code=\"403\"",
+        ]),
+        "{metrics}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

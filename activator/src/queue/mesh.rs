@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use sluice_mesh::inbound::{InboundMesh, is_internal};
+pub use sluice_mesh::inbound::InboundMesh;
+use sluice_mesh::inbound::is_internal;
 use sluice_mesh::telemetry::{CONTENT_TYPE, HopTelemetry};
 use sluice_mesh::tls::{ConnectionSecurity, MeshStream, PeerInfo};
 use tokio::net::TcpListener;
@@ -232,6 +233,22 @@ pub struct ReplicaMeshSetup {
     pub telemetry: HopTelemetry,
     /// The task following certificate and policy files (keep it alive with the server).
     pub follower: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ReplicaMeshSetup {
+    /// The same workload's mesh for another listener of the replica on `port` (the model
+    /// server's extra gRPC port): same identity, policies and peer-authentication, with
+    /// port-level `PeerAuthentication` and `to[].operation.ports` judged against `port`.
+    /// `None` when the mesh is off.
+    pub fn for_port(&self, port: u16) -> Result<Option<Arc<InboundMesh>>, ReplicaMeshError> {
+        match &self.mesh {
+            Some(mesh) => Ok(Some(Arc::new(InboundMesh::new(
+                mesh.workload_mesh(),
+                port,
+            )?))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Why a replica's mesh could not be set up.
