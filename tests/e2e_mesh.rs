@@ -98,14 +98,20 @@ impl Up {
 }
 
 fn up(dir: &Path) -> Up {
+    up_with(dir, &[], &[])
+}
+
+fn up_with(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Up {
     let log = dir.join("up.log");
     let mut child = Command::new(SLUICE)
         .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(["--cert-ttl", "1h"])
+        .args(flags)
         .arg(dir.join("manifests"))
         .env("SLUICE_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -517,5 +523,147 @@ spec:
         "{metrics}"
     );
     drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An OTLP/HTTP collector on loopback: answers every POST 200 and sends each body on.
+async fn collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(tcp);
+                let mut line = String::new();
+                reader.read_line(&mut line).await.unwrap();
+                let mut length = 0;
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).await.unwrap();
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).await.unwrap();
+                reader
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tx.send(serde_json::from_slice(&body).unwrap());
+            });
+        }
+    });
+    (endpoint, rx)
+}
+
+const HELLO_ONLY: &str = "\
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: hello, namespace: default}
+spec:
+  template:
+    spec:
+      containers:
+      - command: [sluice]
+        args: [hello]
+";
+
+/// `sluice up --otlp-endpoint`: the router and the replica (its queue layer, a process of
+/// its own) each export a span for one request, in the caller's trace: the router's span is
+/// the caller's child, the replica's is the router's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_up_exports_a_span_per_hop_in_one_trace() {
+    let (endpoint, mut spans_rx) = collector().await;
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-otlp-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(dir.join("manifests/hello.yaml"), HELLO_ONLY).unwrap();
+    let up = up_with(
+        &dir,
+        &["--otlp-endpoint", &endpoint],
+        // Replicas inherit the batching delay; the endpoint reaches them from the flag.
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+    );
+    wait_ready(&up);
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut stream = TcpStream::connect(up.router).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {HOST}\r\ntraceparent: 00-{trace}-{caller_span}-01\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}\n{}", up.log());
+
+    // Collect this trace's spans until both hops reported.
+    let mut found: Vec<(String, Value)> = Vec::new();
+    let has = |found: &[(String, Value)], reporter: &str| {
+        found.iter().any(|(_, s)| {
+            s["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["key"] == "sluice.reporter" && a["value"]["stringValue"] == reporter)
+        })
+    };
+    while !(has(&found, "router") && has(&found, "queue")) {
+        let body = tokio::time::timeout(WAIT, spans_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("spans missing: {found:?}\n{}", up.log()))
+            .unwrap();
+        for rs in body["resourceSpans"].as_array().unwrap() {
+            let service = rs["resource"]["attributes"][0]["value"]["stringValue"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            for ss in rs["scopeSpans"].as_array().unwrap() {
+                for span in ss["spans"].as_array().unwrap() {
+                    if span["traceId"] == trace {
+                        found.push((service.clone(), span.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let span_of =
+        |reporter: &str| {
+            found
+                .iter()
+                .find(|(_, s)| {
+                    s["attributes"].as_array().unwrap().iter().any(|a| {
+                        a["key"] == "sluice.reporter" && a["value"]["stringValue"] == reporter
+                    })
+                })
+                .unwrap()
+                .clone()
+        };
+    let (router_service, router) = span_of("router");
+    let (replica_service, replica) = span_of("queue");
+    assert_eq!(router_service, "sluice-router");
+    assert_eq!(replica_service, "hello");
+    assert_eq!(router["parentSpanId"], caller_span, "{found:?}");
+    assert_eq!(replica["parentSpanId"], router["spanId"], "{found:?}");
+    assert_ne!(replica["spanId"], router["spanId"]);
+    for (_, s) in [&(router_service, router), &(replica_service, replica)] {
+        assert!(
+            s["attributes"].as_array().unwrap().iter().any(|a| {
+                a["key"] == "http.response.status_code" && a["value"]["intValue"] == "200"
+            }),
+            "{s}"
+        );
+    }
+    drop(up);
     let _ = std::fs::remove_dir_all(dir);
 }

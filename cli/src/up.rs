@@ -18,6 +18,7 @@ use sluice_controller::store::SqliteStore;
 use sluice_core::RoutingSnapshot;
 use sluice_crds::autoscaling::ClusterConfig;
 use sluice_mesh::identity::RotationConfig;
+use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
 use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
 use sluice_router::ingress::Ingress;
 use sluice_router::{Router, ServeConfig};
@@ -82,6 +83,10 @@ pub struct UpArgs {
     /// Folder of per-host ingress certificates: `<host>.crt` and `<host>.key`, chosen by SNI.
     #[arg(long, env = "SLUICE_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// OTLP/HTTP collector (`http://host:port`) every hop, the replicas included, exports one
+    /// span per request to (batched; `OTEL_BSP_*` tune it). Unset: no span export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 impl UpArgs {
@@ -188,6 +193,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         args.tls_dir.as_deref(),
     )?;
 
+    // Span export: the router's here, the replicas' from the endpoint in their environment.
+    let otlp = OtlpConfig::from_lookup("sluice-router", |k| {
+        if k == otlp::ENDPOINT_ENV {
+            args.otlp_endpoint.clone()
+        } else {
+            std::env::var(k).ok()
+        }
+    })
+    .context("--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT")?;
+    let spans = match otlp {
+        Some(config) => {
+            let endpoint = config.endpoint.clone();
+            let (exporter, _task) = SpanExporter::spawn(config)
+                .context("--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT")?;
+            Some((exporter, endpoint))
+        }
+        None => None,
+    };
+
     let router_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the router to {}", args.listen))?;
@@ -253,6 +277,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             m.control.clone(),
         ));
     }
+    if let Some((_, endpoint)) = &spans {
+        runtime_config
+            .env
+            .push((otlp::ENDPOINT_ENV.to_owned(), endpoint.clone()));
+    }
     let runtime = LocalRuntime::new(runtime_config);
     let controller = Controller::new(
         ControllerConfig {
@@ -291,11 +320,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Some(m) => Some(m.router.server_config()?),
             None => None,
         },
-        telemetry: Some(HopTelemetry::new(
-            registry.clone(),
-            "router",
-            AccessLog::Tracing,
-        )),
+        telemetry: Some({
+            let t = HopTelemetry::new(registry.clone(), "router", AccessLog::Tracing);
+            match &spans {
+                Some((exporter, _)) => t.with_spans(exporter.clone()),
+                None => t,
+            }
+        }),
         ..Ingress::default()
     };
     let router_task = tokio::spawn(sluice_router::serve_ingress(
@@ -336,5 +367,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = controller_task.await;
     let _ = router_task.await;
     let _ = admin_task.await;
+    if let Some((exporter, endpoint)) = spans
+        && tokio::time::timeout(Duration::from_secs(2), exporter.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!(%endpoint, "spans not exported before exit: the collector did not answer in 2 s");
+    }
     Ok(())
 }

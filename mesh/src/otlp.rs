@@ -90,6 +90,68 @@ impl OtlpConfig {
     }
 }
 
+/// The standard OpenTelemetry variable naming the collector (`http://host:port`).
+pub const ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+impl OtlpConfig {
+    /// The configuration the standard OpenTelemetry variables give, read through `lookup`:
+    /// [`ENDPOINT_ENV`] (unset or empty: no export), `OTEL_BSP_SCHEDULE_DELAY` (flush
+    /// interval, ms), `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (ms). A value that is not a number is an error naming
+    /// the variable.
+    pub fn from_lookup(
+        service_name: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, OtlpError> {
+        let Some(endpoint) = lookup(ENDPOINT_ENV).filter(|e| !e.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let mut config = Self::new(endpoint.trim(), service_name);
+        parse_endpoint(&config.endpoint)?;
+        let number = |name: &'static str| -> Result<Option<u64>, OtlpError> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| OtlpError::Variable { name, value: v }),
+            }
+        };
+        if let Some(ms) = number("OTEL_BSP_SCHEDULE_DELAY")? {
+            config.flush_interval = Duration::from_millis(ms.max(1));
+        }
+        if let Some(n) = number("OTEL_BSP_MAX_QUEUE_SIZE")? {
+            config.queue_capacity = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? {
+            config.batch_size = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(ms) = number("OTEL_EXPORTER_OTLP_TIMEOUT")? {
+            config.timeout = Duration::from_millis(ms.max(1));
+        }
+        if config.batch_size == 0 {
+            return Err(OtlpError::Size("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"));
+        }
+        if config.queue_capacity == 0 {
+            return Err(OtlpError::Size("OTEL_BSP_MAX_QUEUE_SIZE"));
+        }
+        // Bounded either way: a huge queue size from the environment is capped.
+        config.queue_capacity = config.queue_capacity.min(1 << 20);
+        Ok(Some(config))
+    }
+
+    /// [`OtlpConfig::from_lookup`] over the process environment.
+    pub fn from_env(service_name: &str) -> Result<Option<Self>, OtlpError> {
+        Self::from_lookup(service_name, |k| std::env::var(k).ok())
+    }
+}
+
+/// Checks that `endpoint` is one the exporter can send to (`http://host:port[/prefix]`).
+pub fn validate_endpoint(endpoint: &str) -> Result<(), OtlpError> {
+    parse_endpoint(endpoint).map(|_| ())
+}
+
 /// The endpoint is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OtlpError {
@@ -99,6 +161,14 @@ pub enum OtlpError {
     /// Sizes must be at least one.
     #[error("OTLP config: {0} must be at least 1")]
     Size(&'static str),
+    /// An environment variable is not a number.
+    #[error("{name}={value:?}: expected a whole number")]
+    Variable {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
 }
 
 struct Target {

@@ -179,6 +179,7 @@ pub async fn run(
         None => None,
     };
     let _follower = setup.follower;
+    let spans = setup.spans;
     let gate = Arc::new(ReplicaGate::new(
         setup.mesh.clone(),
         Some(setup.telemetry),
@@ -233,7 +234,15 @@ pub async fn run(
     {
         tracing::warn!("gRPC port failed: {e}");
     }
-    match server.await {
+    let served = server.await;
+    if let Some(spans) = spans
+        && tokio::time::timeout(Duration::from_secs(2), spans.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!("spans not exported before exit: the collector did not answer in 2 s");
+    }
+    match served {
         Ok(result) => result.map_err(ServeError::Io),
         Err(e) => Err(ServeError::Task(e.to_string())),
     }
