@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{absolute, shutdown};
 
 mod mesh;
+pub mod policies;
 
 /// Flags of `sluice up`.
 #[derive(Args, Debug)]
@@ -158,9 +159,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.dir {
         let files = manifest_files(dir)?;
         let (files, policy_text) = mesh::split_policies(&files);
+        let mut applied = Vec::new();
         if !policy_text.is_empty() {
             match policies.apply(&policy_text) {
-                Ok(applied) => mesh::print_policy_results(&applied),
+                Ok(a) => applied = a,
                 Err(errors) => bail!("nothing applied:\n{}", errors.join("\n")),
             }
         }
@@ -170,6 +172,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
             }
         }
+        policies::warn_unselected(&mut applied, &policies::known_workloads(&store).await);
+        mesh::print_policy_results(&applied);
     }
     let up_mesh = match args.mesh.as_str() {
         "on" => Some(mesh::UpMesh::start(
@@ -337,6 +341,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         stopped(),
     ));
     let metrics_client = up_mesh.as_ref().map(|m| m.control.clone());
+    let policy_store = store.clone();
     let admin_app = admin::router(store, cluster)
         .route(
             "/metrics",
@@ -349,7 +354,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }),
         )
         .layer(axum::middleware::from_fn(move |req, next| {
-            mesh::apply_policies(policies.clone(), req, next)
+            mesh::apply_policies(policies.clone(), policy_store.clone(), req, next)
         }));
     let admin_task = tokio::spawn(
         axum::serve(admin_listener, admin_app)
