@@ -289,7 +289,7 @@ async fn sluice_up_enforces_policy_over_mtls_and_shows_every_hop_in_metrics() {
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains("authorizationpolicy/no-secret created"),
+        said.contains("authorizationpolicy.security.istio.io/no-secret created"),
         "{said}"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
