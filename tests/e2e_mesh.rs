@@ -664,6 +664,19 @@ async fn sluice_up_exports_a_span_per_hop_in_one_trace() {
             "{s}"
         );
     }
+    // Each exporter's counts are on the admin port's one scrape (replicas' included).
+    let (status, metrics) = http(up.admin, "admin", "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("sluice_otlp_spans_total{outcome=\"exported\",pod=\"sluice-up\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("sluice_otlp_spans_total{outcome=\"dropped\",pod=\"hello-00001-")
+        ),
+        "{metrics}"
+    );
     drop(up);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -327,7 +327,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         telemetry: Some({
             let t = HopTelemetry::new(registry.clone(), "router", AccessLog::Tracing);
             match &spans {
-                Some((exporter, _)) => t.with_spans(exporter.clone()),
+                Some((exporter, _)) => {
+                    exporter.register_metrics(&registry, "sluice-up");
+                    t.with_spans(exporter.clone())
+                }
                 None => t,
             }
         }),

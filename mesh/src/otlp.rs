@@ -15,6 +15,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::telemetry::Registry;
+use crate::telemetry::registry::Counter;
+
 /// OTLP span kinds Sluice records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
@@ -207,7 +210,30 @@ pub struct ExportStats {
     pub failed: AtomicU64,
     /// Spans the collector accepted.
     pub exported: AtomicU64,
+    /// The same counts as `sluice_otlp_spans_total` series, once registered.
+    series: std::sync::OnceLock<[Arc<Counter>; 3]>,
 }
+
+/// The metric family of [`SpanExporter::register_metrics`].
+pub const SPANS_METRIC: &str = "sluice_otlp_spans_total";
+
+impl ExportStats {
+    fn count(&self, outcome: usize, n: u64) {
+        let counter = match outcome {
+            0 => &self.exported,
+            1 => &self.dropped,
+            _ => &self.failed,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        if let Some(series) = self.series.get() {
+            series[outcome].add(n);
+        }
+    }
+}
+
+const EXPORTED: usize = 0;
+const DROPPED: usize = 1;
+const FAILED: usize = 2;
 
 /// Handle to record spans; cheap to clone.
 #[derive(Clone, Debug)]
@@ -241,8 +267,33 @@ impl SpanExporter {
     /// Queues a finished span; drops (and counts) it when the queue is full.
     pub fn record(&self, span: SpanRecord) {
         if self.tx.try_send(Msg::Span(Box::new(span))).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.count(DROPPED, 1);
         }
+    }
+
+    /// Also counts spans in `registry` as `sluice_otlp_spans_total{outcome, pod}`
+    /// (`exported`, `dropped`: the queue was full, `failed`: the collector refused or did
+    /// not answer), `pod` naming this process. Counts before the call are included; a second
+    /// call changes nothing.
+    pub fn register_metrics(&self, registry: &Registry, pod: &str) {
+        let family = registry.counter(
+            SPANS_METRIC,
+            "Spans handed to the OTLP exporter, by what became of them.",
+            &["outcome", "pod"],
+        );
+        let series = [
+            ("exported", &self.stats.exported),
+            ("dropped", &self.stats.dropped),
+            ("failed", &self.stats.failed),
+        ]
+        .map(|(outcome, so_far)| {
+            let c = family
+                .with(&[outcome, pod])
+                .unwrap_or_else(|| Arc::new(Counter::default()));
+            c.add(so_far.load(Ordering::Relaxed));
+            c
+        });
+        let _ = self.stats.series.set(series);
     }
 
     /// Sends everything queued so far and waits until that attempt finished.
@@ -308,14 +359,14 @@ async fn send(
     batch.clear();
     match tokio::time::timeout(config.timeout, post(target, &body)).await {
         Ok(Ok(())) => {
-            stats.exported.fetch_add(n, Ordering::Relaxed);
+            stats.count(EXPORTED, n);
         }
         Ok(Err(error)) => {
-            stats.failed.fetch_add(n, Ordering::Relaxed);
+            stats.count(FAILED, n);
             tracing::warn!(endpoint = %config.endpoint, %error, spans = n, "OTLP export failed");
         }
         Err(_) => {
-            stats.failed.fetch_add(n, Ordering::Relaxed);
+            stats.count(FAILED, n);
             tracing::warn!(endpoint = %config.endpoint, spans = n, "OTLP export timed out");
         }
     }

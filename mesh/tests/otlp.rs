@@ -153,6 +153,15 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
         exporter.record(span(i, 200));
     }
     assert_eq!(exporter.stats().dropped.load(Ordering::Relaxed), 8);
+    // The counts reach a registry too, earlier ones included.
+    let registry = sluice_mesh::telemetry::Registry::new();
+    exporter.register_metrics(&registry, "p1");
+    exporter.record(span(10, 200));
+    let text = registry.encode();
+    assert!(
+        text.contains("sluice_otlp_spans_total{outcome=\"dropped\",pod=\"p1\"} 9"),
+        "{text}"
+    );
     exporter.flush().await;
     let (_, body) = received.recv().await.unwrap();
     assert_eq!(
@@ -161,6 +170,11 @@ async fn a_full_queue_drops_and_counts_without_blocking() {
             .unwrap()
             .len(),
         2
+    );
+    assert!(
+        registry
+            .encode()
+            .contains("sluice_otlp_spans_total{outcome=\"exported\",pod=\"p1\"} 2")
     );
 }
 

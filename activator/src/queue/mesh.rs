@@ -313,6 +313,7 @@ pub fn replica_mesh_from_env(
             },
         ),
     };
+    let pod = labels.pod.clone();
     // Spans name the Knative Service the replica serves (else the container).
     let service_name = if labels.service.is_empty() || labels.service == "unknown" {
         container.to_owned()
@@ -326,6 +327,7 @@ pub fn replica_mesh_from_env(
             tracing::info!(endpoint = %config.endpoint, "exporting spans over OTLP");
             // The export task ends when the last exporter handle is dropped.
             let (exporter, _task) = sluice_mesh::otlp::SpanExporter::spawn(config)?;
+            exporter.register_metrics(telemetry.registry(), &pod);
             telemetry = telemetry.with_spans(exporter.clone());
             Some(exporter)
         }
