@@ -577,15 +577,32 @@ spec:
         args: [hello]
 ";
 
-/// `sluice up --otlp-endpoint`: the router and the replica (its queue layer, a process of
-/// its own) each export a span for one request, in the caller's trace: the router's span is
-/// the caller's child, the replica's is the router's.
+/// A Service whose requests always go through the activator (Knative's
+/// `target-burst-capacity: "-1"`).
+const HELLO_VIA_ACTIVATOR: &str = "\
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: hello, namespace: default}
+spec:
+  template:
+    metadata:
+      annotations: {autoscaling.knative.dev/target-burst-capacity: \"-1\"}
+    spec:
+      containers:
+      - command: [sluice]
+        args: [hello]
+";
+
+/// `sluice up --otlp-endpoint`: the router, the activator and the replica (its queue layer,
+/// a process of its own) each export a span for one request, in the caller's trace: the
+/// router's span is the caller's child, the activator's the router's, the replica's the
+/// activator's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_up_exports_a_span_per_hop_in_one_trace() {
     let (endpoint, mut spans_rx) = collector().await;
     let dir = std::env::temp_dir().join(format!("sluice-e2e-otlp-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(dir.join("manifests")).unwrap();
-    std::fs::write(dir.join("manifests/hello.yaml"), HELLO_ONLY).unwrap();
+    std::fs::write(dir.join("manifests/hello.yaml"), HELLO_VIA_ACTIVATOR).unwrap();
     let up = up_with(
         &dir,
         &["--otlp-endpoint", &endpoint],
@@ -618,7 +635,7 @@ async fn sluice_up_exports_a_span_per_hop_in_one_trace() {
                 .any(|a| a["key"] == "sluice.reporter" && a["value"]["stringValue"] == reporter)
         })
     };
-    while !(has(&found, "router") && has(&found, "queue")) {
+    while !(has(&found, "router") && has(&found, "activator") && has(&found, "queue")) {
         let body = tokio::time::timeout(WAIT, spans_rx.recv())
             .await
             .unwrap_or_else(|_| panic!("spans missing: {found:?}\n{}", up.log()))
@@ -650,13 +667,23 @@ async fn sluice_up_exports_a_span_per_hop_in_one_trace() {
                 .clone()
         };
     let (router_service, router) = span_of("router");
+    let (activator_service, activator) = span_of("activator");
     let (replica_service, replica) = span_of("queue");
     assert_eq!(router_service, "sluice-router");
+    assert_eq!(
+        activator_service, "sluice-router",
+        "router and activator share a process"
+    );
     assert_eq!(replica_service, "hello");
     assert_eq!(router["parentSpanId"], caller_span, "{found:?}");
-    assert_eq!(replica["parentSpanId"], router["spanId"], "{found:?}");
-    assert_ne!(replica["spanId"], router["spanId"]);
-    for (_, s) in [&(router_service, router), &(replica_service, replica)] {
+    assert_eq!(activator["parentSpanId"], router["spanId"], "{found:?}");
+    assert_eq!(replica["parentSpanId"], activator["spanId"], "{found:?}");
+    assert_eq!(found.len(), 3, "one span per hop: {found:?}");
+    for (_, s) in [
+        &(router_service, router),
+        &(activator_service, activator),
+        &(replica_service, replica),
+    ] {
         assert!(
             s["attributes"].as_array().unwrap().iter().any(|a| {
                 a["key"] == "http.response.status_code" && a["value"]["intValue"] == "200"

@@ -205,12 +205,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             std::env::var(k).ok()
         }
     })
-    .context("--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT")?;
+    .context("span export settings (--otlp-endpoint, OTEL_*)")?;
     let spans = match otlp {
         Some(config) => {
             let endpoint = config.endpoint.clone();
             let (exporter, _task) = SpanExporter::spawn(config)
-                .context("--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT")?;
+                .context("span export settings (--otlp-endpoint, OTEL_*)")?;
             Some((exporter, endpoint))
         }
         None => None,
@@ -244,7 +244,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         stats_rx,
         decisions_tx,
     );
-    let activator = Arc::new(Activator::new(
+    let activator = Activator::new(
         ActivatorConfig {
             max_queued_per_revision: args.activator_queue,
             ..ActivatorConfig::default()
@@ -255,7 +255,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Some(m) => Forwarder::new().with_mesh(m.activator.clone()),
             None => Forwarder::new(),
         },
-    ));
+    );
+    let activator = Arc::new(match &spans {
+        Some((exporter, _)) => activator.with_spans(exporter.clone()),
+        None => activator,
+    });
     tokio::spawn(activator.clone().run_stats());
     let scrape_tls = up_mesh.as_ref().map(|m| m.control.connector().clone());
     tokio::spawn(
