@@ -838,3 +838,69 @@ async fn policies_through_apply_get_and_delete() {
     drop(up);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Spans still queued when `sluice up` stops are exported on the way out, by the router's
+/// process and by the replica's queue layer: with a flush interval of ten minutes, nothing is
+/// sent until shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_spans_are_flushed_at_shutdown() {
+    let (endpoint, mut spans_rx) = collector().await;
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-otlp-exit-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(dir.join("manifests/hello.yaml"), HELLO_VIA_ACTIVATOR).unwrap();
+    let up = up_with(
+        &dir,
+        &["--otlp-endpoint", &endpoint],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
+    );
+    wait_ready(&up);
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let mut stream = TcpStream::connect(up.router).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {HOST}\r\ntraceparent: 00-{trace}-00f067aa0ba902b7-01\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}\n{}", up.log());
+    assert!(
+        spans_rx.try_recv().is_err(),
+        "nothing is sent before a flush"
+    );
+    let log = up.log.clone();
+    drop(up);
+    let mut reporters = std::collections::BTreeSet::new();
+    while reporters.len() < 3 {
+        let body = tokio::time::timeout(WAIT, spans_rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "spans missing after shutdown: have {reporters:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .unwrap();
+        for rs in body["resourceSpans"].as_array().unwrap() {
+            for ss in rs["scopeSpans"].as_array().unwrap() {
+                for span in ss["spans"].as_array().unwrap() {
+                    if span["traceId"] != trace {
+                        continue;
+                    }
+                    for a in span["attributes"].as_array().unwrap() {
+                        if a["key"] == "sluice.reporter" {
+                            reporters
+                                .insert(a["value"]["stringValue"].as_str().unwrap().to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        reporters.into_iter().collect::<Vec<_>>(),
+        ["activator", "queue", "router"]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
