@@ -779,7 +779,7 @@ async fn policies_through_apply_get_and_delete() {
         "{out}"
     );
     assert!(
-        err.contains("Warning") && err.contains("app=ghost") && err.contains("matches no workload"),
+        err.contains("Warning: AuthorizationPolicy/ghost: spec.selector.matchLabels (app=ghost) matches no workload"),
         "{err}"
     );
     // One selecting the Service's revisions: no warning.

@@ -144,10 +144,16 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
 /// One line per object on stdout, kubectl style, with its warnings on stderr.
 pub fn print_apply_results(results: &[ApplyResult]) {
     for r in results {
+        let policy = crate::up::policies::plural_of(&r.kind).is_some();
         for w in &r.warnings {
-            eprintln!("Warning: {w}");
+            if policy {
+                // Policy warnings are bare field paths: say whose (as `sluice up` does).
+                eprintln!("Warning: {}/{}: {w}", r.kind, r.name);
+            } else {
+                eprintln!("Warning: {w}");
+            }
         }
-        if crate::up::policies::plural_of(&r.kind).is_some() {
+        if policy {
             // Istio's kinds are not the controller's: name their group here.
             let outcome = serde_json::to_value(r.outcome)
                 .ok()
