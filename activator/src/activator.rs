@@ -11,10 +11,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::Response;
 use sluice_core::{NamespacedName, RevisionRoute, RoutingSnapshot, StatReport, StatSource};
+use sluice_mesh::otlp::{SpanExporter, SpanKind, SpanRecord};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 
@@ -52,6 +53,7 @@ pub struct Activator {
     stats: mpsc::Sender<StatReport>,
     forwarder: Forwarder,
     revisions: Mutex<HashMap<NamespacedName, Arc<RevisionState>>>,
+    spans: Option<SpanExporter>,
 }
 
 #[derive(Debug)]
@@ -95,7 +97,16 @@ impl Activator {
             stats,
             forwarder: forwarder.for_hop("activator"),
             revisions: Mutex::new(HashMap::new()),
+            spans: None,
         }
+    }
+
+    /// Also makes the activator a span of each request's trace, exported to `exporter`:
+    /// the request is forwarded as the activator's child span, so the replica's span is the
+    /// activator's child and the activator's is the router's.
+    pub fn with_spans(mut self, exporter: SpanExporter) -> Self {
+        self.spans = Some(exporter);
+        self
     }
 
     fn state(&self, key: &NamespacedName) -> Arc<RevisionState> {
@@ -116,10 +127,21 @@ impl Activator {
     pub async fn handle(
         &self,
         revision: &NamespacedName,
-        out: Outbound,
+        mut out: Outbound,
         start: Instant,
     ) -> Response<ProxyBody> {
-        match self.try_handle(revision, out, start).await {
+        let span = self.spans.as_ref().map(|exporter| {
+            let incoming = out
+                .headers()
+                .get(sluice_mesh::trace::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(sluice_mesh::trace::TraceParent::parse);
+            let own = sluice_mesh::trace::propagate(out.headers_mut());
+            let method = out.method().to_string();
+            let path = out.path().to_owned();
+            (exporter, incoming, own, method, path, SystemTime::now())
+        });
+        let resp = match self.try_handle(revision, out, start).await {
             Ok(resp) => resp,
             Err(err) => {
                 tracing::warn!(
@@ -130,7 +152,30 @@ impl Activator {
                 );
                 err.into_response()
             }
+        };
+        if let Some((exporter, incoming, own, method, path, wall)) = span {
+            // The span ends when the replica's response head is passed on (or the activator
+            // answers itself), which covers the activator's wait for a replica.
+            exporter.record(SpanRecord {
+                trace_id: own.trace_id,
+                span_id: own.parent_id,
+                parent_span_id: incoming
+                    .filter(|i| i.trace_id == own.trace_id)
+                    .map(|i| i.parent_id),
+                name: format!("activator {method}"),
+                kind: SpanKind::Server,
+                start: wall,
+                end: SystemTime::now(),
+                attributes: vec![
+                    ("sluice.reporter".into(), "activator".into()),
+                    ("http.request.method".into(), method),
+                    ("url.path".into(), path),
+                    ("sluice.revision".into(), revision.name.clone()),
+                ],
+                status_code: Some(resp.status().as_u16()),
+            });
         }
+        resp
     }
 
     async fn try_handle(

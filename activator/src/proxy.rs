@@ -161,6 +161,16 @@ impl Outbound {
         &self.headers
     }
 
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The request path and query.
+    pub fn path(&self) -> &str {
+        self.path.as_str()
+    }
+
     /// Sends over HTTP/2 (prior knowledge) or HTTP/1.1 whatever the client spoke: the queue
     /// layer speaks the user container's protocol (`h2c` port or not). An upgrade is kept
     /// only over HTTP/1.1.

@@ -43,7 +43,8 @@ pub enum Output {
 /// Flags of `sluice get`.
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// inferenceservice/isvc, service/ksvc or revision/rev.
+    /// inferenceservice/isvc, service/ksvc, revision/rev, authorizationpolicy/ap,
+    /// peerauthentication/pa, …
     kind: String,
     /// One object's name; all when absent.
     name: Option<String>,
@@ -67,7 +68,8 @@ pub struct GetArgs {
 /// Flags of `sluice delete`.
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
-    /// inferenceservice/isvc, service/ksvc or revision/rev.
+    /// inferenceservice/isvc, service/ksvc, revision/rev, authorizationpolicy/ap,
+    /// peerauthentication/pa, …
     kind: String,
     /// Name.
     name: String,
@@ -110,7 +112,7 @@ pub(crate) async fn call(
 
 pub(crate) fn kind(name: &str) -> anyhow::Result<Kind> {
     Kind::from_user_name(name).with_context(|| {
-        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, configuration/config, revision/rev, route/rt, servingruntime, clusterservingruntime)")
+        format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, configuration/config, revision/rev, route/rt, servingruntime, clusterservingruntime, authorizationpolicy/ap, peerauthentication/pa)")
     })
 }
 
@@ -154,15 +156,135 @@ pub async fn apply(mut args: ApplyArgs) -> anyhow::Result<()> {
 /// One line per object on stdout, kubectl style, with its warnings on stderr.
 pub fn print_apply_results(results: &[ApplyResult]) {
     for r in results {
+        let policy = crate::up::policies::plural_of(&r.kind).is_some();
         for w in &r.warnings {
-            eprintln!("Warning: {w}");
+            if policy {
+                // Policy warnings are bare field paths: say whose (as `sluice up` does).
+                eprintln!("Warning: {}/{}: {w}", r.kind, r.name);
+            } else {
+                eprintln!("Warning: {w}");
+            }
         }
-        println!("{r}");
+        if policy {
+            // Istio's kinds are not the controller's: name their group here.
+            let outcome = serde_json::to_value(r.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            println!(
+                "{}.security.istio.io/{} {outcome}",
+                r.kind.to_ascii_lowercase(),
+                r.name
+            );
+        } else {
+            println!("{r}");
+        }
     }
 }
 
+/// `sluice get` of a security policy kind (`plural` as the admin API names it).
+async fn get_policies(args: GetArgs, plural: &str) -> anyhow::Result<()> {
+    let base = args.server.trim_end_matches('/');
+    let url = match &args.name {
+        Some(name) => format!("{base}/v1/{plural}/{}/{name}", args.namespace),
+        None if args.all_namespaces => format!("{base}/v1/{plural}"),
+        None => format!("{base}/v1/{plural}?namespace={}", args.namespace),
+    };
+    let (status, body) = call(http::Method::GET, url, None).await?;
+    if !status.is_success() {
+        return Err(server_error(status, &body));
+    }
+    match args.output {
+        Some(Output::Json) => println!("{}", serde_json::to_string_pretty(&body)?),
+        Some(Output::Yaml) => print!("{}", serde_yaml::to_string(&body)?),
+        None => {
+            let items = match args.name {
+                Some(_) => vec![body],
+                None => body["items"].as_array().cloned().unwrap_or_default(),
+            };
+            if items.is_empty() {
+                let scope = if args.all_namespaces {
+                    "any namespace"
+                } else {
+                    &args.namespace
+                };
+                println!("No {plural} found in {scope}.");
+                return Ok(());
+            }
+            print!("{}", policy_table(plural, &items, args.all_namespaces));
+        }
+    }
+    Ok(())
+}
+
+/// kubectl's table for policies: NAME, then ACTION (authorization) or MODE (peer
+/// authentication), and the selector.
+fn policy_table(plural: &str, items: &[Value], with_namespace: bool) -> String {
+    let second = if plural == "peerauthentications" {
+        "MODE"
+    } else {
+        "ACTION"
+    };
+    let mut rows = vec![vec![
+        "NAMESPACE".to_owned(),
+        "NAME".to_owned(),
+        second.to_owned(),
+        "SELECTOR".to_owned(),
+    ]];
+    for o in items {
+        let spec = &o["spec"];
+        let value = if plural == "peerauthentications" {
+            spec["mtls"]["mode"].as_str().unwrap_or("UNSET").to_owned()
+        } else {
+            spec["action"].as_str().unwrap_or("ALLOW").to_owned()
+        };
+        let selector = spec["selector"]["matchLabels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "<all>".to_owned());
+        rows.push(vec![
+            o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned(),
+            s(&o["metadata"]["name"]),
+            value,
+            selector,
+        ]);
+    }
+    let skip = usize::from(!with_namespace);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = (skip..4)
+            .map(|i| format!("{:<w$}", r[i], w = widths[i]))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Why `--kube` refuses the security-policy kinds.
+const POLICIES_LOCAL_ONLY: &str = "PeerAuthentication and AuthorizationPolicy are enforced in local \
+mode only; Kubernetes mode has no policy store yet";
+
 /// `sluice get KIND [NAME]`.
 pub async fn get(mut args: GetArgs) -> anyhow::Result<()> {
+    if let Some(plural) = crate::up::policies::plural_of(&args.kind) {
+        if args.kube {
+            anyhow::bail!("{plural}: {POLICIES_LOCAL_ONLY}");
+        }
+        return get_policies(args, plural).await;
+    }
     if args.kube {
         args.server = crate::kube::admin_server().await?;
     }
@@ -207,14 +329,18 @@ pub async fn get(mut args: GetArgs) -> anyhow::Result<()> {
 
 /// `sluice delete KIND NAME`.
 pub async fn delete(mut args: DeleteArgs) -> anyhow::Result<()> {
+    let plural = match crate::up::policies::plural_of(&args.kind) {
+        Some(p) if args.kube => anyhow::bail!("{p}: {POLICIES_LOCAL_ONLY}"),
+        Some(p) => p,
+        None => kind(&args.kind)?.plural(),
+    };
     if args.kube {
         args.server = crate::kube::admin_server().await?;
     }
-    let kind = kind(&args.kind)?;
     let url = format!(
         "{}/v1/{}/{}/{}",
         args.server.trim_end_matches('/'),
-        kind.plural(),
+        plural,
         args.namespace,
         args.name
     );

@@ -115,6 +115,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let setup = sluice_activator::queue::mesh::replica_mesh_from_env(addr.port(), "queue")
         .context("setting up the replica's mesh identity")?;
     let _follower = setup.follower;
+    let spans = setup.spans;
     let sidecar = Sidecar::with_mesh(config, app, setup.mesh, Some(setup.telemetry));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(sidecar::serve(listener, sidecar.clone(), async move {
@@ -170,6 +171,10 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     stop_child(&mut child).await;
+    // Spans still queued go out before exit (bounded: a silent collector costs 2 s at most).
+    if let Some(spans) = spans {
+        let _ = tokio::time::timeout(Duration::from_secs(2), spans.flush()).await;
+    }
     Ok(())
 }
 

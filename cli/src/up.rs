@@ -18,6 +18,7 @@ use sluice_controller::store::SqliteStore;
 use sluice_core::RoutingSnapshot;
 use sluice_crds::autoscaling::ClusterConfig;
 use sluice_mesh::identity::RotationConfig;
+use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
 use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
 use sluice_router::ingress::Ingress;
 use sluice_router::{Router, ServeConfig};
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{absolute, shutdown};
 
 mod mesh;
+pub mod policies;
 
 /// Flags of `sluice up`.
 #[derive(Args, Debug)]
@@ -82,6 +84,10 @@ pub struct UpArgs {
     /// Folder of per-host ingress certificates: `<host>.crt` and `<host>.key`, chosen by SNI.
     #[arg(long, env = "SLUICE_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// OTLP/HTTP collector (`http://host:port`) every hop, the replicas included, exports one
+    /// span per request to (batched; `OTEL_BSP_*` tune it). Unset: no span export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 impl UpArgs {
@@ -153,9 +159,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.dir {
         let files = manifest_files(dir)?;
         let (files, policy_text) = mesh::split_policies(&files);
+        let mut applied = Vec::new();
         if !policy_text.is_empty() {
             match policies.apply(&policy_text) {
-                Ok(applied) => mesh::print_policy_results(&applied),
+                Ok(a) => applied = a,
                 Err(errors) => bail!("nothing applied:\n{}", errors.join("\n")),
             }
         }
@@ -165,6 +172,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
             }
         }
+        policies::warn_unselected(&mut applied, &policies::known_workloads(&store).await);
+        mesh::print_policy_results(&applied);
     }
     let up_mesh = match args.mesh.as_str() {
         "on" => Some(mesh::UpMesh::start(
@@ -187,6 +196,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         args.tls_key.as_deref(),
         args.tls_dir.as_deref(),
     )?;
+
+    // Span export: the router's here, the replicas' from the endpoint in their environment.
+    let otlp = OtlpConfig::from_lookup("sluice-router", |k| {
+        if k == otlp::ENDPOINT_ENV {
+            args.otlp_endpoint.clone()
+        } else {
+            std::env::var(k).ok()
+        }
+    })
+    .context("span export settings (--otlp-endpoint, OTEL_*)")?;
+    let spans = match otlp {
+        Some(config) => {
+            let endpoint = config.endpoint.clone();
+            let (exporter, _task) = SpanExporter::spawn(config)
+                .context("span export settings (--otlp-endpoint, OTEL_*)")?;
+            Some((exporter, endpoint))
+        }
+        None => None,
+    };
 
     let router_listener = TcpListener::bind(args.listen)
         .await
@@ -216,7 +244,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         stats_rx,
         decisions_tx,
     );
-    let activator = Arc::new(Activator::new(
+    let activator = Activator::new(
         ActivatorConfig {
             max_queued_per_revision: args.activator_queue,
             ..ActivatorConfig::default()
@@ -227,7 +255,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Some(m) => Forwarder::new().with_mesh(m.activator.clone()),
             None => Forwarder::new(),
         },
-    ));
+    );
+    let activator = Arc::new(match &spans {
+        Some((exporter, _)) => activator.with_spans(exporter.clone()),
+        None => activator,
+    });
     tokio::spawn(activator.clone().run_stats());
     let scrape_tls = up_mesh.as_ref().map(|m| m.control.connector().clone());
     tokio::spawn(
@@ -252,6 +284,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             policies.subscribe(),
             m.control.clone(),
         ));
+    }
+    if let Some((_, endpoint)) = &spans {
+        runtime_config
+            .env
+            .push((otlp::ENDPOINT_ENV.to_owned(), endpoint.clone()));
     }
     let runtime = LocalRuntime::new(runtime_config);
     let controller = Controller::new(
@@ -291,11 +328,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Some(m) => Some(m.router.server_config()?),
             None => None,
         },
-        telemetry: Some(HopTelemetry::new(
-            registry.clone(),
-            "router",
-            AccessLog::Tracing,
-        )),
+        telemetry: Some({
+            let t = HopTelemetry::new(registry.clone(), "router", AccessLog::Tracing);
+            match &spans {
+                Some((exporter, _)) => {
+                    exporter.register_metrics(&registry, "sluice-up");
+                    t.with_spans(exporter.clone())
+                }
+                None => t,
+            }
+        }),
         ..Ingress::default()
     };
     let router_task = tokio::spawn(sluice_router::serve_ingress(
@@ -306,6 +348,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         stopped(),
     ));
     let metrics_client = up_mesh.as_ref().map(|m| m.control.clone());
+    let policy_store = store.clone();
     let admin_app = admin::router(store, cluster)
         .route(
             "/metrics",
@@ -318,7 +361,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }),
         )
         .layer(axum::middleware::from_fn(move |req, next| {
-            mesh::apply_policies(policies.clone(), req, next)
+            mesh::apply_policies(policies.clone(), policy_store.clone(), req, next)
         }));
     let admin_task = tokio::spawn(
         axum::serve(admin_listener, admin_app)
@@ -336,5 +379,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = controller_task.await;
     let _ = router_task.await;
     let _ = admin_task.await;
+    if let Some((exporter, endpoint)) = spans
+        && tokio::time::timeout(Duration::from_secs(2), exporter.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!(%endpoint, "spans not exported before exit: the collector did not answer in 2 s");
+    }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub const MAX_CONTAINER_CONCURRENCY: i64 = 1000;
 pub const DEFAULT_CONTAINER_NAME: &str = "user-container";
 
 const KEPT: &str = "kept, but not acted on by this build";
+/// Pod-spec fields outside the typed ones that Sluice does act on.
+const ACTED_ON: [&str; 1] = ["serviceAccountName"];
 
 /// A Knative Service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -332,6 +334,9 @@ impl RevisionTemplate {
             .spec
             .extra
             .keys()
+            // Acted on: the revision's workload identity (local mode's mesh issues
+            // `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccountName>`).
+            .filter(|k| !ACTED_ON.contains(&k.as_str()))
             .map(|k| (format!("{path}.spec.{k}"), KEPT.to_owned()))
             .collect();
         for (i, c) in self.spec.containers.iter().enumerate() {
@@ -448,10 +453,10 @@ mod tests {
             "s"
         );
         let paths: Vec<String> = svc.warnings().into_iter().map(|(p, _)| p).collect();
+        // serviceAccountName is kept and acted on (the workload's mesh identity): no warning.
         assert_eq!(
             paths,
             [
-                "spec.template.spec.serviceAccountName",
                 "spec.template.spec.containers[0].readinessProbe",
                 "spec.template.spec.containers[0].env[0].valueFrom",
             ]

@@ -1,19 +1,26 @@
 //! Span export over OTLP/HTTP (JSON encoding, `POST <endpoint>/v1/traces`) when a collector
 //! endpoint is configured.
 //!
-//! Recording never blocks a request: spans go into a bounded queue, and when it is full they
-//! are dropped and counted. A background task sends batches (by size or every flush interval);
-//! a batch the collector refuses or that times out is dropped, counted, and logged.
+//! Recording never waits on the network: spans go into a bounded queue (a lock held for one
+//! push), and when it is full they are dropped and counted. A background task, woken only
+//! when a batch is full, on a flush or every flush interval, sends batches; a batch the
+//! collector refuses or that times out is dropped, counted, and logged. The encoding is
+//! serialized straight from the spans (no intermediate JSON tree).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::telemetry::Registry;
+use crate::telemetry::registry::Counter;
 
 /// OTLP span kinds Sluice records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +97,68 @@ impl OtlpConfig {
     }
 }
 
+/// The standard OpenTelemetry variable naming the collector (`http://host:port`).
+pub const ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+impl OtlpConfig {
+    /// The configuration the standard OpenTelemetry variables give, read through `lookup`:
+    /// [`ENDPOINT_ENV`] (unset or empty: no export), `OTEL_BSP_SCHEDULE_DELAY` (flush
+    /// interval, ms), `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (ms). A value that is not a number is an error naming
+    /// the variable.
+    pub fn from_lookup(
+        service_name: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, OtlpError> {
+        let Some(endpoint) = lookup(ENDPOINT_ENV).filter(|e| !e.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let mut config = Self::new(endpoint.trim(), service_name);
+        parse_endpoint(&config.endpoint)?;
+        let number = |name: &'static str| -> Result<Option<u64>, OtlpError> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| OtlpError::Variable { name, value: v }),
+            }
+        };
+        if let Some(ms) = number("OTEL_BSP_SCHEDULE_DELAY")? {
+            config.flush_interval = Duration::from_millis(ms.max(1));
+        }
+        if let Some(n) = number("OTEL_BSP_MAX_QUEUE_SIZE")? {
+            config.queue_capacity = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? {
+            config.batch_size = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(ms) = number("OTEL_EXPORTER_OTLP_TIMEOUT")? {
+            config.timeout = Duration::from_millis(ms.max(1));
+        }
+        if config.batch_size == 0 {
+            return Err(OtlpError::Size("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"));
+        }
+        if config.queue_capacity == 0 {
+            return Err(OtlpError::Size("OTEL_BSP_MAX_QUEUE_SIZE"));
+        }
+        // Bounded either way: a huge queue size from the environment is capped.
+        config.queue_capacity = config.queue_capacity.min(1 << 20);
+        Ok(Some(config))
+    }
+
+    /// [`OtlpConfig::from_lookup`] over the process environment.
+    pub fn from_env(service_name: &str) -> Result<Option<Self>, OtlpError> {
+        Self::from_lookup(service_name, |k| std::env::var(k).ok())
+    }
+}
+
+/// Checks that `endpoint` is one the exporter can send to (`http://host:port[/prefix]`).
+pub fn validate_endpoint(endpoint: &str) -> Result<(), OtlpError> {
+    parse_endpoint(endpoint).map(|_| ())
+}
+
 /// The endpoint is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OtlpError {
@@ -99,6 +168,14 @@ pub enum OtlpError {
     /// Sizes must be at least one.
     #[error("OTLP config: {0} must be at least 1")]
     Size(&'static str),
+    /// An environment variable is not a number.
+    #[error("{name}={value:?}: expected a whole number")]
+    Variable {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
 }
 
 struct Target {
@@ -123,11 +200,6 @@ fn parse_endpoint(endpoint: &str) -> Result<Target, OtlpError> {
     })
 }
 
-enum Msg {
-    Span(Box<SpanRecord>),
-    Flush(oneshot::Sender<()>),
-}
-
 /// Counters of what did not reach the collector.
 #[derive(Debug, Default)]
 pub struct ExportStats {
@@ -137,19 +209,49 @@ pub struct ExportStats {
     pub failed: AtomicU64,
     /// Spans the collector accepted.
     pub exported: AtomicU64,
+    /// The same counts as `sluice_otlp_spans_total` series, once registered.
+    series: std::sync::OnceLock<[Arc<Counter>; 3]>,
 }
 
-/// Handle to record spans; cheap to clone.
+/// The metric family of [`SpanExporter::register_metrics`].
+pub const SPANS_METRIC: &str = "sluice_otlp_spans_total";
+
+impl ExportStats {
+    fn count(&self, outcome: usize, n: u64) {
+        let counter = match outcome {
+            0 => &self.exported,
+            1 => &self.dropped,
+            _ => &self.failed,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        if let Some(series) = self.series.get() {
+            series[outcome].add(n);
+        }
+    }
+}
+
+const EXPORTED: usize = 0;
+const DROPPED: usize = 1;
+const FAILED: usize = 2;
+
+/// The spans waiting for export, shared by the recorders and the export task. Recording
+/// takes a lock for a push and wakes the task only when a batch is full, so a request pays
+/// no cross-thread wake-up per span.
+#[derive(Debug)]
+struct Pending {
+    queue: std::sync::Mutex<VecDeque<SpanRecord>>,
+    capacity: usize,
+    batch_size: usize,
+    full_batch: Notify,
+}
+
+/// Handle to record spans; cheap to clone. The export task ends (after a last send) when
+/// every handle is gone.
 #[derive(Clone, Debug)]
 pub struct SpanExporter {
-    tx: mpsc::Sender<Msg>,
+    pending: Arc<Pending>,
+    flush: mpsc::Sender<oneshot::Sender<()>>,
     stats: Arc<ExportStats>,
-}
-
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Msg")
-    }
 }
 
 impl SpanExporter {
@@ -162,23 +264,77 @@ impl SpanExporter {
         if config.queue_capacity == 0 {
             return Err(OtlpError::Size("queue_capacity"));
         }
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let pending = Arc::new(Pending {
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            capacity: config.queue_capacity,
+            batch_size: config.batch_size,
+            full_batch: Notify::new(),
+        });
+        let (flush, flushes) = mpsc::channel(16);
         let stats = Arc::new(ExportStats::default());
-        let task = tokio::spawn(export_loop(config, target, rx, stats.clone()));
-        Ok((Self { tx, stats }, task))
+        let task = tokio::spawn(export_loop(
+            config,
+            target,
+            pending.clone(),
+            flushes,
+            stats.clone(),
+        ));
+        Ok((
+            Self {
+                pending,
+                flush,
+                stats,
+            },
+            task,
+        ))
     }
 
     /// Queues a finished span; drops (and counts) it when the queue is full.
     pub fn record(&self, span: SpanRecord) {
-        if self.tx.try_send(Msg::Span(Box::new(span))).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let p = &self.pending;
+        let mut queue = p.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= p.capacity {
+            drop(queue);
+            self.stats.count(DROPPED, 1);
+            return;
         }
+        queue.push_back(span);
+        let full = queue.len() == p.batch_size;
+        drop(queue);
+        if full {
+            p.full_batch.notify_one();
+        }
+    }
+
+    /// Also counts spans in `registry` as `sluice_otlp_spans_total{outcome, pod}`
+    /// (`exported`, `dropped`: the queue was full, `failed`: the collector refused or did
+    /// not answer), `pod` naming this process. Counts before the call are included; a second
+    /// call changes nothing.
+    pub fn register_metrics(&self, registry: &Registry, pod: &str) {
+        let family = registry.counter(
+            SPANS_METRIC,
+            "Spans handed to the OTLP exporter, by what became of them.",
+            &["outcome", "pod"],
+        );
+        let series = [
+            ("exported", &self.stats.exported),
+            ("dropped", &self.stats.dropped),
+            ("failed", &self.stats.failed),
+        ]
+        .map(|(outcome, so_far)| {
+            let c = family
+                .with(&[outcome, pod])
+                .unwrap_or_else(|| Arc::new(Counter::default()));
+            c.add(so_far.load(Ordering::Relaxed));
+            c
+        });
+        let _ = self.stats.series.set(series);
     }
 
     /// Sends everything queued so far and waits until that attempt finished.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+        if self.flush.send(done).await.is_ok() {
             let _ = wait.await;
         }
     }
@@ -192,34 +348,42 @@ impl SpanExporter {
 async fn export_loop(
     config: OtlpConfig,
     target: Target,
-    mut rx: mpsc::Receiver<Msg>,
+    pending: Arc<Pending>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
     stats: Arc<ExportStats>,
 ) {
-    let mut batch: Vec<SpanRecord> = Vec::with_capacity(config.batch_size);
     let mut tick = tokio::time::interval(config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // An interval's first tick is immediate; the first flush is one interval from now.
     tick.tick().await;
     loop {
-        let mut flushed = None;
-        let mut ticked = false;
-        tokio::select! {
+        let (everything, done, last) = tokio::select! {
             biased;
-            msg = rx.recv() => match msg {
-                Some(Msg::Span(span)) => batch.push(*span),
-                Some(Msg::Flush(done)) => flushed = Some(done),
-                None => {
-                    send(&config, &target, &mut batch, &stats).await;
-                    return;
-                }
+            flush = flushes.recv() => match flush {
+                Some(done) => (true, Some(done), false),
+                // Every handle is gone: send what is left and stop.
+                None => (true, None, true),
             },
-            _ = tick.tick() => ticked = true,
-        }
-        if batch.len() >= config.batch_size || flushed.is_some() || ticked {
+            () = pending.full_batch.notified() => (false, None, false),
+            _ = tick.tick() => (true, None, false),
+        };
+        // Full batches, then (on a flush, a tick or the end) the rest.
+        loop {
+            let mut batch: Vec<SpanRecord> = {
+                let mut queue = pending.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if queue.is_empty() || (!everything && queue.len() < config.batch_size) {
+                    break;
+                }
+                let n = queue.len().min(config.batch_size);
+                queue.drain(..n).collect()
+            };
             send(&config, &target, &mut batch, &stats).await;
         }
-        if let Some(done) = flushed {
+        if let Some(done) = done {
             let _ = done.send(());
+        }
+        if last {
+            return;
         }
     }
 }
@@ -234,24 +398,24 @@ async fn send(
         return;
     }
     let n = batch.len() as u64;
-    let body = encode(&config.service_name, batch).to_string();
+    let body = encode_bytes(&config.service_name, batch);
     batch.clear();
     match tokio::time::timeout(config.timeout, post(target, &body)).await {
         Ok(Ok(())) => {
-            stats.exported.fetch_add(n, Ordering::Relaxed);
+            stats.count(EXPORTED, n);
         }
         Ok(Err(error)) => {
-            stats.failed.fetch_add(n, Ordering::Relaxed);
+            stats.count(FAILED, n);
             tracing::warn!(endpoint = %config.endpoint, %error, spans = n, "OTLP export failed");
         }
         Err(_) => {
-            stats.failed.fetch_add(n, Ordering::Relaxed);
+            stats.count(FAILED, n);
             tracing::warn!(endpoint = %config.endpoint, spans = n, "OTLP export timed out");
         }
     }
 }
 
-async fn post(target: &Target, body: &str) -> std::io::Result<()> {
+async fn post(target: &Target, body: &[u8]) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(&target.authority).await?;
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -260,7 +424,7 @@ async fn post(target: &Target, body: &str) -> std::io::Result<()> {
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    stream.write_all(body).await?;
     // Only the status line matters; read a bounded amount.
     let mut buf = vec![0u8; 1024];
     let mut read = 0;
@@ -289,45 +453,132 @@ fn nanos(t: SystemTime) -> String {
         .to_string()
 }
 
-/// The OTLP/JSON `ExportTraceServiceRequest` for `spans`.
-pub fn encode(service_name: &str, spans: &[SpanRecord]) -> Value {
-    let spans: Vec<Value> = spans
+/// OTLP/JSON's `AnyValue`, as far as Sluice uses it.
+#[derive(Serialize)]
+enum AnyValue<'a> {
+    #[serde(rename = "stringValue")]
+    String(&'a str),
+    /// int64 is a decimal string in OTLP/JSON.
+    #[serde(rename = "intValue")]
+    Int(String),
+}
+
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'a str,
+    value: AnyValue<'a>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    code: u8,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonSpan<'a> {
+    trace_id: String,
+    span_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_span_id: Option<String>,
+    name: &'a str,
+    kind: u8,
+    start_time_unix_nano: String,
+    end_time_unix_nano: String,
+    attributes: Vec<KeyValue<'a>>,
+    status: Status,
+}
+
+#[derive(Serialize)]
+struct Scope {
+    name: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ScopeSpans<'a> {
+    scope: Scope,
+    spans: Vec<JsonSpan<'a>>,
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    attributes: [KeyValue<'a>; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceSpans<'a> {
+    resource: Resource<'a>,
+    scope_spans: [ScopeSpans<'a>; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExportRequest<'a> {
+    resource_spans: [ResourceSpans<'a>; 1],
+}
+
+fn request<'a>(service_name: &'a str, spans: &'a [SpanRecord]) -> ExportRequest<'a> {
+    let spans = spans
         .iter()
         .map(|s| {
-            let mut attributes: Vec<Value> = s
+            let mut attributes: Vec<KeyValue<'_>> = s
                 .attributes
                 .iter()
-                .map(|(k, v)| json!({"key": k, "value": {"stringValue": v}}))
+                .map(|(k, v)| KeyValue {
+                    key: k,
+                    value: AnyValue::String(v),
+                })
                 .collect();
             if let Some(code) = s.status_code {
-                attributes.push(json!({
-                    "key": "http.response.status_code",
-                    "value": {"intValue": code.to_string()}
-                }));
+                attributes.push(KeyValue {
+                    key: "http.response.status_code",
+                    value: AnyValue::Int(code.to_string()),
+                });
             }
-            let mut span = json!({
-                "traceId": format!("{:032x}", s.trace_id),
-                "spanId": format!("{:016x}", s.span_id),
-                "name": s.name,
-                "kind": s.kind.code(),
-                "startTimeUnixNano": nanos(s.start),
-                "endTimeUnixNano": nanos(s.end),
-                "attributes": attributes,
+            JsonSpan {
+                trace_id: format!("{:032x}", s.trace_id),
+                span_id: format!("{:016x}", s.span_id),
+                parent_span_id: s.parent_span_id.map(|p| format!("{p:016x}")),
+                name: &s.name,
+                kind: s.kind.code(),
+                start_time_unix_nano: nanos(s.start),
+                end_time_unix_nano: nanos(s.end),
+                attributes,
                 // 2 = error for 5xx, as OTel's HTTP conventions say for servers; else unset.
-                "status": {"code": if s.status_code.is_some_and(|c| c >= 500) { 2 } else { 0 }},
-            });
-            if let (Some(parent), Some(obj)) = (s.parent_span_id, span.as_object_mut()) {
-                obj.insert("parentSpanId".into(), json!(format!("{parent:016x}")));
+                status: Status {
+                    code: if s.status_code.is_some_and(|c| c >= 500) {
+                        2
+                    } else {
+                        0
+                    },
+                },
             }
-            span
         })
         .collect();
-    json!({
-        "resourceSpans": [{
-            "resource": {"attributes": [
-                {"key": "service.name", "value": {"stringValue": service_name}}
-            ]},
-            "scopeSpans": [{"scope": {"name": "sluice"}, "spans": spans}]
-        }]
-    })
+    ExportRequest {
+        resource_spans: [ResourceSpans {
+            resource: Resource {
+                attributes: [KeyValue {
+                    key: "service.name",
+                    value: AnyValue::String(service_name),
+                }],
+            },
+            scope_spans: [ScopeSpans {
+                scope: Scope { name: "sluice" },
+                spans,
+            }],
+        }],
+    }
+}
+
+/// The OTLP/JSON `ExportTraceServiceRequest` for `spans`, as sent.
+pub fn encode_bytes(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
+    serde_json::to_vec(&request(service_name, spans)).unwrap_or_default()
+}
+
+/// The OTLP/JSON `ExportTraceServiceRequest` for `spans`.
+pub fn encode(service_name: &str, spans: &[SpanRecord]) -> Value {
+    serde_json::to_value(request(service_name, spans)).unwrap_or(Value::Null)
 }

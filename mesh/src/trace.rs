@@ -13,6 +13,11 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The `x-request-id` header.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// Request extension saying a hop already continued the trace as its own span (the
+/// router's ingress, before routing): later steps of the same hop forward it as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Continued;
+
 /// A parsed `traceparent` (version 00).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceParent {

@@ -271,19 +271,31 @@ fn selectors_namespaces_and_the_root_namespace() {
 #[test]
 fn audit_is_accepted_with_a_warning_and_changes_nothing() {
     let (audit, warnings) = AuthorizationPolicy::from_yaml(
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: audit}\nspec:\n  action: AUDIT\n  rules: [{}]\n  futureField: 1\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: audit, futureField: 1}\nspec:\n  action: AUDIT\n  rules: [{}]\n",
     )
     .unwrap();
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(
         warnings
             .iter()
-            .any(|w| w.starts_with("spec.futureField: unknown field"))
+            .any(|w| w.starts_with("metadata.futureField: unknown field"))
     );
     assert!(allowed(
         &AuthorizationEngine::new(vec![audit]),
         &Req::from(None)
     ));
+}
+
+#[test]
+fn a_misspelled_field_in_a_rule_is_refused_not_dropped() {
+    // `form` for `from`: dropped, it would turn "allow A" into "allow everyone".
+    let err = AuthorizationPolicy::from_yaml(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: default}\nspec:\n  action: ALLOW\n  rules:\n  - form:\n    - source: {principals: [\"cluster.local/ns/default/sa/a\"]}\n",
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["spec.rules[0].form"]);
+    assert!(err.to_string().contains("unknown field"), "{err}");
 }
 
 #[test]

@@ -272,6 +272,53 @@ async fn expired_certificates_are_refused_on_both_sides() {
     assert!(err.contains("Expired"), "{err}");
 }
 
+/// Up to 20 s of clock skew is tolerated in real handshakes, on both sides. Certificates are
+/// issued backdated by 20 s, so a peer whose clock is 40 s behind the issuer's sees a
+/// `notBefore` exactly 20 s in its future: accepted. 45 s behind (25 s in its future):
+/// refused as not yet valid.
+#[tokio::test]
+async fn twenty_seconds_of_clock_skew_are_tolerated_on_both_sides() {
+    let dir = TempDir::new();
+    let ca = ca(&dir, "ca");
+    let behind = Arc::new(Skewed(-40));
+    // The server's clock is behind: it accepts the client's certificate.
+    let server = mesh_tls(&ca, "server").with_time_provider(behind.clone());
+    let (addr, mut accepted) = serve(&server, PeerAuthMode::Strict).await;
+    let (mut stream, _) = mtls_client(&mesh_tls(&ca, "client"), addr).await.unwrap();
+    assert_eq!(
+        ask(&mut stream).await.unwrap(),
+        "cluster.local/ns/default/sa/client mutual_tls"
+    );
+    assert_eq!(accepted.recv().await.unwrap(), Ok(()));
+    // The client's clock is behind: it accepts the server's certificate.
+    let (addr, mut accepted) = serve(&mesh_tls(&ca, "server"), PeerAuthMode::Strict).await;
+    let client = mesh_tls(&ca, "client").with_time_provider(behind);
+    let (mut stream, server_id) = mtls_client(&client, addr).await.unwrap();
+    assert_eq!(server_id, id("server"));
+    assert_eq!(
+        ask(&mut stream).await.unwrap(),
+        "cluster.local/ns/default/sa/client mutual_tls"
+    );
+    assert_eq!(accepted.recv().await.unwrap(), Ok(()));
+
+    // Beyond the tolerance, both sides refuse.
+    let too_far = Arc::new(Skewed(-45));
+    let server = mesh_tls(&ca, "server").with_time_provider(too_far.clone());
+    let (addr, mut accepted) = serve(&server, PeerAuthMode::Strict).await;
+    let result = match mtls_client(&mesh_tls(&ca, "client"), addr).await {
+        Err(e) => Err(e),
+        Ok((mut stream, _)) => ask(&mut stream).await.map_err(|e| e.to_string()),
+    };
+    assert!(result.is_err() || result.as_deref() == Ok(""), "{result:?}");
+    let outcome = accepted.recv().await.unwrap().unwrap_err();
+    // rustls's name for it.
+    assert!(outcome.contains("NotValidYet"), "{outcome}");
+    let (addr, _accepted) = serve(&mesh_tls(&ca, "server"), PeerAuthMode::Strict).await;
+    let client = mesh_tls(&ca, "client").with_time_provider(too_far);
+    let err = mtls_client(&client, addr).await.unwrap_err();
+    assert!(err.contains("NotValidYet"), "{err}");
+}
+
 #[tokio::test]
 async fn client_refuses_a_server_that_is_not_the_expected_workload() {
     let dir = TempDir::new();

@@ -140,3 +140,146 @@ async fn refuses_unusable_endpoints_and_sizes() {
     zero.batch_size = 0;
     assert!(SpanExporter::spawn(zero).is_err());
 }
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_without_blocking() {
+    let (endpoint, mut received) = collector(200).await;
+    let mut config = OtlpConfig::new(&endpoint, "s");
+    config.queue_capacity = 2;
+    let (exporter, _task) = SpanExporter::spawn(config).unwrap();
+    // The export task cannot run between these calls (single-threaded test runtime, no
+    // await): two spans fit, eight are dropped.
+    for i in 0..10 {
+        exporter.record(span(i, 200));
+    }
+    assert_eq!(exporter.stats().dropped.load(Ordering::Relaxed), 8);
+    // The counts reach a registry too, earlier ones included.
+    let registry = sluice_mesh::telemetry::Registry::new();
+    exporter.register_metrics(&registry, "p1");
+    exporter.record(span(10, 200));
+    let text = registry.encode();
+    assert!(
+        text.contains("sluice_otlp_spans_total{outcome=\"dropped\",pod=\"p1\"} 9"),
+        "{text}"
+    );
+    exporter.flush().await;
+    let (_, body) = received.recv().await.unwrap();
+    assert_eq!(
+        body["resourceSpans"][0]["scopeSpans"][0]["spans"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        registry
+            .encode()
+            .contains("sluice_otlp_spans_total{outcome=\"exported\",pod=\"p1\"} 2")
+    );
+}
+
+#[test]
+fn config_from_the_standard_variables() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    assert!(OtlpConfig::from_lookup("s", env(&[])).unwrap().is_none());
+    assert!(
+        OtlpConfig::from_lookup("s", env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]))
+            .unwrap()
+            .is_none()
+    );
+    let c = OtlpConfig::from_lookup(
+        "svc",
+        env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+        ]),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(c.endpoint, "http://127.0.0.1:4318");
+    assert_eq!(c.service_name, "svc");
+    assert_eq!(c.flush_interval, Duration::from_millis(50));
+    assert_eq!((c.queue_capacity, c.batch_size), (64, 8));
+    assert_eq!(c.timeout, Duration::from_secs(2));
+    let err = OtlpConfig::from_lookup(
+        "s",
+        env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("https://collector:4318"), "{err}");
+    let err = OtlpConfig::from_lookup(
+        "s",
+        env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+        ]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("OTEL_BSP_SCHEDULE_DELAY"), "{err}");
+    let err = OtlpConfig::from_lookup(
+        "s",
+        env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("OTEL_BSP_MAX_QUEUE_SIZE"), "{err}");
+}
+
+/// A hop's telemetry exports its own span, child of the caller's, in the caller's trace.
+#[tokio::test]
+async fn a_hop_exports_its_span_as_a_child_of_the_callers() {
+    use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
+    let (endpoint, mut received) = collector(200).await;
+    let (exporter, _task) = SpanExporter::spawn(OtlpConfig::new(&endpoint, "hop")).unwrap();
+    let telemetry =
+        HopTelemetry::new(Registry::new(), "queue", AccessLog::Off).with_spans(exporter.clone());
+    let mut req = http::Request::get("http://hello.default/x")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("x-request-id", "req-1")
+        .body(())
+        .unwrap();
+    let mut exchange = telemetry.start(&req);
+    let own = sluice_mesh::trace::propagate(req.headers_mut());
+    exchange.set_span(own);
+    exchange.finish(503, 10);
+    exporter.flush().await;
+    let (_, body) = received.recv().await.unwrap();
+    let spans = &body["resourceSpans"][0]["scopeSpans"][0]["spans"];
+    assert_eq!(spans.as_array().unwrap().len(), 1);
+    let s = &spans[0];
+    assert_eq!(s["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(s["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(s["spanId"], format!("{:016x}", own.parent_id));
+    assert_eq!(s["name"], "queue GET");
+    assert_eq!(s["kind"], 2);
+    assert_eq!(s["status"]["code"], 2);
+    let attr = |k: &str| {
+        s["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == k)
+            .map(|a| a["value"].clone())
+    };
+    assert_eq!(attr("sluice.request_id").unwrap()["stringValue"], "req-1");
+    assert_eq!(attr("url.path").unwrap()["stringValue"], "/x");
+    assert_eq!(
+        attr("http.response.status_code").unwrap()["intValue"],
+        "503"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use sluice_activator::BoxError;
 use sluice_activator::queue::mesh::{
-    METRICS_PATH, ReplicaGate, replica_mesh_from_env, serve_replica,
+    InboundMesh, METRICS_PATH, ReplicaGate, replica_mesh_from_env, serve_replica,
 };
 use sluice_activator::queue::{Queue, QueueConfig};
 use sluice_core::replica::{LISTENING_PREFIX, READY_LINE};
@@ -21,6 +21,10 @@ use crate::batch::BatchConfig;
 use crate::http::{AppState, router};
 use crate::model::LoadError;
 use crate::repository::{ModelSource, Repository};
+
+/// Line prefix announcing the extra gRPC port on stdout (after the main port's
+/// `SLUICE_LISTENING` line, before `SLUICE_READY`).
+pub const GRPC_LISTENING_PREFIX: &str = "SLUICE_GRPC_LISTENING ";
 
 /// Settings of one model server.
 #[derive(Clone, Debug)]
@@ -134,68 +138,55 @@ pub async fn run(
     let app = router(state.clone(), config.max_body_bytes);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (extra_stop_tx, extra_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let extra = match config.grpc_listen {
+    let grpc_listener = match config.grpc_listen {
         Some(grpc_addr) => {
-            let grpc_listener =
+            Some(
                 TcpListener::bind(grpc_addr)
                     .await
                     .map_err(|source| ServeError::Bind {
                         addr: grpc_addr,
                         source,
-                    })?;
-            tracing::info!(addr = %grpc_listener.local_addr()?, "gRPC port (REST answers too)");
-            Some(tokio::spawn(
-                axum::serve(grpc_listener, app.clone())
-                    .with_graceful_shutdown(async {
-                        let _ = extra_stop_rx.await;
-                    })
-                    .into_future(),
+                    })?,
+            )
+        }
+        None => None,
+    };
+    // Every port goes through the replica's mesh gate: mTLS under the peer-authentication
+    // mode in force, authorization policy (with the port each listener serves on), Istio and
+    // Knative telemetry into one registry, the access log.
+    let setup = replica_mesh_from_env(addr.port(), "model-server")?;
+    let revision = std::env::var("K_REVISION").unwrap_or_else(|_| "unknown".into());
+    let extra = match grpc_listener {
+        Some(grpc_listener) => {
+            let grpc_addr = grpc_listener.local_addr()?;
+            let mesh = setup.for_port(grpc_addr.port())?;
+            let gate = Arc::new(ReplicaGate::new(
+                mesh.clone(),
+                Some(setup.telemetry.clone()),
+                queue.clone(),
+                &revision,
+            ));
+            tracing::info!(addr = %grpc_addr, "gRPC port (REST answers too)");
+            announce(&format!("{GRPC_LISTENING_PREFIX}{grpc_addr}"));
+            Some(spawn_gated(
+                grpc_listener,
+                mesh,
+                gate,
+                app.clone(),
+                extra_stop_rx,
             ))
         }
         None => None,
     };
-    // The main port goes through the replica's mesh gate: mTLS under the peer-authentication
-    // mode in force, authorization policy, Istio/Knative telemetry, the access log.
-    let setup = replica_mesh_from_env(addr.port(), "model-server")?;
     let _follower = setup.follower;
-    let revision = std::env::var("K_REVISION").unwrap_or_else(|_| "unknown".into());
+    let spans = setup.spans;
     let gate = Arc::new(ReplicaGate::new(
         setup.mesh.clone(),
         Some(setup.telemetry),
         queue.clone(),
         &revision,
     ));
-    let server = tokio::spawn(async move {
-        serve_replica(
-            listener,
-            setup.mesh,
-            move |req| {
-                let (gate, app) = (gate.clone(), app.clone());
-                async move {
-                    let metrics = gate.clone();
-                    gate.handle(req, |req| async move {
-                        if req.uri().path() == METRICS_PATH {
-                            return metrics.metrics();
-                        }
-                        match app.oneshot(req).await {
-                            Ok(resp) => resp.map(|b| {
-                                SyncBody(std::sync::Mutex::new(b))
-                                    .map_err(BoxError::from)
-                                    .boxed()
-                            }),
-                            Err(never) => match never {},
-                        }
-                    })
-                    .await
-                }
-            },
-            async {
-                let _ = stop_rx.await;
-            },
-        )
-        .await;
-        Ok::<(), std::io::Error>(())
-    });
+    let server = spawn_gated(listener, setup.mesh, gate, app, stop_rx);
 
     let started = Instant::now();
     let load_all = async {
@@ -239,14 +230,63 @@ pub async fn run(
     let _ = stop_tx.send(());
     let _ = extra_stop_tx.send(());
     if let Some(extra) = extra
-        && let Ok(Err(e)) = extra.await
+        && let Err(e) = extra.await
     {
         tracing::warn!("gRPC port failed: {e}");
     }
-    match server.await {
+    let served = server.await;
+    if let Some(spans) = spans
+        && tokio::time::timeout(Duration::from_secs(2), spans.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!("spans not exported before exit: the collector did not answer in 2 s");
+    }
+    match served {
         Ok(result) => result.map_err(ServeError::Io),
         Err(e) => Err(ServeError::Task(e.to_string())),
     }
+}
+
+/// Serves `app` on `listener` behind `gate` (and `mesh`'s accept, when on) until `stop`.
+fn spawn_gated(
+    listener: TcpListener,
+    mesh: Option<Arc<InboundMesh>>,
+    gate: Arc<ReplicaGate>,
+    app: axum::Router,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<Result<(), std::io::Error>> {
+    tokio::spawn(async move {
+        serve_replica(
+            listener,
+            mesh,
+            move |req| {
+                let (gate, app) = (gate.clone(), app.clone());
+                async move {
+                    let metrics = gate.clone();
+                    gate.handle(req, |req| async move {
+                        if req.uri().path() == METRICS_PATH {
+                            return metrics.metrics();
+                        }
+                        match app.oneshot(req).await {
+                            Ok(resp) => resp.map(|b| {
+                                SyncBody(std::sync::Mutex::new(b))
+                                    .map_err(BoxError::from)
+                                    .boxed()
+                            }),
+                            Err(never) => match never {},
+                        }
+                    })
+                    .await
+                }
+            },
+            async {
+                let _ = stop.await;
+            },
+        )
+        .await;
+        Ok(())
+    })
 }
 
 /// axum's body is `Send` but not `Sync`; the data plane's boxed body must be both. Only

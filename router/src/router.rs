@@ -150,6 +150,10 @@ impl Router {
             .get(key)
             .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
 
+        let continued = req
+            .extensions()
+            .get::<sluice_mesh::trace::Continued>()
+            .is_some();
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
         let scheme = req.extensions().get::<Scheme>().map_or("http", |s| s.0);
         let mut out = Outbound::new(req, self.config.max_body_bytes)?;
@@ -157,8 +161,11 @@ impl Router {
         // Only the activator may say a request came through it (the queue layer's stats
         // count such requests apart); a client cannot.
         out.headers_mut().remove(PROXY_HEADER);
-        // The router is a hop of its own in the caller's trace.
-        sluice_mesh::trace::propagate(out.headers_mut());
+        // The router is a hop of its own in the caller's trace (its ingress may have
+        // continued the trace already, as the span it records).
+        if !continued {
+            sluice_mesh::trace::propagate(out.headers_mut());
+        }
 
         if revision.activator_in_path || revision.endpoints.is_empty() {
             return Ok(self.activator.handle(key, out, start).await);

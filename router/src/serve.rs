@@ -211,8 +211,9 @@ async fn accept_loop(
                 req.extensions_mut().insert(caller.clone());
                 let exchange = telemetry.as_ref().map(|t| {
                     // The router's line and metrics carry the trace it forwards.
-                    sluice_mesh::trace::propagate(req.headers_mut());
                     let mut ex = t.start(&req);
+                    ex.set_span(sluice_mesh::trace::propagate(req.headers_mut()));
+                    req.extensions_mut().insert(sluice_mesh::trace::Continued);
                     ex.labels.reporter = sluice_mesh::telemetry::Reporter::Source;
                     ex.labels.source_workload = "ingress".into();
                     if let Some(id) = &caller.identity {

@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use sluice_mesh::inbound::{InboundMesh, is_internal};
+pub use sluice_mesh::inbound::InboundMesh;
+use sluice_mesh::inbound::is_internal;
 use sluice_mesh::telemetry::{CONTENT_TYPE, HopTelemetry};
 use sluice_mesh::tls::{ConnectionSecurity, MeshStream, PeerInfo};
 use tokio::net::TcpListener;
@@ -104,6 +105,9 @@ impl ReplicaGate {
                     let resp = refusal.to_response().map(full_body);
                     return match exchange {
                         Some(mut ex) => {
+                            // The refused request is still a span of the caller's trace
+                            // (nothing is forwarded, so the headers stay as they came).
+                            ex.set_span(sluice_mesh::trace::propagate(&mut parts.headers.clone()));
                             mesh.label(&mut ex, peer.identity.as_ref(), &peer);
                             ex.entry.response_flags = "RBAC".into();
                             ex.wrap(resp).map(|b| b.map_err(BoxError::from).boxed())
@@ -127,7 +131,10 @@ impl ReplicaGate {
         }
         // The replica is a hop of the trace (after authorization: the attestation is bound
         // to the request id the caller sent).
-        sluice_mesh::trace::propagate(&mut parts.headers);
+        let own = sluice_mesh::trace::propagate(&mut parts.headers);
+        if let Some(ex) = exchange.as_mut() {
+            ex.set_span(own);
+        }
         let resp = inner(Request::from_parts(parts, body)).await;
         if let Some(t) = &self.telemetry {
             t.set_queue_depth(self.queue.recorder().in_flight() as usize);
@@ -232,6 +239,25 @@ pub struct ReplicaMeshSetup {
     pub telemetry: HopTelemetry,
     /// The task following certificate and policy files (keep it alive with the server).
     pub follower: Option<tokio::task::JoinHandle<()>>,
+    /// The OTLP span exporter, when `$OTEL_EXPORTER_OTLP_ENDPOINT` names a collector
+    /// (flush it before exiting).
+    pub spans: Option<sluice_mesh::otlp::SpanExporter>,
+}
+
+impl ReplicaMeshSetup {
+    /// The same workload's mesh for another listener of the replica on `port` (the model
+    /// server's extra gRPC port): same identity, policies and peer-authentication, with
+    /// port-level `PeerAuthentication` and `to[].operation.ports` judged against `port`.
+    /// `None` when the mesh is off.
+    pub fn for_port(&self, port: u16) -> Result<Option<Arc<InboundMesh>>, ReplicaMeshError> {
+        match &self.mesh {
+            Some(mesh) => Ok(Some(Arc::new(InboundMesh::new(
+                mesh.workload_mesh(),
+                port,
+            )?))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Why a replica's mesh could not be set up.
@@ -243,11 +269,16 @@ pub enum ReplicaMeshError {
     /// The TLS config could not be built.
     #[error(transparent)]
     Tls(#[from] sluice_mesh::tls::TlsConfigError),
+    /// The OTLP settings in the environment are unusable.
+    #[error("span export: {0}")]
+    Otlp(#[from] sluice_mesh::otlp::OtlpError),
 }
 
 /// Loads the mesh material named by `$SLUICE_MESH_DIR` (if set) for a replica listening on
 /// `port`, reporting as `container` (`queue` or `model-server`); revision labels come from
 /// the handed-over workload file, else from `K_SERVICE`/`K_CONFIGURATION`/`K_REVISION`.
+/// With `$OTEL_EXPORTER_OTLP_ENDPOINT` set (and the `OTEL_BSP_*` tuning variables), every
+/// request's span is exported there.
 pub fn replica_mesh_from_env(
     port: u16,
     container: &'static str,
@@ -282,11 +313,30 @@ pub fn replica_mesh_from_env(
             },
         ),
     };
-    let telemetry =
+    let pod = labels.pod.clone();
+    // Spans name the Knative Service the replica serves (else the container).
+    let service_name = if labels.service.is_empty() || labels.service == "unknown" {
+        container.to_owned()
+    } else {
+        labels.service.clone()
+    };
+    let mut telemetry =
         HopTelemetry::new(Registry::new(), container, AccessLog::Stderr).with_revision(labels);
+    let spans = match sluice_mesh::otlp::OtlpConfig::from_env(&service_name)? {
+        Some(config) => {
+            tracing::info!(endpoint = %config.endpoint, "exporting spans over OTLP");
+            // The export task ends when the last exporter handle is dropped.
+            let (exporter, _task) = sluice_mesh::otlp::SpanExporter::spawn(config)?;
+            exporter.register_metrics(telemetry.registry(), &pod);
+            telemetry = telemetry.with_spans(exporter.clone());
+            Some(exporter)
+        }
+        None => None,
+    };
     Ok(ReplicaMeshSetup {
         mesh,
         telemetry,
         follower,
+        spans,
     })
 }

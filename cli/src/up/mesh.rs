@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sluice_controller::admin::{ApplyRequest, ManifestFile};
+use sluice_controller::store::Store;
 use sluice_core::RoutingSnapshot;
 use sluice_mesh::identity::files;
 use sluice_mesh::identity::{
@@ -24,7 +25,9 @@ use sluice_mesh::identity::{
 };
 use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::policy::documents::{kind_of, split_documents};
-use sluice_mesh::policy::{AuthorizationPolicy, PeerAuthentication, PolicyDocuments, authz};
+use sluice_mesh::policy::{
+    AuthorizationPolicy, PeerAuthentication, PolicyDocuments, WorkloadSelector, authz,
+};
 use sluice_mesh::telemetry::Registry;
 use sluice_mesh::tls::{MeshHttpConnector, MeshTls};
 use tokio::sync::watch;
@@ -122,32 +125,42 @@ pub struct PolicyApplied {
     pub name: String,
     /// `created`, `configured` or `unchanged`.
     pub outcome: &'static str,
-    /// Fields kept but not acted on.
+    /// Fields kept but not acted on, and a selector matching no workload.
     pub warnings: Vec<String>,
+    /// `spec.selector`, if any.
+    pub selector: Option<WorkloadSelector>,
 }
 
-fn key_of(doc: &str) -> Result<(String, String, String, String, Vec<String>), String> {
+/// One validated policy document.
+struct Parsed {
+    key: String,
+    kind: String,
+    namespace: String,
+    name: String,
+    warnings: Vec<String>,
+    selector: Option<WorkloadSelector>,
+}
+
+fn key_of(doc: &str) -> Result<Parsed, String> {
     match kind_of(doc).as_deref() {
         Some(authz::KIND) => AuthorizationPolicy::from_yaml(doc)
-            .map(|(p, w)| {
-                (
-                    p.key(),
-                    authz::KIND.to_owned(),
-                    p.metadata.namespace().to_owned(),
-                    p.metadata.name.clone(),
-                    w,
-                )
+            .map(|(p, warnings)| Parsed {
+                key: p.key(),
+                kind: authz::KIND.to_owned(),
+                namespace: p.metadata.namespace().to_owned(),
+                name: p.metadata.name.clone(),
+                warnings,
+                selector: p.spec.selector.clone(),
             })
             .map_err(|e| e.to_string()),
         Some(sluice_mesh::policy::peer_auth::KIND) => PeerAuthentication::from_yaml(doc)
-            .map(|(p, w)| {
-                (
-                    p.key(),
-                    sluice_mesh::policy::peer_auth::KIND.to_owned(),
-                    p.metadata.namespace().to_owned(),
-                    p.metadata.name.clone(),
-                    w,
-                )
+            .map(|(p, warnings)| Parsed {
+                key: p.key(),
+                kind: sluice_mesh::policy::peer_auth::KIND.to_owned(),
+                namespace: p.metadata.namespace().to_owned(),
+                name: p.metadata.name.clone(),
+                warnings,
+                selector: p.spec.selector.clone(),
             })
             .map_err(|e| e.to_string()),
         other => Err(format!("not a security policy (kind {other:?})")),
@@ -163,9 +176,9 @@ impl PolicyStore {
             let text = String::from_utf8(files::read_private(&path)?)
                 .with_context(|| format!("{} is not UTF-8", path.display()))?;
             for doc in split_documents(&text) {
-                let (key, ..) = key_of(doc)
+                let parsed = key_of(doc)
                     .map_err(|e| anyhow::anyhow!("{}: stored policy: {e}", path.display()))?;
-                docs.insert(key, doc.trim_end().to_owned());
+                docs.insert(parsed.key, doc.trim_end().to_owned());
             }
         }
         let text = Arc::new(join(&docs));
@@ -203,21 +216,51 @@ impl PolicyStore {
         }
         let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
         let mut results = Vec::new();
-        for ((key, kind, namespace, name, warnings), doc) in parsed {
-            let outcome = match docs.insert(key, doc.clone()) {
+        for (p, doc) in parsed {
+            let outcome = match docs.insert(p.key, doc.clone()) {
                 None => "created",
                 Some(old) if old == doc => "unchanged",
                 Some(_) => "configured",
             };
             results.push(PolicyApplied {
-                kind,
-                namespace,
-                name,
+                kind: p.kind,
+                namespace: p.namespace,
+                name: p.name,
                 outcome,
-                warnings,
+                warnings: p.warnings,
+                selector: p.selector,
             });
         }
-        let text = join(&docs);
+        self.publish(&docs)?;
+        Ok(results)
+    }
+
+    /// The stored policies of `kind`, in `namespace` or all, as (namespace, name, YAML).
+    pub fn list(&self, kind: &str, namespace: Option<&str>) -> Vec<(String, String, String)> {
+        let docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        docs.iter()
+            .filter_map(|(key, doc)| {
+                let mut parts = key.splitn(3, '/');
+                let (k, ns, name) = (parts.next()?, parts.next()?, parts.next()?);
+                (k == kind && namespace.is_none_or(|want| want == ns))
+                    .then(|| (ns.to_owned(), name.to_owned(), doc.clone()))
+            })
+            .collect()
+    }
+
+    /// Deletes one policy and publishes the rest; `Ok(false)` when there was none.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<bool, Vec<String>> {
+        let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        if docs.remove(&format!("{kind}/{namespace}/{name}")).is_none() {
+            return Ok(false);
+        }
+        self.publish(&docs)?;
+        Ok(true)
+    }
+
+    /// Persists and publishes `docs` (called with the lock held, so writes are ordered).
+    fn publish(&self, docs: &BTreeMap<String, String>) -> Result<(), Vec<String>> {
+        let text = join(docs);
         // The joined set must still parse as one (it always does: each part did).
         if let Err(e) = PolicyDocuments::parse(&text) {
             return Err(e.iter().map(ToString::to_string).collect());
@@ -226,7 +269,7 @@ impl PolicyStore {
             return Err(vec![format!("storing policies: {e}")]);
         }
         self.tx.send_replace(Arc::new(text));
-        Ok(results)
+        Ok(())
     }
 }
 
@@ -282,12 +325,20 @@ fn results_json(results: &[PolicyApplied]) -> Vec<serde_json::Value> {
 }
 
 /// Admin middleware: `POST /v1/apply` bodies have their security policies taken out,
-/// stored and published here; the rest goes on to the controller's apply.
-pub async fn apply_policies(
+/// stored and published here (with a warning for a selector matching no workload of
+/// `store`); the rest goes on to the controller's apply. The policies are also served as
+/// objects (`GET`, `DELETE`, see [`super::policies::objects_api`]).
+pub async fn apply_policies<S: Store>(
     policies: Arc<PolicyStore>,
+    store: S,
     req: Request<axum::body::Body>,
     next: axum::middleware::Next,
 ) -> Response {
+    if let Some(resp) =
+        super::policies::objects_api(&policies, req.method(), req.uri().path(), req.uri().query())
+    {
+        return resp;
+    }
     if req.method() != axum::http::Method::POST || req.uri().path() != "/v1/apply" {
         return next.run(req).await;
     }
@@ -307,7 +358,7 @@ pub async fn apply_policies(
             .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
             .await;
     }
-    let applied = match policies.apply(&policy_text) {
+    let mut applied = match policies.apply(&policy_text) {
         Ok(a) => a,
         Err(errors) => {
             return (
@@ -320,7 +371,7 @@ pub async fn apply_policies(
                 .into_response();
         }
     };
-    let mut results = results_json(&applied);
+    let mut results = Vec::new();
     if !rest.is_empty() {
         request.files = rest;
         let body = serde_json::to_vec(&request).unwrap_or_default();
@@ -336,10 +387,15 @@ pub async fn apply_policies(
         }
         let mut json: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
         if let Some(list) = json["results"].as_array_mut() {
-            list.extend(results);
             results = std::mem::take(list);
         }
     }
+    // After the rest is stored, so workloads applied together with the policy count.
+    super::policies::warn_unselected(
+        &mut applied,
+        &super::policies::known_workloads(&store).await,
+    );
+    results.extend(results_json(&applied));
     axum::Json(serde_json::json!({ "results": results })).into_response()
 }
 

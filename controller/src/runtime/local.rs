@@ -44,6 +44,8 @@ pub struct LocalRuntimeConfig {
     /// Mesh identity for replicas (certificates handed over a private directory, mTLS
     /// probes); `None` = mesh off.
     pub mesh: Option<super::mesh::LocalMesh>,
+    /// Environment every replica gets (before its own `env`, which may override it).
+    pub env: Vec<(String, String)>,
 }
 
 impl LocalRuntimeConfig {
@@ -56,6 +58,7 @@ impl LocalRuntimeConfig {
             max_backoff: Duration::from_secs(30),
             stderr_lines: 20,
             mesh: None,
+            env: Vec::new(),
         }
     }
 }
@@ -243,6 +246,7 @@ impl Runtime for LocalRuntime {
             }
             command
                 .args(&args)
+                .envs(inner.config.env.iter().map(|(k, v)| (k, v)))
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
                 // Replicas exit when this process (their stdin's writer) is gone.
                 .env("SLUICE_EXIT_ON_STDIN_CLOSE", "true")

@@ -475,6 +475,42 @@ mod tests {
     }
 
     #[test]
+    fn skew_boundaries_are_exactly_twenty_seconds() {
+        let dir = temp_dir("skew-bounds");
+        let ca = ca(&dir, "cluster.local");
+        let bundle = ca.trust_bundle().unwrap();
+        let t = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+            );
+        let at = |secs: i64| {
+            let base = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+            UnixTime::since_unix_epoch(Duration::from_secs((base + secs) as u64))
+        };
+        // notBefore = t + 20, notAfter = t + 100.
+        let cert = mutated(&ca, |p| {
+            p.not_before = (t + Duration::from_secs(20)).into();
+            p.not_after = (t + Duration::from_secs(100)).into();
+        });
+        // notBefore 20 s in the verifier's future: accepted; 21 s: refused.
+        assert!(bundle.verify(&cert, Usage::Client, at(0)).is_ok());
+        assert!(matches!(
+            bundle.verify(&cert, Usage::Client, at(-1)),
+            Err(SvidError::NotYetValid { .. })
+        ));
+        // notAfter 20 s in the verifier's past: accepted; 21 s: refused.
+        assert!(bundle.verify(&cert, Usage::Client, at(120)).is_ok());
+        assert!(matches!(
+            bundle.verify(&cert, Usage::Client, at(121)),
+            Err(SvidError::Expired { .. })
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn refuses_garbage() {
         let dir = temp_dir("garbage");
         let bundle = ca(&dir, "cluster.local").trust_bundle().unwrap();

@@ -130,13 +130,13 @@ mod tests {
 
     #[test]
     fn dispatches_by_kind_and_skips_others() {
-        let text = "# security\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: default}\nspec: {extra: 1}\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: iris}\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: default}\nspec: {mtls: {mode: STRICT}}\n";
+        let text = "# security\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: default, extra: 1}\nspec: {}\n---\napiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: iris}\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: default}\nspec: {mtls: {mode: STRICT}}\n";
         let docs = PolicyDocuments::parse(text).unwrap();
         assert_eq!(docs.authorization.len(), 1);
         assert_eq!(docs.peer_authentication.len(), 1);
         assert_eq!(
             docs.warnings,
-            ["AuthorizationPolicy/default/a: spec.extra: unknown field, kept but not acted on"]
+            ["AuthorizationPolicy/default/a: metadata.extra: unknown field, kept but not acted on"]
         );
     }
 

@@ -221,7 +221,27 @@ pub(crate) fn parse<S: DeserializeOwned>(
     ]);
     let mut unknown = Vec::new();
     schema.unknown_fields(&value, "", &mut unknown);
-    let warnings = unknown
+    // An unknown field inside `spec` is refused, not warned about: a misspelled condition
+    // (`rules[].form` for `from`) would silently drop out of an ALLOW rule and admit everyone.
+    // Elsewhere (metadata, the envelope) an unknown field changes nothing and is only reported.
+    let (in_spec, elsewhere): (Vec<String>, Vec<String>) = unknown
+        .into_iter()
+        .partition(|p| p == "spec" || p.starts_with("spec.") || p.starts_with("spec["));
+    if !in_spec.is_empty() {
+        return Err(ValidationError {
+            object: kind.to_owned(),
+            errors: in_spec
+                .into_iter()
+                .map(|path| FieldError {
+                    path,
+                    message: "unknown field; refused because a security policy must mean \
+                              exactly what it says"
+                        .into(),
+                })
+                .collect(),
+        });
+    }
+    let warnings = elsewhere
         .into_iter()
         .map(|p| format!("{p}: unknown field, kept but not acted on"))
         .collect();

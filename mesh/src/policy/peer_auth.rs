@@ -268,14 +268,19 @@ mod tests {
     }
 
     #[test]
-    fn keeps_unknown_fields_as_warnings_and_warns_on_unknown_workloads() {
+    fn refuses_unknown_spec_fields_warns_on_others_and_on_unknown_workloads() {
+        let err = PeerAuthentication::from_yaml(
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: x, namespace: a}\nspec:\n  mtls: {mode: STRICT, extra: 1}\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.errors[0].path, "spec.mtls.extra");
         let (policy, warnings) = PeerAuthentication::from_yaml(
-            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: x, namespace: a}\nspec:\n  selector: {matchLabels: {app: ghost}}\n  mtls: {mode: STRICT, extra: 1}\n",
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: x, namespace: a, extra: 1}\nspec:\n  selector: {matchLabels: {app: ghost}}\n  mtls: {mode: STRICT}\n",
         )
         .unwrap();
         assert_eq!(
             warnings,
-            ["spec.mtls.extra: unknown field, kept but not acted on"]
+            ["metadata.extra: unknown field, kept but not acted on"]
         );
         let set = PeerAuthenticationSet::new(vec![policy]);
         assert_eq!(

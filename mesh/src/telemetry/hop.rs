@@ -16,6 +16,7 @@ use super::access_log::AccessLogEntry;
 use super::istio::{IstioMetrics, Reporter, RequestLabels};
 use super::knative::{RevisionLabels, RevisionMetrics};
 use super::registry::Registry;
+use crate::otlp::{SpanExporter, SpanKind, SpanRecord};
 use crate::trace::{REQUEST_ID, TRACEPARENT, TraceParent};
 
 /// Where access-log lines go.
@@ -37,6 +38,7 @@ pub struct HopTelemetry {
     revision: Option<(RevisionMetrics, Arc<RevisionLabels>)>,
     reporter: &'static str,
     log: AccessLog,
+    spans: Option<SpanExporter>,
 }
 
 impl HopTelemetry {
@@ -49,7 +51,20 @@ impl HopTelemetry {
             revision: None,
             reporter,
             log,
+            spans: None,
         }
+    }
+
+    /// Also exports one span per request (the hop's own, see [`Exchange::set_span`]) to
+    /// `exporter`.
+    pub fn with_spans(mut self, exporter: SpanExporter) -> Self {
+        self.spans = Some(exporter);
+        self
+    }
+
+    /// The span exporter, when spans are exported.
+    pub fn spans(&self) -> Option<&SpanExporter> {
+        self.spans.as_ref()
     }
 
     /// Also records Knative's revision metrics for `labels` (a replica's queue layer).
@@ -70,7 +85,9 @@ impl HopTelemetry {
         }
     }
 
-    /// Starts recording one request (call after trace headers were propagated).
+    /// Starts recording one request. Call it before propagating the trace headers and give
+    /// the exchange its own span with [`Exchange::set_span`] after, so the exported span
+    /// names the caller's span as its parent.
     pub fn start<B>(&self, req: &http::Request<B>) -> Exchange {
         let header = |name: &str| {
             req.headers()
@@ -87,6 +104,8 @@ impl HopTelemetry {
             .unwrap_or_else(|| header("host"));
         let grpc = header("content-type").starts_with("application/grpc");
         Exchange {
+            incoming: trace,
+            own: None,
             telemetry: self.clone(),
             wall: SystemTime::now(),
             start: Instant::now(),
@@ -120,6 +139,8 @@ impl HopTelemetry {
 /// One request being recorded; [`Exchange::finish`] (or [`Exchange::wrap`]) records it.
 #[derive(Debug)]
 pub struct Exchange {
+    incoming: Option<TraceParent>,
+    own: Option<TraceParent>,
     telemetry: HopTelemetry,
     wall: SystemTime,
     start: Instant,
@@ -130,6 +151,59 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// Sets this hop's own span: the trace context it forwards (as
+    /// [`crate::trace::propagate`] returned it). The access-log line then carries this
+    /// span's id, and the exported span (if any) is this one, child of the caller's.
+    pub fn set_span(&mut self, own: TraceParent) {
+        self.own = Some(own);
+        self.entry.trace_id = format!("{:032x}", own.trace_id);
+        self.entry.span_id = format!("{:016x}", own.parent_id);
+    }
+
+    fn span(&self, status: u16, end: SystemTime) -> Option<SpanRecord> {
+        let own = self.own?;
+        let e = &self.entry;
+        let mut attributes = vec![
+            ("sluice.reporter".to_owned(), e.reporter.clone()),
+            ("http.request.method".to_owned(), e.method.clone()),
+            ("url.path".to_owned(), e.path.clone()),
+            ("server.address".to_owned(), e.authority.clone()),
+            (
+                "network.protocol.name".to_owned(),
+                self.labels.request_protocol.clone(),
+            ),
+            (
+                "sluice.connection_security_policy".to_owned(),
+                self.labels.connection_security_policy.clone(),
+            ),
+        ];
+        for (key, value) in [
+            ("sluice.request_id", &e.request_id),
+            ("sluice.revision", &e.revision),
+            ("sluice.source_principal", &e.source_principal),
+            ("sluice.destination_principal", &e.destination_principal),
+            ("sluice.response_flags", &e.response_flags),
+        ] {
+            if !value.is_empty() {
+                attributes.push((key.to_owned(), value.clone()));
+            }
+        }
+        Some(SpanRecord {
+            trace_id: own.trace_id,
+            span_id: own.parent_id,
+            parent_span_id: self
+                .incoming
+                .filter(|i| i.trace_id == own.trace_id)
+                .map(|i| i.parent_id),
+            name: format!("{} {}", e.reporter, e.method),
+            kind: SpanKind::Server,
+            start: self.wall,
+            end,
+            attributes,
+            status_code: Some(status),
+        })
+    }
+
     /// Records the request now, with `status` and `response_bytes`.
     pub fn finish(mut self, status: u16, response_bytes: u64) {
         let took = self.start.elapsed();
@@ -147,6 +221,11 @@ impl Exchange {
         );
         if let Some((metrics, labels)) = &t.revision {
             metrics.record(labels, status, took);
+        }
+        if let Some(exporter) = &t.spans
+            && let Some(span) = self.span(status, self.wall + took)
+        {
+            exporter.record(span);
         }
         match t.log {
             AccessLog::Off => {}
