@@ -271,9 +271,12 @@ async fn a_write_the_watch_missed_is_found_by_the_resync_without_a_full_pass() {
             .any(|o| o["metadata"]["name"] == "m-003" && ready(o, Some(2)))
     })
     .await;
+    // No notification can carry that write (it went through another connection), so
+    // whatever found it was a resync; a tick already due when the edit landed may find it
+    // without the paused clock moving at all, so only the upper bound is checked.
     let waited = Instant::now() - edited_at;
     assert!(
-        waited > Duration::ZERO && waited <= resync * 2,
+        waited <= resync * 2,
         "found after {waited:?}: not by the next resync"
     );
     quiesce().await;
