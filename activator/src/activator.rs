@@ -15,14 +15,14 @@
 //! activator, waiting or being proxied) per revision.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use http::Response;
-use sluice_core::{NamespacedName, RevisionRoute, RoutingSnapshot, StatReport, StatSource};
 use http_body_util::BodyExt as _;
+use sluice_core::{NamespacedName, RevisionRoute, RoutingSnapshot, StatReport, StatSource};
 use sluice_mesh::otlp::{SpanExporter, SpanKind, SpanRecord};
 use sluice_mesh::telemetry::{Exchange, HopTelemetry, Reporter, RevisionLabels, RevisionMetrics};
 use sluice_mesh::tls::ConnectionSecurity;
@@ -226,7 +226,13 @@ impl Activator {
             ex.labels.source_workload_namespace = id.namespace().to_owned();
             ex.entry.source_principal = id.to_string();
         }
-        let host = ex.entry.authority.split(':').next().unwrap_or("").to_owned();
+        let host = ex
+            .entry
+            .authority
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
         if !host.is_empty() {
             ex.labels.destination_service = host;
         }
@@ -477,9 +483,9 @@ fn response_flags(err: &ProxyError) -> &'static str {
         ProxyError::Upstream { source, .. } if source.is_connect() => "UF",
         ProxyError::Upstream { .. } => "UC",
         // The request itself was refused (the status code says why).
-        ProxyError::MissingHost | ProxyError::BadRequest(_) | ProxyError::PayloadTooLarge { .. } => {
-            ""
-        }
+        ProxyError::MissingHost
+        | ProxyError::BadRequest(_)
+        | ProxyError::PayloadTooLarge { .. } => "",
     }
 }
 

@@ -833,16 +833,17 @@ async fn the_activator_reports_its_own_hop_metrics_access_log_and_span() {
     );
     for family in ["istio_request_bytes", "istio_response_bytes"] {
         assert!(
-            text.lines().any(|l| l == format!("{family}_count{labels} 1")),
+            text.lines()
+                .any(|l| l == format!("{family}_count{labels} 1")),
             "{family}: {text}"
         );
     }
     assert!(
-        text.lines()
-            .any(|l| l.starts_with("istio_request_duration_milliseconds_bucket{reporter=\"source\"")
-                && l.contains("destination_revision=\"hello-00001\"")
-                && l.contains("le=\"+Inf\"")
-                && l.ends_with(" 1")),
+        text.lines().any(|l| l
+            .starts_with("istio_request_duration_milliseconds_bucket{reporter=\"source\"")
+            && l.contains("destination_revision=\"hello-00001\"")
+            && l.contains("le=\"+Inf\"")
+            && l.ends_with(" 1")),
         "{text}"
     );
     // Knative's queue depth at the activator: back to zero once the response ended.
@@ -881,8 +882,12 @@ async fn the_activator_reports_its_own_hop_metrics_access_log_and_span() {
     // Its span is the router's child, in the caller's trace, and is the span it logged.
     spans.flush().await;
     let mut got = Vec::new();
-    while !(got.iter().any(|s| attribute(s, "sluice.reporter") == Some("router"))
-        && got.iter().any(|s| attribute(s, "sluice.reporter") == Some("activator")))
+    while !(got
+        .iter()
+        .any(|s| attribute(s, "sluice.reporter") == Some("router"))
+        && got
+            .iter()
+            .any(|s| attribute(s, "sluice.reporter") == Some("activator")))
     {
         got.extend(exported.recv().await.unwrap());
     }
@@ -895,7 +900,10 @@ async fn the_activator_reports_its_own_hop_metrics_access_log_and_span() {
     let (router_span, activator_span) = (by("router"), by("activator"));
     assert_eq!(router_span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(router_span["parentSpanId"], "00f067aa0ba902b7");
-    assert_eq!(activator_span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        activator_span["traceId"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
     assert_eq!(activator_span["parentSpanId"], router_span["spanId"]);
     assert_eq!(activator_span["spanId"], line["span_id"]);
     assert_eq!(activator_span["name"], "activator GET");
