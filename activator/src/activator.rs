@@ -32,7 +32,7 @@ use tokio::time::{Instant, timeout_at};
 use crate::balance::{Acquired, Balancer, Lease, Refused, Ticket};
 use crate::body::hold_response;
 use crate::error::ProxyError;
-use crate::proxy::{Forwarder, Outbound, ProxyBody, set_header};
+use crate::proxy::{Forwarder, Outbound, ProxyBody, UpstreamPeer, set_header};
 use crate::queue::{PROXY_HEADER, StatsRecorder};
 use crate::timeouts::{Deadline, Timeouts};
 
@@ -277,7 +277,16 @@ impl Activator {
         });
         let mut upstream = None;
         let resp = match self.try_handle(revision, out, start, &mut upstream).await {
-            Ok(resp) => resp,
+            Ok(resp) => {
+                // The replica's identity, as the mTLS handshake verified it.
+                if let Some(ex) = exchange.as_mut()
+                    && let Some(UpstreamPeer(peer)) = resp.extensions().get::<UpstreamPeer>()
+                {
+                    ex.labels.destination_principal = peer.to_string();
+                    ex.entry.destination_principal = peer.to_string();
+                }
+                resp
+            }
             Err(err) => {
                 if let Some(ex) = exchange.as_mut() {
                     ex.entry.response_flags = response_flags(&err).to_owned();

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_activator::timeouts::Timeouts;
-use sluice_activator::{BoxError, Forwarder, Outbound, ProxyBody, full_body};
+use sluice_activator::{BoxError, Forwarder, Outbound, ProxyBody, UpstreamPeer, full_body};
 use sluice_core::NamespacedName;
 use sluice_mesh::identity::{
     CaConfig, CertificateAuthority, RotatingSvid, SpiffeId, Svid, SvidIssuer,
@@ -222,10 +222,14 @@ async fn after_our_certificate_rotates_h2_requests_use_a_new_connection_and_old_
     let forwarder = Forwarder::new().with_mesh(mesh);
 
     // Before: a request, then two left in flight on the same connection.
+    let resp = send(&forwarder, replica, "/before").await;
+    // The response names the replica as the handshake verified it.
+    let UpstreamPeer(peer) = resp.extensions().get::<UpstreamPeer>().unwrap().clone();
     assert_eq!(
-        text(send(&forwarder, replica, "/before").await).await,
-        "/before"
+        peer.to_string(),
+        "spiffe://cluster.local/ns/default/sa/hello"
     );
+    assert_eq!(text(resp).await, "/before");
     let (path, old_conn, cert) = next_request(&mut events).await;
     assert_eq!(path, "/before");
     assert_eq!(cert, old.cert_der().as_ref());

@@ -819,12 +819,14 @@ async fn the_activator_reports_its_own_hop_metrics_access_log_and_span() {
     assert_eq!(body, "ok");
 
     // Istio's request metrics for the activator's hop: the source side of its hop to the
-    // revision, the original caller as source, over mTLS.
+    // revision, the original caller as source, the replica's verified identity as
+    // destination, over mTLS.
     let text = p.activator_registry.encode();
     let labels = "{reporter=\"source\",source_workload=\"a\",source_workload_namespace=\"default\",\
         source_principal=\"spiffe://cluster.local/ns/default/sa/a\",destination_workload=\"hello-00001\",\
         destination_workload_namespace=\"default\",destination_service=\"hello.default.localhost\",\
-        destination_principal=\"unknown\",destination_revision=\"hello-00001\",request_protocol=\"http\",\
+        destination_principal=\"spiffe://cluster.local/ns/default/sa/hello\",\
+        destination_revision=\"hello-00001\",request_protocol=\"http\",\
         response_code=\"200\",grpc_response_status=\"\",connection_security_policy=\"mutual_tls\"}";
     assert!(
         text.lines()
@@ -877,6 +879,10 @@ async fn the_activator_reports_its_own_hop_metrics_access_log_and_span() {
         "spiffe://cluster.local/ns/default/sa/a"
     );
     assert_eq!(line["connection_security_policy"], "mutual_tls");
+    assert_eq!(
+        line["destination_principal"],
+        "spiffe://cluster.local/ns/default/sa/hello"
+    );
     assert_eq!(line["upstream_host"], r.addr.to_string());
 
     // Its span is the router's child, in the caller's trace, and is the span it logged.
