@@ -428,7 +428,7 @@ fn h2_client(mesh: Option<&OutboundMesh>) -> Pool {
 #[derive(Clone, Debug)]
 enum H2Clients {
     /// Plaintext: one client for the forwarder's life.
-    Plain(Pool),
+    Plain(Box<Pool>),
     /// mTLS: the client built for certificate generation `.0`.
     Mesh {
         mesh: OutboundMesh,
@@ -439,7 +439,7 @@ enum H2Clients {
 impl H2Clients {
     fn new(mesh: Option<&OutboundMesh>) -> Self {
         match mesh {
-            None => Self::Plain(h2_client(None)),
+            None => Self::Plain(Box::new(h2_client(None))),
             Some(mesh) => Self::Mesh {
                 current: Arc::new(Mutex::new((mesh.generation(), h2_client(Some(mesh))))),
                 mesh: mesh.clone(),
