@@ -24,7 +24,8 @@ use http::Response;
 use http_body_util::BodyExt as _;
 use sluice_core::{NamespacedName, RevisionRoute, RoutingSnapshot, StatReport, StatSource};
 use sluice_mesh::otlp::{SpanExporter, SpanKind, SpanRecord};
-use sluice_mesh::telemetry::{Exchange, HopTelemetry, Reporter, RevisionLabels, RevisionMetrics};
+use sluice_mesh::telemetry::registry::{Family, Gauge};
+use sluice_mesh::telemetry::{Exchange, HopTelemetry, Reporter};
 use sluice_mesh::tls::ConnectionSecurity;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
@@ -67,11 +68,21 @@ pub struct Activator {
     telemetry: Option<Telemetry>,
 }
 
-/// The activator's hop telemetry, and Knative's revision metrics for its queue depth.
+/// Knative's revision metric labels (`revision_queue_depth`'s, as the queue layer's).
+const REVISION_LABELS: [&str; 6] = [
+    "namespace_name",
+    "service_name",
+    "configuration_name",
+    "revision_name",
+    "pod_name",
+    "container_name",
+];
+
+/// The activator's hop telemetry, and Knative's `revision_queue_depth` at the activator.
 #[derive(Clone, Debug)]
 struct Telemetry {
     hop: HopTelemetry,
-    revisions: RevisionMetrics,
+    depth: Family<Gauge>,
 }
 
 #[derive(Debug)]
@@ -80,12 +91,12 @@ struct RevisionState {
     recorder: StatsRecorder,
     /// Whether the autoscaler was poked since the revision was last seen with replicas.
     poked: AtomicBool,
-    /// Where this revision's `revision_queue_depth` at the activator goes, with telemetry.
-    depth: Option<(RevisionMetrics, RevisionLabels)>,
+    /// This revision's `revision_queue_depth` at the activator, with telemetry.
+    depth: Option<Arc<Gauge>>,
 }
 
 impl RevisionState {
-    fn new(seed: u64, depth: Option<(RevisionMetrics, RevisionLabels)>) -> Self {
+    fn new(seed: u64, depth: Option<Arc<Gauge>>) -> Self {
         Self {
             balancer: Balancer::new(seed),
             recorder: StatsRecorder::new(Instant::now()),
@@ -94,15 +105,13 @@ impl RevisionState {
         }
     }
 
+    /// Counts a request in (until its [`InFlight`] is dropped): in flight for the
+    /// autoscaler, and in the queue depth (requests at the activator, waiting for a slot or
+    /// being proxied).
     fn request_in(&self, now: Instant) {
         self.recorder.request_in(now, false);
-        self.publish_depth();
-    }
-
-    /// Requests at the activator for this revision: waiting for a slot or being proxied.
-    fn publish_depth(&self) {
-        if let Some((metrics, labels)) = &self.depth {
-            metrics.set_queue_depth(labels, self.recorder.in_flight() as usize);
+        if let Some(depth) = &self.depth {
+            depth.add(1.0);
         }
     }
 }
@@ -113,7 +122,9 @@ struct InFlight(Arc<RevisionState>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.recorder.request_out(Instant::now(), false);
-        self.0.publish_depth();
+        if let Some(depth) = &self.0.depth {
+            depth.add(-1.0);
+        }
     }
 }
 
@@ -153,14 +164,20 @@ impl Activator {
     /// Also records the activator's hop with `hop` (made with reporter name `activator`):
     /// Istio's request metrics, its access-log line and (when `hop` or
     /// [`Activator::with_spans`] exports spans) its span; and registers Knative's
-    /// `revision_queue_depth` in `hop`'s registry, one series per revision.
+    /// `revision_queue_depth` in `hop`'s registry, one series per revision
+    /// (`pod_name="activator"`). `hop`'s registry should be the activator's own (or shared
+    /// with hops that register no revision metrics), so the family is registered once.
     pub fn with_telemetry(mut self, hop: HopTelemetry) -> Self {
         let hop = match (&self.spans, hop.spans()) {
             (Some(exporter), None) => hop.with_spans(exporter.clone()),
             _ => hop,
         };
         self.telemetry = Some(Telemetry {
-            revisions: RevisionMetrics::register(hop.registry()),
+            depth: hop.registry().gauge(
+                "revision_queue_depth",
+                "The current number of items in the serving and waiting queue.",
+                &REVISION_LABELS,
+            ),
             hop,
         });
         self
@@ -173,16 +190,18 @@ impl Activator {
             return state.clone();
         }
         let seed = map.len() as u64 ^ 0x9E37_79B9_7F4A_7C15;
-        let depth = self.telemetry.as_ref().map(|t| {
-            let labels = RevisionLabels {
-                namespace: key.namespace.clone(),
-                service: "unknown".into(),
-                configuration: "unknown".into(),
-                revision: key.name.clone(),
-                pod: "activator".into(),
-                container: "activator".into(),
-            };
-            (t.revisions.clone(), labels)
+        // The activator knows the revision, not its service or configuration. A revision
+        // forgotten and seen again gets the same series, whose count every request that
+        // entered also leaves.
+        let depth = self.telemetry.as_ref().and_then(|t| {
+            t.depth.with(&[
+                &key.namespace,
+                "unknown",
+                "unknown",
+                &key.name,
+                "activator",
+                "activator",
+            ])
         });
         map.entry(key.clone())
             .or_insert_with(|| Arc::new(RevisionState::new(seed, depth)))
