@@ -1,7 +1,8 @@
 //! The activator's own telemetry without the mesh, over real sockets: a request held at zero
 //! shows in `revision_queue_depth` until a replica is up, is then answered by the replica and
 //! reported as the activator's hop (plaintext: `connection_security_policy="none"`); a
-//! request the activator refuses itself (its buffer full) is reported with its 503.
+//! request the activator refuses itself (its buffer full) is reported with its 503 and
+//! Envoy's `UO` flag in its access-log line.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -71,6 +72,32 @@ fn outbound() -> Outbound {
     Outbound::new(req, None).unwrap()
 }
 
+/// Log output captured from a `tracing` subscriber (the access-log lines).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// The JSON access-log lines.
+    fn access_lines(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains("sluice::access"))
+            .map(|l| serde_json::from_str(&l[l.find('{').unwrap()..]).unwrap())
+            .collect()
+    }
+}
+
 fn value(text: &str, series: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
@@ -79,6 +106,15 @@ fn value(text: &str, series: &str) -> Option<String> {
 #[tokio::test]
 async fn a_request_held_at_zero_is_counted_in_the_queue_depth_then_reported_as_the_activators_hop()
 {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
     let replica = replica().await;
     let (publish, routes) = watch::channel(snapshot(&[]));
     let (stats_tx, mut stats) = mpsc::channel::<StatReport>(16);
@@ -96,7 +132,7 @@ async fn a_request_held_at_zero_is_counted_in_the_queue_depth_then_reported_as_t
         .with_telemetry(HopTelemetry::new(
             registry.clone(),
             "activator",
-            AccessLog::Off,
+            AccessLog::Tracing,
         )),
     );
     let key = NamespacedName::new("default", "hello-00001");
@@ -141,4 +177,20 @@ async fn a_request_held_at_zero_is_counted_in_the_queue_depth_then_reported_as_t
     }
     let sent = format!("istio_response_bytes_sum{}", labels(200));
     assert_eq!(value(&text, &sent).as_deref(), Some("5"), "{text}");
+
+    // One access-log line each: the refusal says why (upstream overflow), the answered one
+    // names the replica it went to.
+    let lines = logs.access_lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (refused, answered) = (&lines[0], &lines[1]);
+    assert_eq!(refused["reporter"], "activator");
+    assert_eq!(refused["response_code"], 503);
+    assert_eq!(refused["response_flags"], "UO");
+    assert_eq!(refused["upstream_host"], "");
+    assert_eq!(answered["response_code"], 200);
+    assert_eq!(answered["response_flags"], "");
+    assert_eq!(answered["upstream_host"], replica.to_string());
+    assert_eq!(answered["revision"], "hello-00001");
+    assert_eq!(answered["connection_security_policy"], "none");
+    assert_eq!(answered["bytes_sent"], 5);
 }
