@@ -704,6 +704,24 @@ async fn sluice_up_exports_a_span_per_hop_in_one_trace() {
         ),
         "{metrics}"
     );
+    // So is the in-process activator's hop: the source side of its mTLS hop to the revision.
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("istio_requests_total{reporter=\"source\"")
+                && l.contains("destination_revision=\"hello-00001\"")
+                && l.contains("response_code=\"200\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("revision_queue_depth{")
+                && l.contains("revision_name=\"hello-00001\"")
+                && l.contains("pod_name=\"activator\"")),
+        "{metrics}"
+    );
     drop(up);
     let _ = std::fs::remove_dir_all(dir);
 }

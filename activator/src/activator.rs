@@ -7,22 +7,33 @@
 //! timeout. A connection refused by a replica is retried on another (within the retry
 //! budget). The activator also reports its own load every second, so a revision with
 //! buffered requests is never scaled down.
+//!
+//! With telemetry, the activator is a hop of its own in the mesh's telemetry: Istio's
+//! request metrics (reported as the source side of its hop to the replica, with the original
+//! caller as source and the revision as destination), one access-log line and one span per
+//! request (child of the caller's), and Knative's `revision_queue_depth` (requests at the
+//! activator, waiting or being proxied) per revision.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::Response;
+use http_body_util::BodyExt as _;
 use sluice_core::{NamespacedName, RevisionRoute, RoutingSnapshot, StatReport, StatSource};
 use sluice_mesh::otlp::{SpanExporter, SpanKind, SpanRecord};
+use sluice_mesh::telemetry::registry::{Family, Gauge};
+use sluice_mesh::telemetry::{Exchange, HopTelemetry, Reporter};
+use sluice_mesh::tls::ConnectionSecurity;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 
 use crate::balance::{Acquired, Balancer, Lease, Refused, Ticket};
 use crate::body::hold_response;
 use crate::error::ProxyError;
-use crate::proxy::{Forwarder, Outbound, ProxyBody, set_header};
+use crate::proxy::{Forwarder, Outbound, ProxyBody, UpstreamPeer, set_header};
 use crate::queue::{PROXY_HEADER, StatsRecorder};
 use crate::timeouts::{Deadline, Timeouts};
 
@@ -54,6 +65,24 @@ pub struct Activator {
     forwarder: Forwarder,
     revisions: Mutex<HashMap<NamespacedName, Arc<RevisionState>>>,
     spans: Option<SpanExporter>,
+    telemetry: Option<Telemetry>,
+}
+
+/// Knative's revision metric labels (`revision_queue_depth`'s, as the queue layer's).
+const REVISION_LABELS: [&str; 6] = [
+    "namespace_name",
+    "service_name",
+    "configuration_name",
+    "revision_name",
+    "pod_name",
+    "container_name",
+];
+
+/// The activator's hop telemetry, and Knative's `revision_queue_depth` at the activator.
+#[derive(Clone, Debug)]
+struct Telemetry {
+    hop: HopTelemetry,
+    depth: Family<Gauge>,
 }
 
 #[derive(Debug)]
@@ -62,14 +91,27 @@ struct RevisionState {
     recorder: StatsRecorder,
     /// Whether the autoscaler was poked since the revision was last seen with replicas.
     poked: AtomicBool,
+    /// This revision's `revision_queue_depth` at the activator, with telemetry.
+    depth: Option<Arc<Gauge>>,
 }
 
 impl RevisionState {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, depth: Option<Arc<Gauge>>) -> Self {
         Self {
             balancer: Balancer::new(seed),
             recorder: StatsRecorder::new(Instant::now()),
             poked: AtomicBool::new(false),
+            depth,
+        }
+    }
+
+    /// Counts a request in (until its [`InFlight`] is dropped): in flight for the
+    /// autoscaler, and in the queue depth (requests at the activator, waiting for a slot or
+    /// being proxied).
+    fn request_in(&self, now: Instant) {
+        self.recorder.request_in(now, false);
+        if let Some(depth) = &self.depth {
+            depth.add(1.0);
         }
     }
 }
@@ -80,6 +122,9 @@ struct InFlight(Arc<RevisionState>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.recorder.request_out(Instant::now(), false);
+        if let Some(depth) = &self.0.depth {
+            depth.add(-1.0);
+        }
     }
 }
 
@@ -98,6 +143,7 @@ impl Activator {
             forwarder: forwarder.for_hop("activator"),
             revisions: Mutex::new(HashMap::new()),
             spans: None,
+            telemetry: None,
         }
     }
 
@@ -105,7 +151,35 @@ impl Activator {
     /// the request is forwarded as the activator's child span, so the replica's span is the
     /// activator's child and the activator's is the router's.
     pub fn with_spans(mut self, exporter: SpanExporter) -> Self {
+        if let Some(t) = self.telemetry.take() {
+            self.telemetry = Some(Telemetry {
+                hop: t.hop.with_spans(exporter.clone()),
+                ..t
+            });
+        }
         self.spans = Some(exporter);
+        self
+    }
+
+    /// Also records the activator's hop with `hop` (made with reporter name `activator`):
+    /// Istio's request metrics, its access-log line and (when `hop` or
+    /// [`Activator::with_spans`] exports spans) its span; and registers Knative's
+    /// `revision_queue_depth` in `hop`'s registry, one series per revision
+    /// (`pod_name="activator"`). `hop`'s registry should be the activator's own (or shared
+    /// with hops that register no revision metrics), so the family is registered once.
+    pub fn with_telemetry(mut self, hop: HopTelemetry) -> Self {
+        let hop = match (&self.spans, hop.spans()) {
+            (Some(exporter), None) => hop.with_spans(exporter.clone()),
+            _ => hop,
+        };
+        self.telemetry = Some(Telemetry {
+            depth: hop.registry().gauge(
+                "revision_queue_depth",
+                "The current number of items in the serving and waiting queue.",
+                &REVISION_LABELS,
+            ),
+            hop,
+        });
         self
     }
 
@@ -116,9 +190,83 @@ impl Activator {
             return state.clone();
         }
         let seed = map.len() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+        // The activator knows the revision, not its service or configuration. A revision
+        // forgotten and seen again gets the same series, whose count every request that
+        // entered also leaves.
+        let depth = self.telemetry.as_ref().and_then(|t| {
+            t.depth.with(&[
+                &key.namespace,
+                "unknown",
+                "unknown",
+                &key.name,
+                "activator",
+                "activator",
+            ])
+        });
         map.entry(key.clone())
-            .or_insert_with(|| Arc::new(RevisionState::new(seed)))
+            .or_insert_with(|| Arc::new(RevisionState::new(seed, depth)))
             .clone()
+    }
+
+    /// Starts recording `out`'s exchange, and forwards it as the activator's own span.
+    fn start_exchange(
+        &self,
+        telemetry: &Telemetry,
+        revision: &NamespacedName,
+        out: &mut Outbound,
+    ) -> Exchange {
+        // The head `HopTelemetry::start` reads: what identifies and sizes the request.
+        let mut head = http::Request::new(());
+        *head.method_mut() = out.method().clone();
+        *head.version_mut() = out.version();
+        if let Ok(uri) = http::Uri::try_from(out.path()) {
+            *head.uri_mut() = uri;
+        }
+        for name in [
+            sluice_mesh::trace::TRACEPARENT,
+            sluice_mesh::trace::REQUEST_ID,
+            "host",
+            "content-type",
+            "content-length",
+        ] {
+            if let Some(v) = out.headers().get(name) {
+                head.headers_mut()
+                    .insert(http::HeaderName::from_static(name), v.clone());
+            }
+        }
+        let mut ex = telemetry.hop.start(&head);
+        ex.set_span(sluice_mesh::trace::propagate(out.headers_mut()));
+        // The source side of the hop to the replica, as the router reports its own; the
+        // source is the original caller (whom the activator attests to the replica).
+        ex.labels.reporter = Reporter::Source;
+        if let Some(id) = &out.caller().identity {
+            ex.labels.source_principal = id.to_string();
+            ex.labels.source_workload = id.service_account().to_owned();
+            ex.labels.source_workload_namespace = id.namespace().to_owned();
+            ex.entry.source_principal = id.to_string();
+        }
+        let host = ex
+            .entry
+            .authority
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        if !host.is_empty() {
+            ex.labels.destination_service = host;
+        }
+        ex.labels.destination_workload = revision.name.clone();
+        ex.labels.destination_workload_namespace = revision.namespace.clone();
+        ex.labels.destination_revision = revision.name.clone();
+        ex.entry.revision = revision.name.clone();
+        let security = if self.forwarder.mesh().is_some() {
+            ConnectionSecurity::MutualTls
+        } else {
+            ConnectionSecurity::None
+        };
+        ex.labels.connection_security_policy = security.label().to_owned();
+        ex.entry.connection_security_policy = security.label().to_owned();
+        ex
     }
 
     /// Delivers `out` to a replica of `revision` within the revision's capacity, waiting
@@ -130,7 +278,12 @@ impl Activator {
         mut out: Outbound,
         start: Instant,
     ) -> Response<ProxyBody> {
-        let span = self.spans.as_ref().map(|exporter| {
+        let mut exchange = self
+            .telemetry
+            .as_ref()
+            .map(|t| self.start_exchange(t, revision, &mut out));
+        let spans = self.spans.as_ref().filter(|_| exchange.is_none());
+        let span = spans.map(|exporter| {
             let incoming = out
                 .headers()
                 .get(sluice_mesh::trace::TRACEPARENT)
@@ -141,9 +294,22 @@ impl Activator {
             let path = out.path().to_owned();
             (exporter, incoming, own, method, path, SystemTime::now())
         });
-        let resp = match self.try_handle(revision, out, start).await {
-            Ok(resp) => resp,
+        let mut upstream = None;
+        let resp = match self.try_handle(revision, out, start, &mut upstream).await {
+            Ok(resp) => {
+                // The replica's identity, as the mTLS handshake verified it.
+                if let Some(ex) = exchange.as_mut()
+                    && let Some(UpstreamPeer(peer)) = resp.extensions().get::<UpstreamPeer>()
+                {
+                    ex.labels.destination_principal = peer.to_string();
+                    ex.entry.destination_principal = peer.to_string();
+                }
+                resp
+            }
             Err(err) => {
+                if let Some(ex) = exchange.as_mut() {
+                    ex.entry.response_flags = response_flags(&err).to_owned();
+                }
                 tracing::warn!(
                     revision = %revision,
                     reason = err.metric_label(),
@@ -175,7 +341,15 @@ impl Activator {
                 status_code: Some(resp.status().as_u16()),
             });
         }
-        resp
+        match exchange {
+            Some(mut ex) => {
+                if let Some(addr) = upstream {
+                    ex.entry.upstream_host = addr.to_string();
+                }
+                ex.wrap(resp).map(|body| body.boxed())
+            }
+            None => resp,
+        }
     }
 
     async fn try_handle(
@@ -183,6 +357,7 @@ impl Activator {
         key: &NamespacedName,
         mut out: Outbound,
         start: Instant,
+        upstream: &mut Option<SocketAddr>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut rx = self.snapshot.clone();
         let snapshot = rx.borrow_and_update().clone();
@@ -193,7 +368,7 @@ impl Activator {
         let timeouts = Timeouts::of(route, snapshot.timeouts_for(key));
         let deadline = timeouts.response_deadline(start);
         let state = self.state(key);
-        state.recorder.request_in(start, false);
+        state.request_in(start);
         let in_flight = InFlight(state.clone());
         set_header(out.headers_mut(), PROXY_HEADER, "activator");
 
@@ -209,6 +384,7 @@ impl Activator {
                 .lease(key, route, &state, &mut rx, deadline, avoid, &mut cold)
                 .await?;
             let endpoint = lease.addr();
+            *upstream = Some(endpoint);
             match self
                 .forwarder
                 .send(key, endpoint, &mut out, deadline, timeouts.idle)
@@ -319,6 +495,25 @@ impl Activator {
                 }
             }
         }
+    }
+}
+
+/// Envoy's response flag for a response the activator made itself.
+fn response_flags(err: &ProxyError) -> &'static str {
+    match err {
+        // Upstream overflow: the revision's buffer is full.
+        ProxyError::QueueFull { .. } => "UO",
+        // No healthy upstream: the revision's replicas keep failing.
+        ProxyError::Unavailable { .. } => "UH",
+        // No route: the revision is not (any longer) known.
+        ProxyError::UnknownRevision(_) | ProxyError::UnknownHost { .. } => "NR",
+        ProxyError::Timeout { .. } => "UT",
+        ProxyError::Upstream { source, .. } if source.is_connect() => "UF",
+        ProxyError::Upstream { .. } => "UC",
+        // The request itself was refused (the status code says why).
+        ProxyError::MissingHost
+        | ProxyError::BadRequest(_)
+        | ProxyError::PayloadTooLarge { .. } => "",
     }
 }
 

@@ -26,6 +26,7 @@ use sluice_mesh::tls::MeshIo;
 use tokio::net::TcpStream;
 
 use crate::body::AttemptBody;
+use crate::proxy::UpstreamPeer;
 
 /// Idle connections kept per replica address.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -64,7 +65,15 @@ impl H1Error {
 /// own runtime drives, so no request wakes another thread; after a certificate rotation,
 /// connections made with the old certificate are not reused.
 type Key = (ThreadId, SocketAddr, u64);
-type Idle = Arc<Mutex<HashMap<Key, Vec<SendRequest<AttemptBody>>>>>;
+type Idle = Arc<Mutex<HashMap<Key, Vec<Conn>>>>;
+
+/// One connection to a replica: its request handle and, over mTLS, the replica's verified
+/// identity (set on every response it carries).
+#[derive(Debug)]
+struct Conn {
+    sender: SendRequest<AttemptBody>,
+    peer: Option<UpstreamPeer>,
+}
 
 /// HTTP/1.1 connections to replicas, by address.
 #[derive(Clone, Debug, Default)]
@@ -87,7 +96,7 @@ impl H1Pool {
         (std::thread::current().id(), endpoint, generation)
     }
 
-    fn take(&self, endpoint: SocketAddr) -> Option<SendRequest<AttemptBody>> {
+    fn take(&self, endpoint: SocketAddr) -> Option<Conn> {
         let key = self.key(endpoint);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if self.mesh.is_some() && !idle.contains_key(&key) {
@@ -99,10 +108,10 @@ impl H1Pool {
         // The most recently used connection that can take a request now. One still busy
         // (its response was read but its request body is still being sent, say) stays for
         // later: waiting on it could hold this request up for as long as that upload takes.
-        match stack.iter().rposition(|s| s.is_ready()) {
+        match stack.iter().rposition(|c| c.sender.is_ready()) {
             Some(i) => Some(stack.remove(i)),
             None => {
-                stack.retain(|s| !s.is_closed());
+                stack.retain(|c| !c.sender.is_closed());
                 None
             }
         }
@@ -114,12 +123,12 @@ impl H1Pool {
         endpoint: SocketAddr,
         mut req: Request<AttemptBody>,
     ) -> Result<Response<PooledBody>, H1Error> {
-        while let Some(mut sender) = self.take(endpoint) {
-            if sender.ready().await.is_err() {
+        while let Some(mut conn) = self.take(endpoint) {
+            if conn.sender.ready().await.is_err() {
                 continue; // closed while idle
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(endpoint, sender, resp)),
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(endpoint, conn, resp)),
                 Err(mut e) => match e.take_message() {
                     // Not a byte written: try the next connection.
                     Some(back) => req = back,
@@ -127,28 +136,29 @@ impl H1Pool {
                 },
             }
         }
-        let mut sender = self.connect(endpoint).await?;
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(self.wrap(endpoint, sender, resp)),
+        let mut conn = self.connect(endpoint).await?;
+        match conn.sender.send_request(req).await {
+            Ok(resp) => Ok(self.wrap(endpoint, conn, resp)),
             Err(e) => Err(H1Error::Http(e)),
         }
     }
 
-    async fn connect(&self, endpoint: SocketAddr) -> Result<SendRequest<AttemptBody>, H1Error> {
+    async fn connect(&self, endpoint: SocketAddr) -> Result<Conn, H1Error> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
             .await
             .map_err(|_| H1Error::ConnectTimeout(CONNECT_TIMEOUT))?
             .map_err(H1Error::Connect)?;
         let _ = stream.set_nodelay(true);
-        let io = match &self.mesh {
-            Some(mesh) => MeshIo::Tls(Box::new(
-                mesh.connector()
+        let (io, peer) = match &self.mesh {
+            Some(mesh) => {
+                let (tls, id) = mesh
+                    .connector()
                     .connect(stream)
                     .await
-                    .map_err(|e| H1Error::Connect(std::io::Error::other(e)))?
-                    .0,
-            )),
-            None => MeshIo::Plain(stream),
+                    .map_err(|e| H1Error::Connect(std::io::Error::other(e)))?;
+                (MeshIo::Tls(Box::new(tls)), Some(UpstreamPeer(Arc::new(id))))
+            }
+            None => (MeshIo::Plain(stream), None),
         };
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
@@ -159,21 +169,24 @@ impl H1Pool {
                 tracing::debug!(%endpoint, "replica connection ended: {e}");
             }
         });
-        Ok(sender)
+        Ok(Conn { sender, peer })
     }
 
     fn wrap(
         &self,
         endpoint: SocketAddr,
-        sender: SendRequest<AttemptBody>,
+        conn: Conn,
         resp: Response<Incoming>,
     ) -> Response<PooledBody> {
-        let (parts, inner) = resp.into_parts();
+        let (mut parts, inner) = resp.into_parts();
+        if let Some(peer) = &conn.peer {
+            parts.extensions.insert(peer.clone());
+        }
         // An upgraded connection belongs to its tunnel from now on.
         let reusable = parts.status != http::StatusCode::SWITCHING_PROTOCOLS;
         let mut body = PooledBody {
             inner,
-            back: reusable.then(|| (self.clone(), endpoint, sender)),
+            back: reusable.then(|| (self.clone(), endpoint, conn)),
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -181,15 +194,15 @@ impl H1Pool {
         Response::from_parts(parts, body)
     }
 
-    fn put(&self, endpoint: SocketAddr, sender: SendRequest<AttemptBody>) {
-        if sender.is_closed() {
+    fn put(&self, endpoint: SocketAddr, conn: Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         let key = self.key(endpoint);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= MAX_ENDPOINTS && !idle.contains_key(&key) {
             idle.retain(|_, stack| {
-                stack.retain(|s| !s.is_closed());
+                stack.retain(|c| !c.sender.is_closed());
                 !stack.is_empty()
             });
             if idle.len() >= MAX_ENDPOINTS {
@@ -198,7 +211,7 @@ impl H1Pool {
         }
         let stack = idle.entry(key).or_default();
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
-            stack.push(sender);
+            stack.push(conn);
         }
     }
 }
@@ -208,13 +221,13 @@ impl H1Pool {
 #[derive(Debug)]
 pub(crate) struct PooledBody {
     inner: Incoming,
-    back: Option<(H1Pool, SocketAddr, SendRequest<AttemptBody>)>,
+    back: Option<(H1Pool, SocketAddr, Conn)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((pool, endpoint, sender)) = self.back.take() {
-            pool.put(endpoint, sender);
+        if let Some((pool, endpoint, conn)) = self.back.take() {
+            pool.put(endpoint, conn);
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod balance;
 mod body;
 mod error;
 mod h1pool;
+mod peer;
 mod proxy;
 pub mod queue;
 mod retry;
@@ -25,5 +26,7 @@ pub use activator::{Activator, ActivatorConfig};
 pub use body::{BodyTooLarge, Tunnel, hold, hold_response};
 pub use error::{ProxyError, UpstreamError, error_response};
 pub use h1pool::H1Error;
-pub use proxy::{BoxError, Forwarder, Outbound, ProxyBody, full_body, strip_hop_by_hop};
+pub use proxy::{
+    BoxError, Forwarder, Outbound, ProxyBody, UpstreamPeer, full_body, strip_hop_by_hop,
+};
 pub use retry::{RetryBudget, RetryConfig};

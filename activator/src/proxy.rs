@@ -6,7 +6,7 @@
 //! (WebSocket) are tunnelled once the replica answers `101 Switching Protocols`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -19,12 +19,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_core::NamespacedName;
 use sluice_mesh::outbound::OutboundMesh;
-use sluice_mesh::tls::{ConnectionSecurity, MeshHttpConnector, PeerInfo};
+use sluice_mesh::tls::{ConnectionSecurity, PeerInfo};
 use tokio::time::timeout_at;
 
 use crate::body::{AttemptBody, ReplayableBody, Tunnel};
 use crate::error::{ProxyError, UpstreamError};
 use crate::h1pool::H1Pool;
+use crate::peer::PeerConnector;
+pub use crate::peer::UpstreamPeer;
 use crate::retry::RetryBudget;
 use crate::timeouts::{Deadline, IdleBody};
 
@@ -171,6 +173,11 @@ impl Outbound {
         self.path.as_str()
     }
 
+    /// The HTTP version the request is sent with (the client's, unless changed).
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
     /// Sends over HTTP/2 (prior knowledge) or HTTP/1.1 whatever the client spoke: the queue
     /// layer speaks the user container's protocol (`h2c` port or not). An upgrade is kept
     /// only over HTTP/1.1.
@@ -229,7 +236,7 @@ impl Outbound {
 #[derive(Clone, Debug)]
 pub struct Forwarder {
     h1: H1Pool,
-    h2: Pool,
+    h2: H2Clients,
     budget: Arc<RetryBudget>,
     hop: &'static str,
     mesh: Option<OutboundMesh>,
@@ -251,7 +258,7 @@ impl Forwarder {
     pub fn with_budget(budget: RetryBudget) -> Self {
         Self {
             h1: H1Pool::default(),
-            h2: h2_client(None),
+            h2: H2Clients::new(None),
             budget: Arc::new(budget),
             hop: "activator",
             mesh: None,
@@ -264,7 +271,7 @@ impl Forwarder {
     pub fn with_fresh_pools(&self) -> Self {
         Self {
             h1: H1Pool::with_mesh(self.mesh.clone()),
-            h2: h2_client(self.mesh.as_ref()),
+            h2: H2Clients::new(self.mesh.as_ref()),
             budget: self.budget.clone(),
             hop: self.hop,
             mesh: self.mesh.clone(),
@@ -275,7 +282,7 @@ impl Forwarder {
     /// the original caller on every request sent.
     pub fn with_mesh(mut self, mesh: OutboundMesh) -> Self {
         self.h1 = H1Pool::with_mesh(Some(mesh.clone()));
-        self.h2 = h2_client(Some(&mesh));
+        self.h2 = H2Clients::new(Some(&mesh));
         self.mesh = Some(mesh);
         self
     }
@@ -396,14 +403,66 @@ impl Outbound {
     }
 }
 
-type Pool = Client<MeshHttpConnector, AttemptBody>;
+type Pool = Client<PeerConnector, AttemptBody>;
 
-/// An HTTP/2 (prior knowledge) client with its own pool, mTLS when `mesh` is given.
+/// An HTTP/2 (prior knowledge) client with its own pool, mTLS when `mesh` is given (its
+/// responses then carry the replica's [`UpstreamPeer`]).
 fn h2_client(mesh: Option<&OutboundMesh>) -> Pool {
-    let connector = MeshHttpConnector::new(mesh.map(|m| m.connector().clone()));
+    let connector = PeerConnector::new(mesh.map(|m| m.connector().clone()));
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(connector)
+}
+
+/// The pooled HTTP/2 client, per generation of this workload's certificate (as the
+/// HTTP/1.1 stacks key their idle connections by it): after a rotation, the next request
+/// builds a fresh client, so it and every later one go out on connections that present the
+/// new certificate.
+///
+/// Only the current client is kept. The previous one is dropped at once, which aborts
+/// nothing: a request in flight holds its own handle on that client's pool until its
+/// response head arrives, and its HTTP/2 connection runs in a task of its own until its
+/// last open stream ends (then it closes, since no pool can hand it out any more). Idle
+/// connections of the old client close when it is dropped. So old connections live exactly
+/// as long as the requests they carry.
+#[derive(Clone, Debug)]
+enum H2Clients {
+    /// Plaintext: one client for the forwarder's life.
+    Plain(Box<Pool>),
+    /// mTLS: the client built for certificate generation `.0`.
+    Mesh {
+        mesh: OutboundMesh,
+        current: Arc<Mutex<(u64, Pool)>>,
+    },
+}
+
+impl H2Clients {
+    fn new(mesh: Option<&OutboundMesh>) -> Self {
+        match mesh {
+            None => Self::Plain(Box::new(h2_client(None))),
+            Some(mesh) => Self::Mesh {
+                current: Arc::new(Mutex::new((mesh.generation(), h2_client(Some(mesh))))),
+                mesh: mesh.clone(),
+            },
+        }
+    }
+
+    /// Sends `req` on the client of the current certificate generation.
+    fn request(&self, req: Request<AttemptBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Self::Plain(client) => client.request(req),
+            Self::Mesh { mesh, current } => {
+                let generation = mesh.generation();
+                let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+                if current.0 != generation {
+                    // Replacing the client drops the old one (see the type's docs).
+                    *current = (generation, h2_client(Some(mesh)));
+                }
+                // `request` takes its own handle on the pool before the lock is released.
+                current.1.request(req)
+            }
+        }
+    }
 }
 
 /// Copies bytes both ways between an upgraded client connection and the replica's.

@@ -256,10 +256,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             None => Forwarder::new(),
         },
     );
-    let activator = Arc::new(match &spans {
-        Some((exporter, _)) => activator.with_spans(exporter.clone()),
-        None => activator,
-    });
+    // The activator's hop (in front of revisions at zero or under a burst) in a registry of
+    // its own, merged into the admin `/metrics` with the router's and the replicas'.
+    let activator_registry = Registry::new();
+    let activator = Arc::new(activator.with_telemetry({
+        let t = HopTelemetry::new(activator_registry.clone(), "activator", AccessLog::Tracing);
+        match &spans {
+            Some((exporter, _)) => t.with_spans(exporter.clone()),
+            None => t,
+        }
+    }));
     tokio::spawn(activator.clone().run_stats());
     let scrape_tls = up_mesh.as_ref().map(|m| m.control.connector().clone());
     tokio::spawn(
@@ -354,7 +360,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "/metrics",
             axum::routing::get(move || {
                 mesh::all_metrics(
-                    registry.clone(),
+                    vec![registry.clone(), activator_registry.clone()],
                     snapshot_rx.clone(),
                     metrics_client.clone(),
                 )

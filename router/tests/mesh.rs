@@ -26,6 +26,7 @@ use sluice_activator::{Activator, ActivatorConfig, Forwarder, full_body};
 use sluice_mesh::handoff::{Handoff, WorkloadInfo, WorkloadMesh};
 use sluice_mesh::identity::{CaConfig, CertificateAuthority, RotatingSvid, SpiffeId, SvidIssuer};
 use sluice_mesh::inbound::InboundMesh;
+use sluice_mesh::otlp::{OtlpConfig, SpanExporter};
 use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry, RevisionLabels};
 use sluice_mesh::tls::{MeshHttpConnector, MeshTls};
@@ -422,11 +423,23 @@ struct Plane {
     addr: SocketAddr,
     publish: watch::Sender<Arc<sluice_core::RoutingSnapshot>>,
     router_registry: Registry,
+    activator_registry: Registry,
     _stop: tokio::sync::oneshot::Sender<()>,
     _stats: mpsc::Receiver<sluice_core::StatReport>,
 }
 
 async fn plane(pki: &Pki, replica: SocketAddr, activator_in_path: bool) -> Plane {
+    plane_with(pki, replica, activator_in_path, None).await
+}
+
+/// [`plane`], the router's and activator's hops exporting spans to `spans` when given (and
+/// the activator's access-log lines going to `tracing`).
+async fn plane_with(
+    pki: &Pki,
+    replica: SocketAddr,
+    activator_in_path: bool,
+    spans: Option<SpanExporter>,
+) -> Plane {
     let snap = Snap::default()
         .host(HOST, "hello", &[(REVISION, 100)])
         .revision(revision(REVISION, &[replica], 0, Duration::from_secs(30)))
@@ -434,12 +447,24 @@ async fn plane(pki: &Pki, replica: SocketAddr, activator_in_path: bool) -> Plane
         .build();
     let (publish, snapshot) = watch::channel(snap);
     let (stats_tx, stats) = mpsc::channel(1024);
-    let activator = Arc::new(Activator::new(
-        ActivatorConfig::default(),
-        snapshot.clone(),
-        stats_tx,
-        Forwarder::new().with_mesh(outbound(&pki.ca, "sluice-system", "activator")),
-    ));
+    let with_spans = |hop: HopTelemetry| match &spans {
+        Some(exporter) => hop.with_spans(exporter.clone()),
+        None => hop,
+    };
+    let activator_registry = Registry::new();
+    let activator = Arc::new(
+        Activator::new(
+            ActivatorConfig::default(),
+            snapshot.clone(),
+            stats_tx,
+            Forwarder::new().with_mesh(outbound(&pki.ca, "sluice-system", "activator")),
+        )
+        .with_telemetry(with_spans(HopTelemetry::new(
+            activator_registry.clone(),
+            "activator",
+            AccessLog::Tracing,
+        ))),
+    );
     let router_tls = tls(&pki.ca, "sluice-system", "router");
     let router = Arc::new(Router::new(
         snapshot,
@@ -449,11 +474,11 @@ async fn plane(pki: &Pki, replica: SocketAddr, activator_in_path: bool) -> Plane
     let router_registry = Registry::new();
     let ingress = Ingress {
         mesh: Some(router_tls.server_config().unwrap()),
-        telemetry: Some(HopTelemetry::new(
+        telemetry: Some(with_spans(HopTelemetry::new(
             router_registry.clone(),
             "router",
             AccessLog::Off,
-        )),
+        ))),
         ..Ingress::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -470,6 +495,7 @@ async fn plane(pki: &Pki, replica: SocketAddr, activator_in_path: bool) -> Plane
         addr,
         publish,
         router_registry,
+        activator_registry,
         _stop: stop,
         _stats: stats,
     }
@@ -675,5 +701,220 @@ async fn ingress_tls_by_sni_and_mesh_mtls_share_the_router_port() {
         text.lines().any(|l| l.starts_with("istio_requests_total{")
             && l.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/a\"")),
         "{text}"
+    );
+}
+
+/// Log output captured from a `tracing` subscriber (the access-log lines).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// The JSON access-log lines of hop `reporter`.
+    fn access_lines(&self, reporter: &str) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains("sluice::access"))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l[l.find('{')?..]).ok())
+            .filter(|v| v["reporter"] == reporter)
+            .collect()
+    }
+}
+
+/// An OTLP/HTTP collector on loopback: sends the spans of every export on the channel.
+async fn collector() -> (String, mpsc::Receiver<Vec<serde_json::Value>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(tcp);
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).await.unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    reader.read_exact(&mut body).await.unwrap();
+                    let reply = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                    reader.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let spans = body["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let _ = tx.send(spans).await;
+                }
+            });
+        }
+    });
+    (endpoint, rx)
+}
+
+/// The value of string attribute `key` of an exported span.
+fn attribute<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)?["value"]["stringValue"]
+        .as_str()
+}
+
+#[tokio::test]
+async fn the_activator_reports_its_own_hop_metrics_access_log_and_span() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
+    let (endpoint, mut exported) = collector().await;
+    let (spans, _export) =
+        SpanExporter::spawn(OtlpConfig::new(&endpoint, "sluice-router")).unwrap();
+    let pki = pki();
+    let r = replica(&pki, STRICT, false).await;
+    let p = plane_with(&pki, r.addr, true, Some(spans.clone())).await;
+    let a = client(Some(&outbound(&pki.ca, "default", "a")));
+
+    // Through router → activator → replica, in the caller's trace.
+    let req = Request::get(format!("http://{}/work", p.addr))
+        .header("host", HOST)
+        .header("x-request-id", "activator-hop-1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = a.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok");
+
+    // Istio's request metrics for the activator's hop: the source side of its hop to the
+    // revision, the original caller as source, the replica's verified identity as
+    // destination, over mTLS.
+    let text = p.activator_registry.encode();
+    let labels = "{reporter=\"source\",source_workload=\"a\",source_workload_namespace=\"default\",\
+        source_principal=\"spiffe://cluster.local/ns/default/sa/a\",destination_workload=\"hello-00001\",\
+        destination_workload_namespace=\"default\",destination_service=\"hello.default.localhost\",\
+        destination_principal=\"spiffe://cluster.local/ns/default/sa/hello\",\
+        destination_revision=\"hello-00001\",request_protocol=\"http\",\
+        response_code=\"200\",grpc_response_status=\"\",connection_security_policy=\"mutual_tls\"}";
+    assert!(
+        text.lines()
+            .any(|l| l == format!("istio_requests_total{labels} 1")),
+        "{text}"
+    );
+    for family in ["istio_request_bytes", "istio_response_bytes"] {
+        assert!(
+            text.lines()
+                .any(|l| l == format!("{family}_count{labels} 1")),
+            "{family}: {text}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("istio_request_duration_milliseconds_bucket{reporter=\"source\"")
+            && l.contains("destination_revision=\"hello-00001\"")
+            && l.contains("le=\"+Inf\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+    // Knative's queue depth at the activator: back to zero once the response ended.
+    assert!(
+        text.lines().any(|l| l
+            == "revision_queue_depth{namespace_name=\"default\",service_name=\"unknown\",\
+                configuration_name=\"unknown\",revision_name=\"hello-00001\",pod_name=\"activator\",\
+                container_name=\"activator\"} 0"),
+        "{text}"
+    );
+    // The router's registry has its own hop only.
+    let router_text = p.router_registry.encode();
+    assert!(
+        !router_text.contains("destination_revision=\"hello-00001\""),
+        "{router_text}"
+    );
+
+    // One access-log line for the activator's hop.
+    let lines = logs.access_lines("activator");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["request_id"], "activator-hop-1");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/work");
+    assert_eq!(line["response_code"], 200);
+    assert_eq!(line["bytes_sent"], 2);
+    assert_eq!(line["revision"], "hello-00001");
+    assert_eq!(
+        line["source_principal"],
+        "spiffe://cluster.local/ns/default/sa/a"
+    );
+    assert_eq!(line["connection_security_policy"], "mutual_tls");
+    assert_eq!(
+        line["destination_principal"],
+        "spiffe://cluster.local/ns/default/sa/hello"
+    );
+    assert_eq!(line["upstream_host"], r.addr.to_string());
+
+    // Its span is the router's child, in the caller's trace, and is the span it logged.
+    spans.flush().await;
+    let mut got = Vec::new();
+    while !(got
+        .iter()
+        .any(|s| attribute(s, "sluice.reporter") == Some("router"))
+        && got
+            .iter()
+            .any(|s| attribute(s, "sluice.reporter") == Some("activator")))
+    {
+        got.extend(exported.recv().await.unwrap());
+    }
+    let by = |hop: &str| {
+        got.iter()
+            .find(|s| attribute(s, "sluice.reporter") == Some(hop))
+            .unwrap()
+            .clone()
+    };
+    let (router_span, activator_span) = (by("router"), by("activator"));
+    assert_eq!(router_span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(router_span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(
+        activator_span["traceId"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(activator_span["parentSpanId"], router_span["spanId"]);
+    assert_eq!(activator_span["spanId"], line["span_id"]);
+    assert_eq!(activator_span["name"], "activator GET");
+    assert_eq!(
+        attribute(&activator_span, "sluice.revision"),
+        Some("hello-00001")
     );
 }

@@ -455,11 +455,11 @@ pub fn merge_expositions(texts: &[String]) -> String {
     out
 }
 
-/// The admin `/metrics`: this process's registry plus every ready replica's
-/// `/sluice/metrics`, fetched over mTLS when the mesh is on (1 s each, at most
-/// [`MAX_SCRAPED`] replicas, [`MAX_REPLICA_METRICS`] bytes each).
+/// The admin `/metrics`: this process's registries (the router's, the activator's) plus
+/// every ready replica's `/sluice/metrics`, fetched over mTLS when the mesh is on (1 s
+/// each, at most [`MAX_SCRAPED`] replicas, [`MAX_REPLICA_METRICS`] bytes each).
 pub async fn all_metrics(
-    registry: Registry,
+    registries: Vec<Registry>,
     snapshot: watch::Receiver<Arc<RoutingSnapshot>>,
     client: Option<OutboundMesh>,
 ) -> Response {
@@ -505,7 +505,7 @@ pub async fn all_metrics(
             got
         });
     }
-    let mut texts = vec![registry.encode()];
+    let mut texts: Vec<String> = registries.iter().map(Registry::encode).collect();
     while let Some(joined) = set.join_next().await {
         if let Ok(Some(text)) = joined {
             texts.push(text);
