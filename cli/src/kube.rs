@@ -208,6 +208,7 @@ async fn lead(
             image: args.image.clone(),
             image_pull_policy: args.image_pull_policy.clone(),
             service_account: args.replica_service_account.clone(),
+            mesh: None,
         },
     );
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(RoutingSnapshot::default()));
