@@ -549,6 +549,66 @@ mod tests {
     }
 
     #[test]
+    fn generated_root_round_trips_through_pem_and_bad_pem_names_its_source() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let ttl = Duration::from_secs(600);
+        let (first, pem) = CertificateAuthority::generate("cluster.local", year, ttl).unwrap();
+        assert!(pem.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(!format!("{pem:?}").contains("PRIVATE KEY"));
+        let source = "Secret sluice-system/sluice-mesh-ca";
+        let second = CertificateAuthority::from_pem(
+            "cluster.local",
+            &pem.cert_pem,
+            &pem.key_pem,
+            ttl,
+            source,
+        )
+        .unwrap();
+        assert_eq!(second.root_der(), first.root_der());
+        // Issued by the reloaded root, verified by the original's bundle.
+        let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let svid = second.issue_default(&id).unwrap();
+        assert!(
+            first
+                .trust_bundle()
+                .unwrap()
+                .verify(svid.cert_der(), Usage::Server, UnixTime::now())
+                .is_ok()
+        );
+        let (_, other) = CertificateAuthority::generate("cluster.local", year, ttl).unwrap();
+        for (cert, key, td, says) in [
+            (
+                &pem.cert_pem,
+                &other.key_pem,
+                "cluster.local",
+                "does not match the key",
+            ),
+            (
+                &pem.cert_pem,
+                &pem.key_pem,
+                "other.domain",
+                "not for trust domain",
+            ),
+            (&pem.cert_pem, &"junk".to_owned(), "cluster.local", "(key)"),
+            (
+                &pem.key_pem,
+                &pem.key_pem,
+                "cluster.local",
+                "no CERTIFICATE block",
+            ),
+        ] {
+            let err = CertificateAuthority::from_pem(td, cert, key, ttl, source).unwrap_err();
+            assert!(matches!(err, CaError::BadRoot { .. }), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(source) && text.contains(says), "{text}");
+        }
+        assert!(matches!(
+            CertificateAuthority::generate("cluster.local", ttl, year),
+            Err(CaError::Config(_))
+        ));
+    }
+
+    #[test]
     fn svid_file_round_trips_and_must_be_private() {
         let dir = temp_dir();
         let ca =
