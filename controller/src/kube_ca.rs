@@ -16,8 +16,9 @@ use kube::{Api, Client};
 use sluice_mesh::identity::CertificateAuthority;
 use sluice_mesh::issuance::{AuthError, ServiceAccountRef, TOKEN_AUDIENCE, TokenAuthenticator};
 
-use crate::runtime::kube::MANAGED_BY;
-use crate::store::kube::api_code;
+pub use crate::runtime::kube::ROOT_CONFIGMAP;
+use crate::runtime::kube::{MANAGED_BY, manifest};
+use crate::store::kube::{FIELD_MANAGER, api_code};
 
 /// The Secret holding the CA's root (type `Opaque`, keys [`CERT_KEY`], [`KEY_KEY`]).
 pub const CA_SECRET: &str = "sluice-mesh-ca";
@@ -147,6 +148,24 @@ pub async fn load_or_create(
         }
         Err(e) => Err(api_error("create", e)),
     }
+}
+
+/// Server-side applies the root ConfigMap [`ROOT_CONFIGMAP`] in `namespace` (the controller's:
+/// the router mounts it; the runtime applies it where revisions run).
+pub async fn apply_root_config_map(
+    client: &Client,
+    namespace: &str,
+    root_pem: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), namespace);
+    api.patch(
+        ROOT_CONFIGMAP,
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&manifest::root_config_map(namespace, root_pem)),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Checks projected ServiceAccount tokens (audience [`TOKEN_AUDIENCE`]) with a TokenReview
