@@ -113,7 +113,11 @@ pub struct ControllerArgs {
     mesh_ca_service: Option<String>,
     /// This controller's ServiceAccount (in `--lease-namespace`): the identity of the CA's
     /// own certificate.
-    #[arg(long, env = "SLUICE_SERVICE_ACCOUNT", default_value = "sluice-controller")]
+    #[arg(
+        long,
+        env = "SLUICE_SERVICE_ACCOUNT",
+        default_value = "sluice-controller"
+    )]
     service_account: String,
     /// The router's ServiceAccount (in `--lease-namespace`): replicas trust its identity to
     /// attest the original caller.
@@ -206,7 +210,16 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         println!("sluice: controller {} is the leader", elector.identity());
         store.start_watching();
-        match lead(&args, &store, &mut elector, &sink, stats_port, pod_mesh.clone()).await {
+        match lead(
+            &args,
+            &store,
+            &mut elector,
+            &sink,
+            stats_port,
+            pod_mesh.clone(),
+        )
+        .await
+        {
             Term::Stopped => return Ok(()),
             // The API server was out of reach for longer than the renew deadline, or another
             // replica took over: stop reconciling, stand by, and start afresh (a full pass
@@ -221,7 +234,11 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 /// Retries `what` with backoff (500 ms doubling to 30 s) while it fails with an error that
 /// `retry` says is worth retrying; stops on a signal.
-async fn with_retries<T, E, F, Fut>(what: &str, retry: fn(&E) -> bool, mut f: F) -> anyhow::Result<T>
+async fn with_retries<T, E, F, Fut>(
+    what: &str,
+    retry: fn(&E) -> bool,
+    mut f: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -270,14 +287,20 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
         .await
         .with_context(|| format!("binding the mesh CA to {listen}"))?;
     let ca = with_retries(
-        &format!("loading the mesh CA root from Secret {ns}/{}", kube_ca::CA_SECRET),
+        &format!(
+            "loading the mesh CA root from Secret {ns}/{}",
+            kube_ca::CA_SECRET
+        ),
         |e| matches!(e, KubeCaError::Api { .. }),
         || kube_ca::load_or_create(client, ns, &args.trust_domain, args.cert_ttl),
     )
     .await?;
     let root_pem = ca.root_pem();
     with_retries(
-        &format!("publishing the mesh root as ConfigMap {ns}/{}", kube_ca::ROOT_CONFIGMAP),
+        &format!(
+            "publishing the mesh root as ConfigMap {ns}/{}",
+            kube_ca::ROOT_CONFIGMAP
+        ),
         |_| true,
         || kube_ca::apply_root_config_map(client, ns, &root_pem),
     )
@@ -576,8 +599,12 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
         );
     };
     let root = &args.mesh_root_file;
-    let bytes = std::fs::read(root)
-        .with_context(|| format!("reading the mesh root {} (--mesh-root-file)", root.display()))?;
+    let bytes = std::fs::read(root).with_context(|| {
+        format!(
+            "reading the mesh root {} (--mesh-root-file)",
+            root.display()
+        )
+    })?;
     let bundle = Arc::new(
         sluice_mesh::handoff::parse_bundle(root, bytes, &args.trust_domain)
             .context("--mesh-root-file")?,

@@ -106,7 +106,11 @@ pub async fn load_or_create(
         namespace: namespace.to_owned(),
         source,
     };
-    if let Some(secret) = api.get_opt(CA_SECRET).await.map_err(|e| api_error("get", e))? {
+    if let Some(secret) = api
+        .get_opt(CA_SECRET)
+        .await
+        .map_err(|e| api_error("get", e))?
+    {
         tracing::info!(namespace, "mesh CA root loaded from Secret {CA_SECRET}");
         return from_secret(&secret, namespace, trust_domain, workload_ttl);
     }
@@ -198,17 +202,15 @@ impl TokenReviewAuthenticator {
             status: None,
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer = tokio::time::timeout(
-            REVIEW_TIMEOUT,
-            api.create(&PostParams::default(), &review),
-        )
-        .await
-        .map_err(|_| {
-            AuthError::Unavailable(format!(
-                "the API server did not answer the TokenReview within {REVIEW_TIMEOUT:?}"
-            ))
-        })?
-        .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
+        let answer =
+            tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
+                .await
+                .map_err(|_| {
+                    AuthError::Unavailable(format!(
+                        "the API server did not answer the TokenReview within {REVIEW_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
         outcome(answer.status.as_ref())
     }
 }
@@ -235,7 +237,9 @@ pub fn outcome(status: Option<&TokenReviewStatus>) -> Result<ServiceAccountRef, 
             .as_deref()
             .filter(|e| !e.is_empty())
             .unwrap_or("the API server did not authenticate it");
-        return Err(AuthError::Rejected(format!("token not authenticated: {why}")));
+        return Err(AuthError::Rejected(format!(
+            "token not authenticated: {why}"
+        )));
     }
     // An API server that does not know audiences answers without them; ours must be there.
     let audiences = status.audiences.as_deref().unwrap_or_default();
@@ -305,7 +309,10 @@ mod tests {
             &["sluice-ca"],
         )))
         .unwrap();
-        assert_eq!((sa.namespace.as_str(), sa.name.as_str()), ("team-a", "hello"));
+        assert_eq!(
+            (sa.namespace.as_str(), sa.name.as_str()),
+            ("team-a", "hello")
+        );
     }
 
     #[test]

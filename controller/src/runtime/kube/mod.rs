@@ -26,8 +26,7 @@ use tokio::sync::watch;
 use super::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime, RuntimeError};
 use crate::store::kube::{FIELD_MANAGER, api_resource, classify};
 pub use manifest::{
-    MANAGED_BY, Owner, PodMesh, PodTemplate, REPLICA_PORT, REVISION_LABEL, ROOT_CONFIGMAP,
-    ROOT_KEY,
+    MANAGED_BY, Owner, PodMesh, PodTemplate, REPLICA_PORT, REVISION_LABEL, ROOT_CONFIGMAP, ROOT_KEY,
 };
 
 /// Deployments as replicas.
