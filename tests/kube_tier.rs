@@ -743,7 +743,7 @@ async fn the_least_privilege_role_suffices_and_a_forbidden_action_is_named() {
         "--user",
         "sa",
     ]);
-    let _controller = cluster.controller_with(
+    let controller = cluster.controller_with(
         "limited",
         &sa_config,
         &[
@@ -757,10 +757,29 @@ async fn the_least_privilege_role_suffices_and_a_forbidden_action_is_named() {
         ],
     );
 
+    // The role lets it keep the mesh root in its Secret, publish it, and review tokens: a
+    // workload's token gets a certificate from it.
+    let ca = controller.mesh_ca().await;
+    let root = root_file(&cluster, &client, "sluice-system").await;
+    cluster.kubectl(&["create", "serviceaccount", "worker", "-n", "default"]);
+    let token = cluster.token_file("default", "worker", Some("sluice-ca"), "worker.token");
+    let svid = request_certificate(&remote_ca(&ca, &token, &root), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        svid.id().to_string(),
+        "spiffe://cluster.local/ns/default/sa/worker"
+    );
+
     let v1 = manifest(&cluster, "v1.yaml", &hello("hello", "v1", None));
     let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v1]);
     assert!(ok, "{out}{err}");
     ready(&api(&client, Kind::Service), "Service", "hello").await;
+    // The root ConfigMap went into the revision's namespace.
+    assert_eq!(
+        config_map_root(&client, "default").await,
+        std::fs::read_to_string(&root).unwrap()
+    );
     // The role lets the leader advertise its stats endpoint in sluice-system.
     let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
         Api::namespaced(client.clone(), "sluice-system");
