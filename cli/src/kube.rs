@@ -627,7 +627,7 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
     )
     .await?;
     println!("sluice: router mesh identity {}", svid.current().id());
-    Ok(OutboundMesh::new(MeshTls::new(bundle, svid)).context("the router's mesh TLS")?)
+    OutboundMesh::new(MeshTls::new(bundle, svid)).context("the router's mesh TLS")
 }
 
 /// `sluice router --kube`: the ingress, with the activator in-process, routing from watched
