@@ -1002,8 +1002,23 @@ async fn the_mesh_ca_signs_for_service_account_tokens_with_the_secrets_root() {
     for sa in ["hello", "gone"] {
         cluster.kubectl(&["create", "serviceaccount", sa, "-n", "team-a"]);
     }
+    // Two controller replicas start at once: they race to create the root; one wins, the
+    // other loads it (on a 409, or because it was there first).
     let flags = ["--lease-namespace", "sluice-system"];
-    let leader = cluster.controller_with("ca-a", &cluster.kubeconfig, &flags);
+    let a = cluster.controller_with("ca-a", &cluster.kubeconfig, &flags);
+    let b = cluster.controller_with("ca-b", &cluster.kubeconfig, &flags);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "sluice-system");
+    let holder = eventually("a leader", || async {
+        leases
+            .get_opt("sluice-controller")
+            .await
+            .ok()
+            .flatten()?
+            .spec?
+            .holder_identity
+    })
+    .await;
+    let (leader, standby) = if holder == "ca-a" { (a, b) } else { (b, a) };
     let addr_a = leader.mesh_ca().await;
     assert!(addr_a.starts_with("127.0.0.1:"), "{addr_a}");
 
@@ -1035,6 +1050,7 @@ async fn the_mesh_ca_signs_for_service_account_tokens_with_the_secrets_root() {
     let (status, message) = refusal(&remote_ca(&addr_a, &api_audience, &root_path))
         .await
         .expect("refused");
+    eprintln!("a token for the API server's audience: {status} {message}");
     assert_eq!(status, 401, "{message}");
     assert!(message.contains("not authenticated"), "{message}");
 
@@ -1044,6 +1060,7 @@ async fn the_mesh_ca_signs_for_service_account_tokens_with_the_secrets_root() {
     let (status, message) = refusal(&remote_ca(&addr_a, &garbage, &root_path))
         .await
         .expect("refused");
+    eprintln!("garbage: {status} {message}");
     assert_eq!(status, 401, "{message}");
 
     // A token whose ServiceAccount was deleted: good before, refused after.
@@ -1059,21 +1076,13 @@ async fn the_mesh_ca_signs_for_service_account_tokens_with_the_secrets_root() {
         refusal(&gone_ca)
     })
     .await;
+    eprintln!("a deleted ServiceAccount's token: {status} {message}");
     assert_eq!(status, 401, "{message}");
 
-    // A standby serves the same root: its server certificate and the SVIDs it signs chain to
-    // the Secret's root, and to no other.
-    let standby = cluster.controller_with("ca-b", &cluster.kubeconfig, &flags);
+    // The standby serves the same root: its server certificate and the SVIDs it signs chain
+    // to the Secret's root, and to no other.
     let addr_b = standby.mesh_ca().await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "sluice-system");
-    let holder = leases
-        .get("sluice-controller")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .holder_identity;
-    assert_eq!(holder.as_deref(), Some("ca-a"));
+    assert_ne!(addr_a, addr_b);
     let svid = request_certificate(&remote_ca(&addr_b, &hello_token, &root_path), None)
         .await
         .unwrap();
@@ -1095,9 +1104,20 @@ async fn the_mesh_ca_signs_for_service_account_tokens_with_the_secrets_root() {
             other => panic!("{addr} with another root: {other:?}"),
         }
     }
-    assert!(
-        standby.log().contains("loaded from Secret"),
-        "{}",
+    // One replica generated the root; the other loaded it.
+    let generated = [&leader, &standby]
+        .iter()
+        .filter(|c| c.log().contains("generated into Secret"))
+        .count();
+    let loaded = [&leader, &standby]
+        .iter()
+        .filter(|c| c.log().contains("mesh CA root loaded") || c.log().contains("; loaded"))
+        .count();
+    assert_eq!(
+        (generated, loaded),
+        (1, 1),
+        "{}\n{}",
+        leader.log(),
         standby.log()
     );
     assert_eq!(secret_root(&client, "sluice-system").await, root);

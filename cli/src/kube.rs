@@ -183,11 +183,12 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     lease.validate().map_err(anyhow::Error::msg)?;
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
-    wait_for_crds(&store).await?;
+    // The CA needs no CRD: workloads (and routers) get their certificates meanwhile.
     let pod_mesh = match args.mesh.as_str() {
         "on" => Some(serve_mesh_ca(&args, &store).await?),
         _ => None,
     };
+    wait_for_crds(&store).await?;
 
     let sink = StatsSink::default();
     let stats_port = match args.stats_listen {
