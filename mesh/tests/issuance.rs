@@ -456,6 +456,60 @@ async fn every_refusal_has_its_status_and_names_what_was_wrong() {
 }
 
 #[tokio::test]
+async fn serves_http2_when_alpn_picks_it() {
+    let ca = Ca::start(Duration::from_secs(3600)).await;
+    let config =
+        MeshTls::anonymous_client_config(ca.bundle.clone(), ExpectedServer::AnyInTrustDomain)
+            .unwrap();
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(ca.addr).await.unwrap();
+    let (tls, _) = MeshConnector::new(Arc::new(config))
+        .connect(tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = Request::post(format!("https://sluice-ca{CERTIFICATES_PATH}"))
+        .header("authorization", "Bearer tok2")
+        .body(Full::new(Bytes::from(certificate_request(&csr_pem(
+            vec![],
+        )))))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let leaf = answer["certificateChain"][0].as_str().unwrap();
+    let der = pem_der(leaf);
+    let id = ca
+        .bundle
+        .verify(
+            &der,
+            sluice_mesh::identity::Usage::Client,
+            rustls::pki_types::UnixTime::now(),
+        )
+        .unwrap();
+    assert_eq!(id, sa("ns2", "sa2"));
+    ca.stop().await;
+}
+
+/// The DER of a one-certificate PEM text.
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+#[tokio::test]
 async fn client_errors_name_the_token_file_the_address_and_the_cas_answer() {
     let ca = Ca::start(Duration::from_secs(3600)).await;
     let dir = TempDir::new();
