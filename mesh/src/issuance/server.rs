@@ -222,10 +222,6 @@ async fn issue(req: Request<Incoming>, state: &State) -> Result<CertificateRespo
         ));
     }
     let token = bearer_token(req.headers())?.to_owned();
-    let _turn =
-        state.in_flight.acquire().await.map_err(|_| {
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "the CA is shutting down")
-        })?;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -234,6 +230,10 @@ async fn issue(req: Request<Incoming>, state: &State) -> Result<CertificateRespo
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
+    let _turn =
+        state.in_flight.acquire().await.map_err(|_| {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "the CA is shutting down")
+        })?;
     let account = state.auth.authenticate(&token).await.map_err(|e| match e {
         AuthError::Rejected(why) => Refusal::new(
             StatusCode::UNAUTHORIZED,
