@@ -607,3 +607,92 @@ async fn the_remote_identity_renews_before_expiry_with_a_new_certificate() {
         .unwrap();
     ca.stop().await;
 }
+
+/// Set in the child process of [`from_env_in_a_pod_environment`].
+const CHILD_ENV: &str = "SLUICE_ISSUANCE_TEST_CHILD";
+
+/// `WorkloadMesh::from_env` as a Pod runs it: the test re-runs itself as a child process with
+/// the Pod's environment (the parent's own environment is never modified), and the child
+/// prints what it loaded.
+#[tokio::test]
+async fn from_env_in_a_pod_environment() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        let (mesh, _task) = WorkloadMesh::from_env().await.unwrap().unwrap();
+        let id = mesh.tls.identity().current().id().to_string();
+        println!(
+            "LOADED {}",
+            serde_json::json!({
+                "id": id,
+                "namespace": mesh.info.namespace,
+                "pod": mesh.info.pod,
+                "revision": mesh.info.revision,
+                "labels": mesh.info.labels,
+                "attesters": mesh.attesters.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        );
+        return;
+    }
+    let ca = Ca::start(Duration::from_secs(3600)).await;
+    let dir = TempDir::new();
+    let token = dir.token("token", "tok1");
+    // A ConfigMap volume's file: world-readable, and that is fine for a root certificate.
+    let root = dir.0.join("root-cert.pem");
+    std::fs::write(&root, ca.ca.root_pem()).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args(["--exact", "from_env_in_a_pod_environment", "--nocapture"])
+            .env(CHILD_ENV, "1")
+            .env_remove("SLUICE_MESH_DIR")
+            .env("SLUICE_MESH_CA_ADDR", ca.addr.to_string())
+            .env("SLUICE_MESH_TOKEN_FILE", &token)
+            .env("SLUICE_MESH_ROOT_FILE", &root)
+            .env("POD_NAMESPACE", "ns1")
+            .env("POD_NAME", "hello-00001-deployment-abc")
+            .env("K_SERVICE", "hello")
+            .env("K_CONFIGURATION", "hello")
+            .env("K_REVISION", "hello-00001")
+            .env(
+                "SLUICE_MESH_ATTESTERS",
+                "spiffe://cluster.local/ns/sluice-system/sa/router",
+            )
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            child.env(k, v);
+        }
+        child.output()
+    };
+    let output = run(&[]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let loaded: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("LOADED "))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("child printed nothing loaded: {stdout}"));
+    assert_eq!(loaded["id"], "spiffe://cluster.local/ns/ns1/sa/sa1");
+    assert_eq!(loaded["namespace"], "ns1");
+    assert_eq!(loaded["pod"], "hello-00001-deployment-abc");
+    assert_eq!(loaded["revision"], "hello-00001");
+    assert_eq!(loaded["labels"]["serving.knative.dev/service"], "hello");
+    assert_eq!(
+        loaded["attesters"],
+        serde_json::json!(["spiffe://cluster.local/ns/sluice-system/sa/router"])
+    );
+
+    // A bad attester is refused, naming the variable.
+    let output = run(&[("SLUICE_MESH_ATTESTERS", "router")]).await.unwrap();
+    assert!(!output.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("$SLUICE_MESH_ATTESTERS"), "{text}");
+    ca.stop().await;
+}
