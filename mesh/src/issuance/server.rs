@@ -32,6 +32,9 @@ use crate::tls::MeshTls;
 const MAX_CONNECTIONS: usize = 256;
 /// Requests in flight on one HTTP/2 connection.
 const MAX_STREAMS: u32 = 16;
+/// Requests authenticated and signed at once over all connections; more wait their turn
+/// (within the request deadline), so a burst cannot flood the token authenticator.
+const MAX_IN_FLIGHT: usize = 64;
 /// TLS handshake deadline.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for a request's headers (HTTP/1.1, also while a keep-alive connection idles).
@@ -44,6 +47,7 @@ const MAX_HEADER_BYTES: usize = 32 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct State {
+    in_flight: Semaphore,
     ca: Arc<CertificateAuthority>,
     auth: Arc<dyn TokenAuthenticator>,
     bundle_pem: String,
@@ -72,6 +76,7 @@ pub async fn serve(
         .map_err(std::io::Error::other)?;
     let acceptor = TlsAcceptor::from(config);
     let state = Arc::new(State {
+        in_flight: Semaphore::new(MAX_IN_FLIGHT),
         bundle_pem: ca.root_pem(),
         ca,
         auth,
@@ -225,6 +230,10 @@ async fn issue(req: Request<Incoming>, state: &State) -> Result<CertificateRespo
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
+    let _turn =
+        state.in_flight.acquire().await.map_err(|_| {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "the CA is shutting down")
+        })?;
     let account = state.auth.authenticate(&token).await.map_err(|e| match e {
         AuthError::Rejected(why) => Refusal::new(
             StatusCode::UNAUTHORIZED,
