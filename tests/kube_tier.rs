@@ -1295,3 +1295,48 @@ async fn a_replica_and_the_router_with_certificates_from_the_ca_talk_mtls() {
         .await;
     }
 }
+
+/// With the mesh on, the controller needs the CA's listen address and the router the CA's;
+/// each says which flag (or variable) is missing before touching the API server.
+#[test]
+fn with_the_mesh_on_the_missing_addresses_are_named() {
+    use std::process::{Command, Stdio};
+    let run = |args: &[&str]| {
+        let out = Command::new(kube_support::SLUICE)
+            .args(args)
+            // No cluster: the check comes first.
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("SLUICE_MESH_LISTEN")
+            .env_remove("SLUICE_MESH_CA_ADDR")
+            .env_remove("SLUICE_MESH")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["controller", "--kube"]);
+    assert!(!ok && err.contains("--mesh-listen"), "{err}");
+    let (ok, err) = run(&["router", "--kube", "--listen", "127.0.0.1:0"]);
+    assert!(!ok && err.contains("SLUICE_MESH_CA_ADDR"), "{err}");
+    // --mesh off needs neither: both go on to the API server (which is not there).
+    for args in [
+        &["controller", "--kube", "--mesh", "off"][..],
+        &[
+            "router",
+            "--kube",
+            "--listen",
+            "127.0.0.1:0",
+            "--mesh",
+            "off",
+        ][..],
+    ] {
+        let (ok, err) = run(args);
+        assert!(
+            !ok && err.contains("connecting to Kubernetes"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -181,6 +181,11 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         ..LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity(&args))
     };
     lease.validate().map_err(anyhow::Error::msg)?;
+    if args.mesh == "on" && args.mesh_listen.is_none() {
+        bail!(
+            "--mesh on needs --mesh-listen (SLUICE_MESH_LISTEN, e.g. 0.0.0.0:15012), or pass --mesh off"
+        );
+    }
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
     // The CA needs no CRD: workloads (and routers) get their certificates meanwhile.
