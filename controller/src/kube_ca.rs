@@ -335,6 +335,22 @@ mod tests {
         assert!(matches!(outcome(None), Err(AuthError::Unavailable(_))));
     }
 
+    #[tokio::test]
+    async fn an_api_server_out_of_reach_makes_the_authenticator_unavailable() {
+        // A loopback port nothing listens on any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        let auth = TokenReviewAuthenticator::new(Client::try_from(config).unwrap());
+        match auth.authenticate("a-token").await {
+            Err(AuthError::Unavailable(m)) => assert!(m.contains("TokenReview failed"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn only_well_formed_service_account_names_pass() {
         assert!(service_account("system:serviceaccount:ns:sa").is_some());
