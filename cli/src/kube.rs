@@ -189,7 +189,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
     // The CA needs no CRD: workloads (and routers) get their certificates meanwhile.
-    let pod_mesh = match args.mesh.as_str() {
+    let mesh = match args.mesh.as_str() {
         "on" => Some(serve_mesh_ca(&args, &store).await?),
         _ => None,
     };
@@ -216,16 +216,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         println!("sluice: controller {} is the leader", elector.identity());
         store.start_watching();
-        match lead(
-            &args,
-            &store,
-            &mut elector,
-            &sink,
-            stats_port,
-            pod_mesh.clone(),
-        )
-        .await
-        {
+        match lead(&args, &store, &mut elector, &sink, stats_port, mesh.clone()).await {
             Term::Stopped => return Ok(()),
             // The API server was out of reach for longer than the renew deadline, or another
             // replica took over: stop reconciling, stand by, and start afresh (a full pass
@@ -267,13 +258,24 @@ where
     }
 }
 
+/// The controller's part of the mesh.
+#[derive(Clone)]
+struct ControllerMesh {
+    /// What revision Pods need to get their certificates.
+    pods: PodMesh,
+    /// The controller's own client identity (its scrapes of replicas' stats).
+    scrape: sluice_mesh::tls::MeshConnector,
+}
+
 /// The mesh CA of this replica (leader or standby): its root from the Secret (created by
 /// the first replica), published as the root ConfigMap of the controller's namespace (the
 /// router mounts it), served on `--mesh-listen` with TokenReviews until a signal. Returns
-/// what revision Pods need.
-async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Result<PodMesh> {
+/// what revision Pods need, and the controller's own client identity, issued in-process.
+async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Result<ControllerMesh> {
     use sluice_controller::kube_ca::{self, KubeCaError, TokenReviewAuthenticator};
-    use sluice_mesh::identity::SpiffeId;
+    use sluice_mesh::identity::{RotatingSvid, RotationConfig, SpiffeId, SvidIssuer};
+    use sluice_mesh::outbound::OutboundMesh;
+    use sluice_mesh::tls::MeshTls;
 
     let Some(listen) = args.mesh_listen else {
         bail!(
@@ -312,28 +314,34 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
     )
     .await?;
     let local = listener.local_addr()?;
+    let ca = Arc::new(ca);
+    let (own, _renewal) = RotatingSvid::start(
+        ca.clone() as Arc<dyn SvidIssuer>,
+        server_id.clone(),
+        RotationConfig::new(args.cert_ttl),
+    )
+    .with_context(|| format!("issuing the controller's own certificate, {server_id}"))?;
+    let scrape = OutboundMesh::new(MeshTls::new(Arc::new(ca.trust_bundle()?), own))
+        .context("the controller's mesh TLS")?
+        .connector()
+        .clone();
     let auth = Arc::new(TokenReviewAuthenticator::new(client.clone()));
-    let server = sluice_mesh::issuance::serve(
-        listener,
-        Arc::new(ca),
-        server_id,
-        auth,
-        shutdown::signalled(),
-    );
+    let server = sluice_mesh::issuance::serve(listener, ca, server_id, auth, shutdown::signalled());
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("the mesh CA stopped: {e}");
         }
     });
     println!("sluice: controller mesh CA on https://{local}");
-    Ok(PodMesh {
+    let pods = PodMesh {
         ca_addr: args.mesh_ca_service.clone().unwrap_or_else(|| {
             format!("sluice-ca.{ns}.svc:{}", sluice_mesh::issuance::DEFAULT_PORT)
         }),
         trust_domain: args.trust_domain.clone(),
         attesters: vec![router_id.to_string()],
         root_pem,
-    })
+    };
+    Ok(ControllerMesh { pods, scrape })
 }
 
 /// How a term as leader ended.
@@ -352,15 +360,19 @@ async fn lead(
     elector: &mut LeaderElector,
     sink: &StatsSink,
     stats_port: Option<u16>,
-    mesh: Option<PodMesh>,
+    mesh: Option<ControllerMesh>,
 ) -> Term {
+    let (pod_mesh, scrape_tls) = match mesh {
+        Some(m) => (Some(m.pods), Some(m.scrape)),
+        None => (None, None),
+    };
     let runtime = KubeRuntime::new(
         store.client().clone(),
         PodTemplate {
             image: args.image.clone(),
             image_pull_policy: args.image_pull_policy.clone(),
             service_account: args.replica_service_account.clone(),
-            mesh,
+            mesh: pod_mesh,
         },
     );
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(RoutingSnapshot::default()));
@@ -374,13 +386,16 @@ async fn lead(
         stats_rx,
         decisions_tx,
     );
-    // Replicas' queue layers are scraped for the autoscaler (Pod IPs, from EndpointSlices).
+    // Replicas' queue layers are scraped for the autoscaler (Pod IPs, from EndpointSlices),
+    // over mTLS as the controller with the mesh on.
     let scraper = args.scrape_stats.then(|| {
-        tokio::spawn(Scraper::new(Duration::from_millis(500)).run(
-            Duration::from_secs(1),
-            snapshot_rx,
-            stats_tx.clone(),
-        ))
+        tokio::spawn(
+            Scraper::with_mesh(Duration::from_millis(500), scrape_tls).run(
+                Duration::from_secs(1),
+                snapshot_rx,
+                stats_tx.clone(),
+            ),
+        )
     });
     // The routers' activators post their stats here (through the stats endpoint) while this
     // replica leads; the leader points the autoscaler's Service at itself.
