@@ -403,7 +403,17 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
         "sluice-autoscaler"
     );
 
-    // The router (activator in-process) on loopback, posting its stats to the leader.
+    // The router (activator in-process) on loopback, posting its stats to the leader; its
+    // mesh identity from the controller's CA, with a token of its ServiceAccount.
+    let ca = controller.mesh_ca().await;
+    cluster.kubectl(&["create", "serviceaccount", "sluice-router", "-n", "default"]);
+    let token = cluster.token_file(
+        "default",
+        "sluice-router",
+        Some("sluice-ca"),
+        "router.token",
+    );
+    let root = root_file(&cluster, &client, "default").await;
     let mut router = cluster.spawn(
         "router",
         &[
@@ -413,7 +423,17 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
             "127.0.0.1:0",
             "--autoscaler",
             &autoscaler,
+            "--mesh-ca-addr",
+            &ca,
+            "--mesh-token-file",
+            &token.display().to_string(),
+            "--mesh-root-file",
+            &root.display().to_string(),
         ],
+    );
+    assert_eq!(
+        router.printed("sluice: router mesh identity ").await,
+        "spiffe://cluster.local/ns/default/sa/sluice-router"
     );
     let addr: std::net::SocketAddr = router
         .printed("sluice: router listening on http://")
@@ -723,7 +743,7 @@ async fn the_least_privilege_role_suffices_and_a_forbidden_action_is_named() {
         "--user",
         "sa",
     ]);
-    let _controller = cluster.controller_with(
+    let controller = cluster.controller_with(
         "limited",
         &sa_config,
         &[
@@ -737,10 +757,29 @@ async fn the_least_privilege_role_suffices_and_a_forbidden_action_is_named() {
         ],
     );
 
+    // The role lets it keep the mesh root in its Secret, publish it, and review tokens: a
+    // workload's token gets a certificate from it.
+    let ca = controller.mesh_ca().await;
+    let root = root_file(&cluster, &client, "sluice-system").await;
+    cluster.kubectl(&["create", "serviceaccount", "worker", "-n", "default"]);
+    let token = cluster.token_file("default", "worker", Some("sluice-ca"), "worker.token");
+    let svid = request_certificate(&remote_ca(&ca, &token, &root), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        svid.id().to_string(),
+        "spiffe://cluster.local/ns/default/sa/worker"
+    );
+
     let v1 = manifest(&cluster, "v1.yaml", &hello("hello", "v1", None));
     let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v1]);
     assert!(ok, "{out}{err}");
     ready(&api(&client, Kind::Service), "Service", "hello").await;
+    // The root ConfigMap went into the revision's namespace.
+    assert_eq!(
+        config_map_root(&client, "default").await,
+        std::fs::read_to_string(&root).unwrap()
+    );
     // The role lets the leader advertise its stats endpoint in sluice-system.
     let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
         Api::namespaced(client.clone(), "sluice-system");
@@ -886,4 +925,418 @@ async fn the_store_refuses_stale_writes_and_keeps_status_and_events() {
     .await;
     let again = store.delete(Kind::Route, "default", "r").await.unwrap_err();
     assert!(matches!(again, StoreError::NotFound { .. }), "{again}");
+}
+
+// The mesh CA in Kubernetes mode (issue 5): the root in a Secret, workloads authenticated
+// by their projected ServiceAccount tokens through a real TokenReview.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use sluice_mesh::identity::{CertificateAuthority, RotationConfig};
+use sluice_mesh::issuance::{IssueError, RemoteCa, remote_identity, request_certificate};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ROUTER_ID: &str = "spiffe://cluster.local/ns/sluice-system/sa/sluice-router";
+
+/// The root certificate (PEM) in Secret `ns/sluice-mesh-ca`, once a controller made it.
+async fn secret_root(client: &kube::Client, ns: &str) -> String {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("Secret {ns}/sluice-mesh-ca"), || async {
+        let s = secrets.get_opt("sluice-mesh-ca").await.ok().flatten()?;
+        String::from_utf8(s.data?.get("ca.crt")?.0.clone()).ok()
+    })
+    .await
+}
+
+/// The root in ConfigMap `ns/sluice-mesh-root`, once applied.
+async fn config_map_root(client: &kube::Client, ns: &str) -> String {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("ConfigMap {ns}/sluice-mesh-root"), || async {
+        let m = maps.get_opt("sluice-mesh-root").await.ok().flatten()?;
+        m.data?.get("root-cert.pem").cloned()
+    })
+    .await
+}
+
+/// The root ConfigMap of `ns` as a file (what a Pod's projected volume holds).
+async fn root_file(cluster: &Cluster, client: &kube::Client, ns: &str) -> PathBuf {
+    let path = cluster.dir.join(format!("{ns}-root-cert.pem"));
+    std::fs::write(&path, config_map_root(client, ns).await).unwrap();
+    path
+}
+
+fn remote_ca(addr: &str, token: &Path, root: &Path) -> RemoteCa {
+    let bundle =
+        sluice_mesh::handoff::parse_bundle(root, std::fs::read(root).unwrap(), "cluster.local")
+            .unwrap();
+    RemoteCa {
+        addr: addr.to_owned(),
+        token_file: token.to_owned(),
+        bundle: Arc::new(bundle),
+    }
+}
+
+/// The CA's refusal of a certificate request: (status, its error text).
+async fn refusal(ca: &RemoteCa) -> Option<(u16, String)> {
+    match request_certificate(ca, None).await {
+        Err(IssueError::Status {
+            status, message, ..
+        }) => Some((status, message)),
+        Ok(svid) => {
+            eprintln!("issued {}", svid.id());
+            None
+        }
+        Err(e) => panic!("not an HTTP refusal: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn the_mesh_ca_signs_for_service_account_tokens_with_the_secrets_root() {
+    let cluster = Cluster::start("meshca");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    for ns in ["sluice-system", "team-a"] {
+        cluster.kubectl(&["create", "namespace", ns]);
+    }
+    for sa in ["hello", "gone"] {
+        cluster.kubectl(&["create", "serviceaccount", sa, "-n", "team-a"]);
+    }
+    // Two controller replicas start at once: they race to create the root; one wins, the
+    // other loads it (on a 409, or because it was there first).
+    let flags = ["--lease-namespace", "sluice-system"];
+    let a = cluster.controller_with("ca-a", &cluster.kubeconfig, &flags);
+    let b = cluster.controller_with("ca-b", &cluster.kubeconfig, &flags);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "sluice-system");
+    let holder = eventually("a leader", || async {
+        leases
+            .get_opt("sluice-controller")
+            .await
+            .ok()
+            .flatten()?
+            .spec?
+            .holder_identity
+    })
+    .await;
+    let (leader, standby) = if holder == "ca-a" { (a, b) } else { (b, a) };
+    let addr_a = leader.mesh_ca().await;
+    assert!(addr_a.starts_with("127.0.0.1:"), "{addr_a}");
+
+    // The root is in the Secret, and published for the router in the same namespace.
+    let root = secret_root(&client, "sluice-system").await;
+    let secret = Api::<Secret>::namespaced(client.clone(), "sluice-system")
+        .get("sluice-mesh-ca")
+        .await
+        .unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    let keys: Vec<String> = secret.data.unwrap().into_keys().collect();
+    assert_eq!(keys, ["ca.crt", "ca.key"]);
+    assert_eq!(config_map_root(&client, "sluice-system").await, root);
+    let root_path = cluster.dir.join("root-cert.pem");
+    std::fs::write(&root_path, &root).unwrap();
+
+    // A projected-style token for the CA's audience: the SVID names its ServiceAccount.
+    let hello_token = cluster.token_file("team-a", "hello", Some("sluice-ca"), "hello.token");
+    let svid = request_certificate(&remote_ca(&addr_a, &hello_token, &root_path), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        svid.id().to_string(),
+        "spiffe://cluster.local/ns/team-a/sa/hello"
+    );
+
+    // A token for the API server's own audience is refused by the TokenReview.
+    let api_audience = cluster.token_file("team-a", "hello", None, "hello-api.token");
+    let (status, message) = refusal(&remote_ca(&addr_a, &api_audience, &root_path))
+        .await
+        .expect("refused");
+    eprintln!("a token for the API server's audience: {status} {message}");
+    assert_eq!(status, 401, "{message}");
+    assert!(message.contains("not authenticated"), "{message}");
+
+    // Garbage.
+    let garbage = cluster.dir.join("garbage.token");
+    std::fs::write(&garbage, "not-a-token").unwrap();
+    let (status, message) = refusal(&remote_ca(&addr_a, &garbage, &root_path))
+        .await
+        .expect("refused");
+    eprintln!("garbage: {status} {message}");
+    assert_eq!(status, 401, "{message}");
+
+    // A token whose ServiceAccount was deleted: good before, refused after.
+    let gone = cluster.token_file("team-a", "gone", Some("sluice-ca"), "gone.token");
+    let gone_ca = remote_ca(&addr_a, &gone, &root_path);
+    let svid = request_certificate(&gone_ca, None).await.unwrap();
+    assert_eq!(
+        svid.id().to_string(),
+        "spiffe://cluster.local/ns/team-a/sa/gone"
+    );
+    cluster.kubectl(&["delete", "serviceaccount", "gone", "-n", "team-a"]);
+    let (status, message) = eventually("the deleted ServiceAccount's token refused", || {
+        refusal(&gone_ca)
+    })
+    .await;
+    eprintln!("a deleted ServiceAccount's token: {status} {message}");
+    assert_eq!(status, 401, "{message}");
+
+    // The standby serves the same root: its server certificate and the SVIDs it signs chain
+    // to the Secret's root, and to no other.
+    let addr_b = standby.mesh_ca().await;
+    assert_ne!(addr_a, addr_b);
+    let svid = request_certificate(&remote_ca(&addr_b, &hello_token, &root_path), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        svid.id().to_string(),
+        "spiffe://cluster.local/ns/team-a/sa/hello"
+    );
+    let (_, other) = CertificateAuthority::generate(
+        "cluster.local",
+        Duration::from_secs(7200),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let other_path = cluster.dir.join("other-root.pem");
+    std::fs::write(&other_path, other.cert_pem).unwrap();
+    for addr in [&addr_a, &addr_b] {
+        match request_certificate(&remote_ca(addr, &hello_token, &other_path), None).await {
+            Err(IssueError::Handshake { .. }) => {}
+            other => panic!("{addr} with another root: {other:?}"),
+        }
+    }
+    // One replica generated the root; the other loaded it.
+    let generated = [&leader, &standby]
+        .iter()
+        .filter(|c| c.log().contains("generated into Secret"))
+        .count();
+    let loaded = [&leader, &standby]
+        .iter()
+        .filter(|c| c.log().contains("mesh CA root loaded") || c.log().contains("; loaded"))
+        .count();
+    assert_eq!(
+        (generated, loaded),
+        (1, 1),
+        "{}\n{}",
+        leader.log(),
+        standby.log()
+    );
+    assert_eq!(secret_root(&client, "sluice-system").await, root);
+
+    // The runtime: a revision's Pods get a token for the CA and the namespace's root.
+    let v1 = manifest(&cluster, "v1.yaml", &hello("hello", "v1", None));
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v1]);
+    assert!(ok, "{out}{err}");
+    ready(&api(&client, Kind::Service), "Service", "hello").await;
+    let d = deployment(&client, "hello-00001").await.unwrap();
+    let pod = serde_json::to_value(d.spec.unwrap().template.spec.unwrap()).unwrap();
+    assert_eq!(pod["automountServiceAccountToken"], false, "{pod}");
+    let sources = &pod["volumes"][0]["projected"]["sources"];
+    assert_eq!(sources[0]["serviceAccountToken"]["audience"], "sluice-ca");
+    assert_eq!(sources[1]["configMap"]["name"], "sluice-mesh-root");
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} in {env:?}"))
+            .to_owned()
+    };
+    assert_eq!(
+        value("SLUICE_MESH_CA_ADDR"),
+        "sluice-ca.sluice-system.svc:15012"
+    );
+    assert_eq!(value("SLUICE_MESH_ATTESTERS"), ROUTER_ID);
+    assert_eq!(config_map_root(&client, "default").await, root);
+    // The Pods the API server admitted (projected volume validated) carry it too.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let list = pods
+        .list(&ListParams::default().labels("serving.knative.dev/revision=hello-00001"))
+        .await
+        .unwrap();
+    let pod = list.items.first().expect("a Pod of hello-00001");
+    let volumes = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    assert!(
+        volumes.iter().any(|v| v.name == "sluice-mesh"),
+        "{volumes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn a_replica_and_the_router_with_certificates_from_the_ca_talk_mtls() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use sluice_mesh::outbound::OutboundMesh;
+    use sluice_mesh::tls::MeshTls;
+
+    let cluster = Cluster::start("meshhop");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    for ns in ["sluice-system", "team-a"] {
+        cluster.kubectl(&["create", "namespace", ns]);
+    }
+    cluster.kubectl(&["create", "serviceaccount", "hello", "-n", "team-a"]);
+    cluster.kubectl(&[
+        "create",
+        "serviceaccount",
+        "sluice-router",
+        "-n",
+        "sluice-system",
+    ]);
+    let controller = cluster.controller_with(
+        "ca",
+        &cluster.kubeconfig,
+        &["--lease-namespace", "sluice-system"],
+    );
+    let ca = controller.mesh_ca().await;
+    let root = root_file(&cluster, &client, "sluice-system").await;
+    let hello = cluster.token_file("team-a", "hello", Some("sluice-ca"), "hello.token");
+    let router = cluster.token_file(
+        "sluice-system",
+        "sluice-router",
+        Some("sluice-ca"),
+        "router.token",
+    );
+
+    // A replica as its Pod would run it: the queue layer in front of `sluice hello`, its
+    // identity from the CA with the token, the env the runtime writes.
+    let (token, root_s) = (hello.display().to_string(), root.display().to_string());
+    let mut replica = cluster.spawn_with_env(
+        "replica",
+        &[
+            "queue",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            kube_support::SLUICE,
+            "hello",
+        ],
+        &[
+            ("SLUICE_MESH_CA_ADDR", &ca),
+            ("SLUICE_MESH_TOKEN_FILE", &token),
+            ("SLUICE_MESH_ROOT_FILE", &root_s),
+            ("SLUICE_MESH_TRUST_DOMAIN", "cluster.local"),
+            ("SLUICE_MESH_ATTESTERS", ROUTER_ID),
+            ("POD_NAMESPACE", "team-a"),
+            ("POD_NAME", "hello-00001-deployment-abc"),
+            ("K_SERVICE", "hello"),
+            ("K_CONFIGURATION", "hello"),
+            ("K_REVISION", "hello-00001"),
+            ("TARGET", "mesh"),
+        ],
+    );
+    // Stopped with SIGTERM, so it stops `sluice hello` too.
+    replica.graceful = true;
+    let addr: std::net::SocketAddr = replica.printed("SLUICE_LISTENING ").await.parse().unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
+
+    // The router's identity, from the same CA with its own token.
+    let router_ca = remote_ca(&ca, &router, &root);
+    let bundle = router_ca.bundle.clone();
+    let (svid, _renewal) =
+        remote_identity(router_ca, RotationConfig::new(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+    assert_eq!(svid.current().id().to_string(), ROUTER_ID);
+    let mesh = OutboundMesh::new(MeshTls::new(bundle, svid)).unwrap();
+    let http: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(mesh.http_connector());
+    let body = eventually("200 from the replica over mTLS", || async {
+        let request = http::Request::get(format!("http://{addr}/"))
+            .header("host", "hello.team-a.example.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = http.request(request).await.ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some(String::from_utf8_lossy(&body).into_owned())
+    })
+    .await;
+    assert!(body.contains("Hello mesh"), "{body}");
+    // The replica saw the router's principal over mutual TLS, and is itself hello's.
+    let line = eventually("the replica's access log line", || async {
+        replica
+            .log()
+            .lines()
+            .find(|l| l.contains("source_principal") && l.contains(ROUTER_ID))
+            .map(str::to_owned)
+    })
+    .await;
+    let entry: Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
+    assert_eq!(entry["source_principal"], ROUTER_ID, "{line}");
+    assert_eq!(
+        entry["destination_principal"], "spiffe://cluster.local/ns/team-a/sa/hello",
+        "{line}"
+    );
+    assert_eq!(entry["connection_security_policy"], "mutual_tls", "{line}");
+    // The queue layer stops its user process on SIGTERM: nothing is left behind.
+    let pid = replica.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let users: Vec<u32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(!users.is_empty(), "the queue layer's user process");
+    replica.terminate();
+    for user in users {
+        eventually(&format!("the user process {user} to exit"), || async {
+            let stat = std::fs::read_to_string(format!("/proc/{user}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting to be reaped.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            matches!(state, None | Some("Z" | "X")).then_some(())
+        })
+        .await;
+    }
+}
+
+/// With the mesh on, the controller needs the CA's listen address and the router the CA's;
+/// each says which flag (or variable) is missing before touching the API server.
+#[test]
+fn with_the_mesh_on_the_missing_addresses_are_named() {
+    use std::process::{Command, Stdio};
+    let run = |args: &[&str]| {
+        let out = Command::new(kube_support::SLUICE)
+            .args(args)
+            // No cluster: the check comes first.
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("SLUICE_MESH_LISTEN")
+            .env_remove("SLUICE_MESH_CA_ADDR")
+            .env_remove("SLUICE_MESH")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["controller", "--kube"]);
+    assert!(!ok && err.contains("--mesh-listen"), "{err}");
+    let (ok, err) = run(&["router", "--kube", "--listen", "127.0.0.1:0"]);
+    assert!(!ok && err.contains("SLUICE_MESH_CA_ADDR"), "{err}");
+    // --mesh off needs neither: both go on to the API server (which is not there).
+    for args in [
+        &["controller", "--kube", "--mesh", "off"][..],
+        &[
+            "router",
+            "--kube",
+            "--listen",
+            "127.0.0.1:0",
+            "--mesh",
+            "off",
+        ][..],
+    ] {
+        let (ok, err) = run(args);
+        assert!(
+            !ok && err.contains("connecting to Kubernetes"),
+            "{args:?}: {err}"
+        );
+    }
 }

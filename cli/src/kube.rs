@@ -11,7 +11,7 @@ use sluice_autoscaler::{AutoscalerConfig, Scraper};
 use sluice_controller::leader::{LeaderElector, LeaseConfig};
 use sluice_controller::reconcile::{Controller, ControllerConfig};
 use sluice_controller::runtime::KubeRuntime;
-use sluice_controller::runtime::kube::PodTemplate;
+use sluice_controller::runtime::kube::{PodMesh, PodTemplate};
 use sluice_controller::store::KubeStore;
 use sluice_controller::store::kube::{KubeError, infer_client};
 use sluice_core::{RoutingSnapshot, StatReport};
@@ -93,6 +93,40 @@ pub struct ControllerArgs {
     /// How often candidates retry and the leader renews.
     #[arg(long, env = "SLUICE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
     retry_period: Duration,
+    /// The mesh: every replica of the controller serves the CA (its root in the Secret
+    /// `sluice-mesh-ca` of `--lease-namespace`), and revision Pods get a projected token
+    /// to request their certificate with (`off`: plaintext replicas, no CA).
+    #[arg(long, env = "SLUICE_MESH", default_value = "on", value_parser = ["on", "off"])]
+    mesh: String,
+    /// Trust domain of the mesh's SPIFFE IDs.
+    #[arg(long, env = "SLUICE_TRUST_DOMAIN", default_value = sluice_mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Life of workload certificates; each is renewed at 40–50 % of it.
+    #[arg(long, env = "SLUICE_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_ttl: Duration,
+    /// Where the mesh CA listens (HTTPS, `POST /v1/certificates`); required with `--mesh on`.
+    #[arg(long, env = "SLUICE_MESH_LISTEN")]
+    mesh_listen: Option<std::net::SocketAddr>,
+    /// The CA's address replica Pods are given (`sluice-ca.<--lease-namespace>.svc:15012`
+    /// when absent).
+    #[arg(long, env = "SLUICE_MESH_CA_SERVICE")]
+    mesh_ca_service: Option<String>,
+    /// This controller's ServiceAccount (in `--lease-namespace`): the identity of the CA's
+    /// own certificate.
+    #[arg(
+        long,
+        env = "SLUICE_SERVICE_ACCOUNT",
+        default_value = "sluice-controller"
+    )]
+    service_account: String,
+    /// The router's ServiceAccount (in `--lease-namespace`): replicas trust its identity to
+    /// attest the original caller.
+    #[arg(
+        long,
+        env = "SLUICE_ROUTER_SERVICE_ACCOUNT",
+        default_value = "sluice-router"
+    )]
+    router_service_account: String,
 }
 
 fn identity(args: &ControllerArgs) -> String {
@@ -147,8 +181,18 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         ..LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity(&args))
     };
     lease.validate().map_err(anyhow::Error::msg)?;
+    if args.mesh == "on" && args.mesh_listen.is_none() {
+        bail!(
+            "--mesh on needs --mesh-listen (SLUICE_MESH_LISTEN, e.g. 0.0.0.0:15012), or pass --mesh off"
+        );
+    }
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
+    // The CA needs no CRD: workloads (and routers) get their certificates meanwhile.
+    let mesh = match args.mesh.as_str() {
+        "on" => Some(serve_mesh_ca(&args, &store).await?),
+        _ => None,
+    };
     wait_for_crds(&store).await?;
 
     let sink = StatsSink::default();
@@ -172,7 +216,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         println!("sluice: controller {} is the leader", elector.identity());
         store.start_watching();
-        match lead(&args, &store, &mut elector, &sink, stats_port).await {
+        match lead(&args, &store, &mut elector, &sink, stats_port, mesh.clone()).await {
             Term::Stopped => return Ok(()),
             // The API server was out of reach for longer than the renew deadline, or another
             // replica took over: stop reconciling, stand by, and start afresh (a full pass
@@ -183,6 +227,121 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             ),
         }
     }
+}
+
+/// Retries `what` with backoff (500 ms doubling to 30 s) while it fails with an error that
+/// `retry` says is worth retrying; stops on a signal.
+async fn with_retries<T, E, F, Fut>(
+    what: &str,
+    retry: fn(&E) -> bool,
+    mut f: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if retry(&e) => {
+                tracing::warn!("{what} failed, retrying: {}", sluice_core::error_chain(&e));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown::signalled() => bail!("stopped while {what}"),
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The controller's part of the mesh.
+#[derive(Clone)]
+struct ControllerMesh {
+    /// What revision Pods need to get their certificates.
+    pods: PodMesh,
+    /// The controller's own client identity (its scrapes of replicas' stats).
+    scrape: sluice_mesh::tls::MeshConnector,
+}
+
+/// The mesh CA of this replica (leader or standby): its root from the Secret (created by
+/// the first replica), published as the root ConfigMap of the controller's namespace (the
+/// router mounts it), served on `--mesh-listen` with TokenReviews until a signal. Returns
+/// what revision Pods need, and the controller's own client identity, issued in-process.
+async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Result<ControllerMesh> {
+    use sluice_controller::kube_ca::{self, KubeCaError, TokenReviewAuthenticator};
+    use sluice_mesh::identity::{RotatingSvid, RotationConfig, SpiffeId, SvidIssuer};
+    use sluice_mesh::outbound::OutboundMesh;
+    use sluice_mesh::tls::MeshTls;
+
+    let Some(listen) = args.mesh_listen else {
+        bail!(
+            "--mesh on needs --mesh-listen (SLUICE_MESH_LISTEN, e.g. 0.0.0.0:15012), or pass --mesh off"
+        );
+    };
+    if args.cert_ttl < Duration::from_secs(1) {
+        bail!("--cert-ttl: at least 1s");
+    }
+    let client = store.client();
+    let ns = args.lease_namespace.as_str();
+    let server_id = SpiffeId::new(&args.trust_domain, ns, &args.service_account)
+        .context("--trust-domain / --lease-namespace / --service-account")?;
+    let router_id = SpiffeId::new(&args.trust_domain, ns, &args.router_service_account)
+        .context("--router-service-account")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the mesh CA to {listen}"))?;
+    let ca = with_retries(
+        &format!(
+            "loading the mesh CA root from Secret {ns}/{}",
+            kube_ca::CA_SECRET
+        ),
+        |e| matches!(e, KubeCaError::Api { .. }),
+        || kube_ca::load_or_create(client, ns, &args.trust_domain, args.cert_ttl),
+    )
+    .await?;
+    let root_pem = ca.root_pem();
+    with_retries(
+        &format!(
+            "publishing the mesh root as ConfigMap {ns}/{}",
+            kube_ca::ROOT_CONFIGMAP
+        ),
+        |_| true,
+        || kube_ca::apply_root_config_map(client, ns, &root_pem),
+    )
+    .await?;
+    let local = listener.local_addr()?;
+    let ca = Arc::new(ca);
+    let (own, _renewal) = RotatingSvid::start(
+        ca.clone() as Arc<dyn SvidIssuer>,
+        server_id.clone(),
+        RotationConfig::new(args.cert_ttl),
+    )
+    .with_context(|| format!("issuing the controller's own certificate, {server_id}"))?;
+    let scrape = OutboundMesh::new(MeshTls::new(Arc::new(ca.trust_bundle()?), own))
+        .context("the controller's mesh TLS")?
+        .connector()
+        .clone();
+    let auth = Arc::new(TokenReviewAuthenticator::new(client.clone()));
+    let server = sluice_mesh::issuance::serve(listener, ca, server_id, auth, shutdown::signalled());
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("the mesh CA stopped: {e}");
+        }
+    });
+    println!("sluice: controller mesh CA on https://{local}");
+    let pods = PodMesh {
+        ca_addr: args.mesh_ca_service.clone().unwrap_or_else(|| {
+            format!("sluice-ca.{ns}.svc:{}", sluice_mesh::issuance::DEFAULT_PORT)
+        }),
+        trust_domain: args.trust_domain.clone(),
+        attesters: vec![router_id.to_string()],
+        root_pem,
+    };
+    Ok(ControllerMesh { pods, scrape })
 }
 
 /// How a term as leader ended.
@@ -201,13 +360,19 @@ async fn lead(
     elector: &mut LeaderElector,
     sink: &StatsSink,
     stats_port: Option<u16>,
+    mesh: Option<ControllerMesh>,
 ) -> Term {
+    let (pod_mesh, scrape_tls) = match mesh {
+        Some(m) => (Some(m.pods), Some(m.scrape)),
+        None => (None, None),
+    };
     let runtime = KubeRuntime::new(
         store.client().clone(),
         PodTemplate {
             image: args.image.clone(),
             image_pull_policy: args.image_pull_policy.clone(),
             service_account: args.replica_service_account.clone(),
+            mesh: pod_mesh,
         },
     );
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(RoutingSnapshot::default()));
@@ -221,13 +386,16 @@ async fn lead(
         stats_rx,
         decisions_tx,
     );
-    // Replicas' queue layers are scraped for the autoscaler (Pod IPs, from EndpointSlices).
+    // Replicas' queue layers are scraped for the autoscaler (Pod IPs, from EndpointSlices),
+    // over mTLS as the controller with the mesh on.
     let scraper = args.scrape_stats.then(|| {
-        tokio::spawn(Scraper::new(Duration::from_millis(500)).run(
-            Duration::from_secs(1),
-            snapshot_rx,
-            stats_tx.clone(),
-        ))
+        tokio::spawn(
+            Scraper::with_mesh(Duration::from_millis(500), scrape_tls).run(
+                Duration::from_secs(1),
+                snapshot_rx,
+                stats_tx.clone(),
+            ),
+        )
     });
     // The routers' activators post their stats here (through the stats endpoint) while this
     // replica leads; the leader points the autoscaler's Service at itself.
@@ -417,6 +585,70 @@ pub struct RouterArgs {
     /// Requests the activator buffers per revision before answering 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
     activator_queue: usize,
+    /// Mutual TLS to replicas, as the identity of this Pod's ServiceAccount from the
+    /// controller's mesh CA (`off`: plaintext).
+    #[arg(long, env = "SLUICE_MESH", default_value = "on", value_parser = ["on", "off"])]
+    mesh: String,
+    /// `host:port` of the mesh CA; required with `--mesh on`.
+    #[arg(long, env = "SLUICE_MESH_CA_ADDR")]
+    mesh_ca_addr: Option<String>,
+    /// The projected ServiceAccount token (audience `sluice-ca`) sent to the CA.
+    #[arg(long, env = "SLUICE_MESH_TOKEN_FILE", default_value = sluice_mesh::issuance::DEFAULT_TOKEN_FILE)]
+    mesh_token_file: std::path::PathBuf,
+    /// The mesh root (PEM; ConfigMap `sluice-mesh-root`).
+    #[arg(long, env = "SLUICE_MESH_ROOT_FILE", default_value = sluice_mesh::issuance::DEFAULT_ROOT_FILE)]
+    mesh_root_file: std::path::PathBuf,
+    /// Trust domain of the mesh's SPIFFE IDs.
+    #[arg(long, env = "SLUICE_MESH_TRUST_DOMAIN", default_value = sluice_mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Life asked for the router's certificate (the CA caps it); renewed at 40–50 % of it.
+    #[arg(long, env = "SLUICE_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_ttl: Duration,
+}
+
+/// The router's mesh client: its SVID from the CA (the projected token authenticates it),
+/// renewed in the background. Waits (with backoff) while the CA cannot be reached yet.
+async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound::OutboundMesh> {
+    use sluice_mesh::identity::RotationConfig;
+    use sluice_mesh::issuance::{IssueError, RemoteCa, remote_identity};
+    use sluice_mesh::outbound::OutboundMesh;
+    use sluice_mesh::tls::MeshTls;
+
+    let Some(addr) = args.mesh_ca_addr.clone() else {
+        bail!(
+            "--mesh on needs the CA's address: --mesh-ca-addr or SLUICE_MESH_CA_ADDR (e.g. sluice-ca.sluice-system.svc:15012), or pass --mesh off"
+        );
+    };
+    let root = &args.mesh_root_file;
+    let bytes = std::fs::read(root).with_context(|| {
+        format!(
+            "reading the mesh root {} (--mesh-root-file)",
+            root.display()
+        )
+    })?;
+    let bundle = Arc::new(
+        sluice_mesh::handoff::parse_bundle(root, bytes, &args.trust_domain)
+            .context("--mesh-root-file")?,
+    );
+    let ca = RemoteCa {
+        addr,
+        token_file: args.mesh_token_file.clone(),
+        bundle: bundle.clone(),
+    };
+    // The CA may not be up yet (controllers start beside routers); a refusal is final.
+    let retryable = |e: &IssueError| match e {
+        IssueError::Status { status, .. } => *status >= 500,
+        IssueError::Response { .. } | IssueError::Key(_) => false,
+        _ => true,
+    };
+    let (svid, _renewal) = with_retries(
+        "obtaining the router's certificate from the mesh CA",
+        retryable,
+        || remote_identity(ca.clone(), RotationConfig::new(args.cert_ttl)),
+    )
+    .await?;
+    println!("sluice: router mesh identity {}", svid.current().id());
+    OutboundMesh::new(MeshTls::new(bundle, svid)).context("the router's mesh TLS")
 }
 
 /// `sluice router --kube`: the ingress, with the activator in-process, routing from watched
@@ -437,6 +669,16 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         .map(stats_url)
         .transpose()
         .context("--autoscaler")?;
+    let mesh = match args.mesh.as_str() {
+        "on" => Some(router_mesh(&args).await?),
+        _ => None,
+    };
+    // Replicas are called over mTLS as the router's identity (by the router and by the
+    // activator in-process), or in plaintext with the mesh off.
+    let forwarder = || match &mesh {
+        Some(m) => Forwarder::new().with_mesh(m.clone()),
+        None => Forwarder::new(),
+    };
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
     wait_for_crds(&store).await?;
@@ -467,10 +709,10 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         },
         snapshot_rx.clone(),
         stats_tx,
-        Forwarder::new(),
+        forwarder(),
     ));
     tokio::spawn(activator.clone().run_stats());
-    let router = Arc::new(Router::new(snapshot_rx, activator, Forwarder::new()));
+    let router = Arc::new(Router::new(snapshot_rx, activator, forwarder()));
     let serve = tokio::spawn(sluice_router::serve(
         listener,
         router,

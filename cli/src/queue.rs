@@ -113,6 +113,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // The mesh material `sluice up` handed over (none when the mesh is off).
     let setup = sluice_activator::queue::mesh::replica_mesh_from_env(addr.port(), "queue")
+        .await
         .context("setting up the replica's mesh identity")?;
     let _follower = setup.follower;
     let spans = setup.spans;

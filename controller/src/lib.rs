@@ -10,6 +10,7 @@
 //! (`sluice-autoscaler`), manifest types and validation (`sluice-crds`).
 
 pub mod admin;
+pub mod kube_ca;
 pub mod leader;
 pub mod reconcile;
 pub mod runtime;

@@ -11,6 +11,10 @@
 //! files (a `stat` every tenth of the certificate's life, at most one second apart) and
 //! publishes new certificates and policies as they appear. New connections pick them up;
 //! open ones keep what they were established with.
+//!
+//! In Kubernetes mode there is no directory: [`WorkloadMesh::from_env`] sees
+//! [`crate::issuance::CA_ADDR_ENV`] and [`WorkloadMesh::remote`] obtains the identity from the
+//! CA with the Pod's projected token (see [`crate::issuance`] for the environment).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -23,9 +27,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::identity::ca::DEFAULT_WORKLOAD_TTL;
 use crate::identity::files::{self, FileError};
 use crate::identity::svid::{SvidFileError, parse_pem};
-use crate::identity::{RotatingSvid, SpiffeId, Svid, SvidError, TrustBundle};
+use crate::identity::{
+    DEFAULT_TRUST_DOMAIN, RotatingSvid, RotationConfig, SpiffeId, Svid, SvidError, TrustBundle,
+};
+use crate::issuance::{self, RemoteCa, remote_identity};
 use crate::policy::{
     AuthorizationEngine, DocumentError, PeerAuthenticationSet, PolicyDocuments, Workload,
 };
@@ -110,11 +118,22 @@ pub enum HandoffError {
     /// An attester is not a SPIFFE ID.
     #[error("{path}: attesters: {value:?} is not a SPIFFE ID")]
     Attester {
-        /// The file.
+        /// The file (or `$SLUICE_MESH_ATTESTERS`).
         path: PathBuf,
         /// The value.
         value: String,
     },
+    /// An environment variable is unusable (Kubernetes mode).
+    #[error("${name}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The CA did not issue an identity (Kubernetes mode).
+    #[error(transparent)]
+    Remote(#[from] crate::issuance::IssueError),
 }
 
 /// The supervisor's side: writes one replica's private directory.
@@ -217,12 +236,20 @@ fn stamp(path: &Path) -> Option<(u64, i64, i64, u64)> {
 }
 
 fn read_bundle(path: &Path, trust_domain: &str) -> Result<TrustBundle, HandoffError> {
+    parse_bundle(path, files::read_private(path)?, trust_domain)
+}
+
+/// The trust bundle in PEM `bytes` read from `path` (named in errors).
+pub fn parse_bundle(
+    path: &Path,
+    bytes: Vec<u8>,
+    trust_domain: &str,
+) -> Result<TrustBundle, HandoffError> {
     let bad = |message: String| HandoffError::Bundle {
         path: path.to_owned(),
         message,
     };
-    let text =
-        String::from_utf8(files::read_private(path)?).map_err(|_| bad("not UTF-8 PEM".into()))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 PEM".into()))?;
     let roots: Vec<CertificateDer<'static>> = parse_pem(&text)
         .map_err(bad)?
         .into_iter()
@@ -292,10 +319,123 @@ impl WorkloadMesh {
         ))
     }
 
-    /// Loads from the directory [`DIR_ENV`] names; `None` when it is unset (mesh off).
-    pub fn from_env() -> Option<Result<(Self, JoinHandle<()>), HandoffError>> {
-        let dir = std::env::var_os(DIR_ENV)?;
-        Some(Self::load(Path::new(&dir)))
+    /// Local mode: loads from the directory [`DIR_ENV`] names. Kubernetes mode (no
+    /// [`DIR_ENV`], [`issuance::CA_ADDR_ENV`] set): obtains the identity from the CA with the
+    /// projected token, trusting the bundle in [`issuance::ROOT_FILE_ENV`], as the workload the
+    /// Pod's environment describes (see [`WorkloadMesh::remote`]). `None` when neither is set
+    /// (mesh off).
+    pub async fn from_env() -> Option<Result<(Self, JoinHandle<()>), HandoffError>> {
+        if let Some(dir) = std::env::var_os(DIR_ENV) {
+            return Some(Self::load(Path::new(&dir)));
+        }
+        let addr = std::env::var(issuance::CA_ADDR_ENV).ok()?;
+        Some(Self::remote_from_env(addr).await)
+    }
+
+    async fn remote_from_env(addr: String) -> Result<(Self, JoinHandle<()>), HandoffError> {
+        let var = |name: &'static str| -> Result<Option<String>, HandoffError> {
+            match std::env::var(name) {
+                Ok(value) if value.trim().is_empty() => Ok(None),
+                Ok(value) => Ok(Some(value.trim().to_owned())),
+                Err(std::env::VarError::NotPresent) => Ok(None),
+                Err(std::env::VarError::NotUnicode(_)) => Err(HandoffError::Env {
+                    name,
+                    message: "not UTF-8".into(),
+                }),
+            }
+        };
+        let trust_domain =
+            var(issuance::TRUST_DOMAIN_ENV)?.unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        let root_file = PathBuf::from(
+            var(issuance::ROOT_FILE_ENV)?.unwrap_or_else(|| issuance::DEFAULT_ROOT_FILE.into()),
+        );
+        let token_file = PathBuf::from(
+            var(issuance::TOKEN_FILE_ENV)?.unwrap_or_else(|| issuance::DEFAULT_TOKEN_FILE.into()),
+        );
+        // A ConfigMap volume: readable by the Pod, not private (the root is public).
+        let bytes = std::fs::read(&root_file).map_err(|source| {
+            HandoffError::File(FileError::Io {
+                path: root_file.clone(),
+                source,
+            })
+        })?;
+        let bundle = Arc::new(parse_bundle(&root_file, bytes, &trust_domain)?);
+        let service = var(issuance::K_SERVICE_ENV)?.unwrap_or_default();
+        let configuration = var(issuance::K_CONFIGURATION_ENV)?.unwrap_or_default();
+        let revision = var(issuance::K_REVISION_ENV)?.unwrap_or_default();
+        let mut labels = BTreeMap::new();
+        for (key, value) in [
+            ("serving.knative.dev/service", &service),
+            ("serving.knative.dev/configuration", &configuration),
+            ("serving.knative.dev/revision", &revision),
+        ] {
+            if !value.is_empty() {
+                labels.insert(key.to_owned(), value.clone());
+            }
+        }
+        let info = WorkloadInfo {
+            trust_domain,
+            namespace: var(issuance::POD_NAMESPACE_ENV)?.unwrap_or_default(),
+            service,
+            configuration,
+            revision,
+            pod: var(issuance::POD_NAME_ENV)?.unwrap_or_default(),
+            labels,
+            attesters: var(issuance::ATTESTERS_ENV)?
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        };
+        let ca = RemoteCa {
+            addr,
+            token_file,
+            bundle,
+        };
+        Self::remote(ca, info, RotationConfig::new(DEFAULT_WORKLOAD_TTL)).await
+    }
+
+    /// Kubernetes mode: the identity from the CA `ca` (renewed at 40–50 % of its life; `rotation.ttl`
+    /// is requested, the CA caps it at its workload TTL), the workload `info` (an empty
+    /// namespace becomes the SVID's), and the default policies (PERMISSIVE, no authorization
+    /// policies), which never change. The task ends when every holder of the identity is gone.
+    pub async fn remote(
+        ca: RemoteCa,
+        mut info: WorkloadInfo,
+        rotation: RotationConfig,
+    ) -> Result<(Self, JoinHandle<()>), HandoffError> {
+        let attesters = info
+            .attesters
+            .iter()
+            .map(|a| {
+                a.parse::<SpiffeId>().map_err(|_| HandoffError::Attester {
+                    path: PathBuf::from(format!("${}", issuance::ATTESTERS_ENV)),
+                    value: a.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let bundle = ca.bundle.clone();
+        let (identity, renewal) = remote_identity(ca, rotation).await?;
+        if info.namespace.is_empty() {
+            info.namespace = identity.current().id().namespace().to_owned();
+        }
+        let (policy_tx, policy_rx) = watch::channel(Arc::new(Policies::default()));
+        // The policies never change; their sender lives as long as the identity's renewal.
+        let task = tokio::spawn(async move {
+            let _policies = policy_tx;
+            let _ = renewal.await;
+        });
+        Ok((
+            Self {
+                info,
+                tls: MeshTls::new(bundle, identity),
+                attesters,
+                policies: policy_rx,
+            },
+            task,
+        ))
     }
 }
 

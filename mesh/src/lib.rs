@@ -11,6 +11,8 @@
 //! * [`telemetry`]: Istio, Knative and KServe metric families in an injected registry, and the
 //!   JSON access-log line; [`otlp`]: span export; [`trace`]: `traceparent` / `x-request-id`.
 //!
+//! * [`issuance`]: Kubernetes mode's CA service (CSRs authenticated by ServiceAccount
+//!   tokens) and the workload's client that obtains and renews its SVID from it.
 //! * [`handoff`]: local mode's private directory that hands a replica its SVID, bundle and
 //!   policies; [`inbound`] and [`outbound`]: what a replica's listener and a proxy's client
 //!   do per connection and per request.
@@ -22,6 +24,7 @@ pub mod enforce;
 pub mod handoff;
 pub mod identity;
 pub mod inbound;
+pub mod issuance;
 pub mod otlp;
 pub mod outbound;
 pub mod policy;

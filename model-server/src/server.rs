@@ -154,7 +154,7 @@ pub async fn run(
     // Every port goes through the replica's mesh gate: mTLS under the peer-authentication
     // mode in force, authorization policy (with the port each listener serves on), Istio and
     // Knative telemetry into one registry, the access log.
-    let setup = replica_mesh_from_env(addr.port(), "model-server")?;
+    let setup = replica_mesh_from_env(addr.port(), "model-server").await?;
     let revision = std::env::var("K_REVISION").unwrap_or_else(|_| "unknown".into());
     let extra = match grpc_listener {
         Some(grpc_listener) => {

@@ -140,6 +140,9 @@ impl Cluster {
                 "false",
                 "--scale-to-zero-grace",
                 "600s",
+                // Every replica serves the mesh CA; on loopback, a free port.
+                "--mesh-listen",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
@@ -149,7 +152,12 @@ impl Cluster {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("sluice controller starts");
-        ControllerProc { child, log, out }
+        ControllerProc {
+            child,
+            log,
+            out,
+            graceful: false,
+        }
     }
 }
 
@@ -157,10 +165,21 @@ impl Cluster {
     /// Starts `sluice ARGS` (a long-running component, e.g. `router --kube`) on this
     /// cluster; its stdout and log go to `DIR/NAME.out` and `DIR/NAME.log`.
     pub fn spawn(&self, name: &str, args: &[&str]) -> ControllerProc {
+        self.spawn_with_env(name, args, &[])
+    }
+
+    /// [`Cluster::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProc {
         let log = self.dir.join(format!("{name}.log"));
         let out = self.dir.join(format!("{name}.out"));
         let child = Command::new(SLUICE)
             .args(args)
+            .envs(env.iter().copied())
             .env("KUBECONFIG", &self.kubeconfig)
             .env("SLUICE_LOG", "info,sluice=debug")
             .stdin(Stdio::null())
@@ -168,7 +187,34 @@ impl Cluster {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("sluice starts");
-        ControllerProc { child, log, out }
+        ControllerProc {
+            child,
+            log,
+            out,
+            graceful: false,
+        }
+    }
+}
+
+impl Cluster {
+    /// A token of ServiceAccount `ns/sa` from the API server's TokenRequest (10 minutes),
+    /// for `audience` (the API server's own when `None`), written to `DIR/<file>`.
+    pub fn token_file(&self, ns: &str, sa: &str, audience: Option<&str>, file: &str) -> PathBuf {
+        let mut args = vec!["create", "token", sa, "-n", ns, "--duration", "10m"];
+        if let Some(a) = audience {
+            args.extend(["--audience", a]);
+        }
+        let token = self.kubectl(&args);
+        let path = self.dir.join(file);
+        std::fs::write(&path, token.trim()).unwrap();
+        path
+    }
+}
+
+impl ControllerProc {
+    /// The mesh CA's `host:port` this controller printed.
+    pub async fn mesh_ca(&self) -> String {
+        self.printed("sluice: controller mesh CA on https://").await
     }
 }
 
@@ -194,6 +240,9 @@ pub struct ControllerProc {
     pub child: Child,
     pub log: PathBuf,
     pub out: PathBuf,
+    /// Stopped with SIGTERM on drop (a process with children of its own, e.g. `sluice
+    /// queue`, which stops its user process then); SIGKILL otherwise.
+    pub graceful: bool,
 }
 
 impl ControllerProc {
@@ -218,9 +267,36 @@ impl ControllerProc {
     }
 }
 
+impl ControllerProc {
+    /// SIGTERM, then waits (polling with backoff, at most 10 s) for the exit; SIGKILL after.
+    pub fn terminate(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let mut delay = Duration::from_millis(10);
+        let mut waited = Duration::ZERO;
+        while waited < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(delay);
+            waited += delay;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+        self.kill();
+    }
+}
+
 impl Drop for ControllerProc {
     fn drop(&mut self) {
-        self.kill();
+        if self.graceful {
+            self.terminate();
+        } else {
+            self.kill();
+        }
     }
 }
 

@@ -264,7 +264,7 @@ impl ReplicaMeshSetup {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaMeshError {
     /// The handed-over files are unusable.
-    #[error("mesh material in $SLUICE_MESH_DIR: {0}")]
+    #[error("mesh identity ($SLUICE_MESH_DIR or $SLUICE_MESH_CA_ADDR): {0}")]
     Handoff(#[from] sluice_mesh::handoff::HandoffError),
     /// The TLS config could not be built.
     #[error(transparent)]
@@ -274,18 +274,19 @@ pub enum ReplicaMeshError {
     Otlp(#[from] sluice_mesh::otlp::OtlpError),
 }
 
-/// Loads the mesh material named by `$SLUICE_MESH_DIR` (if set) for a replica listening on
+/// Loads the mesh material named by `$SLUICE_MESH_DIR` (if set), or obtains the identity from
+/// the CA at `$SLUICE_MESH_CA_ADDR` (Kubernetes mode), for a replica listening on
 /// `port`, reporting as `container` (`queue` or `model-server`); revision labels come from
 /// the handed-over workload file, else from `K_SERVICE`/`K_CONFIGURATION`/`K_REVISION`.
 /// With `$OTEL_EXPORTER_OTLP_ENDPOINT` set (and the `OTEL_BSP_*` tuning variables), every
 /// request's span is exported there.
-pub fn replica_mesh_from_env(
+pub async fn replica_mesh_from_env(
     port: u16,
     container: &'static str,
 ) -> Result<ReplicaMeshSetup, ReplicaMeshError> {
     use sluice_mesh::telemetry::{AccessLog, Registry, RevisionLabels};
     let env = |k: &str| std::env::var(k).unwrap_or_else(|_| "unknown".into());
-    let (mesh, follower, labels) = match sluice_mesh::handoff::WorkloadMesh::from_env() {
+    let (mesh, follower, labels) = match sluice_mesh::handoff::WorkloadMesh::from_env().await {
         Some(loaded) => {
             let (workload, task) = loaded?;
             let info = workload.info.clone();

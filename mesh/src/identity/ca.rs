@@ -3,18 +3,23 @@
 //!
 //! Local mode keeps the root in the state directory (`ca.crt`, `ca.key`, mode 0600, directory
 //! 0700) and reloads it on restart, so certificates issued before a restart stay valid.
+//! Kubernetes mode keeps the same two PEM texts in a Secret: [`CertificateAuthority::generate`]
+//! makes a root for the caller to store, [`CertificateAuthority::from_pem`] takes it back with
+//! the same validation as the state directory, and [`CertificateAuthority::sign_csr`] certifies
+//! a workload's own key for the identity its token proved.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
 };
 #[cfg(test)]
 use rustls::pki_types::UnixTime;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
+use super::csr::{self, CsrError};
 use super::files::{self, FileError};
 use super::spiffe::{SpiffeId, valid_trust_domain};
 use super::svid::{Svid, parse_pem, pem_block};
@@ -54,21 +59,47 @@ impl CaConfig {
 
     /// Checks the trust domain and durations.
     pub fn validate(&self) -> Result<(), CaError> {
-        if !valid_trust_domain(&self.trust_domain) {
-            return Err(CaError::Config(format!(
-                "trust_domain {:?}: lowercase letters, digits, '.', '-', '_' only",
-                self.trust_domain
-            )));
-        }
-        if self.workload_ttl < Duration::from_secs(1) {
-            return Err(CaError::Config("workload_ttl: at least 1 s".into()));
-        }
-        if self.root_ttl <= self.workload_ttl {
-            return Err(CaError::Config(
-                "root_ttl: must be longer than workload_ttl".into(),
-            ));
-        }
-        Ok(())
+        validate_params(&self.trust_domain, Some(self.root_ttl), self.workload_ttl)
+    }
+}
+
+/// Checks a trust domain, a workload TTL and (for a new root) the root's TTL.
+fn validate_params(
+    trust_domain: &str,
+    root_ttl: Option<Duration>,
+    workload_ttl: Duration,
+) -> Result<(), CaError> {
+    if !valid_trust_domain(trust_domain) {
+        return Err(CaError::Config(format!(
+            "trust_domain {trust_domain:?}: lowercase letters, digits, '.', '-', '_' only"
+        )));
+    }
+    if workload_ttl < Duration::from_secs(1) {
+        return Err(CaError::Config("workload_ttl: at least 1 s".into()));
+    }
+    if root_ttl.is_some_and(|root| root <= workload_ttl) {
+        return Err(CaError::Config(
+            "root_ttl: must be longer than workload_ttl".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A root certificate and its private key as PEM text, for the caller to persist (a Secret in
+/// Kubernetes mode). `Debug` never prints the key.
+#[derive(Clone)]
+pub struct RootPem {
+    /// The root certificate, one PEM `CERTIFICATE` block.
+    pub cert_pem: String,
+    /// The root's private key, one PEM `PRIVATE KEY` block (PKCS#8).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for RootPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootPem")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,10 +113,10 @@ pub enum CaError {
     #[error("CA state: {0}")]
     File(#[from] FileError),
     /// The persisted root is unusable.
-    #[error("CA state {path}: {reason}")]
+    #[error("CA root {origin}: {reason}")]
     BadRoot {
-        /// The offending file.
-        path: PathBuf,
+        /// Where it came from: the offending file, or e.g. a Secret's name.
+        origin: String,
         /// What is wrong with it.
         reason: String,
     },
@@ -148,7 +179,15 @@ impl CertificateAuthority {
         }
     }
 
-    fn create(config: &CaConfig, cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
+    /// A new root (ECDSA P-256, valid for `root_ttl`) for `trust_domain`, kept in memory.
+    /// Returns its certificate and key as PEM so the caller can persist them; the CA issues
+    /// workload certificates for `workload_ttl` by default.
+    pub fn generate(
+        trust_domain: &str,
+        root_ttl: Duration,
+        workload_ttl: Duration,
+    ) -> Result<(Self, RootPem), CaError> {
+        validate_params(trust_domain, Some(root_ttl), workload_ttl)?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = SystemTime::now();
         let mut params = CertificateParams::default();
@@ -158,11 +197,10 @@ impl CertificateAuthority {
             .push(DnType::OrganizationName, "sluice");
         params.distinguished_name.push(
             DnType::CommonName,
-            format!("sluice mesh root {}", config.trust_domain),
+            format!("sluice mesh root {trust_domain}"),
         );
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{}", config.trust_domain).try_into()?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -170,53 +208,103 @@ impl CertificateAuthority {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + config.root_ttl).into();
+        params.not_after = (now + root_ttl).into();
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
-        files::private_dir(&config.dir)?;
-        files::write_private(key_path, key.serialize_pem().as_bytes())?;
-        files::write_private(cert_path, pem_block("CERTIFICATE", cert.der()).as_bytes())?;
-        Ok(Self {
-            trust_domain: config.trust_domain.clone(),
+        let pem = RootPem {
+            cert_pem: pem_block("CERTIFICATE", cert.der()),
+            key_pem: key.serialize_pem(),
+        };
+        let ca = Self {
+            trust_domain: trust_domain.to_owned(),
             root: cert.der().clone(),
-            root_not_after: now + config.root_ttl,
+            root_not_after: now + root_ttl,
             issuer: Issuer::new(params, key),
-            workload_ttl: config.workload_ttl,
-        })
+            workload_ttl,
+        };
+        Ok((ca, pem))
+    }
+
+    /// The root from PEM text, validated exactly like a root loaded from the state
+    /// directory: a P-256 key, a CA certificate for that key and for `trust_domain`, not
+    /// expired. `source` names where the text came from in errors (e.g.
+    /// `Secret sluice-system/sluice-mesh-ca`).
+    pub fn from_pem(
+        trust_domain: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        workload_ttl: Duration,
+        source: &str,
+    ) -> Result<Self, CaError> {
+        Self::from_root_pem(
+            trust_domain,
+            (cert_pem, &format!("{source} (certificate)")),
+            (key_pem, &format!("{source} (key)")),
+            workload_ttl,
+        )
+    }
+
+    fn create(config: &CaConfig, cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
+        let (ca, pem) = Self::generate(&config.trust_domain, config.root_ttl, config.workload_ttl)?;
+        files::private_dir(&config.dir)?;
+        files::write_private(key_path, pem.key_pem.as_bytes())?;
+        files::write_private(cert_path, pem.cert_pem.as_bytes())?;
+        Ok(ca)
     }
 
     fn load(config: &CaConfig, cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
-        let bad = |path: &Path, reason: String| CaError::BadRoot {
-            path: path.to_owned(),
+        let read = |path: &Path| -> Result<String, CaError> {
+            String::from_utf8(files::read_private(path)?).map_err(|_| CaError::BadRoot {
+                origin: path.display().to_string(),
+                reason: "not UTF-8 PEM".into(),
+            })
+        };
+        Self::from_root_pem(
+            &config.trust_domain,
+            (&read(cert_path)?, &cert_path.display().to_string()),
+            (&read(key_path)?, &key_path.display().to_string()),
+            config.workload_ttl,
+        )
+    }
+
+    /// Validates and loads a root; each PEM text comes with where it came from.
+    fn from_root_pem(
+        trust_domain: &str,
+        (cert_pem, cert_origin): (&str, &str),
+        (key_pem, key_origin): (&str, &str),
+        workload_ttl: Duration,
+    ) -> Result<Self, CaError> {
+        validate_params(trust_domain, None, workload_ttl)?;
+        let bad = |origin: &str, reason: String| CaError::BadRoot {
+            origin: origin.to_owned(),
             reason,
         };
-        let key_pem = String::from_utf8(files::read_private(key_path)?)
-            .map_err(|_| bad(key_path, "not UTF-8 PEM".into()))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(key_path, e.to_string()))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| bad(key_origin, e.to_string()))?;
         if key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(bad(key_path, "root key is not ECDSA P-256".into()));
+            return Err(bad(key_origin, "root key is not ECDSA P-256".into()));
         }
-        let cert_pem = String::from_utf8(files::read_private(cert_path)?)
-            .map_err(|_| bad(cert_path, "not UTF-8 PEM".into()))?;
-        let der = parse_pem(&cert_pem)
-            .map_err(|e| bad(cert_path, e))?
+        let der = parse_pem(cert_pem)
+            .map_err(|e| bad(cert_origin, e))?
             .into_iter()
             .find(|(label, _)| label == "CERTIFICATE")
             .map(|(_, der)| CertificateDer::from(der))
-            .ok_or_else(|| bad(cert_path, "no CERTIFICATE block".into()))?;
+            .ok_or_else(|| bad(cert_origin, "no CERTIFICATE block".into()))?;
         let (_, parsed) =
             <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
                 '_,
                 x509_parser::error::X509Error,
             >>::from_der(&der)
-            .map_err(|e| bad(cert_path, e.to_string()))?;
+            .map_err(|e| bad(cert_origin, e.to_string()))?;
         if !parsed.is_ca() {
-            return Err(bad(cert_path, "certificate is not a CA".into()));
+            return Err(bad(cert_origin, "certificate is not a CA".into()));
         }
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(bad(cert_path, "certificate does not match ca.key".into()));
+            return Err(bad(
+                cert_origin,
+                "certificate does not match the key".into(),
+            ));
         }
-        let expected_san = format!("spiffe://{}", config.trust_domain);
+        let expected_san = format!("spiffe://{trust_domain}");
         let san_matches = parsed
             .subject_alternative_name()
             .ok()
@@ -228,27 +316,78 @@ impl CertificateAuthority {
             });
         if !san_matches {
             return Err(bad(
-                cert_path,
-                format!("root is not for trust domain {}", config.trust_domain),
+                cert_origin,
+                format!("root is not for trust domain {trust_domain}"),
             ));
         }
         let not_after = parsed.validity().not_after.timestamp();
         let root_not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
         if root_not_after <= SystemTime::now() {
             return Err(bad(
-                cert_path,
+                cert_origin,
                 format!("root expired at unix time {not_after}"),
             ));
         }
         let issuer =
-            Issuer::from_ca_cert_der(&der, key).map_err(|e| bad(cert_path, e.to_string()))?;
+            Issuer::from_ca_cert_der(&der, key).map_err(|e| bad(cert_origin, e.to_string()))?;
         Ok(Self {
-            trust_domain: config.trust_domain.clone(),
+            trust_domain: trust_domain.to_owned(),
             root: der,
             root_not_after,
             issuer,
-            workload_ttl: config.workload_ttl,
+            workload_ttl,
         })
+    }
+
+    /// Signs a workload's certificate signing request for `id`, the identity the caller
+    /// authenticated as. The CSR must carry an ECDSA P-256 key, a valid self-signature, and
+    /// no subject alternative name other than `id` itself; the leaf is the CA's standard SVID
+    /// for the CSR's key, valid for `ttl` when given and lower than the CA's workload TTL,
+    /// else for the workload TTL.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<CertificateDer<'static>, CsrError> {
+        let spki_der = csr::checked_public_key(csr_pem, id)?;
+        let ttl = match ttl {
+            Some(ttl) if ttl < Duration::from_secs(1) => return Err(CsrError::Ttl(ttl.as_secs())),
+            Some(ttl) => ttl.min(self.workload_ttl),
+            None => self.workload_ttl,
+        };
+        let public = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)
+            .map_err(|e| CsrError::Malformed(format!("public key: {e}")))?;
+        let (cert, _, _) = self.sign_leaf(id, &public, ttl)?;
+        Ok(cert)
+    }
+
+    /// Certifies `public` as `id` for `ttl` (whole seconds): the one place leaves are signed.
+    /// Returns the certificate, its issue time and `notAfter`.
+    fn sign_leaf(
+        &self,
+        id: &SpiffeId,
+        public: &impl PublicKeyData,
+        ttl: Duration,
+    ) -> Result<(CertificateDer<'static>, SystemTime, SystemTime), CaError> {
+        if id.trust_domain() != self.trust_domain {
+            return Err(CaError::ForeignTrustDomain {
+                id: id.to_string(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        // Whole seconds: X.509 times have no fractions, and lifetime() stays exact.
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
+        if ttl < Duration::from_secs(1) || now + ttl > self.root_not_after {
+            return Err(CaError::Ttl(ttl));
+        }
+        let ttl = Duration::from_secs(ttl.as_secs());
+        let params = Self::svid_params(id, now, ttl)?;
+        let cert = params.signed_by(public, &self.issuer)?;
+        Ok((cert.der().clone(), now, now + ttl))
     }
 
     /// The trust domain this CA serves.
@@ -322,33 +461,10 @@ impl CertificateAuthority {
 
 impl SvidIssuer for CertificateAuthority {
     fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<Svid, CaError> {
-        if id.trust_domain() != self.trust_domain {
-            return Err(CaError::ForeignTrustDomain {
-                id: id.to_string(),
-                trust_domain: self.trust_domain.clone(),
-            });
-        }
-        // Whole seconds: X.509 times have no fractions, and lifetime() stays exact.
-        let since_epoch = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
-        if ttl < Duration::from_secs(1) || now + ttl > self.root_not_after {
-            return Err(CaError::Ttl(ttl));
-        }
-        let ttl = Duration::from_secs(ttl.as_secs());
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let params = Self::svid_params(id, now, ttl)?;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let (cert, now, not_after) = self.sign_leaf(id, &key, ttl)?;
         let key_der = PrivatePkcs8KeyDer::from(key.serialize_der());
-        let not_after = now + ttl;
-        Ok(Svid::from_parts(
-            id.clone(),
-            cert.der().clone(),
-            key_der,
-            now,
-            not_after,
-        )?)
+        Ok(Svid::from_parts(id.clone(), cert, key_der, now, not_after)?)
     }
 }
 
@@ -430,6 +546,66 @@ mod tests {
         bad.workload_ttl = Duration::from_millis(10);
         assert!(matches!(bad.validate(), Err(CaError::Config(_))));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn generated_root_round_trips_through_pem_and_bad_pem_names_its_source() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let ttl = Duration::from_secs(600);
+        let (first, pem) = CertificateAuthority::generate("cluster.local", year, ttl).unwrap();
+        assert!(pem.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(!format!("{pem:?}").contains("PRIVATE KEY"));
+        let source = "Secret sluice-system/sluice-mesh-ca";
+        let second = CertificateAuthority::from_pem(
+            "cluster.local",
+            &pem.cert_pem,
+            &pem.key_pem,
+            ttl,
+            source,
+        )
+        .unwrap();
+        assert_eq!(second.root_der(), first.root_der());
+        // Issued by the reloaded root, verified by the original's bundle.
+        let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let svid = second.issue_default(&id).unwrap();
+        assert!(
+            first
+                .trust_bundle()
+                .unwrap()
+                .verify(svid.cert_der(), Usage::Server, UnixTime::now())
+                .is_ok()
+        );
+        let (_, other) = CertificateAuthority::generate("cluster.local", year, ttl).unwrap();
+        for (cert, key, td, says) in [
+            (
+                &pem.cert_pem,
+                &other.key_pem,
+                "cluster.local",
+                "does not match the key",
+            ),
+            (
+                &pem.cert_pem,
+                &pem.key_pem,
+                "other.domain",
+                "not for trust domain",
+            ),
+            (&pem.cert_pem, &"junk".to_owned(), "cluster.local", "(key)"),
+            (
+                &pem.key_pem,
+                &pem.key_pem,
+                "cluster.local",
+                "no CERTIFICATE block",
+            ),
+        ] {
+            let err = CertificateAuthority::from_pem(td, cert, key, ttl, source).unwrap_err();
+            assert!(matches!(err, CaError::BadRoot { .. }), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(source) && text.contains(says), "{text}");
+        }
+        assert!(matches!(
+            CertificateAuthority::generate("cluster.local", ttl, year),
+            Err(CaError::Config(_))
+        ));
     }
 
     #[test]

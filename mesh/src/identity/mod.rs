@@ -1,13 +1,15 @@
 //! Workload identity: SPIFFE IDs, the built-in CA, SVID verification and rotation.
 
 pub mod ca;
+pub mod csr;
 pub mod files;
 pub mod rotate;
 pub mod spiffe;
 pub mod svid;
 pub mod verify;
 
-pub use ca::{CaConfig, CaError, CertificateAuthority, SvidIssuer};
+pub use ca::{CaConfig, CaError, CertificateAuthority, RootPem, SvidIssuer};
+pub use csr::CsrError;
 pub use rotate::{RotatingSvid, RotationConfig};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError};
 pub use svid::Svid;

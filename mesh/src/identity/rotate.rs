@@ -116,8 +116,29 @@ async fn renew_loop(
     config: RotationConfig,
     tx: watch::Sender<Arc<Svid>>,
 ) {
+    let ttl = config.ttl;
+    renew_with(config, tx, move || {
+        let result = issuer.issue(&id, ttl);
+        async move { result }
+    })
+    .await;
+}
+
+/// Publishes a new SVID from `issue` into `tx` at 40–50 % of the current one's life, retrying
+/// failures with `config.retry_min` doubling up to `config.retry_max`; returns when every
+/// receiver is gone. Shared by the in-process CA and the remote one.
+pub(crate) async fn renew_with<F, Fut, E>(
+    config: RotationConfig,
+    tx: watch::Sender<Arc<Svid>>,
+    mut issue: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Svid, E>>,
+    E: std::fmt::Display,
+{
     loop {
         let lifetime = tx.borrow().lifetime();
+        let id = tx.borrow().id().clone();
         let delay = renewal_delay(lifetime, config.jitter, random_unit());
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -125,7 +146,11 @@ async fn renew_loop(
         }
         let mut backoff = config.retry_min;
         let svid = loop {
-            match issuer.issue(&id, config.ttl) {
+            let attempt = tokio::select! {
+                result = issue() => result,
+                _ = tx.closed() => return,
+            };
+            match attempt {
                 Ok(svid) => break svid,
                 Err(error) => {
                     tracing::warn!(%id, %error, retry_in = ?backoff, "certificate renewal failed");
@@ -137,7 +162,7 @@ async fn renew_loop(
                 }
             }
         };
-        tracing::debug!(%id, not_after = ?svid.not_after(), "certificate renewed");
+        tracing::debug!(id = %svid.id(), not_after = ?svid.not_after(), "certificate renewed");
         if tx.send(Arc::new(svid)).is_err() {
             return;
         }

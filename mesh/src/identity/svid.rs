@@ -131,22 +131,32 @@ impl Svid {
         };
         let cert = CertificateDer::from(find("CERTIFICATE")?);
         let key = PrivatePkcs8KeyDer::from(find("PRIVATE KEY")?);
-        let now = UnixTime::now();
         let id = bundle
-            .verify(&cert, Usage::Server, now)
+            .verify(&cert, Usage::Server, UnixTime::now())
             .map_err(|e| SvidFileError::Invalid(name.clone(), e))?;
+        Self::from_verified(id, cert, key).map_err(|e| SvidFileError::Format(name, e))
+    }
+
+    /// Assembles an SVID from a certificate already verified as `id` and its key; the
+    /// rotation clock comes from the certificate's validity. Fails when the certificate does
+    /// not parse or the key does not load.
+    pub(crate) fn from_verified(
+        id: SpiffeId,
+        cert: CertificateDer<'static>,
+        key: PrivatePkcs8KeyDer<'static>,
+    ) -> Result<Self, String> {
         let (_, parsed) =
             <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
                 '_,
                 x509_parser::error::X509Error,
             >>::from_der(&cert)
-            .map_err(|e| SvidFileError::Format(name.clone(), e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let at = |secs: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
         // The CA backdates notBefore by the skew allowance; undo it for the rotation clock.
         let issued_at = at(parsed.validity().not_before.timestamp()) + super::verify::CLOCK_SKEW;
         let not_after = at(parsed.validity().not_after.timestamp());
         Self::from_parts(id, cert, key, issued_at, not_after)
-            .map_err(|e| SvidFileError::Format(name, format!("key does not load: {e}")))
+            .map_err(|e| format!("key does not load: {e}"))
     }
 }
 

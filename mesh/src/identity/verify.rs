@@ -243,17 +243,21 @@ fn check_leaf_extensions(cert: &X509Certificate<'_>, usage: Usage) -> Result<(),
         }
         _ => {}
     }
-    let spki = cert.public_key();
+    if !is_p256(cert.public_key()) {
+        return Err(SvidError::WrongKeyType);
+    }
+    Ok(())
+}
+
+/// Whether a subject public key is ECDSA on P-256 (certificates here, CSRs at the CA).
+pub(crate) fn is_p256(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> bool {
     let on_p256 = spki
         .algorithm
         .parameters
         .as_ref()
         .and_then(|p| p.as_oid().ok())
         .is_some_and(|oid| oid == OID_EC_P256);
-    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY || !on_p256 {
-        return Err(SvidError::WrongKeyType);
-    }
-    Ok(())
+    spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY && on_p256
 }
 
 /// The SPIFFE ID in the certificate's single URI SAN (no other check).

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::ClientConfig;
+use rustls::ConfigBuilder;
+use rustls::client::{ClientConfig, WantsClientCert};
 use rustls::crypto::CryptoProvider;
 use rustls::server::ServerConfig;
 use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
@@ -68,12 +69,22 @@ impl MeshTls {
 
     /// A server config that requires a client SVID.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsConfigError> {
-        let mut config = ServerConfig::builder_with_details(provider(), self.time.clone())
+        let verifier = Arc::new(SpiffeClientVerifier::new(self.bundle.clone()));
+        let config = ServerConfig::builder_with_details(provider(), self.time.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(self.bundle.clone())))
+            .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(self.identity.clone()));
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        Ok(Arc::new(config))
+        Ok(with_alpn_server(config))
+    }
+
+    /// A server config presenting this workload's SVID that asks for no client certificate:
+    /// for a service whose callers authenticate otherwise (the CA, by ServiceAccount token).
+    pub fn server_config_no_client_auth(&self) -> Result<Arc<ServerConfig>, TlsConfigError> {
+        let config = ServerConfig::builder_with_details(provider(), self.time.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(self.identity.clone()));
+        Ok(with_alpn_server(config))
     }
 
     /// A client config presenting this workload's SVID and accepting `expected` servers.
@@ -81,17 +92,46 @@ impl MeshTls {
         &self,
         expected: ExpectedServer,
     ) -> Result<Arc<ClientConfig>, TlsConfigError> {
-        let mut config = ClientConfig::builder_with_details(provider(), self.time.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
-                self.bundle.clone(),
-                expected,
-            )))
+        let config = client_builder(&self.bundle, expected, self.time.clone())?
             .with_client_cert_resolver(Arc::new(self.identity.clone()));
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        // Identity is the SPIFFE ID, not a host name: send no SNI.
-        config.enable_sni = false;
-        Ok(Arc::new(config))
+        Ok(with_alpn_client(config))
     }
+
+    /// A client config that presents no certificate (a workload without an identity yet,
+    /// asking the CA for one) and accepts `expected` servers of `bundle`.
+    pub fn anonymous_client_config(
+        bundle: Arc<TrustBundle>,
+        expected: ExpectedServer,
+    ) -> Result<Arc<ClientConfig>, TlsConfigError> {
+        let config =
+            client_builder(&bundle, expected, Arc::new(DefaultTimeProvider))?.with_no_client_auth();
+        Ok(with_alpn_client(config))
+    }
+}
+
+fn with_alpn_server(mut config: ServerConfig) -> Arc<ServerConfig> {
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// TLS 1.3 with the SPIFFE server verifier; the caller picks the client certificate.
+fn client_builder(
+    bundle: &Arc<TrustBundle>,
+    expected: ExpectedServer,
+    time: Arc<dyn TimeProvider>,
+) -> Result<ConfigBuilder<ClientConfig, WantsClientCert>, TlsConfigError> {
+    Ok(ClientConfig::builder_with_details(provider(), time)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+            bundle.clone(),
+            expected,
+        ))))
+}
+
+fn with_alpn_client(mut config: ClientConfig) -> Arc<ClientConfig> {
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // Identity is the SPIFFE ID, not a host name: send no SNI.
+    config.enable_sni = false;
+    Arc::new(config)
 }

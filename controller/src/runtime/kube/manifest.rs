@@ -28,7 +28,37 @@ pub struct PodTemplate {
     pub image_pull_policy: String,
     /// The service account of replica Pods (the namespace's default when empty).
     pub service_account: String,
+    /// The mesh of replica Pods: their certificate comes from the controller's CA,
+    /// authenticated by a projected ServiceAccount token. `None`: plaintext replicas.
+    pub mesh: Option<PodMesh>,
 }
+
+/// What a replica Pod needs to get its SVID from the controller's CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodMesh {
+    /// `host:port` of the CA (`sluice-ca.<controller namespace>.svc:15012`).
+    pub ca_addr: String,
+    /// The trust domain.
+    pub trust_domain: String,
+    /// SPIFFE IDs replicas trust to attest callers (the router's).
+    pub attesters: Vec<String>,
+    /// The CA's root certificate (PEM), published in each namespace as ConfigMap
+    /// [`ROOT_CONFIGMAP`].
+    pub root_pem: String,
+}
+
+/// The ConfigMap that holds the mesh's root certificate in each namespace with replicas.
+pub const ROOT_CONFIGMAP: &str = "sluice-mesh-root";
+/// Its key.
+pub const ROOT_KEY: &str = "root-cert.pem";
+/// The audience of the projected ServiceAccount token replicas present to the CA.
+pub const TOKEN_AUDIENCE: &str = "sluice-ca";
+/// How long a projected token lives (the kubelet refreshes it at 80 %).
+pub const TOKEN_EXPIRATION_SECONDS: u32 = 3600;
+/// Where the projected volume (token and root) is mounted.
+pub const MESH_MOUNT: &str = "/var/run/secrets/sluice/mesh";
+/// The projected volume's name.
+pub const MESH_VOLUME: &str = "sluice-mesh";
 
 /// Who owns the objects: the Revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +145,9 @@ pub fn deployment(spec: &ReplicaSpec, replicas: u32, owner: &Owner, pod: &PodTem
     if !pod.service_account.is_empty() {
         pod_spec["serviceAccountName"] = pod.service_account.clone().into();
     }
+    if let Some(mesh) = &pod.mesh {
+        add_mesh(&mut pod_spec, mesh);
+    }
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -132,6 +165,62 @@ pub fn deployment(spec: &ReplicaSpec, replicas: u32, owner: &Owner, pod: &PodTem
                 "spec": pod_spec,
             },
         },
+    })
+}
+
+/// The Pod's mesh: no automounted API token (replicas do not talk to the API server); a
+/// projected volume with a token for the CA's audience and the root; the env the replica's
+/// mesh loader reads.
+fn add_mesh(pod_spec: &mut Value, mesh: &PodMesh) {
+    pod_spec["automountServiceAccountToken"] = false.into();
+    pod_spec["volumes"] = json!([{
+        "name": MESH_VOLUME,
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {
+                    "audience": TOKEN_AUDIENCE,
+                    "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                    "path": "token",
+                }},
+                {"configMap": {
+                    "name": ROOT_CONFIGMAP,
+                    "items": [{"key": ROOT_KEY, "path": ROOT_KEY}],
+                }},
+            ],
+        },
+    }]);
+    let container = &mut pod_spec["containers"][0];
+    container["volumeMounts"] = json!([{
+        "name": MESH_VOLUME,
+        "mountPath": MESH_MOUNT,
+        "readOnly": true,
+    }]);
+    if let Some(env) = container["env"].as_array_mut() {
+        let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+        env.extend([
+            json!({"name": "SLUICE_MESH_CA_ADDR", "value": mesh.ca_addr}),
+            json!({"name": "SLUICE_MESH_TOKEN_FILE", "value": format!("{MESH_MOUNT}/token")}),
+            json!({"name": "SLUICE_MESH_ROOT_FILE", "value": format!("{MESH_MOUNT}/{ROOT_KEY}")}),
+            json!({"name": "SLUICE_MESH_TRUST_DOMAIN", "value": mesh.trust_domain}),
+            json!({"name": "SLUICE_MESH_ATTESTERS", "value": mesh.attesters.join(",")}),
+            json!({"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")}),
+            json!({"name": "POD_NAME", "valueFrom": field("metadata.name")}),
+        ]);
+    }
+}
+
+/// The namespace's ConfigMap [`ROOT_CONFIGMAP`] with the mesh's root (a server-side apply
+/// body). Not owned by a revision: every revision of the namespace mounts it.
+pub fn root_config_map(namespace: &str, root_pem: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": ROOT_CONFIGMAP,
+            "namespace": namespace,
+            "labels": {MANAGED_BY.0: MANAGED_BY.1},
+        },
+        "data": {ROOT_KEY: root_pem},
     })
 }
 
@@ -182,6 +271,7 @@ mod tests {
             image: "sluice:dev".into(),
             image_pull_policy: String::new(),
             service_account: String::new(),
+            mesh: None,
         };
         let d = deployment(
             &spec(&["sluice", "queue", "--", "sluice", "hello"]),
@@ -227,5 +317,97 @@ mod tests {
         let s = service(&spec(&["sluice", "hello"]), &owner);
         assert_eq!(s["spec"]["selector"][REVISION_LABEL], "hello-00001");
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 8012);
+        // Without the mesh: no volume, the default token mount is left as it is.
+        let spec = &d["spec"]["template"]["spec"];
+        assert!(spec.get("volumes").is_none());
+        assert!(spec.get("automountServiceAccountToken").is_none());
+    }
+
+    #[test]
+    fn with_the_mesh_a_pod_gets_a_projected_token_for_the_ca_and_the_root() {
+        let owner = Owner {
+            name: "hello-00001".into(),
+            uid: "u1".into(),
+        };
+        let pod = PodTemplate {
+            image: "sluice:dev".into(),
+            image_pull_policy: String::new(),
+            service_account: "hello-sa".into(),
+            mesh: Some(PodMesh {
+                ca_addr: "sluice-ca.sluice-system.svc:15012".into(),
+                trust_domain: "cluster.local".into(),
+                attesters: vec![
+                    "spiffe://cluster.local/ns/sluice-system/sa/sluice-router".into(),
+                    "spiffe://cluster.local/ns/sluice-system/sa/other".into(),
+                ],
+                root_pem: "ROOT".into(),
+            }),
+        };
+        let d = deployment(
+            &spec(&["sluice", "queue", "--", "sluice", "hello"]),
+            1,
+            &owner,
+            &pod,
+        );
+        let spec = &d["spec"]["template"]["spec"];
+        assert_eq!(spec["serviceAccountName"], "hello-sa");
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(
+            spec["volumes"],
+            json!([{
+                "name": "sluice-mesh",
+                "projected": {"sources": [
+                    {"serviceAccountToken": {"audience": "sluice-ca", "expirationSeconds": 3600, "path": "token"}},
+                    {"configMap": {"name": "sluice-mesh-root",
+                        "items": [{"key": "root-cert.pem", "path": "root-cert.pem"}]}},
+                ]},
+            }])
+        );
+        let c = &spec["containers"][0];
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{"name": "sluice-mesh", "mountPath": "/var/run/secrets/sluice/mesh", "readOnly": true}])
+        );
+        let env = c["env"].as_array().unwrap();
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .unwrap_or_else(|| panic!("{name} in {env:?}"))
+                .clone()
+        };
+        assert_eq!(
+            value("SLUICE_MESH_CA_ADDR")["value"],
+            "sluice-ca.sluice-system.svc:15012"
+        );
+        assert_eq!(
+            value("SLUICE_MESH_TOKEN_FILE")["value"],
+            "/var/run/secrets/sluice/mesh/token"
+        );
+        assert_eq!(
+            value("SLUICE_MESH_ROOT_FILE")["value"],
+            "/var/run/secrets/sluice/mesh/root-cert.pem"
+        );
+        assert_eq!(value("SLUICE_MESH_TRUST_DOMAIN")["value"], "cluster.local");
+        assert_eq!(
+            value("SLUICE_MESH_ATTESTERS")["value"],
+            "spiffe://cluster.local/ns/sluice-system/sa/sluice-router,spiffe://cluster.local/ns/sluice-system/sa/other"
+        );
+        assert_eq!(
+            value("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.namespace"
+        );
+        assert_eq!(
+            value("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        // The user's env and the replica's listener stay.
+        assert_eq!(value("TARGET")["value"], "Sluice");
+        assert_eq!(value("SLUICE_QUEUE_LISTEN")["value"], "0.0.0.0:8012");
+
+        let cm = root_config_map("team-a", "ROOT");
+        assert_eq!(cm["metadata"]["name"], "sluice-mesh-root");
+        assert_eq!(cm["metadata"]["namespace"], "team-a");
+        assert_eq!(cm["data"]["root-cert.pem"], "ROOT");
+        assert!(cm["metadata"].get("ownerReferences").is_none());
     }
 }

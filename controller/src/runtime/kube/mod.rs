@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service as CoreService};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service as CoreService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -25,7 +25,9 @@ use tokio::sync::watch;
 
 use super::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime, RuntimeError};
 use crate::store::kube::{FIELD_MANAGER, api_resource, classify};
-pub use manifest::{MANAGED_BY, Owner, PodTemplate, REPLICA_PORT, REVISION_LABEL};
+pub use manifest::{
+    MANAGED_BY, Owner, PodMesh, PodTemplate, REPLICA_PORT, REVISION_LABEL, ROOT_CONFIGMAP, ROOT_KEY,
+};
 
 /// Deployments as replicas.
 #[derive(Clone)]
@@ -52,6 +54,8 @@ struct State {
     /// Why the last apply of a revision's objects failed (RBAC, API errors), until one
     /// succeeds: reported by `status`, so the Revision's condition names it.
     apply_failures: HashMap<NamespacedName, ReplicaFailure>,
+    /// Namespaces whose mesh root ConfigMap this runtime applied.
+    roots: std::collections::HashSet<String>,
 }
 
 #[derive(Default)]
@@ -190,6 +194,7 @@ impl KubeRuntime {
             image: String::new(),
             image_pull_policy: String::new(),
             service_account: String::new(),
+            mesh: None,
         };
         Self::start(client, pod, false)
     }
@@ -466,9 +471,27 @@ impl KubeRuntime {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
+        self.apply_named::<K>(revision, &revision.name, resource, body)
+            .await
+    }
+
+    /// Server-side applies `body` as `name` in the revision's namespace.
+    async fn apply_named<K>(
+        &self,
+        revision: &NamespacedName,
+        name: &str,
+        resource: &str,
+        body: serde_json::Value,
+    ) -> Result<(), RuntimeError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
         let api: Api<K> = Api::namespaced(self.inner.client.clone(), &revision.namespace);
         api.patch(
-            &revision.name,
+            name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
@@ -487,6 +510,16 @@ impl KubeRuntime {
         if first {
             self.apply::<CoreService>(key, "services", manifest::service(spec, &owner))
                 .await?;
+        }
+        // The mesh root the Pods mount, before their Deployment: once per namespace, and
+        // again with each new revision (should someone have deleted it).
+        if let Some(mesh) = &self.inner.pod.mesh
+            && (first || !self.state().roots.contains(&key.namespace))
+        {
+            let body = manifest::root_config_map(&key.namespace, &mesh.root_pem);
+            self.apply_named::<ConfigMap>(key, ROOT_CONFIGMAP, "configmaps", body)
+                .await?;
+            self.state().roots.insert(key.namespace.clone());
         }
         let deployment = manifest::deployment(spec, replicas, &owner, &self.inner.pod);
         self.apply::<Deployment>(key, "deployments.apps", deployment)
