@@ -105,6 +105,8 @@ impl Ca {
         ]));
         let (stop, stopped) = oneshot::channel::<()>();
         let policies = Arc::new(PolicyPublisher::new("sluice-system"));
+        // Known (empty) from the start, as a controller's after its first listing.
+        policies.publish(Vec::new());
         let server = tokio::spawn(serve_with_policies(
             listener,
             ca.clone(),

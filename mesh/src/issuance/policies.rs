@@ -81,7 +81,8 @@ impl PolicySnapshot {
     }
 }
 
-/// Where the CA gets the policies it serves (the controller's watch of the cluster).
+/// Where the CA gets the policies it serves (the controller's watch of the cluster). A
+/// snapshot of version 0 means "not yet known": the CA answers 503 until the first publish.
 pub trait PolicySource: Send + Sync + 'static {
     /// The current snapshot, following every change.
     fn subscribe(&self) -> watch::Receiver<Arc<PolicySnapshot>>;
@@ -94,7 +95,7 @@ pub struct PolicyPublisher {
 }
 
 impl PolicyPublisher {
-    /// No policies yet (version 0), mesh-wide ones in `root_namespace`.
+    /// Not yet known (version 0: the CA answers 503), mesh-wide ones in `root_namespace`.
     pub fn new(root_namespace: &str) -> Self {
         let (tx, _) = watch::channel(Arc::new(PolicySnapshot {
             version: 0,
@@ -206,6 +207,13 @@ impl PolicyService {
         };
         let mut rx = self.source.clone();
         let current = rx.borrow_and_update().clone();
+        if current.version == 0 {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the policies are not yet known (the controller is still listing them); retry"
+                    .into(),
+            );
+        }
         if version.as_deref() != Some(self.version(&current).as_str()) {
             return self.answer(&current, caller.namespace());
         }
@@ -519,6 +527,53 @@ mod tests {
         publisher.publish(Vec::new());
         assert_eq!(publisher.current().version, 2);
         assert_eq!(publisher.current().for_namespace("team-a"), "");
+    }
+
+    fn get(query: &str) -> Request<()> {
+        Request::get(format!("{POLICIES_PATH}{query}"))
+            .body(())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_until_published_then_long_polls_wait_for_a_change_or_time_out() {
+        let publisher = PolicyPublisher::new("sluice-system");
+        let service = PolicyService::new(&publisher);
+        let caller = SpiffeId::new("cluster.local", "team-a", "default").ok();
+        let caller = caller.as_ref();
+        assert_eq!(
+            service.handle(&get(""), caller).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        publisher.publish(vec![object("AuthorizationPolicy", "team-a", "a")]);
+        let first = service.handle(&get(""), caller).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        let body = first.into_body().collect().await.map(|b| b.to_bytes());
+        let first: PoliciesResponse =
+            serde_json::from_slice(&body.unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        // No change within the wait (paused clock: the timeout fires without real waiting).
+        let same = format!("?version={}&waitSeconds=20", first.version);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            service.handle(&get(&same), caller).await.status(),
+            StatusCode::NOT_MODIFIED
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+        // A change while waiting ends the wait with the new set.
+        let request = get(&same);
+        let waiting = service.handle(&request, caller);
+        let publish = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            publisher.publish(Vec::new());
+        };
+        let (answer, ()) = tokio::join!(waiting, publish);
+        assert_eq!(answer.status(), StatusCode::OK);
+        // Not a GET: 405 naming the method.
+        let post = Request::post(POLICIES_PATH).body(()).unwrap_or_default();
+        assert_eq!(
+            service.handle(&post, caller).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 
     #[test]
