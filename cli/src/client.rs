@@ -212,7 +212,8 @@ pub fn print_apply_results(results: &[ApplyResult]) {
 /// `sluice up`'s admin API, or with `--kube` from the API server.
 async fn get_policies(args: GetArgs, plural: &str) -> anyhow::Result<()> {
     let body = if args.kube {
-        let namespace = (!args.all_namespaces || args.name.is_some()).then_some(args.namespace.as_str());
+        let namespace =
+            (!args.all_namespaces || args.name.is_some()).then_some(args.namespace.as_str());
         crate::kube_policy::get(plural, namespace, args.name.as_deref()).await?
     } else {
         let base = args.server.trim_end_matches('/');

@@ -4,10 +4,10 @@
 //! server-side applied, listed and deleted on the API server like any other kind. The
 //! controller enforces them through its mesh CA.
 
-use anyhow::{Context, bail};
 use ::kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use ::kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use ::kube::{Api, Client};
+use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use sluice_controller::kube_policies::{GROUP, PolicyKind, validate};
 use sluice_controller::store::kube::infer_client;
@@ -116,7 +116,9 @@ pub async fn apply(docs: Vec<Validated>) -> anyhow::Result<()> {
             Api::namespaced_with(client.clone(), &doc.namespace, &doc.resource);
         let before = match api.get_opt(&doc.name).await {
             Ok(o) => o.and_then(|o| o.metadata.resource_version),
-            Err(e) if crd_missing(&client, doc.kind, &e).await => return Err(missing_crd(doc.kind)),
+            Err(e) if crd_missing(&client, doc.kind, &e).await => {
+                return Err(missing_crd(doc.kind));
+            }
             Err(e) => {
                 return Err(anyhow::Error::new(e).context(format!(
                     "reading {} {}/{}",
@@ -158,7 +160,11 @@ pub async fn apply(docs: Vec<Validated>) -> anyhow::Result<()> {
 }
 
 /// `GET` of the admin API's shape: one object, or `{"items": [...]}` (one namespace or all).
-pub async fn get(plural: &str, namespace: Option<&str>, name: Option<&str>) -> anyhow::Result<Value> {
+pub async fn get(
+    plural: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> anyhow::Result<Value> {
     let kind = kind_of_plural(plural)?;
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let ar = kind.api_resource();
@@ -168,9 +174,10 @@ pub async fn get(plural: &str, namespace: Option<&str>, name: Option<&str>) -> a
     };
     let result = match name {
         Some(name) => api.get(name).await.map(|o| serde_json::to_value(o)),
-        None => api.list(&ListParams::default()).await.map(|list| {
-            serde_json::to_value(&list.items).map(|items| json!({ "items": items }))
-        }),
+        None => api
+            .list(&ListParams::default())
+            .await
+            .map(|list| serde_json::to_value(&list.items).map(|items| json!({ "items": items }))),
     };
     match result {
         Ok(value) => Ok(value?),
@@ -203,10 +210,10 @@ pub async fn delete(plural: &str, namespace: &str, name: &str) -> anyhow::Result
         Err(::kube::Error::Api(s)) if s.code == 404 => {
             bail!("{} {namespace}/{name} not found", kind.name())
         }
-        Err(e) => Err(anyhow::Error::new(e).context(format!(
-            "deleting {} {namespace}/{name}",
-            kind.name()
-        ))),
+        Err(e) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("deleting {} {namespace}/{name}", kind.name())))
+        }
     }
 }
 
@@ -228,7 +235,8 @@ mod tests {
         let error = validate_all(&bad).err().map(|e| e.to_string());
         let error = error.unwrap_or_default();
         assert!(
-            error.starts_with("nothing applied: policy document 2:") && error.contains("spec.action"),
+            error.starts_with("nothing applied: policy document 2:")
+                && error.contains("spec.action"),
             "{error}"
         );
     }

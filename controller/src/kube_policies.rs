@@ -195,8 +195,7 @@ impl PolicyWatch {
 
     /// Publishes when every kind is known and something changed.
     fn publish(&self, state: &State) {
-        if state.kinds.len() < PolicyKind::ALL.len() || state.kinds.values().any(Option::is_none)
-        {
+        if state.kinds.len() < PolicyKind::ALL.len() || state.kinds.values().any(Option::is_none) {
             return;
         }
         let all: Vec<PolicyObject> = state
@@ -232,10 +231,10 @@ impl PolicyWatch {
             Ok(policy) => Some(((namespace, name), policy)),
             Err(message) => {
                 let rv = object.metadata.resource_version.clone().unwrap_or_default();
-                let first = self
-                    .lock()
-                    .reported
-                    .insert((kind, namespace.clone(), name.clone(), rv));
+                let first =
+                    self.lock()
+                        .reported
+                        .insert((kind, namespace.clone(), name.clone(), rv));
                 if first {
                     tracing::warn!(
                         kind = kind.name(),
@@ -274,9 +273,9 @@ impl PolicyWatch {
         while let Some(event) = stream.next().await {
             let event = match event {
                 Ok(e) => e,
-                Err(
-                    watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e),
-                ) if is_not_found(&e) => {
+                Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e))
+                    if is_not_found(&e) =>
+                {
                     tracing::warn!(
                         "CRD {} is not installed: no {} is enforced (install Istio's CRDs or \
                          apply deploy/optional/istio-security-crds.yaml, then restart the controller)",
@@ -425,8 +424,15 @@ mod tests {
             "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["x"]}}]}]},
         });
         let policy = validate(PolicyKind::Authorization, &object).unwrap();
-        assert_eq!((policy.namespace.as_str(), policy.name.as_str()), ("team-a", "a"));
-        assert!(!policy.manifest.contains("managedFields"), "{}", policy.manifest);
+        assert_eq!(
+            (policy.namespace.as_str(), policy.name.as_str()),
+            ("team-a", "a")
+        );
+        assert!(
+            !policy.manifest.contains("managedFields"),
+            "{}",
+            policy.manifest
+        );
         let bad = json!({
             "apiVersion": "security.istio.io/v1",
             "metadata": {"name": "b", "namespace": "team-a"},

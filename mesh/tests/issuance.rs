@@ -661,7 +661,10 @@ async fn from_env_in_a_pod_environment() {
             .env("K_SERVICE", "hello")
             .env("K_CONFIGURATION", "hello")
             .env("K_REVISION", "hello-00001")
-            .env("SLUICE_MESH_LABELS", r#"{"app":"hello","serving.knative.dev/service":"hello"}"#)
+            .env(
+                "SLUICE_MESH_LABELS",
+                r#"{"app":"hello","serving.knative.dev/service":"hello"}"#,
+            )
             .env(
                 "SLUICE_MESH_ATTESTERS",
                 "spiffe://cluster.local/ns/sluice-system/sa/router",
@@ -690,10 +693,15 @@ async fn from_env_in_a_pod_environment() {
     assert_eq!(loaded["revision"], "hello-00001");
     assert_eq!(loaded["labels"]["serving.knative.dev/service"], "hello");
     assert_eq!(loaded["labels"]["app"], "hello");
-    assert_eq!(loaded["labels"]["serving.knative.dev/revision"], "hello-00001");
+    assert_eq!(
+        loaded["labels"]["serving.knative.dev/revision"],
+        "hello-00001"
+    );
 
     // Labels that are not a JSON object of strings are refused, naming the variable.
-    let output = run(&[("SLUICE_MESH_LABELS", r#"{"app": 1}"#)]).await.unwrap();
+    let output = run(&[("SLUICE_MESH_LABELS", r#"{"app": 1}"#)])
+        .await
+        .unwrap();
     assert!(!output.status.success());
     let text = String::from_utf8_lossy(&output.stderr).into_owned()
         + &String::from_utf8_lossy(&output.stdout);
@@ -755,7 +763,14 @@ async fn policies_need_the_workloads_certificate() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(error.contains("SVID"), "{error}");
     // A token is not a certificate.
-    let (status, _, _) = call(&ca, Method::GET, POLICIES_PATH, Some("Bearer tok1"), Vec::new()).await;
+    let (status, _, _) = call(
+        &ca,
+        Method::GET,
+        POLICIES_PATH,
+        Some("Bearer tok1"),
+        Vec::new(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // CSR bootstrap without a certificate still works on the same port.
     let dir = TempDir::new();
@@ -772,9 +787,14 @@ async fn policies_need_the_workloads_certificate() {
         ca.bundle.clone(),
         sluice_mesh::identity::RotatingSvid::from_receiver(rx),
     );
-    let err = fetch_policies(&ca.addr.to_string(), &foreign_tls, None, Duration::from_secs(1))
-        .await
-        .unwrap_err();
+    let err = fetch_policies(
+        &ca.addr.to_string(),
+        &foreign_tls,
+        None,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, IssueError::Handshake { .. } | IssueError::Http { .. }),
         "{err}"
@@ -789,7 +809,12 @@ async fn a_workload_gets_its_namespaces_and_the_root_namespaces_policies() {
     ca.policies.publish(vec![
         policy("AuthorizationPolicy", "ns1", "mine", "{action: ALLOW}"),
         policy("AuthorizationPolicy", "ns2", "theirs", "{action: DENY}"),
-        policy("PeerAuthentication", "sluice-system", "mesh", "{mtls: {mode: STRICT}}"),
+        policy(
+            "PeerAuthentication",
+            "sluice-system",
+            "mesh",
+            "{mtls: {mode: STRICT}}",
+        ),
     ]);
     let dir = TempDir::new();
     let tls = workload_tls(&ca, &dir).await;
@@ -799,8 +824,16 @@ async fn a_workload_gets_its_namespaces_and_the_root_namespaces_policies() {
         .unwrap()
         .expect("a first request is answered");
     assert_eq!(answer.root_namespace, "sluice-system");
-    assert!(answer.policies.contains("name: mine"), "{}", answer.policies);
-    assert!(answer.policies.contains("name: mesh"), "{}", answer.policies);
+    assert!(
+        answer.policies.contains("name: mine"),
+        "{}",
+        answer.policies
+    );
+    assert!(
+        answer.policies.contains("name: mesh"),
+        "{}",
+        answer.policies
+    );
     assert!(!answer.policies.contains("theirs"), "{}", answer.policies);
     // What is served parses as the replica parses it; the root namespace's STRICT applies.
     let parsed =
@@ -836,7 +869,11 @@ async fn a_long_poll_returns_on_a_change_and_says_no_change_after_its_wait() {
     };
     ca.policies
         .publish(vec![policy("AuthorizationPolicy", "ns1", "new", "{}")]);
-    let changed = waiting.await.unwrap().unwrap().expect("a change is answered");
+    let changed = waiting
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a change is answered");
     assert_ne!(changed.version, first.version);
     assert!(changed.policies.contains("name: new"));
     // An unknown version (another CA replica's) is answered at once.
@@ -850,12 +887,8 @@ async fn a_long_poll_returns_on_a_change_and_says_no_change_after_its_wait() {
 #[tokio::test]
 async fn a_remote_workload_starts_with_its_policies_and_follows_their_changes() {
     let ca = Ca::start(Duration::from_secs(3600)).await;
-    ca.policies.publish(vec![policy(
-        "AuthorizationPolicy",
-        "ns2",
-        "deny-all",
-        "{}",
-    )]);
+    ca.policies
+        .publish(vec![policy("AuthorizationPolicy", "ns2", "deny-all", "{}")]);
     let dir = TempDir::new();
     let follow = FollowConfig {
         first_attempts: 2,
@@ -888,14 +921,26 @@ async fn a_remote_workload_starts_with_its_policies_and_follows_their_changes() 
     };
     let mut policies = mesh.policies.clone();
     // Known before the workload serves: the empty ALLOW policy denies everything.
-    assert!(!policies.borrow_and_update().authorization.evaluate(&workload, &request).is_allowed());
+    assert!(
+        !policies
+            .borrow_and_update()
+            .authorization
+            .evaluate(&workload, &request)
+            .is_allowed()
+    );
     // Deleted in the cluster: the follower publishes the new (empty) set.
     ca.policies.publish(Vec::new());
     tokio::time::timeout(Duration::from_secs(60), policies.changed())
         .await
         .expect("no policy update within a minute")
         .unwrap();
-    assert!(policies.borrow_and_update().authorization.evaluate(&workload, &request).is_allowed());
+    assert!(
+        policies
+            .borrow_and_update()
+            .authorization
+            .evaluate(&workload, &request)
+            .is_allowed()
+    );
     ca.stop().await;
 }
 
@@ -942,7 +987,10 @@ async fn a_workload_does_not_start_when_the_ca_serves_no_policies() {
     .await
     .unwrap_err()
     .to_string();
-    assert!(err.contains("security policies") && err.contains("404"), "{err}");
+    assert!(
+        err.contains("security policies") && err.contains("404"),
+        "{err}"
+    );
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

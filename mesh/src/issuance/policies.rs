@@ -242,7 +242,11 @@ impl PolicyService {
 fn query(query: Option<&str>) -> Result<(Option<String>, Duration), String> {
     let mut version = None;
     let mut wait = DEFAULT_WAIT;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "version" => version = Some(value.to_owned()),
@@ -443,7 +447,10 @@ pub async fn first_policies(
         match result {
             Ok(got) => return Ok(got),
             Err(e) if attempt >= config.first_attempts => return Err(e),
-            Err(e) => tracing::warn!(attempt, "fetching the security policies failed, retrying: {e}"),
+            Err(e) => tracing::warn!(
+                attempt,
+                "fetching the security policies failed, retrying: {e}"
+            ),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(config.retry_max);
@@ -584,7 +591,11 @@ mod tests {
             (Some("ab-3".into()), Duration::from_secs(2))
         );
         assert_eq!(query(Some("waitSeconds=999")).unwrap().1, MAX_WAIT);
-        assert!(query(Some("waitSeconds=x")).unwrap_err().contains("waitSeconds"));
+        assert!(
+            query(Some("waitSeconds=x"))
+                .unwrap_err()
+                .contains("waitSeconds")
+        );
         assert!(query(Some("since=1")).unwrap_err().contains("since"));
     }
 }
