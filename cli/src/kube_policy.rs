@@ -173,7 +173,7 @@ pub async fn get(
         None => Api::all_with(client.clone(), &ar),
     };
     let result = match name {
-        Some(name) => api.get(name).await.map(|o| serde_json::to_value(o)),
+        Some(name) => api.get(name).await.map(serde_json::to_value),
         None => api
             .list(&ListParams::default())
             .await
