@@ -150,6 +150,8 @@ pub(crate) struct PolicyService {
     /// distinct, so a reconnect to another replica never mistakes its version for ours.
     epoch: String,
     waiters: Semaphore,
+    /// Changes (or closes) when the CA stops: waiting requests end at once.
+    stop: Option<watch::Receiver<()>>,
 }
 
 impl PolicyService {
@@ -158,7 +160,14 @@ impl PolicyService {
             source: source.subscribe(),
             epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             waiters: Semaphore::new(MAX_WAITERS),
+            stop: None,
         }
+    }
+
+    /// Ends waiting requests (304) when `stop` changes or closes.
+    pub(crate) fn with_stop(mut self, stop: watch::Receiver<()>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     fn version(&self, snapshot: &PolicySnapshot) -> String {
@@ -223,13 +232,28 @@ impl PolicyService {
                 format!("{MAX_WAITERS} requests already wait for a change; retry later"),
             );
         };
-        match tokio::time::timeout(wait, rx.changed()).await {
-            Ok(Ok(())) => {
+        let mut stop = self.stop.clone();
+        let stopped = async {
+            match stop.as_mut() {
+                Some(stop) => {
+                    let _ = stop.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let changed = async {
+            tokio::select! {
+                changed = rx.changed() => changed.is_ok(),
+                () = stopped => false,
+            }
+        };
+        match tokio::time::timeout(wait, changed).await {
+            Ok(true) => {
                 let now = rx.borrow_and_update().clone();
                 self.answer(&now, caller.namespace())
             }
-            // No change in time, or the source is gone (the CA is stopping): no change.
-            Ok(Err(_)) | Err(_) => {
+            // No change in time, the source is gone, or the CA is stopping: no change.
+            Ok(false) | Err(_) => {
                 let mut response = Response::new(Full::new(Bytes::new()));
                 *response.status_mut() = StatusCode::NOT_MODIFIED;
                 response
@@ -581,6 +605,25 @@ mod tests {
             service.handle(&post, caller).await.status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_the_ca_ends_waiting_requests_at_once() {
+        let publisher = PolicyPublisher::new("sluice-system");
+        publisher.publish(Vec::new());
+        let (stop_tx, stop_rx) = watch::channel(());
+        let service = PolicyService::new(&publisher).with_stop(stop_rx);
+        let caller = SpiffeId::new("cluster.local", "team-a", "default").ok();
+        let version = service.version(&publisher.current());
+        let request = get(&format!("?version={version}&waitSeconds=30"));
+        let started = tokio::time::Instant::now();
+        let stop = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(stop_tx);
+        };
+        let (answer, ()) = tokio::join!(service.handle(&request, caller.as_ref()), stop);
+        assert_eq!(answer.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 
     #[test]

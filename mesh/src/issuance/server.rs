@@ -93,15 +93,17 @@ pub async fn serve_with_policies(
         .server_config_optional_client_auth()
         .map_err(std::io::Error::other)?;
     let acceptor = TlsAcceptor::from(config);
+    let (stop_tx, stop_rx) = watch::channel(());
     let state = Arc::new(State {
         in_flight: Semaphore::new(MAX_IN_FLIGHT),
         bundle_pem: ca.root_pem(),
         ca,
         auth,
-        policies: policies.as_deref().map(PolicyService::new),
+        policies: policies
+            .as_deref()
+            .map(|source| PolicyService::new(source).with_stop(stop_rx.clone())),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let (stop_tx, stop_rx) = watch::channel(());
     tracing::info!(addr = ?listener.local_addr().ok(), identity = %server_identity, "mesh CA serving");
     tokio::pin!(shutdown);
     loop {
