@@ -14,7 +14,10 @@
 //!
 //! In Kubernetes mode there is no directory: [`WorkloadMesh::from_env`] sees
 //! [`crate::issuance::CA_ADDR_ENV`] and [`WorkloadMesh::remote`] obtains the identity from the
-//! CA with the Pod's projected token (see [`crate::issuance`] for the environment).
+//! CA with the Pod's projected token (see [`crate::issuance`] for the environment), and the
+//! security policies from the CA too (fetched before the replica serves, then followed with
+//! long polls; see [`crate::issuance::policies`]). The Pod's labels, which policies select
+//! on, come from [`crate::issuance::policies::LABELS_ENV`].
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -440,7 +440,7 @@ pub struct FollowConfig {
 impl Default for FollowConfig {
     fn default() -> Self {
         Self {
-            first_attempts: 6,
+            first_attempts: 8,
             retry_min: Duration::from_millis(250),
             retry_max: Duration::from_secs(10),
             wait: DEFAULT_WAIT,
