@@ -1198,12 +1198,15 @@ async fn a_replica_and_the_router_with_certificates_from_the_ca_talk_mtls() {
         "authorizationpolicies.security.istio.io",
         "peerauthentications.security.istio.io",
     ] {
-        eventually(&format!("the controller naming the missing CRD {crd}"), || async {
-            let log = controller.log();
-            (log.contains(&format!("CRD {crd} is not installed"))
-                && log.contains("deploy/optional/istio-security-crds.yaml"))
-            .then_some(())
-        })
+        eventually(
+            &format!("the controller naming the missing CRD {crd}"),
+            || async {
+                let log = controller.log();
+                (log.contains(&format!("CRD {crd} is not installed"))
+                    && log.contains("deploy/optional/istio-security-crds.yaml"))
+                .then_some(())
+            },
+        )
         .await;
     }
     let root = root_file(&cluster, &client, "sluice-system").await;
@@ -1497,6 +1500,11 @@ async fn istio_policies_are_enforced_on_replicas_in_kubernetes_mode() {
         out.contains("authorizationpolicy.security.istio.io/allow-alice created"),
         "{out}"
     );
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &allow]);
+    assert!(
+        ok && out.contains("authorizationpolicy.security.istio.io/allow-alice unchanged"),
+        "{out}{err}"
+    );
     let (status, body) = eventually("B refused by the ALLOW policy", || async {
         ask(1).await.filter(|(s, _)| *s == 403)
     })
@@ -1555,7 +1563,31 @@ async fn istio_policies_are_enforced_on_replicas_in_kubernetes_mode() {
     })
     .await;
     assert!(message.contains("spec.action"), "{message}");
+    assert!(message.starts_with("not enforced"), "{message}");
     // The invalid policy changed nothing: A still served, B still refused.
+    assert_eq!(ask(0).await.unwrap().0, 200);
+    assert_eq!(ask(1).await.unwrap().0, 403);
+    // An edit that breaks the ALLOW policy keeps its last valid version in force (a typo
+    // does not open the workload to B), and says so in an Event.
+    let broken = manifest(
+        &cluster,
+        "allow-alice-broken.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-alice\n  namespace: team-a\nspec:\n  selector:\n    matchLabels: {app: hello}\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [cluster.local/ns/team-a/sa/alice]\n    to:\n    - operation:\n        ports: [\"http\"]\n",
+    );
+    cluster.kubectl(&["apply", "-f", &broken]);
+    let message = eventually("an Event on the broken edit", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find_map(|e| {
+            (e.involved_object.name.as_deref() == Some("allow-alice")
+                && e.reason.as_deref() == Some("InvalidPolicy"))
+            .then(|| e.message.unwrap_or_default())
+        })
+    })
+    .await;
+    assert!(
+        message.contains("last valid one stays in force") && message.contains("ports"),
+        "{message}"
+    );
     assert_eq!(ask(0).await.unwrap().0, 200);
     assert_eq!(ask(1).await.unwrap().0, 403);
 

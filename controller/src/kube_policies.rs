@@ -145,8 +145,57 @@ pub fn validate(kind: PolicyKind, object: &Value) -> Result<PolicyObject, String
 
 type Key = (String, String);
 
+/// One object as the watcher saw it, validated.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// `(namespace, name)`.
+    pub key: Key,
+    /// Its resourceVersion (an invalid one is reported once per version).
+    pub resource_version: String,
+    /// Its uid (for the Event's involvedObject).
+    pub uid: Option<String>,
+    /// The policy, or what is wrong with it (field paths).
+    pub outcome: Result<PolicyObject, String>,
+}
+
+impl Seen {
+    /// Validates a watched object.
+    pub fn of(kind: PolicyKind, object: &DynamicObject) -> Self {
+        let key = (
+            object.metadata.namespace.clone().unwrap_or_default(),
+            object.metadata.name.clone().unwrap_or_default(),
+        );
+        let outcome = serde_json::to_value(object)
+            .map_err(|e| e.to_string())
+            .and_then(|v| validate(kind, &v));
+        Self {
+            key,
+            resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
+            uid: object.metadata.uid.clone(),
+            outcome,
+        }
+    }
+}
+
+/// An invalid object to report with an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// Its kind.
+    pub kind: PolicyKind,
+    /// `(namespace, name)`.
+    pub key: Key,
+    /// Its uid.
+    pub uid: Option<String>,
+    /// The Event's message: what is wrong, and what stays in force.
+    pub message: String,
+}
+
+/// The valid policies of each kind, from watcher events. An object that turns invalid keeps
+/// its last valid version in force (an edit with a typo must not lift a DENY, or open a
+/// workload an ALLOW policy closed); one never valid is not enforced. Either way it is
+/// reported, once per resourceVersion.
 #[derive(Default)]
-struct State {
+pub struct Tracker {
     /// Per kind: `None` until its first listing (or its CRD is known missing).
     kinds: BTreeMap<PolicyKind, Option<BTreeMap<Key, PolicyObject>>>,
     /// Relists in progress.
@@ -155,10 +204,119 @@ struct State {
     reported: HashSet<(PolicyKind, String, String, String)>,
 }
 
+impl Tracker {
+    /// The policy now in force for `key`, if any.
+    fn in_force(&self, kind: PolicyKind, key: &Key) -> Option<&PolicyObject> {
+        self.kinds.get(&kind)?.as_ref()?.get(key)
+    }
+
+    /// What to keep for an object seen now: its new valid version, else its last valid one.
+    fn resolve(
+        &mut self,
+        kind: PolicyKind,
+        seen: Seen,
+        reports: &mut Vec<Invalid>,
+    ) -> Option<PolicyObject> {
+        match seen.outcome {
+            Ok(policy) => Some(policy),
+            Err(message) => {
+                let kept = self.in_force(kind, &seen.key).cloned();
+                let first = self.reported.insert((
+                    kind,
+                    seen.key.0.clone(),
+                    seen.key.1.clone(),
+                    seen.resource_version,
+                ));
+                if first {
+                    let message = if kept.is_some() {
+                        format!(
+                            "this version is not enforced (the last valid one stays in force): {message}"
+                        )
+                    } else {
+                        format!("not enforced: {message}")
+                    };
+                    reports.push(Invalid {
+                        kind,
+                        key: seen.key,
+                        uid: seen.uid,
+                        message,
+                    });
+                }
+                kept
+            }
+        }
+    }
+
+    /// Applies one watcher event; returns the invalid objects to report.
+    pub fn event(&mut self, kind: PolicyKind, event: Event<Seen>) -> Vec<Invalid> {
+        let mut reports = Vec::new();
+        match event {
+            Event::Init => {
+                self.relist.insert(kind, BTreeMap::new());
+            }
+            Event::InitApply(seen) => {
+                let key = seen.key.clone();
+                if let Some(policy) = self.resolve(kind, seen, &mut reports) {
+                    self.relist.entry(kind).or_default().insert(key, policy);
+                }
+            }
+            Event::InitDone => {
+                let fresh = self.relist.remove(&kind).unwrap_or_default();
+                self.kinds.insert(kind, Some(fresh));
+            }
+            Event::Apply(seen) => {
+                let key = seen.key.clone();
+                let policy = self.resolve(kind, seen, &mut reports);
+                let map = self.kinds.entry(kind).or_default().get_or_insert_default();
+                match policy {
+                    Some(policy) => {
+                        map.insert(key, policy);
+                    }
+                    None => {
+                        map.remove(&key);
+                    }
+                }
+            }
+            Event::Delete(seen) => {
+                let key = seen.key;
+                if let Some(Some(map)) = self.kinds.get_mut(&kind) {
+                    map.remove(&key);
+                }
+                self.reported
+                    .retain(|(k, ns, n, _)| !(*k == kind && *ns == key.0 && *n == key.1));
+            }
+        }
+        reports
+    }
+
+    /// The kind's CRD is not installed: none of it, known.
+    pub fn missing(&mut self, kind: PolicyKind) {
+        self.kinds.insert(kind, Some(BTreeMap::new()));
+    }
+
+    /// Every policy in force, once every kind has been listed; `None` before.
+    pub fn snapshot(&self) -> Option<Vec<PolicyObject>> {
+        if PolicyKind::ALL
+            .iter()
+            .any(|k| self.kinds.get(k).is_none_or(Option::is_none))
+        {
+            return None;
+        }
+        let mut all: Vec<PolicyObject> = self
+            .kinds
+            .values()
+            .flatten()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        all.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+        Some(all)
+    }
+}
+
 /// The cluster's valid policies, followed by one watcher per kind.
 pub struct PolicyWatch {
     publisher: PolicyPublisher,
-    state: Mutex<State>,
+    tracker: Mutex<Tracker>,
     client: Client,
 }
 
@@ -170,12 +328,12 @@ impl PolicySource for PolicyWatch {
 
 impl PolicyWatch {
     /// Starts watching both kinds on `client`; policies of `root_namespace` apply mesh-wide.
-    /// The snapshot stays at version 0 (the CA answers "not yet synced") until both kinds
+    /// The snapshot stays at version 0 (the CA answers "not yet known") until both kinds
     /// have been listed once.
     pub fn start(client: Client, root_namespace: &str) -> Arc<Self> {
         let this = Arc::new(Self {
             publisher: PolicyPublisher::new(root_namespace),
-            state: Mutex::new(State::default()),
+            tracker: Mutex::new(Tracker::default()),
             client,
         });
         for kind in PolicyKind::ALL {
@@ -189,79 +347,35 @@ impl PolicyWatch {
         self.publisher.current()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Publishes when every kind is known and something changed.
-    fn publish(&self, state: &State) {
-        if state.kinds.len() < PolicyKind::ALL.len() || state.kinds.values().any(Option::is_none) {
-            return;
-        }
-        let all: Vec<PolicyObject> = state
-            .kinds
-            .values()
-            .flatten()
-            .flat_map(|m| m.values().cloned())
-            .collect();
-        let current = self.publisher.current();
-        if current.version > 0 && current.objects.len() == all.len() && {
-            let mut sorted = all.clone();
-            sorted.sort_by(|a, b| {
-                (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name))
-            });
-            sorted == current.objects
-        } {
-            return;
-        }
-        self.publisher.publish(all);
-        tracing::info!(
-            version = self.publisher.current().version,
-            policies = self.publisher.current().objects.len(),
-            "security policies changed"
-        );
-    }
-
-    /// Validates an object; an invalid one is reported (once per resourceVersion).
-    fn check(&self, kind: PolicyKind, object: &DynamicObject) -> Option<(Key, PolicyObject)> {
-        let value = serde_json::to_value(object).ok()?;
-        let namespace = object.metadata.namespace.clone().unwrap_or_default();
-        let name = object.metadata.name.clone().unwrap_or_default();
-        match validate(kind, &value) {
-            Ok(policy) => Some(((namespace, name), policy)),
-            Err(message) => {
-                let rv = object.metadata.resource_version.clone().unwrap_or_default();
-                let first =
-                    self.lock()
-                        .reported
-                        .insert((kind, namespace.clone(), name.clone(), rv));
-                if first {
-                    tracing::warn!(
-                        kind = kind.name(),
-                        %namespace,
-                        %name,
-                        "policy refused, not enforced: {message}"
-                    );
-                    let client = self.client.clone();
-                    let uid = object.metadata.uid.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) =
-                            record_invalid(client, kind, &namespace, &name, uid, &message).await
-                        {
-                            tracing::warn!("recording the Event on {namespace}/{name}: {e}");
-                        }
-                    });
-                }
-                None
+    /// Feeds the tracker under its lock, publishes a changed set, reports invalid objects.
+    fn update(&self, kind: PolicyKind, f: impl FnOnce(&mut Tracker) -> Vec<Invalid>) {
+        let (reports, snapshot) = {
+            let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            let reports = f(&mut tracker);
+            (reports, tracker.snapshot())
+        };
+        if let Some(all) = snapshot {
+            let current = self.publisher.current();
+            if current.version == 0 || current.objects != all {
+                self.publisher.publish(all);
+                let now = self.publisher.current();
+                tracing::info!(
+                    version = now.version,
+                    policies = now.objects.len(),
+                    "security policies changed"
+                );
             }
         }
-    }
-
-    fn key_of(object: &DynamicObject) -> Key {
-        (
-            object.metadata.namespace.clone().unwrap_or_default(),
-            object.metadata.name.clone().unwrap_or_default(),
-        )
+        for invalid in reports {
+            let (namespace, name) = invalid.key.clone();
+            tracing::warn!(kind = kind.name(), %namespace, %name, "{}", invalid.message);
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = record_invalid(client, &invalid).await {
+                    tracing::warn!("recording the Event on {namespace}/{name}: {e}");
+                }
+            });
+        }
     }
 
     async fn watch(self: Arc<Self>, kind: PolicyKind) {
@@ -282,9 +396,10 @@ impl PolicyWatch {
                         kind.crd_name(),
                         kind.name()
                     );
-                    let mut state = self.lock();
-                    state.kinds.insert(kind, Some(BTreeMap::new()));
-                    self.publish(&state);
+                    self.update(kind, |t| {
+                        t.missing(kind);
+                        Vec::new()
+                    });
                     return;
                 }
                 Err(e) => {
@@ -302,54 +417,14 @@ impl PolicyWatch {
                 tracing::info!(kind = kind.name(), "policy watch resumed");
                 failing = false;
             }
-            match event {
-                Event::Init => {
-                    self.lock().relist.insert(kind, BTreeMap::new());
-                }
-                Event::InitApply(o) => {
-                    let checked = self.check(kind, &o);
-                    if let Some((key, policy)) = checked {
-                        self.lock()
-                            .relist
-                            .entry(kind)
-                            .or_default()
-                            .insert(key, policy);
-                    }
-                }
-                Event::InitDone => {
-                    let mut state = self.lock();
-                    let fresh = state.relist.remove(&kind).unwrap_or_default();
-                    state.kinds.insert(kind, Some(fresh));
-                    self.publish(&state);
-                }
-                Event::Apply(o) => {
-                    let key = Self::key_of(&o);
-                    let checked = self.check(kind, &o);
-                    let mut state = self.lock();
-                    let map = state.kinds.entry(kind).or_default().get_or_insert_default();
-                    match checked {
-                        Some((key, policy)) => {
-                            map.insert(key, policy);
-                        }
-                        // Changed into an invalid policy: no longer enforced.
-                        None => {
-                            map.remove(&key);
-                        }
-                    }
-                    self.publish(&state);
-                }
-                Event::Delete(o) => {
-                    let key = Self::key_of(&o);
-                    let mut state = self.lock();
-                    if let Some(Some(map)) = state.kinds.get_mut(&kind) {
-                        map.remove(&key);
-                    }
-                    state
-                        .reported
-                        .retain(|(k, ns, n, _)| !(*k == kind && ns == &key.0 && n == &key.1));
-                    self.publish(&state);
-                }
-            }
+            let event = match event {
+                Event::Init => Event::Init,
+                Event::InitDone => Event::InitDone,
+                Event::InitApply(o) => Event::InitApply(Seen::of(kind, &o)),
+                Event::Apply(o) => Event::Apply(Seen::of(kind, &o)),
+                Event::Delete(o) => Event::Delete(Seen::of(kind, &o)),
+            };
+            self.update(kind, |t| t.event(kind, event));
         }
     }
 }
@@ -360,17 +435,12 @@ fn is_not_found(e: &kube::Error) -> bool {
 
 /// A Warning Event on the policy object, naming what is wrong (as the store's Events are
 /// written: core/v1, `generateName`, the object's uid when known).
-async fn record_invalid(
-    client: Client,
-    kind: PolicyKind,
-    namespace: &str,
-    name: &str,
-    uid: Option<String>,
-    message: &str,
-) -> Result<(), kube::Error> {
+async fn record_invalid(client: Client, invalid: &Invalid) -> Result<(), kube::Error> {
+    let kind = invalid.kind;
+    let (namespace, name) = (invalid.key.0.as_str(), invalid.key.1.as_str());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     // Event messages are bounded by the API server (1 KiB is safe).
-    let mut message = message.to_owned();
+    let mut message = invalid.message.clone();
     if message.len() > 1024 {
         let mut end = 1021;
         while !message.is_char_boundary(end) {
@@ -390,11 +460,11 @@ async fn record_invalid(
             kind: Some(kind.name().to_owned()),
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
-            uid,
+            uid: invalid.uid.clone(),
             ..ObjectReference::default()
         },
         reason: Some(INVALID_REASON.to_owned()),
-        message: Some(format!("not enforced: {message}")),
+        message: Some(message),
         type_: Some("Warning".to_owned()),
         count: Some(1),
         first_timestamp: Some(now.clone()),
@@ -446,6 +516,90 @@ mod tests {
             "spec": {"mtls": {"mode": "STRICT"}},
         });
         assert!(validate(PolicyKind::PeerAuthentication, &peer).is_ok());
+    }
+
+    fn seen(name: &str, rv: &str, action: &str) -> Seen {
+        let object = json!({
+            "apiVersion": "security.istio.io/v1",
+            "metadata": {"name": name, "namespace": "team-a"},
+            "spec": {"action": action},
+        });
+        Seen {
+            key: ("team-a".into(), name.into()),
+            resource_version: rv.into(),
+            uid: Some(format!("uid-{name}")),
+            outcome: validate(PolicyKind::Authorization, &object),
+        }
+    }
+
+    fn actions(t: &Tracker) -> Vec<(String, String)> {
+        t.snapshot()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                let v: Value = serde_json::from_str(&p.manifest).unwrap_or_default();
+                (
+                    p.name,
+                    v["spec"]["action"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_set_is_known_once_both_kinds_are_listed_and_follows_changes() {
+        let mut t = Tracker::default();
+        let ap = PolicyKind::Authorization;
+        t.event(ap, Event::Init);
+        t.event(ap, Event::InitApply(seen("deny", "1", "DENY")));
+        assert!(t.event(ap, Event::InitDone).is_empty());
+        assert_eq!(t.snapshot(), None, "PeerAuthentication not listed yet");
+        t.missing(PolicyKind::PeerAuthentication);
+        assert_eq!(actions(&t), [("deny".to_owned(), "DENY".to_owned())]);
+        t.event(ap, Event::Apply(seen("allow", "2", "ALLOW")));
+        assert_eq!(actions(&t).len(), 2);
+        t.event(ap, Event::Delete(seen("allow", "2", "ALLOW")));
+        assert_eq!(actions(&t), [("deny".to_owned(), "DENY".to_owned())]);
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_valid_version_and_is_reported_once() {
+        let mut t = Tracker::default();
+        let ap = PolicyKind::Authorization;
+        t.missing(PolicyKind::PeerAuthentication);
+        t.event(ap, Event::Init);
+        t.event(ap, Event::InitApply(seen("deny", "1", "DENY")));
+        t.event(ap, Event::InitDone);
+        // A typo must not lift the DENY.
+        let reports = t.event(ap, Event::Apply(seen("deny", "2", "DENNY")));
+        assert_eq!(reports.len(), 1);
+        assert!(
+            reports[0].message.contains("last valid one stays in force")
+                && reports[0].message.contains("spec.action"),
+            "{}",
+            reports[0].message
+        );
+        assert_eq!(reports[0].uid.as_deref(), Some("uid-deny"));
+        assert_eq!(actions(&t), [("deny".to_owned(), "DENY".to_owned())]);
+        // A relist sees the same invalid version: kept, not reported again.
+        t.event(ap, Event::Init);
+        assert!(
+            t.event(ap, Event::InitApply(seen("deny", "2", "DENNY")))
+                .is_empty()
+        );
+        t.event(ap, Event::InitDone);
+        assert_eq!(actions(&t), [("deny".to_owned(), "DENY".to_owned())]);
+        // A policy never valid is not enforced, and says so.
+        let reports = t.event(ap, Event::Apply(seen("new", "3", "MAYBE")));
+        assert!(
+            reports[0].message.starts_with("not enforced: "),
+            "{}",
+            reports[0].message
+        );
+        assert_eq!(actions(&t).len(), 1);
+        // Fixed: the new version is in force.
+        t.event(ap, Event::Apply(seen("deny", "4", "ALLOW")));
+        assert_eq!(actions(&t), [("deny".to_owned(), "ALLOW".to_owned())]);
     }
 
     #[test]
