@@ -23,6 +23,7 @@ use sluice_controller::runtime::KubeRuntime;
 use sluice_controller::store::KubeStore;
 use sluice_core::{NamespacedName, RoutingSnapshot};
 use sluice_crds::Kind;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -347,6 +348,33 @@ async fn keep_requesting(addr: std::net::SocketAddr, host: &'static str) {
     }
 }
 
+/// An OTLP/HTTP collector on loopback (`POST /v1/traces`, JSON): its endpoint, and every
+/// span exported to it on the channel.
+async fn collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let export: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+                    for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                        for span in scope["spans"].as_array().into_iter().flatten() {
+                            let _ = tx.send(span.clone());
+                        }
+                    }
+                }
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app).into_future());
+    (endpoint, rx)
+}
+
 /// The body of a plain `GET url` (loopback) when it answers 200.
 async fn http_get(url: &str) -> Option<String> {
     use http_body_util::{BodyExt, Empty};
@@ -440,6 +468,7 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
         "router.token",
     );
     let root = root_file(&cluster, &client, "default").await;
+    let (otlp, mut spans) = collector().await;
     let mut router = cluster.spawn(
         "router",
         &[
@@ -457,6 +486,8 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
             &root.display().to_string(),
             "--metrics-listen",
             "127.0.0.1:0",
+            "--otlp-endpoint",
+            &otlp,
         ],
     );
     assert_eq!(
@@ -523,6 +554,28 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
             "no access-log line of the {reporter}: {log}"
         );
     }
+    // And one span per request and hop: the activator's is the router's child.
+    let mut seen: Vec<Value> = Vec::new();
+    let (router_span, activator_span) =
+        eventually("the router's and the activator's spans", || {
+            while let Ok(span) = spans.try_recv() {
+                seen.push(span);
+            }
+            let found = seen.iter().find_map(|a| {
+                if a["name"] != "activator GET" {
+                    return None;
+                }
+                let parent = seen.iter().find(|r| {
+                    r["name"] == "router GET"
+                        && r["traceId"] == a["traceId"]
+                        && r["spanId"] == a["parentSpanId"]
+                })?;
+                Some((parent.clone(), a.clone()))
+            });
+            async move { found }
+        })
+        .await;
+    eprintln!("router span {router_span}\nactivator span {activator_span}");
     router.kill();
     requests.abort();
     // The replica never ran, so nothing could have been dialled.

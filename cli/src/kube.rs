@@ -547,6 +547,10 @@ pub struct RouterArgs {
     /// absent.
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// OTLP/HTTP collector (`http://host:port`) the router and its activator export one
+    /// span per request to (batched; `OTEL_BSP_*` tune it). Unset: no span export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Requests the activator buffers per revision before answering 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
     activator_queue: usize,
@@ -621,6 +625,7 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
 pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     use sluice_activator::{Activator, ActivatorConfig, Forwarder};
     use sluice_controller::reconcile::kube_routing;
+    use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
     use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
     use sluice_router::ingress::Ingress;
     use sluice_router::{Router, ServeConfig};
@@ -656,6 +661,31 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
             })
         }
         None => None,
+    };
+    // Span export: one span per request and hop, children of the caller's.
+    let otlp = OtlpConfig::from_lookup("sluice-router", |k| {
+        if k == otlp::ENDPOINT_ENV {
+            args.otlp_endpoint.clone()
+        } else {
+            std::env::var(k).ok()
+        }
+    })
+    .context("span export settings (--otlp-endpoint, OTEL_*)")?;
+    let spans = match otlp {
+        Some(config) => {
+            let endpoint = config.endpoint.clone();
+            let (exporter, _task) = SpanExporter::spawn(config)
+                .context("span export settings (--otlp-endpoint, OTEL_*)")?;
+            Some((exporter, endpoint))
+        }
+        None => None,
+    };
+    let hop = |registry: &Registry, name: &'static str| {
+        let t = HopTelemetry::new(registry.clone(), name, AccessLog::Tracing);
+        match &spans {
+            Some((exporter, _)) => t.with_spans(exporter.clone()),
+            None => t,
+        }
     };
     let metrics_listener = match args.metrics_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -693,9 +723,12 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let (stats_tx, stats_rx) = mpsc::channel(stats::STATS_QUEUE);
     tokio::spawn(stats::post_stats(stats_target, stats_mesh, stats_rx));
     // Each hop in a registry of its own (as in local mode), merged on `/metrics`; one
-    // access-log line per request and hop.
+    // access-log line (and span, when exported) per request and hop.
     let router_registry = Registry::new();
     let activator_registry = Registry::new();
+    if let Some((exporter, _)) = &spans {
+        exporter.register_metrics(&router_registry, "sluice-router");
+    }
     let activator = Arc::new(
         Activator::new(
             ActivatorConfig {
@@ -706,20 +739,12 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
             stats_tx,
             forwarder(),
         )
-        .with_telemetry(HopTelemetry::new(
-            activator_registry.clone(),
-            "activator",
-            AccessLog::Tracing,
-        )),
+        .with_telemetry(hop(&activator_registry, "activator")),
     );
     tokio::spawn(activator.clone().run_stats());
     let router = Arc::new(Router::new(snapshot_rx, activator, forwarder()));
     let ingress = Ingress {
-        telemetry: Some(HopTelemetry::new(
-            router_registry.clone(),
-            "router",
-            AccessLog::Tracing,
-        )),
+        telemetry: Some(hop(&router_registry, "router")),
         ..Ingress::default()
     };
     let serve = tokio::spawn(sluice_router::serve_ingress(
@@ -750,6 +775,13 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let _ = routes.await;
     if let Some(m) = metrics {
         let _ = m.await;
+    }
+    if let Some((exporter, endpoint)) = spans
+        && tokio::time::timeout(Duration::from_secs(2), exporter.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!(%endpoint, "spans not exported before exit: the collector did not answer in 2 s");
     }
     Ok(())
 }
