@@ -641,9 +641,10 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|base| stats::stats_target(base, mesh_on))
         .transpose()?;
-    let mesh = match mesh_on {
-        true => Some(router_mesh(&args).await?),
-        false => None,
+    let mesh = if mesh_on {
+        Some(router_mesh(&args).await?)
+    } else {
+        None
     };
     // The autoscaler is the controller's identity in the router's namespace.
     let stats_mesh = match &mesh {
