@@ -23,6 +23,7 @@ use sluice_controller::runtime::KubeRuntime;
 use sluice_controller::store::KubeStore;
 use sluice_core::{NamespacedName, RoutingSnapshot};
 use sluice_crds::Kind;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -347,6 +348,47 @@ async fn keep_requesting(addr: std::net::SocketAddr, host: &'static str) {
     }
 }
 
+/// An OTLP/HTTP collector on loopback (`POST /v1/traces`, JSON): its endpoint, and every
+/// span exported to it on the channel.
+async fn collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let export: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+                    for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                        for span in scope["spans"].as_array().into_iter().flatten() {
+                            let _ = tx.send(span.clone());
+                        }
+                    }
+                }
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app).into_future());
+    (endpoint, rx)
+}
+
+/// The body of a plain `GET url` (loopback) when it answers 200.
+async fn http_get(url: &str) -> Option<String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.get(url.parse().ok()?).await.ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8(body.to_vec()).ok()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "Kubernetes tier: run by scripts/kube-test"]
 async fn a_request_through_the_router_scales_a_revision_from_zero() {
@@ -373,16 +415,28 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
         .printed("sluice: controller stats endpoint on ")
         .await;
     let autoscaler = stats.strip_suffix("/v1/stats").unwrap().to_owned();
-    assert!(autoscaler.starts_with("http://127.0.0.1:"), "{autoscaler}");
+    // With the mesh on (the default), the stat stream is mutual TLS.
+    assert!(autoscaler.starts_with("https://127.0.0.1:"), "{autoscaler}");
 
     // A revision that starts at zero. `initial-scale: 0` is refused by `sluice apply` unless
     // the cluster allows it (Knative's webhook rule), so it is applied as cluster-admin,
-    // with the traffic block `sluice apply` would have defaulted.
-    let text = hello("hello", "zero", Some(0)).replace(
-        "autoscaling.knative.dev/min-scale: \"0\"\n",
-        "autoscaling.knative.dev/min-scale: \"0\"\n        autoscaling.knative.dev/initial-scale: \"0\"\n",
-    ) + "  traffic:\n    - latestRevision: true\n      percent: 100\n";
-    assert!(text.contains("initial-scale"), "{text}");
+    // with the traffic block `sluice apply` would have defaulted. Its requests time out
+    // after 3 s (the activator holds them meanwhile), so every hop finishes some and
+    // records them.
+    let text = hello("hello", "zero", Some(0))
+        .replace(
+            "autoscaling.knative.dev/min-scale: \"0\"\n",
+            "autoscaling.knative.dev/min-scale: \"0\"\n        autoscaling.knative.dev/initial-scale: \"0\"\n",
+        )
+        .replace(
+            "    spec:\n      containers:",
+            "    spec:\n      timeoutSeconds: 3\n      containers:",
+        )
+        + "  traffic:\n    - latestRevision: true\n      percent: 100\n";
+    assert!(
+        text.contains("initial-scale") && text.contains("timeoutSeconds"),
+        "{text}"
+    );
     cluster.kubectl(&["apply", "-f", &manifest(&cluster, "hello-zero.yaml", &text)]);
     ready(&api(&client, Kind::Service), "Service", "hello").await;
     let d = deployment(&client, "hello-00001").await.unwrap();
@@ -403,8 +457,8 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
         "sluice-autoscaler"
     );
 
-    // The router (activator in-process) on loopback, posting its stats to the leader; its
-    // mesh identity from the controller's CA, with a token of its ServiceAccount.
+    // The router (activator in-process) on loopback, posting its stats to the leader over
+    // mTLS; its mesh identity from the controller's CA, with a token of its ServiceAccount.
     let ca = controller.mesh_ca().await;
     cluster.kubectl(&["create", "serviceaccount", "sluice-router", "-n", "default"]);
     let token = cluster.token_file(
@@ -414,6 +468,7 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
         "router.token",
     );
     let root = root_file(&cluster, &client, "default").await;
+    let (otlp, mut spans) = collector().await;
     let mut router = cluster.spawn(
         "router",
         &[
@@ -429,12 +484,18 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
             &token.display().to_string(),
             "--mesh-root-file",
             &root.display().to_string(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--otlp-endpoint",
+            &otlp,
         ],
     );
     assert_eq!(
         router.printed("sluice: router mesh identity ").await,
         "spiffe://cluster.local/ns/default/sa/sluice-router"
     );
+    let metrics = router.printed("sluice: router metrics on ").await;
+    assert!(metrics.starts_with("http://127.0.0.1:"), "{metrics}");
     let addr: std::net::SocketAddr = router
         .printed("sluice: router listening on http://")
         .await
@@ -446,6 +507,75 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
         (d.spec?.replicas == Some(1)).then_some(())
     })
     .await;
+
+    // Telemetry from both hops of the router's Pod: the router's own requests (from the
+    // ingress) and the activator's (to hello-00001, over mTLS), answered 504 when the held
+    // request timed out, and the activator's queue depth.
+    let text = eventually("both hops' requests on the router's /metrics", || async {
+        let text = http_get(&metrics).await?;
+        let has = |needles: &[&str]| {
+            text.lines().any(|l| {
+                l.starts_with("istio_requests_total{") && needles.iter().all(|n| l.contains(n))
+            })
+        };
+        (has(&[
+            r#"source_workload="ingress""#,
+            r#"destination_service="hello.default.example.com""#,
+        ]) && has(&[
+            r#"destination_revision="hello-00001""#,
+            r#"connection_security_policy="mutual_tls""#,
+        ]))
+        .then_some(text)
+    })
+    .await;
+    assert!(
+        text.lines().any(|l| l.starts_with("revision_queue_depth{")
+            && l.contains(r#"revision_name="hello-00001""#)
+            && l.contains(r#"pod_name="activator""#)),
+        "{text}"
+    );
+    for family in [
+        "istio_requests_total",
+        "istio_request_duration_milliseconds",
+    ] {
+        assert_eq!(
+            text.matches(&format!("# TYPE {family} ")).count(),
+            1,
+            "one header per family: {text}"
+        );
+    }
+    // One access-log line per request and hop.
+    let log = router.log();
+    for reporter in ["router", "activator"] {
+        assert!(
+            log.lines().any(|l| l.contains("sluice::access")
+                && l.contains(&format!(r#""reporter":"{reporter}""#))
+                && l.contains("hello.default.example.com")),
+            "no access-log line of the {reporter}: {log}"
+        );
+    }
+    // And one span per request and hop: the activator's is the router's child.
+    let mut seen: Vec<Value> = Vec::new();
+    let (router_span, activator_span) =
+        eventually("the router's and the activator's spans", || {
+            while let Ok(span) = spans.try_recv() {
+                seen.push(span);
+            }
+            let found = seen.iter().find_map(|a| {
+                if a["name"] != "activator GET" {
+                    return None;
+                }
+                let parent = seen.iter().find(|r| {
+                    r["name"] == "router GET"
+                        && r["traceId"] == a["traceId"]
+                        && r["spanId"] == a["parentSpanId"]
+                })?;
+                Some((parent.clone(), a.clone()))
+            });
+            async move { found }
+        })
+        .await;
+    eprintln!("router span {router_span}\nactivator span {activator_span}");
     router.kill();
     requests.abort();
     // The replica never ran, so nothing could have been dialled.
@@ -1339,6 +1469,26 @@ fn with_the_mesh_on_the_missing_addresses_are_named() {
     assert!(!ok && err.contains("--mesh-listen"), "{err}");
     let (ok, err) = run(&["router", "--kube", "--listen", "127.0.0.1:0"]);
     assert!(!ok && err.contains("SLUICE_MESH_CA_ADDR"), "{err}");
+    // The autoscaler's URL follows the mesh: https:// (mTLS) with it on, http:// off.
+    for (mesh, url, want) in [
+        ("on", "http://sluice-autoscaler:8080", "use https://"),
+        ("off", "https://sluice-autoscaler:8080", "use http://"),
+    ] {
+        let (ok, err) = run(&[
+            "router",
+            "--kube",
+            "--listen",
+            "127.0.0.1:0",
+            "--mesh",
+            mesh,
+            "--autoscaler",
+            url,
+        ]);
+        assert!(
+            !ok && err.contains("--autoscaler") && err.contains(want),
+            "--mesh {mesh} --autoscaler {url}: {err}"
+        );
+    }
     // --mesh off needs neither: both go on to the API server (which is not there).
     for args in [
         &["controller", "--kube", "--mesh", "off"][..],
@@ -1602,4 +1752,140 @@ async fn istio_policies_are_enforced_on_replicas_in_kubernetes_mode() {
     for r in renewals {
         r.abort();
     }
+}
+
+/// `POST /v1/stats` (an empty batch) to the stats endpoint at `addr` through `client`:
+/// the status and body, or why no HTTP answer came.
+async fn post_empty_stats(
+    client: &hyper_util::client::legacy::Client<
+        sluice_mesh::tls::MeshHttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    addr: &str,
+) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let request = http::Request::post(format!("http://{addr}/v1/stats"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"[]")))
+        .unwrap();
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| sluice_core::error_chain(&e))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn the_autoscalers_stat_stream_takes_the_routers_identity_only() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use sluice_mesh::identity::{RotatingSvid, SpiffeId};
+    use sluice_mesh::tls::{ExpectedServer, MeshConnector, MeshHttpConnector, MeshTls};
+
+    let cluster = Cluster::start("statsmtls");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    let controller = cluster.controller_with(
+        "solo",
+        &cluster.kubeconfig,
+        &["--stats-listen", "127.0.0.1:0"],
+    );
+    let stats = controller
+        .printed("sluice: controller stats endpoint on ")
+        .await;
+    let addr = stats
+        .strip_prefix("https://")
+        .and_then(|s| s.strip_suffix("/v1/stats"))
+        .unwrap_or_else(|| panic!("not an https stats endpoint: {stats}"))
+        .to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let ca = controller.mesh_ca().await;
+    let root = root_file(&cluster, &client, "default").await;
+    // The controller's identity, which the router checks (the lease namespace: default).
+    let controller_id = SpiffeId::new("cluster.local", "default", "sluice-controller").unwrap();
+
+    // A workload's stats client: its SVID from the controller's CA (a token of its
+    // ServiceAccount), mTLS to exactly the controller's identity.
+    let mtls_client = |sa: &'static str| {
+        let (cluster, ca, root, controller_id) = (&cluster, &ca, &root, &controller_id);
+        async move {
+            cluster.kubectl(&["create", "serviceaccount", sa, "-n", "default"]);
+            let token =
+                cluster.token_file("default", sa, Some("sluice-ca"), &format!("{sa}.token"));
+            let remote = remote_ca(ca, &token, root);
+            let svid = request_certificate(&remote, None).await.unwrap();
+            assert_eq!(
+                svid.id().to_string(),
+                format!("spiffe://cluster.local/ns/default/sa/{sa}")
+            );
+            let tls = MeshTls::new(remote.bundle.clone(), RotatingSvid::fixed(svid));
+            let config = tls
+                .client_config(ExpectedServer::Exactly(controller_id.clone()))
+                .unwrap();
+            Client::builder(TokioExecutor::new())
+                .build(MeshHttpConnector::new(Some(MeshConnector::new(config))))
+        }
+    };
+
+    // The router's identity posts; once this controller leads, its autoscaler takes them.
+    let router = mtls_client("sluice-router").await;
+    let (status, body) = eventually("202 for the router's stats from the leader", || async {
+        let answer = post_empty_stats(&router, &addr).await.ok()?;
+        (answer.0 == 202).then_some(answer)
+    })
+    .await;
+    assert_eq!(status, 202, "{body}");
+
+    // Another ServiceAccount's SVID from the same CA completes the handshake and gets 403,
+    // naming it.
+    let intruder = mtls_client("intruder").await;
+    let (status, body) = post_empty_stats(&intruder, &addr).await.unwrap();
+    eprintln!("another identity: {status} {body}");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("spiffe://cluster.local/ns/default/sa/intruder may not post stats")
+            && body.contains("spiffe://cluster.local/ns/default/sa/sluice-router"),
+        "{body}"
+    );
+
+    // Plaintext gets no HTTP answer: the handshake refuses it.
+    let plain: Client<MeshHttpConnector, _> =
+        Client::builder(TokioExecutor::new()).build(MeshHttpConnector::new(None));
+    let refused = post_empty_stats(&plain, &addr).await;
+    eprintln!("plaintext: {refused:?}");
+    assert!(refused.is_err(), "{refused:?}");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(b"POST /v1/stats HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n[]")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // TLS without a client certificate: refused too.
+    let bundle = remote_ca(&ca, &root, &root).bundle;
+    let anonymous =
+        MeshTls::anonymous_client_config(bundle, ExpectedServer::Exactly(controller_id.clone()))
+            .unwrap();
+    let anonymous: Client<MeshHttpConnector, _> = Client::builder(TokioExecutor::new())
+        .build(MeshHttpConnector::new(Some(MeshConnector::new(anonymous))));
+    let refused = post_empty_stats(&anonymous, &addr).await;
+    eprintln!("no client certificate: {refused:?}");
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        controller
+            .log()
+            .contains("stats refused: spiffe://cluster.local/ns/default/sa/intruder"),
+        "{}",
+        controller.log()
+    );
 }

@@ -25,7 +25,7 @@ use http_body_util::BodyExt as _;
 use sluice_core::{NamespacedName, RevisionRoute, RoutingSnapshot, StatReport, StatSource};
 use sluice_mesh::otlp::{SpanExporter, SpanKind, SpanRecord};
 use sluice_mesh::telemetry::registry::{Family, Gauge};
-use sluice_mesh::telemetry::{Exchange, HopTelemetry, Reporter};
+use sluice_mesh::telemetry::{Exchange, HopTelemetry};
 use sluice_mesh::tls::ConnectionSecurity;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
@@ -238,23 +238,7 @@ impl Activator {
         ex.set_span(sluice_mesh::trace::propagate(out.headers_mut()));
         // The source side of the hop to the replica, as the router reports its own; the
         // source is the original caller (whom the activator attests to the replica).
-        ex.labels.reporter = Reporter::Source;
-        if let Some(id) = &out.caller().identity {
-            ex.labels.source_principal = id.to_string();
-            ex.labels.source_workload = id.service_account().to_owned();
-            ex.labels.source_workload_namespace = id.namespace().to_owned();
-            ex.entry.source_principal = id.to_string();
-        }
-        let host = ex
-            .entry
-            .authority
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        if !host.is_empty() {
-            ex.labels.destination_service = host;
-        }
+        ex.set_source_side(out.caller().identity.as_ref());
         ex.labels.destination_workload = revision.name.clone();
         ex.labels.destination_workload_namespace = revision.namespace.clone();
         ex.labels.destination_revision = revision.name.clone();

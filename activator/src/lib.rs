@@ -16,7 +16,6 @@ pub mod balance;
 mod body;
 mod error;
 mod h1pool;
-mod peer;
 mod proxy;
 pub mod queue;
 mod retry;

@@ -19,16 +19,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_core::NamespacedName;
 use sluice_mesh::outbound::OutboundMesh;
-use sluice_mesh::tls::{ConnectionSecurity, PeerInfo};
+use sluice_mesh::tls::{ConnectionSecurity, MeshHttpConnector, PeerInfo};
 use tokio::time::timeout_at;
 
 use crate::body::{AttemptBody, ReplayableBody, Tunnel};
 use crate::error::{ProxyError, UpstreamError};
 use crate::h1pool::H1Pool;
-use crate::peer::PeerConnector;
-pub use crate::peer::UpstreamPeer;
 use crate::retry::RetryBudget;
 use crate::timeouts::{Deadline, IdleBody};
+pub use sluice_mesh::tls::UpstreamPeer;
 
 /// Boxed error inside response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -403,12 +402,12 @@ impl Outbound {
     }
 }
 
-type Pool = Client<PeerConnector, AttemptBody>;
+type Pool = Client<MeshHttpConnector, AttemptBody>;
 
 /// An HTTP/2 (prior knowledge) client with its own pool, mTLS when `mesh` is given (its
 /// responses then carry the replica's [`UpstreamPeer`]).
 fn h2_client(mesh: Option<&OutboundMesh>) -> Pool {
-    let connector = PeerConnector::new(mesh.map(|m| m.connector().clone()));
+    let connector = MeshHttpConnector::new(mesh.map(|m| m.connector().clone()));
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(connector)

@@ -14,11 +14,16 @@ use sluice_controller::runtime::KubeRuntime;
 use sluice_controller::runtime::kube::{PodMesh, PodTemplate};
 use sluice_controller::store::KubeStore;
 use sluice_controller::store::kube::{KubeError, infer_client};
-use sluice_core::{RoutingSnapshot, StatReport};
+use sluice_core::RoutingSnapshot;
 use sluice_crds::autoscaling::ClusterConfig;
 use tokio::sync::{mpsc, watch};
 
 use crate::shutdown;
+
+mod metrics;
+mod stats;
+
+use stats::{Posters, StatsSink};
 
 /// Flags of `sluice controller`.
 #[derive(Args, Debug)]
@@ -197,15 +202,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 
     let sink = StatsSink::default();
     let stats_port = match args.stats_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the stats endpoint to {addr}"))?;
-            let local = listener.local_addr()?;
-            tokio::spawn(axum::serve(listener, stats_app(sink.clone())).into_future());
-            println!("sluice: controller stats endpoint on http://{local}/v1/stats");
-            Some(local.port())
-        }
+        Some(addr) => Some(serve_stats(addr, &sink, mesh.as_ref()).await?),
         None => None,
     };
     let mut elector = LeaderElector::new(client.clone(), lease);
@@ -265,6 +262,44 @@ struct ControllerMesh {
     pods: PodMesh,
     /// The controller's own client identity (its scrapes of replicas' stats).
     scrape: sluice_mesh::tls::MeshConnector,
+    /// The controller's own identity and the mesh's trust bundle (the stats endpoint's
+    /// server side).
+    tls: sluice_mesh::tls::MeshTls,
+    /// The router's identity: the only one whose stats the autoscaler takes.
+    router: sluice_mesh::identity::SpiffeId,
+}
+
+/// The autoscaler's stats endpoint on `addr`: mutual TLS as the controller's own SVID,
+/// taking stats from the router's identity only, with the mesh on; plain HTTP from anyone
+/// with it off. Returns its port.
+async fn serve_stats(
+    addr: std::net::SocketAddr,
+    sink: &StatsSink,
+    mesh: Option<&ControllerMesh>,
+) -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the stats endpoint to {addr}"))?;
+    let local = listener.local_addr()?;
+    match mesh {
+        Some(m) => {
+            let acceptor = sluice_mesh::tls::MeshAcceptor::new(
+                m.tls
+                    .server_config()
+                    .context("the stats endpoint's TLS config")?,
+            );
+            let app = stats::stats_app(sink.clone(), Posters::Only(m.router.clone()));
+            tokio::spawn(stats::serve_mtls(listener, app, acceptor));
+            println!("sluice: controller stats endpoint on https://{local}/v1/stats");
+            tracing::info!(router = %m.router, "the stats endpoint is mTLS and takes the router's stats only");
+        }
+        None => {
+            let app = stats::stats_app(sink.clone(), Posters::Anyone);
+            tokio::spawn(axum::serve(listener, app).into_future());
+            println!("sluice: controller stats endpoint on http://{local}/v1/stats");
+        }
+    }
+    Ok(local.port())
 }
 
 /// The mesh CA of this replica (leader or standby): its root from the Secret (created by
@@ -322,7 +357,8 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
         RotationConfig::new(args.cert_ttl),
     )
     .with_context(|| format!("issuing the controller's own certificate, {server_id}"))?;
-    let scrape = OutboundMesh::new(MeshTls::new(Arc::new(ca.trust_bundle()?), own))
+    let tls = MeshTls::new(Arc::new(ca.trust_bundle()?), own);
+    let scrape = OutboundMesh::new(tls.clone())
         .context("the controller's mesh TLS")?
         .connector()
         .clone();
@@ -352,7 +388,12 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
         attesters: vec![router_id.to_string()],
         root_pem,
     };
-    Ok(ControllerMesh { pods, scrape })
+    Ok(ControllerMesh {
+        pods,
+        scrape,
+        tls,
+        router: router_id,
+    })
 }
 
 /// How a term as leader ended.
@@ -473,96 +514,6 @@ async fn lead(
     term
 }
 
-/// The stats channel of the current term's autoscaler: `None` on a standby.
-#[derive(Clone, Default)]
-struct StatsSink {
-    tx: Arc<std::sync::Mutex<Option<mpsc::Sender<StatReport>>>>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl StatsSink {
-    fn set(&self, tx: Option<mpsc::Sender<StatReport>>) {
-        *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = tx;
-    }
-
-    fn sender(&self) -> Option<mpsc::Sender<StatReport>> {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-/// Most StatReports one `POST /v1/stats` may carry.
-const MAX_STATS_PER_POST: usize = 4096;
-/// Largest `POST /v1/stats` body.
-const MAX_STATS_BODY: usize = 1024 * 1024;
-
-/// The stats endpoint: `POST /v1/stats` with a JSON array of StatReports.
-fn stats_app(sink: StatsSink) -> axum::Router {
-    use axum::extract::{DefaultBodyLimit, State};
-    use axum::http::StatusCode;
-    use axum::routing::post;
-
-    async fn accept(
-        State(sink): State<StatsSink>,
-        body: Result<axum::Json<Vec<StatReport>>, axum::extract::rejection::JsonRejection>,
-    ) -> (StatusCode, String) {
-        let reports = match body {
-            Ok(axum::Json(r)) => r,
-            Err(e) => {
-                return (
-                    e.status(),
-                    format!(
-                        "the body must be a JSON array of StatReports: {}",
-                        e.body_text()
-                    ),
-                );
-            }
-        };
-        if reports.len() > MAX_STATS_PER_POST {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "{} StatReports in one post; at most {MAX_STATS_PER_POST}",
-                    reports.len()
-                ),
-            );
-        }
-        let Some(tx) = sink.sender() else {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this controller is a standby: stats go to the leader".into(),
-            );
-        };
-        let mut accepted = 0usize;
-        let mut dropped = 0u64;
-        for r in reports {
-            match tx.try_send(r) {
-                Ok(()) => accepted += 1,
-                Err(_) => dropped += 1,
-            }
-        }
-        if dropped > 0 {
-            let total = sink
-                .dropped
-                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed)
-                + dropped;
-            tracing::warn!(
-                dropped,
-                total,
-                "the autoscaler's stats queue is full: StatReports dropped"
-            );
-        }
-        (
-            StatusCode::ACCEPTED,
-            serde_json::json!({ "accepted": accepted, "dropped": dropped }).to_string(),
-        )
-    }
-
-    axum::Router::new()
-        .route("/v1/stats", post(accept))
-        .layer(DefaultBodyLimit::max(MAX_STATS_BODY))
-        .with_state(sink)
-}
-
 /// The admin API served on loopback over the current kubeconfig's API server, for the
 /// `--kube` flag of `sluice apply/get/describe/delete`: the same requests, validation and
 /// output as against `sluice up`. Returns its base URL.
@@ -588,11 +539,29 @@ pub struct RouterArgs {
     /// Ingress address.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: std::net::SocketAddr,
-    /// The controller's autoscaler (base URL of its stats endpoint, `http://` only): the
-    /// activator posts its StatReports there, so revisions at zero scale up on the first
-    /// request. When absent they are dropped (counted) and revisions at zero stay there.
+    /// The controller's autoscaler (base URL of its stats endpoint): the activator posts its
+    /// StatReports there, so revisions at zero scale up on the first request. `https://`
+    /// with the mesh on (mutual TLS as the router's identity, to the controller's), `http://`
+    /// with it off. When absent they are dropped (counted) and revisions at zero stay there.
     #[arg(long, env = "SLUICE_AUTOSCALER")]
     autoscaler: Option<String>,
+    /// The controller's ServiceAccount, in the router's own namespace (its SVID's): with the
+    /// mesh on, stats go only to a server presenting that identity.
+    #[arg(
+        long,
+        env = "SLUICE_CONTROLLER_SERVICE_ACCOUNT",
+        default_value = "sluice-controller"
+    )]
+    controller_service_account: String,
+    /// Where to serve `/metrics` (Prometheus text: the router's and the in-process
+    /// activator's Istio request metrics, the activator's `revision_queue_depth`). Off when
+    /// absent.
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// OTLP/HTTP collector (`http://host:port`) the router and its activator export one
+    /// span per request to (batched; `OTEL_BSP_*` tune it). Unset: no span export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Requests the activator buffers per revision before answering 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
     activator_queue: usize,
@@ -667,6 +636,9 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
 pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     use sluice_activator::{Activator, ActivatorConfig, Forwarder};
     use sluice_controller::reconcile::kube_routing;
+    use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
+    use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
+    use sluice_router::ingress::Ingress;
     use sluice_router::{Router, ServeConfig};
 
     if !args.kube {
@@ -674,15 +646,64 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
             "sluice router runs in Kubernetes mode only: pass --kube (in local mode the router is part of `sluice up`)"
         );
     }
-    let stats_url = args
+    let mesh_on = args.mesh == "on";
+    let stats_target = args
         .autoscaler
         .as_deref()
-        .map(stats_url)
-        .transpose()
-        .context("--autoscaler")?;
-    let mesh = match args.mesh.as_str() {
-        "on" => Some(router_mesh(&args).await?),
-        _ => None,
+        .map(|base| stats::stats_target(base, mesh_on))
+        .transpose()?;
+    let mesh = if mesh_on {
+        Some(router_mesh(&args).await?)
+    } else {
+        None
+    };
+    // The autoscaler is the controller's identity in the router's namespace.
+    let stats_mesh = match &mesh {
+        Some(m) => {
+            let ns = m.tls().identity().current().id().namespace().to_owned();
+            let server = sluice_mesh::identity::SpiffeId::new(
+                &args.trust_domain,
+                &ns,
+                &args.controller_service_account,
+            )
+            .context("--controller-service-account")?;
+            Some(stats::StatsMesh {
+                out: m.clone(),
+                server,
+            })
+        }
+        None => None,
+    };
+    // Span export: one span per request and hop, children of the caller's.
+    let otlp = OtlpConfig::from_lookup("sluice-router", |k| {
+        if k == otlp::ENDPOINT_ENV {
+            args.otlp_endpoint.clone()
+        } else {
+            std::env::var(k).ok()
+        }
+    })
+    .context("span export settings (--otlp-endpoint, OTEL_*)")?;
+    let spans = match otlp {
+        Some(config) => {
+            let endpoint = config.endpoint.clone();
+            let (exporter, _task) = SpanExporter::spawn(config)
+                .context("span export settings (--otlp-endpoint, OTEL_*)")?;
+            Some((exporter, endpoint))
+        }
+        None => None,
+    };
+    let hop = |registry: &Registry, name: &'static str| {
+        let t = HopTelemetry::new(registry.clone(), name, AccessLog::Tracing);
+        match &spans {
+            Some((exporter, _)) => t.with_spans(exporter.clone()),
+            None => t,
+        }
+    };
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding the metrics endpoint to {addr} (--metrics-listen)")
+        })?),
+        None => None,
     };
     // Replicas are called over mTLS as the router's identity (by the router and by the
     // activator in-process), or in plaintext with the mesh off.
@@ -711,185 +732,68 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let routes = tokio::spawn(kube_routing::run(store, runtime, snapshot_tx, stopped()));
     // The activator's stats (with the immediate one on a request to a revision at zero) go
     // to the controller's autoscaler.
-    let (stats_tx, stats_rx) = mpsc::channel(STATS_QUEUE);
-    tokio::spawn(post_stats(stats_url, stats_rx));
-    let activator = Arc::new(Activator::new(
-        ActivatorConfig {
-            max_queued_per_revision: args.activator_queue,
-            ..ActivatorConfig::default()
-        },
-        snapshot_rx.clone(),
-        stats_tx,
-        forwarder(),
-    ));
+    let (stats_tx, stats_rx) = mpsc::channel(stats::STATS_QUEUE);
+    tokio::spawn(stats::post_stats(stats_target, stats_mesh, stats_rx));
+    // Each hop in a registry of its own (as in local mode), merged on `/metrics`; one
+    // access-log line (and span, when exported) per request and hop.
+    let router_registry = Registry::new();
+    let activator_registry = Registry::new();
+    if let Some((exporter, _)) = &spans {
+        exporter.register_metrics(&router_registry, "sluice-router");
+    }
+    let activator = Arc::new(
+        Activator::new(
+            ActivatorConfig {
+                max_queued_per_revision: args.activator_queue,
+                ..ActivatorConfig::default()
+            },
+            snapshot_rx.clone(),
+            stats_tx,
+            forwarder(),
+        )
+        .with_telemetry(hop(&activator_registry, "activator")),
+    );
     tokio::spawn(activator.clone().run_stats());
     let router = Arc::new(Router::new(snapshot_rx, activator, forwarder()));
-    let serve = tokio::spawn(sluice_router::serve(
+    let ingress = Ingress {
+        telemetry: Some(hop(&router_registry, "router")),
+        ..Ingress::default()
+    };
+    let serve = tokio::spawn(sluice_router::serve_ingress(
         listener,
         router,
         ServeConfig::default(),
+        ingress,
         stopped(),
     ));
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let local = listener.local_addr()?;
+            let app = metrics::app(vec![router_registry, activator_registry]);
+            let task = tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped())
+                    .into_future(),
+            );
+            println!("sluice: router metrics on http://{local}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     println!("sluice: router listening on http://{addr}");
     shutdown::signalled().await;
     let _ = stop_tx.send(true);
     let _ = serve.await;
     let _ = routes.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
+    if let Some((exporter, endpoint)) = spans
+        && tokio::time::timeout(Duration::from_secs(2), exporter.flush())
+            .await
+            .is_err()
+    {
+        tracing::warn!(%endpoint, "spans not exported before exit: the collector did not answer in 2 s");
+    }
     Ok(())
-}
-
-/// StatReports the router holds for the autoscaler before the activator's are dropped.
-const STATS_QUEUE: usize = 1024;
-/// Most StatReports the router sends in one post.
-const STATS_BATCH: usize = 512;
-/// How long one post to the autoscaler may take.
-const STATS_POST_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// `BASE` → `BASE/v1/stats`, `http://` only.
-fn stats_url(base: &str) -> anyhow::Result<http::Uri> {
-    let uri: http::Uri = format!("{}/v1/stats", base.trim_end_matches('/'))
-        .parse()
-        .with_context(|| format!("{base:?} is not a URL"))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        bail!("{base:?}: the autoscaler's URL must be http://HOST[:PORT]");
-    }
-    Ok(uri)
-}
-
-/// Posts the activator's StatReports to the autoscaler as they come (whatever is queued in
-/// one post), until the activator stops. Reports that cannot be delivered are dropped and
-/// counted: stats are a stream, the next second's replace them.
-async fn post_stats(url: Option<http::Uri>, mut rx: mpsc::Receiver<StatReport>) {
-    use http_body_util::Full;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
-    let Some(url) = url else {
-        tracing::warn!(
-            "no --autoscaler: the activator's stats are dropped, and revisions at zero stay at zero"
-        );
-        while rx.recv().await.is_some() {}
-        return;
-    };
-    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut dropped = 0u64;
-    let mut failing = false;
-    let mut batch = Vec::with_capacity(STATS_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.push(first);
-        while batch.len() < STATS_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let result = async {
-            let body = serde_json::to_vec(&batch)?;
-            let request = http::Request::post(url.clone())
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(bytes::Bytes::from(body)))?;
-            let response = tokio::time::timeout(STATS_POST_TIMEOUT, client.request(request))
-                .await
-                .map_err(|_| anyhow::anyhow!("no answer within {STATS_POST_TIMEOUT:?}"))??;
-            let status = response.status();
-            if !status.is_success() {
-                bail!("answered {status}");
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                if failing {
-                    tracing::info!(%url, dropped, "the autoscaler takes stats again");
-                    failing = false;
-                }
-                tracing::debug!(%url, reports = batch.len(), "stats posted");
-            }
-            Err(e) => {
-                dropped += batch.len() as u64;
-                if !failing {
-                    tracing::warn!(%url, dropped, "posting stats to the autoscaler failed, dropping them: {e:#}");
-                    failing = true;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_autoscaler_url_is_http_with_a_host() {
-        assert_eq!(
-            stats_url("http://sluice-autoscaler.sluice-system.svc:8080/")
-                .unwrap()
-                .to_string(),
-            "http://sluice-autoscaler.sluice-system.svc:8080/v1/stats"
-        );
-        assert!(stats_url("https://a:1").is_err());
-        assert!(stats_url("a b").is_err());
-    }
-
-    /// Serves `app` on a loopback port and posts `body` to it.
-    async fn post(app: axum::Router, body: &str) -> (u16, String) {
-        use http_body_util::Full;
-        use hyper_util::client::legacy::Client;
-        use hyper_util::rt::TokioExecutor;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(axum::serve(listener, app).into_future());
-        let client: Client<_, Full<bytes::Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
-        let response = client
-            .request(
-                http::Request::post(format!("http://{addr}/v1/stats"))
-                    .header("content-type", "application/json")
-                    .body(Full::new(bytes::Bytes::from(body.to_owned())))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let bytes = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        server.abort();
-        (status, String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    #[tokio::test]
-    async fn only_the_leader_takes_stats_and_a_full_queue_drops_counted() {
-        let report = serde_json::to_string(&vec![StatReport::poke(sluice_core::NamespacedName {
-            namespace: "default".into(),
-            name: "hello-00001".into(),
-        })])
-        .unwrap();
-        let sink = StatsSink::default();
-        let (status, body) = post(stats_app(sink.clone()), &report).await;
-        assert_eq!((status, body.contains("standby")), (503, true), "{body}");
-
-        let (tx, mut rx) = mpsc::channel(1);
-        sink.set(Some(tx));
-        let (status, body) = post(stats_app(sink.clone()), &report).await;
-        assert_eq!(status, 202, "{body}");
-        let got = rx.recv().await.unwrap();
-        assert_eq!(got.revision.name, "hello-00001");
-        assert_eq!(got.request_count, 1);
-
-        // The queue holds one: of two, one is dropped, and counted.
-        let two = format!("[{0},{0}]", &report[1..report.len() - 1]);
-        let (status, body) = post(stats_app(sink.clone()), &two).await;
-        assert_eq!(status, 202, "{body}");
-        assert!(body.contains(r#""dropped":1"#), "{body}");
-        assert_eq!(sink.dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
-
-        let (status, body) = post(stats_app(sink.clone()), r#"{"revision": 1}"#).await;
-        assert!((400..500).contains(&status), "{status} {body}");
-        assert!(body.contains("JSON array of StatReports"), "{body}");
-    }
 }

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{absolute, shutdown};
 
-mod mesh;
+pub(crate) mod mesh;
 pub mod policies;
 
 /// Flags of `sluice up`.

@@ -214,22 +214,8 @@ async fn accept_loop(
                     let mut ex = t.start(&req);
                     ex.set_span(sluice_mesh::trace::propagate(req.headers_mut()));
                     req.extensions_mut().insert(sluice_mesh::trace::Continued);
-                    ex.labels.reporter = sluice_mesh::telemetry::Reporter::Source;
                     ex.labels.source_workload = "ingress".into();
-                    if let Some(id) = &caller.identity {
-                        ex.labels.source_principal = id.to_string();
-                        ex.labels.source_workload = id.service_account().to_owned();
-                        ex.labels.source_workload_namespace = id.namespace().to_owned();
-                        ex.entry.source_principal = id.to_string();
-                    }
-                    let host = ex
-                        .entry
-                        .authority
-                        .split(':')
-                        .next()
-                        .unwrap_or("")
-                        .to_owned();
-                    ex.labels.destination_service = host;
+                    ex.set_source_side(caller.identity.as_ref());
                     ex.labels.connection_security_policy = caller.security.label().to_owned();
                     ex.entry.connection_security_policy = caller.security.label().to_owned();
                     ex

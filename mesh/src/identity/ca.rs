@@ -343,7 +343,7 @@ impl CertificateAuthority {
     /// authenticated as. The CSR must carry an ECDSA P-256 key, a valid self-signature, and
     /// no subject alternative name other than `id` itself; the leaf is the CA's standard SVID
     /// for the CSR's key, valid for `ttl` when given and lower than the CA's workload TTL,
-    /// else for the workload TTL.
+    /// else for the workload TTL, and never past the root's own `notAfter`.
     pub fn sign_csr(
         &self,
         csr_pem: &str,
@@ -356,6 +356,13 @@ impl CertificateAuthority {
             Some(ttl) => ttl.min(self.workload_ttl),
             None => self.workload_ttl,
         };
+        // A leaf never outlives its root: near the root's end, workloads get what is left
+        // (whole seconds, so the signing check below holds) rather than an error.
+        let left = self
+            .root_not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let ttl = ttl.min(Duration::from_secs(left.as_secs().saturating_sub(1)));
         let public = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)
             .map_err(|e| CsrError::Malformed(format!("public key: {e}")))?;
         let (cert, _, _) = self.sign_leaf(id, &public, ttl)?;

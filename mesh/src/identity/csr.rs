@@ -259,6 +259,30 @@ mod tests {
     }
 
     #[test]
+    fn a_leaf_never_outlives_its_root() {
+        // A root with two hours left, loaded by a CA configured for one-day leaves.
+        let (_, pem) = CertificateAuthority::generate(
+            "cluster.local",
+            Duration::from_secs(2 * 3600),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let ca = CertificateAuthority::from_pem(
+            "cluster.local",
+            &pem.cert_pem,
+            &pem.key_pem,
+            Duration::from_secs(24 * 3600),
+            "test",
+        )
+        .unwrap();
+        let leaf = ca.sign_csr(&csr(&p256(), vec![]), &id(), None).unwrap();
+        let (_, root) = X509Certificate::from_der(ca.root_der()).unwrap();
+        let (_, leaf) = X509Certificate::from_der(&leaf).unwrap();
+        assert!(leaf.validity().not_after.timestamp() <= root.validity().not_after.timestamp());
+        assert!(leaf.validity().not_after.timestamp() > root.validity().not_before.timestamp());
+    }
+
+    #[test]
     fn refuses_an_identity_of_another_trust_domain() {
         let ca = ca(Duration::from_secs(600));
         let foreign: SpiffeId = "spiffe://other.domain/ns/ns1/sa/sa1".parse().unwrap();

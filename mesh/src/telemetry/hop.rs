@@ -16,6 +16,7 @@ use super::access_log::AccessLogEntry;
 use super::istio::{IstioMetrics, Reporter, RequestLabels};
 use super::knative::{RevisionLabels, RevisionMetrics};
 use super::registry::Registry;
+use crate::identity::SpiffeId;
 use crate::otlp::{SpanExporter, SpanKind, SpanRecord};
 use crate::trace::{REQUEST_ID, TRACEPARENT, TraceParent};
 
@@ -151,6 +152,23 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// Labels this exchange as the source side of a hop (a proxy calling a replica): the
+    /// source is `caller` when its identity is known (the mTLS peer, or the original caller
+    /// a previous hop attested), the destination service the request's host without a port.
+    pub fn set_source_side(&mut self, caller: Option<&SpiffeId>) {
+        self.labels.reporter = Reporter::Source;
+        if let Some(id) = caller {
+            self.labels.source_principal = id.to_string();
+            self.labels.source_workload = id.service_account().to_owned();
+            self.labels.source_workload_namespace = id.namespace().to_owned();
+            self.entry.source_principal = id.to_string();
+        }
+        let host = self.entry.authority.split(':').next().unwrap_or("");
+        if !host.is_empty() {
+            self.labels.destination_service = host.to_owned();
+        }
+    }
+
     /// Sets this hop's own span: the trace context it forwards (as
     /// [`crate::trace::propagate`] returned it). The access-log line then carries this
     /// span's id, and the exported span (if any) is this one, child of the caller's.

@@ -1,10 +1,13 @@
 //! A hyper connector for mesh hops: plain TCP, or mTLS to a peer whose SPIFFE ID is checked,
 //! for `http://` URIs (inside the mesh the scheme names the protocol, the mesh adds TLS).
-//! Used by pooled HTTP/2 clients, probes, stat and metric scrapes.
+//! Used by pooled HTTP/2 clients, probes, stat and metric scrapes. Responses received over
+//! mTLS carry the server's verified identity as an [`UpstreamPeer`] extension (hyper-util's
+//! pool hands each connection's extra info to the responses it carries).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +19,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::connector::MeshConnector;
+use crate::identity::SpiffeId;
+
+/// The server's identity as the mTLS handshake of the connection verified it: a response
+/// extension on every response received over such a connection (telemetry's
+/// `destination_principal`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamPeer(pub Arc<SpiffeId>);
 
 /// A connection made by [`MeshHttpConnector`].
 #[derive(Debug)]
@@ -66,14 +76,29 @@ impl AsyncWrite for MeshIo {
     }
 }
 
-/// [`MeshIo`] for hyper's client (hyper's own I/O traits, and the pool's [`Connection`]).
+/// [`MeshIo`] for hyper's client (hyper's own I/O traits, and the pool's [`Connection`]),
+/// with the server's verified identity when the connection is mTLS.
 #[derive(Debug)]
-pub struct HyperMeshIo(TokioIo<MeshIo>);
+pub struct HyperMeshIo {
+    io: TokioIo<MeshIo>,
+    peer: Option<UpstreamPeer>,
+}
 
 impl HyperMeshIo {
     /// Wraps a connection for hyper.
     pub fn new(io: MeshIo) -> Self {
-        Self(TokioIo::new(io))
+        Self {
+            io: TokioIo::new(io),
+            peer: None,
+        }
+    }
+
+    /// Wraps an mTLS connection whose handshake verified the server as `peer`.
+    pub fn with_peer(io: MeshIo, peer: SpiffeId) -> Self {
+        Self {
+            io: TokioIo::new(io),
+            peer: Some(UpstreamPeer(Arc::new(peer))),
+        }
     }
 }
 
@@ -83,7 +108,7 @@ impl Read for HyperMeshIo {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -93,26 +118,29 @@ impl Write for HyperMeshIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
 impl Connection for HyperMeshIo {
     fn connected(&self) -> Connected {
-        let connected = Connected::new();
-        match &self.0.inner() {
+        let connected = match self.io.inner() {
             MeshIo::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                connected.negotiated_h2()
+                Connected::new().negotiated_h2()
             }
-            _ => connected,
+            _ => Connected::new(),
+        };
+        match &self.peer {
+            Some(peer) => connected.extra(peer.clone()),
+            None => connected,
         }
     }
 }
@@ -153,11 +181,13 @@ impl tower::Service<http::Uri> for MeshHttpConnector {
         let tls = self.tls.clone();
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
-            let io = match tls {
-                Some(tls) => MeshIo::Tls(Box::new(tls.connect(tcp).await?.0)),
-                None => MeshIo::Plain(tcp),
-            };
-            Ok(HyperMeshIo::new(io))
+            Ok(match tls {
+                Some(tls) => {
+                    let (stream, peer) = tls.connect(tcp).await?;
+                    HyperMeshIo::with_peer(MeshIo::Tls(Box::new(stream)), peer)
+                }
+                None => HyperMeshIo::new(MeshIo::Plain(tcp)),
+            })
         })
     }
 }
