@@ -1650,6 +1650,12 @@ async fn istio_policies_are_enforced_on_replicas_in_kubernetes_mode() {
         out.contains("authorizationpolicy.security.istio.io/allow-alice created"),
         "{out}"
     );
+    // No Knative workload carries app=hello (the replica here is a bare process): accepted,
+    // with a warning, as in local mode.
+    assert!(
+        err.contains("AuthorizationPolicy/allow-alice: spec.selector.matchLabels (app=hello) matches no workload"),
+        "{err}"
+    );
     let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &allow]);
     assert!(
         ok && out.contains("authorizationpolicy.security.istio.io/allow-alice unchanged"),

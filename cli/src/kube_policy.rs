@@ -9,12 +9,17 @@ use ::kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use ::kube::{Api, Client};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-use sluice_controller::kube_policies::{GROUP, PolicyKind, validate};
+use sluice_controller::kube_policies::{GROUP, PolicyKind, validate_with_warnings};
+use sluice_controller::store::KubeStore;
 use sluice_controller::store::kube::infer_client;
 use sluice_mesh::policy::documents::split_documents;
+use sluice_mesh::policy::{Workload, WorkloadSelector};
 
 /// The field manager of `sluice apply --kube` for policies.
 const FIELD_MANAGER: &str = "sluice";
+/// The controller's namespace in the shipped deploy/: Istio's root namespace here (policies
+/// there apply mesh-wide).
+const ROOT_NAMESPACE: &str = "sluice-system";
 /// Where the CRDs come from when Istio is not installed.
 const OPTIONAL_CRDS: &str = "deploy/optional/istio-security-crds.yaml";
 
@@ -54,6 +59,10 @@ pub struct Validated {
     namespace: String,
     name: String,
     body: Value,
+    /// Fields kept but not acted on.
+    warnings: Vec<String>,
+    /// `spec.selector.matchLabels`, when it names any.
+    selector: Option<WorkloadSelector>,
 }
 
 /// Validates every policy document of `text`; all or nothing (the error lists every problem
@@ -74,8 +83,8 @@ pub fn validate_all(text: &str) -> anyhow::Result<Vec<Validated>> {
             errors.push(format!("policy document {n}: kind: not a security policy"));
             continue;
         };
-        match validate(kind, &value) {
-            Ok(policy) => {
+        match validate_with_warnings(kind, &value) {
+            Ok((policy, warnings)) => {
                 let api_version = value["apiVersion"].as_str().unwrap_or_default();
                 let version = api_version
                     .strip_prefix(&format!("{GROUP}/"))
@@ -86,12 +95,18 @@ pub fn validate_all(text: &str) -> anyhow::Result<Vec<Validated>> {
                 );
                 let mut body = value.clone();
                 body["metadata"]["namespace"] = json!(policy.namespace);
+                let selector =
+                    serde_json::from_value::<WorkloadSelector>(value["spec"]["selector"].clone())
+                        .ok()
+                        .filter(|s| !s.match_labels.is_empty());
                 out.push(Validated {
                     kind,
                     resource,
                     namespace: policy.namespace,
                     name: policy.name,
                     body,
+                    warnings,
+                    selector,
                 });
             }
             Err(e) => errors.push(format!("policy document {n}: {e}")),
@@ -111,7 +126,19 @@ pub async fn apply(docs: Vec<Validated>) -> anyhow::Result<()> {
         return Ok(());
     }
     let client = infer_client().await.context("connecting to Kubernetes")?;
+    let workloads = if docs.iter().any(|d| d.selector.is_some()) {
+        crate::up::policies::known_workloads(&KubeStore::new(client.clone())).await
+    } else {
+        Vec::new()
+    };
     for doc in docs {
+        for w in doc
+            .warnings
+            .iter()
+            .chain(unselected(&doc, &workloads).iter())
+        {
+            eprintln!("Warning: {}/{}: {w}", doc.kind.name(), doc.name);
+        }
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &doc.namespace, &doc.resource);
         let before = match api.get_opt(&doc.name).await {
@@ -157,6 +184,30 @@ pub async fn apply(docs: Vec<Validated>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A warning when the policy's selector matches none of `workloads` (in its namespace, or
+/// anywhere for the root namespace): stored anyway, it applies once such a workload exists.
+fn unselected(doc: &Validated, workloads: &[Workload]) -> Option<String> {
+    let selector = doc.selector.as_ref()?;
+    let root = doc.namespace == ROOT_NAMESPACE;
+    if workloads
+        .iter()
+        .any(|w| (root || w.namespace == doc.namespace) && selector.matches(w))
+    {
+        return None;
+    }
+    let wanted: Vec<String> = selector
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Some(format!(
+        "spec.selector.matchLabels ({}) matches no workload in namespace {:?}; the policy is \
+         stored and applies once such a workload exists",
+        wanted.join(", "),
+        doc.namespace
+    ))
 }
 
 /// `GET` of the admin API's shape: one object, or `{"items": [...]}` (one namespace or all).
@@ -223,9 +274,21 @@ mod tests {
 
     #[test]
     fn documents_are_validated_with_field_paths_before_anything_is_applied() {
-        let ok = "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {action: DENY}\n";
+        let ok = "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {action: AUDIT, selector: {matchLabels: {app: web}}}\n";
         let docs = validate_all(ok).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].warnings.len(), 1, "{:?}", docs[0].warnings);
+        assert!(
+            docs[0].warnings[0].contains("AUDIT"),
+            "{:?}",
+            docs[0].warnings
+        );
+        // Its selector matches no workload of `default`: a warning; one that matches: none.
+        let web = Workload::new("default", [("app", "web")]);
+        let elsewhere = Workload::new("team-a", [("app", "web")]);
+        let warning = unselected(&docs[0], std::slice::from_ref(&elsewhere));
+        assert!(warning.is_some_and(|w| w.contains("app=web")));
+        assert_eq!(unselected(&docs[0], &[web]), None);
         assert_eq!(docs[0].namespace, "default");
         assert_eq!(docs[0].resource.version, "v1beta1");
         assert_eq!(docs[0].body["metadata"]["namespace"], "default");

@@ -111,8 +111,25 @@ pub fn trimmed_manifest(kind: PolicyKind, object: &Value) -> Value {
 }
 
 /// Validates one object with the mesh's parser: the policy to serve, or every problem with
-/// its field path.
+/// its field path. Warnings (fields kept but not acted on) are logged.
 pub fn validate(kind: PolicyKind, object: &Value) -> Result<PolicyObject, String> {
+    let (policy, warnings) = validate_with_warnings(kind, object)?;
+    for w in warnings {
+        tracing::warn!(
+            kind = kind.name(),
+            namespace = %policy.namespace,
+            name = %policy.name,
+            "{w}"
+        );
+    }
+    Ok(policy)
+}
+
+/// [`validate`], returning the warnings instead of logging them.
+pub fn validate_with_warnings(
+    kind: PolicyKind,
+    object: &Value,
+) -> Result<(PolicyObject, Vec<String>), String> {
     let manifest = trimmed_manifest(kind, object);
     let text = serde_json::to_string(&manifest).map_err(|e| e.to_string())?;
     let namespace = manifest["metadata"]["namespace"]
@@ -128,17 +145,15 @@ pub fn validate(kind: PolicyKind, object: &Value) -> Result<PolicyObject, String
         PolicyKind::PeerAuthentication => PeerAuthentication::from_yaml(&text).map(|(_, w)| w),
     };
     match checked {
-        Ok(warnings) => {
-            for w in warnings {
-                tracing::warn!(kind = kind.name(), %namespace, %name, "{w}");
-            }
-            Ok(PolicyObject {
+        Ok(warnings) => Ok((
+            PolicyObject {
                 kind: kind.name().to_owned(),
                 namespace,
                 name,
                 manifest: text,
-            })
-        }
+            },
+            warnings,
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
