@@ -38,7 +38,7 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(25);
 /// The longest wait a request may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Requests waiting for a change at once; more are answered 503 (retry later).
-pub const MAX_WAITERS: usize = 2048;
+pub const MAX_WAITERS: usize = 1536;
 /// Largest policy answer a workload reads.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// Deadline for the TCP connection and for the TLS handshake.

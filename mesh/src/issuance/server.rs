@@ -30,8 +30,9 @@ use crate::identity::{
 use crate::tls::MeshTls;
 
 /// Connections served at once; more are closed at accept. Every replica holds one open
-/// while it long-polls its policies, so this bounds the replicas one CA follows.
-const MAX_CONNECTIONS: usize = 4096;
+/// while it long-polls its policies, so this (with [`super::policies::MAX_WAITERS`], which
+/// leaves room for certificate requests) bounds the replicas one CA replica follows.
+const MAX_CONNECTIONS: usize = 2048;
 /// Requests in flight on one HTTP/2 connection.
 const MAX_STREAMS: u32 = 16;
 /// Requests authenticated and signed at once over all connections; more wait their turn
