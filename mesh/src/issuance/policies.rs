@@ -164,6 +164,13 @@ impl PolicyService {
         }
     }
 
+    /// At most `n` requests wait at once (tests; [`MAX_WAITERS`] otherwise).
+    #[cfg(test)]
+    fn with_max_waiters(mut self, n: usize) -> Self {
+        self.waiters = Semaphore::new(n);
+        self
+    }
+
     /// Ends waiting requests (304) when `stop` changes or closes.
     pub(crate) fn with_stop(mut self, stop: watch::Receiver<()>) -> Self {
         self.stop = Some(stop);
@@ -624,6 +631,25 @@ mod tests {
         let (answer, ()) = tokio::join!(service.handle(&request, caller.as_ref()), stop);
         assert_eq!(answer.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_requests_are_bounded() {
+        let publisher = PolicyPublisher::new("sluice-system");
+        publisher.publish(Vec::new());
+        let service = PolicyService::new(&publisher).with_max_waiters(1);
+        let caller = SpiffeId::new("cluster.local", "team-a", "default").ok();
+        let version = service.version(&publisher.current());
+        let request = get(&format!("?version={version}&waitSeconds=10"));
+        let (first, second) = tokio::join!(service.handle(&request, caller.as_ref()), async {
+            // Yield until the first request holds the only turn.
+            while service.waiters.available_permits() > 0 {
+                tokio::task::yield_now().await;
+            }
+            service.handle(&request, caller.as_ref()).await
+        });
+        assert_eq!(first.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
