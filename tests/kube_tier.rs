@@ -747,7 +747,8 @@ async fn without_the_crds_the_controller_names_the_missing_one_and_waits() {
         controller
             .log()
             .lines()
-            .find(|l| l.contains("is not installed"))
+            // Istio's policy CRDs are missing too (named as well): look for Sluice's own.
+            .find(|l| l.contains("is not installed") && !l.contains("security.istio.io"))
             .map(str::to_owned)
     })
     .await;
@@ -1321,6 +1322,23 @@ async fn a_replica_and_the_router_with_certificates_from_the_ca_talk_mtls() {
         &["--lease-namespace", "sluice-system"],
     );
     let ca = controller.mesh_ca().await;
+    // Istio is not installed here: the controller names the missing policy CRDs once and
+    // serves replicas the empty set (they start, PERMISSIVE, no authorization policy).
+    for crd in [
+        "authorizationpolicies.security.istio.io",
+        "peerauthentications.security.istio.io",
+    ] {
+        eventually(
+            &format!("the controller naming the missing CRD {crd}"),
+            || async {
+                let log = controller.log();
+                (log.contains(&format!("CRD {crd} is not installed"))
+                    && log.contains("deploy/optional/istio-security-crds.yaml"))
+                .then_some(())
+            },
+        )
+        .await;
+    }
     let root = root_file(&cluster, &client, "sluice-system").await;
     let hello = cluster.token_file("team-a", "hello", Some("sluice-ca"), "hello.token");
     let router = cluster.token_file(
@@ -1488,6 +1506,257 @@ fn with_the_mesh_on_the_missing_addresses_are_named() {
             !ok && err.contains("connecting to Kubernetes"),
             "{args:?}: {err}"
         );
+    }
+}
+
+/// Istio's security policies in Kubernetes mode, against the real API server: the optional
+/// CRDs installed, policies written with `sluice apply --kube` and `kubectl`, the controller
+/// watching them and serving them through its CA, a replica (`sluice queue`, the Pod's env)
+/// following them: an ALLOW policy admits principal A and refuses B with 403; STRICT refuses
+/// plaintext; an invalid policy gets an Event naming the field path; deleting the ALLOW
+/// policy lets B through again.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn istio_policies_are_enforced_on_replicas_in_kubernetes_mode() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use sluice_mesh::outbound::OutboundMesh;
+    use sluice_mesh::tls::MeshTls;
+
+    let cluster = Cluster::start("policies");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    for ns in ["sluice-system", "team-a"] {
+        cluster.kubectl(&["create", "namespace", ns]);
+    }
+    for sa in ["hello", "alice", "bob"] {
+        cluster.kubectl(&["create", "serviceaccount", sa, "-n", "team-a"]);
+    }
+    let allow = manifest(
+        &cluster,
+        "allow-alice.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-alice\n  namespace: team-a\nspec:\n  selector:\n    matchLabels: {app: hello}\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [cluster.local/ns/team-a/sa/alice]\n",
+    );
+    // Without the CRDs, `sluice apply --kube` says where they come from.
+    let (ok, _, err) = cluster.sluice(&["apply", "--kube", "-f", &allow]);
+    assert!(
+        !ok && err.contains("authorizationpolicies.security.istio.io")
+            && err.contains("deploy/optional/istio-security-crds.yaml"),
+        "{err}"
+    );
+    let crds = repo().join("deploy/optional/istio-security-crds.yaml");
+    cluster.kubectl(&["apply", "-f", &crds.display().to_string()]);
+    cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/authorizationpolicies.security.istio.io",
+        "crd/peerauthentications.security.istio.io",
+        "--timeout=60s",
+    ]);
+
+    let controller = cluster.controller_with(
+        "ca",
+        &cluster.kubeconfig,
+        &["--lease-namespace", "sluice-system"],
+    );
+    let ca = controller.mesh_ca().await;
+    let root = root_file(&cluster, &client, "sluice-system").await;
+    let hello = cluster.token_file("team-a", "hello", Some("sluice-ca"), "hello.token");
+    let (token, root_s) = (hello.display().to_string(), root.display().to_string());
+    let mut replica = cluster.spawn_with_env(
+        "replica",
+        &[
+            "queue",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            kube_support::SLUICE,
+            "hello",
+        ],
+        &[
+            ("SLUICE_MESH_CA_ADDR", &ca),
+            ("SLUICE_MESH_TOKEN_FILE", &token),
+            ("SLUICE_MESH_ROOT_FILE", &root_s),
+            ("SLUICE_MESH_TRUST_DOMAIN", "cluster.local"),
+            ("SLUICE_MESH_ATTESTERS", ROUTER_ID),
+            ("POD_NAMESPACE", "team-a"),
+            ("POD_NAME", "hello-00001-deployment-abc"),
+            ("K_SERVICE", "hello"),
+            ("K_CONFIGURATION", "hello"),
+            ("K_REVISION", "hello-00001"),
+            (
+                "SLUICE_MESH_LABELS",
+                r#"{"app":"hello","serving.knative.dev/revision":"hello-00001"}"#,
+            ),
+            ("TARGET", "policies"),
+        ],
+    );
+    replica.graceful = true;
+    let addr: std::net::SocketAddr = replica.printed("SLUICE_LISTENING ").await.parse().unwrap();
+
+    // Callers A (alice) and B (bob), each with its SVID from the CA.
+    let mut renewals = Vec::new();
+    let mut callers = Vec::new();
+    for sa in ["alice", "bob"] {
+        let token = cluster.token_file("team-a", sa, Some("sluice-ca"), &format!("{sa}.token"));
+        let remote = remote_ca(&ca, &token, &root);
+        let bundle = remote.bundle.clone();
+        let (svid, renewal) =
+            remote_identity(remote, RotationConfig::new(Duration::from_secs(3600)))
+                .await
+                .unwrap();
+        renewals.push(renewal);
+        let mesh = OutboundMesh::new(MeshTls::new(bundle, svid)).unwrap();
+        let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(mesh.http_connector());
+        callers.push(http);
+    }
+    // No pooled connections: peer authentication is decided per connection.
+    let plain: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
+    let request = || {
+        http::Request::get(format!("http://{addr}/"))
+            .header("host", "hello.team-a.example.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // (status, body) of one request by caller `i`, or None when it got no answer.
+    let ask = |i: usize| {
+        let http = callers[i].clone();
+        let req = request();
+        async move {
+            let response = http.request(req).await.ok()?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.ok()?.to_bytes();
+            Some((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+    };
+    // No policy yet: both get through.
+    for i in 0..2 {
+        let (status, body) = eventually("an answer over mTLS", || ask(i)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // ALLOW for A, through `sluice apply --kube`: B is refused with Istio's 403, A served.
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &allow]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("authorizationpolicy.security.istio.io/allow-alice created"),
+        "{out}"
+    );
+    // No Knative workload carries app=hello (the replica here is a bare process): accepted,
+    // with a warning, as in local mode.
+    assert!(
+        err.contains("AuthorizationPolicy/allow-alice: spec.selector.matchLabels (app=hello) matches no workload"),
+        "{err}"
+    );
+    let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &allow]);
+    assert!(
+        ok && out.contains("authorizationpolicy.security.istio.io/allow-alice unchanged"),
+        "{out}{err}"
+    );
+    let (status, body) = eventually("B refused by the ALLOW policy", || async {
+        ask(1).await.filter(|(s, _)| *s == 403)
+    })
+    .await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+    let (status, body) = ask(0).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Hello policies"), "{body}");
+    // `sluice get --kube` lists it as kubectl would.
+    let (ok, out, err) = cluster.sluice(&["get", "ap", "--kube", "-n", "team-a"]);
+    assert!(
+        ok && out.contains("allow-alice") && out.contains("ALLOW"),
+        "{out}{err}"
+    );
+
+    // Plaintext is answered (403: no principal) until STRICT refuses it at the TLS layer.
+    let plain_status = || async {
+        match plain.request(request()).await {
+            Ok(r) => Some(r.status().as_u16()),
+            Err(_) => None,
+        }
+    };
+    assert_eq!(plain_status().await, Some(403));
+    let strict = manifest(
+        &cluster,
+        "strict.yaml",
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: team-a\nspec:\n  mtls: {mode: STRICT}\n",
+    );
+    cluster.kubectl(&["apply", "-f", &strict]);
+    eventually("STRICT refuses plaintext", || async {
+        plain_status().await.is_none().then_some(())
+    })
+    .await;
+    let (status, _) = ask(0).await.unwrap();
+    assert_eq!(status, 200, "mTLS callers still served under STRICT");
+
+    // An invalid policy: refused by `sluice apply --kube` with its field path; written with
+    // kubectl (the CRD keeps spec as is), it is not enforced and gets an Event saying why.
+    let bad = manifest(
+        &cluster,
+        "bad.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: bad\n  namespace: team-a\nspec:\n  action: MAYBE\n",
+    );
+    let (ok, _, err) = cluster.sluice(&["apply", "--kube", "-f", &bad]);
+    assert!(!ok && err.contains("spec.action"), "{err}");
+    cluster.kubectl(&["apply", "-f", &bad]);
+    let events: Api<CoreEvent> = Api::namespaced(client.clone(), "team-a");
+    let message = eventually("an Event on the invalid policy", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find_map(|e| {
+            (e.involved_object.name.as_deref() == Some("bad")
+                && e.involved_object.kind.as_deref() == Some("AuthorizationPolicy")
+                && e.reason.as_deref() == Some("InvalidPolicy"))
+            .then(|| e.message.unwrap_or_default())
+        })
+    })
+    .await;
+    assert!(message.contains("spec.action"), "{message}");
+    assert!(message.starts_with("not enforced"), "{message}");
+    // The invalid policy changed nothing: A still served, B still refused.
+    assert_eq!(ask(0).await.unwrap().0, 200);
+    assert_eq!(ask(1).await.unwrap().0, 403);
+    // An edit that breaks the ALLOW policy keeps its last valid version in force (a typo
+    // does not open the workload to B), and says so in an Event.
+    let broken = manifest(
+        &cluster,
+        "allow-alice-broken.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-alice\n  namespace: team-a\nspec:\n  selector:\n    matchLabels: {app: hello}\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [cluster.local/ns/team-a/sa/alice]\n    to:\n    - operation:\n        ports: [\"http\"]\n",
+    );
+    cluster.kubectl(&["apply", "-f", &broken]);
+    let message = eventually("an Event on the broken edit", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find_map(|e| {
+            (e.involved_object.name.as_deref() == Some("allow-alice")
+                && e.reason.as_deref() == Some("InvalidPolicy"))
+            .then(|| e.message.unwrap_or_default())
+        })
+    })
+    .await;
+    assert!(
+        message.contains("last valid one stays in force") && message.contains("ports"),
+        "{message}"
+    );
+    assert_eq!(ask(0).await.unwrap().0, 200);
+    assert_eq!(ask(1).await.unwrap().0, 403);
+
+    // Deleting the ALLOW policy (`sluice delete --kube`) lets B through again.
+    let (ok, out, err) = cluster.sluice(&["delete", "ap", "allow-alice", "--kube", "-n", "team-a"]);
+    assert!(ok && out.contains("allow-alice"), "{out}{err}");
+    eventually("B served once the ALLOW policy is gone", || async {
+        ask(1).await.filter(|(s, _)| *s == 200).map(|_| ())
+    })
+    .await;
+    replica.terminate();
+    for r in renewals {
+        r.abort();
     }
 }
 

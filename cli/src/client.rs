@@ -125,17 +125,43 @@ pub(crate) fn server_error(status: http::StatusCode, body: &Value) -> anyhow::Er
 
 /// `sluice apply -f …`.
 pub async fn apply(mut args: ApplyArgs) -> anyhow::Result<()> {
-    if args.kube {
-        args.server = crate::kube::admin_server().await?;
-    }
     let mut files = Vec::new();
     for path in &args.files {
         files.extend(manifest_files(path)?);
     }
+    if args.kube {
+        // Istio's policies go to the API server directly (validated first, all or nothing,
+        // before anything else is applied); the rest through the admin API.
+        let (mut rest, mut policy_text) = (Vec::new(), Vec::new());
+        for file in files {
+            let (policies, others) = sluice_mesh::policy::partition(&file.text);
+            policy_text.push(policies);
+            if !others.trim().is_empty() {
+                rest.push(sluice_controller::admin::ManifestFile {
+                    text: others,
+                    ..file
+                });
+            }
+        }
+        let policies = crate::kube_policy::validate_all(&policy_text.join("\n---\n"))?;
+        if !rest.is_empty() {
+            args.server = crate::kube::admin_server().await?;
+            apply_files(&args.server, rest).await?;
+        }
+        return crate::kube_policy::apply(policies).await;
+    }
+    apply_files(&args.server, files).await
+}
+
+/// Applies manifest files through the admin API at `server`.
+async fn apply_files(
+    server: &str,
+    files: Vec<sluice_controller::admin::ManifestFile>,
+) -> anyhow::Result<()> {
     let body = serde_json::to_vec(&ApplyRequest { files })?;
     let (status, resp) = call(
         http::Method::POST,
-        format!("{}/v1/apply", args.server.trim_end_matches('/')),
+        format!("{}/v1/apply", server.trim_end_matches('/')),
         Some(body),
     )
     .await?;
@@ -182,18 +208,26 @@ pub fn print_apply_results(results: &[ApplyResult]) {
     }
 }
 
-/// `sluice get` of a security policy kind (`plural` as the admin API names it).
+/// `sluice get` of a security policy kind (`plural` as the admin API names it): from
+/// `sluice up`'s admin API, or with `--kube` from the API server.
 async fn get_policies(args: GetArgs, plural: &str) -> anyhow::Result<()> {
-    let base = args.server.trim_end_matches('/');
-    let url = match &args.name {
-        Some(name) => format!("{base}/v1/{plural}/{}/{name}", args.namespace),
-        None if args.all_namespaces => format!("{base}/v1/{plural}"),
-        None => format!("{base}/v1/{plural}?namespace={}", args.namespace),
+    let body = if args.kube {
+        let namespace =
+            (!args.all_namespaces || args.name.is_some()).then_some(args.namespace.as_str());
+        crate::kube_policy::get(plural, namespace, args.name.as_deref()).await?
+    } else {
+        let base = args.server.trim_end_matches('/');
+        let url = match &args.name {
+            Some(name) => format!("{base}/v1/{plural}/{}/{name}", args.namespace),
+            None if args.all_namespaces => format!("{base}/v1/{plural}"),
+            None => format!("{base}/v1/{plural}?namespace={}", args.namespace),
+        };
+        let (status, body) = call(http::Method::GET, url, None).await?;
+        if !status.is_success() {
+            return Err(server_error(status, &body));
+        }
+        body
     };
-    let (status, body) = call(http::Method::GET, url, None).await?;
-    if !status.is_success() {
-        return Err(server_error(status, &body));
-    }
     match args.output {
         Some(Output::Json) => println!("{}", serde_json::to_string_pretty(&body)?),
         Some(Output::Yaml) => print!("{}", serde_yaml::to_string(&body)?),
@@ -273,16 +307,9 @@ fn policy_table(plural: &str, items: &[Value], with_namespace: bool) -> String {
     out
 }
 
-/// Why `--kube` refuses the security-policy kinds.
-const POLICIES_LOCAL_ONLY: &str = "PeerAuthentication and AuthorizationPolicy are enforced in local \
-mode only; Kubernetes mode has no policy store yet";
-
 /// `sluice get KIND [NAME]`.
 pub async fn get(mut args: GetArgs) -> anyhow::Result<()> {
     if let Some(plural) = crate::up::policies::plural_of(&args.kind) {
-        if args.kube {
-            anyhow::bail!("{plural}: {POLICIES_LOCAL_ONLY}");
-        }
         return get_policies(args, plural).await;
     }
     if args.kube {
@@ -330,7 +357,9 @@ pub async fn get(mut args: GetArgs) -> anyhow::Result<()> {
 /// `sluice delete KIND NAME`.
 pub async fn delete(mut args: DeleteArgs) -> anyhow::Result<()> {
     let plural = match crate::up::policies::plural_of(&args.kind) {
-        Some(p) if args.kube => anyhow::bail!("{p}: {POLICIES_LOCAL_ONLY}"),
+        Some(p) if args.kube => {
+            return crate::kube_policy::delete(p, &args.namespace, &args.name).await;
+        }
         Some(p) => p,
         None => kind(&args.kind)?.plural(),
     };

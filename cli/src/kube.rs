@@ -304,7 +304,8 @@ async fn serve_stats(
 
 /// The mesh CA of this replica (leader or standby): its root from the Secret (created by
 /// the first replica), published as the root ConfigMap of the controller's namespace (the
-/// router mounts it), served on `--mesh-listen` with TokenReviews until a signal. Returns
+/// router mounts it), served on `--mesh-listen` with TokenReviews until a signal, with the
+/// cluster's AuthorizationPolicies and PeerAuthentications for workloads to follow. Returns
 /// what revision Pods need, and the controller's own client identity, issued in-process.
 async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Result<ControllerMesh> {
     use sluice_controller::kube_ca::{self, KubeCaError, TokenReviewAuthenticator};
@@ -362,7 +363,17 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
         .connector()
         .clone();
     let auth = Arc::new(TokenReviewAuthenticator::new(client.clone()));
-    let server = sluice_mesh::issuance::serve(listener, ca, server_id, auth, shutdown::signalled());
+    // Istio's security policies, watched cluster-wide and served to workloads by the CA;
+    // the controller's namespace is the root namespace (mesh-wide policies).
+    let policies = sluice_controller::kube_policies::PolicyWatch::start(client.clone(), ns);
+    let server = sluice_mesh::issuance::serve_with_policies(
+        listener,
+        ca,
+        server_id,
+        auth,
+        Some(policies),
+        shutdown::signalled(),
+    );
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("the mesh CA stopped: {e}");

@@ -9,6 +9,7 @@ mod client;
 mod describe;
 mod hello;
 mod kube;
+mod kube_policy;
 mod model_server;
 mod queue;
 mod shutdown;

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod kube_ca;
+pub mod kube_policies;
 pub mod leader;
 pub mod reconcile;
 pub mod runtime;

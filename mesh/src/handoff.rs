@@ -14,7 +14,10 @@
 //!
 //! In Kubernetes mode there is no directory: [`WorkloadMesh::from_env`] sees
 //! [`crate::issuance::CA_ADDR_ENV`] and [`WorkloadMesh::remote`] obtains the identity from the
-//! CA with the Pod's projected token (see [`crate::issuance`] for the environment).
+//! CA with the Pod's projected token (see [`crate::issuance`] for the environment), and the
+//! security policies from the CA too (fetched before the replica serves, then followed with
+//! long polls; see [`crate::issuance::policies`]). The Pod's labels, which policies select
+//! on, come from [`crate::issuance::policies::LABELS_ENV`].
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -33,7 +36,9 @@ use crate::identity::svid::{SvidFileError, parse_pem};
 use crate::identity::{
     DEFAULT_TRUST_DOMAIN, RotatingSvid, RotationConfig, SpiffeId, Svid, SvidError, TrustBundle,
 };
+use crate::issuance::policies::{FollowConfig, first_policies, follow_policies};
 use crate::issuance::{self, RemoteCa, remote_identity};
+use crate::policy::documents::split_documents;
 use crate::policy::{
     AuthorizationEngine, DocumentError, PeerAuthenticationSet, PolicyDocuments, Workload,
 };
@@ -134,6 +139,10 @@ pub enum HandoffError {
     /// The CA did not issue an identity (Kubernetes mode).
     #[error(transparent)]
     Remote(#[from] crate::issuance::IssueError),
+    /// The CA did not serve this workload's policies (Kubernetes mode): it must not serve
+    /// without them.
+    #[error("the security policies: {0}")]
+    Policies(#[from] crate::issuance::policies::PolicyFetchError),
 }
 
 /// The supervisor's side: writes one replica's private directory.
@@ -206,12 +215,23 @@ impl Default for Policies {
 }
 
 impl Policies {
-    /// Parses a policy file's text.
+    /// Parses a policy file's text (mesh-wide policies in Istio's `istio-system`).
     pub fn parse(text: &str) -> Result<Self, Vec<DocumentError>> {
+        Self::parse_in(text, crate::policy::DEFAULT_ROOT_NAMESPACE)
+    }
+
+    /// Parses policies whose mesh-wide ones live in `root_namespace` (Kubernetes mode: the
+    /// controller's namespace).
+    pub fn parse_in(text: &str, root_namespace: &str) -> Result<Self, Vec<DocumentError>> {
         let docs = PolicyDocuments::parse(text)?;
         Ok(Self {
-            authorization: Arc::new(AuthorizationEngine::new(docs.authorization)),
-            peer: Arc::new(PeerAuthenticationSet::new(docs.peer_authentication)),
+            authorization: Arc::new(
+                AuthorizationEngine::new(docs.authorization).with_root_namespace(root_namespace),
+            ),
+            peer: Arc::new(
+                PeerAuthenticationSet::new(docs.peer_authentication)
+                    .with_root_namespace(root_namespace),
+            ),
         })
     }
 }
@@ -363,14 +383,23 @@ impl WorkloadMesh {
         let service = var(issuance::K_SERVICE_ENV)?.unwrap_or_default();
         let configuration = var(issuance::K_CONFIGURATION_ENV)?.unwrap_or_default();
         let revision = var(issuance::K_REVISION_ENV)?.unwrap_or_default();
-        let mut labels = BTreeMap::new();
+        // The Pod's labels as the runtime set them; the revision's own names fill gaps.
+        let mut labels: BTreeMap<String, String> = match var(issuance::policies::LABELS_ENV)? {
+            Some(json) => serde_json::from_str(&json).map_err(|e| HandoffError::Env {
+                name: issuance::policies::LABELS_ENV,
+                message: format!("not a JSON object of string labels: {e}"),
+            })?,
+            None => BTreeMap::new(),
+        };
         for (key, value) in [
             ("serving.knative.dev/service", &service),
             ("serving.knative.dev/configuration", &configuration),
             ("serving.knative.dev/revision", &revision),
         ] {
             if !value.is_empty() {
-                labels.insert(key.to_owned(), value.clone());
+                labels
+                    .entry(key.to_owned())
+                    .or_insert_with(|| value.clone());
             }
         }
         let info = WorkloadInfo {
@@ -399,12 +428,24 @@ impl WorkloadMesh {
 
     /// Kubernetes mode: the identity from the CA `ca` (renewed at 40–50 % of its life; `rotation.ttl`
     /// is requested, the CA caps it at its workload TTL), the workload `info` (an empty
-    /// namespace becomes the SVID's), and the default policies (PERMISSIVE, no authorization
-    /// policies), which never change. The task ends when every holder of the identity is gone.
+    /// namespace becomes the SVID's), and the security policies the CA serves for its
+    /// namespace (fetched before this returns, with bounded retries: a replica does not serve
+    /// without them; then followed with long polls, the current set kept on errors). The task
+    /// ends when every holder of the identity and the policies is gone.
     pub async fn remote(
+        ca: RemoteCa,
+        info: WorkloadInfo,
+        rotation: RotationConfig,
+    ) -> Result<(Self, JoinHandle<()>), HandoffError> {
+        Self::remote_with(ca, info, rotation, FollowConfig::default()).await
+    }
+
+    /// [`WorkloadMesh::remote`] with the policy follower's retries and long-poll wait.
+    pub async fn remote_with(
         ca: RemoteCa,
         mut info: WorkloadInfo,
         rotation: RotationConfig,
+        follow: FollowConfig,
     ) -> Result<(Self, JoinHandle<()>), HandoffError> {
         let attesters = info
             .attesters
@@ -417,20 +458,40 @@ impl WorkloadMesh {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let bundle = ca.bundle.clone();
+        let addr = ca.addr.clone();
         let (identity, renewal) = remote_identity(ca, rotation).await?;
         if info.namespace.is_empty() {
             info.namespace = identity.current().id().namespace().to_owned();
         }
-        let (policy_tx, policy_rx) = watch::channel(Arc::new(Policies::default()));
-        // The policies never change; their sender lives as long as the identity's renewal.
+        let tls = MeshTls::new(bundle, identity);
+        let fetched = first_policies(&addr, &tls, &follow).await;
+        let (answer, policies) = match fetched {
+            Ok(got) => got,
+            Err(e) => {
+                renewal.abort();
+                return Err(e.into());
+            }
+        };
+        tracing::info!(
+            version = %answer.version,
+            documents = split_documents(&answer.policies).len(),
+            "security policies obtained from the mesh CA"
+        );
+        let (policy_tx, policy_rx) = watch::channel(Arc::new(policies));
+        let follower = tokio::spawn(follow_policies(
+            addr,
+            tls.clone(),
+            answer.version,
+            follow,
+            policy_tx,
+        ));
         let task = tokio::spawn(async move {
-            let _policies = policy_tx;
-            let _ = renewal.await;
+            let _ = tokio::join!(renewal, follower);
         });
         Ok((
             Self {
                 info,
-                tls: MeshTls::new(bundle, identity),
+                tls,
                 attesters,
                 policies: policy_rx,
             },

@@ -20,9 +20,11 @@ use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair, SanType};
 use sluice_mesh::handoff::{WorkloadInfo, WorkloadMesh};
 use sluice_mesh::identity::{CertificateAuthority, RotationConfig, SpiffeId, TrustBundle};
+use sluice_mesh::issuance::policies::{FollowConfig, fetch_policies};
 use sluice_mesh::issuance::{
-    AuthError, CERTIFICATES_PATH, ErrorBody, IssueError, RemoteCa, ServiceAccountRef,
-    TokenAuthenticator, remote_identity, request_certificate, serve,
+    AuthError, CERTIFICATES_PATH, ErrorBody, IssueError, POLICIES_PATH, PolicyObject,
+    PolicyPublisher, RemoteCa, ServiceAccountRef, TokenAuthenticator, remote_identity,
+    request_certificate, serve, serve_with_policies,
 };
 use sluice_mesh::tls::PeerAuthMode;
 use sluice_mesh::tls::{ExpectedServer, MeshAcceptor, MeshConnector, MeshStream, MeshTls};
@@ -83,6 +85,7 @@ impl TokenAuthenticator for Tokens {
 struct Ca {
     addr: SocketAddr,
     ca: Arc<CertificateAuthority>,
+    policies: Arc<PolicyPublisher>,
     bundle: Arc<TrustBundle>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -101,17 +104,22 @@ impl Ca {
             ("tok2", ("ns2", "sa2")),
         ]));
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
+        let policies = Arc::new(PolicyPublisher::new("sluice-system"));
+        // Known (empty) from the start, as a controller's after its first listing.
+        policies.publish(Vec::new());
+        let server = tokio::spawn(serve_with_policies(
             listener,
             ca.clone(),
             SpiffeId::new(TD, "sluice-system", "sluice-controller").unwrap(),
             Arc::new(tokens),
+            Some(policies.clone()),
             async move {
                 let _ = stopped.await;
             },
         ));
         Self {
             addr,
+            policies,
             bundle: Arc::new(ca.trust_bundle().unwrap()),
             ca,
             stop: Some(stop),
@@ -654,6 +662,10 @@ async fn from_env_in_a_pod_environment() {
             .env("K_CONFIGURATION", "hello")
             .env("K_REVISION", "hello-00001")
             .env(
+                "SLUICE_MESH_LABELS",
+                r#"{"app":"hello","serving.knative.dev/service":"hello"}"#,
+            )
+            .env(
                 "SLUICE_MESH_ATTESTERS",
                 "spiffe://cluster.local/ns/sluice-system/sa/router",
             )
@@ -680,6 +692,23 @@ async fn from_env_in_a_pod_environment() {
     assert_eq!(loaded["pod"], "hello-00001-deployment-abc");
     assert_eq!(loaded["revision"], "hello-00001");
     assert_eq!(loaded["labels"]["serving.knative.dev/service"], "hello");
+    assert_eq!(loaded["labels"]["app"], "hello");
+    assert_eq!(
+        loaded["labels"]["serving.knative.dev/revision"],
+        "hello-00001"
+    );
+
+    // Labels that are not a JSON object of strings are refused, naming the variable.
+    let output = run(&[("SLUICE_MESH_LABELS", r#"{"app": 1}"#)])
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let text = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("SLUICE_MESH_LABELS") && text.contains("not a JSON object"),
+        "{text}"
+    );
     assert_eq!(
         loaded["attesters"],
         serde_json::json!(["spiffe://cluster.local/ns/sluice-system/sa/router"])
@@ -695,4 +724,273 @@ async fn from_env_in_a_pod_environment() {
     );
     assert!(text.contains("$SLUICE_MESH_ATTESTERS"), "{text}");
     ca.stop().await;
+}
+
+// ---- policy distribution (GET /v1/policies) ----
+
+fn policy(kind: &str, ns: &str, name: &str, spec: &str) -> PolicyObject {
+    let api = if kind == "PeerAuthentication" {
+        "security.istio.io/v1beta1"
+    } else {
+        "security.istio.io/v1"
+    };
+    PolicyObject {
+        kind: kind.into(),
+        namespace: ns.into(),
+        name: name.into(),
+        manifest: format!(
+            "apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec: {spec}\n"
+        ),
+    }
+}
+
+/// An identity of ServiceAccount ns1/sa1 from the CA, as a replica holds it.
+async fn workload_tls(ca: &Ca, dir: &TempDir) -> MeshTls {
+    let (svid, _task) = remote_identity(
+        ca.remote(dir.token("policy-client", "tok1")),
+        RotationConfig::new(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    MeshTls::new(ca.bundle.clone(), svid)
+}
+
+#[tokio::test]
+async fn policies_need_the_workloads_certificate() {
+    let ca = Ca::start(Duration::from_secs(3600)).await;
+    // No client certificate: 401, naming what is needed.
+    let (status, _, error) = call(&ca, Method::GET, POLICIES_PATH, None, Vec::new()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error.contains("SVID"), "{error}");
+    // A token is not a certificate.
+    let (status, _, _) = call(
+        &ca,
+        Method::GET,
+        POLICIES_PATH,
+        Some("Bearer tok1"),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // CSR bootstrap without a certificate still works on the same port.
+    let dir = TempDir::new();
+    request_certificate(&ca.remote(dir.token("t", "tok1")), None)
+        .await
+        .unwrap();
+    // A certificate from another CA fails the handshake.
+    let (other, _) =
+        CertificateAuthority::generate(TD, Duration::from_secs(7200), Duration::from_secs(3600))
+            .unwrap();
+    let foreign = other.issue_default(&sa("ns1", "sa1")).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(foreign));
+    let foreign_tls = MeshTls::new(
+        ca.bundle.clone(),
+        sluice_mesh::identity::RotatingSvid::from_receiver(rx),
+    );
+    let err = fetch_policies(
+        &ca.addr.to_string(),
+        &foreign_tls,
+        None,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, IssueError::Handshake { .. } | IssueError::Http { .. }),
+        "{err}"
+    );
+    drop(tx);
+    ca.stop().await;
+}
+
+#[tokio::test]
+async fn a_workload_gets_its_namespaces_and_the_root_namespaces_policies() {
+    let ca = Ca::start(Duration::from_secs(3600)).await;
+    ca.policies.publish(vec![
+        policy("AuthorizationPolicy", "ns1", "mine", "{action: ALLOW}"),
+        policy("AuthorizationPolicy", "ns2", "theirs", "{action: DENY}"),
+        policy(
+            "PeerAuthentication",
+            "sluice-system",
+            "mesh",
+            "{mtls: {mode: STRICT}}",
+        ),
+    ]);
+    let dir = TempDir::new();
+    let tls = workload_tls(&ca, &dir).await;
+    let addr = ca.addr.to_string();
+    let answer = fetch_policies(&addr, &tls, None, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("a first request is answered");
+    assert_eq!(answer.root_namespace, "sluice-system");
+    assert!(
+        answer.policies.contains("name: mine"),
+        "{}",
+        answer.policies
+    );
+    assert!(
+        answer.policies.contains("name: mesh"),
+        "{}",
+        answer.policies
+    );
+    assert!(!answer.policies.contains("theirs"), "{}", answer.policies);
+    // What is served parses as the replica parses it; the root namespace's STRICT applies.
+    let parsed =
+        sluice_mesh::handoff::Policies::parse_in(&answer.policies, &answer.root_namespace).unwrap();
+    let workload = sluice_mesh::policy::Workload::new("ns1", []);
+    assert_eq!(parsed.peer.mode_for(&workload, 8080), PeerAuthMode::Strict);
+    ca.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_on_a_change_and_says_no_change_after_its_wait() {
+    let ca = Ca::start(Duration::from_secs(3600)).await;
+    let dir = TempDir::new();
+    let tls = workload_tls(&ca, &dir).await;
+    let addr = ca.addr.to_string();
+    let first = fetch_policies(&addr, &tls, None, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.policies, "");
+    // The current version and a one-second wait, no change: 304, no policies.
+    let unchanged = fetch_policies(&addr, &tls, Some(&first.version), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(unchanged, None);
+    // A long wait ends as soon as the policies change (whether the change lands before or
+    // while the request waits, the answer is the new set).
+    let waiting = {
+        let (addr, tls, version) = (addr.clone(), tls.clone(), first.version.clone());
+        tokio::spawn(async move {
+            fetch_policies(&addr, &tls, Some(&version), Duration::from_secs(30)).await
+        })
+    };
+    ca.policies
+        .publish(vec![policy("AuthorizationPolicy", "ns1", "new", "{}")]);
+    let changed = waiting
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a change is answered");
+    assert_ne!(changed.version, first.version);
+    assert!(changed.policies.contains("name: new"));
+    // An unknown version (another CA replica's) is answered at once.
+    let other = fetch_policies(&addr, &tls, Some("elsewhere-7"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(other.unwrap().version, changed.version);
+    ca.stop().await;
+}
+
+#[tokio::test]
+async fn a_remote_workload_starts_with_its_policies_and_follows_their_changes() {
+    let ca = Ca::start(Duration::from_secs(3600)).await;
+    ca.policies
+        .publish(vec![policy("AuthorizationPolicy", "ns2", "deny-all", "{}")]);
+    let dir = TempDir::new();
+    let follow = FollowConfig {
+        first_attempts: 2,
+        retry_min: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+        wait: Duration::from_secs(30),
+    };
+    let (mesh, _task) = WorkloadMesh::remote_with(
+        ca.remote(dir.token("client", "tok2")),
+        WorkloadInfo {
+            trust_domain: TD.into(),
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+            ..WorkloadInfo::default()
+        },
+        RotationConfig::new(Duration::from_secs(3600)),
+        follow,
+    )
+    .await
+    .unwrap();
+    let workload = mesh.info.workload();
+    let headers = http::HeaderMap::new();
+    let request = sluice_mesh::policy::RequestAttributes {
+        source: None,
+        source_ip: None,
+        method: "GET",
+        path: "/",
+        host: "web",
+        port: 8080,
+        headers: &headers,
+    };
+    let mut policies = mesh.policies.clone();
+    // Known before the workload serves: the empty ALLOW policy denies everything.
+    assert!(
+        !policies
+            .borrow_and_update()
+            .authorization
+            .evaluate(&workload, &request)
+            .is_allowed()
+    );
+    // Deleted in the cluster: the follower publishes the new (empty) set.
+    ca.policies.publish(Vec::new());
+    tokio::time::timeout(Duration::from_secs(60), policies.changed())
+        .await
+        .expect("no policy update within a minute")
+        .unwrap();
+    assert!(
+        policies
+            .borrow_and_update()
+            .authorization
+            .evaluate(&workload, &request)
+            .is_allowed()
+    );
+    ca.stop().await;
+}
+
+#[tokio::test]
+async fn a_workload_does_not_start_when_the_ca_serves_no_policies() {
+    let (ca, _) =
+        CertificateAuthority::generate(TD, Duration::from_secs(7200), Duration::from_secs(3600))
+            .unwrap();
+    let ca = Arc::new(ca);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tokens = Tokens(HashMap::from([("tok1", ("ns1", "sa1"))]));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        ca.clone(),
+        sa("sluice-system", "sluice-controller"),
+        Arc::new(tokens),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let dir = TempDir::new();
+    let remote = RemoteCa {
+        addr: addr.to_string(),
+        token_file: dir.token("t", "tok1"),
+        bundle: Arc::new(ca.trust_bundle().unwrap()),
+    };
+    let follow = FollowConfig {
+        first_attempts: 2,
+        retry_min: Duration::from_millis(10),
+        retry_max: Duration::from_millis(10),
+        wait: Duration::from_secs(1),
+    };
+    let err = WorkloadMesh::remote_with(
+        remote,
+        WorkloadInfo {
+            trust_domain: TD.into(),
+            ..WorkloadInfo::default()
+        },
+        RotationConfig::new(Duration::from_secs(3600)),
+        follow,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("security policies") && err.contains("404"),
+        "{err}"
+    );
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

@@ -6,8 +6,8 @@
 //! API server in a cluster) which ServiceAccount the token belongs to, and signs the CSR for
 //! `spiffe://<trust domain>/ns/<namespace>/sa/<name>`.
 //!
-//! Wire protocol (HTTPS, TLS 1.3; the CA presents an SVID it issued to itself and requires no
-//! client certificate): `POST` [`CERTIFICATES_PATH`] with `Authorization: Bearer <token>` and
+//! Wire protocol (HTTPS, TLS 1.3; the CA presents an SVID it issued to itself; a client
+//! certificate is optional, and required only for the policies of [`policies`]): `POST` [`CERTIFICATES_PATH`] with `Authorization: Bearer <token>` and
 //! the JSON body [`CertificateRequest`] (at most [`MAX_BODY_BYTES`]); 200 answers
 //! [`CertificateResponse`], errors answer [`ErrorBody`] with 400 (bad JSON or CSR), 401
 //! (missing or refused token), 403 (a SAN other than the token's identity), 404, 405, 413
@@ -24,10 +24,14 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{SpiffeId, SpiffeIdError};
 
 mod client;
+pub mod policies;
 mod server;
 
 pub use client::{IssueError, RemoteCa, remote_identity, request_certificate};
-pub use server::serve;
+pub use policies::{
+    POLICIES_PATH, PoliciesResponse, PolicyObject, PolicyPublisher, PolicySnapshot, PolicySource,
+};
+pub use server::{serve, serve_with_policies};
 
 /// The audience the projected ServiceAccount token must be minted for.
 pub const TOKEN_AUDIENCE: &str = "sluice-ca";

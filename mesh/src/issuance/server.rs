@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use x509_parser::prelude::FromDer;
 
+use super::policies::{POLICIES_PATH, PolicyService, PolicySource};
 use super::{
     AuthError, CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorBody,
     MAX_BODY_BYTES, TokenAuthenticator,
@@ -28,8 +29,10 @@ use crate::identity::{
 };
 use crate::tls::MeshTls;
 
-/// Connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 256;
+/// Connections served at once; more are closed at accept. Every replica holds one open
+/// while it long-polls its policies, so this (with [`super::policies::MAX_WAITERS`], which
+/// leaves room for certificate requests) bounds the replicas one CA replica follows.
+const MAX_CONNECTIONS: usize = 2048;
 /// Requests in flight on one HTTP/2 connection.
 const MAX_STREAMS: u32 = 16;
 /// Requests authenticated and signed at once over all connections; more wait their turn
@@ -51,6 +54,7 @@ struct State {
     ca: Arc<CertificateAuthority>,
     auth: Arc<dyn TokenAuthenticator>,
     bundle_pem: String,
+    policies: Option<PolicyService>,
 }
 
 /// Serves the CA on `listener` over TLS 1.3 as `server_identity` (an SVID the CA issues to
@@ -64,6 +68,21 @@ pub async fn serve(
     auth: Arc<dyn TokenAuthenticator>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_policies(listener, ca, server_identity, auth, None, shutdown).await
+}
+
+/// [`serve`], and with `policies` also `GET` [`POLICIES_PATH`] (see
+/// [`super::policies`]): a client presenting its SVID gets the policies that can apply to
+/// its namespace. Client certificates stay optional on the port (a workload without one
+/// asks for its first certificate by token); one presented must be an SVID of the CA.
+pub async fn serve_with_policies(
+    listener: TcpListener,
+    ca: Arc<CertificateAuthority>,
+    server_identity: SpiffeId,
+    auth: Arc<dyn TokenAuthenticator>,
+    policies: Option<Arc<dyn PolicySource>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let bundle = ca.trust_bundle().map_err(std::io::Error::other)?;
     let (identity, renewal) = RotatingSvid::start(
         ca.clone(),
@@ -72,17 +91,20 @@ pub async fn serve(
     )
     .map_err(|e| std::io::Error::other(format!("CA server certificate: {e}")))?;
     let config = MeshTls::new(Arc::new(bundle), identity)
-        .server_config_no_client_auth()
+        .server_config_optional_client_auth()
         .map_err(std::io::Error::other)?;
     let acceptor = TlsAcceptor::from(config);
+    let (stop_tx, stop_rx) = watch::channel(());
     let state = Arc::new(State {
         in_flight: Semaphore::new(MAX_IN_FLIGHT),
         bundle_pem: ca.root_pem(),
         ca,
         auth,
+        policies: policies
+            .as_deref()
+            .map(|source| PolicyService::new(source).with_stop(stop_rx.clone())),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let (stop_tx, stop_rx) = watch::channel(());
     tracing::info!(addr = ?listener.local_addr().ok(), identity = %server_identity, "mesh CA serving");
     tokio::pin!(shutdown);
     loop {
@@ -135,6 +157,14 @@ async fn connection(
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| format!("TLS handshake did not complete within {HANDSHAKE_TIMEOUT:?}"))??;
+    // The verifier checked a presented certificate is an SVID of the bundle.
+    let caller: Option<Arc<SpiffeId>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| crate::identity::verify::peer_spiffe_id(leaf).ok())
+        .map(Arc::new);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -148,7 +178,8 @@ async fn connection(
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(req, &state).await) }
+        let caller = caller.clone();
+        async move { Ok::<_, Infallible>(handle(req, &state, caller.as_deref()).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
@@ -170,7 +201,23 @@ impl Refusal {
     }
 }
 
-async fn handle(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    state: &State,
+    caller: Option<&SpiffeId>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() == POLICIES_PATH {
+        return match &state.policies {
+            // Bounded by its own long-poll limit, not the request deadline.
+            Some(service) => service.handle(&req, caller).await,
+            None => json(
+                StatusCode::NOT_FOUND,
+                &ErrorBody {
+                    error: format!("this CA serves no policies ({POLICIES_PATH})"),
+                },
+            ),
+        };
+    }
     let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, issue(req, state)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(Refusal::new(

@@ -87,6 +87,18 @@ impl MeshTls {
         Ok(with_alpn_server(config))
     }
 
+    /// A server config presenting this workload's SVID that accepts clients with or without
+    /// a certificate; one presented must be an SVID of the bundle (else the handshake fails).
+    /// For the CA's port: bootstrap by token without a certificate, policies by SVID.
+    pub fn server_config_optional_client_auth(&self) -> Result<Arc<ServerConfig>, TlsConfigError> {
+        let verifier = Arc::new(SpiffeClientVerifier::optional(self.bundle.clone()));
+        let config = ServerConfig::builder_with_details(provider(), self.time.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(self.identity.clone()));
+        Ok(with_alpn_server(config))
+    }
+
     /// A client config presenting this workload's SVID and accepting `expected` servers.
     pub fn client_config(
         &self,

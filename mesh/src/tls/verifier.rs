@@ -58,19 +58,31 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms
 }
 
-/// Server side: requires and verifies a client SVID.
+/// Server side: verifies a client SVID, required (mesh mTLS) or optional (the CA's port,
+/// where callers without an identity yet ask for one and callers with one fetch policies).
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     bundle: Arc<TrustBundle>,
     algorithms: WebPkiSupportedAlgorithms,
+    mandatory: bool,
 }
 
 impl SpiffeClientVerifier {
-    /// A verifier for clients of `bundle`'s trust domain.
+    /// A verifier that requires a client SVID of `bundle`'s trust domain.
     pub fn new(bundle: Arc<TrustBundle>) -> Self {
         Self {
             bundle,
             algorithms: algorithms(),
+            mandatory: true,
+        }
+    }
+
+    /// A verifier that lets a client present no certificate, and verifies one presented
+    /// exactly as [`SpiffeClientVerifier::new`] does (a bad one fails the handshake).
+    pub fn optional(bundle: Arc<TrustBundle>) -> Self {
+        Self {
+            mandatory: false,
+            ..Self::new(bundle)
         }
     }
 }
@@ -81,7 +93,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn verify_client_cert(

@@ -146,7 +146,7 @@ pub fn deployment(spec: &ReplicaSpec, replicas: u32, owner: &Owner, pod: &PodTem
         pod_spec["serviceAccountName"] = pod.service_account.clone().into();
     }
     if let Some(mesh) = &pod.mesh {
-        add_mesh(&mut pod_spec, mesh);
+        add_mesh(&mut pod_spec, mesh, &labels);
     }
     json!({
         "apiVersion": "apps/v1",
@@ -170,8 +170,8 @@ pub fn deployment(spec: &ReplicaSpec, replicas: u32, owner: &Owner, pod: &PodTem
 
 /// The Pod's mesh: no automounted API token (replicas do not talk to the API server); a
 /// projected volume with a token for the CA's audience and the root; the env the replica's
-/// mesh loader reads.
-fn add_mesh(pod_spec: &mut Value, mesh: &PodMesh) {
+/// mesh loader reads, with the Pod's `labels` (policies' selectors match them).
+fn add_mesh(pod_spec: &mut Value, mesh: &PodMesh, labels: &Value) {
     pod_spec["automountServiceAccountToken"] = false.into();
     pod_spec["volumes"] = json!([{
         "name": MESH_VOLUME,
@@ -205,6 +205,7 @@ fn add_mesh(pod_spec: &mut Value, mesh: &PodMesh) {
             json!({"name": "SLUICE_MESH_ATTESTERS", "value": mesh.attesters.join(",")}),
             json!({"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")}),
             json!({"name": "POD_NAME", "valueFrom": field("metadata.name")}),
+            json!({"name": "SLUICE_MESH_LABELS", "value": labels.to_string()}),
         ]);
     }
 }
@@ -400,6 +401,10 @@ mod tests {
             value("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
             "metadata.name"
         );
+        // The Pod's own labels, for policies' selectors.
+        let labels: Value =
+            serde_json::from_str(value("SLUICE_MESH_LABELS")["value"].as_str().unwrap()).unwrap();
+        assert_eq!(labels, d["spec"]["template"]["metadata"]["labels"]);
         // The user's env and the replica's listener stay.
         assert_eq!(value("TARGET")["value"], "Sluice");
         assert_eq!(value("SLUICE_QUEUE_LISTEN")["value"], "0.0.0.0:8012");

@@ -1,0 +1,670 @@
+//! Kubernetes mode's policy distribution over the CA's port: the controller keeps the valid
+//! `AuthorizationPolicy` and `PeerAuthentication` objects of the cluster (a
+//! [`PolicySource`]), the CA serves each workload the ones that can apply to it
+//! (`GET` [`POLICIES_PATH`], client certificate required), and the workload follows them
+//! with long polls ([`fetch_policies`], [`follow_policies`]).
+//!
+//! Wire protocol: `GET /v1/policies[?version=V][&waitSeconds=S]` over the CA's TLS port with
+//! the caller's SVID as client certificate (none: 401). The answer is [`PoliciesResponse`]:
+//! the caller's namespace's policies (its SPIFFE ID's `ns`) and the root namespace's
+//! (mesh-wide) as multi-document YAML that [`crate::handoff::Policies::parse_in`] accepts.
+//! When `V` is the current version the request waits up to `S` seconds (at most
+//! [`MAX_WAIT`], default [`DEFAULT_WAIT`]) for a change, then answers 304 (no body): no
+//! change. At most [`MAX_WAITERS`] requests wait at once; more are answered 503.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+
+use super::{ErrorBody, IssueError};
+use crate::handoff::Policies;
+use crate::identity::SpiffeId;
+use crate::tls::{ExpectedServer, MeshConnector, MeshTls};
+
+/// The path policies are served on.
+pub const POLICIES_PATH: &str = "/v1/policies";
+/// A Pod's labels as a JSON object (policies select workloads by them); set by the runtime.
+pub const LABELS_ENV: &str = "SLUICE_MESH_LABELS";
+/// How long a request for the current version waits for a change when it names no wait.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(25);
+/// The longest wait a request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Requests waiting for a change at once; more are answered 503 (retry later).
+pub const MAX_WAITERS: usize = 1536;
+/// Largest policy answer a workload reads.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// Deadline for the TCP connection and for the TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One valid policy object, as the controller keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyObject {
+    /// `AuthorizationPolicy` or `PeerAuthentication`.
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The manifest (YAML or JSON; one document) the mesh's parser validated.
+    pub manifest: String,
+}
+
+/// The valid policies of the cluster at one version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicySnapshot {
+    /// Bumped on every change.
+    pub version: u64,
+    /// Istio's root namespace here: policies there apply mesh-wide (the controller's).
+    pub root_namespace: String,
+    /// Every valid policy.
+    pub objects: Vec<PolicyObject>,
+}
+
+impl PolicySnapshot {
+    /// The policies that can apply to a workload of `namespace`: its own and the root
+    /// namespace's, as multi-document YAML.
+    pub fn for_namespace(&self, namespace: &str) -> String {
+        self.objects
+            .iter()
+            .filter(|o| o.namespace == namespace || o.namespace == self.root_namespace)
+            .map(|o| o.manifest.trim_end_matches('\n'))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+}
+
+/// Where the CA gets the policies it serves (the controller's watch of the cluster). A
+/// snapshot of version 0 means "not yet known": the CA answers 503 until the first publish.
+pub trait PolicySource: Send + Sync + 'static {
+    /// The current snapshot, following every change.
+    fn subscribe(&self) -> watch::Receiver<Arc<PolicySnapshot>>;
+}
+
+/// A [`PolicySource`] fed by its owner: every [`PolicyPublisher::publish`] bumps the version.
+#[derive(Debug)]
+pub struct PolicyPublisher {
+    tx: watch::Sender<Arc<PolicySnapshot>>,
+}
+
+impl PolicyPublisher {
+    /// Not yet known (version 0: the CA answers 503), mesh-wide ones in `root_namespace`.
+    pub fn new(root_namespace: &str) -> Self {
+        let (tx, _) = watch::channel(Arc::new(PolicySnapshot {
+            version: 0,
+            root_namespace: root_namespace.to_owned(),
+            objects: Vec::new(),
+        }));
+        Self { tx }
+    }
+
+    /// Replaces the policies; the version goes up by one.
+    pub fn publish(&self, mut objects: Vec<PolicyObject>) {
+        objects.sort_by(|a, b| {
+            (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name))
+        });
+        self.tx.send_modify(|current| {
+            *current = Arc::new(PolicySnapshot {
+                version: current.version + 1,
+                root_namespace: current.root_namespace.clone(),
+                objects,
+            });
+        });
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<PolicySnapshot> {
+        self.tx.borrow().clone()
+    }
+}
+
+impl PolicySource for PolicyPublisher {
+    fn subscribe(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
+        self.tx.subscribe()
+    }
+}
+
+/// The answer to `GET /v1/policies`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoliciesResponse {
+    /// Opaque version: pass it back as `?version=` to wait for a change.
+    pub version: String,
+    /// The root namespace (mesh-wide policies).
+    pub root_namespace: String,
+    /// The policies (multi-document YAML; empty when none apply).
+    pub policies: String,
+}
+
+/// The CA's policy service: the source, the version epoch, the waiters' bound.
+pub(crate) struct PolicyService {
+    source: watch::Receiver<Arc<PolicySnapshot>>,
+    /// Makes versions of two CA processes (two controller replicas behind one Service)
+    /// distinct, so a reconnect to another replica never mistakes its version for ours.
+    epoch: String,
+    waiters: Semaphore,
+    /// Changes (or closes) when the CA stops: waiting requests end at once.
+    stop: Option<watch::Receiver<()>>,
+}
+
+impl PolicyService {
+    pub(crate) fn new(source: &dyn PolicySource) -> Self {
+        Self {
+            source: source.subscribe(),
+            epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            waiters: Semaphore::new(MAX_WAITERS),
+            stop: None,
+        }
+    }
+
+    /// At most `n` requests wait at once (tests; [`MAX_WAITERS`] otherwise).
+    #[cfg(test)]
+    fn with_max_waiters(mut self, n: usize) -> Self {
+        self.waiters = Semaphore::new(n);
+        self
+    }
+
+    /// Ends waiting requests (304) when `stop` changes or closes.
+    pub(crate) fn with_stop(mut self, stop: watch::Receiver<()>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn version(&self, snapshot: &PolicySnapshot) -> String {
+        format!("{}-{}", self.epoch, snapshot.version)
+    }
+
+    fn answer(&self, snapshot: &PolicySnapshot, namespace: &str) -> Response<Full<Bytes>> {
+        json(
+            StatusCode::OK,
+            &PoliciesResponse {
+                version: self.version(snapshot),
+                root_namespace: snapshot.root_namespace.clone(),
+                policies: snapshot.for_namespace(namespace),
+            },
+        )
+    }
+
+    /// Answers one `GET /v1/policies` from `caller` (the verified client SVID, if any).
+    pub(crate) async fn handle<B>(
+        &self,
+        req: &Request<B>,
+        caller: Option<&SpiffeId>,
+    ) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET {
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "method {} not allowed on {POLICIES_PATH}; use GET",
+                    req.method()
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET"));
+            return response;
+        }
+        let Some(caller) = caller else {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("{POLICIES_PATH} needs the workload's SVID as TLS client certificate"),
+            );
+        };
+        let (version, wait) = match query(req.uri().query()) {
+            Ok(q) => q,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        let mut rx = self.source.clone();
+        let current = rx.borrow_and_update().clone();
+        if current.version == 0 {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the policies are not yet known (the controller is still listing them); retry"
+                    .into(),
+            );
+        }
+        if version.as_deref() != Some(self.version(&current).as_str()) {
+            return self.answer(&current, caller.namespace());
+        }
+        let Ok(_turn) = self.waiters.try_acquire() else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_WAITERS} requests already wait for a change; retry later"),
+            );
+        };
+        let mut stop = self.stop.clone();
+        let stopped = async {
+            match stop.as_mut() {
+                Some(stop) => {
+                    let _ = stop.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let changed = async {
+            tokio::select! {
+                changed = rx.changed() => changed.is_ok(),
+                () = stopped => false,
+            }
+        };
+        match tokio::time::timeout(wait, changed).await {
+            Ok(true) => {
+                let now = rx.borrow_and_update().clone();
+                self.answer(&now, caller.namespace())
+            }
+            // No change in time, the source is gone, or the CA is stopping: no change.
+            Ok(false) | Err(_) => {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
+                response
+            }
+        }
+    }
+}
+
+/// `version` and `waitSeconds` of the query string.
+fn query(query: Option<&str>) -> Result<(Option<String>, Duration), String> {
+    let mut version = None;
+    let mut wait = DEFAULT_WAIT;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "version" => version = Some(value.to_owned()),
+            "waitSeconds" => {
+                let secs: u64 = value.parse().map_err(|_| {
+                    format!("query waitSeconds: {value:?} is not a whole number of seconds")
+                })?;
+                wait = Duration::from_secs(secs).min(MAX_WAIT);
+            }
+            other => return Err(format!("query: unknown parameter {other:?}")),
+        }
+    }
+    Ok((version, wait))
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn error(status: StatusCode, error: String) -> Response<Full<Bytes>> {
+    tracing::info!(status = status.as_u16(), %error, "policy request refused");
+    json(status, &ErrorBody { error })
+}
+
+/// Asks the CA at `addr` for the policies of the workload `tls` is (its SVID is the client
+/// certificate). With `version` (the last answer's), waits up to `wait` for a change and
+/// returns `None` when there was none.
+pub async fn fetch_policies(
+    addr: &str,
+    tls: &MeshTls,
+    version: Option<&str>,
+    wait: Duration,
+) -> Result<Option<PoliciesResponse>, IssueError> {
+    let http_error = |message: String| IssueError::Http {
+        addr: addr.to_owned(),
+        message,
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| IssueError::Connect {
+            addr: addr.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {CONNECT_TIMEOUT:?}"),
+            ),
+        })?
+        .map_err(|source| IssueError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let config = tls
+        .client_config(ExpectedServer::AnyInTrustDomain)
+        .map_err(|e| http_error(e.to_string()))?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (stream, _server) = MeshConnector::new(Arc::new(config))
+        .with_handshake_timeout(CONNECT_TIMEOUT)
+        .connect(tcp)
+        .await
+        .map_err(|source| IssueError::Handshake {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let mut uri = format!("{POLICIES_PATH}?waitSeconds={}", wait.as_secs());
+    if let Some(v) = version {
+        uri.push_str("&version=");
+        uri.push_str(v);
+    }
+    let request = Request::get(uri)
+        .header(HOST, addr)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| http_error(format!("building the request: {e}")))?;
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http_error(e.to_string()))?;
+        let driver = tokio::spawn(conn);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| http_error(e.to_string()))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| http_error(format!("reading the answer: {e}")))?
+            .to_bytes();
+        drop(sender);
+        driver.abort();
+        Ok::<_, IssueError>((status, body))
+    };
+    let deadline = wait + Duration::from_secs(15);
+    let (status, body) = tokio::time::timeout(deadline, exchange)
+        .await
+        .map_err(|_| http_error(format!("no answer within {deadline:?}")))??;
+    match status {
+        StatusCode::OK => serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| http_error(format!("answer is not a policy response: {e}"))),
+        StatusCode::NOT_MODIFIED => Ok(None),
+        status => Err(IssueError::Status {
+            addr: addr.to_owned(),
+            status: status.as_u16(),
+            message: match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(body) => body.error,
+                Err(_) => String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+            },
+        }),
+    }
+}
+
+/// A policy answer that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFetchError {
+    /// The CA could not be asked.
+    #[error(transparent)]
+    Fetch(#[from] IssueError),
+    /// The CA answered policies this workload refuses (the CA validated them: a version skew).
+    #[error("policies from the CA at {addr} are invalid: {message}")]
+    Invalid {
+        /// The CA's address.
+        addr: String,
+        /// Every invalid document.
+        message: String,
+    },
+}
+
+/// Parses an answer into the policies in force.
+pub fn parse_answer(addr: &str, answer: &PoliciesResponse) -> Result<Policies, PolicyFetchError> {
+    Policies::parse_in(&answer.policies, &answer.root_namespace).map_err(|errors| {
+        PolicyFetchError::Invalid {
+            addr: addr.to_owned(),
+            message: errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    })
+}
+
+/// How a workload follows its policies.
+#[derive(Clone, Debug)]
+pub struct FollowConfig {
+    /// Attempts at the first fetch before giving up (the replica does not start).
+    pub first_attempts: u32,
+    /// First retry delay (doubling).
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// How long each long poll asks to wait.
+    pub wait: Duration,
+}
+
+impl Default for FollowConfig {
+    fn default() -> Self {
+        Self {
+            first_attempts: 8,
+            retry_min: Duration::from_millis(250),
+            retry_max: Duration::from_secs(10),
+            wait: DEFAULT_WAIT,
+        }
+    }
+}
+
+/// The first policies, with bounded retries: a replica must not serve before it knows them.
+pub async fn first_policies(
+    addr: &str,
+    tls: &MeshTls,
+    config: &FollowConfig,
+) -> Result<(PoliciesResponse, Policies), PolicyFetchError> {
+    let mut delay = config.retry_min;
+    let mut attempt = 1;
+    loop {
+        let result = async {
+            let answer = fetch_policies(addr, tls, None, config.wait)
+                .await?
+                .ok_or_else(|| IssueError::Http {
+                    addr: addr.to_owned(),
+                    message: "answered 304 to a request without a version".into(),
+                })?;
+            let policies = parse_answer(addr, &answer)?;
+            Ok::<_, PolicyFetchError>((answer, policies))
+        }
+        .await;
+        match result {
+            Ok(got) => return Ok(got),
+            Err(e) if attempt >= config.first_attempts => return Err(e),
+            Err(e) => tracing::warn!(
+                attempt,
+                "fetching the security policies failed, retrying: {e}"
+            ),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(config.retry_max);
+        attempt += 1;
+    }
+}
+
+/// Follows the policies from `version` on with long polls, publishing each new set to `tx`;
+/// on errors keeps the current set and retries with backoff. Ends when every receiver of
+/// `tx` is gone.
+pub async fn follow_policies(
+    addr: String,
+    tls: MeshTls,
+    mut version: String,
+    config: FollowConfig,
+    tx: watch::Sender<Arc<Policies>>,
+) {
+    let mut delay = config.retry_min;
+    loop {
+        let poll = async {
+            let answer = fetch_policies(&addr, &tls, Some(&version), config.wait).await?;
+            match answer {
+                Some(answer) => {
+                    let policies = parse_answer(&addr, &answer)?;
+                    Ok::<_, PolicyFetchError>(Some((answer.version, policies)))
+                }
+                None => Ok(None),
+            }
+        };
+        let result = tokio::select! {
+            result = poll => result,
+            () = tx.closed() => return,
+        };
+        match result {
+            Ok(Some((new_version, policies))) => {
+                tracing::info!(version = %new_version, "security policies updated from the mesh CA");
+                version = new_version;
+                tx.send_replace(Arc::new(policies));
+                delay = config.retry_min;
+            }
+            Ok(None) => delay = config.retry_min,
+            Err(e) => {
+                tracing::warn!("keeping the current security policies: {e}");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = tx.closed() => return,
+                }
+                delay = (delay * 2).min(config.retry_max);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(kind: &str, ns: &str, name: &str) -> PolicyObject {
+        PolicyObject {
+            kind: kind.into(),
+            namespace: ns.into(),
+            name: name.into(),
+            manifest: format!("kind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\n"),
+        }
+    }
+
+    #[test]
+    fn a_namespace_sees_its_own_and_the_root_namespaces_policies() {
+        let publisher = PolicyPublisher::new("sluice-system");
+        publisher.publish(vec![
+            object("AuthorizationPolicy", "team-b", "b"),
+            object("AuthorizationPolicy", "team-a", "a"),
+            object("PeerAuthentication", "sluice-system", "mesh"),
+        ]);
+        let snapshot = publisher.current();
+        assert_eq!(snapshot.version, 1);
+        let text = snapshot.for_namespace("team-a");
+        assert!(text.contains("name: a,") && text.contains("name: mesh,"));
+        assert!(!text.contains("name: b,"), "{text}");
+        assert_eq!(text.matches("\n---\n").count(), 1);
+        publisher.publish(Vec::new());
+        assert_eq!(publisher.current().version, 2);
+        assert_eq!(publisher.current().for_namespace("team-a"), "");
+    }
+
+    fn get(query: &str) -> Request<()> {
+        Request::get(format!("{POLICIES_PATH}{query}"))
+            .body(())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_until_published_then_long_polls_wait_for_a_change_or_time_out() {
+        let publisher = PolicyPublisher::new("sluice-system");
+        let service = PolicyService::new(&publisher);
+        let caller = SpiffeId::new("cluster.local", "team-a", "default").ok();
+        let caller = caller.as_ref();
+        assert_eq!(
+            service.handle(&get(""), caller).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        publisher.publish(vec![object("AuthorizationPolicy", "team-a", "a")]);
+        let first = service.handle(&get(""), caller).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        let body = first.into_body().collect().await.map(|b| b.to_bytes());
+        let first: PoliciesResponse =
+            serde_json::from_slice(&body.unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        // No change within the wait (paused clock: the timeout fires without real waiting).
+        let same = format!("?version={}&waitSeconds=20", first.version);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            service.handle(&get(&same), caller).await.status(),
+            StatusCode::NOT_MODIFIED
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+        // A change while waiting ends the wait with the new set.
+        let request = get(&same);
+        let waiting = service.handle(&request, caller);
+        let publish = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            publisher.publish(Vec::new());
+        };
+        let (answer, ()) = tokio::join!(waiting, publish);
+        assert_eq!(answer.status(), StatusCode::OK);
+        // Not a GET: 405 naming the method.
+        let post = Request::post(POLICIES_PATH).body(()).unwrap_or_default();
+        assert_eq!(
+            service.handle(&post, caller).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_the_ca_ends_waiting_requests_at_once() {
+        let publisher = PolicyPublisher::new("sluice-system");
+        publisher.publish(Vec::new());
+        let (stop_tx, stop_rx) = watch::channel(());
+        let service = PolicyService::new(&publisher).with_stop(stop_rx);
+        let caller = SpiffeId::new("cluster.local", "team-a", "default").ok();
+        let version = service.version(&publisher.current());
+        let request = get(&format!("?version={version}&waitSeconds=30"));
+        let started = tokio::time::Instant::now();
+        let stop = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(stop_tx);
+        };
+        let (answer, ()) = tokio::join!(service.handle(&request, caller.as_ref()), stop);
+        assert_eq!(answer.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_requests_are_bounded() {
+        let publisher = PolicyPublisher::new("sluice-system");
+        publisher.publish(Vec::new());
+        let service = PolicyService::new(&publisher).with_max_waiters(1);
+        let caller = SpiffeId::new("cluster.local", "team-a", "default").ok();
+        let version = service.version(&publisher.current());
+        let request = get(&format!("?version={version}&waitSeconds=10"));
+        let (first, second) = tokio::join!(service.handle(&request, caller.as_ref()), async {
+            // Yield until the first request holds the only turn.
+            while service.waiters.available_permits() > 0 {
+                tokio::task::yield_now().await;
+            }
+            service.handle(&request, caller.as_ref()).await
+        });
+        assert_eq!(first.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_query_names_version_and_a_bounded_wait() {
+        assert_eq!(query(None).unwrap(), (None, DEFAULT_WAIT));
+        assert_eq!(
+            query(Some("version=ab-3&waitSeconds=2")).unwrap(),
+            (Some("ab-3".into()), Duration::from_secs(2))
+        );
+        assert_eq!(query(Some("waitSeconds=999")).unwrap().1, MAX_WAIT);
+        assert!(
+            query(Some("waitSeconds=x"))
+                .unwrap_err()
+                .contains("waitSeconds")
+        );
+        assert!(query(Some("since=1")).unwrap_err().contains("since"));
+    }
+}
