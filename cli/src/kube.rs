@@ -636,7 +636,6 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
 pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     use sluice_activator::{Activator, ActivatorConfig, Forwarder};
     use sluice_controller::reconcile::kube_routing;
-    use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
     use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
     use sluice_router::ingress::Ingress;
     use sluice_router::{Router, ServeConfig};
@@ -675,23 +674,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         None => None,
     };
     // Span export: one span per request and hop, children of the caller's.
-    let otlp = OtlpConfig::from_lookup("sluice-router", |k| {
-        if k == otlp::ENDPOINT_ENV {
-            args.otlp_endpoint.clone()
-        } else {
-            std::env::var(k).ok()
-        }
-    })
-    .context("span export settings (--otlp-endpoint, OTEL_*)")?;
-    let spans = match otlp {
-        Some(config) => {
-            let endpoint = config.endpoint.clone();
-            let (exporter, _task) = SpanExporter::spawn(config)
-                .context("span export settings (--otlp-endpoint, OTEL_*)")?;
-            Some((exporter, endpoint))
-        }
-        None => None,
-    };
+    let spans = crate::up::router_spans(args.otlp_endpoint.clone())?;
     let hop = |registry: &Registry, name: &'static str| {
         let t = HopTelemetry::new(registry.clone(), name, AccessLog::Tracing);
         match &spans {

@@ -198,23 +198,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )?;
 
     // Span export: the router's here, the replicas' from the endpoint in their environment.
-    let otlp = OtlpConfig::from_lookup("sluice-router", |k| {
-        if k == otlp::ENDPOINT_ENV {
-            args.otlp_endpoint.clone()
-        } else {
-            std::env::var(k).ok()
-        }
-    })
-    .context("span export settings (--otlp-endpoint, OTEL_*)")?;
-    let spans = match otlp {
-        Some(config) => {
-            let endpoint = config.endpoint.clone();
-            let (exporter, _task) = SpanExporter::spawn(config)
-                .context("span export settings (--otlp-endpoint, OTEL_*)")?;
-            Some((exporter, endpoint))
-        }
-        None => None,
-    };
+    let spans = router_spans(args.otlp_endpoint.clone())?;
 
     let router_listener = TcpListener::bind(args.listen)
         .await
@@ -393,4 +377,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tracing::warn!(%endpoint, "spans not exported before exit: the collector did not answer in 2 s");
     }
     Ok(())
+}
+
+/// The router's span exporter (and its endpoint, for the shutdown message) when
+/// `--otlp-endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector; `OTEL_BSP_*` tune it.
+pub(crate) fn router_spans(
+    endpoint: Option<String>,
+) -> anyhow::Result<Option<(SpanExporter, String)>> {
+    let config = OtlpConfig::from_lookup("sluice-router", |k| {
+        if k == otlp::ENDPOINT_ENV {
+            endpoint.clone()
+        } else {
+            std::env::var(k).ok()
+        }
+    })
+    .context("span export settings (--otlp-endpoint, OTEL_*)")?;
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let endpoint = config.endpoint.clone();
+    let (exporter, _task) =
+        SpanExporter::spawn(config).context("span export settings (--otlp-endpoint, OTEL_*)")?;
+    Ok(Some((exporter, endpoint)))
 }

@@ -18,8 +18,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_core::StatReport;
 use sluice_mesh::identity::SpiffeId;
 use sluice_mesh::outbound::OutboundMesh;
@@ -179,17 +178,7 @@ async fn accept(State(state): State<AppState>, req: Request) -> (StatusCode, Str
 /// [`MAX_CONNECTIONS`] at once. Runs until the task is dropped.
 pub(super) async fn serve_mtls(listener: TcpListener, app: axum::Router, acceptor: MeshAcceptor) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let builder = sluice_mesh::tls::bounded_server(HEADER_TIMEOUT, MAX_HEADER_BYTES, MAX_STREAMS);
     let builder = Arc::new(builder);
     loop {
         let (tcp, addr) = match listener.accept().await {

@@ -205,49 +205,78 @@ async fn exchange(
     token: &str,
     body: Vec<u8>,
 ) -> Result<(StatusCode, Bytes), IssueError> {
+    let config =
+        MeshTls::anonymous_client_config(ca.bundle.clone(), ExpectedServer::AnyInTrustDomain)
+            .map_err(|e| IssueError::Http {
+                addr: ca.addr.clone(),
+                message: e.to_string(),
+            })?;
+    let request = Request::post(CERTIFICATES_PATH)
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| IssueError::Http {
+            addr: ca.addr.clone(),
+            message: format!("building the request: {e}"),
+        })?;
+    https_exchange(
+        &ca.addr,
+        config,
+        ca.bundle.trust_domain(),
+        request,
+        MAX_RESPONSE_BYTES,
+        EXCHANGE_TIMEOUT,
+    )
+    .await
+}
+
+/// One HTTP/1.1 request to the CA at `addr` over TLS with `config` (the server must be an
+/// SVID of `trust_domain`); `request` gets its `Host`. Returns the status and the body (at
+/// most `limit` bytes), the request and answer within `deadline` after the handshake.
+pub(crate) async fn https_exchange(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+    trust_domain: &str,
+    mut request: Request<Full<Bytes>>,
+    limit: usize,
+    deadline: Duration,
+) -> Result<(StatusCode, Bytes), IssueError> {
     let http_error = |message: String| IssueError::Http {
-        addr: ca.addr.clone(),
+        addr: addr.to_owned(),
         message,
     };
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&ca.addr))
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| IssueError::Connect {
-            addr: ca.addr.clone(),
+            addr: addr.to_owned(),
             source: std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no connection within {CONNECT_TIMEOUT:?}"),
             ),
         })?
         .map_err(|source| IssueError::Connect {
-            addr: ca.addr.clone(),
+            addr: addr.to_owned(),
             source,
         })?;
-    let config =
-        MeshTls::anonymous_client_config(ca.bundle.clone(), ExpectedServer::AnyInTrustDomain)
-            .map_err(|e| http_error(e.to_string()))?;
     // This client speaks HTTP/1.1 only; say so in ALPN.
     let mut config = (*config).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let (tls, server) = MeshConnector::new(Arc::new(config))
-        .with_handshake_timeout(EXCHANGE_TIMEOUT)
+        .with_handshake_timeout(CONNECT_TIMEOUT.min(deadline))
         .connect(tcp)
         .await
         .map_err(|source| IssueError::Handshake {
-            addr: ca.addr.clone(),
+            addr: addr.to_owned(),
             source,
         })?;
-    if server.trust_domain() != ca.bundle.trust_domain() {
+    if server.trust_domain() != trust_domain {
         return Err(http_error(format!(
-            "server identity {server} is outside trust domain {}",
-            ca.bundle.trust_domain()
+            "server identity {server} is outside trust domain {trust_domain}"
         )));
     }
-    let request = Request::post(CERTIFICATES_PATH)
-        .header(HOST, ca.addr.as_str())
-        .header(AUTHORIZATION, format!("Bearer {token}"))
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| http_error(format!("building the request: {e}")))?;
+    let host = http::HeaderValue::from_str(addr)
+        .map_err(|_| http_error(format!("{addr:?} is not a valid Host header")))?;
+    request.headers_mut().insert(HOST, host);
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
@@ -258,7 +287,7 @@ async fn exchange(
             .await
             .map_err(|e| http_error(e.to_string()))?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        let body = Limited::new(response.into_body(), limit)
             .collect()
             .await
             .map_err(|e| http_error(format!("reading the answer: {e}")))?
@@ -267,9 +296,9 @@ async fn exchange(
         driver.abort();
         Ok((status, body))
     };
-    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+    tokio::time::timeout(deadline, exchange)
         .await
-        .map_err(|_| http_error(format!("no answer within {EXCHANGE_TIMEOUT:?}")))?
+        .map_err(|_| http_error(format!("no answer within {deadline:?}")))?
 }
 
 /// Requests the first SVID, then renews it at 40–50 % of its life (retrying failures with

@@ -16,18 +16,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 
+use super::client::https_exchange;
 use super::{ErrorBody, IssueError};
 use crate::handoff::Policies;
 use crate::identity::SpiffeId;
-use crate::tls::{ExpectedServer, MeshConnector, MeshTls};
+use crate::tls::{ExpectedServer, MeshTls};
 
 /// The path policies are served on.
 pub const POLICIES_PATH: &str = "/v1/policies";
@@ -41,8 +40,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 pub const MAX_WAITERS: usize = 1536;
 /// Largest policy answer a workload reads.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
-/// Deadline for the TCP connection and for the TLS handshake.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One valid policy object, as the controller keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -327,64 +324,26 @@ pub async fn fetch_policies(
         addr: addr.to_owned(),
         message,
     };
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| IssueError::Connect {
-            addr: addr.to_owned(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {CONNECT_TIMEOUT:?}"),
-            ),
-        })?
-        .map_err(|source| IssueError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
     let config = tls
         .client_config(ExpectedServer::AnyInTrustDomain)
         .map_err(|e| http_error(e.to_string()))?;
-    let mut config = (*config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let (stream, _server) = MeshConnector::new(Arc::new(config))
-        .with_handshake_timeout(CONNECT_TIMEOUT)
-        .connect(tcp)
-        .await
-        .map_err(|source| IssueError::Handshake {
-            addr: addr.to_owned(),
-            source,
-        })?;
     let mut uri = format!("{POLICIES_PATH}?waitSeconds={}", wait.as_secs());
     if let Some(v) = version {
         uri.push_str("&version=");
         uri.push_str(v);
     }
     let request = Request::get(uri)
-        .header(HOST, addr)
         .body(Full::new(Bytes::new()))
         .map_err(|e| http_error(format!("building the request: {e}")))?;
-    let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| http_error(e.to_string()))?;
-        let driver = tokio::spawn(conn);
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| http_error(e.to_string()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| http_error(format!("reading the answer: {e}")))?
-            .to_bytes();
-        drop(sender);
-        driver.abort();
-        Ok::<_, IssueError>((status, body))
-    };
-    let deadline = wait + Duration::from_secs(15);
-    let (status, body) = tokio::time::timeout(deadline, exchange)
-        .await
-        .map_err(|_| http_error(format!("no answer within {deadline:?}")))??;
+    let (status, body) = https_exchange(
+        addr,
+        config,
+        tls.bundle().trust_domain(),
+        request,
+        MAX_ANSWER_BYTES,
+        wait + Duration::from_secs(15),
+    )
+    .await?;
     match status {
         StatusCode::OK => serde_json::from_slice(&body)
             .map(Some)
@@ -538,6 +497,7 @@ pub async fn follow_policies(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     fn object(kind: &str, ns: &str, name: &str) -> PolicyObject {
         PolicyObject {

@@ -11,8 +11,7 @@ use http::header::{ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -165,17 +164,7 @@ async fn connection(
         .and_then(|certs| certs.first())
         .and_then(|leaf| crate::identity::verify::peer_spiffe_id(leaf).ok())
         .map(Arc::new);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let builder = crate::tls::bounded_server(HEADER_TIMEOUT, MAX_HEADER_BYTES, MAX_STREAMS);
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
         let caller = caller.clone();

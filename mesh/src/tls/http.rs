@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -190,4 +191,27 @@ impl tower::Service<http::Uri> for MeshHttpConnector {
             })
         })
     }
+}
+
+/// An HTTP/1.1 and HTTP/2 server for a mesh listener with bounded request heads: a client has
+/// `header_timeout` to send one, of at most `max_header_bytes`, and an HTTP/2 connection
+/// carries at most `max_streams` streams at once.
+pub fn bounded_server(
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    max_streams: u32,
+) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        // hyper's floor for the read buffer is 8 KiB.
+        .max_buf_size(max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(max_streams)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }

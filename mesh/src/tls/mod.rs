@@ -13,7 +13,7 @@ pub use acceptor::{
 };
 pub use config::{MeshTls, TlsConfigError};
 pub use connector::{ConnectError, MeshConnector};
-pub use http::{HyperMeshIo, MeshHttpConnector, MeshIo, UpstreamPeer};
+pub use http::{HyperMeshIo, MeshHttpConnector, MeshIo, UpstreamPeer, bounded_server};
 pub use ingress::{IngressCertificate, IngressTlsError, ingress_server_config};
 pub use verifier::ExpectedServer;
 
