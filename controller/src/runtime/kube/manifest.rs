@@ -6,6 +6,8 @@
 //! is in-process). The replica listens on `REPLICA_PORT` on all interfaces; the Service
 //! selects the revision's Pods, and its EndpointSlices say which are ready.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 use sluice_core::replica::{PROBE_HEADER, PROBE_PATH};
 use sluice_crds::revision::{CONFIGURATION_LABEL, SERVICE_LABEL};
@@ -76,8 +78,16 @@ fn env_value<'a>(spec: &'a ReplicaSpec, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The Pod's labels: the Revision's own (its template's, as Knative gives them to Pods, so
+/// `AuthorizationPolicy` selectors match what the user labelled), then Sluice's. They are
+/// fixed when the Revision is created; the Deployment selects on the revision label alone.
 fn labels(spec: &ReplicaSpec) -> Value {
-    let mut labels = serde_json::Map::new();
+    let mut labels: serde_json::Map<String, Value> = env_value(spec, "SLUICE_POD_LABELS")
+        .and_then(|json| serde_json::from_str::<BTreeMap<String, String>>(json).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     labels.insert(REVISION_LABEL.into(), spec.revision.name.clone().into());
     labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
     for (label, env) in [
@@ -284,6 +294,11 @@ mod tests {
         assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "u1");
         assert_eq!(d["metadata"]["labels"][REVISION_LABEL], "hello-00001");
         assert_eq!(d["metadata"]["labels"][SERVICE_LABEL], "hello");
+        assert!(
+            d["spec"]["template"]["metadata"]["labels"]
+                .get("app")
+                .is_none()
+        );
         let c = &d["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["image"], "sluice:dev");
         assert_eq!(
@@ -414,5 +429,33 @@ mod tests {
         assert_eq!(cm["metadata"]["namespace"], "team-a");
         assert_eq!(cm["data"]["root-cert.pem"], "ROOT");
         assert!(cm["metadata"].get("ownerReferences").is_none());
+    }
+
+    #[test]
+    fn pods_carry_the_revisions_own_labels_under_sluices() {
+        let mut spec = spec(&["sluice", "queue", "--", "sluice", "hello"]);
+        spec.env.push((
+            "SLUICE_POD_LABELS".into(),
+            r#"{"app":"shop","serving.knative.dev/revision":"spoofed"}"#.into(),
+        ));
+        let owner = Owner {
+            name: "hello-00001".into(),
+            uid: "u1".into(),
+        };
+        let pod = PodTemplate {
+            image: "sluice:dev".into(),
+            image_pull_policy: String::new(),
+            service_account: String::new(),
+            mesh: None,
+        };
+        let d = deployment(&spec, 1, &owner, &pod);
+        let labels = &d["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["app"], "shop");
+        // Sluice's own labels win, and the selector stays the revision label alone.
+        assert_eq!(labels[REVISION_LABEL], "hello-00001");
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"],
+            json!({REVISION_LABEL: "hello-00001"})
+        );
     }
 }
