@@ -1509,8 +1509,14 @@ fn with_the_mesh_on_the_missing_addresses_are_named() {
     }
 }
 
+/// Istio's security policy CRDs (deploy/optional/ where Istio is not installed).
+const POLICY_CRDS: [&str; 2] = [
+    "authorizationpolicies.security.istio.io",
+    "peerauthentications.security.istio.io",
+];
+
 /// Istio's security policies in Kubernetes mode, against the real API server: the optional
-/// CRDs installed, policies written with `sluice apply --kube` and `kubectl`, the controller
+/// CRDs installed while the controller runs, policies written with `sluice apply --kube` and `kubectl`, the controller
 /// watching them and serving them through its CA, a replica (`sluice queue`, the Pod's env)
 /// following them: an ALLOW policy admits principal A and refuses B with 403; STRICT refuses
 /// plaintext; an invalid policy gets an Event naming the field path; deleting the ALLOW
@@ -1541,6 +1547,26 @@ async fn istio_policies_are_enforced_on_replicas_in_kubernetes_mode() {
         "allow-alice.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-alice\n  namespace: team-a\nspec:\n  selector:\n    matchLabels: {app: hello}\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [cluster.local/ns/team-a/sa/alice]\n",
     );
+    // The controller starts before the policy CRDs exist: it names them, and picks them up
+    // when they are installed, with no restart.
+    let controller = cluster.controller_with(
+        "ca",
+        &cluster.kubeconfig,
+        &["--lease-namespace", "sluice-system"],
+    );
+    let ca = controller.mesh_ca().await;
+    for crd in POLICY_CRDS {
+        eventually(
+            &format!("the controller naming the missing {crd}"),
+            || async {
+                controller
+                    .log()
+                    .contains(&format!("CRD {crd} is not installed"))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     // Without the CRDs, `sluice apply --kube` says where they come from.
     let (ok, _, err) = cluster.sluice(&["apply", "--kube", "-f", &allow]);
     assert!(
@@ -1557,13 +1583,16 @@ async fn istio_policies_are_enforced_on_replicas_in_kubernetes_mode() {
         "crd/peerauthentications.security.istio.io",
         "--timeout=60s",
     ]);
+    for crd in POLICY_CRDS {
+        eventually(&format!("the controller picking up {crd}"), || async {
+            controller
+                .log()
+                .contains(&format!("CRD {crd} is installed now"))
+                .then_some(())
+        })
+        .await;
+    }
 
-    let controller = cluster.controller_with(
-        "ca",
-        &cluster.kubeconfig,
-        &["--lease-namespace", "sluice-system"],
-    );
-    let ca = controller.mesh_ca().await;
     let root = root_file(&cluster, &client, "sluice-system").await;
     let hello = cluster.token_file("team-a", "hello", Some("sluice-ca"), "hello.token");
     let (token, root_s) = (hello.display().to_string(), root.display().to_string());

@@ -7,7 +7,8 @@
 //! The CRDs (`authorizationpolicies.security.istio.io`, `peerauthentications.security.istio.io`)
 //! come with Istio, or from `deploy/optional/istio-security-crds.yaml` where Istio is not
 //! installed. When one is missing the controller warns once, naming it, and enforces no
-//! policy of that kind; a CRD installed later is picked up when the controller restarts.
+//! policy of that kind until the CRD is installed; its watch keeps retrying (backoff up to
+//! 30 s) and picks the kind up then, with no restart.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -399,23 +400,29 @@ impl PolicyWatch {
             .default_backoff()
             .boxed();
         let mut failing = false;
+        // The CRD was missing: the watcher keeps retrying (backoff up to 30 s) and picks the
+        // kind up when the CRD is installed, with no restart.
+        let mut missing = false;
         while let Some(event) = stream.next().await {
             let event = match event {
                 Ok(e) => e,
                 Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e))
                     if is_not_found(&e) =>
                 {
-                    tracing::warn!(
-                        "CRD {} is not installed: no {} is enforced (install Istio's CRDs or \
-                         apply deploy/optional/istio-security-crds.yaml, then restart the controller)",
-                        kind.crd_name(),
-                        kind.name()
-                    );
-                    self.update(kind, |t| {
-                        t.missing(kind);
-                        Vec::new()
-                    });
-                    return;
+                    if !missing {
+                        tracing::warn!(
+                            "CRD {} is not installed: no {} is enforced until it is (install \
+                             Istio's CRDs or apply deploy/optional/istio-security-crds.yaml)",
+                            kind.crd_name(),
+                            kind.name()
+                        );
+                        self.update(kind, |t| {
+                            t.missing(kind);
+                            Vec::new()
+                        });
+                        missing = true;
+                    }
+                    continue;
                 }
                 Err(e) => {
                     if !failing {
@@ -431,6 +438,16 @@ impl PolicyWatch {
             if failing {
                 tracing::info!(kind = kind.name(), "policy watch resumed");
                 failing = false;
+            }
+            // The watcher announces each listing attempt (`Init`) before making it: only a
+            // finished listing shows the CRD is there.
+            if missing && matches!(event, Event::InitDone) {
+                tracing::info!(
+                    "CRD {} is installed now: enforcing {}",
+                    kind.crd_name(),
+                    kind.name()
+                );
+                missing = false;
             }
             let event = match event {
                 Event::Init => Event::Init,
