@@ -1096,6 +1096,44 @@ async fn root_file(cluster: &Cluster, client: &kube::Client, ns: &str) -> PathBu
     path
 }
 
+/// A replica of `team-a/hello-00001` as its Pod would run it: the queue layer in front of
+/// `sluice hello`, its identity from the CA at `ca` with `token`, trusting `root`, with the env
+/// the runtime writes (and `extra`).
+fn mesh_replica(
+    cluster: &Cluster,
+    ca: &str,
+    token: &Path,
+    root: &Path,
+    extra: &[(&str, &str)],
+) -> kube_support::ControllerProc {
+    let (token, root) = (token.display().to_string(), root.display().to_string());
+    let mut env = vec![
+        ("SLUICE_MESH_CA_ADDR", ca),
+        ("SLUICE_MESH_TOKEN_FILE", token.as_str()),
+        ("SLUICE_MESH_ROOT_FILE", root.as_str()),
+        ("SLUICE_MESH_TRUST_DOMAIN", "cluster.local"),
+        ("SLUICE_MESH_ATTESTERS", ROUTER_ID),
+        ("POD_NAMESPACE", "team-a"),
+        ("POD_NAME", "hello-00001-deployment-abc"),
+        ("K_SERVICE", "hello"),
+        ("K_CONFIGURATION", "hello"),
+        ("K_REVISION", "hello-00001"),
+    ];
+    env.extend_from_slice(extra);
+    cluster.spawn_with_env(
+        "replica",
+        &[
+            "queue",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            kube_support::SLUICE,
+            "hello",
+        ],
+        &env,
+    )
+}
+
 fn remote_ca(addr: &str, token: &Path, root: &Path) -> RemoteCa {
     let bundle =
         sluice_mesh::handoff::parse_bundle(root, std::fs::read(root).unwrap(), "cluster.local")
@@ -1350,31 +1388,7 @@ async fn a_replica_and_the_router_with_certificates_from_the_ca_talk_mtls() {
 
     // A replica as its Pod would run it: the queue layer in front of `sluice hello`, its
     // identity from the CA with the token, the env the runtime writes.
-    let (token, root_s) = (hello.display().to_string(), root.display().to_string());
-    let mut replica = cluster.spawn_with_env(
-        "replica",
-        &[
-            "queue",
-            "--listen",
-            "127.0.0.1:0",
-            "--",
-            kube_support::SLUICE,
-            "hello",
-        ],
-        &[
-            ("SLUICE_MESH_CA_ADDR", &ca),
-            ("SLUICE_MESH_TOKEN_FILE", &token),
-            ("SLUICE_MESH_ROOT_FILE", &root_s),
-            ("SLUICE_MESH_TRUST_DOMAIN", "cluster.local"),
-            ("SLUICE_MESH_ATTESTERS", ROUTER_ID),
-            ("POD_NAMESPACE", "team-a"),
-            ("POD_NAME", "hello-00001-deployment-abc"),
-            ("K_SERVICE", "hello"),
-            ("K_CONFIGURATION", "hello"),
-            ("K_REVISION", "hello-00001"),
-            ("TARGET", "mesh"),
-        ],
-    );
+    let mut replica = mesh_replica(&cluster, &ca, &hello, &root, &[("TARGET", "mesh")]);
     // Stopped with SIGTERM, so it stops `sluice hello` too.
     replica.graceful = true;
     let addr: std::net::SocketAddr = replica.printed("SLUICE_LISTENING ").await.parse().unwrap();
@@ -1595,28 +1609,12 @@ async fn istio_policies_are_enforced_on_replicas_in_kubernetes_mode() {
 
     let root = root_file(&cluster, &client, "sluice-system").await;
     let hello = cluster.token_file("team-a", "hello", Some("sluice-ca"), "hello.token");
-    let (token, root_s) = (hello.display().to_string(), root.display().to_string());
-    let mut replica = cluster.spawn_with_env(
-        "replica",
+    let mut replica = mesh_replica(
+        &cluster,
+        &ca,
+        &hello,
+        &root,
         &[
-            "queue",
-            "--listen",
-            "127.0.0.1:0",
-            "--",
-            kube_support::SLUICE,
-            "hello",
-        ],
-        &[
-            ("SLUICE_MESH_CA_ADDR", &ca),
-            ("SLUICE_MESH_TOKEN_FILE", &token),
-            ("SLUICE_MESH_ROOT_FILE", &root_s),
-            ("SLUICE_MESH_TRUST_DOMAIN", "cluster.local"),
-            ("SLUICE_MESH_ATTESTERS", ROUTER_ID),
-            ("POD_NAMESPACE", "team-a"),
-            ("POD_NAME", "hello-00001-deployment-abc"),
-            ("K_SERVICE", "hello"),
-            ("K_CONFIGURATION", "hello"),
-            ("K_REVISION", "hello-00001"),
             (
                 "SLUICE_MESH_LABELS",
                 r#"{"app":"hello","serving.knative.dev/revision":"hello-00001"}"#,

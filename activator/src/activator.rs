@@ -68,16 +68,6 @@ pub struct Activator {
     telemetry: Option<Telemetry>,
 }
 
-/// Knative's revision metric labels (`revision_queue_depth`'s, as the queue layer's).
-const REVISION_LABELS: [&str; 6] = [
-    "namespace_name",
-    "service_name",
-    "configuration_name",
-    "revision_name",
-    "pod_name",
-    "container_name",
-];
-
 /// The activator's hop telemetry, and Knative's `revision_queue_depth` at the activator.
 #[derive(Clone, Debug)]
 struct Telemetry {
@@ -176,7 +166,7 @@ impl Activator {
             depth: hop.registry().gauge(
                 "revision_queue_depth",
                 "The current number of items in the serving and waiting queue.",
-                &REVISION_LABELS,
+                &sluice_mesh::telemetry::knative::REVISION_LABELS,
             ),
             hop,
         });

@@ -16,7 +16,8 @@ pub const DEFAULT_BUCKETS_S: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-const REVISION_LABELS: [&str; 6] = [
+/// The labels of Knative's revision metrics (`revision_request_count`, `revision_queue_depth`…).
+pub const REVISION_LABELS: [&str; 6] = [
     "namespace_name",
     "service_name",
     "configuration_name",
