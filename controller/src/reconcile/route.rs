@@ -377,4 +377,81 @@ mod tests {
         assert_eq!(st.conditions[0].status, ConditionStatus::False);
         assert!(st.traffic.is_empty());
     }
+
+    #[test]
+    fn a_route_with_the_annotation_splits_a_tagged_latest_target_in_steps() {
+        let (r1, r2) = (
+            rev("hello-00001", ConditionStatus::True),
+            rev("hello-00002", ConditionStatus::True),
+        );
+        let revisions = HashMap::from([
+            ("hello-00001".to_owned(), &r1),
+            ("hello-00002".to_owned(), &r2),
+        ]);
+        let configurations = HashMap::from([(
+            "cfg".to_owned(),
+            ConfigurationStatus {
+                latest_ready_revision_name: Some("hello-00002".into()),
+                ..ConfigurationStatus::default()
+            },
+        )]);
+        let inputs = RouteInputs {
+            configurations: &configurations,
+            revisions: &revisions,
+            default_configuration: None,
+        };
+        let mut latest = target(None, 50, Some("green"));
+        latest.configuration_name = Some("cfg".into());
+        let mut r = route(vec![target(Some("hello-00001"), 50, None), latest]);
+        r.metadata
+            .annotations
+            .insert(sluice_crds::rollout::ROLLOUT_DURATION.into(), "40s".into());
+        // Before: the latest target sent its 50 % to revision 1.
+        r.status = Some(RouteStatus {
+            traffic: vec![
+                target(Some("hello-00001"), 50, None),
+                TrafficTarget {
+                    revision_name: Some("hello-00001".into()),
+                    latest_revision: Some(true),
+                    ..target(None, 50, Some("green"))
+                },
+            ],
+            ..RouteStatus::default()
+        });
+        let shares = |st: &RouteStatus| -> Vec<(String, i64, Option<String>)> {
+            st.traffic
+                .iter()
+                .map(|t| {
+                    (
+                        t.revision_name.clone().unwrap_or_default(),
+                        t.percent.unwrap_or_default(),
+                        t.tag.clone(),
+                    )
+                })
+                .collect()
+        };
+        let green = |p1: i64, p2: i64| {
+            vec![
+                ("hello-00001".to_owned(), 50, None),
+                ("hello-00001".to_owned(), p1, None),
+                ("hello-00002".to_owned(), p2, Some("green".to_owned())),
+            ]
+        };
+        let st = route_status(&r, &inputs, "h", &Plain, 0);
+        assert_eq!(shares(&st), green(49, 1));
+        assert_eq!(st.traffic[2].url.as_deref(), Some("http://green-h"));
+        r.status = Some(st);
+        let st = route_status(&r, &inputs, "h", &Plain, 10_000);
+        assert_eq!(shares(&st), green(36, 14));
+        r.status = Some(st);
+        let st = route_status(&r, &inputs, "h", &Plain, 40_000);
+        assert_eq!(
+            shares(&st),
+            [
+                ("hello-00001".to_owned(), 50, None),
+                ("hello-00002".to_owned(), 50, Some("green".to_owned())),
+            ]
+        );
+        assert_eq!(st.rollout, None);
+    }
 }
