@@ -292,3 +292,123 @@ async fn a_write_the_watch_missed_is_found_by_the_resync_without_a_full_pass() {
     task.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Knative Service at zero with a 4 s rollout duration; `target` changes its template.
+fn rolled_service(target: &str) -> ManifestFile {
+    file(format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  \
+         annotations: {{serving.knative.dev/rollout-duration: 4s}}\nspec:\n  template:\n    \
+         metadata:\n      annotations: {{autoscaling.knative.dev/initial-scale: \"0\"}}\n    \
+         spec:\n      containers:\n      - command: [sluice, hello]\n        \
+         env: [{{name: TARGET, value: {target}}}]\n"
+    ))
+}
+
+/// The Route's status traffic as (revision, percent).
+async fn route_split(store: &SqliteStore) -> Vec<(String, i64)> {
+    let Some(route) = store.get(Kind::Route, "default", "hello").await.unwrap() else {
+        return vec![];
+    };
+    route["status"]["traffic"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t["revisionName"].as_str().unwrap_or_default().to_owned(),
+                t["percent"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits, on the store's change notifications, until the Route's split is `want`.
+async fn until_split(
+    store: &SqliteStore,
+    changes: &mut broadcast::Receiver<Change>,
+    want: &[(&str, i64)],
+) {
+    let want: Vec<(String, i64)> = want.iter().map(|(r, p)| ((*r).to_owned(), *p)).collect();
+    loop {
+        if route_split(store).await == want {
+            return;
+        }
+        match changes.recv().await {
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => panic!("the store closed"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_steps_a_gradual_rollout_on_its_resync_tick() {
+    let dir = std::env::temp_dir().join(format!("sluice-rollout-loop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = SqliteStore::open(&dir).unwrap();
+    let runtime = LocalRuntime::new(LocalRuntimeConfig::new(PathBuf::from(
+        "/nonexistent/sluice",
+    )));
+    let (_stats_tx, stats_rx) = mpsc::channel(8);
+    let (dec_tx, dec_rx) = mpsc::channel(64);
+    let (autoscaler, _) = sluice_autoscaler::spawn(AutoscalerConfig::default(), stats_rx, dec_tx);
+    let (snap_tx, _snapshot) = watch::channel(Arc::new(RoutingSnapshot::default()));
+    let mut controller = Controller::new(
+        ControllerConfig {
+            domain: "example.test".into(),
+            url_port: None,
+            resync: Duration::from_secs(1),
+            revision_history: 2,
+        },
+        store.clone(),
+        runtime,
+        autoscaler,
+        snap_tx,
+    );
+    // The wall clock follows the paused tokio clock.
+    let (wall0, t0) = (
+        std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        Instant::now(),
+    );
+    controller.set_clock(Arc::new(move || wall0 + (Instant::now() - t0)));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(controller.run(dec_rx, async {
+        let _ = stop_rx.await;
+    }));
+    let cluster = ClusterConfig {
+        allow_zero_initial_scale: true,
+    };
+    let mut changes = store.watch();
+    apply_files_with(&store, &[rolled_service("v1")], &cluster)
+        .await
+        .unwrap();
+    until_split(&store, &mut changes, &[("hello-00001", 100)]).await;
+    apply_files_with(&store, &[rolled_service("v2")], &cluster)
+        .await
+        .unwrap();
+    until_split(
+        &store,
+        &mut changes,
+        &[("hello-00001", 99), ("hello-00002", 1)],
+    )
+    .await;
+    let started = Instant::now();
+    // Each further step comes from the loop's own resync tick (nothing else changes).
+    for (a, b) in [(74, 26), (49, 51), (24, 76)] {
+        until_split(
+            &store,
+            &mut changes,
+            &[("hello-00001", a), ("hello-00002", b)],
+        )
+        .await;
+    }
+    until_split(&store, &mut changes, &[("hello-00002", 100)]).await;
+    let took = Instant::now() - started;
+    assert!(
+        took >= Duration::from_secs(4) && took <= Duration::from_secs(6),
+        "the 4 s rollout took {took:?} of (paused) time"
+    );
+
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -214,6 +214,35 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// A new controller over the same store and runtime, as after a controller restart
+    /// (nothing carried over but what the store holds), on `clock`.
+    fn restart(&mut self, clock: sluice_controller::reconcile::Clock) {
+        let (stats_tx, stats_rx) = mpsc::channel(8);
+        let (dec_tx, dec_rx) = mpsc::channel(8);
+        let (autoscaler, _) =
+            sluice_autoscaler::spawn(AutoscalerConfig::default(), stats_rx, dec_tx);
+        let (snap_tx, snapshot) = watch::channel(Arc::new(RoutingSnapshot::default()));
+        self.controller = Controller::new(
+            ControllerConfig {
+                domain: "example.test".into(),
+                url_port: None,
+                resync: std::time::Duration::from_secs(1),
+                revision_history: 2,
+            },
+            self.store.clone(),
+            self.runtime.clone(),
+            autoscaler,
+            snap_tx,
+        );
+        self.controller.set_clock(clock);
+        self.snapshot = snapshot;
+        self._stats = stats_tx;
+        self._decisions = dec_rx;
+        self.started = false;
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -1098,4 +1127,143 @@ async fn transformer_without_containers_is_refused_with_kserve_message() {
             && err.contains("exactly one of [PodSpec] must be specified in TransformerSpec"),
         "{err}"
     );
+}
+
+/// A Knative Service `hello` running `sluice hello` with `TARGET={target}` and the given
+/// metadata annotations (YAML flow mapping entries).
+fn annotated_hello(target: &str, annotations: &str) -> ManifestFile {
+    text_file(
+        "hello.yaml",
+        &format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  \
+             annotations: {{{annotations}}}\nspec:\n  template:\n    spec:\n      containers:\n      \
+             - command: [sluice, hello]\n        env: [{{name: TARGET, value: {target}}}]\n"
+        ),
+    )
+}
+
+/// The Route's status traffic as (revision, percent, latestRevision).
+async fn route_split(h: &Harness) -> Vec<(String, i64, bool)> {
+    let route = h.get(Kind::Route, "hello").await;
+    route["status"]["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["revisionName"].as_str().unwrap().to_owned(),
+                t["percent"].as_i64().unwrap(),
+                t["latestRevision"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rollout_duration_moves_traffic_in_steps_across_a_restart() {
+    let mut h = Harness::new("rollout");
+    let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let now = Arc::new(Mutex::new(start));
+    let clock: sluice_controller::reconcile::Clock = {
+        let now = now.clone();
+        Arc::new(move || *now.lock().unwrap())
+    };
+    h.controller.set_clock(clock.clone());
+    let rollout = "serving.knative.dev/rollout-duration: 380s";
+    apply_files(&h.store, &[annotated_hello("v1", rollout)])
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(route_split(&h).await, [("hello-00001".into(), 100, true)]);
+
+    // A new template: revision 2 becomes ready and gets 1 % first.
+    apply_files(&h.store, &[annotated_hello("v2", rollout)])
+        .await
+        .unwrap();
+    h.settle().await;
+    let host = "hello.default.example.test";
+    let step = |a: i64, b: i64| {
+        vec![
+            ("hello-00001".to_owned(), a, true),
+            ("hello-00002".to_owned(), b, true),
+        ]
+    };
+    assert_eq!(route_split(&h).await, step(99, 1));
+    assert_eq!(
+        target_names(&h.snapshot.borrow(), host),
+        [("hello-00001".into(), 99), ("hello-00002".into(), 1)]
+    );
+    let svc = h.get(Kind::Service, "hello").await;
+    assert_eq!(svc["status"]["traffic"][1]["percent"], 1, "{svc:#}");
+
+    // Each step is 380 s / 4 = 95 s after the previous; just before it, nothing moves.
+    let advance = |secs: u64| *now.lock().unwrap() += std::time::Duration::from_secs(secs);
+    advance(94);
+    h.controller.reconcile_all().await.unwrap();
+    h.settle().await;
+    assert_eq!(route_split(&h).await, step(99, 1));
+    advance(1);
+    h.controller.reconcile_all().await.unwrap();
+    h.settle().await;
+    assert_eq!(route_split(&h).await, step(74, 26));
+    advance(95);
+    h.controller.reconcile_all().await.unwrap();
+    h.settle().await;
+    assert_eq!(route_split(&h).await, step(49, 51));
+    assert_eq!(
+        target_names(&h.snapshot.borrow(), host),
+        [("hello-00001".into(), 49), ("hello-00002".into(), 51)]
+    );
+
+    // A restarted controller carries on from the state in the store.
+    h.restart(clock.clone());
+    h.settle().await;
+    assert_eq!(route_split(&h).await, step(49, 51));
+    assert_eq!(
+        target_names(&h.snapshot.borrow(), host),
+        [("hello-00001".into(), 49), ("hello-00002".into(), 51)]
+    );
+    advance(95);
+    h.controller.reconcile_all().await.unwrap();
+    h.settle().await;
+    assert_eq!(route_split(&h).await, step(24, 76));
+    advance(95);
+    h.controller.reconcile_all().await.unwrap();
+    h.settle().await;
+    assert_eq!(route_split(&h).await, [("hello-00002".into(), 100, true)]);
+    assert_eq!(
+        target_names(&h.snapshot.borrow(), host),
+        [("hello-00002".into(), 100)]
+    );
+    let route = h.get(Kind::Route, "hello").await;
+    assert!(route["status"].get("rollout").is_none(), "{route:#}");
+
+    // Without the annotation the next revision takes the whole share at once.
+    apply_files(&h.store, &[annotated_hello("v3", "")])
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(route_split(&h).await, [("hello-00003".into(), 100, true)]);
+}
+
+#[tokio::test]
+async fn invalid_rollout_duration_is_refused_naming_the_annotation() {
+    let h = Harness::new("rollout-invalid");
+    let err = apply_files(
+        &h.store,
+        &[annotated_hello(
+            "v1",
+            "serving.knative.dev/rollout-duration: soon",
+        )],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "metadata.annotations[\"serving.knative.dev/rollout-duration\"]: invalid value: \"soon\""
+        ),
+        "{err}"
+    );
+    assert!(h.store.list(Kind::Service, None).await.unwrap().is_empty());
 }

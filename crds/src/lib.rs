@@ -14,6 +14,7 @@ pub mod kind;
 pub mod manifest;
 pub mod meta;
 pub mod revision;
+pub mod rollout;
 pub mod route;
 pub mod runtime;
 pub mod service;

@@ -59,6 +59,9 @@ pub struct RouteStatus {
     /// Generation the status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Gradual rollouts in progress (`serving.knative.dev/rollout-duration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 impl Route {
@@ -71,6 +74,7 @@ impl Route {
     pub fn validate(&self) -> Result<(), Vec<crate::ValidationError>> {
         let mut v = Validator::default();
         check_object_name(&mut v, &self.metadata.name);
+        crate::rollout::validate(&mut v, &self.metadata.annotations);
         traffic::validate(
             &mut v,
             "spec.traffic",

@@ -204,6 +204,7 @@ impl Service {
     pub fn validate(&self) -> Result<(), Vec<crate::ValidationError>> {
         let mut v = Validator::default();
         check_object_name(&mut v, &self.metadata.name);
+        crate::rollout::validate(&mut v, &self.metadata.annotations);
         self.spec
             .template
             .validate(&mut v, "spec.template", &self.metadata.name);

@@ -20,6 +20,7 @@ pub mod configuration;
 pub mod isvc;
 pub mod kube_routing;
 pub mod revision;
+pub mod rollout;
 pub mod route;
 mod routing;
 pub mod runtime_select;
@@ -136,6 +137,21 @@ pub struct Controller<S: Store, R: Runtime> {
     stats: PassStats,
     /// Every revision with the status its last pass computed (for the routing snapshot).
     observed: HashMap<NamespacedName, Revision>,
+    /// The wall clock gradual rollouts step by (injected by tests).
+    clock: Clock,
+    /// Routes in a gradual rollout, with when their next step is due (milliseconds since
+    /// the Unix epoch): the resync marks them once it is.
+    rollout_due: BTreeMap<Key, i64>,
+}
+
+/// A wall clock: the controller's source of `SystemTime` for gradual rollouts, whose state
+/// is kept in the store (so it must survive restarts) in wall-clock milliseconds.
+pub type Clock = Arc<dyn Fn() -> std::time::SystemTime + Send + Sync>;
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn epoch_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Counters of a controller's passes: how many ran, how many were full (re-reading the
@@ -241,6 +257,28 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             routing: routing::RoutingState::default(),
             observed: HashMap::new(),
             stats: PassStats::default(),
+            clock: Arc::new(std::time::SystemTime::now),
+            rollout_due: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces the wall clock gradual rollouts step by (tests drive it by hand).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// Marks the Routes whose next rollout step is due; the loop calls it before each pass.
+    fn mark_due_rollouts(&mut self) {
+        let now = epoch_ms((self.clock)());
+        let due: Vec<Key> = self
+            .rollout_due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.rollout_due.remove(&key);
+            self.dirty.insert(key);
         }
     }
 
@@ -304,6 +342,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             for d in drained {
                 self.record_decision(d);
             }
+            self.mark_due_rollouts();
             let started = tokio::time::Instant::now();
             let counted = self.stats.read();
             let resync = started >= next_resync;
@@ -909,6 +948,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
         let (empty_cfgs, empty_revs) = (HashMap::new(), HashMap::new());
         let mut route_status: HashMap<NamespacedName, RouteStatus> = HashMap::new();
+        let now_ms = epoch_ms((self.clock)());
         let mut hosts: BTreeMap<(Kind, NamespacedName), Vec<HostEntry>> = BTreeMap::new();
         let mut route_targets: HashMap<NamespacedName, Vec<WeightedTarget>> = HashMap::new();
         let mut wanted: HashSet<NamespacedName> = HashSet::new();
@@ -926,7 +966,18 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 default_configuration: owned_by_service.then_some(route.metadata.name.as_str()),
             };
             let host = self.host(&route.metadata.name, &ns);
-            let status = route::route_status(route, &inputs, &host, &self.urls());
+            let status = route::route_status(route, &inputs, &host, &self.urls(), now_ms);
+            let route_key = (Kind::Route, ns.clone(), route.metadata.name.clone());
+            match status
+                .rollout
+                .iter()
+                .flat_map(|r| &r.configurations)
+                .filter_map(rollout::next_step_ms)
+                .min()
+            {
+                Some(at) => self.rollout_due.insert(route_key, at),
+                None => self.rollout_due.remove(&route_key),
+            };
             let mut targets = weighted(&ns, &status.traffic);
             // Before any revision is ready, the data plane sends requests to the newest one
             // through the activator, which holds them until it is ready (or says why it

@@ -9,7 +9,10 @@ use sluice_crds::route::{Route, RouteStatus};
 use sluice_crds::service::{Addressable, TrafficTarget};
 use sluice_crds::{Condition, ConditionStatus};
 
+use sluice_crds::rollout::{ConfigurationRollout, RolloutStatus, rollout_duration};
+
 use super::configuration::revision_ready;
+use super::rollout;
 
 /// What a route's resolution needs to know of the namespace.
 pub struct RouteInputs<'a> {
@@ -101,31 +104,66 @@ fn resolve(target: &TrafficTarget, inputs: &RouteInputs<'_>) -> Result<String, C
     })
 }
 
-/// The route's status. Unresolvable traffic keeps the previous status traffic (requests keep
-/// going where they went) and says why on `AllTrafficAssigned`.
+/// The route's status at `now_ms` (wall-clock milliseconds since the Unix epoch, for
+/// gradual rollouts; see `rollout`). Unresolvable traffic keeps the previous status traffic
+/// (requests keep going where they went) and says why on `AllTrafficAssigned`.
 pub fn route_status(
     route: &Route,
     inputs: &RouteInputs<'_>,
     host: &str,
     urls: &impl UrlFor,
+    now_ms: i64,
 ) -> RouteStatus {
     let previous = route.status.clone().unwrap_or_default();
+    // Validated when applied; a value that slipped through means "all at once".
+    let duration = rollout_duration(&route.metadata.annotations).ok().flatten();
+    let mut rollouts: Vec<ConfigurationRollout> = Vec::new();
     let mut traffic = Vec::with_capacity(route.spec.traffic.len());
     let mut problem = None;
     for t in &route.spec.traffic {
         match resolve(t, inputs) {
-            Ok(revision) => traffic.push(TrafficTarget {
-                tag: t.tag.clone(),
-                revision_name: Some(revision),
-                configuration_name: None,
-                latest_revision: t.latest_revision,
-                percent: t.percent,
-                url: t
+            Ok(revision) => {
+                let url = t
                     .tag
                     .as_deref()
                     .filter(|tag| !tag.is_empty())
-                    .map(|tag| urls.url_for(&tag_host(tag, host))),
-            }),
+                    .map(|tag| urls.url_for(&tag_host(tag, host)));
+                let state = (t.latest_revision == Some(true))
+                    .then(|| rollout_of(t, &revision, &previous, inputs, duration, now_ms))
+                    .flatten();
+                if let Some(state) = state {
+                    // The older revisions first (untagged: the tag's URL goes to the newest).
+                    let (newest, older) = state.revisions.split_last().unzip();
+                    for r in older.unwrap_or_default() {
+                        traffic.push(TrafficTarget {
+                            tag: None,
+                            revision_name: Some(r.revision_name.clone()),
+                            configuration_name: None,
+                            latest_revision: Some(true),
+                            percent: Some(r.percent),
+                            url: None,
+                        });
+                    }
+                    traffic.push(TrafficTarget {
+                        tag: t.tag.clone(),
+                        revision_name: Some(revision),
+                        configuration_name: None,
+                        latest_revision: t.latest_revision,
+                        percent: newest.map(|r| r.percent),
+                        url,
+                    });
+                    rollouts.push(state);
+                    continue;
+                }
+                traffic.push(TrafficTarget {
+                    tag: t.tag.clone(),
+                    revision_name: Some(revision),
+                    configuration_name: None,
+                    latest_revision: t.latest_revision,
+                    percent: t.percent,
+                    url,
+                });
+            }
             Err(c) => {
                 // A hard failure wins over a wait.
                 if problem
@@ -138,9 +176,15 @@ pub fn route_status(
         }
     }
     let url = urls.url_for(host);
-    let (assigned, traffic) = match problem {
-        None => (Condition::ok("AllTrafficAssigned"), traffic),
-        Some(c) => (c, previous.traffic),
+    let (assigned, traffic, rollout) = match problem {
+        None => (
+            Condition::ok("AllTrafficAssigned"),
+            traffic,
+            (!rollouts.is_empty()).then_some(RolloutStatus {
+                configurations: rollouts,
+            }),
+        ),
+        Some(c) => (c, previous.traffic, previous.rollout),
     };
     let ingress = if traffic.is_empty() {
         Condition::unknown(
@@ -164,7 +208,46 @@ pub fn route_status(
         address: Some(Addressable { url: Some(url) }),
         traffic,
         observed_generation: route.metadata.generation,
+        rollout,
     }
+}
+
+/// The rollout state of a resolved `latestRevision` target, from the route's previous status
+/// (its rollout state, or else the revision the target's previous entry named).
+fn rollout_of(
+    t: &TrafficTarget,
+    latest: &str,
+    previous: &RouteStatus,
+    inputs: &RouteInputs<'_>,
+    duration: Option<std::time::Duration>,
+    now_ms: i64,
+) -> Option<ConfigurationRollout> {
+    let configuration = t
+        .configuration_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or(inputs.default_configuration)
+        .unwrap_or_default();
+    let tag = t.tag.as_deref().filter(|tag| !tag.is_empty());
+    let state = previous.rollout.as_ref().and_then(|r| {
+        r.configurations
+            .iter()
+            .find(|c| c.configuration_name == configuration && c.tag.as_deref() == tag)
+    });
+    let previous_revision = previous
+        .traffic
+        .iter()
+        .find(|p| {
+            p.latest_revision == Some(true) && p.tag.as_deref().filter(|t| !t.is_empty()) == tag
+        })
+        .and_then(|p| p.revision_name.as_deref());
+    let target = rollout::Target {
+        configuration,
+        tag,
+        percent: t.percent.unwrap_or(100),
+        latest,
+    };
+    rollout::plan(&target, state, previous_revision, duration, now_ms)
 }
 
 #[cfg(test)]
@@ -256,7 +339,7 @@ mod tests {
             target(None, 10, Some("latest")),
             target(Some("hello-00001"), 90, Some("prev")),
         ]);
-        let st = route_status(&r, &inputs, "hello.default.example.test", &Plain);
+        let st = route_status(&r, &inputs, "hello.default.example.test", &Plain, 0);
         assert!(st.conditions.iter().all(Condition::is_true), "{st:?}");
         assert_eq!(st.traffic[0].revision_name.as_deref(), Some("hello-00002"));
         assert_eq!(st.traffic[0].latest_revision, Some(true));
@@ -283,15 +366,92 @@ mod tests {
             traffic: vec![target(Some("hello-00000"), 100, None)],
             ..RouteStatus::default()
         });
-        let st = route_status(&r, &inputs, "h", &Plain);
+        let st = route_status(&r, &inputs, "h", &Plain, 0);
         assert_eq!(
             st.conditions[0].message.as_deref(),
             Some("Revision \"hello-00009\" referenced in traffic not found.")
         );
         assert_eq!(st.traffic[0].revision_name.as_deref(), Some("hello-00000"));
         let r = route(vec![target(Some("hello-00001"), 100, None)]);
-        let st = route_status(&r, &inputs, "h", &Plain);
+        let st = route_status(&r, &inputs, "h", &Plain, 0);
         assert_eq!(st.conditions[0].status, ConditionStatus::False);
         assert!(st.traffic.is_empty());
+    }
+
+    #[test]
+    fn a_route_with_the_annotation_splits_a_tagged_latest_target_in_steps() {
+        let (r1, r2) = (
+            rev("hello-00001", ConditionStatus::True),
+            rev("hello-00002", ConditionStatus::True),
+        );
+        let revisions = HashMap::from([
+            ("hello-00001".to_owned(), &r1),
+            ("hello-00002".to_owned(), &r2),
+        ]);
+        let configurations = HashMap::from([(
+            "cfg".to_owned(),
+            ConfigurationStatus {
+                latest_ready_revision_name: Some("hello-00002".into()),
+                ..ConfigurationStatus::default()
+            },
+        )]);
+        let inputs = RouteInputs {
+            configurations: &configurations,
+            revisions: &revisions,
+            default_configuration: None,
+        };
+        let mut latest = target(None, 50, Some("green"));
+        latest.configuration_name = Some("cfg".into());
+        let mut r = route(vec![target(Some("hello-00001"), 50, None), latest]);
+        r.metadata
+            .annotations
+            .insert(sluice_crds::rollout::ROLLOUT_DURATION.into(), "40s".into());
+        // Before: the latest target sent its 50 % to revision 1.
+        r.status = Some(RouteStatus {
+            traffic: vec![
+                target(Some("hello-00001"), 50, None),
+                TrafficTarget {
+                    revision_name: Some("hello-00001".into()),
+                    latest_revision: Some(true),
+                    ..target(None, 50, Some("green"))
+                },
+            ],
+            ..RouteStatus::default()
+        });
+        let shares = |st: &RouteStatus| -> Vec<(String, i64, Option<String>)> {
+            st.traffic
+                .iter()
+                .map(|t| {
+                    (
+                        t.revision_name.clone().unwrap_or_default(),
+                        t.percent.unwrap_or_default(),
+                        t.tag.clone(),
+                    )
+                })
+                .collect()
+        };
+        let green = |p1: i64, p2: i64| {
+            vec![
+                ("hello-00001".to_owned(), 50, None),
+                ("hello-00001".to_owned(), p1, None),
+                ("hello-00002".to_owned(), p2, Some("green".to_owned())),
+            ]
+        };
+        let st = route_status(&r, &inputs, "h", &Plain, 0);
+        assert_eq!(shares(&st), green(49, 1));
+        assert_eq!(st.traffic[2].url.as_deref(), Some("http://green-h"));
+        r.status = Some(st);
+        let st = route_status(&r, &inputs, "h", &Plain, 10_000);
+        assert_eq!(shares(&st), green(36, 14));
+        r.status = Some(st);
+        let st = route_status(&r, &inputs, "h", &Plain, 40_000);
+        assert_eq!(
+            shares(&st),
+            [
+                ("hello-00001".to_owned(), 50, None),
+                ("hello-00002".to_owned(), 50, Some("green".to_owned())),
+            ]
+        );
+        assert_eq!(st.rollout, None);
     }
 }
