@@ -324,28 +324,46 @@ impl KubeRuntime {
     }
 
     async fn watch_slices(self) {
-        let api: Api<EndpointSlice> = Api::all(self.inner.client.clone());
+        self.follow(
+            Api::<EndpointSlice>::all(self.inner.client.clone()),
+            "EndpointSlices",
+            |seen| seen.slices.clear(),
+            Self::saw_slice,
+        )
+        .await;
+    }
+
+    /// Follows `api` (the runtime's own objects only), handing each change to `saw`; after a
+    /// re-list, `clear` forgets what this kind told about every revision before the fresh
+    /// listing is replayed, so objects deleted while the watch was down are forgotten.
+    async fn follow<K>(
+        &self,
+        api: Api<K>,
+        what: &str,
+        clear: fn(&mut Seen),
+        saw: fn(&Self, &K, bool),
+    ) where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
         let config = watcher::Config::default().labels(&selector());
         let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-        let mut relist: Option<Vec<EndpointSlice>> = None;
+        let mut relist: Option<Vec<K>> = None;
         while let Some(event) = stream.next().await {
             match event {
-                Err(e) => tracing::warn!("watching EndpointSlices failed, retrying: {e}"),
-                Ok(Event::Apply(s)) => self.saw_slice(&s, false),
-                Ok(Event::Delete(s)) => self.saw_slice(&s, true),
+                Err(e) => tracing::warn!("watching {what} failed, retrying: {e}"),
+                Ok(Event::Apply(o)) => saw(self, &o, false),
+                Ok(Event::Delete(o)) => saw(self, &o, true),
                 Ok(Event::Init) => relist = Some(Vec::new()),
-                Ok(Event::InitApply(s)) => relist.get_or_insert_with(Vec::new).push(s),
+                Ok(Event::InitApply(o)) => relist.get_or_insert_with(Vec::new).push(o),
                 Ok(Event::InitDone) => {
                     let fresh = relist.take().unwrap_or_default();
                     {
                         let mut state = self.state();
-                        for seen in state.seen.values_mut() {
-                            seen.slices.clear();
-                        }
+                        state.seen.values_mut().for_each(clear);
                         state.seen.retain(|_, s| !s.is_empty());
                     }
-                    for s in &fresh {
-                        self.saw_slice(s, false);
+                    for o in &fresh {
+                        saw(self, o, false);
                     }
                     self.bump();
                 }
@@ -379,33 +397,13 @@ impl KubeRuntime {
     }
 
     async fn watch_pods(self) {
-        let api: Api<Pod> = Api::all(self.inner.client.clone());
-        let config = watcher::Config::default().labels(&selector());
-        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-        let mut relist: Option<Vec<Pod>> = None;
-        while let Some(event) = stream.next().await {
-            match event {
-                Err(e) => tracing::warn!("watching Pods failed, retrying: {e}"),
-                Ok(Event::Apply(p)) => self.saw_pod(&p, false),
-                Ok(Event::Delete(p)) => self.saw_pod(&p, true),
-                Ok(Event::Init) => relist = Some(Vec::new()),
-                Ok(Event::InitApply(p)) => relist.get_or_insert_with(Vec::new).push(p),
-                Ok(Event::InitDone) => {
-                    let fresh = relist.take().unwrap_or_default();
-                    {
-                        let mut state = self.state();
-                        for seen in state.seen.values_mut() {
-                            seen.pod_failures.clear();
-                        }
-                        state.seen.retain(|_, s| !s.is_empty());
-                    }
-                    for p in &fresh {
-                        self.saw_pod(p, false);
-                    }
-                    self.bump();
-                }
-            }
-        }
+        self.follow(
+            Api::<Pod>::all(self.inner.client.clone()),
+            "Pods",
+            |seen| seen.pod_failures.clear(),
+            Self::saw_pod,
+        )
+        .await;
     }
 
     fn saw_pod(&self, p: &Pod, deleted: bool) {
