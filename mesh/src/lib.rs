@@ -17,10 +17,14 @@
 //!   policies; [`inbound`] and [`outbound`]: what a replica's listener and a proxy's client
 //!   do per connection and per request.
 //!
+//! * [`guard`]: what protects Sluice's non-ingress listeners (the admin API, metrics and
+//!   stats): the admin bearer token and the browser defences (Host, Origin, Content-Type).
+//!
 //! Not here: anything that routes or serves requests; those crates call into this one.
 
 pub mod attestation;
 pub mod enforce;
+pub mod guard;
 pub mod handoff;
 pub mod identity;
 pub mod inbound;
