@@ -23,7 +23,15 @@ const WAIT: Duration = Duration::from_secs(90);
 /// A running `sluice up`; killed on drop if still running.
 struct Up {
     child: Child,
-    admin: SocketAddr,
+    admin: Admin,
+    state_dir: std::path::PathBuf,
+}
+
+/// The admin API's address and bearer token (made by `sluice up` in its state directory).
+#[derive(Clone)]
+struct Admin {
+    addr: SocketAddr,
+    token: String,
 }
 
 impl Up {
@@ -62,9 +70,14 @@ impl Up {
                 }
             }
         }
+        let token = std::fs::read_to_string(state_dir.join("admin-token")).unwrap();
         Up {
             child,
-            admin: admin.unwrap(),
+            admin: Admin {
+                addr: admin.unwrap(),
+                token: token.trim().to_owned(),
+            },
+            state_dir: state_dir.to_owned(),
         }
     }
 
@@ -74,8 +87,15 @@ impl Up {
         self.child.wait().unwrap();
     }
 
-    fn server(&self) -> String {
-        format!("http://{}", self.admin)
+    /// Runs the CLI against this server; it finds the token in the state directory itself.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(SLUICE)
+            .args(args)
+            .args(["--server", &format!("http://{}", self.admin.addr)])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .output()
+            .unwrap()
     }
 }
 
@@ -89,13 +109,15 @@ impl Drop for Up {
 }
 
 /// One HTTP/1.1 request; `None` when the server is gone mid-request.
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
+fn http(admin: &Admin, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
+    let mut stream = TcpStream::connect(admin.addr).ok()?;
     stream.set_read_timeout(Some(WAIT)).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        admin.addr,
+        admin.token,
         body.len()
     )
     .ok()?;
@@ -119,10 +141,6 @@ fn apply_body(name: &str) -> String {
         .to_string()
 }
 
-fn sluice(args: &[&str]) -> std::process::Output {
-    Command::new(SLUICE).args(args).output().unwrap()
-}
-
 #[test]
 fn kill_9_mid_apply_loses_no_acknowledged_write() {
     let root = std::env::temp_dir().join(format!("sluice-durability-{}", std::process::id()));
@@ -130,12 +148,12 @@ fn kill_9_mid_apply_loses_no_acknowledged_write() {
     let mut up = Up::start(&root);
 
     // A client applies one object after another; each acknowledged name is reported.
-    let admin = up.admin;
+    let admin = up.admin.clone();
     let (acked_tx, acked_rx) = mpsc::channel::<String>();
     let writer = std::thread::spawn(move || {
         for i in 0.. {
             let name = format!("m-{i:04}");
-            match http(admin, "POST", "/v1/apply", &apply_body(&name)) {
+            match http(&admin, "POST", "/v1/apply", &apply_body(&name)) {
                 Some((200, _)) => {
                     if acked_tx.send(name).is_err() {
                         return;
@@ -160,7 +178,7 @@ fn kill_9_mid_apply_loses_no_acknowledged_write() {
     acked.extend(acked_rx.try_iter());
 
     let up = Up::start(&root);
-    let (status, list) = http(up.admin, "GET", "/v1/isvc", "").unwrap();
+    let (status, list) = http(&up.admin, "GET", "/v1/isvc", "").unwrap();
     assert_eq!(status, 200);
     let stored: Vec<String> = list["items"]
         .as_array()
@@ -183,13 +201,13 @@ fn kill_9_mid_apply_loses_no_acknowledged_write() {
     );
 
     // A stale edit is refused: two writers read the same version, one wins.
-    let (_, read) = http(up.admin, "GET", "/v1/isvc/default/m-0000", "").unwrap();
+    let (_, read) = http(&up.admin, "GET", "/v1/isvc/default/m-0000", "").unwrap();
     let mut first = read.clone();
     first["spec"]["predictor"]["minReplicas"] = json!(0);
     let mut second = read;
     second["spec"]["predictor"]["minReplicas"] = json!(2);
     let (status, _) = http(
-        up.admin,
+        &up.admin,
         "PUT",
         "/v1/isvc/default/m-0000",
         &first.to_string(),
@@ -197,7 +215,7 @@ fn kill_9_mid_apply_loses_no_acknowledged_write() {
     .unwrap();
     assert_eq!(status, 200);
     let (status, body) = http(
-        up.admin,
+        &up.admin,
         "PUT",
         "/v1/isvc/default/m-0000",
         &second.to_string(),
@@ -206,7 +224,7 @@ fn kill_9_mid_apply_loses_no_acknowledged_write() {
     assert_eq!(status, 409, "{body}");
 
     // The CLI reads the restarted store: kubectl's columns, and the condition in describe.
-    let out = sluice(&["get", "isvc", "--server", &up.server()]);
+    let out = up.cli(&["get", "isvc"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.starts_with(
@@ -214,7 +232,7 @@ fn kill_9_mid_apply_loses_no_acknowledged_write() {
         ),
         "{table}"
     );
-    let out = sluice(&["describe", "isvc", "m-0001", "--server", &up.server()]);
+    let out = up.cli(&["describe", "isvc", "m-0001"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -223,7 +241,7 @@ fn kill_9_mid_apply_loses_no_acknowledged_write() {
     );
     assert!(text.contains("Name:         m-0001"), "{text}");
     // Nothing is rolled out for a model no runtime serves: rollback says so.
-    let out = sluice(&["rollback", "m-0001", "--server", &up.server()]);
+    let out = up.cli(&["rollback", "m-0001"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("nothing to roll back to"),

@@ -80,6 +80,7 @@ struct Up {
     child: Child,
     router: SocketAddr,
     admin: SocketAddr,
+    state_dir: std::path::PathBuf,
     log: std::path::PathBuf,
 }
 
@@ -149,8 +150,32 @@ fn up_with(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Up {
         child,
         router: router.unwrap(),
         admin: admin.unwrap(),
+        state_dir: dir.join("state"),
         log,
     }
+}
+
+/// One GET of the admin API, with the bearer token `sluice up` made in its state directory.
+fn admin_get(up: &Up, path: &str) -> (u16, String) {
+    let token = std::fs::read_to_string(up.state_dir.join("admin-token")).unwrap();
+    let mut stream = TcpStream::connect(up.admin).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        up.admin,
+        token.trim()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .expect("a complete HTTP response");
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
 }
 
 /// One plaintext HTTP/1.1 request over a fresh connection.
@@ -182,9 +207,8 @@ fn wait_ready(up: &Up) {
             "hello never became Ready\n{}",
             up.log()
         );
-        let (status, body) = http(
-            up.admin,
-            "admin",
+        let (status, body) = admin_get(
+            up,
             &format!("/v1/ksvc/default/hello?after={version}&timeout=10"),
         );
         let obj: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
@@ -280,6 +304,8 @@ async fn sluice_up_enforces_policy_over_mtls_and_shows_every_hop_in_metrics() {
     let out = Command::new(SLUICE)
         .args(["apply", "--server", &format!("http://{}", up.admin), "-f"])
         .arg(&deny)
+        .arg("--state-dir")
+        .arg(&up.state_dir)
         .output()
         .unwrap();
     assert!(
@@ -308,7 +334,7 @@ async fn sluice_up_enforces_policy_over_mtls_and_shows_every_hop_in_metrics() {
     assert_eq!(mesh_get(&tester, up.router, "/").await.0, 200);
 
     // One scrape of the admin port sees the router and the replica.
-    let (status, metrics) = http(up.admin, "admin", "/metrics");
+    let (status, metrics) = admin_get(&up, "/metrics");
     assert_eq!(status, 200);
     let has = |needles: &[&str]| {
         metrics
@@ -692,7 +718,7 @@ async fn sluice_up_exports_a_span_per_hop_in_one_trace() {
         );
     }
     // Each exporter's counts are on the admin port's one scrape (replicas' included).
-    let (status, metrics) = http(up.admin, "admin", "/metrics");
+    let (status, metrics) = admin_get(&up, "/metrics");
     assert_eq!(status, 200);
     assert!(
         metrics.contains("sluice_otlp_spans_total{outcome=\"exported\",pod=\"sluice-up\"}"),
@@ -726,10 +752,12 @@ async fn sluice_up_exports_a_span_per_hop_in_one_trace() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn sluice(args: &[&str], admin: SocketAddr) -> (bool, String, String) {
+fn sluice(args: &[&str], up: &Up) -> (bool, String, String) {
     let out = Command::new(SLUICE)
         .args(args)
-        .args(["--server", &format!("http://{admin}")])
+        .args(["--server", &format!("http://{}", up.admin)])
+        .arg("--state-dir")
+        .arg(&up.state_dir)
         .output()
         .unwrap();
     (
@@ -752,7 +780,7 @@ async fn policies_through_apply_get_and_delete() {
     let apply = |name: &str, text: &str| {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
-        sluice(&["apply", "-f", path.to_str().unwrap()], up.admin)
+        sluice(&["apply", "-f", path.to_str().unwrap()], &up)
     };
 
     let refused = [
@@ -782,7 +810,7 @@ async fn policies_through_apply_get_and_delete() {
         assert!(!ok, "{file} accepted: {out}");
         assert!(err.contains(path), "{file}: {path} not named in:\n{err}");
     }
-    let (ok, out, _) = sluice(&["get", "authorizationpolicy"], up.admin);
+    let (ok, out, _) = sluice(&["get", "authorizationpolicy"], &up);
     assert!(ok);
     assert!(out.contains("No authorizationpolicies found"), "{out}");
 
@@ -812,14 +840,14 @@ async fn policies_through_apply_get_and_delete() {
     );
     assert!(!err.contains("matches no workload"), "{err}");
 
-    let (ok, out, err) = sluice(&["get", "ap"], up.admin);
+    let (ok, out, err) = sluice(&["get", "ap"], &up);
     assert!(ok, "{err}");
     assert!(
         out.lines()
             .any(|l| l.starts_with("ghost") && l.contains("DENY") && l.contains("app=ghost")),
         "{out}"
     );
-    let (ok, out, _) = sluice(&["get", "peerauthentication", "-A"], up.admin);
+    let (ok, out, _) = sluice(&["get", "peerauthentication", "-A"], &up);
     assert!(ok);
     assert!(
         out.lines().any(|l| l.starts_with("default")
@@ -827,24 +855,24 @@ async fn policies_through_apply_get_and_delete() {
             && l.contains("STRICT")),
         "{out}"
     );
-    let (ok, out, _) = sluice(&["get", "ap", "ghost", "-o", "json"], up.admin);
+    let (ok, out, _) = sluice(&["get", "ap", "ghost", "-o", "json"], &up);
     assert!(ok);
     let obj: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(obj["spec"]["action"], "DENY");
-    let (ok, _, err) = sluice(&["get", "ap", "nobody"], up.admin);
+    let (ok, _, err) = sluice(&["get", "ap", "nobody"], &up);
     assert!(!ok);
     assert!(err.contains("not found"), "{err}");
 
-    let (ok, out, err) = sluice(&["delete", "authorizationpolicy", "ghost"], up.admin);
+    let (ok, out, err) = sluice(&["delete", "authorizationpolicy", "ghost"], &up);
     assert!(ok, "{err}");
     assert!(
         out.contains("deleted authorizationpolicy.security.istio.io/ghost"),
         "{out}"
     );
-    let (ok, out, _) = sluice(&["get", "ap"], up.admin);
+    let (ok, out, _) = sluice(&["get", "ap"], &up);
     assert!(ok);
     assert!(out.contains("No authorizationpolicies found"), "{out}");
-    let (ok, _, err) = sluice(&["delete", "ap", "ghost"], up.admin);
+    let (ok, _, err) = sluice(&["delete", "ap", "ghost"], &up);
     assert!(!ok);
     assert!(err.contains("not found"), "{err}");
     // The deletion reached the stored file too.

@@ -28,6 +28,7 @@ struct Up {
     child: Child,
     router: SocketAddr,
     admin: SocketAddr,
+    state_dir: PathBuf,
     stderr_path: PathBuf,
 }
 
@@ -78,6 +79,7 @@ impl Up {
             child,
             router: router.unwrap(),
             admin: admin.unwrap(),
+            state_dir: state_dir.to_owned(),
             stderr_path: log.to_owned(),
         }
     }
@@ -149,8 +151,31 @@ fn http(addr: SocketAddr, method: &str, host: &str, path: &str, body: &str) -> (
 }
 
 fn admin_get(up: &Up, path: &str) -> (u16, Value) {
-    let (status, body) = http(up.admin, "GET", "admin", path, "");
+    let (status, body) = admin_http(up, "GET", path, "");
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// One request to the admin API with the bearer token of `up`'s state directory.
+fn admin_http(up: &Up, method: &str, path: &str, body: &str) -> (u16, String) {
+    let token = std::fs::read_to_string(up.state_dir.join("admin-token")).unwrap();
+    let mut stream = TcpStream::connect(up.admin).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        up.admin,
+        token.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .expect("a complete HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
 }
 
 /// Waits (by long poll) until the object satisfies `ok`.
@@ -196,13 +221,24 @@ fn infer(up: &Up) -> Value {
     resp
 }
 
-fn sluice(args: &[&str]) -> std::process::Output {
-    Command::new(SLUICE).args(args).output().unwrap()
+/// The CLI against the `sluice up` whose state directory is `state`, its admin token given
+/// as `SLUICE_TOKEN` (as a user on another machine or folder would).
+fn sluice(state: &Path, args: &[&str]) -> std::process::Output {
+    let token = std::fs::read_to_string(state.join("admin-token")).unwrap();
+    Command::new(SLUICE)
+        .args(args)
+        .env("SLUICE_TOKEN", token.trim())
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap()
 }
 
 /// `sluice apply -f path`, which must succeed; returns its stdout.
-fn apply_ok(server: &str, path: &Path) -> String {
-    let out = sluice(&["apply", "-f", path.to_str().unwrap(), "--server", server]);
+fn apply_ok(state: &Path, server: &str, path: &Path) -> String {
+    let out = sluice(
+        state,
+        &["apply", "-f", path.to_str().unwrap(), "--server", server],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -248,13 +284,16 @@ fn serves_scales_to_zero_and_back_and_survives_restart() {
          spec: {predictor: {minReplicas: -2, model: {modelFormat: {name: sluice-mlp}, storageUri: /x}}}\n",
     )
     .unwrap();
-    let out = sluice(&[
-        "apply",
-        "-f",
-        bad_path.to_str().unwrap(),
-        "--server",
-        &server,
-    ]);
+    let out = sluice(
+        &state,
+        &[
+            "apply",
+            "-f",
+            bad_path.to_str().unwrap(),
+            "--server",
+            &server,
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -271,7 +310,7 @@ fn serves_scales_to_zero_and_back_and_survives_restart() {
 
     // Apply, then wait until the InferenceService is ready.
     assert_eq!(
-        apply_ok(&server, &manifest_path),
+        apply_ok(&state, &server, &manifest_path),
         "inferenceservice.serving.kserve.io/iris created"
     );
     let isvc = wait_for(&up, "inferenceservices", "iris", "Ready=True", ready);
@@ -285,10 +324,10 @@ fn serves_scales_to_zero_and_back_and_survives_restart() {
     );
 
     // `sluice get` speaks JSON lists and tables.
-    let out = sluice(&["get", "rev", "-o", "json", "--server", &server]);
+    let out = sluice(&state, &["get", "rev", "-o", "json", "--server", &server]);
     let revs: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(revs["items"][0]["metadata"]["name"], "iris-predictor-00001");
-    let out = sluice(&["get", "isvc", "iris", "--server", &server]);
+    let out = sluice(&state, &["get", "isvc", "iris", "--server", &server]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("iris-predictor-00001"));
 
     // Serve through the router.
@@ -328,7 +367,7 @@ fn serves_scales_to_zero_and_back_and_survives_restart() {
          spec: {predictor: {model: {modelFormat: {name: sluice-mlp}, storageUri: ../no-such-model}}}\n",
     )
     .unwrap();
-    apply_ok(&server, &broken_path);
+    apply_ok(&state, &server, &broken_path);
     let broken = wait_for(&up, "inferenceservices", "broken", "Ready=False", |o| {
         o["status"]["conditions"].as_array().is_some_and(|cs| {
             cs.iter()
@@ -349,7 +388,7 @@ fn serves_scales_to_zero_and_back_and_survives_restart() {
     );
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("cannot load model"), "{body}");
-    let out = sluice(&["delete", "isvc", "broken", "--server", &server]);
+    let out = sluice(&state, &["delete", "isvc", "broken", "--server", &server]);
     assert!(
         out.status.success(),
         "{}",

@@ -84,13 +84,17 @@ def ksvc_reconciled(obj, generation=None, old_latest=None):
 
 
 class Admin:
-    def __init__(self, addr):
+    def __init__(self, addr, state_dir):
         host, port = addr.rsplit(":", 1)
         self.conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        # The admin API takes the bearer token `sluice up` keeps in its state directory.
+        with open(os.path.join(state_dir, "admin-token")) as f:
+            self.token = f.read().strip()
 
     def call(self, method, path, body=None):
         data = None if body is None else json.dumps(body).encode()
-        self.conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
+        self.conn.request(method, path, body=data, headers=headers)
         resp = self.conn.getresponse()
         payload = resp.read()
         if resp.status >= 300:
@@ -182,7 +186,7 @@ def main():
     ks = args.workload == "ksvc-image"
     proc, addr = start_up(binary, state, allow_zero_initial_scale=not ks)
     try:
-        admin = Admin(addr)
+        admin = Admin(addr, state)
         names = [f"m-{i:05}" for i in range(args.count)]
         t0 = time.perf_counter()
         plural = "services" if ks else "isvc"
@@ -236,7 +240,8 @@ def main():
             proc.kill()
             proc.wait()
 
-    size = sum(os.path.getsize(os.path.join(state, f)) for f in os.listdir(state))
+    size = sum(os.path.getsize(os.path.join(state, f)) for f in os.listdir(state)
+               if f.startswith("state.db"))
     floor = store_floor(args.count, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::Value;
 
-use crate::client::{DEFAULT_SERVER, call, server_error};
+use crate::client::{Admin, AdminArgs, server_error};
 
 /// Flags of `sluice promote` and `sluice rollback`.
 #[derive(Args, Debug)]
@@ -15,9 +15,8 @@ pub struct CanaryArgs {
     /// Namespace.
     #[arg(short, long, default_value = "default")]
     namespace: String,
-    /// Admin API of the running `sluice up`.
-    #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 /// Which edit.
@@ -59,15 +58,11 @@ pub fn edit(isvc: &mut Value, edit: Edit) -> anyhow::Result<bool> {
 
 /// Runs `promote` or `rollback`.
 pub async fn run(args: CanaryArgs, what: Edit) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/v1/inferenceservices/{}/{}",
-        args.server.trim_end_matches('/'),
-        args.namespace,
-        args.name
-    );
+    let admin = Admin::from_args(&args.admin)?;
+    let path = format!("/v1/inferenceservices/{}/{}", args.namespace, args.name);
     // A concurrent writer makes our read stale: read again and retry, a few times.
     for _ in 0..5 {
-        let (status, mut isvc) = call(http::Method::GET, url.clone(), None).await?;
+        let (status, mut isvc) = admin.call(http::Method::GET, &path, None).await?;
         if !status.is_success() {
             return Err(server_error(status, &isvc));
         }
@@ -83,7 +78,7 @@ pub async fn run(args: CanaryArgs, what: Edit) -> anyhow::Result<()> {
             return Ok(());
         }
         let body = serde_json::to_vec(&isvc)?;
-        let (status, resp) = call(http::Method::PUT, url.clone(), Some(body)).await?;
+        let (status, resp) = admin.call(http::Method::PUT, &path, Some(body)).await?;
         if status == http::StatusCode::CONFLICT {
             continue;
         }

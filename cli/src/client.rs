@@ -11,11 +11,74 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use sluice_controller::admin::{ApplyRequest, ApplyResult};
 use sluice_crds::Kind;
+use sluice_mesh::guard::{self, AdminToken};
 
 use crate::up::manifest_files;
 
 pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where the admin API of a running `sluice up` is and how to authenticate to it: flags
+/// every client command shares.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Admin API of the running `sluice up`.
+    #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    /// The admin API's bearer token; by default read from `<state-dir>/admin-token`.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// State directory of that `sluice up`, where its admin token is.
+    #[arg(long, env = "SLUICE_STATE_DIR", default_value = "./.sluice")]
+    state_dir: PathBuf,
+}
+
+/// A connection to an admin API: its base URL and bearer token.
+#[derive(Clone, Debug)]
+pub(crate) struct Admin {
+    base: String,
+    token: AdminToken,
+}
+
+impl Admin {
+    /// The admin API `args` name, with its token from `--token`, `SLUICE_TOKEN`, or the
+    /// state directory's token file (in that order).
+    pub(crate) fn from_args(args: &AdminArgs) -> anyhow::Result<Self> {
+        let token = match &args.token {
+            Some(text) => AdminToken::from_text(text)
+                .context("--token/SLUICE_TOKEN is empty or holds blanks or control characters")?,
+            None => {
+                let path = args.state_dir.join(guard::TOKEN_FILE);
+                if !path.exists() {
+                    anyhow::bail!(
+                        "no admin token: {} does not exist. Run this command in the folder                          `sluice up` runs in, or pass --state-dir DIR (SLUICE_STATE_DIR), or the                          token itself with --token (SLUICE_TOKEN)",
+                        path.display()
+                    );
+                }
+                AdminToken::read(&path)?
+            }
+        };
+        Ok(Self::new(args.server.clone(), token))
+    }
+
+    /// The admin API at `base` with `token`.
+    pub(crate) fn new(base: String, token: AdminToken) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    /// One request to `path` (with its query), JSON in and out.
+    pub(crate) async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(http::StatusCode, Value)> {
+        call(method, format!("{}{path}", self.base), &self.token, body).await
+    }
+}
 
 /// Flags of `sluice apply`.
 #[derive(Args, Debug)]
@@ -23,9 +86,8 @@ pub struct ApplyArgs {
     /// Manifest file or folder; repeatable.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
-    /// Admin API of the running `sluice up`.
-    #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Use the Kubernetes API of the current kubeconfig instead of `sluice up`.
     #[arg(long, conflicts_with = "server")]
     kube: bool,
@@ -57,9 +119,8 @@ pub struct GetArgs {
     /// Output format; a table when absent.
     #[arg(short, long, value_enum)]
     output: Option<Output>,
-    /// Admin API of the running `sluice up`.
-    #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Use the Kubernetes API of the current kubeconfig instead of `sluice up`.
     #[arg(long, conflicts_with = "server")]
     kube: bool,
@@ -76,17 +137,17 @@ pub struct DeleteArgs {
     /// Namespace.
     #[arg(short, long, default_value = "default")]
     namespace: String,
-    /// Admin API of the running `sluice up`.
-    #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Use the Kubernetes API of the current kubeconfig instead of `sluice up`.
     #[arg(long, conflicts_with = "server")]
     kube: bool,
 }
 
-pub(crate) async fn call(
+async fn call(
     method: http::Method,
     url: String,
+    token: &AdminToken,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<(http::StatusCode, Value)> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -94,6 +155,7 @@ pub(crate) async fn call(
         .method(method)
         .uri(&url)
         .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", token.secret()))
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .with_context(|| format!("bad server URL {url:?}"))?;
     let resp = client.request(req).await.with_context(|| {
@@ -124,7 +186,7 @@ pub(crate) fn server_error(status: http::StatusCode, body: &Value) -> anyhow::Er
 }
 
 /// `sluice apply -f …`.
-pub async fn apply(mut args: ApplyArgs) -> anyhow::Result<()> {
+pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let mut files = Vec::new();
     for path in &args.files {
         files.extend(manifest_files(path)?);
@@ -145,26 +207,23 @@ pub async fn apply(mut args: ApplyArgs) -> anyhow::Result<()> {
         }
         let policies = crate::kube_policy::validate_all(&policy_text.join("\n---\n"))?;
         if !rest.is_empty() {
-            args.server = crate::kube::admin_server().await?;
-            apply_files(&args.server, rest).await?;
+            let admin = crate::kube::admin_server().await?;
+            apply_files(&admin, rest).await?;
         }
         return crate::kube_policy::apply(policies).await;
     }
-    apply_files(&args.server, files).await
+    apply_files(&Admin::from_args(&args.admin)?, files).await
 }
 
-/// Applies manifest files through the admin API at `server`.
+/// Applies manifest files through `admin`.
 async fn apply_files(
-    server: &str,
+    admin: &Admin,
     files: Vec<sluice_controller::admin::ManifestFile>,
 ) -> anyhow::Result<()> {
     let body = serde_json::to_vec(&ApplyRequest { files })?;
-    let (status, resp) = call(
-        http::Method::POST,
-        format!("{}/v1/apply", server.trim_end_matches('/')),
-        Some(body),
-    )
-    .await?;
+    let (status, resp) = admin
+        .call(http::Method::POST, "/v1/apply", Some(body))
+        .await?;
     if !status.is_success() {
         if let Some(errors) = resp["errors"].as_array() {
             for e in errors {
@@ -216,13 +275,13 @@ async fn get_policies(args: GetArgs, plural: &str) -> anyhow::Result<()> {
             (!args.all_namespaces || args.name.is_some()).then_some(args.namespace.as_str());
         crate::kube_policy::get(plural, namespace, args.name.as_deref()).await?
     } else {
-        let base = args.server.trim_end_matches('/');
-        let url = match &args.name {
-            Some(name) => format!("{base}/v1/{plural}/{}/{name}", args.namespace),
-            None if args.all_namespaces => format!("{base}/v1/{plural}"),
-            None => format!("{base}/v1/{plural}?namespace={}", args.namespace),
+        let path = match &args.name {
+            Some(name) => format!("/v1/{plural}/{}/{name}", args.namespace),
+            None if args.all_namespaces => format!("/v1/{plural}"),
+            None => format!("/v1/{plural}?namespace={}", args.namespace),
         };
-        let (status, body) = call(http::Method::GET, url, None).await?;
+        let admin = Admin::from_args(&args.admin)?;
+        let (status, body) = admin.call(http::Method::GET, &path, None).await?;
         if !status.is_success() {
             return Err(server_error(status, &body));
         }
@@ -308,23 +367,24 @@ fn policy_table(plural: &str, items: &[Value], with_namespace: bool) -> String {
 }
 
 /// `sluice get KIND [NAME]`.
-pub async fn get(mut args: GetArgs) -> anyhow::Result<()> {
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     if let Some(plural) = crate::up::policies::plural_of(&args.kind) {
         return get_policies(args, plural).await;
     }
-    if args.kube {
-        args.server = crate::kube::admin_server().await?;
-    }
     let kind = kind(&args.kind)?;
-    let base = args.server.trim_end_matches('/');
-    let url = match &args.name {
-        Some(name) => format!("{base}/v1/{}/{}/{name}", kind.plural(), args.namespace),
-        None if args.all_namespaces || kind.cluster_scoped() => {
-            format!("{base}/v1/{}", kind.plural())
-        }
-        None => format!("{base}/v1/{}?namespace={}", kind.plural(), args.namespace),
+    let admin = if args.kube {
+        crate::kube::admin_server().await?
+    } else {
+        Admin::from_args(&args.admin)?
     };
-    let (status, body) = call(http::Method::GET, url, None).await?;
+    let path = match &args.name {
+        Some(name) => format!("/v1/{}/{}/{name}", kind.plural(), args.namespace),
+        None if args.all_namespaces || kind.cluster_scoped() => {
+            format!("/v1/{}", kind.plural())
+        }
+        None => format!("/v1/{}?namespace={}", kind.plural(), args.namespace),
+    };
+    let (status, body) = admin.call(http::Method::GET, &path, None).await?;
     if !status.is_success() {
         return Err(server_error(status, &body));
     }
@@ -355,7 +415,7 @@ pub async fn get(mut args: GetArgs) -> anyhow::Result<()> {
 }
 
 /// `sluice delete KIND NAME`.
-pub async fn delete(mut args: DeleteArgs) -> anyhow::Result<()> {
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let plural = match crate::up::policies::plural_of(&args.kind) {
         Some(p) if args.kube => {
             return crate::kube_policy::delete(p, &args.namespace, &args.name).await;
@@ -363,17 +423,13 @@ pub async fn delete(mut args: DeleteArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => kind(&args.kind)?.plural(),
     };
-    if args.kube {
-        args.server = crate::kube::admin_server().await?;
-    }
-    let url = format!(
-        "{}/v1/{}/{}/{}",
-        args.server.trim_end_matches('/'),
-        plural,
-        args.namespace,
-        args.name
-    );
-    let (status, body) = call(http::Method::DELETE, url, None).await?;
+    let admin = if args.kube {
+        crate::kube::admin_server().await?
+    } else {
+        Admin::from_args(&args.admin)?
+    };
+    let path = format!("/v1/{}/{}/{}", plural, args.namespace, args.name);
+    let (status, body) = admin.call(http::Method::DELETE, &path, None).await?;
     if !status.is_success() {
         return Err(server_error(status, &body));
     }

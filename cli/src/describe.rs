@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::Value;
 use sluice_crds::Kind;
 
-use crate::client::{DEFAULT_SERVER, age, call, kind, s, server_error};
+use crate::client::{Admin, AdminArgs, age, kind, s, server_error};
 
 /// Flags of `sluice describe`.
 #[derive(Args, Debug)]
@@ -19,9 +19,8 @@ pub struct DescribeArgs {
     /// Namespace.
     #[arg(short, long, default_value = "default")]
     namespace: String,
-    /// Admin API of the running `sluice up`.
-    #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Use the Kubernetes API of the current kubeconfig instead of `sluice up`.
     #[arg(long, conflicts_with = "server")]
     kube: bool,
@@ -185,12 +184,13 @@ pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) 
 }
 
 /// `sluice describe KIND NAME`.
-pub async fn run(mut args: DescribeArgs) -> anyhow::Result<()> {
-    if args.kube {
-        args.server = crate::kube::admin_server().await?;
-    }
+pub async fn run(args: DescribeArgs) -> anyhow::Result<()> {
+    let admin = if args.kube {
+        crate::kube::admin_server().await?
+    } else {
+        Admin::from_args(&args.admin)?
+    };
     let kind = kind(&args.kind)?;
-    let base = args.server.trim_end_matches('/');
     let ns = if kind.cluster_scoped() {
         ""
     } else {
@@ -198,12 +198,9 @@ pub async fn run(mut args: DescribeArgs) -> anyhow::Result<()> {
     };
     let (status, obj) = if kind.cluster_scoped() {
         // Cluster-scoped objects have no namespace segment: find it in the list.
-        let (status, list) = call(
-            http::Method::GET,
-            format!("{base}/v1/{}", kind.plural()),
-            None,
-        )
-        .await?;
+        let (status, list) = admin
+            .call(http::Method::GET, &format!("/v1/{}", kind.plural()), None)
+            .await?;
         let found = list["items"].as_array().and_then(|items| {
             items
                 .iter()
@@ -218,12 +215,13 @@ pub async fn run(mut args: DescribeArgs) -> anyhow::Result<()> {
             None => (status, list),
         }
     } else {
-        call(
-            http::Method::GET,
-            format!("{base}/v1/{}/{ns}/{}", kind.plural(), args.name),
-            None,
-        )
-        .await?
+        admin
+            .call(
+                http::Method::GET,
+                &format!("/v1/{}/{ns}/{}", kind.plural(), args.name),
+                None,
+            )
+            .await?
     };
     if !status.is_success() {
         return Err(server_error(status, &obj));
@@ -232,12 +230,13 @@ pub async fn run(mut args: DescribeArgs) -> anyhow::Result<()> {
     let uid = obj["metadata"]["uid"].clone();
     let mut owned = Vec::new();
     for child in Kind::ALL {
-        let (st, list) = call(
-            http::Method::GET,
-            format!("{base}/v1/{}?namespace={}", child.plural(), args.namespace),
-            None,
-        )
-        .await?;
+        let (st, list) = admin
+            .call(
+                http::Method::GET,
+                &format!("/v1/{}?namespace={}", child.plural(), args.namespace),
+                None,
+            )
+            .await?;
         if !st.is_success() {
             continue;
         }
@@ -250,17 +249,13 @@ pub async fn run(mut args: DescribeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let (st, events) = call(
-        http::Method::GET,
-        format!(
-            "{base}/v1/{}/{}/{}/events",
-            kind.plural(),
-            if ns.is_empty() { "-" } else { ns },
-            args.name
-        ),
-        None,
-    )
-    .await?;
+    let events_path = format!(
+        "/v1/{}/{}/{}/events",
+        kind.plural(),
+        if ns.is_empty() { "-" } else { ns },
+        args.name
+    );
+    let (st, events) = admin.call(http::Method::GET, &events_path, None).await?;
     let events = if st.is_success() {
         events["items"].as_array().cloned().unwrap_or_default()
     } else {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use sluice_autoscaler::{AutoscalerConfig, Scraper};
+use sluice_controller::admin;
 use sluice_controller::leader::{LeaderElector, LeaseConfig};
 use sluice_controller::reconcile::{Controller, ControllerConfig};
 use sluice_controller::runtime::KubeRuntime;
@@ -16,6 +17,7 @@ use sluice_controller::store::KubeStore;
 use sluice_controller::store::kube::{KubeError, infer_client};
 use sluice_core::RoutingSnapshot;
 use sluice_crds::autoscaling::ClusterConfig;
+use sluice_mesh::guard::{AdminToken, HostNames, ListenerGuard};
 use tokio::sync::{mpsc, watch};
 
 use crate::shutdown;
@@ -269,6 +271,16 @@ struct ControllerMesh {
     router: sluice_mesh::identity::SpiffeId,
 }
 
+/// The browser checks of a listener inside the cluster (no token: mutual TLS, or nothing
+/// worth a token, protects it): `Host` an IP literal, `localhost` or a Service name under
+/// `.svc` / `.svc.cluster.local`; no foreign `Origin`; JSON bodies only.
+fn in_cluster_guard(name: &'static str, addr: std::net::SocketAddr) -> ListenerGuard {
+    ListenerGuard::new(name, addr, None).with_hosts(HostNames::Suffixes(vec![
+        ".svc".to_owned(),
+        ".svc.cluster.local".to_owned(),
+    ]))
+}
+
 /// The autoscaler's stats endpoint on `addr`: mutual TLS as the controller's own SVID,
 /// taking stats from the router's identity only, with the mesh on; plain HTTP from anyone
 /// with it off. Returns its port.
@@ -281,6 +293,7 @@ async fn serve_stats(
         .await
         .with_context(|| format!("binding the stats endpoint to {addr}"))?;
     let local = listener.local_addr()?;
+    let guard = in_cluster_guard("the autoscaler's stats endpoint", local);
     match mesh {
         Some(m) => {
             let acceptor = sluice_mesh::tls::MeshAcceptor::new(
@@ -288,13 +301,16 @@ async fn serve_stats(
                     .server_config()
                     .context("the stats endpoint's TLS config")?,
             );
-            let app = stats::stats_app(sink.clone(), Posters::Only(m.router.clone()));
+            let app = admin::guarded(
+                stats::stats_app(sink.clone(), Posters::Only(m.router.clone())),
+                guard,
+            );
             tokio::spawn(stats::serve_mtls(listener, app, acceptor));
             println!("sluice: controller stats endpoint on https://{local}/v1/stats");
             tracing::info!(router = %m.router, "the stats endpoint is mTLS and takes the router's stats only");
         }
         None => {
-            let app = stats::stats_app(sink.clone(), Posters::Anyone);
+            let app = admin::guarded(stats::stats_app(sink.clone(), Posters::Anyone), guard);
             tokio::spawn(axum::serve(listener, app).into_future());
             println!("sluice: controller stats endpoint on http://{local}/v1/stats");
         }
@@ -516,17 +532,24 @@ async fn lead(
 
 /// The admin API served on loopback over the current kubeconfig's API server, for the
 /// `--kube` flag of `sluice apply/get/describe/delete`: the same requests, validation and
-/// output as against `sluice up`. Returns its base URL.
-pub async fn admin_server() -> anyhow::Result<String> {
+/// output as against `sluice up`. It acts with the user's Kubernetes credentials, so it
+/// takes only requests bearing a random token made for this process (and passes the same
+/// browser checks as `sluice up`'s admin API): another local user who finds the port
+/// cannot borrow them.
+pub(crate) async fn admin_server() -> anyhow::Result<crate::client::Admin> {
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::validating_batches(client, "sluice");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a loopback port for the Kubernetes client")?;
     let addr = listener.local_addr()?;
-    let app = sluice_controller::admin::router(store, ClusterConfig::default());
+    let token = AdminToken::generate()?;
+    let app = admin::guarded(
+        admin::router(store, ClusterConfig::default()),
+        ListenerGuard::new("the --kube client's admin API", addr, Some(token.clone())),
+    );
     tokio::spawn(axum::serve(listener, app).into_future());
-    Ok(format!("http://{addr}"))
+    Ok(crate::client::Admin::new(format!("http://{addr}"), token))
 }
 
 /// Flags of `sluice router`.
@@ -752,7 +775,10 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let metrics = match metrics_listener {
         Some(listener) => {
             let local = listener.local_addr()?;
-            let app = metrics::app(vec![router_registry, activator_registry]);
+            let app = admin::guarded(
+                metrics::app(vec![router_registry, activator_registry]),
+                in_cluster_guard("the router's metrics endpoint", local),
+            );
             let task = tokio::spawn(
                 axum::serve(listener, app)
                     .with_graceful_shutdown(stopped())

@@ -17,6 +17,7 @@ use sluice_controller::runtime::{LocalRuntime, LocalRuntimeConfig};
 use sluice_controller::store::SqliteStore;
 use sluice_core::RoutingSnapshot;
 use sluice_crds::autoscaling::ClusterConfig;
+use sluice_mesh::guard::{self, AdminToken, ListenerGuard};
 use sluice_mesh::identity::RotationConfig;
 use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
 use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
@@ -151,6 +152,10 @@ pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
 
 /// Runs until SIGINT/SIGTERM, then stops every replica.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // First, so the state directory is made private (0700) before anything is written there.
+    let token = AdminToken::load_or_create(&args.state_dir)
+        .context("the admin API's token (--state-dir)")?;
+    let token_path = args.state_dir.join(guard::TOKEN_FILE);
     let store = SqliteStore::open(&args.state_dir)
         .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
     tracing::info!(db = %store.path().display(), "store open");
@@ -353,6 +358,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .layer(axum::middleware::from_fn(move |req, next| {
             mesh::apply_policies(policies.clone(), policy_store.clone(), req, next)
         }));
+    let admin_guard = ListenerGuard::new("the admin API", admin_addr, Some(token.clone()))
+        .with_token_hint(format!(
+            "the sluice CLI reads it from {} by itself; else pass --token or SLUICE_TOKEN",
+            token_path.display()
+        ));
+    let admin_app = admin::guarded(admin_app, admin_guard);
     let admin_task = tokio::spawn(
         axum::serve(admin_listener, admin_app)
             .with_graceful_shutdown(stopped())
@@ -361,6 +372,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Tools and tests read these two lines to find the ports.
     println!("sluice: router listening on http://{router_addr}");
     println!("sluice: admin API on http://{admin_addr}");
+    println!(
+        "sluice: admin token in {} (a browser logs in at http://{admin_addr}{}?token={})",
+        token_path.display(),
+        guard::LOGIN_PATH,
+        token.secret()
+    );
     tracing::info!(%router_addr, %admin_addr, domain = %args.domain, mesh = %args.mesh, "sluice is up");
 
     shutdown::signalled().await;

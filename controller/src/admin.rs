@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sluice_crds::autoscaling::ClusterConfig;
 use sluice_crds::{Kind, ManifestError, parse_manifests, parse_object};
+use sluice_mesh::guard::ListenerGuard;
 
 use crate::store::{ApplyOutcome, Store, StoreError};
 
@@ -182,6 +183,7 @@ impl<S> FromRef<Admin<S>> for Arc<S> {
 /// The admin API over `store`; applies and edits are validated under `config`.
 pub fn router<S: Store + Clone>(store: S, config: ClusterConfig) -> Router {
     Router::new()
+        .route("/", get(index))
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/apply", post(apply::<S>))
         .route("/v1/{kind}", get(list::<S>))
@@ -195,6 +197,37 @@ pub fn router<S: Store + Clone>(store: S, config: ClusterConfig) -> Router {
             store: Arc::new(store),
             config,
         })
+}
+
+/// `app` behind `guard`: every request passes [`ListenerGuard::check`] (token, `Host`,
+/// `Origin`, `Content-Type`) before any handler sees it.
+pub fn guarded(app: Router, guard: ListenerGuard) -> Router {
+    let guard = Arc::new(guard);
+    app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let guard = Arc::clone(&guard);
+            async move {
+                match guard.check(req.method(), req.uri(), req.headers()) {
+                    Some(refusal) => refusal.map(axum::body::Body::from),
+                    None => next.run(req).await,
+                }
+            }
+        },
+    ))
+}
+
+/// `GET /`: what the API serves (where `GET /login?token=…` leads a browser).
+async fn index() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": "Sluice admin API",
+        "paths": [
+            "POST /v1/apply",
+            "GET /v1/{kind}[?namespace=NS]",
+            "GET|PUT|DELETE /v1/{kind}/{namespace}/{name}",
+            "GET /v1/{kind}/{namespace}/{name}/events",
+            "GET /metrics",
+        ],
+    }))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
