@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sluice_model_server::{BatchConfig, ModelServerConfig, ModelSource, run as serve};
+use sluice_model_server::{
+    BatchConfig, ModelControl, ModelServerConfig, ModelSource, run as serve,
+};
 
 use crate::shutdown;
 
@@ -25,6 +27,11 @@ pub struct ModelServerArgs {
     /// Model repository folder: one subfolder per model (optional sluice-model.json).
     #[arg(long, env = "SLUICE_MODEL_REPOSITORY")]
     model_repository: Option<PathBuf>,
+    /// `explicit`: the repository API's `load` and `unload` act (anyone who can reach the
+    /// port, the router's included, can then reload or unload models); `none` (default):
+    /// they are refused with 403 and the models loaded at start stay.
+    #[arg(long, env = "SLUICE_MODEL_CONTROL_MODE", value_enum, default_value_t = ControlMode::None)]
+    model_control_mode: ControlMode,
     /// Where downloaded models are cached (default: $HOME/.cache/sluice/models).
     #[arg(long, env = "SLUICE_MODEL_CACHE")]
     model_cache: Option<PathBuf>,
@@ -63,6 +70,15 @@ pub struct ModelServerArgs {
     exit_on_stdin_close: bool,
 }
 
+/// `--model-control-mode` (Triton's name and values).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ControlMode {
+    /// The repository API's load/unload are refused.
+    None,
+    /// The repository API's load/unload act.
+    Explicit,
+}
+
 /// Runs the model server until SIGTERM/SIGINT (or stdin EOF when asked).
 pub async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
     let batching = BatchConfig {
@@ -95,6 +111,10 @@ pub async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
         models,
         model_repository: args.model_repository,
         cache_dir,
+        model_control: match args.model_control_mode {
+            ControlMode::None => ModelControl::None,
+            ControlMode::Explicit => ModelControl::Explicit,
+        },
         batching,
         cpu_threads: args.cpu_threads,
         container_concurrency: args.container_concurrency,

@@ -48,6 +48,10 @@ pub enum InferError {
         /// Why.
         message: String,
     },
+    /// The request is not allowed here: the repository API's load/unload while model
+    /// control is off, or a model folder leading outside the repository.
+    #[error("{0}")]
+    Forbidden(String),
     /// The endpoint or feature is not implemented.
     #[error("{0} is not implemented")]
     NotImplemented(String),
@@ -69,6 +73,7 @@ impl InferError {
             InferError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             InferError::NotReady(_) | InferError::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             InferError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            InferError::Forbidden(_) => StatusCode::FORBIDDEN,
             InferError::InvalidBody { .. }
             | InferError::InvalidHeader { .. }
             | InferError::InvalidInput { .. }

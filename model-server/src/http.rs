@@ -151,14 +151,14 @@ async fn repository_index(State(s): State<Arc<AppState>>) -> Json<serde_json::Va
 }
 
 async fn load(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    match s.repository.load(&model).await {
+    match s.repository.load_requested(&model).await {
         Ok(()) => Json(json!({ "name": model, "load": true })).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn unload(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
-    match s.repository.unload(&model) {
+    match s.repository.unload_requested(&model) {
         Ok(()) => Json(json!({ "name": model, "unload": true })).into_response(),
         Err(e) => e.into_response(),
     }

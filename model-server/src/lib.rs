@@ -31,5 +31,5 @@ pub mod weights;
 pub use batch::BatchConfig;
 pub use error::InferError;
 pub use model::{Model, ModelMetadata, TensorMetadata, load_model};
-pub use repository::{ModelSource, Repository};
+pub use repository::{ModelControl, ModelSource, Repository};
 pub use server::{ModelServerConfig, ServeError, run};

@@ -5,6 +5,12 @@
 //! folder's name is the model's name, and its optional `sluice-model.json` gives the format
 //! and batching settings (without it the format is detected: `tokenizer.json` → `bert`,
 //! otherwise `sluice-mlp`; a `safetensors` dense model must say so).
+//!
+//! A repository model is read only from inside the folder: a name is one path segment,
+//! and the model's folder and every file in it must resolve (symlinks followed) inside the
+//! repository, so neither `..` nor a symlink leads a load elsewhere. The repository API's
+//! `load` and `unload` act only with model control on (`--model-control-mode explicit`, as
+//! Triton's); off by default, since the API is served on the same port as inference.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -86,6 +92,7 @@ pub struct Repository {
     cache_dir: PathBuf,
     ca_file: Option<PathBuf>,
     defaults: BatchConfig,
+    control: ModelControl,
     sources: RwLock<BTreeMap<String, ModelSource>>,
     slots: RwLock<BTreeMap<String, Slot>>,
 }
@@ -107,6 +114,7 @@ impl Repository {
             cache_dir,
             ca_file: None,
             defaults,
+            control: ModelControl::None,
             sources: RwLock::new(BTreeMap::new()),
             slots: RwLock::new(BTreeMap::new()),
         }
@@ -117,6 +125,24 @@ impl Repository {
     pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Self {
         self.ca_file = ca_file;
         self
+    }
+
+    /// Lets the repository API load and unload models ([`ModelControl::Explicit`]).
+    pub fn with_control(mut self, control: ModelControl) -> Self {
+        self.control = control;
+        self
+    }
+
+    /// The repository API's `load`: [`Repository::load`] when model control allows it.
+    pub async fn load_requested(&self, name: &str) -> Result<(), InferError> {
+        self.control.allows("load")?;
+        self.load(name).await
+    }
+
+    /// The repository API's `unload`: [`Repository::unload`] when model control allows it.
+    pub fn unload_requested(&self, name: &str) -> Result<(), InferError> {
+        self.control.allows("unload")?;
+        self.unload(name)
     }
 
     /// Registers a model by source (the single-model flags); it is not ready until loaded.
@@ -155,9 +181,17 @@ impl Repository {
             return Err(InferError::ModelNotFound(name.to_owned()));
         };
         let folder = dir.join(name);
-        if name.contains(['/', '\\']) || name.starts_with('.') || !folder.is_dir() {
+        if name.is_empty()
+            || name.contains(['/', '\\', '\0'])
+            || name.starts_with('.')
+            || !folder.is_dir()
+        {
             return Err(InferError::ModelNotFound(name.to_owned()));
         }
+        let folder = confined(dir, &folder).map_err(|message| {
+            tracing::warn!(model = name, "model refused: {message}");
+            InferError::Forbidden(format!("model {name:?}: {message}"))
+        })?;
         settings_source(&folder, &self.defaults).map_err(|e| InferError::LoadFailed {
             name: name.to_owned(),
             message: sluice_core::error_chain(&e),
@@ -288,6 +322,82 @@ impl Repository {
                 .all(|s| matches!(s, Slot::Ready(_) | Slot::Unloaded))
             && slots.values().any(|s| matches!(s, Slot::Ready(_)))
     }
+}
+
+/// Whether the repository API may load and unload models (Triton's `--model-control-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelControl {
+    /// The models loaded at start stay; `load` and `unload` requests are refused (403).
+    #[default]
+    None,
+    /// `load` and `unload` requests act.
+    Explicit,
+}
+
+impl ModelControl {
+    fn allows(self, op: &str) -> Result<(), InferError> {
+        match self {
+            ModelControl::Explicit => Ok(()),
+            ModelControl::None => Err(InferError::Forbidden(format!(
+                "model control is off: this server does not {op} models on request (start it \
+                 with --model-control-mode explicit to allow the repository API's load and unload)"
+            ))),
+        }
+    }
+}
+
+/// Most entries looked at inside one model folder, and how deep.
+const MAX_MODEL_ENTRIES: usize = 10_000;
+const MAX_MODEL_DEPTH: usize = 8;
+
+/// The canonical path of `folder` when it and everything in it resolve inside `root`;
+/// otherwise why not (naming the entry that leads out).
+fn confined(root: &Path, folder: &Path) -> Result<PathBuf, String> {
+    let canonical = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| format!("cannot resolve {}: {e}", p.display()))
+    };
+    let root = canonical(root)?;
+    let outside = |p: &Path| {
+        format!(
+            "{} leads outside the model repository {} (a symlink?); the repository serves \
+             only files inside it",
+            p.display(),
+            root.display()
+        )
+    };
+    let top = canonical(folder)?;
+    if !top.starts_with(&root) || top == root {
+        return Err(outside(folder));
+    }
+    let mut pending = vec![(top.clone(), 0usize)];
+    let mut seen = 0usize;
+    while let Some((dir, depth)) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+                .path();
+            seen += 1;
+            if seen > MAX_MODEL_ENTRIES {
+                return Err(format!(
+                    "{} holds more than {MAX_MODEL_ENTRIES} entries",
+                    top.display()
+                ));
+            }
+            let Ok(resolved) = path.canonicalize() else {
+                continue; // a dangling link reads nothing
+            };
+            if !resolved.starts_with(&root) {
+                return Err(outside(&path));
+            }
+            if resolved.is_dir() && depth < MAX_MODEL_DEPTH {
+                pending.push((resolved, depth + 1));
+            }
+        }
+    }
+    Ok(top)
 }
 
 /// The source described by a repository folder's `sluice-model.json` (or detected).

@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use crate::batch::BatchConfig;
 use crate::http::{AppState, router};
 use crate::model::LoadError;
-use crate::repository::{ModelSource, Repository};
+use crate::repository::{ModelControl, ModelSource, Repository};
 
 /// Line prefix announcing the extra gRPC port on stdout (after the main port's
 /// `SLUICE_LISTENING` line, before `SLUICE_READY`).
@@ -39,6 +39,8 @@ pub struct ModelServerConfig {
     pub model_repository: Option<PathBuf>,
     /// Where downloaded models are cached.
     pub cache_dir: PathBuf,
+    /// Whether the repository API may load and unload models.
+    pub model_control: ModelControl,
     /// Batching settings for repository models without their own.
     pub batching: BatchConfig,
     /// Threads for the numeric kernels (0 = one per core).
@@ -120,7 +122,8 @@ pub async fn run(
             config.cache_dir.clone(),
             config.batching.clone(),
         )
-        .with_ca_file(ca_file),
+        .with_ca_file(ca_file)
+        .with_control(config.model_control),
     );
     let mut names = Vec::new();
     for (name, source) in &config.models {

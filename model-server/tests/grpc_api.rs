@@ -13,7 +13,7 @@ use sluice_model_server::grpc::inference::infer_parameter::ParameterChoice;
 use sluice_model_server::grpc::inference::model_infer_request::InferInputTensor;
 use sluice_model_server::grpc::inference::*;
 use sluice_model_server::http::{AppState, router};
-use sluice_model_server::{BatchConfig, ModelSource, Repository};
+use sluice_model_server::{BatchConfig, ModelControl, ModelSource, Repository};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -24,11 +24,11 @@ async fn serve() -> (
     GrpcInferenceServiceClient<Channel>,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let repository = Arc::new(Repository::new(
-        None,
-        std::env::temp_dir(),
-        BatchConfig::default(),
-    ));
+    // Model control on: these tests drive the repository API's load and unload.
+    let repository = Arc::new(
+        Repository::new(None, std::env::temp_dir(), BatchConfig::default())
+            .with_control(ModelControl::Explicit),
+    );
     let iris = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/iris/model");
     repository.add(
         "iris",

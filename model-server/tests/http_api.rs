@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sluice_activator::queue::{Queue, QueueConfig};
 use sluice_model_server::http::{AppState, router};
-use sluice_model_server::{BatchConfig, ModelSource, Repository};
+use sluice_model_server::{BatchConfig, ModelControl, ModelSource, Repository};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -28,11 +28,11 @@ fn iris_dir() -> String {
 }
 
 async fn state() -> Arc<AppState> {
-    let repository = Arc::new(Repository::new(
-        None,
-        std::env::temp_dir(),
-        BatchConfig::default(),
-    ));
+    // Model control on: these tests drive the repository API's load and unload.
+    let repository = Arc::new(
+        Repository::new(None, std::env::temp_dir(), BatchConfig::default())
+            .with_control(ModelControl::Explicit),
+    );
     repository.add(
         "iris",
         ModelSource {

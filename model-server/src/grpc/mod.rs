@@ -54,6 +54,7 @@ impl InferError {
             InferError::ModelNotFound(_) => Status::not_found(message),
             InferError::NotReady(_) | InferError::QueueFull(_) => Status::unavailable(message),
             InferError::NotImplemented(_) => Status::unimplemented(message),
+            InferError::Forbidden(_) => Status::permission_denied(message),
             InferError::InvalidBody { .. }
             | InferError::InvalidInput { .. }
             | InferError::InvalidHeader { .. }
@@ -382,7 +383,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
         self.state
             .repository
-            .load(&req.get_ref().model_name)
+            .load_requested(&req.get_ref().model_name)
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
@@ -394,7 +395,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
         self.state
             .repository
-            .unload(&req.get_ref().model_name)
+            .unload_requested(&req.get_ref().model_name)
             .map_err(|e| e.to_status())?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
