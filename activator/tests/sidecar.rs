@@ -142,3 +142,41 @@ async fn probe_and_h2c_to_the_user_process() {
         (StatusCode::OK, "hi over HTTP/2.0".to_owned())
     );
 }
+
+/// A user process answering with how many caller attestations it was sent.
+async fn attestation_counter() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = service_fn(|req: Request<Incoming>| async move {
+                let seen = req
+                    .headers()
+                    .get_all(sluice_mesh::attestation::HEADER)
+                    .iter()
+                    .count();
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                    format!("attestations seen: {seen}"),
+                ))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+/// The hop from the queue layer to its user process is plaintext: a caller attestation
+/// (bound to the mTLS connection it came in on) never goes out on it.
+#[tokio::test]
+async fn no_caller_attestation_goes_out_on_the_plaintext_hop() {
+    let app = attestation_counter().await;
+    let addr = start_sidecar(app, 0, false).await;
+    let attested = [(sluice_mesh::attestation::HEADER, "m1.e30")];
+    assert_eq!(
+        get(addr, "/", &attested).await,
+        (StatusCode::OK, "attestations seen: 0".to_owned())
+    );
+}
