@@ -95,12 +95,9 @@ struct Replica {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// The private directory `sluice up` hands a replica of `hello-00001` (namespace default,
-/// sa hello, label app=hello) with `policies`, and the mesh the replica loads from it.
-fn hand_over(
-    pki: &Pki,
-    policies: &str,
-) -> (Handoff, WorkloadMesh, tokio::task::JoinHandle<()>) {
+/// A replica of `hello-00001` (namespace default, sa hello, label app=hello) serving "ok"
+/// behind the replica gate, with `policies` handed over like `sluice up` does.
+async fn replica(pki: &Pki, policies: &str, expired_clock: bool) -> Replica {
     let dir = pki.dir.join(format!("replica-{}", uuid::Uuid::new_v4()));
     let handoff = Handoff::create(&dir).unwrap();
     handoff.write_bundle(&pki.ca.root_pem()).unwrap();
@@ -130,14 +127,7 @@ fn hand_over(
                 .unwrap(),
         )
         .unwrap();
-    let (workload, follower) = WorkloadMesh::load(&dir).unwrap();
-    (handoff, workload, follower)
-}
-
-/// A replica of `hello-00001` (namespace default, sa hello, label app=hello) serving "ok"
-/// behind the replica gate, with `policies` handed over like `sluice up` does.
-async fn replica(pki: &Pki, policies: &str, expired_clock: bool) -> Replica {
-    let (handoff, mut workload, follower) = hand_over(pki, policies);
+    let (mut workload, follower) = WorkloadMesh::load(&dir).unwrap();
     if expired_clock {
         workload.tls = workload.tls.clone().with_time_provider(Arc::new(Ahead));
     }
@@ -569,123 +559,6 @@ async fn a_policy_behind_the_activator_sees_the_original_caller() {
                 && l.contains("response_code=\"200\"")
                 && l.contains("connection_security_policy=\"mutual_tls\"")),
         "{replica_text}"
-    );
-}
-
-/// A `sluice queue` sidecar of `hello-00001` (mesh on, PERMISSIVE) in front of the user
-/// process it believes listens on `app`.
-async fn queue_sidecar(pki: &Pki, app: SocketAddr) -> (SocketAddr, Handoff) {
-    use sluice_activator::queue::sidecar::{self, Sidecar, SidecarConfig};
-    let (handoff, workload, follower) = hand_over(pki, "");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let inbound = Arc::new(InboundMesh::new(&workload, addr.port()).unwrap());
-    let sc = Sidecar::with_mesh(
-        SidecarConfig {
-            queue: QueueConfig {
-                container_concurrency: 1,
-                max_queued: None,
-            },
-            timeouts: sluice_activator::timeouts::Timeouts::request_only(Duration::from_secs(30)),
-            h2c: false,
-            revision: sluice_core::NamespacedName::new("default", REVISION),
-        },
-        app,
-        Some(inbound),
-        None,
-    );
-    sc.set_app_ready();
-    tokio::spawn(async move {
-        let _follower = follower;
-        sidecar::serve(listener, sc, std::future::pending()).await;
-    });
-    (addr, handoff)
-}
-
-/// A user process answering with the `x-sluice-caller-attestation` values it was sent.
-async fn header_echo() -> SocketAddr {
-    use hyper::service::service_fn;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                let seen = req
-                    .headers()
-                    .get_all(sluice_mesh::attestation::HEADER)
-                    .iter()
-                    .count();
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
-                    format!("attestations seen: {seen}"),
-                ))))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-            );
-        }
-    });
-    addr
-}
-
-/// Issue 14: behind the router and the activator, a replica's queue layer forwards to its
-/// user process over plaintext. The caller attestation is bound to the mTLS hop into the
-/// replica and must not travel on that plaintext hop: not to the user process, and not to
-/// whatever took the user process's port. When another replica's queue layer had taken it
-/// (the user process then dies with `Address already in use`, but the queue layer's probe
-/// finds the port accepting), every request forwarded there carried an attestation on a
-/// connection without a peer, and was refused with a 403 naming the header.
-#[tokio::test]
-async fn the_plaintext_hop_behind_a_replica_never_carries_the_caller_attestation() {
-    let pki = pki();
-    let a = client(Some(&outbound(&pki.ca, "default", "a")));
-
-    // The user process sees the request, not Sluice's statement about its caller.
-    let echo = header_echo().await;
-    let (front, _front_dir) = queue_sidecar(&pki, echo).await;
-    let p = plane(&pki, front, true).await;
-    assert_eq!(
-        call(&a, p.addr, "/").await,
-        Ok((200, "attestations seen: 0".into()))
-    );
-    p.publish.send_replace(
-        Snap::default()
-            .host(HOST, "hello", &[(REVISION, 100)])
-            .revision(revision(REVISION, &[front], 0, Duration::from_secs(30)))
-            .build(),
-    );
-    assert_eq!(
-        call(&a, p.addr, "/").await,
-        Ok((200, "attestations seen: 0".into()))
-    );
-
-    // The queue layer's plaintext hop lands on another replica's mesh listener (PERMISSIVE,
-    // no policy): that replica serves the request as the anonymous plaintext caller it is.
-    let other = replica(&pki, "", false).await;
-    let (misrouted, _misrouted_dir) = queue_sidecar(&pki, other.addr).await;
-    let p = plane(&pki, misrouted, true).await;
-    assert_eq!(call(&a, p.addr, "/").await, Ok((200, "ok".into())));
-    p.publish.send_replace(
-        Snap::default()
-            .host(HOST, "hello", &[(REVISION, 100)])
-            .revision(revision(REVISION, &[misrouted], 0, Duration::from_secs(30)))
-            .build(),
-    );
-    assert_eq!(call(&a, p.addr, "/").await, Ok((200, "ok".into())));
-
-    // The receiving side is unchanged: an attestation on a connection without a verified
-    // peer is still refused.
-    let forged = Request::get(format!("http://{}/", other.addr))
-        .header("host", HOST)
-        .header(sluice_mesh::attestation::HEADER, "m1.e30")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = client(None).request(forged).await.unwrap();
-    assert_eq!(resp.status(), 403);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(
-        String::from_utf8_lossy(&body),
-        "x-sluice-caller-attestation: signed by a trusted attester but the connection's peer is none"
     );
 }
 
