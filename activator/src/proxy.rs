@@ -323,11 +323,22 @@ impl Forwarder {
         idle: Option<std::time::Duration>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut req = out.attempt(endpoint)?;
-        if let Some(mesh) = &self.mesh {
-            let (mut parts, body) = req.into_parts();
-            mesh.attest(&mut parts, &out.caller)
-                .map_err(|e| ProxyError::BadRequest(format!("cannot attest the caller: {e}")))?;
-            req = Request::from_parts(parts, body);
+        match &self.mesh {
+            Some(mesh) => {
+                let (mut parts, body) = req.into_parts();
+                mesh.attest(&mut parts, &out.caller).map_err(|e| {
+                    ProxyError::BadRequest(format!("cannot attest the caller: {e}"))
+                })?;
+                req = Request::from_parts(parts, body);
+            }
+            // A plaintext hop (the queue layer to its user process, or any hop with the mesh
+            // off) carries no attestation: one is bound to the mTLS connection it arrived
+            // on and was consumed there. Forwarded, it would reach whatever listens on the
+            // other end, and a replica's mesh listener there refuses an attestation on a
+            // connection without a verified peer (403).
+            None => {
+                req.headers_mut().remove(sluice_mesh::attestation::HEADER);
+            }
         }
         self.budget.deposit();
         let sent = if out.version == Version::HTTP_2 {
