@@ -16,7 +16,9 @@
 //!   may count a request twice, so savings are under-counted and losses over-counted,
 //!   never the reverse. Giving a replica back before the KPA would (a *risk*) is allowed
 //!   only while the saved cold starts in hand cover the largest such episode seen, so the
-//!   policy spends at most the cold starts it saved.
+//!   policy spends at most the cold starts it saved. The largest episode is measured on
+//!   every idle period the policy ended cold, the KPA's own cold starts included: a loss
+//!   looks like those (on heavy-tailed traffic one burst can be many times another).
 //! * **Replica-seconds.** Both sides' replicas are integrated over time; the budget is
 //!   `(1 + allowance) × KPA − own`. Keeping a replica the KPA would not keep (a *spend*) is
 //!   allowed only while the budget covers it: starting one needs a pre-warm lead's worth,
@@ -32,6 +34,17 @@ use tokio::time::Instant;
 /// An idle period, for the cold-start books: no activity for at least this long.
 const IDLE: Duration = Duration::from_secs(2);
 
+/// What an episode (the requests right after an idle period) books.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Episode {
+    /// The policy was warm, the KPA would have been cold: cold starts saved.
+    Saves,
+    /// The policy was cold, the KPA would have been warm: cold starts added.
+    Adds,
+    /// Both were cold: only measured (how large a loss can be).
+    Measures,
+}
+
 /// The books of one pattern-policy revision against its shadow KPA.
 #[derive(Clone, Debug)]
 pub struct Ledger {
@@ -40,9 +53,9 @@ pub struct Ledger {
     credit: i64,
     saved: u64,
     added: u64,
-    /// The episode being counted: until when, and whether it saves (or adds) cold starts.
-    episode: Option<(Instant, bool)>,
-    /// The most cold starts one episode saved or added.
+    /// The episode being counted: until when, and what it books.
+    episode: Option<(Instant, Episode)>,
+    /// The most cold starts one idle period that the policy ended cold had.
     largest: u64,
     /// Its count so far.
     counted: u64,
@@ -106,25 +119,33 @@ impl Ledger {
             && now.saturating_duration_since(last) >= IDLE
         {
             self.close_episode();
-            match (self.own_ready, self.kpa_ready) {
-                (true, false) => self.episode = Some((now + cold_start, true)),
-                (false, true) => {
-                    self.episode = Some((now + cold_start + Duration::from_secs(1), false))
-                }
-                _ => {}
-            }
+            let long = cold_start + Duration::from_secs(1);
+            self.episode = match (self.own_ready, self.kpa_ready) {
+                (true, false) => Some((now + cold_start, Episode::Saves)),
+                (false, true) => Some((now + long, Episode::Adds)),
+                (false, false) => Some((now + long, Episode::Measures)),
+                (true, true) => None,
+            };
         }
-        if let Some((until, saves)) = self.episode {
+        if let Some((until, kind)) = self.episode {
             if now <= until {
-                let requests = if saves { started } else { arrived };
+                let requests = if kind == Episode::Saves {
+                    started
+                } else {
+                    arrived
+                };
                 self.counted += requests;
                 let n = i64::try_from(requests).unwrap_or(i64::MAX);
-                if saves {
-                    self.credit = self.credit.saturating_add(n);
-                    self.saved += requests;
-                } else {
-                    self.credit = self.credit.saturating_sub(n);
-                    self.added += requests;
+                match kind {
+                    Episode::Saves => {
+                        self.credit = self.credit.saturating_add(n);
+                        self.saved += requests;
+                    }
+                    Episode::Adds => {
+                        self.credit = self.credit.saturating_sub(n);
+                        self.added += requests;
+                    }
+                    Episode::Measures => {}
                 }
             } else {
                 self.close_episode();
@@ -136,7 +157,9 @@ impl Ledger {
     }
 
     fn close_episode(&mut self) {
-        if self.episode.take().is_some() {
+        if let Some((_, kind)) = self.episode.take()
+            && kind != Episode::Saves
+        {
             self.largest = self.largest.max(self.counted);
         }
         self.counted = 0;
@@ -163,12 +186,12 @@ impl Ledger {
     }
 
     /// Whether the policy may give a replica back before the KPA would: only while the
-    /// saved cold starts in hand cover the largest episode seen (at least one), or the one
-    /// adding cold starts now if that is larger.
+    /// saved cold starts in hand cover the largest cold episode seen (at least one), or
+    /// the one open now if that is larger.
     pub fn may_risk(&self) -> bool {
-        // An open episode that adds cold starts may still grow.
+        // An open cold episode may still grow.
         let open = match self.episode {
-            Some((_, false)) => self.counted,
+            Some((_, Episode::Adds | Episode::Measures)) => self.counted,
             _ => 0,
         };
         let need = self.largest.max(open).max(1);
@@ -226,7 +249,8 @@ mod tests {
         l.activity(t0 + Duration::from_millis(133_500), 10, 10, cs);
         assert_eq!((l.credit(), l.cold_starts()), (-12, (18, 30)));
         assert!(!l.may_risk());
-        // Both cold: nothing; the largest episode (30) is what a risk must now cover.
+        // Both cold: no credit either way; the largest episode (30) is what a risk must now
+        // cover.
         l.tick(t0 + secs(300), 0, 0, false, false);
         l.activity(t0 + secs(301), 3, 3, cs);
         assert_eq!(l.credit(), -12);
@@ -236,6 +260,13 @@ mod tests {
         assert!(!l.may_risk(), "29 in hand < 30");
         l.activity(t0 + secs(402), 1, 1, cs);
         assert!(l.may_risk());
+        // A larger cold start of the KPA's own (both cold) raises the bar.
+        l.tick(t0 + secs(500), 0, 0, false, false);
+        l.activity(t0 + secs(501), 50, 50, cs);
+        assert!(!l.may_risk(), "30 in hand, 50 in the open cold episode");
+        l.activity(t0 + secs(600), 1, 1, cs);
+        assert_eq!(l.credit(), 30);
+        assert!(!l.may_risk(), "30 in hand, 50 the largest");
     }
 
     #[test]
