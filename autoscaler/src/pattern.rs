@@ -58,6 +58,11 @@
 //!
 //! While there is neither (too few gaps) it advises nothing and the KPA decides alone;
 //! under load the decider never goes below what the KPA provisions.
+//!
+//! All of this is a forecast. The decider follows it only where it has paid against the
+//! KPA ([`crate::ledger::Ledger`]): an early zero needs saved cold starts in hand, a
+//! replica the KPA would not keep needs replica-second budget; otherwise the KPA decides
+//! (issue 14: on heavy-tailed traffic the forecast alone had 1.7× the KPA's cold starts).
 
 use std::time::Duration;
 
