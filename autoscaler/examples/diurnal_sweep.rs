@@ -2,8 +2,9 @@
 //! (default settings: cold start 2 s, service time 100 ms, concurrency 1): the KPA, the
 //! policy before the table (online estimate only), the policy with it, and, for memoryless
 //! kinds (diurnal, poisson), the oracle that plans on the generator's true rates
-//! (1-minute slots). Optional fixed exchange rates `c` (warm while rate × c ≥ 1) sweep the
-//! cold-start / replica-second trade-off for the learned table and the oracle.
+//! (1-minute slots), unguarded (the forecast alone, without the books against the KPA).
+//! Optional fixed exchange rates `c` (warm while rate × c ≥ 1) sweep the cold-start /
+//! replica-second trade-off for the learned table and the oracle.
 //!
 //! `cargo run -p sluice-autoscaler --example diurnal_sweep -- SPEC [C_SECONDS,...|-]`
 //! where SPEC is a trace file, or `KIND:SEED:HOURS` to generate one. When the trace is
@@ -122,6 +123,7 @@ fn main() {
             "oracle (true rates, planned)".into(),
             Some(PatternConfig {
                 daily_rates: Some(rates.clone()),
+                guarded: false,
                 ..base()
             }),
         ));
@@ -141,6 +143,7 @@ fn main() {
                 Some(PatternConfig {
                     daily_exchange,
                     daily_rates: Some(rates.clone()),
+                    guarded: false,
                     ..base()
                 }),
             ));

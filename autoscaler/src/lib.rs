@@ -16,13 +16,14 @@
 pub mod daily;
 mod decider;
 pub mod kpa;
+pub mod ledger;
 pub mod pattern;
 mod runner;
 mod scrape;
 pub mod sim;
 mod window;
 
-pub use decider::{ACTIVATION_TIMEOUT, Decider, DeciderConfig, Decision};
+pub use decider::{ACTIVATION_TIMEOUT, Decider, DeciderConfig, Decision, PATTERN_ALLOWANCE};
 pub use runner::{AutoscalerConfig, AutoscalerHandle, spawn};
 pub use scrape::{ScrapeError, Scraper};
 pub use window::WindowedSum;

@@ -58,6 +58,11 @@
 //!
 //! While there is neither (too few gaps) it advises nothing and the KPA decides alone;
 //! under load the decider never goes below what the KPA provisions.
+//!
+//! All of this is a forecast. The decider follows it only where it has paid against the
+//! KPA ([`crate::ledger::Ledger`]): an early zero needs saved cold starts in hand, a
+//! replica the KPA would not keep needs replica-second budget; otherwise the KPA decides
+//! (issue 14: on heavy-tailed traffic the forecast alone had 1.7× the KPA's cold starts).
 
 use std::time::Duration;
 
@@ -132,6 +137,13 @@ pub struct PatternConfig {
     /// traffic does not follow the table (it stopped, or the day's shape changed), and a
     /// revision whose traffic stopped is not pre-warmed by its memory day after day.
     pub daily_quiet_limit: f64,
+    /// Whether the decider holds the forecast to its books against the KPA ([`Ledger`]):
+    /// no early zero without a saved cold start in hand, no replica beyond the KPA's
+    /// without budget. Off only to study what the forecast alone would do (the simulator's
+    /// oracle bound); a revision that opts in always has it on.
+    ///
+    /// [`Ledger`]: crate::ledger::Ledger
+    pub guarded: bool,
 }
 
 impl Default for PatternConfig {
@@ -159,6 +171,7 @@ impl Default for PatternConfig {
             daily_zero_linger: Duration::from_secs(8),
             daily_exchange: None,
             daily_quiet_limit: 8.0,
+            guarded: true,
         }
     }
 }
@@ -175,6 +188,13 @@ pub enum Advice {
     /// Arrivals are memoryless but frequent enough that staying warm until the next one
     /// costs less than the KPA's keep-alive: hold one replica between requests.
     Hold,
+}
+
+/// A booking of the last advice and the value it replaced.
+#[derive(Clone, Copy, Debug)]
+enum Booked {
+    Held(Option<Duration>),
+    Zeroed(Option<Duration>),
 }
 
 /// The online idle-time model of one revision (about 1 KiB inline, plus the daily table's
@@ -203,6 +223,8 @@ pub struct Pattern {
     /// an early zero, and the longest it lasted under a hold past the KPA's keep-alive.
     zeroed_at: Option<Duration>,
     held_to: Option<Duration>,
+    /// What the last advice booked, to take back when the decider overrules it.
+    undo: Option<Booked>,
     /// Where the daily period starts: the first time the model saw the clock.
     origin: Option<Instant>,
     /// Per-time-of-day arrival rates after idle.
@@ -264,7 +286,13 @@ impl Pattern {
             keep_alive: Duration::ZERO,
             zeroed_at: None,
             held_to: None,
+            undo: None,
         }
+    }
+
+    /// The knobs.
+    pub fn config(&self) -> &PatternConfig {
+        &self.config
     }
 
     /// Forgets old rate evidence: both sums decay by `e^(−Δt/τ)`.
@@ -330,6 +358,16 @@ impl Pattern {
             budget -= (idle.min(h.as_secs_f64()) - k).max(0.0);
         }
         self.budget = budget.min(self.config.max_budget.as_secs_f64());
+    }
+
+    /// The decider did not follow the last advice (the revision's books against the KPA
+    /// did not cover it): an early zero or a hold it booked for the budget did not happen.
+    pub fn overruled(&mut self) {
+        match self.undo.take() {
+            Some(Booked::Held(before)) => self.held_to = before,
+            Some(Booked::Zeroed(before)) => self.zeroed_at = before,
+            None => {}
+        }
     }
 
     /// Replica-seconds holds may still spend beyond the KPA's keep-alive.
@@ -452,11 +490,38 @@ impl Pattern {
         Some(flag(at) || flag(ahead))
     }
 
+    /// In periodic mode (regular gaps, with room to go to zero between them): when, as
+    /// idle time, a replica is pre-warmed (one lead before the predicted window) and until
+    /// when it is kept warm.
+    fn periodic_window(&self, tick: Duration) -> Option<(Duration, Duration)> {
+        let (lo, hi) = self.window()?;
+        let lead = tick + self.cold_start + self.config.margin;
+        let warm_from = lo.saturating_sub(lead);
+        // Only worth it when there is room to go to zero between bursts.
+        (warm_from > self.config.zero_after + tick).then_some((warm_from, hi))
+    }
+
+    /// What a replica warmed now for the forecast is expected to cost at most before the
+    /// arrival it is warmed for: in periodic mode, until the end of the predicted window
+    /// (`None` once a pre-warm started now would come too late: more than a tick after
+    /// its lead); otherwise `otherwise` (the caller's bound: the KPA's keep-alive).
+    pub fn warm_cost(&self, now: Instant, tick: Duration, otherwise: Duration) -> Option<Duration> {
+        let idle = self
+            .last_active
+            .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
+        match self.periodic_window(tick) {
+            Some((warm_from, _)) if idle > warm_from + tick => None,
+            Some((_, hi)) => Some(hi.saturating_sub(idle) + tick),
+            None => Some(otherwise),
+        }
+    }
+
     /// Advice at `now`, given the decision interval `tick` and how long the KPA keeps a
     /// replica after the last request (`kpa_keep_alive`: its stable window plus the
     /// scale-to-zero grace).
     pub fn advise(&mut self, now: Instant, tick: Duration, kpa_keep_alive: Duration) -> Advice {
         self.keep_alive = kpa_keep_alive;
+        self.undo = None;
         let origin = *self.origin.get_or_insert(now);
         let since_origin = now.saturating_duration_since(origin).as_secs_f64();
         self.daily.advance(since_origin);
@@ -467,19 +532,14 @@ impl Pattern {
         if idle < self.config.zero_after {
             return Advice::Kpa;
         }
-        if let Some((lo, hi)) = self.window() {
-            let lead = tick + self.cold_start + self.config.margin;
-            let warm_from = lo.saturating_sub(lead);
-            // Only worth it when there is room to go to zero between bursts.
-            if warm_from > self.config.zero_after + tick {
-                return if idle < warm_from {
-                    Advice::Zero
-                } else if idle <= hi {
-                    Advice::Warm
-                } else {
-                    Advice::Zero
-                };
-            }
+        if let Some((warm_from, hi)) = self.periodic_window(tick) {
+            return if idle < warm_from {
+                Advice::Zero
+            } else if idle <= hi {
+                Advice::Warm
+            } else {
+                Advice::Zero
+            };
         }
         // From the second day on: the rate this time of day had on the days before, now
         // and one pre-warm lead ahead (so a replica is ready when a busy slot starts).
@@ -506,10 +566,12 @@ impl Pattern {
         let affordable = beyond <= 0.0 || beyond < self.budget;
         if per_keep_alive >= 1.0 && gaps_waited <= self.config.hold_gaps && affordable {
             if beyond > 0.0 {
+                self.undo = Some(Booked::Held(self.held_to));
                 self.held_to = Some(idle);
             }
             Advice::Hold
         } else if per_keep_alive < self.config.zero_below {
+            self.undo = Some(Booked::Zeroed(self.zeroed_at));
             self.zeroed_at.get_or_insert(idle);
             Advice::Zero
         } else {

@@ -58,6 +58,8 @@ enum Kind {
     Bursty,
     Diurnal,
     Poisson,
+    /// Bursts of 50–500 requests with Pareto (heavy-tailed) gaps.
+    HeavyBursty,
 }
 
 #[derive(Args, Debug)]
@@ -86,6 +88,7 @@ pub fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
                 Kind::Bursty => TraceKind::Bursty,
                 Kind::Diurnal => TraceKind::Diurnal,
                 Kind::Poisson => TraceKind::Poisson,
+                Kind::HeavyBursty => TraceKind::HeavyBursty,
             };
             print!("{}", generate(kind, a.seed, a.hours));
             Ok(())

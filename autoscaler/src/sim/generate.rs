@@ -6,6 +6,12 @@
 //! * `diurnal`: a Poisson process whose rate follows the time of day (a sinusoid with a 24 h
 //!   period, peak 0.2 req/s at 14:00, trough 0.002 req/s at 02:00; the trace starts at 00:00).
 //! * `poisson`: a constant-rate Poisson process, one request every 20 s on average.
+//! * `heavy-bursty`: heavy-tailed bursts — bursts of 50–500 requests whose starts are
+//!   separated by Pareto gaps (shape 1.2, scale 15 s: half under 27 s, 1 in 5 over 60 s,
+//!   1 in 90 over 10 minutes; capped at 12 h), requests within a burst separated by Pareto
+//!   inter-arrival times (shape 1.5, scale 20 ms: mostly back to back, now and then a pause
+//!   of seconds). Neither periodic nor memoryless: after a short gap another one is likely,
+//!   after a long one a longer one.
 //!
 //! Service times are left to the simulator's `--service-time` (no duration column).
 
@@ -24,6 +30,8 @@ pub enum TraceKind {
     Diurnal,
     /// Memoryless arrivals at a constant rate.
     Poisson,
+    /// Bursts of 50–500 requests with Pareto (heavy-tailed) gaps.
+    HeavyBursty,
 }
 
 impl FromStr for TraceKind {
@@ -35,8 +43,9 @@ impl FromStr for TraceKind {
             "bursty" => Ok(Self::Bursty),
             "diurnal" => Ok(Self::Diurnal),
             "poisson" => Ok(Self::Poisson),
+            "heavy-bursty" => Ok(Self::HeavyBursty),
             other => Err(format!(
-                "unknown trace kind {other:?} (periodic, bursty, diurnal, poisson)"
+                "unknown trace kind {other:?} (periodic, bursty, diurnal, poisson, heavy-bursty)"
             )),
         }
     }
@@ -66,7 +75,21 @@ impl SplitMix64 {
     fn exp(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.unit()).ln()
     }
+
+    /// Pareto with the given shape and scale (the smallest value): `scale / U^(1/shape)`.
+    fn pareto(&mut self, shape: f64, scale: f64) -> f64 {
+        scale / (1.0 - self.unit()).powf(1.0 / shape)
+    }
 }
+
+/// The heavy-tailed bursty trace's burst sizes (requests, inclusive).
+pub const HEAVY_BURST_SIZES: (u64, u64) = (50, 500);
+/// Shape and scale (seconds) of the Pareto gap between the heavy-tailed bursts.
+const HEAVY_GAP: (f64, f64) = (1.2, 15.0);
+/// The longest gap between heavy-tailed bursts (seconds).
+const HEAVY_GAP_CAP: f64 = 12.0 * 3600.0;
+/// Shape and scale (seconds) of the Pareto inter-arrival times within a burst.
+const HEAVY_WITHIN: (f64, f64) = (1.5, 0.02);
 
 /// The diurnal trace's peak rate (requests per second, at 14:00).
 const DIURNAL_PEAK: f64 = 0.2;
@@ -101,7 +124,7 @@ pub fn true_daily_rates(kind: TraceKind, slots: usize) -> Option<Vec<f64>> {
                 .collect(),
         ),
         TraceKind::Poisson => Some(vec![1.0 / POISSON_GAP; slots]),
-        TraceKind::Periodic | TraceKind::Bursty => None,
+        TraceKind::Periodic | TraceKind::Bursty | TraceKind::HeavyBursty => None,
     }
 }
 
@@ -153,6 +176,27 @@ pub fn generate(kind: TraceKind, seed: u64, hours: f64) -> String {
                 t += rng.exp(POISSON_GAP);
             }
         }
+        TraceKind::HeavyBursty => {
+            let (lo, hi) = HEAVY_BURST_SIZES;
+            let gap =
+                |rng: &mut SplitMix64| rng.pareto(HEAVY_GAP.0, HEAVY_GAP.1).min(HEAVY_GAP_CAP);
+            let mut t = gap(&mut rng);
+            while t < end {
+                let count = lo + rng.next_u64() % (hi - lo + 1);
+                for i in 0..count {
+                    if i > 0 {
+                        t += rng
+                            .pareto(HEAVY_WITHIN.0, HEAVY_WITHIN.1)
+                            .min(HEAVY_GAP_CAP);
+                    }
+                    if t >= end {
+                        break;
+                    }
+                    times.push(t);
+                }
+                t += gap(&mut rng);
+            }
+        }
     }
     times.sort_by(f64::total_cmp);
     let name = match kind {
@@ -160,6 +204,7 @@ pub fn generate(kind: TraceKind, seed: u64, hours: f64) -> String {
         TraceKind::Bursty => "bursty",
         TraceKind::Diurnal => "diurnal",
         TraceKind::Poisson => "poisson",
+        TraceKind::HeavyBursty => "heavy-bursty",
     };
     let mut out =
         format!("# sluice autoscaler gen-trace --kind {name} --seed {seed} --hours {hours}\n");
@@ -181,6 +226,7 @@ mod tests {
             TraceKind::Bursty,
             TraceKind::Diurnal,
             TraceKind::Poisson,
+            TraceKind::HeavyBursty,
         ] {
             let a = generate(kind, 7, 2.0);
             assert_eq!(a, generate(kind, 7, 2.0), "{kind:?}");
@@ -197,5 +243,33 @@ mod tests {
             40
         );
         assert!("weekly".parse::<TraceKind>().is_err());
+        assert_eq!("heavy-bursty".parse(), Ok(TraceKind::HeavyBursty));
+    }
+
+    #[test]
+    fn heavy_bursty_bursts_are_50_to_500_requests_with_heavy_tailed_gaps() {
+        let trace = parse_trace(&generate(TraceKind::HeavyBursty, 3, 24.0)).unwrap();
+        // Split into bursts at gaps of at least the Pareto scale between bursts (15 s); a
+        // pause within a burst that long is rare (20 ms scale, shape 1.5: 1 in 20 000).
+        let mut bursts = vec![1u64];
+        let mut gaps = Vec::new();
+        for w in trace.windows(2) {
+            let gap = w[1].at_ms - w[0].at_ms;
+            if gap >= 15_000 {
+                bursts.push(1);
+                gaps.push(gap);
+            } else {
+                *bursts.last_mut().unwrap() += 1;
+            }
+        }
+        bursts.pop(); // the last one may be cut off by the end of the trace
+        assert!(bursts.len() > 100, "{}", bursts.len());
+        let in_range = bursts.iter().filter(|b| (50..=500).contains(*b)).count();
+        assert!(in_range * 100 >= bursts.len() * 97, "{bursts:?}");
+        // Heavy tail: most gaps are short, yet some are over ten minutes.
+        let short = gaps.iter().filter(|g| **g < 60_000).count();
+        let long = gaps.iter().filter(|g| **g > 600_000).count();
+        assert!(short * 2 > gaps.len(), "{short} of {}", gaps.len());
+        assert!(long > 0, "no gap over 10 minutes in {} gaps", gaps.len());
     }
 }
