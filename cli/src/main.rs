@@ -7,10 +7,12 @@ mod autoscaler;
 mod canary;
 mod client;
 mod describe;
+mod guard;
 mod hello;
 mod kube;
 mod kube_policy;
 mod model_server;
+mod proctree;
 mod queue;
 mod shutdown;
 mod up;
@@ -59,6 +61,10 @@ enum Command {
     Queue(queue::QueueArgs),
     /// A sample user process: answers `Hello <TARGET>!` on $PORT and echoes the request.
     Hello(hello::HelloArgs),
+    /// How `sluice up` runs each replica: ends the replica's whole process tree when
+    /// `sluice up` is gone.
+    #[command(hide = true)]
+    ReplicaGuard(guard::GuardArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +95,7 @@ fn main() -> ExitCode {
             Command::Router(args) => kube::router(args).await,
             Command::Queue(args) => queue::run(args).await,
             Command::Hello(args) => hello::run(args).await,
+            Command::ReplicaGuard(args) => guard::run(args).await,
         }
     });
     // Give blocking work (store writes) a moment to finish, never forever.
@@ -109,6 +116,9 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr's reader is gone, as a replica's is
+        // when `sluice up` dies) is dropped: reporting it would panic on the same stderr.
+        .log_internal_errors(false)
         .init();
 }
 

@@ -5,6 +5,12 @@
 //! stderr for failure messages, stops it with SIGTERM (then SIGKILL after the drain
 //! timeout), and backs off exponentially when replicas keep failing. Each child's stdin is
 //! a pipe held here: if this process dies, the child sees EOF and exits.
+//!
+//! Each replica runs under `sluice replica-guard` (this binary), in a process group of its
+//! own: the guard ends the replica's whole process tree (the queue layer, the user process
+//! and whatever it forks) when the replica exits, when told to stop now ([`STOP_NOW`], at
+//! the end of the drain grace), and when this process is gone, however it ended (the kernel
+//! signals the guard on its parent's death).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -18,6 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use nix::sys::signal::Signal;
 use sluice_core::NamespacedName;
 use sluice_core::replica::{HandshakeLine, PROBE_HEADER, PROBE_PATH, parse_handshake};
 use sluice_mesh::tls::MeshHttpConnector;
@@ -46,6 +53,9 @@ pub struct LocalRuntimeConfig {
     pub mesh: Option<super::mesh::LocalMesh>,
     /// Environment every replica gets (before its own `env`, which may override it).
     pub env: Vec<(String, String)>,
+    /// Run each replica under `self_exe replica-guard` (see the module docs); off only
+    /// where `self_exe` is not a `sluice` binary (this crate's own tests).
+    pub guard: bool,
 }
 
 impl LocalRuntimeConfig {
@@ -59,9 +69,18 @@ impl LocalRuntimeConfig {
             stderr_lines: 20,
             mesh: None,
             env: Vec::new(),
+            guard: true,
         }
     }
 }
+
+/// The subcommand of `sluice` that runs a replica's command under a guard:
+/// `sluice replica-guard --parent <PID> -- command...`.
+pub const GUARD_SUBCOMMAND: &str = "replica-guard";
+
+/// Sent to a replica's guard to kill the replica's whole process tree at once (the drain
+/// grace is over, or the replica failed its start).
+pub const STOP_NOW: Signal = Signal::SIGUSR1;
 
 /// Child processes as replicas.
 #[derive(Clone, Debug)]
@@ -240,7 +259,26 @@ impl Runtime for LocalRuntime {
                 },
                 None => None,
             };
-            let mut command = Command::new(&program);
+            let mut command = if inner.config.guard {
+                let mut guarded = Command::new(&inner.config.self_exe);
+                guarded
+                    .arg(GUARD_SUBCOMMAND)
+                    .arg("--parent")
+                    .arg(std::process::id().to_string())
+                    .arg("--")
+                    .arg(&program)
+                    // Away from the terminal's process group: Ctrl-C reaches `sluice up`
+                    // alone, which stops its replicas in order.
+                    .process_group(0)
+                    // Dropped (this process exiting), the guard ends the replica itself;
+                    // a SIGKILL here would leave the replica's processes behind.
+                    .kill_on_drop(false);
+                guarded
+            } else {
+                let mut plain = Command::new(&program);
+                plain.kill_on_drop(true);
+                plain
+            };
             if let Some(h) = &handoff {
                 command.env(sluice_mesh::handoff::DIR_ENV, h.dir());
             }
@@ -252,8 +290,7 @@ impl Runtime for LocalRuntime {
                 .env("SLUICE_EXIT_ON_STDIN_CLOSE", "true")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
+                .stderr(Stdio::piped());
             match command.spawn() {
                 Ok(child) => {
                     let (stop_tx, stop_rx) = oneshot::channel();
@@ -282,7 +319,15 @@ impl Runtime for LocalRuntime {
                     id,
                     ReplicaFailure {
                         reason: "StartFailed".into(),
-                        message: format!("cannot start {}: {e}", program.display()),
+                        message: if inner.config.guard {
+                            format!(
+                                "cannot start {} (the guard of {}): {e}",
+                                inner.config.self_exe.display(),
+                                program.display()
+                            )
+                        } else {
+                            format!("cannot start {}: {e}", program.display())
+                        },
                     },
                 ),
             }
@@ -368,6 +413,7 @@ async fn supervise(
     _handoff: Option<super::mesh::ReplicaHandoff>,
 ) {
     let key = spec.revision.clone();
+    let guarded = inner.config.guard;
     // Held until the child is gone: closing it tells the child to exit.
     let _stdin = child.stdin.take();
     let tail = Arc::new(Mutex::new(VecDeque::<String>::new()));
@@ -426,8 +472,7 @@ async fn supervise(
                     if inner.probe_ok(a).await {
                         break;
                     }
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
+                    kill_now(&mut child, guarded).await;
                     inner.record_failure(&key, id, ReplicaFailure {
                         reason: "ProbeFailed".into(),
                         message: format!("replica at {a} announced ready but failed its readiness probe"),
@@ -446,13 +491,12 @@ async fn supervise(
                 return;
             }
             _ = &mut stop => {
-                stop_child(&mut child, spec.drain_timeout).await;
+                stop_child(&mut child, spec.drain_timeout, guarded).await;
                 inner.remove(&key, id);
                 return;
             }
             () = tokio::time::sleep_until(deadline) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                kill_now(&mut child, guarded).await;
                 inner.record_failure(&key, id, ReplicaFailure {
                     reason: "ReadyTimeout".into(),
                     message: format!("replica was not ready within {:?}: {}", inner.config.ready_timeout, tail_text(tail, stderr_done).await),
@@ -478,7 +522,7 @@ async fn supervise(
     tokio::select! {
         status = child.wait() => exit_failure(&inner, &key, id, status, &tail_text(tail, stderr_done).await),
         _ = &mut stop => {
-            stop_child(&mut child, spec.drain_timeout).await;
+            stop_child(&mut child, spec.drain_timeout, guarded).await;
             tracing::info!(revision = %key, addr = %ready_addr, "replica stopped");
             inner.remove(&key, id);
         }
@@ -536,21 +580,38 @@ async fn next_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<O
     }
 }
 
-/// SIGTERM, then SIGKILL if the child has not exited within `drain` (plus a second).
-async fn stop_child(child: &mut Child, drain: Duration) {
+fn signal_child(child: &Child, signal: Signal) {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }
+}
+
+/// SIGTERM, then [`kill_now`] if the child has not exited within `drain` (plus a second).
+async fn stop_child(child: &mut Child, drain: Duration, guarded: bool) {
+    signal_child(child, Signal::SIGTERM);
     if tokio::time::timeout(drain + Duration::from_secs(1), child.wait())
         .await
         .is_err()
     {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        kill_now(child, guarded).await;
     }
+}
+
+/// Ends a replica at once: a guarded one by [`STOP_NOW`] to its guard, which kills the
+/// whole tree (SIGKILL of the guard itself only if it does not exit within 5 s); an
+/// unguarded one by SIGKILL.
+async fn kill_now(child: &mut Child, guarded: bool) {
+    if guarded {
+        signal_child(child, STOP_NOW);
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
 }
 
 #[cfg(test)]
@@ -581,6 +642,7 @@ mod tests {
         // A long first backoff, so a slow machine cannot outlast it mid-test.
         let rt = LocalRuntime::new(LocalRuntimeConfig {
             backoff: Duration::from_secs(600),
+            guard: false,
             ..LocalRuntimeConfig::new("/nonexistent/sluice".into())
         });
         let spec = spec(&[

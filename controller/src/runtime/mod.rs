@@ -13,7 +13,7 @@ use sluice_core::NamespacedName;
 use tokio::sync::watch;
 
 pub use kube::KubeRuntime;
-pub use local::{LocalRuntime, LocalRuntimeConfig};
+pub use local::{GUARD_SUBCOMMAND, LocalRuntime, LocalRuntimeConfig, STOP_NOW};
 
 /// How to run one replica of a revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
