@@ -6,7 +6,10 @@
 //! shapes against element counts, binary section sizes) and names the field or tensor at
 //! fault; `model::validate_inputs` then checks the request against the model's metadata.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::InferError;
 use crate::model::ModelMetadata;
@@ -23,11 +26,24 @@ pub const BINARY_DATA: &str = "binary_data";
 /// Request parameter: return all outputs as binary unless an output says otherwise.
 pub const BINARY_DATA_OUTPUT: &str = "binary_data_output";
 
+/// Names of ignored top-level fields kept per request (for the debug log); the rest are
+/// counted only.
+pub const MAX_IGNORED_NAMES: usize = 8;
+
 /// A decoded inference request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InferRequest {
     /// Request id, echoed.
     pub id: Option<String>,
+    /// The model the body names (`model_name`, as the kserve SDK sends it); the URL decides
+    /// which model answers and [`InferRequest::version_for`] refuses a body that
+    /// contradicts it. `None` when absent, null or empty.
+    pub model_name: Option<String>,
+    /// The version the body names (`model_version`); see `model_name`.
+    pub model_version: Option<String>,
+    /// Unknown top-level fields, ignored as KServe's server ignores them: the first
+    /// [`MAX_IGNORED_NAMES`] names, and how many there were.
+    pub ignored_fields: (Vec<String>, usize),
     /// Request parameters, round-tripped.
     pub parameters: Option<Parameters>,
     /// Input tensors.
@@ -62,16 +78,80 @@ pub struct InferResponse {
     pub outputs: Vec<(NamedTensor, bool)>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The top-level request object. Unlike the tensors inside it, it accepts fields it does not
+/// know (KServe's server ignores them, and its SDK sends `model_name`), so it is decoded by
+/// hand to remember their names.
 struct WireRequest {
-    #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
+    model_name: Option<String>,
+    model_version: Option<String>,
     parameters: Option<Parameters>,
     inputs: Vec<WireInput>,
-    #[serde(default)]
     outputs: Option<Vec<WireOutput>>,
+    ignored: (Vec<String>, usize),
+}
+
+impl<'de> Deserialize<'de> for WireRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RequestVisitor;
+
+        fn once<T, E: de::Error>(slot: &mut Option<T>, field: &'static str, v: T) -> Result<(), E> {
+            if slot.replace(v).is_some() {
+                return Err(E::duplicate_field(field));
+            }
+            Ok(())
+        }
+
+        impl<'de> Visitor<'de> for RequestVisitor {
+            type Value = WireRequest;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an inference request object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireRequest, A::Error> {
+                // Each slot is Some once its key was seen (its value may be null).
+                let mut id: Option<Option<String>> = None;
+                let mut model_name: Option<Option<String>> = None;
+                let mut model_version: Option<Option<String>> = None;
+                let mut parameters: Option<Option<Parameters>> = None;
+                let mut inputs: Option<Vec<WireInput>> = None;
+                let mut outputs: Option<Option<Vec<WireOutput>>> = None;
+                let mut ignored = (Vec::new(), 0);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "id" => once(&mut id, "id", map.next_value()?)?,
+                        "model_name" => once(&mut model_name, "model_name", map.next_value()?)?,
+                        "model_version" => {
+                            once(&mut model_version, "model_version", map.next_value()?)?;
+                        }
+                        "parameters" => once(&mut parameters, "parameters", map.next_value()?)?,
+                        "inputs" => once(&mut inputs, "inputs", map.next_value()?)?,
+                        "outputs" => once(&mut outputs, "outputs", map.next_value()?)?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            if ignored.0.len() < MAX_IGNORED_NAMES {
+                                ignored.0.push(key);
+                            }
+                            ignored.1 += 1;
+                        }
+                    }
+                }
+                let nonempty = |v: Option<Option<String>>| v.flatten().filter(|s| !s.is_empty());
+                Ok(WireRequest {
+                    id: id.flatten(),
+                    model_name: nonempty(model_name),
+                    model_version: nonempty(model_version),
+                    parameters: parameters.flatten(),
+                    inputs: inputs.ok_or_else(|| de::Error::missing_field("inputs"))?,
+                    outputs: outputs.flatten(),
+                    ignored,
+                })
+            }
+        }
+
+        deserializer.deserialize_map(RequestVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -269,11 +349,42 @@ pub fn decode_request(
     };
     Ok(InferRequest {
         id: wire.id,
+        model_name: wire.model_name,
+        model_version: wire.model_version,
+        ignored_fields: wire.ignored,
         parameters: wire.parameters,
         inputs,
         outputs,
         binary_output,
     })
+}
+
+impl InferRequest {
+    /// Checks the model and version the body names against those of the URL
+    /// (`/v2/models/{model}[/versions/{version}]/infer`) and returns the version the request
+    /// is for: the URL's, else the body's. A body naming another model or version is refused
+    /// with both names; the URL is the address the request was routed by.
+    pub fn version_for(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<Option<String>, InferError> {
+        if let Some(named) = &self.model_name
+            && named != model
+        {
+            return Err(InferError::InvalidBody {
+                path: "model_name".into(),
+                message: format!("{named:?} contradicts the model {model:?} of the URL"),
+            });
+        }
+        match (&self.model_version, version) {
+            (Some(named), Some(url)) if named != url => Err(InferError::InvalidBody {
+                path: "model_version".into(),
+                message: format!("{named:?} contradicts the version {url:?} of the URL"),
+            }),
+            (named, url) => Ok(url.map(str::to_owned).or_else(|| named.clone())),
+        }
+    }
 }
 
 /// An encoded response body and, for binary bodies, the JSON header's length.
@@ -395,6 +506,9 @@ pub fn decode_v1(body: &[u8], metadata: &ModelMetadata) -> Result<InferRequest, 
     };
     Ok(InferRequest {
         id: None,
+        model_name: None,
+        model_version: None,
+        ignored_fields: (Vec::new(), 0),
         parameters: None,
         inputs: vec![NamedTensor::new(input.name.clone(), shape, data)],
         outputs: metadata.outputs.first().map(|o| {
@@ -484,6 +598,60 @@ mod tests {
     }
 
     #[test]
+    fn body_may_name_the_model_and_carry_unknown_fields() {
+        // What the kserve SDK's InferRequest.to_rest() sends, plus fields of other clients.
+        let req = decode_request(
+            br#"{"id": "u", "model_name": "iris", "model_version": null, "x-extra": {"a": [1]},
+                 "inputs": [{"name": "a", "shape": [1], "datatype": "INT32", "data": [1]}],
+                 "trace": null}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(req.model_name.as_deref(), Some("iris"));
+        assert_eq!(req.model_version, None);
+        assert_eq!(
+            req.ignored_fields,
+            (vec!["x-extra".to_owned(), "trace".to_owned()], 2)
+        );
+        assert_eq!(req.version_for("iris", None).unwrap(), None);
+        assert_eq!(
+            req.version_for("iris", Some("3")).unwrap().as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            req.version_for("other", None).unwrap_err().to_string(),
+            "invalid request body at model_name: \"iris\" contradicts the model \"other\" of the URL"
+        );
+
+        let req = decode_request(
+            br#"{"model_name": "", "model_version": "2", "inputs": []}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(req.model_name, None, "an empty name is no name, as in gRPC");
+        assert_eq!(req.version_for("m", None).unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            req.version_for("m", Some("2")).unwrap().as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            req.version_for("m", Some("1")).unwrap_err().to_string(),
+            "invalid request body at model_version: \"2\" contradicts the version \"1\" of the URL"
+        );
+
+        // Many unknown fields: a few names are kept, all are counted.
+        let mut body = String::from(r#"{"inputs": []"#);
+        for i in 0..100 {
+            body.push_str(&format!(r#", "f{i}": [{i}]"#));
+        }
+        body.push('}');
+        let req = decode_request(body.as_bytes(), None).unwrap();
+        assert_eq!(req.ignored_fields.0.len(), MAX_IGNORED_NAMES);
+        assert_eq!(req.ignored_fields.0[0], "f0");
+        assert_eq!(req.ignored_fields.1, 100);
+    }
+
+    #[test]
     fn binary_request_decodes_in_order() {
         let mut raw = Vec::new();
         raw.extend(1.5f32.to_le_bytes());
@@ -554,9 +722,29 @@ mod tests {
                 "invalid request body at body.parameters.binary_data_output: expected a boolean",
             ),
             (
-                br#"{"inputs": [], "extra": 1}"#.to_vec(),
+                br#"{"inputs": [], "id": "a", "id": "b"}"#.to_vec(),
                 None,
-                "invalid request body at extra: unknown field `extra`",
+                "invalid request body at body: duplicate field `id`",
+            ),
+            (
+                br#"{"id": "a"}"#.to_vec(),
+                None,
+                "invalid request body at body: missing field `inputs`",
+            ),
+            (
+                br#"[[]]"#.to_vec(),
+                None,
+                "invalid request body at body: invalid type: sequence, expected an inference request object",
+            ),
+            (
+                br#"{"inputs": [], "model_name": 7}"#.to_vec(),
+                None,
+                "invalid request body at model_name: invalid type: integer `7`, expected a string",
+            ),
+            (
+                br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1], "extra": 1}]}"#.to_vec(),
+                None,
+                "invalid request body at inputs[0].extra: unknown field `extra`",
             ),
             (b"{}".to_vec(), Some(10), "header Inference-Header-Content-Length: 10 exceeds the body length 2"),
         ];

@@ -304,6 +304,16 @@ async fn run_infer(
         .map(|v| parse_header_length(v.as_bytes()))
         .transpose()?;
     let request = decode(body, move |b| decode_request(b, header_length)).await?;
+    let version = request.version_for(name, version.as_deref())?;
+    let (ignored, count) = &request.ignored_fields;
+    if *count > 0 {
+        tracing::debug!(
+            model = %name,
+            fields = ?ignored,
+            count,
+            "ignoring unknown top-level fields of an inference request"
+        );
+    }
     served
         .metrics
         .preprocess

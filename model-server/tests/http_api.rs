@@ -185,6 +185,124 @@ async fn oip_health_metadata_and_json_infer() {
     assert_eq!(v["outputs"][0]["name"], "probabilities");
 }
 
+/// Collects the debug events emitted while it is the thread's default subscriber.
+struct DebugEvents(Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={value:?} ", field.name()));
+    }
+}
+
+impl tracing::Subscriber for DebugEvents {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::DEBUG {
+            let mut line = String::new();
+            event.record(&mut Fields(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The kserve SDK's REST body names the model (`"model_name"` next to `id` and `inputs`);
+/// KServe's server ignores top-level fields it does not know. The URL decides: a body naming
+/// another model or version is a 400 naming both, and tensors stay strictly checked.
+#[tokio::test]
+async fn body_may_name_the_model_and_carry_unknown_fields() {
+    let s = state().await;
+    let inputs = format!(
+        r#""inputs": [{{"name": "input-0", "shape": [3, 4], "datatype": "FP32", "data": {ROWS}}}]"#
+    );
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _log = tracing::subscriber::set_default(DebugEvents(events.clone()));
+
+    // Exactly what kserve 0.21's InferRequest.to_rest() sends.
+    let body = format!(r#"{{"id": "6f1c", "model_name": "iris", {inputs}}}"#);
+    let r = call(&s, post("/v2/models/iris/infer", body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    let v = r.json();
+    assert_eq!(v["id"], "6f1c");
+    assert_eq!(v["model_name"], "iris");
+    assert!(v.get("model_version").is_none());
+    assert_eq!(v["outputs"][0]["data"], json!([0, 1, 2]));
+
+    // A version in the body alone is the version asked for; with the URL's, they agree.
+    let body = format!(r#"{{"model_name": "iris", "model_version": "4", {inputs}}}"#);
+    let r = call(&s, post("/v2/models/iris/infer", body.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    assert_eq!(r.json()["model_version"], "4");
+    let r = call(&s, post("/v2/models/iris/versions/4/infer", body.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    assert_eq!(r.json()["model_version"], "4");
+
+    // Unknown top-level fields are ignored, and said at debug.
+    let body = format!(r#"{{"trace_ctx": {{"a": [1, 2]}}, "priority": 3, {inputs}}}"#);
+    let r = call(&s, post("/v2/models/iris/infer", body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    assert_eq!(r.json()["outputs"][0]["data"], json!([0, 1, 2]));
+    let logged = events.lock().unwrap().join("\n");
+    assert!(
+        logged.contains("ignoring unknown top-level fields")
+            && logged.contains(r#"fields=["trace_ctx", "priority"]"#)
+            && logged.contains("model=iris"),
+        "{logged}"
+    );
+
+    let refused: Vec<(String, String, &str)> = vec![
+        (
+            "/v2/models/iris/infer".into(),
+            format!(r#"{{"model_name": "setosa", {inputs}}}"#),
+            r#"invalid request body at model_name: "setosa" contradicts the model "iris" of the URL"#,
+        ),
+        (
+            "/v2/models/iris/versions/1/infer".into(),
+            format!(r#"{{"model_name": "iris", "model_version": "2", {inputs}}}"#),
+            r#"invalid request body at model_version: "2" contradicts the version "1" of the URL"#,
+        ),
+        (
+            "/v2/models/iris/infer".into(),
+            r#"{"model_name": "iris", "extra": 1, "inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#.into(),
+            r#"input "input-0": shape needs 8 elements, data has 4 (shape [2, 4])"#,
+        ),
+        (
+            "/v2/models/iris/infer".into(),
+            r#"{"model_name": "iris", "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP8", "data": [1, 2, 3, 4]}]}"#.into(),
+            r#"input "input-0": datatype "FP8" is not one of"#,
+        ),
+        (
+            "/v2/models/iris/infer".into(),
+            r#"{"model_name": "iris", "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4], "dtype": "x"}]}"#.into(),
+            "invalid request body at inputs[0].dtype: unknown field `dtype`",
+        ),
+        (
+            "/v2/models/iris/infer".into(),
+            r#"{"model_name": "iris", "model_version": 2, "inputs": []}"#.into(),
+            "invalid request body at model_version: invalid type: integer `2`, expected a string",
+        ),
+    ];
+    for (path, body, want) in refused {
+        let r = call(&s, post(&path, body.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.error());
+        assert!(
+            r.error().starts_with(want),
+            "{:?} should start with {want:?}",
+            r.error()
+        );
+    }
+}
+
 #[tokio::test]
 async fn binary_tensor_extension_in_and_out() {
     let s = state().await;

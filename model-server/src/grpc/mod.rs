@@ -224,6 +224,11 @@ pub fn decode_grpc(req: ModelInferRequest) -> Result<InferRequest, InferError> {
     };
     Ok(InferRequest {
         id: (!req.id.is_empty()).then_some(req.id),
+        // The message's model_name and model_version are themselves the address (there is
+        // no URL to contradict); `model_infer` serves and echoes them.
+        model_name: None,
+        model_version: None,
+        ignored_fields: (Vec::new(), 0),
         parameters: params_in(&req.parameters),
         inputs,
         outputs,
