@@ -295,6 +295,9 @@ async fn sluice_up_enforces_policy_over_mtls_and_shows_every_hop_in_metrics() {
     let (status, body) = mesh_get(&tester, up.router, "/").await;
     assert_eq!(status, 200, "{body}\n{}", up.log());
     assert!(body.contains("mesh"), "{body}");
+    // The replica decided on the attested caller; `sluice hello` lists the headers it got,
+    // and none of the mesh's own is among them.
+    assert!(!body.contains("x-sluice-"), "{body}");
     let (status, _) = mesh_get(&mesh_client(&state, "intruder"), up.router, "/").await;
     assert_eq!(status, 403);
 

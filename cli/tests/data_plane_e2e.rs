@@ -187,6 +187,20 @@ async fn router_activator_and_queue_sidecars_serve_two_revisions() {
     let (_, body) = get("hello.default.localhost", Some("blue")).await;
     assert!(body.starts_with("Hello blue!\n"), "{body}");
 
+    // A client's `x-sluice-*` headers (a made-up or replayed attestation) stop at the
+    // router; `sluice hello` lists every header it receives.
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("host", "green-hello.default.localhost")
+        .header("x-sluice-caller-attestation", "v1-bound.replayed")
+        .header("x-sluice-anything", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("Hello green!\n"), "{body}");
+    assert!(!body.contains("x-sluice-"), "{body}");
+
     // 100 concurrent requests on the main host: every one answered, by both revisions
     // (blue's cc = 1 is kept by the activator, which queues instead of overflowing it).
     let handles: Vec<_> = (0..100)

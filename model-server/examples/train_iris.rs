@@ -1,12 +1,14 @@
 //! Trains the `sluice-mlp` Iris classifier shipped in `samples/iris/model`.
 //!
-//! `cargo run --release -p sluice-model-server --example train_iris -- [CSV] [OUT_DIR]`
+//! `cargo run --release -p sluice-model-server --example train_iris -- [CSV] [OUT_DIR] [HIDDEN]`
 //!
 //! Reads the Iris data (150 rows: 4 measurements in cm, class 0 = setosa, 1 = versicolor,
 //! 2 = virginica; the copy in `samples/iris/data` is the one scikit-learn ships), holds out
-//! 30 rows, trains a 4-16-3 MLP with AdamW on standardized features, refuses to write a
-//! model that scores under 90 % on the held-out rows, and writes `config.json` and
-//! `model.safetensors`.
+//! 30 rows, trains an MLP with AdamW on standardized features (hidden layer widths from
+//! `HIDDEN`, comma-separated, default `16`: a 4-16-3 network), refuses to write a model
+//! that scores under 90 % on the held-out rows, and writes `config.json` and
+//! `model.safetensors`. `samples/iris/model-v2` (the canary sample's second version) is
+//! `-- samples/iris/data/iris.csv samples/iris/model-v2 4`.
 
 use std::path::PathBuf;
 
@@ -29,6 +31,19 @@ fn main() -> anyhow::Result<()> {
         .next()
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("model"));
+    let hidden = match args.next() {
+        Some(widths) => widths
+            .split(',')
+            .map(|w| {
+                w.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|w| *w > 0)
+                    .with_context(|| format!("HIDDEN {widths:?}: {w:?} is not a width > 0"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => vec![16],
+    };
 
     let (mut rows, classes) = read_csv(&csv)?;
     shuffle(&mut rows, 20261126);
@@ -52,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     let config = MlpConfig {
         input_name: "input-0".into(),
         features,
-        hidden: vec![16],
+        hidden,
         classes,
         mean,
         std,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response, header};
 use hyper::body::Incoming;
 use sluice_activator::balance::Balancer;
+use sluice_activator::queue::strip_internal_headers;
 use sluice_activator::timeouts::Timeouts;
 use sluice_activator::{Activator, Forwarder, Outbound, ProxyBody, ProxyError, hold_response};
 use sluice_core::replica::PROXY_HEADER;
@@ -161,6 +162,9 @@ impl Router {
         // Only the activator may say a request came through it (the queue layer's stats
         // count such requests apart); a client cannot.
         out.headers_mut().remove(PROXY_HEADER);
+        // Nor can a client speak for Sluice's hops: its `x-sluice-*` headers (an attestation
+        // it made up or replays) go before the forwarder attaches the router's own.
+        strip_internal_headers(out.headers_mut());
         // The router is a hop of its own in the caller's trace (its ingress may have
         // continued the trace already, as the span it records).
         if !continued {

@@ -19,7 +19,7 @@ use sluice_mesh::telemetry::{CONTENT_TYPE, HopTelemetry};
 use sluice_mesh::tls::{ConnectionSecurity, MeshStream, PeerInfo};
 use tokio::net::TcpListener;
 
-use super::Queue;
+use super::{Queue, strip_internal_headers};
 use crate::proxy::{BoxError, ProxyBody, full_body};
 
 /// Path where a replica serves its own metrics (Istio and Knative families, Prometheus text),
@@ -91,6 +91,8 @@ impl ReplicaGate {
             .unwrap_or_else(plaintext);
         let (mut parts, body) = req.into_parts();
         if is_internal(&parts) {
+            // Sluice's own paths use no attestation; none goes on to whatever serves them.
+            strip_internal_headers(&mut parts.headers);
             return inner(Request::from_parts(parts, body)).await;
         }
         let mut exchange = self
@@ -135,6 +137,9 @@ impl ReplicaGate {
         if let Some(ex) = exchange.as_mut() {
             ex.set_span(own);
         }
+        // The attestation has been verified (or, mesh off, means nothing): the mesh's headers
+        // are Sluice's business between its hops, never the user process's.
+        strip_internal_headers(&mut parts.headers);
         let resp = inner(Request::from_parts(parts, body)).await;
         if let Some(t) = &self.telemetry {
             t.set_queue_depth(self.queue.recorder().in_flight() as usize);
