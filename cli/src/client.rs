@@ -49,13 +49,20 @@ impl Admin {
                 .context("--token/SLUICE_TOKEN is empty or holds blanks or control characters")?,
             None => {
                 let path = args.state_dir.join(guard::TOKEN_FILE);
-                if !path.exists() {
-                    anyhow::bail!(
-                        "no admin token: {} does not exist. Run this command in the folder                          `sluice up` runs in, or pass --state-dir DIR (SLUICE_STATE_DIR), or the                          token itself with --token (SLUICE_TOKEN)",
-                        path.display()
-                    );
+                match AdminToken::read(&path) {
+                    Ok(token) => token,
+                    Err(guard::TokenError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        anyhow::bail!(
+                            "no admin token: {} does not exist. Run this command in the folder \
+                             `sluice up` runs in, or pass --state-dir DIR (SLUICE_STATE_DIR), or \
+                             the token itself with --token (SLUICE_TOKEN)",
+                            path.display()
+                        )
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                AdminToken::read(&path)?
             }
         };
         Ok(Self::new(args.server.clone(), token))
