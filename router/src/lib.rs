@@ -15,5 +15,5 @@ mod router;
 mod serve;
 
 pub use headers::{ClientAddr, add_forwarded};
-pub use router::{Router, RouterConfig, TAG_HEADER};
+pub use router::{Router, RouterConfig, TAG_HEADER, edge_headers, select_route};
 pub use serve::{ServeConfig, serve, serve_ingress};

@@ -1,17 +1,18 @@
 //! Per-request routing: Host (or tag) → service → weighted revision → replica or activator.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::{Request, Response, header};
+use http::{HeaderMap, Request, Response, Uri, header};
 use hyper::body::Incoming;
 use sluice_activator::balance::Balancer;
 use sluice_activator::queue::strip_internal_headers;
 use sluice_activator::timeouts::Timeouts;
 use sluice_activator::{Activator, Forwarder, Outbound, ProxyBody, ProxyError, hold_response};
 use sluice_core::replica::PROXY_HEADER;
-use sluice_core::{NamespacedName, RoutingSnapshot};
+use sluice_core::{HostRoute, NamespacedName, RoutingSnapshot};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -39,6 +40,57 @@ pub struct Router {
     balancers: Mutex<HashMap<NamespacedName, Arc<Balancer>>>,
     /// xorshift state for traffic splits.
     rng: AtomicU64,
+}
+
+/// The host a request names (`Host`, else the URI's authority, as HTTP/2 sends it) and the
+/// route it selects in `snapshot`: the host's own, or the tag route a `Knative-Serving-Tag`
+/// header names on it. Everything the router reads from a request's head to place it
+/// (public for `sluice-fuzz`, which feeds it arbitrary headers).
+pub fn select_route<'s>(
+    snapshot: &'s RoutingSnapshot,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(String, &'s HostRoute), ProxyError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .ok_or(ProxyError::MissingHost)?;
+    let base = snapshot
+        .route_for_host(&host)
+        .ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
+    // An unknown tag falls back to the service's own traffic split, as in Knative.
+    let route = headers
+        .get(TAG_HEADER)
+        .and_then(|t| t.to_str().ok())
+        .and_then(|tag| snapshot.route_for_tag(&host, tag.trim()))
+        .unwrap_or(base);
+    Ok((host, route))
+}
+
+/// Rewrites a client's request headers for the next hop, at the edge: this hop joins the
+/// forwarding headers, and what only Sluice may say is dropped. `continued`: the ingress
+/// already continued the trace as this hop's span (public for `sluice-fuzz`).
+pub fn edge_headers(
+    headers: &mut HeaderMap,
+    client: Option<IpAddr>,
+    scheme: &str,
+    host: &str,
+    continued: bool,
+) {
+    add_forwarded(headers, client, scheme, host);
+    // Only the activator may say a request came through it (the queue layer's stats
+    // count such requests apart); a client cannot.
+    headers.remove(PROXY_HEADER);
+    // Nor can a client speak for Sluice's hops: its `x-sluice-*` headers (an attestation
+    // it made up or replays) go before the forwarder attaches the router's own.
+    strip_internal_headers(headers);
+    // The router is a hop of its own in the caller's trace (its ingress may have
+    // continued the trace already, as the span it records).
+    if !continued {
+        sluice_mesh::trace::propagate(headers);
+    }
 }
 
 impl Router {
@@ -123,25 +175,9 @@ impl Router {
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         let start = Instant::now();
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .ok_or(ProxyError::MissingHost)?;
         // The request keeps the snapshot it started with, whatever is published meanwhile.
         let snapshot = self.snapshot.borrow().clone();
-        let base = snapshot
-            .route_for_host(&host)
-            .ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
-        // An unknown tag falls back to the service's own traffic split, as in Knative.
-        let route = req
-            .headers()
-            .get(TAG_HEADER)
-            .and_then(|t| t.to_str().ok())
-            .and_then(|tag| snapshot.route_for_tag(&host, tag.trim()))
-            .unwrap_or(base);
+        let (host, route) = select_route(&snapshot, req.headers(), req.uri())?;
         let roll = (self.next_random() % 100) as u32;
         let key = route
             .pick(roll)
@@ -158,18 +194,7 @@ impl Router {
         let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
         let scheme = req.extensions().get::<Scheme>().map_or("http", |s| s.0);
         let mut out = Outbound::new(req, self.config.max_body_bytes)?;
-        add_forwarded(out.headers_mut(), client, scheme, &host);
-        // Only the activator may say a request came through it (the queue layer's stats
-        // count such requests apart); a client cannot.
-        out.headers_mut().remove(PROXY_HEADER);
-        // Nor can a client speak for Sluice's hops: its `x-sluice-*` headers (an attestation
-        // it made up or replays) go before the forwarder attaches the router's own.
-        strip_internal_headers(out.headers_mut());
-        // The router is a hop of its own in the caller's trace (its ingress may have
-        // continued the trace already, as the span it records).
-        if !continued {
-            sluice_mesh::trace::propagate(out.headers_mut());
-        }
+        edge_headers(out.headers_mut(), client, scheme, &host, continued);
 
         if revision.activator_in_path || revision.endpoints.is_empty() {
             return Ok(self.activator.handle(key, out, start).await);

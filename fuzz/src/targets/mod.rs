@@ -1,0 +1,59 @@
+//! The fuzz targets: one per decoder that takes bytes from outside, each calling the
+//! functions the servers call (not copies), in the order they call them.
+
+mod admin;
+mod grpc;
+mod headers;
+mod manifest;
+mod oip;
+mod policy;
+
+pub use grpc::seed_requests as grpc_seed_requests;
+
+/// One decoder to fuzz.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// Name: the corpus folder under `fuzz/corpus/` and the `--target` value.
+    pub name: &'static str,
+    /// What it feeds, to which functions.
+    pub about: &'static str,
+    /// Tokens the mutator inserts (field names, keywords, header names).
+    pub dictionary: &'static [&'static str],
+    /// Longest input generated.
+    pub max_len: usize,
+    /// Runs one input; returns its outcome (the decoder's answer, for the runner's
+    /// new-outcome test). A panic or an oversized allocation inside is a finding.
+    pub run: fn(&[u8]) -> String,
+}
+
+/// Every target.
+pub const ALL: &[Target] = &[
+    oip::JSON,
+    oip::BINARY,
+    oip::KSERVE_V1,
+    grpc::INFER,
+    manifest::MANIFEST,
+    policy::POLICY,
+    admin::ADMIN,
+    headers::INGRESS,
+    headers::GUARD,
+];
+
+/// The target named `name`.
+pub fn by_name(name: &str) -> Option<&'static Target> {
+    ALL.iter().find(|t| t.name == name)
+}
+
+/// `ok` or the error's message: what a decoder answered.
+fn outcome<T, E: std::fmt::Display>(result: &Result<T, E>) -> String {
+    match result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The input as text, as a server that reads UTF-8 sees it (invalid sequences replaced, so
+/// mutations that break UTF-8 still reach the decoder).
+fn text(input: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(input)
+}
