@@ -359,11 +359,17 @@ impl Activator {
                 .await?;
             let endpoint = lease.addr();
             *upstream = Some(endpoint);
-            match self
+            let sent = self
                 .forwarder
                 .send(key, endpoint, &mut out, deadline, timeouts.idle)
-                .await
+                .await;
+            if let Err(err) = &sent
+                && err.is_connect_failure()
             {
+                // Refused: most likely gone, and not yet out of the routes.
+                state.balancer.eject(endpoint);
+            }
+            match sent {
                 Err(err) if self.forwarder.may_retry(&err, &out, attempt) => {
                     tracing::debug!(revision = %key, %endpoint, "retrying: {}", sluice_core::error_chain(&err));
                     avoid = Some(endpoint);
@@ -484,6 +490,8 @@ fn response_flags(err: &ProxyError) -> &'static str {
         ProxyError::Timeout { .. } => "UT",
         ProxyError::Upstream { source, .. } if source.is_connect() => "UF",
         ProxyError::Upstream { .. } => "UC",
+        // The replica's queue layer could not reach its user process: as a connect failure.
+        ProxyError::Unprocessed { .. } => "UF",
         // The request itself was refused (the status code says why).
         ProxyError::MissingHost
         | ProxyError::BadRequest(_)

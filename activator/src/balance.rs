@@ -6,6 +6,12 @@
 //! up or replicas become ready. Policies as Knative's: power of two choices on in-flight
 //! counts for cc = 0, the first replica with a free slot for cc 1–3, round robin skipping
 //! full replicas above.
+//!
+//! A replica that refused a connection is ejected for [`EJECTION`]: no request is handed to
+//! it (unless every replica is ejected) until the routes drop it or the time is up. Without
+//! this a dead replica that is still listed answers every request at once with a refusal, so
+//! it always has a free slot and draws the queue, retries included, into the refusal (a
+//! replica killed under load lost a dozen requests that way before its exit was noticed).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -13,6 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_core::RevisionRoute;
 use tokio::sync::oneshot;
+use tokio::time::{Duration, Instant};
+
+/// How long a replica that refused a connection gets no requests, unless the routes drop it
+/// first (the usual end: its exit is noticed within milliseconds) or every replica is ejected.
+pub const EJECTION: Duration = Duration::from_secs(2);
 
 /// Which replica a request goes to, by `containerConcurrency`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +51,8 @@ impl Policy {
 struct Slot {
     addr: SocketAddr,
     in_flight: u32,
+    /// Refused a connection: no requests until then.
+    ejected_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -164,6 +177,14 @@ impl Balancer {
         self.dispatch(&mut state);
     }
 
+    /// Takes `addr` out of rotation for [`EJECTION`]: it refused a connection.
+    pub fn eject(&self, addr: SocketAddr) {
+        let mut state = self.lock();
+        if let Some(slot) = state.slots.iter_mut().find(|s| s.addr == addr) {
+            slot.ejected_until = Some(Instant::now() + EJECTION);
+        }
+    }
+
     /// Requests waiting for a slot.
     pub fn waiting(&self) -> usize {
         let mut state = self.lock();
@@ -222,12 +243,13 @@ impl State {
         self.slots = route
             .endpoints
             .iter()
-            .map(|e| Slot {
-                addr: e.addr,
-                in_flight: old
-                    .iter()
-                    .find(|s| s.addr == e.addr)
-                    .map_or(0, |s| s.in_flight),
+            .map(|e| {
+                let kept = old.iter().find(|s| s.addr == e.addr);
+                Slot {
+                    addr: e.addr,
+                    in_flight: kept.map_or(0, |s| s.in_flight),
+                    ejected_until: kept.and_then(|s| s.ejected_until),
+                }
             })
             .collect();
         if self.next >= self.slots.len() {
@@ -254,7 +276,15 @@ impl State {
         if n == 0 {
             return None;
         }
-        let usable = |s: &Self, i: usize| s.free(i, capped) && Some(s.slots[i].addr) != avoid;
+        // Ejected replicas are skipped, unless every replica is ejected (then none is).
+        let now = Instant::now();
+        let ejected = |s: &Slot| s.ejected_until.is_some_and(|t| t > now);
+        let skip_ejected = !self.slots.iter().all(ejected);
+        let usable = |s: &Self, i: usize| {
+            s.free(i, capped)
+                && Some(s.slots[i].addr) != avoid
+                && !(skip_ejected && ejected(&s.slots[i]))
+        };
         // When the only candidate is the one to avoid, use it anyway.
         let avoid_ok = n == 1;
         let usable = |s: &Self, i: usize| usable(s, i) || (avoid_ok && s.free(i, capped));
@@ -330,6 +360,61 @@ mod tests {
         assert_eq!(Policy::for_concurrency(1), Policy::FirstAvailable);
         assert_eq!(Policy::for_concurrency(3), Policy::FirstAvailable);
         assert_eq!(Policy::for_concurrency(4), Policy::RoundRobin);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_refused_gets_nothing_until_its_ejection_ends() {
+        let b = Balancer::new(7);
+        for cc in [0, 1, 4] {
+            let r = route(cc, &[1, 2, 3]);
+            b.sync(&r);
+            b.eject(addr(1));
+            // Neither new requests, the direct path nor waiters handed a slot get it.
+            for _ in 0..6 {
+                assert_ne!(now(b.acquire(&r, 10, None)).addr().port(), 1, "cc {cc}");
+                assert_ne!(b.pick_any(&r, None).unwrap().addr().port(), 1, "cc {cc}");
+            }
+            tokio::time::advance(EJECTION).await;
+            let back = (0..12).any(|_| b.pick_any(&r, None).unwrap().addr().port() == 1);
+            assert!(back, "cc {cc}: the ejection ended");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_never_handed_an_ejected_replica() {
+        let b = Balancer::new(7);
+        let r = route(1, &[1, 2]);
+        let one = now(b.acquire(&r, 10, None));
+        let two = now(b.acquire(&r, 10, None));
+        let ticket = queued(b.acquire(&r, 10, None));
+        b.eject(addr(1));
+        drop(one);
+        // Replica 1's slot is free, but it refused: the waiter waits for replica 2.
+        drop(two);
+        assert_eq!(ticket.await.unwrap().addr().port(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_replica_ejected_none_is() {
+        let b = Balancer::new(7);
+        let r = route(4, &[1, 2]);
+        b.sync(&r);
+        b.eject(addr(1));
+        b.eject(addr(2));
+        let ports: std::collections::BTreeSet<_> = (0..4)
+            .map(|_| now(b.acquire(&r, 10, None)).addr().port())
+            .collect();
+        assert_eq!(ports, [1, 2].into());
+        // An ejection survives a route change that keeps the replica, and ends with it.
+        b.eject(addr(1));
+        b.sync(&route(4, &[1, 2, 3]));
+        assert!((0..6).all(|_| {
+            b.pick_any(&route(4, &[1, 2, 3]), None)
+                .unwrap()
+                .addr()
+                .port()
+                != 1
+        }));
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! The request body on its way to a replica: bounded in size, and sendable again as long
-//! as no byte of it has left (so a connection refused can be retried on another replica).
+//! as no byte of it has left (so a connection refused can be retried on another replica),
+//! or, for a body of at most [`REPLAY_LIMIT`] bytes, once it has been sent whole (so a
+//! replica whose queue layer answered that it passed the request to nobody can be replaced
+//! by another).
+
+use std::collections::VecDeque;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,12 +25,51 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The largest body kept while it is sent, so that it can be sent again (Envoy keeps a
+/// bounded retry buffer the same way); a larger body can only be retried while unread.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
 #[derive(Debug)]
 struct Shared {
     /// The body until the first attempt starts reading it.
     unsent: Mutex<Option<ProxyBody>>,
+    /// What the first attempt read, while it stays within [`REPLAY_LIMIT`].
+    kept: Mutex<Kept>,
     /// Set when the body went over the limit.
     too_large: AtomicBool,
+}
+
+/// The bytes of the body read so far, for another attempt.
+#[derive(Debug, Default)]
+struct Kept {
+    chunks: Vec<Bytes>,
+    len: usize,
+    /// The whole body was read.
+    complete: bool,
+    /// Over [`REPLAY_LIMIT`], or trailers (not kept): cannot be sent again.
+    dropped: bool,
+}
+
+impl Kept {
+    fn replayable(&self) -> bool {
+        self.complete && !self.dropped
+    }
+
+    fn record(&mut self, frame: &Frame<Bytes>) {
+        if self.dropped {
+            return;
+        }
+        match frame.data_ref() {
+            Some(data) if self.len + data.len() <= REPLAY_LIMIT => {
+                self.len += data.len();
+                self.chunks.push(data.clone());
+            }
+            _ => {
+                self.dropped = true;
+                self.chunks = Vec::new();
+            }
+        }
+    }
 }
 
 /// A request body that can be handed to several attempts, as long as none read from it.
@@ -49,6 +93,7 @@ impl ReplayableBody {
         Self {
             shared: Arc::new(Shared {
                 unsent: Mutex::new(Some(body.map_err(Into::into).boxed())),
+                kept: Mutex::new(Kept::default()),
                 too_large: AtomicBool::new(false),
             }),
             end_stream,
@@ -68,9 +113,10 @@ impl ReplayableBody {
         }
     }
 
-    /// Whether no attempt has read from the body yet (so another attempt may send it).
-    pub fn unsent(&self) -> bool {
-        self.end_stream || self.lock().is_some()
+    /// Whether another attempt may send the body: no attempt has read from it yet, or one
+    /// read all of it and it was small enough to keep.
+    pub fn replayable(&self) -> bool {
+        self.end_stream || self.lock().is_some() || self.shared.kept().replayable()
     }
 
     /// The size limit, if any.
@@ -88,9 +134,17 @@ impl ReplayableBody {
     }
 }
 
+impl Shared {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 enum State {
     Unstarted(Arc<Shared>),
     Reading(ProxyBody, Arc<Shared>),
+    /// Sending again what an earlier attempt read.
+    Replaying(VecDeque<Bytes>),
     Done,
 }
 
@@ -129,10 +183,25 @@ impl Body for AttemptBody {
             this.state = match taken {
                 Some(body) => State::Reading(body, shared.clone()),
                 None => {
-                    this.state = State::Done;
-                    return Poll::Ready(Some(Err(Box::new(AlreadySent))));
+                    let kept = shared.kept();
+                    if kept.replayable() {
+                        State::Replaying(kept.chunks.iter().cloned().collect())
+                    } else {
+                        drop(kept);
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Err(Box::new(AlreadySent))));
+                    }
                 }
             };
+        }
+        if let State::Replaying(chunks) = &mut this.state {
+            return Poll::Ready(match chunks.pop_front() {
+                Some(data) => Some(Ok(Frame::data(data))),
+                None => {
+                    this.state = State::Done;
+                    None
+                }
+            });
         }
         let State::Reading(body, shared) = &mut this.state else {
             return Poll::Ready(None);
@@ -147,7 +216,12 @@ impl Body for AttemptBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
                     }
                 }
+                shared.kept().record(&frame);
                 Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                shared.kept().complete = true;
+                Poll::Ready(None)
             }
             other => other,
         }
@@ -243,11 +317,65 @@ mod tests {
     async fn an_unread_body_can_be_sent_again() {
         let body = ReplayableBody::new(Full::new(Bytes::from_static(b"hello")), None);
         let first = body.attempt();
-        assert!(body.unsent());
+        assert!(body.replayable());
         drop(first); // connect failed: nothing was read
         let bytes = body.attempt().collect().await.unwrap().to_bytes();
         assert_eq!(bytes, "hello");
-        assert!(!body.unsent());
+    }
+
+    /// A body in chunks, as a client streams it.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    fn chunked(chunks: Vec<Vec<u8>>) -> Chunks {
+        Chunks(chunks.into_iter().map(Bytes::from).collect())
+    }
+
+    #[tokio::test]
+    async fn a_small_body_sent_whole_can_be_sent_again_byte_for_byte() {
+        let parts = vec![b"hel".to_vec(), b"lo ".to_vec(), b"again".to_vec()];
+        let body = ReplayableBody::new(chunked(parts), None);
+        let first = body.attempt().collect().await.unwrap().to_bytes();
+        assert_eq!(first, "hello again");
+        assert!(body.replayable());
+        for _ in 0..2 {
+            let again = body.attempt().collect().await.unwrap().to_bytes();
+            assert_eq!(again, "hello again");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_read_in_part_or_over_the_replay_limit_is_not_sent_again() {
+        // Read in part: the attempt stopped after the first chunk.
+        let body = ReplayableBody::new(chunked(vec![vec![1; 10], vec![2; 10]]), None);
+        let mut first = body.attempt();
+        let chunk = first.frame().await.unwrap().unwrap();
+        assert_eq!(chunk.data_ref().unwrap().len(), 10);
+        drop(first);
+        assert!(!body.replayable());
+        let err = body.attempt().collect().await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request body was already sent to another replica"
+        );
+
+        // Sent whole, but larger than the replay buffer.
+        let big = vec![vec![7; REPLAY_LIMIT], vec![8; 1]];
+        let body = ReplayableBody::new(chunked(big), None);
+        let sent = body.attempt().collect().await.unwrap().to_bytes();
+        assert_eq!(sent.len(), REPLAY_LIMIT + 1);
+        assert!(!body.replayable());
         assert!(body.attempt().collect().await.is_err());
     }
 
@@ -271,6 +399,6 @@ mod tests {
                 .to_bytes()
                 .is_empty()
         );
-        assert!(body.unsent());
+        assert!(body.replayable());
     }
 }

@@ -91,6 +91,17 @@ pub enum ProxyError {
         #[source]
         source: Box<UpstreamError>,
     },
+    /// The replica's queue layer answered that it passed the request to nobody (its user
+    /// process refused the connection: it has exited), so another replica may take it.
+    #[error("replica {endpoint} of revision {revision} did not process the request: {reason}")]
+    Unprocessed {
+        /// The revision.
+        revision: NamespacedName,
+        /// The replica address.
+        endpoint: std::net::SocketAddr,
+        /// The queue layer's own words.
+        reason: String,
+    },
     /// The request could not be rewritten for forwarding.
     #[error("cannot forward request: {0}")]
     BadRequest(String),
@@ -108,14 +119,16 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream { .. } | ProxyError::Unprocessed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
-    /// Whether the replica could not even be connected to (so nothing was sent).
+    /// Whether the replica could not even be connected to, or said it passed the request to
+    /// nobody: nothing was processed, so another replica may take it.
     pub fn is_connect_failure(&self) -> bool {
         matches!(self, ProxyError::Upstream { source, .. } if source.is_connect())
+            || matches!(self, ProxyError::Unprocessed { .. })
     }
 
     /// A short label for metrics and logs.
@@ -127,7 +140,7 @@ impl ProxyError {
             ProxyError::QueueFull { .. } => "queue_full",
             ProxyError::Unavailable { .. } => "unavailable",
             ProxyError::Timeout { .. } => "timeout",
-            ProxyError::Upstream { .. } => "upstream",
+            ProxyError::Upstream { .. } | ProxyError::Unprocessed { .. } => "upstream",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
         }

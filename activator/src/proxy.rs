@@ -197,9 +197,24 @@ impl Outbound {
         &self.caller
     }
 
-    /// Whether another attempt may send this request (no byte of the body has left).
+    /// Reads what is left of the request body (at most `limit` bytes more) and drops it, so
+    /// that the sender has sent the whole body (and kept it for another attempt) before it
+    /// reads the answer.
+    pub(crate) async fn discard_body(&self, limit: usize) {
+        let mut body = self.body.attempt();
+        let mut read = 0;
+        while read <= limit {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+                _ => return,
+            }
+        }
+    }
+
+    /// Whether another attempt may send this request (no byte of the body has left, or a
+    /// small body left whole and was kept).
     pub fn replayable(&self) -> bool {
-        self.body.unsent()
+        self.body.replayable()
     }
 
     fn attempt(&self, endpoint: SocketAddr) -> Result<Request<AttemptBody>, ProxyError> {
@@ -239,7 +254,15 @@ pub struct Forwarder {
     budget: Arc<RetryBudget>,
     hop: &'static str,
     mesh: Option<OutboundMesh>,
+    /// Whether a response marked [`UNPROCESSED_HEADER`] is taken as "not processed" (from a
+    /// queue layer, yes; from a user process, never: see [`Forwarder::to_user_process`]).
+    honour_unprocessed: bool,
 }
+
+/// The header a queue layer sets on its answer when it passed the request to nobody (its
+/// user process refused the connection): the router or activator then tries another replica.
+/// Only ever set by Sluice's queue layer; one from a user process is removed.
+pub const UNPROCESSED_HEADER: &str = "x-sluice-unprocessed";
 
 impl Default for Forwarder {
     fn default() -> Self {
@@ -261,6 +284,7 @@ impl Forwarder {
             budget: Arc::new(budget),
             hop: "activator",
             mesh: None,
+            honour_unprocessed: true,
         }
     }
 
@@ -274,6 +298,7 @@ impl Forwarder {
             budget: self.budget.clone(),
             hop: self.hop,
             mesh: self.mesh.clone(),
+            honour_unprocessed: self.honour_unprocessed,
         }
     }
 
@@ -294,6 +319,14 @@ impl Forwarder {
     /// The same pools, naming `hop` in timeout messages (`router`, `activator`, `queue`).
     pub fn for_hop(mut self, hop: &'static str) -> Self {
         self.hop = hop;
+        self
+    }
+
+    /// For the queue layer's hop into its user process: [`UNPROCESSED_HEADER`] in a response
+    /// is the user's, not Sluice's, so it is removed rather than believed (a user process
+    /// must not make Sluice send a request it has processed a second time).
+    pub fn to_user_process(mut self) -> Self {
+        self.honour_unprocessed = false;
         self
     }
 
@@ -399,6 +432,15 @@ impl Forwarder {
             return Ok(Response::from_parts(parts, full_body(Bytes::new())));
         }
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(reason) = parts.headers.remove(UNPROCESSED_HEADER)
+            && self.honour_unprocessed
+        {
+            return Err(ProxyError::Unprocessed {
+                revision: revision.clone(),
+                endpoint,
+                reason: String::from_utf8_lossy(reason.as_bytes()).into_owned(),
+            });
+        }
         let body = match idle {
             Some(idle) => IdleBody::new(body, idle).boxed(),
             None => body,

@@ -190,7 +190,14 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
 
     tokio::select! {
         status = user.child.wait() => {
+            // Nothing can be served any more. Probes fail, the listener closes (new
+            // connections are refused, so the router tries another replica), and the
+            // requests already here are answered before exit: those waiting for a slot go on
+            // to the user process's port, are refused there and answered as not processed
+            // (the router retries them elsewhere). Only those the process had taken are lost.
+            sidecar.queue().start_drain();
             let _ = stop_tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
             user.relays_done().await;
             proctree::kill_all_below(None, KILL_WITHIN).await;
             return exited(status, &tail);

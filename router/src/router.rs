@@ -217,11 +217,17 @@ impl Router {
                 .pick_any(replicas, avoid)
                 .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
             let endpoint = lease.addr();
-            match self
+            let sent = self
                 .forwarder
                 .send(key, endpoint, &mut out, deadline, timeouts.idle)
-                .await
+                .await;
+            if let Err(err) = &sent
+                && err.is_connect_failure()
             {
+                // Refused: most likely gone, and not yet out of the routes.
+                balancer.eject(endpoint);
+            }
+            match sent {
                 Err(err) if self.forwarder.may_retry(&err, &out, attempt) => {
                     tracing::debug!(revision = %key, %endpoint, "retrying: {}", sluice_core::error_chain(&err));
                     avoid = Some(endpoint);

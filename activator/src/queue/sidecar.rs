@@ -26,7 +26,7 @@ use super::{
 };
 use crate::body::hold_response;
 use crate::error::error_response;
-use crate::proxy::{Forwarder, Outbound, ProxyBody, full_body};
+use crate::proxy::{Forwarder, Outbound, ProxyBody, UNPROCESSED_HEADER, full_body};
 use crate::timeouts::Timeouts;
 
 /// Expands Kubernetes-style `$(VAR)` references in a container's command or argument, as
@@ -103,7 +103,7 @@ impl Sidecar {
             config,
             app,
             app_ready: AtomicBool::new(false),
-            forwarder: Forwarder::new().for_hop("queue"),
+            forwarder: Forwarder::new().for_hop("queue").to_user_process(),
         })
     }
 
@@ -178,7 +178,26 @@ impl Sidecar {
             Ok(resp) => hold_response(resp, admitted),
             Err(e) => {
                 tracing::warn!(revision = %revision, "{}", sluice_core::error_chain(&e));
-                e.into_response()
+                // Refused by the user process (it has exited): nothing was processed, so the
+                // router or activator may give the request to another replica.
+                let unprocessed = e.is_connect_failure();
+                if unprocessed {
+                    // The sender keeps a small body for another attempt once it has sent all
+                    // of it: take it all in before answering (bounded in size and time).
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        out.discard_body(crate::body::REPLAY_LIMIT),
+                    )
+                    .await;
+                }
+                let mut resp = e.into_response();
+                if unprocessed {
+                    resp.headers_mut().insert(
+                        UNPROCESSED_HEADER,
+                        HeaderValue::from_static("the user process refused the connection"),
+                    );
+                }
+                resp
             }
         }
     }
