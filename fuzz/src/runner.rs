@@ -2,10 +2,11 @@
 //! through one target under `catch_unwind` and the allocation watch.
 //!
 //! There is no coverage feedback on stable Rust. What stands in for it: each input's
-//! outcome (the decoder's answer, usually an error message, digits removed) is hashed, and
-//! an input with an outcome not seen before joins the pool later inputs are mutated from.
-//! Distinct error messages come from distinct checks, so the pool drifts toward inputs that
-//! get past the early ones.
+//! outcome (the decoder's answer, usually an error message, coarsened to its first letters
+//! outside quotes) is hashed, and an input with an outcome not seen before joins the pool
+//! later inputs are mutated from. Distinct error messages come from distinct checks, so the
+//! pool drifts toward inputs that get past the early ones; half the inputs still start from
+//! the corpus.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -86,7 +87,7 @@ pub struct Report {
     pub inputs: u64,
     /// Corpus entries among them.
     pub corpus: usize,
-    /// Distinct outcomes seen.
+    /// Distinct outcomes seen (at most [`MAX_OUTCOMES`] are remembered).
     pub outcomes: usize,
     /// Mutated inputs that joined the pool (a new outcome).
     pub new_inputs: usize,
@@ -175,19 +176,22 @@ pub fn load_corpus(dir: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     paths.iter().map(std::fs::read).collect()
 }
 
-/// FNV-1a over an outcome's first 160 bytes, digits and quoted text (`"…"`, `` `…` ``) left
-/// out: the lengths, positions and echoed values in error messages would make every input
-/// look new.
+/// Most distinct outcomes remembered (and so most new inputs kept) per run.
+const MAX_OUTCOMES: usize = 1 << 16;
+
+/// FNV-1a over an outcome's first 32 letters, quoted text (`"…"`, `` `…` ``) left out: the
+/// lengths, positions and echoed values in error messages would make every input look new.
+/// Coarse on purpose: what is left is mostly which check answered.
 fn outcome_key(outcome: &str) -> u64 {
     let mut h: u64 = 0xCBF2_9CE4_8422_2325;
     let mut quoted = false;
-    for b in outcome.bytes().take(160) {
+    let letters = outcome.bytes().filter(|&b| {
         if b == b'"' || b == b'`' {
             quoted = !quoted;
         }
-        if quoted || b.is_ascii_digit() {
-            continue;
-        }
+        !quoted && b.is_ascii_alphabetic()
+    });
+    for b in letters.take(32) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
     }
     h
@@ -258,7 +262,7 @@ pub fn run(target: &Target, corpus: &[Vec<u8>], options: &Options) -> Report {
             report.largest_allocation = (largest, input.len());
         }
         match result {
-            Ok(outcome) => seen.insert(outcome_key(&outcome)),
+            Ok(outcome) => seen.len() < MAX_OUTCOMES && seen.insert(outcome_key(&outcome)),
             Err(failure) => {
                 report.failures += 1;
                 let repeat = report.findings.iter().any(|f| f.failure == failure);
@@ -289,8 +293,15 @@ pub fn run(target: &Target, corpus: &[Vec<u8>], options: &Options) -> Report {
             }
             _ => {}
         }
+        // Half the inputs start from the corpus, so the valid seeds are never crowded out
+        // by the inputs that joined the pool.
         let rng = mutator.rng();
-        let (a, b) = (rng.below(pool.len()), rng.below(pool.len()));
+        let from = if rng.one_in(2) {
+            corpus.len().clamp(1, pool.len())
+        } else {
+            pool.len()
+        };
+        let (a, b) = (rng.below(from), rng.below(pool.len()));
         let input = mutator.mutate(&pool[a], &pool[b]);
         mutated += 1;
         if record(&input, &mut report) {
