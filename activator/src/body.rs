@@ -206,7 +206,17 @@ impl Body for AttemptBody {
         let State::Reading(body, shared) = &mut this.state else {
             return Poll::Ready(None);
         };
-        match Pin::new(body).poll_frame(cx) {
+        let mut polled = Pin::new(&mut *body).poll_frame(cx);
+        // An empty chunk is not passed on: over HTTP/2 it would go out as an empty DATA frame
+        // that is not the last, which h2 servers (the queue layer's included) count against a
+        // budget that never refills, and close the connection with ENHANCE_YOUR_CALM
+        // ("too_many_data_frames") once it is spent, failing every request on it.
+        while let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.data_ref().is_some_and(Bytes::is_empty)
+        {
+            polled = Pin::new(&mut *body).poll_frame(cx);
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(limit), Some(data)) = (this.limit, frame.data_ref()) {
                     this.read += data.len() as u64;
@@ -340,6 +350,28 @@ mod tests {
 
     fn chunked(chunks: Vec<Vec<u8>>) -> Chunks {
         Chunks(chunks.into_iter().map(Bytes::from).collect())
+    }
+
+    #[tokio::test]
+    async fn empty_chunks_are_not_passed_on() {
+        let parts = vec![
+            vec![],
+            b"ab".to_vec(),
+            vec![],
+            vec![],
+            b"c".to_vec(),
+            vec![],
+        ];
+        let body = ReplayableBody::new(chunked(parts), None);
+        let mut attempt = body.attempt();
+        let mut chunks = Vec::new();
+        while let Some(frame) = attempt.frame().await {
+            chunks.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(
+            chunks,
+            [Bytes::from_static(b"ab"), Bytes::from_static(b"c")]
+        );
     }
 
     #[tokio::test]
