@@ -15,18 +15,17 @@
 // clock here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+mod support;
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use support::{TempDir, Up, request};
+
 const HOST: &str = "pyapp.default.localhost";
-const WAIT: Duration = Duration::from_secs(90);
 const REQUESTS: usize = 300;
 const CLIENTS: usize = 100;
 
@@ -75,98 +74,20 @@ spec:
     )
 }
 
-/// A running `sluice up`; stopped with SIGTERM (its replicas with it) on drop.
-struct Up {
-    child: Child,
-    router: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Up {
-    fn start(dir: &Path) -> Up {
-        let log = dir.join("up.log");
-        let mut child = Command::new(SLUICE)
-            .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--autoscaler-tick", "1s"])
-            .arg(dir.join("manifests"))
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("sluice up starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let router = loop {
-            let line = rx
-                .recv_timeout(WAIT)
-                .expect("sluice up announces its router");
-            if line.starts_with("sluice: router listening on") {
-                break line
-                    .rsplit("http://")
-                    .next()
-                    .unwrap()
-                    .parse::<SocketAddr>()
-                    .unwrap();
-            }
-        };
-        Up { child, router, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
 /// One plaintext HTTP/1.1 GET over a fresh connection: status and body.
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(WAIT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {raw:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    Ok((status, body.to_owned()))
+    let r = request(addr, "GET", HOST, path, b"")?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
 }
 
 #[test]
 fn mesh_on_scale_up_at_cc1_answers_every_request_and_never_leaks_the_attestation() {
-    let dir = std::env::temp_dir().join(format!("sluice-e2e-scale-up-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let dir = TempDir::new("e2e-scale-up");
+    let dir = &dir.0;
     let app = dir.join("app.py");
     std::fs::write(&app, APP).unwrap();
     std::fs::write(dir.join("manifests/pyapp.yaml"), manifest(&app)).unwrap();
-    let up = Up::start(&dir);
+    let up = Up::start(dir, &["--autoscaler-tick", "1s"], "info");
 
     // The activator holds the first request until the min-scale replica is ready.
     let (status, body) = get(up.router, "/r/first").unwrap();
@@ -228,5 +149,4 @@ fn mesh_on_scale_up_at_cc1_answers_every_request_and_never_leaks_the_attestation
         "the caller attestation reached a user process"
     );
     drop(up);
-    let _ = std::fs::remove_dir_all(&dir);
 }

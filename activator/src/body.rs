@@ -226,7 +226,14 @@ impl Body for AttemptBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
                     }
                 }
-                shared.kept().record(&frame);
+                let mut kept = shared.kept();
+                kept.record(&frame);
+                // A sender that knows the length (HTTP/1.1 Content-Length) stops reading at
+                // the last byte and never sees the end: the body is whole there too.
+                if this.hint.exact() == Some(kept.len as u64) {
+                    kept.complete = true;
+                }
+                drop(kept);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
@@ -350,6 +357,21 @@ mod tests {
 
     fn chunked(chunks: Vec<Vec<u8>>) -> Chunks {
         Chunks(chunks.into_iter().map(Bytes::from).collect())
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_is_whole_at_its_last_byte() {
+        let body = ReplayableBody::new(Full::new(Bytes::from_static(b"twelve bytes")), None);
+        let mut first = body.attempt();
+        // An HTTP/1.1 sender with Content-Length stops after the last byte.
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "twelve bytes"
+        );
+        drop(first);
+        assert!(body.replayable());
+        let again = body.attempt().collect().await.unwrap().to_bytes();
+        assert_eq!(again, "twelve bytes");
     }
 
     #[tokio::test]
