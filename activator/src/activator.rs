@@ -249,8 +249,22 @@ impl Activator {
     pub async fn handle(
         &self,
         revision: &NamespacedName,
+        out: Outbound,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        self.handle_routed(revision, out, start, None).await
+    }
+
+    /// [`Activator::handle`] for a request the router sent to `revision` by its snapshot
+    /// `routed`. Should a newer snapshot have dropped the revision meanwhile (its traffic moved
+    /// on a moment ago), the request still goes to it, by `routed`'s entry, as it would had
+    /// it reached a replica a moment earlier: the revision's replicas drain before they stop.
+    pub async fn handle_routed(
+        &self,
+        revision: &NamespacedName,
         mut out: Outbound,
         start: Instant,
+        routed: Option<Arc<RoutingSnapshot>>,
     ) -> Response<ProxyBody> {
         let mut exchange = self
             .telemetry
@@ -269,7 +283,10 @@ impl Activator {
             (exporter, incoming, own, method, path, SystemTime::now())
         });
         let mut upstream = None;
-        let resp = match self.try_handle(revision, out, start, &mut upstream).await {
+        let resp = match self
+            .try_handle(revision, out, start, &mut upstream, routed)
+            .await
+        {
             Ok(resp) => {
                 // The replica's identity, as the mTLS handshake verified it.
                 if let Some(ex) = exchange.as_mut()
@@ -332,9 +349,18 @@ impl Activator {
         mut out: Outbound,
         start: Instant,
         upstream: &mut Option<SocketAddr>,
+        routed: Option<Arc<RoutingSnapshot>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut rx = self.snapshot.clone();
-        let snapshot = rx.borrow_and_update().clone();
+        let latest = rx.borrow_and_update().clone();
+        let snapshot = match routed {
+            Some(routed)
+                if !latest.revisions.contains_key(key) && routed.revisions.contains_key(key) =>
+            {
+                routed
+            }
+            _ => latest,
+        };
         let route = snapshot
             .revisions
             .get(key)
@@ -530,10 +556,15 @@ async fn wait(
                     return Err(ProxyError::UnknownRevision(key.clone()));
                 }
                 let snap = rx.borrow_and_update().clone();
-                let route = snap
-                    .revisions
-                    .get(key)
-                    .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
+                let Some(route) = snap.revisions.get(key) else {
+                    // Traffic moved on while this request waited: its revision's replicas
+                    // drain before they stop, so it waits on for one of their slots (bounded
+                    // by its deadline), unless the revision has none.
+                    if state.balancer.replicas() == 0 {
+                        return Err(ProxyError::UnknownRevision(key.clone()));
+                    }
+                    continue;
+                };
                 // The replica started for this request failed: say why now.
                 if route.endpoints.is_empty()
                     && let Some(err) = unavailable(key, route)

@@ -185,6 +185,11 @@ impl Balancer {
         }
     }
 
+    /// Replicas it balances over (as of the last route it saw).
+    pub fn replicas(&self) -> usize {
+        self.lock().slots.len()
+    }
+
     /// Requests waiting for a slot.
     pub fn waiting(&self) -> usize {
         let mut state = self.lock();

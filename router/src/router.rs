@@ -197,7 +197,10 @@ impl Router {
         edge_headers(out.headers_mut(), client, scheme, &host, continued);
 
         if revision.activator_in_path || revision.endpoints.is_empty() {
-            return Ok(self.activator.handle(key, out, start).await);
+            return Ok(self
+                .activator
+                .handle_routed(key, out, start, Some(snapshot.clone()))
+                .await);
         }
         let timeouts = Timeouts::of(revision, snapshot.timeouts_for(key));
         let deadline = timeouts.response_deadline(start);
@@ -211,7 +214,10 @@ impl Router {
             let replicas = current.revisions.get(key).unwrap_or(revision);
             if attempt > 1 && (replicas.activator_in_path || replicas.endpoints.is_empty()) {
                 // Scaled down meanwhile: the activator holds the retry until a replica is up.
-                return Ok(self.activator.handle(key, out, start).await);
+                return Ok(self
+                    .activator
+                    .handle_routed(key, out, start, Some(current))
+                    .await);
             }
             let lease = balancer
                 .pick_any(replicas, avoid)
