@@ -87,7 +87,38 @@ impl InferError {
 
 impl IntoResponse for InferError {
     fn into_response(self) -> Response {
-        let message = sluice_core::error_chain(&self);
+        let message = match &self {
+            // candle's errors can carry a backtrace in their text: the client gets the first
+            // line, the log the whole of it.
+            InferError::Compute(e) => {
+                let text = e.to_string();
+                tracing::warn!("inference failed: {text}");
+                format!(
+                    "inference failed: {}",
+                    text.lines().next().unwrap_or_default()
+                )
+            }
+            _ => sluice_core::error_chain(&self),
+        };
         (self.status(), Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_compute_error_answers_its_first_line_only() {
+        let err = InferError::Compute(candle_core::Error::Msg(
+            "empty tensor for reduce\n   0: bt\n   at candle-core/src/error.rs:260".into(),
+        ));
+        let resp = err.into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "inference failed: empty tensor for reduce");
     }
 }

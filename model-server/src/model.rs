@@ -51,6 +51,12 @@ pub fn validate_inputs(meta: &ModelMetadata, inputs: &[NamedTensor]) -> Result<(
                 input.shape, spec.shape
             )));
         }
+        if input.shape.contains(&0) {
+            return Err(input.invalid(format!(
+                "shape {:?} holds no elements: send at least one row",
+                input.shape
+            )));
+        }
     }
     for spec in &meta.inputs {
         if !inputs.iter().any(|i| i.name == spec.name) {

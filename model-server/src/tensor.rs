@@ -271,7 +271,9 @@ impl TensorData {
                  (parameters.binary_data_size)"
             ));
         }
-        let mut out = TensorData::with_capacity(datatype, expected);
+        // The shape is the caller's word, not the data: reserve little and let the data grow
+        // it, so a short body declaring a huge shape costs nothing.
+        let mut out = TensorData::with_capacity(datatype, expected.min(4096));
         push_json(&mut out, value, expected)?;
         if out.len() != expected {
             return Err(format!(
@@ -350,7 +352,8 @@ impl TensorData {
         expected: usize,
     ) -> Result<TensorData, String> {
         if datatype == DataType::Bytes {
-            let mut items = Vec::with_capacity(expected.min(1 << 20));
+            // Each element takes at least its 4-byte length: no more can be in `raw`.
+            let mut items = Vec::with_capacity(expected.min(raw.len() / 4));
             let mut rest = raw;
             while !rest.is_empty() {
                 let Some((len, tail)) = rest.split_first_chunk::<4>() else {

@@ -393,6 +393,21 @@ async fn kserve_v1_surface() {
         r.error(),
         "input \"input-0\": shape [1, 3] does not match the model's [-1, 4]"
     );
+    // No rows is the caller's mistake (a 400 naming the tensor), not a failed computation.
+    for body in
+        [r#"{"inputs": [{"name": "input-0", "shape": [0, 4], "datatype": "FP32", "data": []}]}"#]
+    {
+        let r = call(&s, post("/v2/models/iris/infer", body)).await;
+        assert_eq!(
+            (r.status, r.error()),
+            (
+                StatusCode::BAD_REQUEST,
+                "input \"input-0\": shape [0, 4] holds no elements: send at least one row".into()
+            )
+        );
+    }
+    let r = call(&s, post("/v1/models/iris:predict", r#"{"instances": []}"#)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.error());
     let r = call(
         &s,
         post(
