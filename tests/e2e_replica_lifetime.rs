@@ -18,10 +18,11 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -137,6 +138,8 @@ struct Run {
     up: Child,
     dir: PathBuf,
     replica: Vec<Seen>,
+    /// What `sluice up` wrote to stderr so far, signalled on every line.
+    log: Arc<(Mutex<String>, Condvar)>,
 }
 
 impl Drop for Run {
@@ -154,40 +157,41 @@ impl Drop for Run {
 
 impl Run {
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default()
+        self.log.0.lock().unwrap().clone()
     }
 
     fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.up.id() as i32), signal).unwrap();
     }
 
-    /// Waits (up to `within`) for `sluice up` to exit.
+    /// Waits (up to `within`) for `sluice up` to exit: a thread blocks in `waitid` without
+    /// reaping it (`WNOWAIT`), then the exit status is collected here.
     fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.up.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sluice up did not exit within {within:?}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let pid = Pid::from_raw(self.up.id() as i32);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+            let _ = tx.send(waitid(Id::Pid(pid), flags));
+        });
+        let exited = rx.recv_timeout(within);
+        assert!(
+            matches!(exited, Ok(Ok(_))),
+            "sluice up did not exit within {within:?} ({exited:?})\n{}",
+            self.log()
+        );
+        self.up.wait().unwrap()
     }
 
-    /// Waits until the log holds `text`.
+    /// Waits until the log holds `text` (woken by every line `sluice up` writes).
     fn logged(&self, text: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "sluice up never logged {text:?}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (log, wrote) = &*self.log;
+        let (log, timeout) = wrote
+            .wait_timeout_while(log.lock().unwrap(), WAIT, |l| !l.contains(text))
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "sluice up never logged {text:?}\n{log}"
+        );
     }
 
     /// Asserts that every process of the replica is gone (within [`DIE_WITHIN`]).
@@ -204,6 +208,8 @@ impl Run {
                 left.len(),
                 self.log()
             );
+            // These processes are not this test's children: nothing signals their end (a
+            // pidfd would, but needs unsafe code), so look again shortly.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -228,7 +234,7 @@ fn start(name: &str) -> Run {
         manifest(&script, &report_to),
     )
     .unwrap();
-    let up = Command::new(SLUICE)
+    let mut up = Command::new(SLUICE)
         .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .arg("--state-dir")
         .arg(dir.join("state"))
@@ -236,13 +242,27 @@ fn start(name: &str) -> Run {
         .env("SLUICE_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("up.log")).unwrap())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("sluice up starts");
+    let log: Arc<(Mutex<String>, Condvar)> = Arc::default();
+    let stderr = up.stderr.take().unwrap();
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let (log, wrote) = &*lines;
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+            wrote.notify_all();
+        }
+    });
     let mut run = Run {
         up,
         dir,
         replica: Vec::new(),
+        log,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -231,7 +231,9 @@ fn save(dir: &Path, target: &str, failure: &Failure, input: &[u8]) -> Option<Pat
 }
 
 /// Runs `target` over `corpus`, then over mutated inputs until `options.budget` is spent.
-pub fn run(target: &Target, corpus: &[Vec<u8>], options: &Options) -> Report {
+/// Fails, before any input, when the target's fixture cannot be built.
+pub fn run(target: &Target, corpus: &[Vec<u8>], options: &Options) -> Result<Report, String> {
+    (target.prepare)().map_err(|e| format!("{}: its fixture cannot be built: {e}", target.name))?;
     let started = Instant::now();
     let mut report = Report {
         target: target.name,
@@ -318,7 +320,7 @@ pub fn run(target: &Target, corpus: &[Vec<u8>], options: &Options) -> Report {
     }
     report.outcomes = seen.len();
     report.elapsed = started.elapsed();
-    report
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -344,8 +346,23 @@ mod tests {
             about: "",
             dictionary: &["!"],
             max_len: 64,
+            prepare: || Ok(()),
             run,
         }
+    }
+
+    #[test]
+    fn a_fixture_that_cannot_be_built_stops_the_run_before_any_input() {
+        let mut broken = target(|_| String::new());
+        broken.prepare = || Err("no model".into());
+        let options = Options {
+            seed: 1,
+            budget: Budget::Inputs(10),
+            crash_dir: None,
+            pool_limit: 16,
+        };
+        let err = run(&broken, &[b"abc".to_vec()], &options).unwrap_err();
+        assert_eq!(err, "test: its fixture cannot be built: no model");
     }
 
     #[test]
@@ -356,7 +373,7 @@ mod tests {
             crash_dir: None,
             pool_limit: 16,
         };
-        let report = run(&target(panics_on_bang), &[b"abc".to_vec()], &options);
+        let report = run(&target(panics_on_bang), &[b"abc".to_vec()], &options).unwrap();
         assert_eq!(report.inputs, 501);
         assert!(report.failures > 0);
         let f = &report.findings[0];

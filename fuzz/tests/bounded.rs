@@ -28,7 +28,7 @@ fn every_decoder_survives_its_corpus_and_mutated_inputs() {
     for target in ALL {
         let entries = load_corpus(&corpus.join(target.name)).expect("the corpus is readable");
         assert!(!entries.is_empty(), "{}: the corpus is empty", target.name);
-        let report = sluice_fuzz::run(target, &entries, &options);
+        let report = sluice_fuzz::run(target, &entries, &options).unwrap_or_else(|e| panic!("{e}"));
         println!(
             "{:<16} {:>3} corpus + {} mutated = {} inputs in {:.2} s, {} outcomes, {} new, \
              largest allocation {} bytes",

@@ -19,9 +19,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Condvar, Mutex, mpsc};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -411,31 +411,58 @@ impl Tally {
     }
 }
 
+/// The outcomes of a load, and a signal on every change (a request answered, the number
+/// of active clients changed, stop).
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    tally: Tally,
+    /// Clients that send (the others wait).
+    active: usize,
+    stop: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// Changes the state and wakes everyone waiting on it.
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.lock());
+        self.changed.notify_all();
+    }
+}
+
 /// Sends one echo request numbered `n` and records its outcome.
-fn one(router: SocketAddr, host: &str, n: usize, tally: &Mutex<Tally>) {
+fn one(router: SocketAddr, host: &str, n: usize, shared: &Shared) {
     let sent = body_of(n);
     let outcome = request(router, "POST", host, &format!("/r/{n}"), &sent)
         .map_err(|e| format!("transport error: {e}"))
         .and_then(|r| check_echo(&r, &sent));
-    let mut tally = tally.lock().unwrap();
-    match outcome {
-        Ok(served) => tally.served.push(served),
-        Err(what) => *tally.failures.entry(what).or_insert(0) += 1,
-    }
+    shared.update(|state| match outcome {
+        Ok(served) => state.tally.served.push(served),
+        Err(what) => *state.tally.failures.entry(what).or_insert(0) += 1,
+    });
 }
 
 /// `count` requests sent at once (each on its own thread, released together).
 pub fn burst(router: SocketAddr, host: &str, count: usize) -> Tally {
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    let shared = Arc::new(Shared::default());
     let barrier = Arc::new(Barrier::new(count));
     let threads: Vec<_> = (0..count)
         .map(|n| {
-            let (tally, barrier, host) = (tally.clone(), barrier.clone(), host.to_owned());
+            let (shared, barrier, host) = (shared.clone(), barrier.clone(), host.to_owned());
             std::thread::Builder::new()
                 .stack_size(256 * 1024)
                 .spawn(move || {
                     barrier.wait();
-                    one(router, &host, n, &tally);
+                    one(router, &host, n, &shared);
                 })
                 .unwrap()
         })
@@ -443,75 +470,71 @@ pub fn burst(router: SocketAddr, host: &str, count: usize) -> Tally {
     for t in threads {
         t.join().unwrap();
     }
-    Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap()
+    std::mem::take(&mut shared.lock().tally)
 }
 
 /// A closed-loop load: `clients` threads, each sending its next request as soon as the last
 /// one is answered, until stopped. Request numbers are unique across clients.
 pub struct Load {
-    stop: Arc<AtomicBool>,
-    clients: Arc<AtomicUsize>,
-    next: Arc<AtomicUsize>,
-    tally: Arc<Mutex<Tally>>,
+    shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Load {
     pub fn start(router: SocketAddr, host: &str, clients: usize) -> Load {
-        let mut load = Load {
-            stop: Arc::default(),
-            clients: Arc::new(AtomicUsize::new(clients)),
-            next: Arc::default(),
-            tally: Arc::default(),
-            threads: Vec::new(),
-        };
-        for id in 0..clients {
-            let (stop, active, next, tally, host) = (
-                load.stop.clone(),
-                load.clients.clone(),
-                load.next.clone(),
-                load.tally.clone(),
-                host.to_owned(),
-            );
-            load.threads.push(std::thread::spawn(move || {
-                // A client whose id is at or over the active count idles (scale-down
-                // scenarios lower the load without stopping it).
-                while !stop.load(Ordering::SeqCst) {
-                    if id >= active.load(Ordering::SeqCst) {
-                        std::thread::park_timeout(Duration::from_millis(50));
-                        continue;
+        let shared = Arc::new(Shared::default());
+        shared.lock().active = clients;
+        let next = Arc::new(AtomicUsize::new(0));
+        let threads = (0..clients)
+            .map(|id| {
+                let (shared, next, host) = (shared.clone(), next.clone(), host.to_owned());
+                std::thread::spawn(move || {
+                    loop {
+                        // A client whose id is at or over the active count waits (scale-down
+                        // scenarios lower the load without stopping it).
+                        let state = shared
+                            .changed
+                            .wait_while(shared.lock(), |s| !s.stop && id >= s.active)
+                            .unwrap();
+                        if state.stop {
+                            return;
+                        }
+                        drop(state);
+                        let n = next.fetch_add(1, Ordering::SeqCst);
+                        one(router, &host, n, &shared);
                     }
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    one(router, &host, n, &tally);
-                }
-            }));
-        }
-        load
+                })
+            })
+            .collect();
+        Load { shared, threads }
     }
 
     /// From now on only the first `clients` clients send.
     pub fn set_clients(&self, clients: usize) {
-        self.clients.store(clients, Ordering::SeqCst);
+        self.shared.update(|s| s.active = clients);
     }
 
     /// Requests answered so far (200 or not).
     pub fn done(&self) -> usize {
-        self.tally.lock().unwrap().total()
+        self.peek(Tally::total)
     }
 
     /// Calls `f` on the outcomes so far.
     pub fn peek<T>(&self, f: impl FnOnce(&Tally) -> T) -> T {
-        f(&self.tally.lock().unwrap())
+        f(&self.shared.lock().tally)
     }
 
-    /// Waits until `f` holds of the outcomes so far (checked as requests complete, polled
-    /// every 20 ms); panics with `what` after [`WAIT`].
+    /// Waits until `f` holds of the outcomes so far, checked each time a request is
+    /// answered (so `f` may also look at the world outside, which the load's requests keep
+    /// sampling); panics with `what` after [`WAIT`].
     pub fn until(&self, what: &str, f: impl Fn(&Tally) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !self.peek(&f) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::park_timeout(Duration::from_millis(20));
-        }
+        let (state, timeout) = self
+            .shared
+            .changed
+            .wait_timeout_while(self.shared.lock(), WAIT, |s| !f(&s.tally))
+            .unwrap();
+        drop(state);
+        assert!(!timeout.timed_out(), "timed out waiting for {what}");
     }
 
     /// Keeps the load on until `more` further requests have been answered.
@@ -522,15 +545,11 @@ impl Load {
 
     /// Stops the clients (each finishes its request in flight) and returns the outcomes.
     pub fn stop(self) -> Tally {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.update(|s| s.stop = true);
         for t in self.threads {
             t.join().unwrap();
         }
-        Arc::try_unwrap(self.tally)
-            .ok()
-            .unwrap()
-            .into_inner()
-            .unwrap()
+        std::mem::take(&mut self.shared.lock().tally)
     }
 }
 

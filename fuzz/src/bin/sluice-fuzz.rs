@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
                 (None, None) => bail!("give a file or --hex"),
             };
+            (target.prepare)().map_err(anyhow::Error::msg)?;
             let (result, largest) = sluice_fuzz::run_one(target, &input);
             println!("largest allocation: {largest} bytes");
             match result {
@@ -159,7 +160,7 @@ fn run(targets: &[&Target], corpus: &Path, options: &Options) -> anyhow::Result<
         let dir = corpus.join(target.name);
         let entries =
             load_corpus(&dir).with_context(|| format!("reading the corpus {}", dir.display()))?;
-        let report = sluice_fuzz::run(target, &entries, options);
+        let report = sluice_fuzz::run(target, &entries, options).map_err(anyhow::Error::msg)?;
         println!(
             "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
             report.target,

@@ -70,6 +70,7 @@ pub const ADMIN: Target = Target {
             controller::admin::router: apply bodies, PUT edits, kind/namespace/name paths",
     dictionary: DICTIONARY,
     max_len: 16 * 1024,
+    prepare: || ADMIN_API.with(|api| api.as_ref().map(|_| ()).map_err(Clone::clone)),
     run: |input| {
         let (line, body) = match input.iter().position(|&b| b == b'\n') {
             Some(i) => (&input[..i], &input[i + 1..]),
@@ -78,7 +79,10 @@ pub const ADMIN: Target = Target {
         let Some(request) = request(line, body) else {
             return "not a request line".to_owned();
         };
-        ADMIN_API.with(|(runtime, router)| {
+        ADMIN_API.with(|api| {
+            let Ok((runtime, router)) = api else {
+                return super::NO_FIXTURE.to_owned();
+            };
             runtime.block_on(async {
                 let call = router.clone().oneshot(request);
                 let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), call).await
@@ -97,14 +101,13 @@ pub const ADMIN: Target = Target {
 };
 
 thread_local! {
-    /// A runtime to drive the router in, and the router.
-    static ADMIN_API: (tokio::runtime::Runtime, axum::Router) = (
+    /// A runtime to drive the router in, and the router (on the fuzzing thread).
+    static ADMIN_API: Result<(tokio::runtime::Runtime, axum::Router), String> =
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .expect("a current-thread runtime"),
-        admin::router(NullStore::default(), ClusterConfig::default()),
-    );
+            .map(|runtime| (runtime, admin::router(NullStore::default(), ClusterConfig::default())))
+            .map_err(|e| format!("a current-thread runtime: {e}"));
 }
 
 /// The request a client would send: method and URI from `line` (a line hyper would refuse

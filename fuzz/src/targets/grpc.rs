@@ -48,6 +48,7 @@ pub const INFER: Target = Target {
             ModelReadyRequest, RepositoryIndexRequest, RepositoryModelLoadRequest",
     dictionary: DICTIONARY,
     max_len: 16 * 1024,
+    prepare: super::nothing_to_prepare,
     run: |input| {
         let mut out = String::new();
         match ModelInferRequest::decode(input) {

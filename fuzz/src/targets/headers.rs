@@ -93,6 +93,7 @@ pub const INGRESS: Target = Target {
             header conditions)",
     dictionary: DICTIONARY,
     max_len: 8 * 1024,
+    prepare: || replica().map(|_| ()),
     run: |input| {
         let Some(head) = Head::parse(input) else {
             return "not a request head".to_owned();
@@ -125,7 +126,9 @@ pub const INGRESS: Target = Target {
             request.into_parts().0
         };
         out += &is_internal(&parts).to_string();
-        let (enforcer, engine, activator) = replica();
+        let Ok((enforcer, engine, activator)) = replica() else {
+            return super::NO_FIXTURE.to_owned();
+        };
         for peer in [activator, &plaintext()] {
             out += &outcome(&enforcer.check_with(engine, &parts, peer, None, UnixTime::now()));
         }
@@ -141,11 +144,14 @@ pub const GUARD: Target = Target {
             loopback listener and for one reached through a Kubernetes Service",
     dictionary: DICTIONARY,
     max_len: 8 * 1024,
+    prepare: || guards().map(|_| ()),
     run: |input| {
         let Some(head) = Head::parse(input) else {
             return "not a request head".to_owned();
         };
-        let (local, cluster) = guards();
+        let Ok((local, cluster)) = guards() else {
+            return super::NO_FIXTURE.to_owned();
+        };
         let mut out = String::new();
         for guard in [local, cluster] {
             out += &match guard.check(&head.method, &head.uri, &head.headers) {
@@ -262,16 +268,22 @@ fn plaintext() -> PeerInfo {
 /// bundle, the activator trusted to attest callers, and a policy with header conditions;
 /// and the activator's mTLS peer info. The CA is made once, in a temporary folder removed
 /// right after.
-fn replica() -> &'static (Enforcer, AuthorizationEngine, PeerInfo) {
-    static REPLICA: OnceLock<(Enforcer, AuthorizationEngine, PeerInfo)> = OnceLock::new();
-    REPLICA.get_or_init(|| {
-        let id =
-            |sa: &str| SpiffeId::new("cluster.local", "default", sa).expect("a valid SPIFFE ID");
+type Replica = (Enforcer, AuthorizationEngine, PeerInfo);
+
+fn replica() -> Result<&'static Replica, String> {
+    static REPLICA: OnceLock<Result<Replica, String>> = OnceLock::new();
+    super::fixture(&REPLICA, || {
+        let activator_id =
+            SpiffeId::new("cluster.local", "default", "activator").map_err(|e| e.to_string())?;
         let dir = std::env::temp_dir().join(format!("sluice-fuzz-ca-{}", std::process::id()));
         let ca = CertificateAuthority::load_or_create(&CaConfig::new("cluster.local", &dir))
-            .expect("a mesh CA in a temporary folder");
-        let bundle = Arc::new(ca.trust_bundle().expect("the CA's trust bundle"));
+            .map_err(|e| format!("a mesh CA in {}: {e}", dir.display()));
+        let bundle = ca.and_then(|ca| {
+            ca.trust_bundle()
+                .map_err(|e| format!("the CA's trust bundle: {e}"))
+        });
         let _ = std::fs::remove_dir_all(&dir);
+        let bundle = Arc::new(bundle?);
         let (policy, _) = AuthorizationPolicy::from_yaml(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
              metadata: {name: web, namespace: default}\nspec:\n  rules:\n  \
@@ -279,29 +291,30 @@ fn replica() -> &'static (Enforcer, AuthorizationEngine, PeerInfo) {
              to:\n    - operation: {methods: [GET, POST], paths: [\"/v2/*\"]}\n    \
              when:\n    - key: request.headers[x-user]\n      values: [\"alice\", \"b*\"]\n",
         )
-        .expect("the fuzz target's policy is valid");
+        .map_err(|e| format!("the fuzz target's policy: {e}"))?;
         let engine = AuthorizationEngine::new(vec![policy]);
         let enforcer = Enforcer::new(
             Workload::new("default", [("app", "web")]),
             8080,
             engine.clone(),
-            Some(AttestationVerifier::new(bundle, [id("activator")])),
+            Some(AttestationVerifier::new(bundle, [activator_id.clone()])),
         );
         let activator = PeerInfo {
-            identity: Some(id("activator")),
+            identity: Some(activator_id),
             security: ConnectionSecurity::MutualTls,
             peer_not_after: None,
         };
-        (enforcer, engine, activator)
+        Ok((enforcer, engine, activator))
     })
 }
 
 /// The admin API's guard on a loopback address with a token, and one reached through a
 /// Kubernetes Service (`.svc` names).
-fn guards() -> (&'static ListenerGuard, &'static ListenerGuard) {
-    static GUARDS: OnceLock<(ListenerGuard, ListenerGuard)> = OnceLock::new();
-    let (local, cluster) = GUARDS.get_or_init(|| {
-        let token = AdminToken::from_text("0123456789abcdef").expect("a valid token");
+fn guards() -> Result<&'static (ListenerGuard, ListenerGuard), String> {
+    static GUARDS: OnceLock<Result<(ListenerGuard, ListenerGuard), String>> = OnceLock::new();
+    super::fixture(&GUARDS, || {
+        let token =
+            AdminToken::from_text("0123456789abcdef").ok_or("the fixed token is refused")?;
         let local = ListenerGuard::new(
             "the admin API",
             SocketAddr::from(([127, 0, 0, 1], 8081)),
@@ -316,7 +329,6 @@ fn guards() -> (&'static ListenerGuard, &'static ListenerGuard) {
             ".svc".into(),
             ".svc.cluster.local".into(),
         ]));
-        (local, cluster)
-    });
-    (local, cluster)
+        Ok((local, cluster))
+    })
 }

@@ -87,6 +87,7 @@ pub const MANIFEST: Target = Target {
             configs) and, for JSON, crds::parse_object",
     dictionary: DICTIONARY,
     max_len: 16 * 1024,
+    prepare: super::nothing_to_prepare,
     run: |input| {
         let text = text(input);
         let base = Path::new("/fuzz/manifests");

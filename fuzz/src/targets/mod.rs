@@ -21,10 +21,30 @@ pub struct Target {
     pub dictionary: &'static [&'static str],
     /// Longest input generated.
     pub max_len: usize,
+    /// Builds what the target needs besides its input (a model, a CA, a runtime) before
+    /// the first input: a failure here is the harness's, reported as such, never a finding.
+    pub prepare: fn() -> Result<(), String>,
     /// Runs one input; returns its outcome (the decoder's answer, for the runner's
     /// new-outcome test). A panic or an oversized allocation inside is a finding.
     pub run: fn(&[u8]) -> String,
 }
+
+/// `prepare` of a target that needs nothing but its input.
+fn nothing_to_prepare() -> Result<(), String> {
+    Ok(())
+}
+
+/// A fixture built once; its error (a `String`) is what `prepare` reports.
+fn fixture<T>(
+    cell: &'static std::sync::OnceLock<Result<T, String>>,
+    build: impl FnOnce() -> Result<T, String>,
+) -> Result<&'static T, String> {
+    cell.get_or_init(build).as_ref().map_err(Clone::clone)
+}
+
+/// What `run` answers if its fixture is missing, which `prepare` has ruled out before any
+/// input is run.
+const NO_FIXTURE: &str = "the target's fixture is missing";
 
 /// Every target.
 pub const ALL: &[Target] = &[

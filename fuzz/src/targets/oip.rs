@@ -65,6 +65,7 @@ pub const JSON: Target = Target {
             model::validate_inputs (Iris and a BYTES model), Iris infer, encode_response",
     dictionary: DICTIONARY,
     max_len: 16 * 1024,
+    prepare: load_iris,
     run: |input| infer_v2(input, None),
 };
 
@@ -76,6 +77,7 @@ pub const BINARY: Target = Target {
             codec::parse_header_length, then as oip-json with the split body",
     dictionary: DICTIONARY,
     max_len: 16 * 1024,
+    prepare: load_iris,
     run: |input| {
         let (header, body) = match input.iter().position(|&b| b == b'\n') {
             Some(i) => (&input[..i], &input[i + 1..]),
@@ -95,8 +97,11 @@ pub const KSERVE_V1: Target = Target {
             model::validate_inputs, Iris infer",
     dictionary: DICTIONARY,
     max_len: 16 * 1024,
+    prepare: load_iris,
     run: |input| {
-        let iris = iris();
+        let Ok(iris) = iris() else {
+            return super::NO_FIXTURE.to_owned();
+        };
         let mut out = String::new();
         let request = decode_v1(input, iris.metadata());
         out += &outcome(&request);
@@ -113,14 +118,19 @@ pub const KSERVE_V1: Target = Target {
 };
 
 /// The Iris sample model (`samples/iris/model`), loaded once.
-fn iris() -> &'static dyn Model {
-    static IRIS: OnceLock<Box<dyn Model>> = OnceLock::new();
-    IRIS.get_or_init(|| {
+fn iris() -> Result<&'static dyn Model, String> {
+    static IRIS: OnceLock<Result<Box<dyn Model>, String>> = OnceLock::new();
+    super::fixture(&IRIS, || {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/iris/model");
         load_model("sluice-mlp", "iris", &dir)
-            .unwrap_or_else(|e| panic!("cannot load {}: {e}", dir.display()))
+            .map_err(|e| format!("cannot load {}: {e}", dir.display()))
     })
-    .as_ref()
+    .map(|m| m.as_ref())
+}
+
+/// `prepare` of the targets that run the Iris model.
+fn load_iris() -> Result<(), String> {
+    iris().map(|_| ())
 }
 
 /// The metadata of a text model (MiniLM's: one BYTES input), without its weights.
@@ -145,8 +155,11 @@ fn infer_v2(body: &[u8], header_length: Option<usize>) -> String {
     };
     out += &outcome(&request.version_for("iris", Some("2")));
     out += &outcome(&validate_inputs(text_model(), &request.inputs));
+    let Ok(iris) = iris() else {
+        return super::NO_FIXTURE.to_owned();
+    };
     match request.version_for("iris", None) {
-        Ok(version) => out += &serve(iris(), version, request),
+        Ok(version) => out += &serve(iris, version, request),
         Err(e) => out += &e.to_string(),
     }
     out
