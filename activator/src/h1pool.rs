@@ -73,6 +73,11 @@ type Idle = Arc<Mutex<HashMap<Key, Vec<Conn>>>>;
 struct Conn {
     sender: SendRequest<AttemptBody>,
     peer: Option<UpstreamPeer>,
+    /// The certificate generation current when it was dialled: a connection goes back
+    /// under this key only, so one made just before a rotation is not reused with the new
+    /// generation's connections until the replica closes it when the old certificate
+    /// expires (a request sent on it then would meet a closed connection).
+    generation: u64,
 }
 
 /// HTTP/1.1 connections to replicas, by address.
@@ -91,9 +96,12 @@ impl H1Pool {
         }
     }
 
+    fn generation(&self) -> u64 {
+        self.mesh.as_ref().map_or(0, OutboundMesh::generation)
+    }
+
     fn key(&self, endpoint: SocketAddr) -> Key {
-        let generation = self.mesh.as_ref().map_or(0, OutboundMesh::generation);
-        (std::thread::current().id(), endpoint, generation)
+        (std::thread::current().id(), endpoint, self.generation())
     }
 
     fn take(&self, endpoint: SocketAddr) -> Option<Conn> {
@@ -144,6 +152,9 @@ impl H1Pool {
     }
 
     async fn connect(&self, endpoint: SocketAddr) -> Result<Conn, H1Error> {
+        // Read before the handshake: should the certificate rotate during it, the
+        // connection counts as the old generation's and is not reused.
+        let generation = self.generation();
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
             .await
             .map_err(|_| H1Error::ConnectTimeout(CONNECT_TIMEOUT))?
@@ -169,7 +180,11 @@ impl H1Pool {
                 tracing::debug!(%endpoint, "replica connection ended: {e}");
             }
         });
-        Ok(Conn { sender, peer })
+        Ok(Conn {
+            sender,
+            peer,
+            generation,
+        })
     }
 
     fn wrap(
@@ -195,10 +210,10 @@ impl H1Pool {
     }
 
     fn put(&self, endpoint: SocketAddr, conn: Conn) {
-        if conn.sender.is_closed() {
+        let key = self.key(endpoint);
+        if conn.sender.is_closed() || conn.generation != key.2 {
             return;
         }
-        let key = self.key(endpoint);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= MAX_ENDPOINTS && !idle.contains_key(&key) {
             idle.retain(|_, stack| {

@@ -1,8 +1,9 @@
-//! HTTP/2 connections to replicas after this workload's own certificate rotates, with real
-//! mTLS handshakes on loopback: requests sent after the rotation go out on a new connection
-//! that presents the new certificate, while requests in flight on the old connection (one
-//! still waiting for its response head, one streaming its body) finish on it; the old
-//! connection then closes.
+//! HTTP/2 and HTTP/1.1 connections to replicas after this workload's own certificate
+//! rotates, with real mTLS handshakes on loopback: requests sent after the rotation go out
+//! on a new connection that presents the new certificate, while requests in flight on the
+//! old connection (one still waiting for its response head, one streaming its body) finish
+//! on it; the old connection then closes and is never reused (the replica closes it when the
+//! old certificate expires, so a request sent on it then would be lost).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -98,9 +99,15 @@ struct Holds {
     body: mpsc::Sender<mpsc::Sender<Bytes>>,
 }
 
-/// An HTTP/2 replica under STRICT mTLS as `default/hello`, reporting every request with the
-/// certificate of the connection it came on, and every connection's end.
-async fn replica(pki: &Pki, events: mpsc::UnboundedSender<Event>, holds: Holds) -> SocketAddr {
+/// A replica under STRICT mTLS as `default/hello` speaking `version` (HTTP/2 or HTTP/1.1),
+/// reporting every request with the certificate of the connection it came on, and every
+/// connection's end.
+async fn replica(
+    pki: &Pki,
+    events: mpsc::UnboundedSender<Event>,
+    holds: Holds,
+    version: Version,
+) -> SocketAddr {
     let tls = MeshTls::new(
         Arc::new(pki.ca.trust_bundle().unwrap()),
         RotatingSvid::fixed(svid(&pki.ca, "default", "hello")),
@@ -148,9 +155,16 @@ async fn replica(pki: &Pki, events: mpsc::UnboundedSender<Event>, holds: Holds) 
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let io = TokioIo::new(stream);
+                let _ = if version == Version::HTTP_2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await
+                };
                 let _ = events.send(Event::Closed { conn });
             });
         }
@@ -158,10 +172,15 @@ async fn replica(pki: &Pki, events: mpsc::UnboundedSender<Event>, holds: Holds) 
     addr
 }
 
-/// Sends `GET path` over HTTP/2 through `forwarder` to `replica`.
-async fn send(forwarder: &Forwarder, replica: SocketAddr, path: &str) -> Response<ProxyBody> {
+/// Sends `GET path` over `version` through `forwarder` to `replica`.
+async fn send(
+    forwarder: &Forwarder,
+    replica: SocketAddr,
+    path: &str,
+    version: Version,
+) -> Response<ProxyBody> {
     let req = Request::get(format!("http://hello.default.localhost{path}"))
-        .version(Version::HTTP_2)
+        .version(version)
         .body(Empty::<Bytes>::new())
         .unwrap();
     let mut out = Outbound::new(req, None).unwrap();
@@ -195,6 +214,18 @@ async fn next_request(events: &mut mpsc::UnboundedReceiver<Event>) -> (String, u
 
 #[tokio::test]
 async fn after_our_certificate_rotates_h2_requests_use_a_new_connection_and_old_ones_finish() {
+    rotation(Version::HTTP_2).await;
+}
+
+/// Over HTTP/1.1 the requests in flight hold their own connections; each old one finishes
+/// its response and must then close, not go back to the pool under the new certificate.
+#[tokio::test]
+async fn after_our_certificate_rotates_h1_connections_of_the_old_certificate_are_not_reused() {
+    rotation(Version::HTTP_11).await;
+}
+
+async fn rotation(version: Version) {
+    let h2 = version == Version::HTTP_2;
     let pki = pki();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (release_head, head) = watch::channel(false);
@@ -206,6 +237,7 @@ async fn after_our_certificate_rotates_h2_requests_use_a_new_connection_and_old_
             head,
             body: body_tx,
         },
+        version,
     )
     .await;
 
@@ -222,7 +254,7 @@ async fn after_our_certificate_rotates_h2_requests_use_a_new_connection_and_old_
     let forwarder = Forwarder::new().with_mesh(mesh);
 
     // Before: a request, then two left in flight on the same connection.
-    let resp = send(&forwarder, replica, "/before").await;
+    let resp = send(&forwarder, replica, "/before", version).await;
     // The response names the replica as the handshake verified it.
     let UpstreamPeer(peer) = resp.extensions().get::<UpstreamPeer>().unwrap().clone();
     assert_eq!(
@@ -235,18 +267,21 @@ async fn after_our_certificate_rotates_h2_requests_use_a_new_connection_and_old_
     assert_eq!(cert, old.cert_der().as_ref());
     let slow_head = tokio::spawn({
         let forwarder = forwarder.clone();
-        async move { text(send(&forwarder, replica, "/slow-head").await).await }
+        async move { text(send(&forwarder, replica, "/slow-head", version).await).await }
     });
+    // Over HTTP/1.1 the first connection is back in the pool: the held head takes it.
     assert_eq!(
         next_request(&mut events).await,
         ("/slow-head".into(), old_conn, cert.clone())
     );
-    let slow_body = send(&forwarder, replica, "/slow-body").await;
-    assert_eq!(
-        next_request(&mut events).await,
-        ("/slow-body".into(), old_conn, cert.clone())
-    );
+    let slow_body = send(&forwarder, replica, "/slow-body", version).await;
+    // HTTP/2 multiplexes it on the same connection; HTTP/1.1 dials a second one.
+    let (path, body_conn, body_cert) = next_request(&mut events).await;
+    assert_eq!(path, "/slow-body");
+    assert_eq!(body_conn, if h2 { old_conn } else { old_conn + 1 });
+    assert_eq!(body_cert, cert);
     let feed = bodies.recv().await.unwrap();
+    let new_conn = body_conn + 1;
 
     // Our certificate rotates.
     rotate.send_replace(Arc::new(new.clone()));
@@ -254,22 +289,20 @@ async fn after_our_certificate_rotates_h2_requests_use_a_new_connection_and_old_
     // After: every request goes out on one new connection presenting the new certificate.
     for i in 0..3 {
         let path = format!("/after-{i}");
-        assert_eq!(text(send(&forwarder, replica, &path).await).await, path);
+        assert_eq!(
+            text(send(&forwarder, replica, &path, version).await).await,
+            path
+        );
         let (seen, conn, cert) = next_request(&mut events).await;
         assert_eq!(seen, path);
-        assert_ne!(
-            conn, old_conn,
-            "{path} reused a connection of the old certificate"
-        );
         assert_eq!(
-            conn,
-            old_conn + 1,
-            "{path} did not reuse the new connection"
+            conn, new_conn,
+            "{path} did not go out on the new certificate's connection"
         );
         assert_eq!(cert, new.cert_der().as_ref(), "{path}");
     }
 
-    // The requests in flight across the rotation finish on the old connection.
+    // The requests in flight across the rotation finish on their old connections.
     release_head.send_replace(true);
     assert_eq!(slow_head.await.unwrap(), "head held");
     feed.send(Bytes::from_static(b"then the rest"))
@@ -278,21 +311,25 @@ async fn after_our_certificate_rotates_h2_requests_use_a_new_connection_and_old_
     drop(feed);
     assert_eq!(text(slow_body).await, "first then the rest");
 
-    // With nothing left on it, the old connection closes (the new one stays).
-    match events.recv().await.unwrap() {
-        Event::Closed { conn } => assert_eq!(conn, old_conn),
-        other => panic!("expected the old connection to close, got {other:?}"),
+    // With nothing left on them, the old connections close (the new one stays).
+    let mut old: Vec<usize> = vec![old_conn, body_conn];
+    old.dedup();
+    while !old.is_empty() {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+        let event = event.unwrap_or_else(|_| panic!("connections {old:?} stayed open"));
+        match event.unwrap() {
+            Event::Closed { conn } if old.contains(&conn) => old.retain(|c| *c != conn),
+            other => panic!("expected an old connection to close, got {other:?}"),
+        }
     }
-    assert_eq!(
-        text(send(&forwarder, replica, "/last").await).await,
-        "/last"
-    );
-    assert_eq!(
-        next_request(&mut events).await,
-        (
-            "/last".into(),
-            old_conn + 1,
-            new.cert_der().as_ref().to_vec()
-        )
-    );
+    for path in ["/last", "/last-again"] {
+        assert_eq!(
+            text(send(&forwarder, replica, path, version).await).await,
+            path
+        );
+        assert_eq!(
+            next_request(&mut events).await,
+            (path.into(), new_conn, new.cert_der().as_ref().to_vec())
+        );
+    }
 }
