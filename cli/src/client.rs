@@ -248,7 +248,7 @@ async fn apply_files(
 /// One line per object on stdout, kubectl style, with its warnings on stderr.
 pub fn print_apply_results(results: &[ApplyResult]) {
     for r in results {
-        let policy = crate::up::policies::plural_of(&r.kind).is_some();
+        let policy = sluice_controller::policies::plural_of(&r.kind).is_some();
         for w in &r.warnings {
             if policy {
                 // Policy warnings are bare field paths: say whose (as `sluice up` does).
@@ -375,7 +375,7 @@ fn policy_table(plural: &str, items: &[Value], with_namespace: bool) -> String {
 
 /// `sluice get KIND [NAME]`.
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    if let Some(plural) = crate::up::policies::plural_of(&args.kind) {
+    if let Some(plural) = sluice_controller::policies::plural_of(&args.kind) {
         return get_policies(args, plural).await;
     }
     let kind = kind(&args.kind)?;
@@ -423,7 +423,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 
 /// `sluice delete KIND NAME`.
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let plural = match crate::up::policies::plural_of(&args.kind) {
+    let plural = match sluice_controller::policies::plural_of(&args.kind) {
         Some(p) if args.kube => {
             return crate::kube_policy::delete(p, &args.namespace, &args.name).await;
         }

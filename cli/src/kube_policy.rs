@@ -127,7 +127,7 @@ pub async fn apply(docs: Vec<Validated>) -> anyhow::Result<()> {
     }
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let workloads = if docs.iter().any(|d| d.selector.is_some()) {
-        crate::up::policies::known_workloads(&KubeStore::new(client.clone())).await
+        sluice_controller::policies::known_workloads(&KubeStore::new(client.clone())).await
     } else {
         Vec::new()
     };

@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sluice_activator::{Activator, ActivatorConfig, Forwarder};
+use sluice_activator::{Activator, ActivatorConfig};
 use sluice_autoscaler::{AutoscalerConfig, Scraper};
 use sluice_controller::admin::{self, ManifestFile};
+use sluice_controller::policies::{
+    PolicyStore, apply_policies, known_workloads, split_policies, warn_unselected,
+};
 use sluice_controller::reconcile::{Controller, ControllerConfig};
 use sluice_controller::runtime::mesh::LocalMesh;
 use sluice_controller::runtime::{LocalRuntime, LocalRuntimeConfig};
@@ -21,6 +24,7 @@ use sluice_mesh::guard::{self, AdminToken, ListenerGuard};
 use sluice_mesh::identity::RotationConfig;
 use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
 use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
+use sluice_proxy::Forwarder;
 use sluice_router::ingress::Ingress;
 use sluice_router::{Router, ServeConfig};
 use tokio::net::TcpListener;
@@ -29,7 +33,6 @@ use tokio::sync::{mpsc, watch};
 use crate::{absolute, shutdown};
 
 pub(crate) mod mesh;
-pub mod policies;
 
 /// Flags of `sluice up`.
 #[derive(Args, Debug)]
@@ -160,10 +163,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
     tracing::info!(db = %store.path().display(), "store open");
     let cluster = args.cluster_config();
-    let policies = mesh::PolicyStore::open(&args.state_dir)?;
+    let policies = PolicyStore::open(&args.state_dir)?;
     if let Some(dir) = &args.dir {
         let files = manifest_files(dir)?;
-        let (files, policy_text) = mesh::split_policies(&files);
+        let (files, policy_text) = split_policies(&files);
         let mut applied = Vec::new();
         if !policy_text.is_empty() {
             match policies.apply(&policy_text) {
@@ -177,7 +180,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
             }
         }
-        policies::warn_unselected(&mut applied, &policies::known_workloads(&store).await);
+        warn_unselected(&mut applied, &known_workloads(&store).await);
         mesh::print_policy_results(&applied);
     }
     let up_mesh = match args.mesh.as_str() {
@@ -187,7 +190,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.cert_ttl,
         )?),
         _ => {
-            if policies.len() > 0 {
+            if !policies.is_empty() {
                 eprintln!(
                     "Warning: --mesh=off: {} stored security policies are not enforced",
                     policies.len()
@@ -356,7 +359,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }),
         )
         .layer(axum::middleware::from_fn(move |req, next| {
-            mesh::apply_policies(policies.clone(), policy_store.clone(), req, next)
+            apply_policies(policies.clone(), policy_store.clone(), req, next)
         }));
     let admin_guard = ListenerGuard::new("the admin API", admin_addr, Some(token.clone()))
         .with_token_hint(format!(

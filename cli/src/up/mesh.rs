@@ -11,23 +11,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::body::Bytes;
-use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use sluice_controller::admin::{ApplyRequest, ManifestFile};
-use sluice_controller::store::Store;
 use sluice_core::RoutingSnapshot;
 use sluice_mesh::identity::files;
 use sluice_mesh::identity::{
     CaConfig, CertificateAuthority, RotatingSvid, RotationConfig, SpiffeId, SvidIssuer,
 };
 use sluice_mesh::outbound::OutboundMesh;
-use sluice_mesh::policy::documents::{kind_of, split_documents};
-use sluice_mesh::policy::{
-    AuthorizationPolicy, PeerAuthentication, PolicyDocuments, WorkloadSelector, authz,
-};
 use sluice_mesh::telemetry::Registry;
 use sluice_mesh::tls::{MeshHttpConnector, MeshTls};
 use tokio::sync::watch;
@@ -106,199 +99,8 @@ impl UpMesh {
     }
 }
 
-/// The security policies in force, persisted in `state_dir/mesh/policies.yaml` and
-/// published to replicas.
-pub struct PolicyStore {
-    path: PathBuf,
-    docs: std::sync::Mutex<BTreeMap<String, String>>,
-    tx: watch::Sender<Arc<String>>,
-}
-
-/// What one policy document did on apply.
-#[derive(Debug)]
-pub struct PolicyApplied {
-    /// `AuthorizationPolicy` or `PeerAuthentication`.
-    pub kind: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// `created`, `configured` or `unchanged`.
-    pub outcome: &'static str,
-    /// Fields kept but not acted on, and a selector matching no workload.
-    pub warnings: Vec<String>,
-    /// `spec.selector`, if any.
-    pub selector: Option<WorkloadSelector>,
-}
-
-/// One validated policy document.
-struct Parsed {
-    key: String,
-    kind: String,
-    namespace: String,
-    name: String,
-    warnings: Vec<String>,
-    selector: Option<WorkloadSelector>,
-}
-
-fn key_of(doc: &str) -> Result<Parsed, String> {
-    match kind_of(doc).as_deref() {
-        Some(authz::KIND) => AuthorizationPolicy::from_yaml(doc)
-            .map(|(p, warnings)| Parsed {
-                key: p.key(),
-                kind: authz::KIND.to_owned(),
-                namespace: p.metadata.namespace().to_owned(),
-                name: p.metadata.name.clone(),
-                warnings,
-                selector: p.spec.selector.clone(),
-            })
-            .map_err(|e| e.to_string()),
-        Some(sluice_mesh::policy::peer_auth::KIND) => PeerAuthentication::from_yaml(doc)
-            .map(|(p, warnings)| Parsed {
-                key: p.key(),
-                kind: sluice_mesh::policy::peer_auth::KIND.to_owned(),
-                namespace: p.metadata.namespace().to_owned(),
-                name: p.metadata.name.clone(),
-                warnings,
-                selector: p.spec.selector.clone(),
-            })
-            .map_err(|e| e.to_string()),
-        other => Err(format!("not a security policy (kind {other:?})")),
-    }
-}
-
-impl PolicyStore {
-    /// Loads the stored policies of `state_dir`.
-    pub fn open(state_dir: &Path) -> anyhow::Result<Arc<Self>> {
-        let path = state_dir.join("mesh").join("policies.yaml");
-        let mut docs = BTreeMap::new();
-        if path.exists() {
-            let text = String::from_utf8(files::read_private(&path)?)
-                .with_context(|| format!("{} is not UTF-8", path.display()))?;
-            for doc in split_documents(&text) {
-                let parsed = key_of(doc)
-                    .map_err(|e| anyhow::anyhow!("{}: stored policy: {e}", path.display()))?;
-                docs.insert(parsed.key, doc.trim_end().to_owned());
-            }
-        }
-        let text = Arc::new(join(&docs));
-        let (tx, _) = watch::channel(text);
-        Ok(Arc::new(Self {
-            path,
-            docs: std::sync::Mutex::new(docs),
-            tx,
-        }))
-    }
-
-    /// How many policies are stored.
-    pub fn len(&self) -> usize {
-        self.docs.lock().map_or(0, |d| d.len())
-    }
-
-    /// Follows the policy text in force.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<String>> {
-        self.tx.subscribe()
-    }
-
-    /// Validates every policy document of `text` (all or nothing), then stores and
-    /// publishes them.
-    pub fn apply(&self, text: &str) -> Result<Vec<PolicyApplied>, Vec<String>> {
-        let mut parsed = Vec::new();
-        let mut errors = Vec::new();
-        for (i, doc) in split_documents(text).into_iter().enumerate() {
-            match key_of(doc) {
-                Ok(k) => parsed.push((k, doc.trim_end().to_owned())),
-                Err(e) => errors.push(format!("policy document {}: {e}", i + 1)),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut results = Vec::new();
-        for (p, doc) in parsed {
-            let outcome = match docs.insert(p.key, doc.clone()) {
-                None => "created",
-                Some(old) if old == doc => "unchanged",
-                Some(_) => "configured",
-            };
-            results.push(PolicyApplied {
-                kind: p.kind,
-                namespace: p.namespace,
-                name: p.name,
-                outcome,
-                warnings: p.warnings,
-                selector: p.selector,
-            });
-        }
-        self.publish(&docs)?;
-        Ok(results)
-    }
-
-    /// The stored policies of `kind`, in `namespace` or all, as (namespace, name, YAML).
-    pub fn list(&self, kind: &str, namespace: Option<&str>) -> Vec<(String, String, String)> {
-        let docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
-        docs.iter()
-            .filter_map(|(key, doc)| {
-                let mut parts = key.splitn(3, '/');
-                let (k, ns, name) = (parts.next()?, parts.next()?, parts.next()?);
-                (k == kind && namespace.is_none_or(|want| want == ns))
-                    .then(|| (ns.to_owned(), name.to_owned(), doc.clone()))
-            })
-            .collect()
-    }
-
-    /// Deletes one policy and publishes the rest; `Ok(false)` when there was none.
-    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<bool, Vec<String>> {
-        let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
-        if docs.remove(&format!("{kind}/{namespace}/{name}")).is_none() {
-            return Ok(false);
-        }
-        self.publish(&docs)?;
-        Ok(true)
-    }
-
-    /// Persists and publishes `docs` (called with the lock held, so writes are ordered).
-    fn publish(&self, docs: &BTreeMap<String, String>) -> Result<(), Vec<String>> {
-        let text = join(docs);
-        // The joined set must still parse as one (it always does: each part did).
-        if let Err(e) = PolicyDocuments::parse(&text) {
-            return Err(e.iter().map(ToString::to_string).collect());
-        }
-        if let Err(e) = files::write_private(&self.path, text.as_bytes()) {
-            return Err(vec![format!("storing policies: {e}")]);
-        }
-        self.tx.send_replace(Arc::new(text));
-        Ok(())
-    }
-}
-
-fn join(docs: &BTreeMap<String, String>) -> String {
-    docs.values().cloned().collect::<Vec<_>>().join("\n---\n")
-}
-
-/// Splits the security policies off manifest files: returns the files without them and the
-/// policy documents' text.
-pub fn split_policies(files: &[ManifestFile]) -> (Vec<ManifestFile>, String) {
-    let mut policies = Vec::new();
-    let mut rest = Vec::new();
-    for file in files {
-        let (p, others) = sluice_mesh::policy::partition(&file.text);
-        if !p.is_empty() {
-            policies.push(p);
-        }
-        if !others.trim().is_empty() {
-            rest.push(ManifestFile {
-                text: others,
-                ..file.clone()
-            });
-        }
-    }
-    (rest, policies.join("\n---\n"))
-}
-
 /// Prints policy results as `sluice apply` prints others.
-pub fn print_policy_results(results: &[PolicyApplied]) {
+pub fn print_policy_results(results: &[sluice_controller::policies::PolicyApplied]) {
     for r in results {
         println!(
             "{}.security.istio.io/{} {}",
@@ -310,93 +112,6 @@ pub fn print_policy_results(results: &[PolicyApplied]) {
             eprintln!("Warning: {}/{}: {w}", r.kind, r.name);
         }
     }
-}
-
-fn results_json(results: &[PolicyApplied]) -> Vec<serde_json::Value> {
-    results
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "kind": r.kind, "namespace": r.namespace, "name": r.name,
-                "outcome": r.outcome, "warnings": r.warnings,
-            })
-        })
-        .collect()
-}
-
-/// Admin middleware: `POST /v1/apply` bodies have their security policies taken out,
-/// stored and published here (with a warning for a selector matching no workload of
-/// `store`); the rest goes on to the controller's apply. The policies are also served as
-/// objects (`GET`, `DELETE`, see [`super::policies::objects_api`]).
-pub async fn apply_policies<S: Store>(
-    policies: Arc<PolicyStore>,
-    store: S,
-    req: Request<axum::body::Body>,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(resp) =
-        super::policies::objects_api(&policies, req.method(), req.uri().path(), req.uri().query())
-    {
-        return resp;
-    }
-    if req.method() != axum::http::Method::POST || req.uri().path() != "/v1/apply" {
-        return next.run(req).await;
-    }
-    let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "apply body too large").into_response();
-    };
-    let Ok(mut request) = serde_json::from_slice::<ApplyRequest>(&bytes) else {
-        // Not ours to judge: the controller names what is wrong.
-        return next
-            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-            .await;
-    };
-    let (rest, policy_text) = split_policies(&request.files);
-    if policy_text.is_empty() {
-        return next
-            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-            .await;
-    }
-    let mut applied = match policies.apply(&policy_text) {
-        Ok(a) => a,
-        Err(errors) => {
-            return (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                axum::Json(serde_json::json!({
-                    "error": "invalid security policy",
-                    "errors": errors,
-                })),
-            )
-                .into_response();
-        }
-    };
-    let mut results = Vec::new();
-    if !rest.is_empty() {
-        request.files = rest;
-        let body = serde_json::to_vec(&request).unwrap_or_default();
-        let resp = next
-            .run(Request::from_parts(parts, axum::body::Body::from(body)))
-            .await;
-        let (p, b) = resp.into_parts();
-        let Ok(b) = axum::body::to_bytes(b, 64 * 1024 * 1024).await else {
-            return (StatusCode::BAD_GATEWAY, "apply answer too large").into_response();
-        };
-        if !p.status.is_success() {
-            return Response::from_parts(p, axum::body::Body::from(b));
-        }
-        let mut json: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
-        if let Some(list) = json["results"].as_array_mut() {
-            results = std::mem::take(list);
-        }
-    }
-    // After the rest is stored, so workloads applied together with the policy count.
-    super::policies::warn_unselected(
-        &mut applied,
-        &super::policies::known_workloads(&store).await,
-    );
-    results.extend(results_json(&applied));
-    axum::Json(serde_json::json!({ "results": results })).into_response()
 }
 
 /// Merges Prometheus text expositions: one `# HELP`/`# TYPE` per family, then every
@@ -477,12 +192,9 @@ pub async fn all_metrics(
     for addr in addrs {
         let http = http.clone();
         set.spawn(async move {
-            let uri: axum::http::Uri = format!(
-                "http://{addr}{}",
-                sluice_activator::queue::mesh::METRICS_PATH
-            )
-            .parse()
-            .ok()?;
+            let uri: axum::http::Uri = format!("http://{addr}{}", sluice_queue::mesh::METRICS_PATH)
+                .parse()
+                .ok()?;
             let fetch = async {
                 let resp = http.get(uri).await.ok()?;
                 if !resp.status().is_success() {
@@ -580,8 +292,6 @@ mod tests {
 
     use super::*;
 
-    const ALLOW: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: default}\nspec: {action: ALLOW}\n";
-
     #[test]
     fn merged_metrics_keep_one_header_per_family() {
         let one = "# HELP x_total X.\n# TYPE x_total counter\nx_total{pod=\"1\"} 1\n".to_owned();
@@ -590,29 +300,5 @@ mod tests {
             merge_expositions(&[one, two]),
             "# HELP x_total X.\n# TYPE x_total counter\nx_total{pod=\"1\"} 1\nx_total{pod=\"2\"} 2\n# HELP y Y.\n# TYPE y gauge\ny 3\n"
         );
-    }
-
-    #[test]
-    fn policies_are_stored_published_and_refused_with_field_paths() {
-        let dir = std::env::temp_dir().join(format!("sluice-up-policies-{}", std::process::id()));
-        let store = PolicyStore::open(&dir).unwrap();
-        let mut rx = store.subscribe();
-        let outcome = |r: Vec<PolicyApplied>| r.iter().map(|p| p.outcome).collect::<Vec<_>>();
-        assert_eq!(outcome(store.apply(ALLOW).unwrap()), ["created"]);
-        assert!(rx.has_changed().unwrap());
-        assert!(rx.borrow_and_update().contains("name: a"));
-        assert_eq!(outcome(store.apply(ALLOW).unwrap()), ["unchanged"]);
-        let bad = ALLOW.replace("ALLOW", "MAYBE");
-        let errors = store.apply(&bad).unwrap_err();
-        assert!(errors[0].contains("spec.action"), "{errors:?}");
-        // Persisted (0600) and read back by the next `sluice up`.
-        let path = dir.join("mesh").join("policies.yaml");
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(PolicyStore::open(&dir).unwrap().len(), 1);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
