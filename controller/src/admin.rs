@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use sluice_core::ErrorBody;
 use sluice_crds::autoscaling::ClusterConfig;
 use sluice_crds::{Kind, ManifestError, parse_manifests, parse_object};
 use sluice_mesh::guard::ListenerGuard;
@@ -231,7 +232,7 @@ async fn index() -> Json<serde_json::Value> {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+    (status, Json(ErrorBody::new(message))).into_response()
 }
 
 fn store_error(e: StoreError) -> Response {

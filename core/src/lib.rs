@@ -6,7 +6,9 @@
 //!
 //! Not here: any I/O, any HTTP, any manifest type (those live in `sluice-crds`).
 
+mod backoff;
 mod error;
+mod error_body;
 mod key;
 pub mod replica;
 mod routing;
@@ -14,7 +16,9 @@ mod scale;
 mod scaling;
 mod stats;
 
+pub use backoff::Backoff;
 pub use error::error_chain;
+pub use error_body::ErrorBody;
 pub use key::{KeyError, NamespacedName};
 pub use routing::{
     Endpoint, HostRoute, ResponseTimeouts, RevisionRoute, RoutingSnapshot, WeightedTarget,

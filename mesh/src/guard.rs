@@ -484,7 +484,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// A refusal in the body shape of Sluice's JSON APIs: `{"error": "…"}`.
 fn refuse(status: StatusCode, message: String) -> Response<String> {
-    let body = serde_json::json!({ "error": message }).to_string();
+    let body = serde_json::to_string(&sluice_core::ErrorBody::new(message)).unwrap_or_default();
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     resp.headers_mut().insert(

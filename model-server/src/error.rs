@@ -100,7 +100,7 @@ impl IntoResponse for InferError {
             }
             _ => sluice_core::error_chain(&self),
         };
-        (self.status(), Json(serde_json::json!({ "error": message }))).into_response()
+        (self.status(), Json(sluice_core::ErrorBody::new(message))).into_response()
     }
 }
 

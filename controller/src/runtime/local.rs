@@ -162,12 +162,11 @@ impl Inner {
             let procs = map.entry(key.clone()).or_default();
             procs.replicas.retain(|r| r.id != id);
             procs.consecutive_failures += 1;
-            let exp = procs.consecutive_failures.saturating_sub(1).min(16);
-            let delay = self
-                .config
-                .backoff
-                .saturating_mul(1 << exp)
-                .min(self.config.max_backoff);
+            let delay = sluice_core::Backoff::after(
+                self.config.backoff,
+                self.config.max_backoff,
+                procs.consecutive_failures,
+            );
             procs.retry_at = Some(Instant::now() + delay);
             procs.failure = Some(failure);
         });

@@ -144,7 +144,7 @@ pub(crate) async fn renew_with<F, Fut, E>(
             _ = tokio::time::sleep(delay) => {}
             _ = tx.closed() => return,
         }
-        let mut backoff = config.retry_min;
+        let mut backoff = sluice_core::Backoff::new(config.retry_min, config.retry_max);
         let svid = loop {
             let attempt = tokio::select! {
                 result = issue() => result,
@@ -153,12 +153,12 @@ pub(crate) async fn renew_with<F, Fut, E>(
             match attempt {
                 Ok(svid) => break svid,
                 Err(error) => {
-                    tracing::warn!(%id, %error, retry_in = ?backoff, "certificate renewal failed");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%id, %error, retry_in = ?delay, "certificate renewal failed");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = tx.closed() => return,
                     }
-                    backoff = (backoff * 2).min(config.retry_max);
                 }
             }
         };

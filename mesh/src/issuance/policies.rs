@@ -420,7 +420,7 @@ pub async fn first_policies(
     tls: &MeshTls,
     config: &FollowConfig,
 ) -> Result<(PoliciesResponse, Policies), PolicyFetchError> {
-    let mut delay = config.retry_min;
+    let mut backoff = sluice_core::Backoff::new(config.retry_min, config.retry_max);
     let mut attempt = 1;
     loop {
         let result = async {
@@ -442,8 +442,7 @@ pub async fn first_policies(
                 "fetching the security policies failed, retrying: {e}"
             ),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(config.retry_max);
+        tokio::time::sleep(backoff.next_delay()).await;
         attempt += 1;
     }
 }
@@ -458,7 +457,7 @@ pub async fn follow_policies(
     config: FollowConfig,
     tx: watch::Sender<Arc<Policies>>,
 ) {
-    let mut delay = config.retry_min;
+    let mut backoff = sluice_core::Backoff::new(config.retry_min, config.retry_max);
     loop {
         let poll = async {
             let answer = fetch_policies(&addr, &tls, Some(&version), config.wait).await?;
@@ -479,16 +478,15 @@ pub async fn follow_policies(
                 tracing::info!(version = %new_version, "security policies updated from the mesh CA");
                 version = new_version;
                 tx.send_replace(Arc::new(policies));
-                delay = config.retry_min;
+                backoff.reset();
             }
-            Ok(None) => delay = config.retry_min,
+            Ok(None) => backoff.reset(),
             Err(e) => {
                 tracing::warn!("keeping the current security policies: {e}");
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                     () = tx.closed() => return,
                 }
-                delay = (delay * 2).min(config.retry_max);
             }
         }
     }
