@@ -18,8 +18,7 @@ use sluice_crds::route::Route;
 use sluice_crds::service::Service;
 use tokio::sync::{broadcast, watch};
 
-use super::support::weighted;
-use super::{isvc, route, routing};
+use super::{isvc, routing};
 use crate::runtime::Runtime;
 use crate::store::{Store, StoreError};
 
@@ -71,40 +70,19 @@ pub fn snapshot(
         let Some(host) = status.url.as_deref().and_then(host_of) else {
             continue;
         };
-        let mut targets = weighted(&ns, &status.traffic);
-        if targets.is_empty() {
-            // Nothing ready yet: the newest revision, held by the activator until it is.
-            let owner = r
-                .metadata
-                .owner_references
-                .iter()
-                .find(|o| o.kind == Kind::Service.name());
-            if let Some(latest) = owner
-                .and_then(|o| services.get(&(ns.clone(), o.name.clone())))
-                .and_then(|s| s.status.as_ref()?.latest_created_revision_name.clone())
-            {
-                targets.push(WeightedTarget {
-                    revision: NamespacedName::new(ns.clone(), latest),
-                    percent: 100,
-                });
-            }
+        // The newest revision of the Route's Service, for while nothing is ready yet.
+        let latest = r
+            .metadata
+            .owner_references
+            .iter()
+            .find(|o| o.kind == Kind::Service.name())
+            .and_then(|o| services.get(&(ns.clone(), o.name.clone())))
+            .and_then(|s| s.status.as_ref()?.latest_created_revision_name.as_deref());
+        let entries = routing::route_host_entries(&key, &host, &status.traffic, latest);
+        if let Some((_, _, targets)) = entries.last() {
+            route_targets.insert((ns, r.metadata.name.clone()), targets.clone());
         }
-        for t in &status.traffic {
-            if let (Some(tag), Some(rev)) =
-                (t.tag.as_deref().filter(|t| !t.is_empty()), &t.revision_name)
-            {
-                hosts.push((
-                    route::tag_host(tag, &host),
-                    key.clone(),
-                    vec![WeightedTarget {
-                        revision: NamespacedName::new(ns.clone(), rev.clone()),
-                        percent: 100,
-                    }],
-                ));
-            }
-        }
-        route_targets.insert((ns, r.metadata.name.clone()), targets.clone());
-        hosts.push((host, key, targets));
+        hosts.extend(entries);
     }
     for i in decoded::<InferenceService>(isvcs) {
         let ns = i.metadata.namespace().to_owned();

@@ -17,6 +17,7 @@
 
 mod cache;
 pub mod configuration;
+mod error;
 pub mod isvc;
 pub mod kube_routing;
 pub mod revision;
@@ -25,6 +26,7 @@ pub mod route;
 mod routing;
 pub mod runtime_select;
 pub mod service;
+mod stages;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -37,9 +39,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sluice_autoscaler::AutoscalerHandle;
-use sluice_core::{
-    NamespacedName, RevisionScaling, RoutingSnapshot, ScaleDecision, WeightedTarget,
-};
+use sluice_core::{NamespacedName, RevisionScaling, RoutingSnapshot, ScaleDecision};
 use sluice_crds::Kind;
 use sluice_crds::autoscaling::scaling_from_annotations;
 use sluice_crds::configuration::{Configuration, ConfigurationStatus};
@@ -53,8 +53,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::runtime::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime};
 use crate::store::{Change, Event, Store, StoreError};
 use cache::{Cache, KINDS, Key};
+pub use error::ReconcileError;
 use support::{
-    by_key, differs, event, group_by_config, initial_replicas, key_of, ready_transition, weighted,
+    decode, encode, epoch_ms, event, group_by_config, initial_replicas, key_of, name_of,
+    ready_transition,
 };
 
 /// Controller settings.
@@ -71,39 +73,6 @@ pub struct ControllerConfig {
     /// Revisions kept per configuration beyond those routed, latest created and latest
     /// ready; older ones are deleted (Knative's `min-non-active-revisions`, default 20).
     pub revision_history: usize,
-}
-
-/// Why a reconcile pass failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// An object does not decode as its kind (or encode to JSON).
-    #[error("{kind} {name} does not (de)serialize")]
-    Serde {
-        /// Kind.
-        kind: Kind,
-        /// Name.
-        name: String,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The autoscaler has stopped.
-    #[error("the autoscaler has stopped")]
-    AutoscalerGone,
-}
-
-impl ReconcileError {
-    /// A short label for metrics and logs.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            ReconcileError::Store(_) => "store",
-            ReconcileError::Serde { .. } => "serde",
-            ReconcileError::AutoscalerGone => "autoscaler_gone",
-        }
-    }
 }
 
 /// The controller: reconcilers over a `Store` and a `Runtime`.
@@ -147,12 +116,6 @@ pub struct Controller<S: Store, R: Runtime> {
 /// A wall clock: the controller's source of `SystemTime` for gradual rollouts, whose state
 /// is kept in the store (so it must survive restarts) in wall-clock milliseconds.
 pub type Clock = Arc<dyn Fn() -> std::time::SystemTime + Send + Sync>;
-
-/// Milliseconds since the Unix epoch (0 before it).
-fn epoch_ms(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// Counters of a controller's passes: how many ran, how many were full (re-reading the
 /// store), and how many objects their scopes held in all (a full pass counts every
@@ -207,27 +170,6 @@ const RESYNC_STRETCH: u32 = 50;
 const FULL_EVERY: u32 = 600;
 
 use routing::HostEntry;
-
-fn name_of(raw: &Value) -> &str {
-    raw["metadata"]["name"].as_str().unwrap_or_default()
-}
-
-fn decode<T: DeserializeOwned>(kind: Kind, raw: &Value) -> Result<T, ReconcileError> {
-    // Deserialize from the borrowed tree: no copy of every object on every pass.
-    T::deserialize(raw).map_err(|source| ReconcileError::Serde {
-        kind,
-        name: name_of(raw).to_owned(),
-        source,
-    })
-}
-
-fn encode(kind: Kind, name: &str, value: &impl Serialize) -> Result<Value, ReconcileError> {
-    serde_json::to_value(value).map_err(|source| ReconcileError::Serde {
-        kind,
-        name: name.to_owned(),
-        source,
-    })
-}
 
 impl<S: Store, R: Runtime> Controller<S, R> {
     /// A controller publishing routes on `snapshot`.
@@ -287,12 +229,11 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         self.stats.clone()
     }
 
-    fn host(&self, name: &str, namespace: &str) -> String {
-        format!("{name}.{namespace}.{}", self.config.domain).to_ascii_lowercase()
-    }
-
-    fn url(&self, name: &str, namespace: &str) -> String {
-        route::UrlFor::url_for(&self.urls(), &self.host(name, namespace))
+    fn hosts(&self) -> stages::Hosts {
+        stages::Hosts {
+            domain: self.config.domain.clone(),
+            url_port: self.config.url_port,
+        }
     }
 
     /// Signals `done` once `run`'s first pass has published routes for what the store holds
@@ -683,6 +624,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
     /// A pass over `scope` (everything without one): see `reconcile_all`. With a scope,
     /// every input of what it computes is in the scope (see `cache`), and the routing
     /// snapshot is rebuilt from the host entries and revisions kept from earlier passes.
+    /// One reconcile pass over `scope` (everything when `None`): derive, stamp, observe,
+    /// route, scale, write statuses, keep and publish. Each stage's logic is a pure
+    /// function of `stages`; this reads their inputs and writes their outputs.
     async fn pass(&mut self, mut scope: Option<BTreeSet<Key>>) -> Result<(), ReconcileError> {
         self.stats.record(
             scope.is_none(),
@@ -690,6 +634,105 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 .as_ref()
                 .map_or_else(|| self.cache.len(), BTreeSet::len),
         );
+        let hosts = self.hosts();
+        let (cluster, namespaced) = self.serving_runtimes().await?;
+        let runtimes = isvc::Runtimes {
+            namespaced: &namespaced,
+            cluster: &cluster,
+        };
+
+        // Derive: InferenceService → component Services → Configuration + Route.
+        let isvcs: Vec<(Value, InferenceService)> = self.typed(Kind::InferenceService, &scope)?;
+        let components = stages::components(&isvcs, &runtimes, &hosts, &self.cache)?;
+        let services = self
+            .write_components(&isvcs, &components, &mut scope)
+            .await?;
+        let mut configs: Vec<(Value, Configuration)> = self.typed(Kind::Configuration, &scope)?;
+        let mut routes: Vec<(Value, Route)> = self.typed(Kind::Route, &scope)?;
+        let (new_configs, new_routes) = stages::service_children(&services, &configs, &routes)?;
+        let (configs_changed, routes_changed) = (!new_configs.is_empty(), !new_routes.is_empty());
+        if configs_changed || routes_changed {
+            self.apply_derived(
+                new_configs.into_iter().chain(new_routes).collect(),
+                &mut scope,
+            )
+            .await?;
+        }
+        if configs_changed {
+            configs = self.typed(Kind::Configuration, &scope)?;
+        }
+        if routes_changed {
+            routes = self.typed(Kind::Route, &scope)?;
+        }
+
+        // Stamp: Configuration → Revisions.
+        let mut revisions: Vec<(Value, Revision)> = self.typed(Kind::Revision, &scope)?;
+        let stamps = stages::stamp_revisions(&configs, &revisions)?;
+        if !stamps.create.is_empty() {
+            self.apply_derived(stamps.create, &mut scope).await?;
+            revisions = self.typed(Kind::Revision, &scope)?;
+        }
+
+        // Observe: revision readiness as the runtime sees it now.
+        let (specs, observed) = self.observe(&revisions);
+        let config_status = stages::configuration_statuses(&configs, &observed, &stamps.errors);
+
+        // Route.
+        let now_ms = epoch_ms((self.clock)());
+        let routing = stages::routing(
+            &routes,
+            &isvcs,
+            &components,
+            &config_status,
+            &observed,
+            &hosts,
+            now_ms,
+        );
+        for (route, due) in &routing.rollout_due {
+            match due {
+                Some(at) => self.rollout_due.insert(route.clone(), *at),
+                None => self.rollout_due.remove(route),
+            };
+        }
+
+        // Scale: revisions → replicas, and their status.
+        let mut pending = Vec::new();
+        let now_observed = self
+            .scale(&revisions, &specs, &observed, &routing.wanted, &mut pending)
+            .await?;
+        self.stop_removed(&revisions, &scope);
+
+        // Write statuses upward: Configuration, Route, Service, InferenceService.
+        self.write_statuses(
+            &mut pending,
+            &Derived {
+                configs: &configs,
+                routes: &routes,
+                services: &services,
+                isvcs: &isvcs,
+                components: &components,
+                config_status: &config_status,
+                route_status: &routing.statuses,
+            },
+            &hosts,
+        )?;
+        self.flush_statuses(pending, stamps.events).await?;
+        self.collect_garbage(&configs, &observed, &routing.wanted, &config_status)
+            .await?;
+
+        // Keep and publish.
+        let changed = self.keep(&scope, routing.hosts, &routes, &isvcs, now_observed);
+        if changed {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// The cluster's serving runtimes (the built-in one stored once, and added if deleted)
+    /// and the namespaced ones by namespace.
+    async fn serving_runtimes(
+        &mut self,
+    ) -> Result<(Vec<ServingRuntime>, HashMap<String, Vec<ServingRuntime>>), ReconcileError> {
         if !self.builtin_applied {
             let builtin = builtin_runtime();
             let value = encode(
@@ -716,71 +759,22 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 .or_default()
                 .push(r);
         }
-        let runtimes = isvc::Runtimes {
-            namespaced: &namespaced,
-            cluster: &cluster,
-        };
+        Ok((cluster, namespaced))
+    }
 
-        // InferenceService → predictor Service (written only when it differs).
-        let isvcs: Vec<(Value, InferenceService)> = self.typed(Kind::InferenceService, &scope)?;
-        let mut services: Vec<(Value, Service)> = self.typed(Kind::Service, &scope)?;
-        let mut predictors: Vec<Result<NamespacedName, isvc::NoRuntime>> = Vec::new();
-        let mut transformers: Vec<Option<NamespacedName>> = Vec::new();
-        let mut to_apply = Vec::new();
-        let mut stale_transformers = Vec::new();
-        for (_, i) in &isvcs {
-            let ns = i.metadata.namespace();
-            let host = isvc::predictor_host(i, &self.config.domain, self.config.url_port);
-            match isvc::transformer_service(i, &host) {
-                Some(svc) => {
-                    transformers.push(Some(NamespacedName::new(ns, svc.metadata.name.clone())));
-                    let value = encode(Kind::Service, &svc.metadata.name, &svc)?;
-                    let stored = self.cache.get(Kind::Service, ns, &svc.metadata.name);
-                    if differs(&value, stored.as_ref()) {
-                        to_apply.push((Kind::Service, value));
-                    }
-                }
-                None => {
-                    transformers.push(None);
-                    // A transformer removed from the spec: its Service goes.
-                    let name = isvc::transformer_name(&i.metadata.name);
-                    let owned = self.cache.get(Kind::Service, ns, &name).is_some_and(|v| {
-                        v["metadata"]["ownerReferences"]
-                            .as_array()
-                            .is_some_and(|o| {
-                                o.iter().any(|r| {
-                                    r["kind"] == "InferenceService"
-                                        && r["name"] == i.metadata.name.as_str()
-                                })
-                            })
-                    });
-                    if owned {
-                        stale_transformers.push((ns.to_owned(), name));
-                    }
-                }
-            }
-            match isvc::predictor_service(i, &runtimes) {
-                Ok(svc) => {
-                    predictors.push(Ok(NamespacedName::new(
-                        i.metadata.namespace(),
-                        svc.metadata.name.clone(),
-                    )));
-                    let value = encode(Kind::Service, &svc.metadata.name, &svc)?;
-                    let stored =
-                        self.cache
-                            .get(Kind::Service, i.metadata.namespace(), &svc.metadata.name);
-                    if differs(&value, stored.as_ref()) {
-                        to_apply.push((Kind::Service, value));
-                    }
-                }
-                Err(no) => predictors.push(Err(no)),
-            }
+    /// Writes the component Services that changed, deletes stale transformers, widens an
+    /// incremental scope to every component, and returns the scope's Services.
+    async fn write_components(
+        &mut self,
+        isvcs: &[(Value, InferenceService)],
+        components: &stages::Components,
+        scope: &mut Option<BTreeSet<Key>>,
+    ) -> Result<Vec<(Value, Service)>, ReconcileError> {
+        if !components.changed.is_empty() {
+            self.apply_derived(components.changed.clone(), scope)
+                .await?;
         }
-        let services_applied = !to_apply.is_empty();
-        if services_applied {
-            self.apply_derived(to_apply, &mut scope).await?;
-        }
-        for (ns, name) in &stale_transformers {
+        for (ns, name) in &components.stale_transformers {
             tracing::info!(service = %name, "transformer removed from its InferenceService; deleting its Service");
             match self.store.delete(Kind::Service, ns, name).await {
                 Ok(_) | Err(StoreError::NotFound { .. }) => {}
@@ -789,275 +783,51 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
         if scope.is_some() {
             // Each component Service with its scope, also when it was not owned before.
-            let keys: Vec<Key> = isvcs
-                .iter()
-                .zip(&predictors)
-                .zip(&transformers)
-                .flat_map(|(((_, i), p), t)| {
-                    let ns = i.metadata.namespace();
-                    p.as_ref()
-                        .ok()
-                        .into_iter()
-                        .chain(t.as_ref())
-                        .map(move |k| (Kind::Service, ns.to_owned(), k.name.clone()))
-                })
-                .collect();
-            self.widen(&mut scope, keys);
+            self.widen(scope, stages::component_keys(isvcs, components));
         }
-        if services_applied || !stale_transformers.is_empty() || scope.is_some() {
-            services = self.typed(Kind::Service, &scope)?;
-        }
+        self.typed(Kind::Service, scope)
+    }
 
-        // Service → Configuration + Route (written only when they differ).
-        let mut configs: Vec<(Value, Configuration)> = self.typed(Kind::Configuration, &scope)?;
-        let mut routes: Vec<(Value, Route)> = self.typed(Kind::Route, &scope)?;
-        let stored_configs = by_key(configs.iter().map(|(raw, _)| raw));
-        let stored_routes = by_key(routes.iter().map(|(raw, _)| raw));
-        let (mut new_configs, mut new_routes) = (Vec::new(), Vec::new());
-        for (_, svc) in &services {
-            let cfg = service::configuration_for(svc);
-            let route = service::route_for(svc);
-            let cfg = encode(Kind::Configuration, &cfg.metadata.name, &cfg)?;
-            let route = encode(Kind::Route, &route.metadata.name, &route)?;
-            if differs(&cfg, stored_configs.get(&key_of(&cfg))) {
-                new_configs.push((Kind::Configuration, cfg));
-            }
-            if differs(&route, stored_routes.get(&key_of(&route))) {
-                new_routes.push((Kind::Route, route));
-            }
-        }
-        drop((stored_configs, stored_routes));
-        let (configs_changed, routes_changed) = (!new_configs.is_empty(), !new_routes.is_empty());
-        new_configs.extend(new_routes);
-        if !new_configs.is_empty() {
-            self.apply_derived(new_configs, &mut scope).await?;
-        }
-        if configs_changed {
-            configs = self.typed(Kind::Configuration, &scope)?;
-        }
-        if routes_changed {
-            routes = self.typed(Kind::Route, &scope)?;
-        }
-
-        // Configuration → Revisions.
-        let mut revisions: Vec<(Value, Revision)> = self.typed(Kind::Revision, &scope)?;
-        let mut stamp_errors: HashMap<NamespacedName, String> = HashMap::new();
-        let mut events: Vec<Event> = Vec::new();
-        let mut to_apply = Vec::new();
-        let by_config = group_by_config(revisions.iter().map(|(_, r)| r));
-        let by_name: HashMap<(&str, &str), &Revision> = revisions
+    /// Each revision's replica spec (or why it has none) and the revision with the status
+    /// the runtime's view gives it now.
+    fn observe(
+        &self,
+        revisions: &[(Value, Revision)],
+    ) -> (Vec<Result<ReplicaSpec, ReplicaFailure>>, Vec<Revision>) {
+        revisions
             .iter()
-            .map(|(_, r)| ((r.metadata.namespace(), r.metadata.name.as_str()), r))
-            .collect();
-        for (_, cfg) in &configs {
-            let ns = cfg.metadata.namespace();
-            let mut candidates: Vec<&Revision> = by_config
-                .get(&(ns, cfg.metadata.name.as_str()))
-                .cloned()
-                .unwrap_or_default();
-            let byo = cfg.spec.template.metadata.name.as_str();
-            if let Some(r) = by_name.get(&(ns, byo))
-                && !candidates.iter().any(|c| c.metadata.name == byo)
-            {
-                candidates.push(r);
-            }
-            match configuration::revision_to_create(cfg, &candidates) {
-                configuration::Stamp::Exists => {}
-                configuration::Stamp::Create(new) => {
-                    tracing::info!(revision = %new.metadata.name, "creating revision");
-                    events.push(event(
-                        Kind::Configuration,
-                        cfg.metadata.namespace(),
-                        &cfg.metadata.name,
-                        "Normal",
-                        "Created",
-                        format!("Created Revision {:?}", new.metadata.name),
-                    ));
-                    to_apply.push((
-                        Kind::Revision,
-                        encode(Kind::Revision, &new.metadata.name, &*new)?,
-                    ));
+            .map(|(_, rev)| {
+                let key = revision::key(rev);
+                let spec = revision::replica_spec(rev);
+                let mut rt = self.runtime.status(&key);
+                if let Err(f) = &spec {
+                    rt.failure = Some(f.clone());
                 }
-                configuration::Stamp::NameTaken(name) => {
-                    stamp_errors.insert(
-                        NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone()),
-                        name,
-                    );
-                }
-            }
-        }
-        drop((by_config, by_name));
-        if !to_apply.is_empty() {
-            self.apply_derived(to_apply, &mut scope).await?;
-            revisions = self.typed(Kind::Revision, &scope)?;
-        }
+                let desired = self
+                    .decisions
+                    .get(&key)
+                    .map_or_else(|| initial_replicas(rev), |d| d.desired_replicas);
+                let mut now = rev.clone();
+                now.status = Some(revision::revision_status(rev, &rt, desired));
+                (spec, now)
+            })
+            .unzip()
+    }
 
-        // Revision readiness as the runtime sees it now.
-        let mut specs: Vec<Result<ReplicaSpec, ReplicaFailure>> =
-            Vec::with_capacity(revisions.len());
-        let mut observed: Vec<Revision> = Vec::with_capacity(revisions.len());
-        for (_, rev) in &revisions {
+    /// Applies each revision's desired replicas to the runtime, tells the autoscaler of
+    /// readiness changes, queues the revisions' statuses, and returns the revisions with
+    /// them.
+    async fn scale(
+        &mut self,
+        revisions: &[(Value, Revision)],
+        specs: &[Result<ReplicaSpec, ReplicaFailure>],
+        observed: &[Revision],
+        wanted: &HashSet<NamespacedName>,
+        pending: &mut Vec<(Kind, Value, Value)>,
+    ) -> Result<Vec<Revision>, ReconcileError> {
+        let mut now_observed = Vec::with_capacity(revisions.len());
+        for (((raw, rev), spec), seen) in revisions.iter().zip(specs).zip(observed) {
             let key = revision::key(rev);
-            let spec = revision::replica_spec(rev);
-            let mut rt = self.runtime.status(&key);
-            if let Err(f) = &spec {
-                rt.failure = Some(f.clone());
-            }
-            let desired = self
-                .decisions
-                .get(&key)
-                .map_or_else(|| initial_replicas(rev), |d| d.desired_replicas);
-            let mut now = rev.clone();
-            now.status = Some(revision::revision_status(rev, &rt, desired));
-            observed.push(now);
-            specs.push(spec);
-        }
-
-        // Configuration statuses.
-        let mut config_status: HashMap<NamespacedName, ConfigurationStatus> = HashMap::new();
-        let observed_by_config = group_by_config(observed.iter());
-        for (_, cfg) in &configs {
-            let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
-            let mine: Vec<&Revision> = observed_by_config
-                .get(&(cfg.metadata.namespace(), cfg.metadata.name.as_str()))
-                .cloned()
-                .unwrap_or_default();
-            let status = configuration::configuration_status(
-                cfg,
-                &mine,
-                stamp_errors.get(&key).map(String::as_str),
-            );
-            config_status.insert(key, status);
-        }
-
-        drop(observed_by_config);
-        // Route statuses and the traffic of every host.
-        let mut by_ns_configs: HashMap<&str, HashMap<String, ConfigurationStatus>> = HashMap::new();
-        for (key, st) in &config_status {
-            by_ns_configs
-                .entry(key.namespace.as_str())
-                .or_default()
-                .insert(key.name.clone(), st.clone());
-        }
-        let mut by_ns_revs: HashMap<&str, HashMap<String, &Revision>> = HashMap::new();
-        for r in &observed {
-            by_ns_revs
-                .entry(r.metadata.namespace())
-                .or_default()
-                .insert(r.metadata.name.clone(), r);
-        }
-        let (empty_cfgs, empty_revs) = (HashMap::new(), HashMap::new());
-        let mut route_status: HashMap<NamespacedName, RouteStatus> = HashMap::new();
-        let now_ms = epoch_ms((self.clock)());
-        let mut hosts: BTreeMap<(Kind, NamespacedName), Vec<HostEntry>> = BTreeMap::new();
-        let mut route_targets: HashMap<NamespacedName, Vec<WeightedTarget>> = HashMap::new();
-        let mut wanted: HashSet<NamespacedName> = HashSet::new();
-        for (_, route) in &routes {
-            let ns = route.metadata.namespace().to_owned();
-            let key = NamespacedName::new(ns.clone(), route.metadata.name.clone());
-            let owned_by_service = route
-                .metadata
-                .owner_references
-                .iter()
-                .any(|o| o.kind == Kind::Service.name());
-            let inputs = route::RouteInputs {
-                configurations: by_ns_configs.get(ns.as_str()).unwrap_or(&empty_cfgs),
-                revisions: by_ns_revs.get(ns.as_str()).unwrap_or(&empty_revs),
-                default_configuration: owned_by_service.then_some(route.metadata.name.as_str()),
-            };
-            let host = self.host(&route.metadata.name, &ns);
-            let status = route::route_status(route, &inputs, &host, &self.urls(), now_ms);
-            let route_key = (Kind::Route, ns.clone(), route.metadata.name.clone());
-            match status
-                .rollout
-                .iter()
-                .flat_map(|r| &r.configurations)
-                .filter_map(rollout::next_step_ms)
-                .min()
-            {
-                Some(at) => self.rollout_due.insert(route_key, at),
-                None => self.rollout_due.remove(&route_key),
-            };
-            let mut targets = weighted(&ns, &status.traffic);
-            // Before any revision is ready, the data plane sends requests to the newest one
-            // through the activator, which holds them until it is ready (or says why it
-            // cannot be), rather than answering 404 during the first deployment. Status
-            // traffic stays empty, as in Knative.
-            if targets.is_empty()
-                && let Some(latest) = inputs
-                    .default_configuration
-                    .and_then(|c| inputs.configurations.get(c))
-                    .and_then(|c| c.latest_created_revision_name.clone())
-            {
-                targets.push(WeightedTarget {
-                    revision: NamespacedName::new(ns.clone(), latest),
-                    percent: 100,
-                });
-            }
-            for t in status
-                .traffic
-                .iter()
-                .filter(|t| t.tag.as_deref().is_some_and(|t| !t.is_empty()))
-            {
-                if let (Some(tag), Some(rev)) = (&t.tag, &t.revision_name) {
-                    let target = WeightedTarget {
-                        revision: NamespacedName::new(ns.clone(), rev.clone()),
-                        percent: 100,
-                    };
-                    wanted.insert(target.revision.clone());
-                    hosts.entry((Kind::Route, key.clone())).or_default().push((
-                        route::tag_host(tag, &host),
-                        key.clone(),
-                        vec![target],
-                    ));
-                }
-            }
-            wanted.extend(targets.iter().map(|t| t.revision.clone()));
-            hosts.entry((Kind::Route, key.clone())).or_default().push((
-                host,
-                key.clone(),
-                targets.clone(),
-            ));
-            route_targets.insert(key.clone(), targets);
-            route_status.insert(key, status);
-        }
-        for (_, cfg) in &configs {
-            let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
-            if let Some(latest) = config_status
-                .get(&key)
-                .and_then(|s| s.latest_created_revision_name.clone())
-            {
-                wanted.insert(NamespacedName::new(key.namespace.clone(), latest));
-            }
-        }
-        for (((_, i), predictor), transformer) in isvcs.iter().zip(&predictors).zip(&transformers) {
-            // The top-level host routes to the transformer when there is one.
-            let top = match transformer {
-                Some(t) => Some(t),
-                None => predictor.as_ref().ok(),
-            };
-            if let Some(p) = top
-                && let Some(targets) = route_targets.get(p)
-            {
-                let key = NamespacedName::new(i.metadata.namespace(), i.metadata.name.clone());
-                hosts.insert(
-                    (Kind::InferenceService, key.clone()),
-                    vec![(
-                        self.host(&i.metadata.name, i.metadata.namespace()),
-                        key,
-                        targets.clone(),
-                    )],
-                );
-            }
-        }
-
-        // Revisions → replicas and status.
-        let mut pending = Vec::new();
-        let mut present: HashSet<NamespacedName> = HashSet::new();
-        let mut now_observed: Vec<Revision> = Vec::with_capacity(revisions.len());
-        for (((raw, rev), spec), seen) in revisions.iter().zip(&specs).zip(&observed) {
-            let key = revision::key(rev);
-            present.insert(key.clone());
             let desired = self
                 .desired_replicas(&key, rev, wanted.contains(&key))
                 .await?;
@@ -1078,14 +848,21 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 self.autoscaler.set_ready(key.clone(), ready).await;
                 self.ready_reported.insert(key.clone(), ready);
             }
-            // Readiness as routed above; desired replicas as just decided.
+            // Readiness as routed; desired replicas as just decided.
             let mut status = seen.status.clone().unwrap_or_default();
             status.desired_replicas = desired;
-            self.write_status(&mut pending, Kind::Revision, raw, &status)?;
+            self.write_status(pending, Kind::Revision, raw, &status)?;
             let mut routed = seen.clone();
             routed.status = Some(status);
             now_observed.push(routed);
         }
+        Ok(now_observed)
+    }
+
+    /// Stops the replicas of revisions that were deleted (within the pass's scope).
+    fn stop_removed(&self, revisions: &[(Value, Revision)], scope: &Option<BTreeSet<Key>>) {
+        let present: HashSet<NamespacedName> =
+            revisions.iter().map(|(_, r)| revision::key(r)).collect();
         let removed = |k: &NamespacedName| {
             !present.contains(k)
                 && scope.as_ref().is_none_or(|s| {
@@ -1100,34 +877,45 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             tracing::info!(revision = %gone, "revision deleted; stopping its replicas");
             self.runtime.remove(&gone);
         }
+    }
 
-        // Statuses upward: Configuration, Route, Service, InferenceService.
-        for (raw, cfg) in &configs {
-            let key = NamespacedName::new(cfg.metadata.namespace(), cfg.metadata.name.clone());
-            if let Some(st) = config_status.get(&key) {
-                self.write_status(&mut pending, Kind::Configuration, raw, st)?;
+    /// Queues the statuses of Configurations, Routes, Services and InferenceServices.
+    fn write_statuses(
+        &self,
+        pending: &mut Vec<(Kind, Value, Value)>,
+        derived: &Derived<'_>,
+        hosts: &stages::Hosts,
+    ) -> Result<(), ReconcileError> {
+        let key =
+            |m: &sluice_crds::meta::ObjectMeta| NamespacedName::new(m.namespace(), m.name.clone());
+        for (raw, cfg) in derived.configs {
+            if let Some(st) = derived.config_status.get(&key(&cfg.metadata)) {
+                self.write_status(pending, Kind::Configuration, raw, st)?;
             }
         }
-        for (raw, route) in &routes {
-            let key = NamespacedName::new(route.metadata.namespace(), route.metadata.name.clone());
-            if let Some(st) = route_status.get(&key) {
-                self.write_status(&mut pending, Kind::Route, raw, st)?;
+        for (raw, route) in derived.routes {
+            if let Some(st) = derived.route_status.get(&key(&route.metadata)) {
+                self.write_status(pending, Kind::Route, raw, st)?;
             }
         }
         let mut service_status: HashMap<NamespacedName, ServiceStatus> = HashMap::new();
-        for (raw, svc) in &services {
-            let key = NamespacedName::new(svc.metadata.namespace(), svc.metadata.name.clone());
+        for (raw, svc) in derived.services {
+            let key = key(&svc.metadata);
             let st = service::service_status(
                 svc,
-                &config_status.get(&key).cloned().unwrap_or_default(),
-                &route_status.get(&key).cloned().unwrap_or_default(),
+                &derived.config_status.get(&key).cloned().unwrap_or_default(),
+                &derived.route_status.get(&key).cloned().unwrap_or_default(),
             );
-            self.write_status(&mut pending, Kind::Service, raw, &st)?;
+            self.write_status(pending, Kind::Service, raw, &st)?;
             service_status.insert(key, st);
         }
-        for (((raw, i), predictor), transformer) in isvcs.iter().zip(&predictors).zip(&transformers)
-        {
-            let url = self.url(&i.metadata.name, i.metadata.namespace());
+        let components = derived
+            .components
+            .predictors
+            .iter()
+            .zip(&derived.components.transformers);
+        for ((raw, i), (predictor, transformer)) in derived.isvcs.iter().zip(components) {
+            let url = hosts.url(&i.metadata.name, i.metadata.namespace());
             let transformer = transformer.as_ref().map(|k| service_status.get(k));
             let status = match predictor {
                 Ok(key) => {
@@ -1143,82 +931,84 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                     &url,
                 ),
             };
-            self.write_status(&mut pending, Kind::InferenceService, raw, &status)?;
-        }
-        self.flush_statuses(pending, events).await?;
-
-        self.collect_garbage(&configs, &observed, &wanted, &config_status)
-            .await?;
-
-        // Keep this pass's host entries and revisions: all of them after a full pass; after
-        // an incremental one, those it reconciled replace theirs and those of deleted
-        // objects in its scope go; the routing snapshot follows (see `routing`).
-        let changed = match &scope {
-            None => {
-                self.observed.clear();
-                self.observed
-                    .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
-                self.routing
-                    .reset(hosts, &self.observed, &self.runtime, &self.decisions);
-                true
-            }
-            Some(scope) => {
-                for (kind, ns, name) in scope {
-                    let key = NamespacedName::new(ns.clone(), name.clone());
-                    if *kind == Kind::Revision {
-                        self.routing.touch_revision(key.clone());
-                    }
-                    if self.cache.get(*kind, ns, name).is_some() {
-                        continue;
-                    }
-                    match kind {
-                        Kind::Route | Kind::InferenceService => {
-                            self.routing.replace((*kind, key), None);
-                        }
-                        Kind::Revision => {
-                            self.observed.remove(&key);
-                        }
-                        _ => {}
-                    }
-                }
-                let reconciled = routes
-                    .iter()
-                    .map(|(_, r)| (Kind::Route, r.metadata.namespace(), &r.metadata.name))
-                    .chain(isvcs.iter().map(|(_, i)| {
-                        (
-                            Kind::InferenceService,
-                            i.metadata.namespace(),
-                            &i.metadata.name,
-                        )
-                    }));
-                for (kind, ns, name) in reconciled {
-                    let owner = (kind, NamespacedName::new(ns, name.clone()));
-                    let entries = hosts.remove(&owner);
-                    self.routing.replace(owner, entries);
-                }
-                for (owner, entries) in hosts {
-                    self.routing.replace(owner, Some(entries));
-                }
-                self.observed
-                    .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
-                self.routing
-                    .refresh(&self.observed, &self.runtime, &self.decisions)
-            }
-        };
-
-        // Publish routes.
-        if changed {
-            let snap = self.routing.snapshot();
-            self.snapshot.send_if_modified(|current| {
-                if **current == *snap {
-                    false
-                } else {
-                    *current = Arc::new(snap.clone());
-                    true
-                }
-            });
+            self.write_status(pending, Kind::InferenceService, raw, &status)?;
         }
         Ok(())
+    }
+
+    /// Keeps this pass's host entries and revisions: all of them after a full pass; after
+    /// an incremental one, those it reconciled replace theirs and those of deleted objects
+    /// in its scope go. Returns whether the routing snapshot may have changed (see
+    /// `routing`).
+    fn keep(
+        &mut self,
+        scope: &Option<BTreeSet<Key>>,
+        mut hosts: BTreeMap<routing::Owner, Vec<HostEntry>>,
+        routes: &[(Value, Route)],
+        isvcs: &[(Value, InferenceService)],
+        now_observed: Vec<Revision>,
+    ) -> bool {
+        let Some(scope) = scope else {
+            self.observed.clear();
+            self.observed
+                .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
+            self.routing
+                .reset(hosts, &self.observed, &self.runtime, &self.decisions);
+            return true;
+        };
+        for (kind, ns, name) in scope {
+            let key = NamespacedName::new(ns.clone(), name.clone());
+            if *kind == Kind::Revision {
+                self.routing.touch_revision(key.clone());
+            }
+            if self.cache.get(*kind, ns, name).is_some() {
+                continue;
+            }
+            match kind {
+                Kind::Route | Kind::InferenceService => {
+                    self.routing.replace((*kind, key), None);
+                }
+                Kind::Revision => {
+                    self.observed.remove(&key);
+                }
+                _ => {}
+            }
+        }
+        let reconciled = routes
+            .iter()
+            .map(|(_, r)| (Kind::Route, r.metadata.namespace(), &r.metadata.name))
+            .chain(isvcs.iter().map(|(_, i)| {
+                (
+                    Kind::InferenceService,
+                    i.metadata.namespace(),
+                    &i.metadata.name,
+                )
+            }));
+        for (kind, ns, name) in reconciled {
+            let owner = (kind, NamespacedName::new(ns, name.clone()));
+            let entries = hosts.remove(&owner);
+            self.routing.replace(owner, entries);
+        }
+        for (owner, entries) in hosts {
+            self.routing.replace(owner, Some(entries));
+        }
+        self.observed
+            .extend(now_observed.into_iter().map(|r| (revision::key(&r), r)));
+        self.routing
+            .refresh(&self.observed, &self.runtime, &self.decisions)
+    }
+
+    /// Sends the routing snapshot to the data plane when it differs from the last one.
+    fn publish(&self) {
+        let snap = self.routing.snapshot();
+        self.snapshot.send_if_modified(|current| {
+            if **current == *snap {
+                false
+            } else {
+                *current = Arc::new(snap.clone());
+                true
+            }
+        });
     }
 
     /// The replicas of a predictor's latest created revision, for `modelStatus`.
@@ -1345,20 +1135,15 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         }
         Ok(())
     }
-
-    fn urls(&self) -> Urls<'_> {
-        Urls(&self.config)
-    }
 }
 
-/// Formats URLs for the controller's domain and port.
-struct Urls<'a>(&'a ControllerConfig);
-
-impl route::UrlFor for Urls<'_> {
-    fn url_for(&self, host: &str) -> String {
-        match self.0.url_port {
-            Some(port) if port != 80 => format!("http://{host}:{port}"),
-            _ => format!("http://{host}"),
-        }
-    }
+/// What a pass derived, for writing statuses.
+struct Derived<'a> {
+    configs: &'a [(Value, Configuration)],
+    routes: &'a [(Value, Route)],
+    services: &'a [(Value, Service)],
+    isvcs: &'a [(Value, InferenceService)],
+    components: &'a stages::Components,
+    config_status: &'a HashMap<NamespacedName, ConfigurationStatus>,
+    route_status: &'a HashMap<NamespacedName, RouteStatus>,
 }

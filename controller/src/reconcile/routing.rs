@@ -8,11 +8,13 @@ use sluice_core::{
 };
 use sluice_crds::Kind;
 use sluice_crds::revision::Revision;
+use sluice_crds::service::TrafficTarget;
 
 use sluice_crds::ConditionStatus;
 use sluice_crds::meta::find_condition;
 
 use super::revision;
+use super::support::weighted;
 use crate::runtime::Runtime;
 
 /// `(host, service, targets)`: one host of the routing snapshot, from a Route (its host
@@ -21,6 +23,47 @@ pub(super) type HostEntry = (String, NamespacedName, Vec<WeightedTarget>);
 
 /// The Route or InferenceService host entries come from.
 pub(super) type Owner = (Kind, NamespacedName);
+
+/// The host entries of one Route, in both modes (the controller's pass locally, the
+/// router's watch on Kubernetes): `{tag}-{host}` to each tagged target, then `host` to
+/// the Route's traffic or, while no revision has any (nothing ready yet), to `latest`, the
+/// newest revision of its Service, which the activator holds requests for until it is
+/// ready (rather than a 404 during the first deployment). The Route's own entry is last.
+pub(super) fn route_host_entries(
+    route: &NamespacedName,
+    host: &str,
+    traffic: &[TrafficTarget],
+    latest: Option<&str>,
+) -> Vec<HostEntry> {
+    let ns = route.namespace.as_str();
+    let mut entries: Vec<HostEntry> = traffic
+        .iter()
+        .filter_map(|t| {
+            let tag = t.tag.as_deref().filter(|t| !t.is_empty())?;
+            let revision = t.revision_name.as_ref()?;
+            let target = WeightedTarget {
+                revision: NamespacedName::new(ns, revision.clone()),
+                percent: 100,
+            };
+            Some((
+                super::route::tag_host(tag, host),
+                route.clone(),
+                vec![target],
+            ))
+        })
+        .collect();
+    let mut targets = weighted(ns, traffic);
+    if targets.is_empty()
+        && let Some(latest) = latest
+    {
+        targets.push(WeightedTarget {
+            revision: NamespacedName::new(ns, latest),
+            percent: 100,
+        });
+    }
+    entries.push((host.to_owned(), route.clone(), targets));
+    entries
+}
 
 /// Each host (route, tag, InferenceService) maps to its weighted targets; every revision
 /// with traffic gets its endpoints. Where two entries name the same host, the later one
@@ -272,6 +315,37 @@ mod tests {
         }))
         .unwrap();
         (NamespacedName::new("default", name), r)
+    }
+
+    /// The host-entry rule both modes share: tag hosts first, then the Route's own host,
+    /// which falls back to the newest revision only while no revision has traffic.
+    #[test]
+    fn route_host_entries_tag_hosts_then_the_route_with_the_latest_as_fallback() {
+        let route = NamespacedName::new("default", "hello");
+        let host = "hello.default.example.com";
+        let traffic: Vec<TrafficTarget> = serde_json::from_value(json!([
+            {"revisionName": "hello-00001", "percent": 90},
+            {"revisionName": "hello-00002", "percent": 10, "tag": "canary"},
+            {"revisionName": "hello-00002", "percent": 0, "tag": ""}
+        ]))
+        .unwrap();
+        let entries = route_host_entries(&route, host, &traffic, Some("hello-00003"));
+        assert_eq!(
+            entries,
+            [
+                entry(
+                    "canary-hello.default.example.com",
+                    "hello",
+                    &[("hello-00002", 100)]
+                ),
+                entry(host, "hello", &[("hello-00001", 90), ("hello-00002", 10)]),
+            ]
+        );
+        // Nothing routed yet: the newest revision, through the activator.
+        let entries = route_host_entries(&route, host, &[], Some("hello-00003"));
+        assert_eq!(entries, [entry(host, "hello", &[("hello-00003", 100)])]);
+        let entries = route_host_entries(&route, host, &[], None);
+        assert_eq!(entries, [entry(host, "hello", &[])]);
     }
 
     fn entry(host: &str, service: &str, targets: &[(&str, u32)]) -> HostEntry {

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sluice_core::{NamespacedName, WeightedTarget};
 use sluice_crds::Kind;
@@ -10,6 +12,7 @@ use sluice_crds::autoscaling::scaling_from_annotations;
 use sluice_crds::revision::Revision;
 use sluice_crds::service::TrafficTarget;
 
+use super::error::ReconcileError;
 use crate::store::Event;
 
 /// `(namespace, name)` of a stored object.
@@ -29,7 +32,7 @@ pub(super) fn by_key<'a>(
 
 /// Whether applying `desired` would change the stored object (what the store's apply
 /// compares: spec, labels, annotations, owner references).
-pub(super) fn differs(desired: &Value, stored: Option<&&Value>) -> bool {
+pub(super) fn differs(desired: &Value, stored: Option<&Value>) -> bool {
     let Some(stored) = stored else { return true };
     desired.get("spec") != stored.get("spec")
         || ["labels", "annotations", "ownerReferences"]
@@ -146,4 +149,35 @@ pub(super) fn weighted(ns: &str, traffic: &[TrafficTarget]) -> Vec<WeightedTarge
         }
     }
     out
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub(super) fn epoch_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub(super) fn name_of(raw: &Value) -> &str {
+    raw["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+pub(super) fn decode<T: DeserializeOwned>(kind: Kind, raw: &Value) -> Result<T, ReconcileError> {
+    // Deserialize from the borrowed tree: no copy of every object on every pass.
+    T::deserialize(raw).map_err(|source| ReconcileError::Serde {
+        kind,
+        name: name_of(raw).to_owned(),
+        source,
+    })
+}
+
+pub(super) fn encode(
+    kind: Kind,
+    name: &str,
+    value: &impl Serialize,
+) -> Result<Value, ReconcileError> {
+    serde_json::to_value(value).map_err(|source| ReconcileError::Serde {
+        kind,
+        name: name.to_owned(),
+        source,
+    })
 }
