@@ -27,10 +27,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sluice_activator::queue::QueueConfig;
-use sluice_activator::queue::sidecar::{self, Sidecar, SidecarConfig};
-use sluice_activator::timeouts::Timeouts;
-use sluice_activator::{Forwarder, Outbound};
 use sluice_core::NamespacedName;
 use sluice_mesh::attestation::HEADER;
 use sluice_mesh::handoff::{Handoff, WorkloadInfo, WorkloadMesh};
@@ -38,6 +34,10 @@ use sluice_mesh::identity::{CaConfig, CertificateAuthority, RotatingSvid, Spiffe
 use sluice_mesh::inbound::InboundMesh;
 use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::tls::{ConnectionSecurity, MeshHttpConnector, MeshTls, PeerInfo};
+use sluice_proxy::timeouts::Timeouts;
+use sluice_proxy::{Forwarder, Outbound};
+use sluice_queue::QueueConfig;
+use sluice_queue::sidecar::{self, Sidecar, SidecarConfig};
 use tokio::net::TcpListener;
 
 const REVISION: &str = "hello-00001";

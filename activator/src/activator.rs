@@ -30,12 +30,14 @@ use sluice_mesh::tls::ConnectionSecurity;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 
-use crate::balance::{Acquired, Balancer, Lease, Refused, Ticket};
-use crate::body::hold_response;
-use crate::error::ProxyError;
-use crate::proxy::{Forwarder, Outbound, ProxyBody, UpstreamPeer, set_header};
-use crate::queue::{PROXY_HEADER, StatsRecorder};
-use crate::timeouts::{Deadline, Timeouts};
+use sluice_core::replica::PROXY_HEADER;
+use sluice_proxy::balance::{Acquired, Balancer, Lease, Refused, Ticket};
+use sluice_proxy::timeouts::{Deadline, Timeouts};
+use sluice_proxy::{
+    Attempt, Forwarder, Outbound, ProxyBody, ProxyError, Retries, UpstreamPeer, hold_response,
+    set_header,
+};
+use sluice_queue::StatsRecorder;
 
 /// Activator settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -372,8 +374,7 @@ impl Activator {
         let in_flight = InFlight(state.clone());
         set_header(out.headers_mut(), PROXY_HEADER, "activator");
 
-        let mut avoid = None;
-        let mut attempt = 1;
+        let mut retries = Retries::new(deadline, timeouts.idle);
         let mut cold = false;
         // A retry takes the revision's replicas as they are now, not as they were when the
         // request arrived (the failed one may be gone by then).
@@ -381,29 +382,25 @@ impl Activator {
         loop {
             let route = current.revisions.get(key).unwrap_or(route);
             let lease = self
-                .lease(key, route, &state, &mut rx, deadline, avoid, &mut cold)
+                .lease(
+                    key,
+                    route,
+                    &state,
+                    &mut rx,
+                    deadline,
+                    retries.avoid(),
+                    &mut cold,
+                )
                 .await?;
             let endpoint = lease.addr();
             *upstream = Some(endpoint);
-            let sent = self
+            let refused = |endpoint| state.balancer.eject(endpoint);
+            match self
                 .forwarder
-                .send(key, endpoint, &mut out, deadline, timeouts.idle)
-                .await;
-            if let Err(err) = &sent
-                && err.is_connect_failure()
+                .attempt(&mut retries, key, endpoint, &mut out, refused)
+                .await
             {
-                // Refused: most likely gone, and not yet out of the routes.
-                state.balancer.eject(endpoint);
-            }
-            match sent {
-                Err(err) if self.forwarder.may_retry(&err, &out, attempt) => {
-                    tracing::debug!(revision = %key, %endpoint, "retrying: {}", sluice_core::error_chain(&err));
-                    avoid = Some(endpoint);
-                    attempt += 1;
-                    current = self.snapshot.borrow().clone();
-                }
-                Err(err) => return Err(err),
-                Ok(resp) => {
+                Attempt::Done(resp) => {
                     if cold {
                         tracing::info!(
                             revision = %key,
@@ -416,6 +413,8 @@ impl Activator {
                     // the upgraded connection closes).
                     return Ok(hold_response(resp, (lease, in_flight)));
                 }
+                Attempt::Failed(err) => return Err(err),
+                Attempt::Retry => current = self.snapshot.borrow().clone(),
             }
         }
     }

@@ -11,7 +11,7 @@
 //! real clock, the simulator with a virtual one.
 //!
 //! Not here: applying decisions (the controller's `Runtime`), measuring load (the queue
-//! layer and activator in `sluice-activator`), parsing annotations (`sluice-crds`).
+//! layer in `sluice-queue` and the activator in `sluice-activator`), parsing annotations (`sluice-crds`).
 
 pub mod daily;
 mod decider;

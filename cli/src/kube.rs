@@ -15,7 +15,7 @@ use sluice_controller::runtime::KubeRuntime;
 use sluice_controller::runtime::kube::{PodMesh, PodTemplate};
 use sluice_controller::store::KubeStore;
 use sluice_controller::store::kube::{KubeError, infer_client};
-use sluice_core::RoutingSnapshot;
+use sluice_core::{Backoff, RoutingSnapshot};
 use sluice_crds::autoscaling::ClusterConfig;
 use sluice_mesh::guard::{AdminToken, HostNames, ListenerGuard};
 use tokio::sync::{mpsc, watch};
@@ -148,7 +148,7 @@ fn identity(args: &ControllerArgs) -> String {
 /// Waits until every CRD is installed, saying which one is missing (a clear error, never a
 /// crash loop); retries with backoff up to 30 s.
 async fn wait_for_crds(store: &KubeStore) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut last = String::new();
     loop {
         match store.check_crds().await {
@@ -167,10 +167,9 @@ async fn wait_for_crds(store: &KubeStore) -> anyhow::Result<()> {
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
             () = shutdown::signalled() => bail!("stopped while waiting for the CRDs"),
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -240,7 +239,7 @@ where
     Fut: std::future::Future<Output = Result<T, E>>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         match f().await {
             Ok(v) => return Ok(v),
@@ -250,10 +249,9 @@ where
             Err(e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
         }
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
             () = shutdown::signalled() => bail!("stopped while {what}"),
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -475,7 +473,7 @@ async fn lead(
             args.stats_service.clone(),
         );
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(500);
+            let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
             loop {
                 match sluice_controller::leader::advertise(client.clone(), &ns, &service, ip, port)
                     .await
@@ -489,8 +487,7 @@ async fn lead(
                         sluice_core::error_chain(&e)
                     ),
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         })
     });
@@ -657,7 +654,7 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
 /// `sluice router --kube`: the ingress, with the activator in-process, routing from watched
 /// Routes, Services, InferenceServices, Revisions and EndpointSlices.
 pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
-    use sluice_activator::{Activator, ActivatorConfig, Forwarder};
+    use sluice_activator::{Activator, ActivatorConfig};
     use sluice_controller::reconcile::kube_routing;
     use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
     use sluice_router::ingress::Ingress;
@@ -714,8 +711,8 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     // Replicas are called over mTLS as the router's identity (by the router and by the
     // activator in-process), or in plaintext with the mesh off.
     let forwarder = || match &mesh {
-        Some(m) => Forwarder::new().with_mesh(m.clone()),
-        None => Forwarder::new(),
+        Some(m) => sluice_proxy::Forwarder::new().with_mesh(m.clone()),
+        None => sluice_proxy::Forwarder::new(),
     };
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());

@@ -26,11 +26,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use nix::unistd::Pid;
-use sluice_activator::queue::QueueConfig;
-use sluice_activator::queue::sidecar::{self, Sidecar, SidecarConfig};
-use sluice_activator::timeouts::Timeouts;
 use sluice_core::NamespacedName;
 use sluice_core::replica::{LISTENING_PREFIX, READY_LINE};
+use sluice_proxy::timeouts::Timeouts;
+use sluice_queue::QueueConfig;
+use sluice_queue::sidecar::{self, Sidecar, SidecarConfig};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -124,7 +124,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the queue layer to {}", args.listen))?;
     let addr = listener.local_addr()?;
     // The mesh material `sluice up` handed over (none when the mesh is off).
-    let setup = sluice_activator::queue::mesh::replica_mesh_from_env(addr.port(), "queue")
+    let setup = sluice_queue::mesh::replica_mesh_from_env(addr.port(), "queue")
         .await
         .context("setting up the replica's mesh identity")?;
     let _follower = setup.follower;

@@ -15,10 +15,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use sluice_activator::{Activator, ActivatorConfig, Forwarder};
+use sluice_activator::{Activator, ActivatorConfig};
 use sluice_core::{
     Endpoint, HostRoute, NamespacedName, RevisionRoute, RoutingSnapshot, WeightedTarget,
 };
+use sluice_proxy::Forwarder;
 use sluice_router::{Router, ServeConfig, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};

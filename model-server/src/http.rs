@@ -13,7 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::json;
-use sluice_activator::queue::{PROBE_PATH, Queue, QueueLayer, STATS_PATH};
+use sluice_core::ErrorBody;
+use sluice_queue::{PROBE_PATH, Queue, QueueLayer, STATS_PATH};
 use tokio::time::Instant;
 
 use crate::codec::{
@@ -97,14 +98,14 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                Json(json!({ "error": "no such endpoint" })),
+                Json(ErrorBody::new("no such endpoint")),
             )
         })
         .with_state(state)
 }
 
 fn error_response(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+    (status, Json(ErrorBody::new(message))).into_response()
 }
 
 /// A body that could not be read (too large → 413), as `{"error"}`.
@@ -403,7 +404,7 @@ async fn probe(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     // A plain liveness GET without the probe header gets the same answer, minus the body
     // contract, so kubelet-style probes work too.
-    let body = if headers.contains_key(sluice_activator::queue::PROBE_HEADER) {
+    let body = if headers.contains_key(sluice_queue::PROBE_HEADER) {
         body
     } else {
         ""
@@ -411,6 +412,6 @@ async fn probe(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     (status, body).into_response()
 }
 
-async fn stats(State(s): State<Arc<AppState>>) -> Json<sluice_activator::queue::PeriodStats> {
+async fn stats(State(s): State<Arc<AppState>>) -> Json<sluice_queue::PeriodStats> {
     Json(s.queue.recorder().take_period(Instant::now()))
 }

@@ -6,7 +6,7 @@
 //! Protocol v2 and KServe v1 REST surface with the binary tensor extension (HTTP/1.1 and
 //! h2c on one port), dynamic batching per model, Prometheus metrics, inference errors and
 //! their status codes, and the process lifecycle of `sluice model-server` (announce
-//! address, load, serve, drain). The queue layer from `sluice-activator` runs in-process
+//! address, load, serve, drain). The queue layer from `sluice-queue` runs in-process
 //! in front of inference routes.
 //!
 //! Not here: deciding how many servers run (`sluice-autoscaler`), starting them

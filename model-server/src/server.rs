@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use sluice_activator::BoxError;
-use sluice_activator::queue::mesh::{
+use sluice_core::replica::{LISTENING_PREFIX, READY_LINE};
+use sluice_proxy::BoxError;
+use sluice_queue::mesh::{
     InboundMesh, METRICS_PATH, ReplicaGate, replica_mesh_from_env, serve_replica,
 };
-use sluice_activator::queue::{Queue, QueueConfig};
-use sluice_core::replica::{LISTENING_PREFIX, READY_LINE};
+use sluice_queue::{Queue, QueueConfig};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -79,7 +79,7 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     /// The mesh material handed over by `sluice up` is unusable.
     #[error("mesh setup failed")]
-    Mesh(#[from] sluice_activator::queue::mesh::ReplicaMeshError),
+    Mesh(#[from] sluice_queue::mesh::ReplicaMeshError),
     /// The serving task died.
     #[error("server task failed: {0}")]
     Task(String),

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use serde_json::{Value, json};
-use sluice_activator::queue::{Queue, QueueConfig};
 use sluice_model_server::grpc::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use sluice_model_server::grpc::inference::model_infer_request::InferInputTensor;
 use sluice_model_server::grpc::inference::*;
 use sluice_model_server::http::{AppState, router};
 use sluice_model_server::{BatchConfig, Repository};
+use sluice_queue::{Queue, QueueConfig};
 use tokio::time::Instant;
 
 /// A model repository holding `tiny`: 2 → 3 (bias, relu) → 2 (no bias) → sigmoid.

@@ -7,13 +7,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sluice_activator::queue::{Queue, QueueConfig};
 use sluice_model_server::grpc::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use sluice_model_server::grpc::inference::infer_parameter::ParameterChoice;
 use sluice_model_server::grpc::inference::model_infer_request::InferInputTensor;
 use sluice_model_server::grpc::inference::*;
 use sluice_model_server::http::{AppState, router};
 use sluice_model_server::{BatchConfig, ModelControl, ModelSource, Repository};
+use sluice_queue::{Queue, QueueConfig};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;

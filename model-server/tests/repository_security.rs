@@ -12,9 +12,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use sluice_activator::queue::{Queue, QueueConfig};
 use sluice_model_server::http::{AppState, router};
 use sluice_model_server::{BatchConfig, ModelControl, Repository};
+use sluice_queue::{Queue, QueueConfig};
 use tokio::time::Instant;
 use tower::ServiceExt;
 

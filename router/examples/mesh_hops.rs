@@ -19,9 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use sluice_activator::queue::mesh::{ReplicaGate, serve_replica};
-use sluice_activator::queue::{Queue, QueueConfig};
-use sluice_activator::{Activator, ActivatorConfig, Forwarder, full_body};
+use sluice_activator::{Activator, ActivatorConfig};
 use sluice_core::{
     Endpoint, HostRoute, NamespacedName, RevisionRoute, RoutingSnapshot, WeightedTarget,
 };
@@ -31,6 +29,9 @@ use sluice_mesh::inbound::InboundMesh;
 use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
 use sluice_mesh::tls::MeshTls;
+use sluice_proxy::{Forwarder, full_body};
+use sluice_queue::mesh::{ReplicaGate, serve_replica};
+use sluice_queue::{Queue, QueueConfig};
 use sluice_router::{Router, ServeConfig, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};

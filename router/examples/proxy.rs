@@ -20,10 +20,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_activator::{Activator, ActivatorConfig, Forwarder};
+use sluice_activator::{Activator, ActivatorConfig};
 use sluice_core::{
     Endpoint, HostRoute, NamespacedName, RevisionRoute, RoutingSnapshot, WeightedTarget,
 };
+use sluice_proxy::Forwarder;
 use sluice_router::{Router, ServeConfig, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};

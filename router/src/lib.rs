@@ -4,7 +4,7 @@
 //! service for a request's Host (or tag host, or `Knative-Serving-Tag` header) in the
 //! current routing snapshot, picking a revision by traffic weight, adding the proxy
 //! headers, and sending the request straight to a ready replica or, when the revision lacks
-//! burst capacity, through the activator.
+//! burst capacity, through the activator (forwarding and retries with `sluice-proxy`).
 //!
 //! Not here: buffering, throttling and scale-from-zero (`sluice-activator`), building
 //! routes (`sluice-controller`).

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, Request, Response, Uri, header};
 use hyper::body::Incoming;
-use sluice_activator::balance::Balancer;
-use sluice_activator::queue::strip_internal_headers;
-use sluice_activator::timeouts::Timeouts;
-use sluice_activator::{Activator, Forwarder, Outbound, ProxyBody, ProxyError, hold_response};
+use sluice_activator::Activator;
 use sluice_core::replica::PROXY_HEADER;
 use sluice_core::{HostRoute, NamespacedName, RoutingSnapshot};
+use sluice_proxy::balance::Balancer;
+use sluice_proxy::strip_internal_headers;
+use sluice_proxy::timeouts::Timeouts;
+use sluice_proxy::{Attempt, Forwarder, Outbound, ProxyBody, ProxyError, Retries, hold_response};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -205,14 +206,15 @@ impl Router {
         let timeouts = Timeouts::of(revision, snapshot.timeouts_for(key));
         let deadline = timeouts.response_deadline(start);
         let balancer = self.balancer(key);
-        let mut avoid = None;
-        let mut attempt = 1;
+        let mut retries = Retries::new(deadline, timeouts.idle);
         // A retry takes the revision's replicas as they are now (same revision, so the
         // request is not rerouted; the failed replica may be gone by then).
         let mut current = snapshot.clone();
         loop {
             let replicas = current.revisions.get(key).unwrap_or(revision);
-            if attempt > 1 && (replicas.activator_in_path || replicas.endpoints.is_empty()) {
+            if retries.attempt() > 1
+                && (replicas.activator_in_path || replicas.endpoints.is_empty())
+            {
                 // Scaled down meanwhile: the activator holds the retry until a replica is up.
                 return Ok(self
                     .activator
@@ -220,28 +222,18 @@ impl Router {
                     .await);
             }
             let lease = balancer
-                .pick_any(replicas, avoid)
+                .pick_any(replicas, retries.avoid())
                 .ok_or_else(|| ProxyError::UnknownRevision(key.clone()))?;
             let endpoint = lease.addr();
-            let sent = self
+            let refused = |endpoint| balancer.eject(endpoint);
+            match self
                 .forwarder
-                .send(key, endpoint, &mut out, deadline, timeouts.idle)
-                .await;
-            if let Err(err) = &sent
-                && err.is_connect_failure()
+                .attempt(&mut retries, key, endpoint, &mut out, refused)
+                .await
             {
-                // Refused: most likely gone, and not yet out of the routes.
-                balancer.eject(endpoint);
-            }
-            match sent {
-                Err(err) if self.forwarder.may_retry(&err, &out, attempt) => {
-                    tracing::debug!(revision = %key, %endpoint, "retrying: {}", sluice_core::error_chain(&err));
-                    avoid = Some(endpoint);
-                    attempt += 1;
-                    current = self.snapshot.borrow().clone();
-                }
-                Err(err) => return Err(err),
-                Ok(resp) => return Ok(hold_response(resp, lease)),
+                Attempt::Done(resp) => return Ok(hold_response(resp, lease)),
+                Attempt::Failed(err) => return Err(err),
+                Attempt::Retry => current = self.snapshot.borrow().clone(),
             }
         }
     }

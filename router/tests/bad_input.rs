@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::*;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use sluice_activator::full_body;
+use sluice_proxy::full_body;
 use sluice_router::RouterConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{h1, replica, send, single, start};
-use sluice_activator::full_body;
+use sluice_proxy::full_body;
 
 /// The replica answers with the names of the `x-sluice-*` headers it received.
 async fn internal_headers_seen() -> common::Replica {

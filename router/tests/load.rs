@@ -201,7 +201,7 @@ async fn posts_to_a_replica_that_refuses_connections_are_retried_with_their_body
     let live = replica(|req| async move {
         use http_body_util::BodyExt;
         let body = req.into_body().collect().await.unwrap().to_bytes();
-        http::Response::new(sluice_activator::full_body(body))
+        http::Response::new(sluice_proxy::full_body(body))
     })
     .await;
     let h = start(single(&[dead, live.addr], 0, T).build()).await;

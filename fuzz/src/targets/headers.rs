@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use http_body_util::Empty;
 use rustls::pki_types::UnixTime;
-use sluice_activator::Outbound;
 use sluice_core::{HostRoute, NamespacedName, RoutingSnapshot, WeightedTarget};
 use sluice_mesh::attestation::AttestationVerifier;
 use sluice_mesh::enforce::Enforcer;
@@ -22,6 +21,7 @@ use sluice_mesh::identity::{CaConfig, CertificateAuthority, SpiffeId};
 use sluice_mesh::inbound::is_internal;
 use sluice_mesh::policy::{AuthorizationEngine, AuthorizationPolicy, Workload};
 use sluice_mesh::tls::{ConnectionSecurity, PeerInfo};
+use sluice_proxy::Outbound;
 use sluice_router::{edge_headers, select_route};
 
 use super::{Target, outcome};

@@ -21,11 +21,12 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use sluice_activator::{Activator, ActivatorConfig, BoxError, Forwarder, ProxyBody, full_body};
+use sluice_activator::{Activator, ActivatorConfig};
 use sluice_core::{
     Endpoint, HostRoute, NamespacedName, ResponseTimeouts, RevisionRoute, RoutingSnapshot,
     StatReport, WeightedTarget,
 };
+use sluice_proxy::{BoxError, Forwarder, ProxyBody, full_body};
 use sluice_router::{Router, RouterConfig, ServeConfig, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};

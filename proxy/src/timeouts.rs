@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use sluice_core::{ResponseTimeouts, RevisionRoute};
 use tokio::time::{Instant, Sleep};
 
-use crate::proxy::{BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
 
 /// Which limit a timeout enforced (named as in the Knative revision spec).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

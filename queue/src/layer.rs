@@ -105,7 +105,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::queue::QueueConfig;
+    use crate::QueueConfig;
 
     #[tokio::test]
     async fn rejects_beyond_concurrency_plus_queue() {

@@ -15,10 +15,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice_activator::queue::QueueConfig;
-use sluice_activator::queue::sidecar::{self, Sidecar, SidecarConfig};
-use sluice_activator::timeouts::Timeouts;
 use sluice_core::NamespacedName;
+use sluice_proxy::timeouts::Timeouts;
+use sluice_queue::QueueConfig;
+use sluice_queue::sidecar::{self, Sidecar, SidecarConfig};
 use tokio::net::TcpListener;
 
 #[derive(Default)]

@@ -19,8 +19,10 @@ use sluice_mesh::telemetry::{CONTENT_TYPE, HopTelemetry};
 use sluice_mesh::tls::{ConnectionSecurity, MeshStream, PeerInfo};
 use tokio::net::TcpListener;
 
-use super::{Queue, strip_internal_headers};
-use crate::proxy::{BoxError, ProxyBody, full_body};
+use sluice_proxy::strip_internal_headers;
+
+use super::Queue;
+use sluice_proxy::{BoxError, ProxyBody, full_body};
 
 /// Path where a replica serves its own metrics (Istio and Knative families, Prometheus text),
 /// for `sluice up`'s admin `/metrics` to merge.

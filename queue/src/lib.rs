@@ -13,7 +13,6 @@ mod stats;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use http::{HeaderMap, HeaderName};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -22,25 +21,6 @@ pub use sluice_core::PeriodStats;
 pub use stats::StatsRecorder;
 
 pub use sluice_core::replica::{PROBE_HEADER, PROBE_PATH, PROXY_HEADER, STATS_PATH};
-
-/// Prefix of the request headers Sluice's hops use among themselves (the mesh's
-/// `x-sluice-caller-attestation`). None of them is meant for a user process: the router
-/// drops any that a client sends, and the replica gate drops them once they have been used.
-pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
-
-/// Removes every `x-sluice-*` header from `headers` (names are lower case in `http`);
-/// returns how many distinct names were removed.
-pub fn strip_internal_headers(headers: &mut HeaderMap) -> usize {
-    let internal: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(INTERNAL_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for name in &internal {
-        headers.remove(name);
-    }
-    internal.len()
-}
 
 /// Queue layer settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,21 +171,6 @@ impl Drop for Admitted {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strips_every_internal_header_and_nothing_else() {
-        let mut h = HeaderMap::new();
-        h.insert("x-sluice-caller-attestation", "v1.a.b".parse().unwrap());
-        h.append("X-Sluice-Other", "1".parse().unwrap());
-        h.append("x-sluice-other", "2".parse().unwrap());
-        h.insert("x-sluicer", "kept".parse().unwrap());
-        h.insert("x-request-id", "r-1".parse().unwrap());
-        assert_eq!(strip_internal_headers(&mut h), 2);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["x-request-id", "x-sluicer"]);
-        assert_eq!(strip_internal_headers(&mut h), 0);
-    }
 
     #[tokio::test]
     async fn probe_reflects_readiness_and_drain() {

@@ -26,7 +26,7 @@ use sluice_mesh::tls::MeshIo;
 use tokio::net::TcpStream;
 
 use crate::body::AttemptBody;
-use crate::proxy::UpstreamPeer;
+use sluice_mesh::tls::UpstreamPeer;
 
 /// Idle connections kept per replica address.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;

@@ -12,8 +12,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,23 +21,29 @@ use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::tls::{ConnectionSecurity, MeshHttpConnector, PeerInfo};
 use tokio::time::timeout_at;
 
-use crate::body::{AttemptBody, ReplayableBody, Tunnel};
+use crate::body::{AttemptBody, BoxError, ProxyBody, ReplayableBody, Tunnel, full_body};
 use crate::error::{ProxyError, UpstreamError};
 use crate::h1pool::H1Pool;
 use crate::retry::RetryBudget;
 use crate::timeouts::{Deadline, IdleBody};
-pub use sluice_mesh::tls::UpstreamPeer;
 
-/// Boxed error inside response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of every response the data plane produces.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+/// Prefix of the request headers Sluice's hops use among themselves (the mesh's
+/// `x-sluice-caller-attestation`). None of them is meant for a user process: the router
+/// drops any that a client sends, and the replica gate drops them once they have been used.
+pub const INTERNAL_HEADER_PREFIX: &str = "x-sluice-";
 
-/// A whole-body response payload.
-pub fn full_body(data: impl Into<Bytes>) -> ProxyBody {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
+/// Removes every `x-sluice-*` header from `headers` (names are lower case in `http`);
+/// returns how many distinct names were removed.
+pub fn strip_internal_headers(headers: &mut HeaderMap) -> usize {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(INTERNAL_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in &internal {
+        headers.remove(name);
+    }
+    internal.len()
 }
 
 /// Headers that describe one connection, not the request, and must not be forwarded.
@@ -200,7 +205,7 @@ impl Outbound {
     /// Reads what is left of the request body (at most `limit` bytes more) and drops it, so
     /// that the sender has sent the whole body (and kept it for another attempt) before it
     /// reads the answer.
-    pub(crate) async fn discard_body(&self, limit: usize) {
+    pub async fn discard_body(&self, limit: usize) {
         let mut body = self.body.attempt();
         let mut read = 0;
         while read <= limit {
@@ -447,6 +452,85 @@ impl Forwarder {
         };
         Ok(Response::from_parts(parts, body))
     }
+
+    /// One attempt of the retry loop every hop that picks replicas runs (the router on
+    /// the direct path, the activator): sends `out` to `endpoint`. On a failure, a replica
+    /// that refused the connection is handed to `refused` (most likely gone and not yet out
+    /// of the routes: the balancer ejects it for a while), and the answer is
+    /// [`Attempt::Retry`] when another replica may be tried ([`Forwarder::may_retry`]);
+    /// `retries` then counts the attempt and remembers the replica to avoid. The caller
+    /// picks the next replica from the revision's replicas as they are by then.
+    pub async fn attempt(
+        &self,
+        retries: &mut Retries,
+        revision: &NamespacedName,
+        endpoint: SocketAddr,
+        out: &mut Outbound,
+        refused: impl FnOnce(SocketAddr),
+    ) -> Attempt {
+        let sent = self
+            .send(revision, endpoint, out, retries.deadline, retries.idle)
+            .await;
+        match sent {
+            Ok(resp) => Attempt::Done(resp),
+            Err(err) => {
+                if err.is_connect_failure() {
+                    refused(endpoint);
+                }
+                if !self.may_retry(&err, out, retries.attempt) {
+                    return Attempt::Failed(err);
+                }
+                tracing::debug!(%revision, %endpoint, "retrying: {}", sluice_core::error_chain(&err));
+                retries.avoid = Some(endpoint);
+                retries.attempt += 1;
+                Attempt::Retry
+            }
+        }
+    }
+}
+
+/// The state of one request's retry loop at one hop: the response deadline and idle
+/// timeout every attempt shares, the attempt number, and the replica the last one failed
+/// on.
+#[derive(Clone, Copy, Debug)]
+pub struct Retries {
+    deadline: Deadline,
+    idle: Option<std::time::Duration>,
+    attempt: u32,
+    avoid: Option<SocketAddr>,
+}
+
+impl Retries {
+    /// Before the first attempt.
+    pub fn new(deadline: Deadline, idle: Option<std::time::Duration>) -> Self {
+        Self {
+            deadline,
+            idle,
+            attempt: 1,
+            avoid: None,
+        }
+    }
+
+    /// The number of the attempt about to be made (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The replica the previous attempt failed on (pick another if there is one).
+    pub fn avoid(&self) -> Option<SocketAddr> {
+        self.avoid
+    }
+}
+
+/// How one attempt of [`Forwarder::attempt`] ended.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The replica's response.
+    Done(Response<ProxyBody>),
+    /// A failure that another replica may be tried for.
+    Retry,
+    /// A failure to answer the client with.
+    Failed(ProxyError),
 }
 
 impl Outbound {
@@ -458,7 +542,7 @@ impl Outbound {
 type Pool = Client<MeshHttpConnector, AttemptBody>;
 
 /// An HTTP/2 (prior knowledge) client with its own pool, mTLS when `mesh` is given (its
-/// responses then carry the replica's [`UpstreamPeer`]).
+/// responses then carry the replica's [`UpstreamPeer`](sluice_mesh::tls::UpstreamPeer)).
 fn h2_client(mesh: Option<&OutboundMesh>) -> Pool {
     let connector = MeshHttpConnector::new(mesh.map(|m| m.connector().clone()));
     Client::builder(TokioExecutor::new())
@@ -570,7 +654,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sets a header, replacing any value the client sent.
-pub(crate) fn set_header(headers: &mut HeaderMap, name: &'static str, value: &'static str) {
+pub fn set_header(headers: &mut HeaderMap, name: &'static str, value: &'static str) {
     headers.insert(
         HeaderName::from_static(name),
         HeaderValue::from_static(value),
@@ -582,6 +666,21 @@ mod tests {
     use http_body_util::Empty;
 
     use super::*;
+
+    #[test]
+    fn strips_every_internal_header_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        h.insert("x-sluice-caller-attestation", "v1.a.b".parse().unwrap());
+        h.append("X-Sluice-Other", "1".parse().unwrap());
+        h.append("x-sluice-other", "2".parse().unwrap());
+        h.insert("x-sluicer", "kept".parse().unwrap());
+        h.insert("x-request-id", "r-1".parse().unwrap());
+        assert_eq!(strip_internal_headers(&mut h), 2);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-request-id", "x-sluicer"]);
+        assert_eq!(strip_internal_headers(&mut h), 0);
+    }
 
     #[test]
     fn strips_connection_named_headers_but_not_protected_ones() {

@@ -13,9 +13,20 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 
-use crate::proxy::{BoxError, ProxyBody};
+/// Boxed error inside response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the data plane produces.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A whole-body response payload.
+pub fn full_body(data: impl Into<Bytes>) -> ProxyBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 /// The body error once a request body passes the configured limit.
 #[derive(Debug, thiserror::Error)]

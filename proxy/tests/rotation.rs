@@ -21,14 +21,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice_activator::timeouts::Timeouts;
-use sluice_activator::{BoxError, Forwarder, Outbound, ProxyBody, UpstreamPeer, full_body};
 use sluice_core::NamespacedName;
 use sluice_mesh::identity::{
     CaConfig, CertificateAuthority, RotatingSvid, SpiffeId, Svid, SvidIssuer,
 };
 use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::tls::{MeshAcceptor, MeshStream, MeshTls, PeerAuthMode};
+use sluice_proxy::timeouts::Timeouts;
+use sluice_proxy::{BoxError, Forwarder, Outbound, ProxyBody, UpstreamPeer, full_body};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;

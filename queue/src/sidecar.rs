@@ -24,10 +24,10 @@ use super::mesh::{METRICS_PATH, ReplicaGate, serve_replica};
 use super::{
     PROBE_HEADER, PROBE_PATH, PROXY_HEADER, Queue, QueueConfig, QueueRejection, STATS_PATH,
 };
-use crate::body::hold_response;
-use crate::error::error_response;
-use crate::proxy::{Forwarder, Outbound, ProxyBody, UNPROCESSED_HEADER, full_body};
-use crate::timeouts::Timeouts;
+use sluice_proxy::error_response;
+use sluice_proxy::hold_response;
+use sluice_proxy::timeouts::Timeouts;
+use sluice_proxy::{Forwarder, Outbound, ProxyBody, UNPROCESSED_HEADER, full_body};
 
 /// Expands Kubernetes-style `$(VAR)` references in a container's command or argument, as
 /// the kubelet does: `$(VAR)` becomes the variable's value when `lookup` knows it and stays
@@ -186,7 +186,7 @@ impl Sidecar {
                     // of it: take it all in before answering (bounded in size and time).
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
-                        out.discard_body(crate::body::REPLAY_LIMIT),
+                        out.discard_body(sluice_proxy::REPLAY_LIMIT),
                     )
                     .await;
                 }

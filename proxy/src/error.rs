@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 use sluice_core::NamespacedName;
 
-use crate::proxy::{ProxyBody, full_body};
+use crate::body::{ProxyBody, full_body};
 use crate::timeouts::TimeoutKind;
 
 /// How an exchange with a replica failed.
@@ -160,7 +160,7 @@ impl ProxyError {
 
 /// A JSON error response `{"error": message}`.
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "error": message }).to_string();
+    let body = serde_json::to_string(&sluice_core::ErrorBody::new(message)).unwrap_or_default();
     let mut resp = Response::new(full_body(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
