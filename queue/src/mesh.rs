@@ -24,9 +24,7 @@ use sluice_proxy::strip_internal_headers;
 use super::Queue;
 use sluice_proxy::{BoxError, ProxyBody, full_body};
 
-/// Path where a replica serves its own metrics (Istio and Knative families, Prometheus text),
-/// for `sluice up`'s admin `/metrics` to merge.
-pub const METRICS_PATH: &str = "/sluice/metrics";
+pub use sluice_core::replica::METRICS_PATH;
 
 fn plaintext() -> PeerInfo {
     PeerInfo {
@@ -153,8 +151,12 @@ impl ReplicaGate {
     }
 }
 
-/// Serves `handler` on `listener` until `shutdown` resolves, then lets open connections
-/// finish their requests. With `mesh`, each connection is accepted under the
+/// How long open connections keep taking requests after the listener closes, before each
+/// is shut down gracefully (see [`serve_replica`]).
+pub const LINGER: Duration = Duration::from_millis(500);
+
+/// Serves `handler` on `listener` until `shutdown` resolves, then refuses new connections,
+/// lets open ones take requests for [`LINGER`] more and finish them. With `mesh`, each connection is accepted under the
 /// peer-authentication mode in force (the handshake runs in the connection's own task, so a
 /// slow client holds up nobody), its peer reaches the handler as a [`PeerInfo`] request
 /// extension, and an mTLS connection is closed gracefully when its peer's certificate
@@ -233,6 +235,13 @@ pub async fn serve_replica<H, Fut>(
             }
         });
     }
+    // New connections are refused from now on (a refused connection is safe to retry
+    // elsewhere). The open ones go on serving for a moment: a client may have just written a
+    // request on an idle keep-alive connection, and closing that connection now would reset
+    // the request with no way for the client to know it was never processed. By the end of
+    // the linger the routes no longer name this replica.
+    drop(listener);
+    tokio::time::sleep(LINGER).await;
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
 }
