@@ -15,6 +15,8 @@ pub const PROBE_HEADER: &str = "k-network-probe";
 pub const PROXY_HEADER: &str = "k-proxy-request";
 /// Path where the autoscaler scrapes a replica's per-period `PeriodStats` (JSON).
 pub const STATS_PATH: &str = "/sluice/queue/stats";
+/// Path on a replica's port serving its Prometheus metrics (to the control plane only).
+pub const METRICS_PATH: &str = "/sluice/metrics";
 
 /// Prefix of the line announcing the bound address.
 pub const LISTENING_PREFIX: &str = "SLUICE_LISTENING ";

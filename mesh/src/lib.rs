@@ -13,6 +13,8 @@
 //!
 //! * [`issuance`]: Kubernetes mode's CA service (CSRs authenticated by ServiceAccount
 //!   tokens) and the workload's client that obtains and renews its SVID from it.
+//! * [`local`]: local mode's CA in the state directory and the SVIDs of `sluice up`'s
+//!   router, activator and control plane.
 //! * [`handoff`]: local mode's private directory that hands a replica its SVID, bundle and
 //!   policies; [`inbound`] and [`outbound`]: what a replica's listener and a proxy's client
 //!   do per connection and per request.
@@ -29,6 +31,7 @@ pub mod handoff;
 pub mod identity;
 pub mod inbound;
 pub mod issuance;
+pub mod local;
 pub mod otlp;
 pub mod outbound;
 pub mod policy;

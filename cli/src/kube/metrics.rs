@@ -18,7 +18,7 @@ pub(super) fn app(registries: Vec<Registry>) -> axum::Router {
                         axum::http::header::CONTENT_TYPE,
                         sluice_mesh::telemetry::CONTENT_TYPE,
                     )],
-                    crate::up::mesh::merge_expositions(&texts),
+                    sluice_mesh::telemetry::merge::merge_expositions(&texts),
                 )
                     .into_response()
             }

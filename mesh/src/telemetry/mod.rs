@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod hop;
 pub mod istio;
 pub mod knative;
+pub mod merge;
 pub mod registry;
 
 pub use access_log::AccessLogEntry;

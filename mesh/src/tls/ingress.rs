@@ -57,6 +57,9 @@ pub enum IngressTlsError {
     /// rustls refused the configuration.
     #[error("ingress TLS config: {0}")]
     Config(#[from] rustls::Error),
+    /// The flags naming the files do not go together.
+    #[error("{0}")]
+    Flags(&'static str),
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> IngressTlsError {
@@ -169,6 +172,70 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.lookup(hello.server_name())
     }
+}
+
+/// Ingress TLS from `--tls-cert/--tls-key` (served to every host) and `--tls-dir` (one
+/// `<host>.crt` + `<host>.key` pair per host, chosen by SNI).
+pub fn ingress_tls_from_files(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    dir: Option<&Path>,
+) -> Result<Option<Arc<ServerConfig>>, IngressTlsError> {
+    let mut certs = Vec::new();
+    let mut default = None;
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            default = Some(0);
+            certs.push(IngressCertificate {
+                hosts: Vec::new(),
+                cert_path: c.to_owned(),
+                key_path: k.to_owned(),
+            });
+        }
+        (None, None) => {}
+        _ => {
+            return Err(IngressTlsError::Flags(
+                "--tls-cert and --tls-key go together",
+            ));
+        }
+    }
+    if let Some(dir) = dir {
+        let mut found = false;
+        let read = |source| IngressTlsError::Read {
+            path: dir.to_owned(),
+            source,
+        };
+        for entry in std::fs::read_dir(dir).map_err(read)? {
+            let path = entry.map_err(read)?.path();
+            if path.extension().is_some_and(|e| e == "crt")
+                && let Some(host) = path.file_stem().and_then(|s| s.to_str())
+            {
+                let key = path.with_extension("key");
+                if !key.exists() {
+                    return Err(IngressTlsError::Invalid {
+                        reason: format!("no matching {}", key.display()),
+                        path,
+                    });
+                }
+                certs.push(IngressCertificate {
+                    hosts: vec![host.to_owned()],
+                    cert_path: path.clone(),
+                    key_path: key,
+                });
+                found = true;
+            }
+        }
+        if !found {
+            return Err(IngressTlsError::Invalid {
+                path: dir.to_owned(),
+                reason: "holds no <host>.crt files".into(),
+            });
+        }
+    }
+    if certs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(ingress_server_config(&certs, default)?))
 }
 
 /// Builds the ingress server config from `certificates`; `default` (an index into them)

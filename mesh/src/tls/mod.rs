@@ -14,7 +14,9 @@ pub use acceptor::{
 pub use config::{MeshTls, TlsConfigError};
 pub use connector::{ConnectError, MeshConnector};
 pub use http::{HyperMeshIo, MeshHttpConnector, MeshIo, UpstreamPeer, bounded_server};
-pub use ingress::{IngressCertificate, IngressTlsError, ingress_server_config};
+pub use ingress::{
+    IngressCertificate, IngressTlsError, ingress_server_config, ingress_tls_from_files,
+};
 pub use verifier::ExpectedServer;
 
 /// When the peer certificate of an established TLS connection expires (`notAfter`), if it
