@@ -1111,7 +1111,7 @@ fn mesh_replica(
         ("SLUICE_MESH_CA_ADDR", ca),
         ("SLUICE_MESH_TOKEN_FILE", token.as_str()),
         ("SLUICE_MESH_ROOT_FILE", root.as_str()),
-        ("SLUICE_MESH_TRUST_DOMAIN", "cluster.local"),
+        ("SLUICE_TRUST_DOMAIN", "cluster.local"),
         ("SLUICE_MESH_ATTESTERS", ROUTER_ID),
         ("POD_NAMESPACE", "team-a"),
         ("POD_NAME", "hello-00001-deployment-abc"),

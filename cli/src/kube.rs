@@ -20,6 +20,7 @@ use sluice_crds::autoscaling::ClusterConfig;
 use sluice_mesh::guard::{AdminToken, HostNames, ListenerGuard};
 use tokio::sync::{mpsc, watch};
 
+use crate::flags::{ActivatorFlags, MeshFlags, MeshMode, TelemetryFlags};
 use crate::shutdown;
 
 mod metrics;
@@ -102,15 +103,9 @@ pub struct ControllerArgs {
     retry_period: Duration,
     /// The mesh: every replica of the controller serves the CA (its root in the Secret
     /// `sluice-mesh-ca` of `--lease-namespace`), and revision Pods get a projected token
-    /// to request their certificate with (`off`: plaintext replicas, no CA).
-    #[arg(long, env = "SLUICE_MESH", default_value = "on", value_parser = ["on", "off"])]
-    mesh: String,
-    /// Trust domain of the mesh's SPIFFE IDs.
-    #[arg(long, env = "SLUICE_TRUST_DOMAIN", default_value = sluice_mesh::identity::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
-    /// Life of workload certificates; each is renewed at 40–50 % of it.
-    #[arg(long, env = "SLUICE_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
-    cert_ttl: Duration,
+    /// to request their certificate with.
+    #[command(flatten)]
+    mesh: MeshFlags,
     /// Where the mesh CA listens (HTTPS, `POST /v1/certificates`); required with `--mesh on`.
     #[arg(long, env = "SLUICE_MESH_LISTEN")]
     mesh_listen: Option<std::net::SocketAddr>,
@@ -187,7 +182,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         ..LeaseConfig::new(&args.lease_namespace, &args.lease_name, &identity(&args))
     };
     lease.validate().map_err(anyhow::Error::msg)?;
-    if args.mesh == "on" && args.mesh_listen.is_none() {
+    if args.mesh.on() && args.mesh_listen.is_none() {
         bail!(
             "--mesh on needs --mesh-listen (SLUICE_MESH_LISTEN, e.g. 0.0.0.0:15012), or pass --mesh off"
         );
@@ -195,9 +190,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
     // The CA needs no CRD: workloads (and routers) get their certificates meanwhile.
-    let mesh = match args.mesh.as_str() {
-        "on" => Some(serve_mesh_ca(&args, &store).await?),
-        _ => None,
+    let mesh = match args.mesh.mode {
+        MeshMode::On => Some(serve_mesh_ca(&args, &store).await?),
+        MeshMode::Off => None,
     };
     wait_for_crds(&store).await?;
 
@@ -322,6 +317,7 @@ async fn serve_stats(
 /// cluster's AuthorizationPolicies and PeerAuthentications for workloads to follow. Returns
 /// what revision Pods need, and the controller's own client identity, issued in-process.
 async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Result<ControllerMesh> {
+    let trust_domain = args.mesh.trust_domain();
     use sluice_controller::kube_ca::{self, KubeCaError, TokenReviewAuthenticator};
     use sluice_mesh::identity::{RotatingSvid, RotationConfig, SpiffeId, SvidIssuer};
     use sluice_mesh::outbound::OutboundMesh;
@@ -332,14 +328,14 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
             "--mesh on needs --mesh-listen (SLUICE_MESH_LISTEN, e.g. 0.0.0.0:15012), or pass --mesh off"
         );
     };
-    if args.cert_ttl < Duration::from_secs(1) {
+    if args.mesh.cert_ttl < Duration::from_secs(1) {
         bail!("--cert-ttl: at least 1s");
     }
     let client = store.client();
     let ns = args.lease_namespace.as_str();
-    let server_id = SpiffeId::new(&args.trust_domain, ns, &args.service_account)
+    let server_id = SpiffeId::new(&trust_domain, ns, &args.service_account)
         .context("--trust-domain / --lease-namespace / --service-account")?;
-    let router_id = SpiffeId::new(&args.trust_domain, ns, &args.router_service_account)
+    let router_id = SpiffeId::new(&trust_domain, ns, &args.router_service_account)
         .context("--router-service-account")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -350,7 +346,7 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
             kube_ca::CA_SECRET
         ),
         |e| matches!(e, KubeCaError::Api { .. }),
-        || kube_ca::load_or_create(client, ns, &args.trust_domain, args.cert_ttl),
+        || kube_ca::load_or_create(client, ns, &trust_domain, args.mesh.cert_ttl),
     )
     .await?;
     let root_pem = ca.root_pem();
@@ -368,7 +364,7 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
     let (own, _renewal) = RotatingSvid::start(
         ca.clone() as Arc<dyn SvidIssuer>,
         server_id.clone(),
-        RotationConfig::new(args.cert_ttl),
+        RotationConfig::new(args.mesh.cert_ttl),
     )
     .with_context(|| format!("issuing the controller's own certificate, {server_id}"))?;
     let tls = MeshTls::new(Arc::new(ca.trust_bundle()?), own);
@@ -398,7 +394,7 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
         ca_addr: args.mesh_ca_service.clone().unwrap_or_else(|| {
             format!("sluice-ca.{ns}.svc:{}", sluice_mesh::issuance::DEFAULT_PORT)
         }),
-        trust_domain: args.trust_domain.clone(),
+        trust_domain: trust_domain.clone(),
         attesters: vec![router_id.to_string()],
         root_pem,
     };
@@ -578,17 +574,14 @@ pub struct RouterArgs {
     /// absent.
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// OTLP/HTTP collector (`http://host:port`) the router and its activator export one
-    /// span per request to (batched; `OTEL_BSP_*` tune it). Unset: no span export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    otlp_endpoint: Option<String>,
-    /// Requests the activator buffers per revision before answering 503.
-    #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
-    activator_queue: usize,
-    /// Mutual TLS to replicas, as the identity of this Pod's ServiceAccount from the
-    /// controller's mesh CA (`off`: plaintext).
-    #[arg(long, env = "SLUICE_MESH", default_value = "on", value_parser = ["on", "off"])]
-    mesh: String,
+    #[command(flatten)]
+    telemetry: TelemetryFlags,
+    #[command(flatten)]
+    activator: ActivatorFlags,
+    /// Mutual TLS to replicas as the identity of this Pod's ServiceAccount, from the
+    /// controller's mesh CA.
+    #[command(flatten)]
+    mesh: MeshFlags,
     /// `host:port` of the mesh CA; required with `--mesh on`.
     #[arg(long, env = "SLUICE_MESH_CA_ADDR")]
     mesh_ca_addr: Option<String>,
@@ -598,12 +591,6 @@ pub struct RouterArgs {
     /// The mesh root (PEM; ConfigMap `sluice-mesh-root`).
     #[arg(long, env = "SLUICE_MESH_ROOT_FILE", default_value = sluice_mesh::issuance::DEFAULT_ROOT_FILE)]
     mesh_root_file: std::path::PathBuf,
-    /// Trust domain of the mesh's SPIFFE IDs.
-    #[arg(long, env = "SLUICE_MESH_TRUST_DOMAIN", default_value = sluice_mesh::identity::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
-    /// Life asked for the router's certificate (the CA caps it); renewed at 40–50 % of it.
-    #[arg(long, env = "SLUICE_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
-    cert_ttl: Duration,
 }
 
 /// The router's mesh client: its SVID from the CA (the projected token authenticates it),
@@ -627,7 +614,7 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
         )
     })?;
     let bundle = Arc::new(
-        sluice_mesh::handoff::parse_bundle(root, bytes, &args.trust_domain)
+        sluice_mesh::handoff::parse_bundle(root, bytes, &args.mesh.trust_domain())
             .context("--mesh-root-file")?,
     );
     let ca = RemoteCa {
@@ -644,7 +631,7 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
     let (svid, _renewal) = with_retries(
         "obtaining the router's certificate from the mesh CA",
         retryable,
-        || remote_identity(ca.clone(), RotationConfig::new(args.cert_ttl)),
+        || remote_identity(ca.clone(), RotationConfig::new(args.mesh.cert_ttl)),
     )
     .await?;
     println!("sluice: router mesh identity {}", svid.current().id());
@@ -654,7 +641,7 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
 /// `sluice router --kube`: the ingress, with the activator in-process, routing from watched
 /// Routes, Services, InferenceServices, Revisions and EndpointSlices.
 pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
-    use sluice_activator::{Activator, ActivatorConfig};
+    use sluice_activator::Activator;
     use sluice_controller::reconcile::kube_routing;
     use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
     use sluice_router::ingress::Ingress;
@@ -665,7 +652,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
             "sluice router runs in Kubernetes mode only: pass --kube (in local mode the router is part of `sluice up`)"
         );
     }
-    let mesh_on = args.mesh == "on";
+    let mesh_on = args.mesh.on();
     let stats_target = args
         .autoscaler
         .as_deref()
@@ -681,7 +668,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         Some(m) => {
             let ns = m.tls().identity().current().id().namespace().to_owned();
             let server = sluice_mesh::identity::SpiffeId::new(
-                &args.trust_domain,
+                &args.mesh.trust_domain(),
                 &ns,
                 &args.controller_service_account,
             )
@@ -694,7 +681,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         None => None,
     };
     // Span export: one span per request and hop, children of the caller's.
-    let spans = crate::up::router_spans(args.otlp_endpoint.clone())?;
+    let spans = crate::up::router_spans(args.telemetry.otlp_endpoint.clone())?;
     let hop = |registry: &Registry, name: &'static str| {
         let t = HopTelemetry::new(registry.clone(), name, AccessLog::Tracing);
         match &spans {
@@ -746,10 +733,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     }
     let activator = Arc::new(
         Activator::new(
-            ActivatorConfig {
-                max_queued_per_revision: args.activator_queue,
-                ..ActivatorConfig::default()
-            },
+            args.activator.config(),
             snapshot_rx.clone(),
             stats_tx,
             forwarder(),

@@ -7,6 +7,7 @@ mod autoscaler;
 mod canary;
 mod client;
 mod describe;
+mod flags;
 mod guard;
 mod hello;
 mod kube;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sluice_activator::{Activator, ActivatorConfig};
+use sluice_activator::Activator;
 use sluice_autoscaler::{AutoscalerConfig, Scraper};
 use sluice_controller::admin::{self, ManifestFile};
 use sluice_controller::policies::{
@@ -22,6 +22,7 @@ use sluice_core::RoutingSnapshot;
 use sluice_crds::autoscaling::ClusterConfig;
 use sluice_mesh::guard::{self, AdminToken, ListenerGuard};
 use sluice_mesh::identity::RotationConfig;
+use sluice_mesh::local::LocalIdentities;
 use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
 use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
 use sluice_proxy::Forwarder;
@@ -30,6 +31,7 @@ use sluice_router::{Router, ServeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::flags::{ActivatorFlags, MeshFlags, MeshMode, TelemetryFlags};
 use crate::{absolute, shutdown};
 
 pub(crate) mod mesh;
@@ -61,24 +63,15 @@ pub struct UpArgs {
     /// ready; older ones are deleted.
     #[arg(long, env = "SLUICE_REVISION_HISTORY", default_value_t = 20)]
     revision_history: usize,
-    /// Requests the activator buffers per revision before answering 503.
-    #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000)]
-    activator_queue: usize,
+    #[command(flatten)]
+    activator: ActivatorFlags,
     /// Accept `autoscaling.knative.dev/initial-scale: "0"` (Knative's
     /// `allow-zero-initial-scale`): such a revision is Ready at zero and starts a replica on
     /// its first request. Off, as upstream, such manifests are refused.
     #[arg(long, env = "SLUICE_ALLOW_ZERO_INITIAL_SCALE")]
     allow_zero_initial_scale: bool,
-    /// Mutual TLS between the router, the activator and replicas, with workload identities
-    /// from a CA kept in the state directory (`off`: plaintext, no identities, no policy).
-    #[arg(long, env = "SLUICE_MESH", default_value = "on", value_parser = ["on", "off"])]
-    mesh: String,
-    /// Trust domain of the mesh's SPIFFE IDs.
-    #[arg(long, env = "SLUICE_TRUST_DOMAIN", default_value = sluice_mesh::identity::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
-    /// Life of workload certificates; each is renewed at 40–50 % of it.
-    #[arg(long, env = "SLUICE_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
-    cert_ttl: Duration,
+    #[command(flatten)]
+    mesh: MeshFlags,
     /// Ingress TLS certificate chain (PEM) served to every host (with --tls-key).
     #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -88,10 +81,8 @@ pub struct UpArgs {
     /// Folder of per-host ingress certificates: `<host>.crt` and `<host>.key`, chosen by SNI.
     #[arg(long, env = "SLUICE_TLS_DIR")]
     tls_dir: Option<PathBuf>,
-    /// OTLP/HTTP collector (`http://host:port`) every hop, the replicas included, exports one
-    /// span per request to (batched; `OTEL_BSP_*` tune it). Unset: no span export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    otlp_endpoint: Option<String>,
+    #[command(flatten)]
+    telemetry: TelemetryFlags,
 }
 
 impl UpArgs {
@@ -183,13 +174,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         warn_unselected(&mut applied, &known_workloads(&store).await);
         mesh::print_policy_results(&applied);
     }
-    let up_mesh = match args.mesh.as_str() {
-        "on" => Some(mesh::UpMesh::start(
+    let up_mesh = match args.mesh.mode {
+        MeshMode::On => Some(LocalIdentities::start(
             &args.state_dir,
-            &args.trust_domain,
-            args.cert_ttl,
+            &args.mesh.trust_domain(),
+            args.mesh.cert_ttl,
         )?),
-        _ => {
+        MeshMode::Off => {
             if !policies.is_empty() {
                 eprintln!(
                     "Warning: --mesh=off: {} stored security policies are not enforced",
@@ -199,14 +190,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let ingress_tls = mesh::ingress_tls(
+    let ingress_tls = sluice_mesh::tls::ingress_tls_from_files(
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
         args.tls_dir.as_deref(),
     )?;
 
     // Span export: the router's here, the replicas' from the endpoint in their environment.
-    let spans = router_spans(args.otlp_endpoint.clone())?;
+    let spans = router_spans(args.telemetry.otlp_endpoint.clone())?;
 
     let router_listener = TcpListener::bind(args.listen)
         .await
@@ -237,10 +228,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         decisions_tx,
     );
     let activator = Activator::new(
-        ActivatorConfig {
-            max_queued_per_revision: args.activator_queue,
-            ..ActivatorConfig::default()
-        },
+        args.activator.config(),
         snapshot_rx.clone(),
         stats_tx.clone(),
         match &up_mesh {
@@ -271,13 +259,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let self_exe = std::env::current_exe().context("finding the sluice binary")?;
     let mut runtime_config = LocalRuntimeConfig::new(self_exe);
     if let Some(m) = &up_mesh {
-        let dir = mesh::UpMesh::replicas_dir(&args.state_dir);
+        let dir = LocalIdentities::replicas_dir(&args.state_dir);
         // Directories of replicas of an earlier run are stale (their keys too).
         let _ = std::fs::remove_dir_all(&dir);
         runtime_config.mesh = Some(LocalMesh::new(
             m.ca.clone(),
             dir,
-            RotationConfig::new(args.cert_ttl),
+            RotationConfig::new(args.mesh.cert_ttl),
             m.attesters.clone(),
             policies.subscribe(),
             m.control.clone(),
@@ -381,7 +369,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         guard::LOGIN_PATH,
         token.secret()
     );
-    tracing::info!(%router_addr, %admin_addr, domain = %args.domain, mesh = %args.mesh, "sluice is up");
+    tracing::info!(%router_addr, %admin_addr, domain = %args.domain, mesh = %args.mesh.mode, "sluice is up");
 
     shutdown::signalled().await;
     tracing::info!("shutting down: stopping replicas");

@@ -39,10 +39,10 @@ use crate::identity::{
 use crate::issuance::policies::{FollowConfig, first_policies, follow_policies};
 use crate::issuance::{self, RemoteCa, remote_identity};
 use crate::policy::documents::split_documents;
-use crate::policy::{
-    AuthorizationEngine, DocumentError, PeerAuthenticationSet, PolicyDocuments, Workload,
-};
+use crate::policy::{DocumentError, Workload};
 use crate::tls::MeshTls;
+
+pub use crate::policy::Policies;
 
 /// Environment variable naming the private directory.
 pub const DIR_ENV: &str = "SLUICE_MESH_DIR";
@@ -196,46 +196,6 @@ impl Handoff {
     }
 }
 
-/// The policies in force at one replica.
-#[derive(Clone, Debug)]
-pub struct Policies {
-    /// Authorization policies.
-    pub authorization: Arc<AuthorizationEngine>,
-    /// Peer authentication.
-    pub peer: Arc<PeerAuthenticationSet>,
-}
-
-impl Default for Policies {
-    fn default() -> Self {
-        Self {
-            authorization: Arc::new(AuthorizationEngine::default()),
-            peer: Arc::new(PeerAuthenticationSet::new(Vec::new())),
-        }
-    }
-}
-
-impl Policies {
-    /// Parses a policy file's text (mesh-wide policies in Istio's `istio-system`).
-    pub fn parse(text: &str) -> Result<Self, Vec<DocumentError>> {
-        Self::parse_in(text, crate::policy::DEFAULT_ROOT_NAMESPACE)
-    }
-
-    /// Parses policies whose mesh-wide ones live in `root_namespace` (Kubernetes mode: the
-    /// controller's namespace).
-    pub fn parse_in(text: &str, root_namespace: &str) -> Result<Self, Vec<DocumentError>> {
-        let docs = PolicyDocuments::parse(text)?;
-        Ok(Self {
-            authorization: Arc::new(
-                AuthorizationEngine::new(docs.authorization).with_root_namespace(root_namespace),
-            ),
-            peer: Arc::new(
-                PeerAuthenticationSet::new(docs.peer_authentication)
-                    .with_root_namespace(root_namespace),
-            ),
-        })
-    }
-}
-
 /// Everything a replica needs to be a mesh citizen, loaded from its private directory.
 #[derive(Clone, Debug)]
 pub struct WorkloadMesh {
@@ -364,8 +324,20 @@ impl WorkloadMesh {
                 }),
             }
         };
-        let trust_domain =
-            var(issuance::TRUST_DOMAIN_ENV)?.unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        let trust_domain = match var(issuance::TRUST_DOMAIN_ENV)? {
+            Some(domain) => domain,
+            None => match var(issuance::DEPRECATED_TRUST_DOMAIN_ENV)? {
+                Some(domain) => {
+                    tracing::warn!(
+                        "{} is deprecated: set {} instead",
+                        issuance::DEPRECATED_TRUST_DOMAIN_ENV,
+                        issuance::TRUST_DOMAIN_ENV
+                    );
+                    domain
+                }
+                None => DEFAULT_TRUST_DOMAIN.to_owned(),
+            },
+        };
         let root_file = PathBuf::from(
             var(issuance::ROOT_FILE_ENV)?.unwrap_or_else(|| issuance::DEFAULT_ROOT_FILE.into()),
         );

@@ -53,7 +53,9 @@ pub const ROOT_FILE_ENV: &str = "SLUICE_MESH_ROOT_FILE";
 /// Default of [`ROOT_FILE_ENV`].
 pub const DEFAULT_ROOT_FILE: &str = "/var/run/secrets/sluice/mesh/root-cert.pem";
 /// The trust domain (default [`crate::identity::DEFAULT_TRUST_DOMAIN`]).
-pub const TRUST_DOMAIN_ENV: &str = "SLUICE_MESH_TRUST_DOMAIN";
+pub const TRUST_DOMAIN_ENV: &str = "SLUICE_TRUST_DOMAIN";
+/// The former name of [`TRUST_DOMAIN_ENV`], still read (with a warning) when it is unset.
+pub const DEPRECATED_TRUST_DOMAIN_ENV: &str = "SLUICE_MESH_TRUST_DOMAIN";
 /// Comma-separated SPIFFE IDs trusted to attest callers (the router's).
 pub const ATTESTERS_ENV: &str = "SLUICE_MESH_ATTESTERS";
 /// The Pod's namespace (downward API).
@@ -126,9 +128,5 @@ pub struct CertificateResponse {
     pub trust_bundle: Vec<String>,
 }
 
-/// The body of every error answer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// What was wrong, naming the field or header.
-    pub error: String,
-}
+/// The body of every error answer (`{"error": "..."}`, naming the field or header).
+pub use sluice_core::ErrorBody;

@@ -211,7 +211,7 @@ fn add_mesh(pod_spec: &mut Value, mesh: &PodMesh, labels: &Value) {
             json!({"name": "SLUICE_MESH_CA_ADDR", "value": mesh.ca_addr}),
             json!({"name": "SLUICE_MESH_TOKEN_FILE", "value": format!("{MESH_MOUNT}/token")}),
             json!({"name": "SLUICE_MESH_ROOT_FILE", "value": format!("{MESH_MOUNT}/{ROOT_KEY}")}),
-            json!({"name": "SLUICE_MESH_TRUST_DOMAIN", "value": mesh.trust_domain}),
+            json!({"name": sluice_mesh::issuance::TRUST_DOMAIN_ENV, "value": mesh.trust_domain}),
             json!({"name": "SLUICE_MESH_ATTESTERS", "value": mesh.attesters.join(",")}),
             json!({"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")}),
             json!({"name": "POD_NAME", "valueFrom": field("metadata.name")}),
@@ -403,7 +403,7 @@ mod tests {
             value("SLUICE_MESH_ROOT_FILE")["value"],
             "/var/run/secrets/sluice/mesh/root-cert.pem"
         );
-        assert_eq!(value("SLUICE_MESH_TRUST_DOMAIN")["value"], "cluster.local");
+        assert_eq!(value("SLUICE_TRUST_DOMAIN")["value"], "cluster.local");
         assert_eq!(
             value("SLUICE_MESH_ATTESTERS")["value"],
             "spiffe://cluster.local/ns/sluice-system/sa/sluice-router,spiffe://cluster.local/ns/sluice-system/sa/other"
