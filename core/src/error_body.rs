@@ -1,15 +1,15 @@
 //! The JSON body of every error Sluice answers over HTTP (data plane, admin API, model
 //! server): `{"error": "..."}`, plus `"errors": [...]` when several things were wrong.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// An HTTP error body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What went wrong, for people (the whole error chain at the edge).
     pub error: String,
     /// Each problem, when there were several (validation).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }
 

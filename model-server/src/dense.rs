@@ -385,7 +385,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::model::{load_model, validate_inputs};
+    use crate::formats::load_model;
+    use crate::model::validate_inputs;
 
     /// A model folder written by the test: `config` and the named tensors.
     struct Folder(PathBuf);

@@ -14,37 +14,20 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::json;
 use sluice_core::ErrorBody;
-use sluice_queue::{PROBE_PATH, Queue, QueueLayer, STATS_PATH};
+use sluice_queue::{PROBE_PATH, QueueLayer, STATS_PATH};
 use tokio::time::Instant;
 
 use crate::codec::{
-    HEADER_LENGTH, InferRequest, InferResponse, decode_request, decode_v1, encode_response,
-    encode_v1, parse_header_length,
+    HEADER_LENGTH, InferRequest, decode_request, decode_v1, encode_response, encode_v1,
+    parse_header_length,
 };
 use crate::error::InferError;
 use crate::grpc::{GrpcService, SERVICE_PREFIX};
 use crate::metrics::GaugeGuard;
-use crate::model::validate_inputs;
-use crate::repository::{Repository, ServedModel};
-
-/// Protocol extensions this server implements (`GET /v2`, gRPC ServerMetadata).
-pub const EXTENSIONS: &[&str] = &[
-    "binary_tensor_data",
-    "model_repository",
-    "kserve_v1",
-    "metrics",
-];
+pub use crate::service::{AppState, EXTENSIONS, execute};
 
 /// Bodies larger than this are decoded off the reactor.
 const INLINE_DECODE_BYTES: usize = 64 * 1024;
-
-/// What the handlers share.
-pub struct AppState {
-    /// The served models.
-    pub repository: Arc<Repository>,
-    /// The in-process queue layer.
-    pub queue: Arc<Queue>,
-}
 
 /// Builds the router. Inference routes sit behind the queue layer; probes, metadata and
 /// stats do not, so they neither wait in the queue nor count as load.
@@ -247,47 +230,6 @@ where
     tokio::task::spawn_blocking(move || f(&body))
         .await
         .map_err(|e| InferError::Task(e.to_string()))?
-}
-
-/// Validates, queues and computes a decoded request; returns the response before encoding.
-pub async fn execute(
-    served: &ServedModel,
-    name: &str,
-    version: Option<String>,
-    request: InferRequest,
-) -> Result<InferResponse, InferError> {
-    let metadata = served.model.metadata();
-    validate_inputs(metadata, &request.inputs)?;
-    if let Some(wanted) = &request.outputs {
-        for w in wanted {
-            if !metadata.outputs.iter().any(|o| o.name == w.name) {
-                return Err(InferError::UnknownOutput(w.name.clone()));
-            }
-        }
-    }
-    let started = Instant::now();
-    let mut outputs = served.executor.run(request.inputs).await?;
-    served.metrics.predict.observe_duration(started.elapsed());
-    let outputs = match &request.outputs {
-        None => outputs
-            .into_iter()
-            .map(|t| (t, request.binary_output))
-            .collect(),
-        Some(wanted) => wanted
-            .iter()
-            .filter_map(|w| {
-                let i = outputs.iter().position(|o| o.name == w.name)?;
-                Some((outputs.swap_remove(i), w.binary))
-            })
-            .collect(),
-    };
-    Ok(InferResponse {
-        model_name: name.to_owned(),
-        model_version: version,
-        id: request.id,
-        parameters: request.parameters,
-        outputs,
-    })
 }
 
 async fn run_infer(

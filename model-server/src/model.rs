@@ -1,13 +1,10 @@
 //! The `Model` trait every served model implements, and loading by format.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bert::Bert;
-use crate::dense::{DENSE_FORMAT, Dense};
 use crate::error::InferError;
-use crate::mlp::Mlp;
 use crate::tensor::{DataType, NamedTensor};
 
 /// A loaded model, ready to compute. Inference is synchronous CPU work: callers run it off
@@ -173,14 +170,4 @@ pub enum LoadError {
         #[source]
         source: candle_core::Error,
     },
-}
-
-/// Loads the model in `dir` as `format`, serving it under `name`.
-pub fn load_model(format: &str, name: &str, dir: &Path) -> Result<Box<dyn Model>, LoadError> {
-    match format {
-        "sluice-mlp" => Ok(Box::new(Mlp::load(name, dir)?)),
-        "bert" => Ok(Box::new(Bert::load(name, dir)?)),
-        DENSE_FORMAT => Ok(Box::new(Dense::load(name, dir)?)),
-        other => Err(LoadError::UnsupportedFormat(other.to_owned())),
-    }
 }

@@ -22,8 +22,9 @@ use tokio::time::Instant;
 
 use crate::batch::{BatchConfig, Executor};
 use crate::error::InferError;
+use crate::formats::load_model;
 use crate::metrics::ModelMetrics;
-use crate::model::{LoadError, Model, load_model};
+use crate::model::{LoadError, Model};
 use crate::storage;
 
 /// Per-model settings file inside a repository folder.

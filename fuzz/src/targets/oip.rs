@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use sluice_model_server::codec::{
     InferRequest, InferResponse, decode_request, decode_v1, encode_response, parse_header_length,
 };
-use sluice_model_server::model::{Model, ModelMetadata, load_model, tensor_meta, validate_inputs};
+use sluice_model_server::load_model;
+use sluice_model_server::model::{Model, ModelMetadata, tensor_meta, validate_inputs};
 use sluice_model_server::tensor::DataType;
 
 use super::{Target, outcome};

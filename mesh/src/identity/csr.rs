@@ -10,7 +10,7 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use super::ca::CaError;
+use super::error::CaError;
 use super::spiffe::SpiffeId;
 use super::svid::parse_pem;
 use super::verify::is_p256;

@@ -2,14 +2,16 @@
 
 pub mod ca;
 pub mod csr;
+mod error;
 pub mod files;
 pub mod rotate;
 pub mod spiffe;
 pub mod svid;
 pub mod verify;
 
-pub use ca::{CaConfig, CaError, CertificateAuthority, RootPem, SvidIssuer};
+pub use ca::{CaConfig, CertificateAuthority, RootPem, SvidIssuer};
 pub use csr::CsrError;
+pub use error::CaError;
 pub use rotate::{RotatingSvid, RotationConfig};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError};
 pub use svid::Svid;

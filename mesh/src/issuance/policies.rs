@@ -7,7 +7,7 @@
 //! Wire protocol: `GET /v1/policies[?version=V][&waitSeconds=S]` over the CA's TLS port with
 //! the caller's SVID as client certificate (none: 401). The answer is [`PoliciesResponse`]:
 //! the caller's namespace's policies (its SPIFFE ID's `ns`) and the root namespace's
-//! (mesh-wide) as multi-document YAML that [`crate::handoff::Policies::parse_in`] accepts.
+//! (mesh-wide) as multi-document YAML that [`crate::policy::Policies::parse_in`] accepts.
 //! When `V` is the current version the request waits up to `S` seconds (at most
 //! [`MAX_WAIT`], default [`DEFAULT_WAIT`]) for a change, then answers 304 (no body): no
 //! change. At most [`MAX_WAITERS`] requests wait at once; more are answered 503.
@@ -24,8 +24,8 @@ use tokio::sync::{Semaphore, watch};
 
 use super::client::https_exchange;
 use super::{ErrorBody, IssueError};
-use crate::handoff::Policies;
 use crate::identity::SpiffeId;
+use crate::policy::Policies;
 use crate::tls::{ExpectedServer, MeshTls};
 
 /// The path policies are served on.
@@ -308,7 +308,7 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
 
 fn error(status: StatusCode, error: String) -> Response<Full<Bytes>> {
     tracing::info!(status = status.as_u16(), %error, "policy request refused");
-    json(status, &ErrorBody { error })
+    json(status, &ErrorBody::new(error))
 }
 
 /// Asks the CA at `addr` for the policies of the workload `tls` is (its SVID is the client

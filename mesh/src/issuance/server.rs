@@ -201,9 +201,7 @@ async fn handle(
             Some(service) => service.handle(&req, caller).await,
             None => json(
                 StatusCode::NOT_FOUND,
-                &ErrorBody {
-                    error: format!("this CA serves no policies ({POLICIES_PATH})"),
-                },
+                &ErrorBody::new(format!("this CA serves no policies ({POLICIES_PATH})")),
             ),
         };
     }
@@ -218,7 +216,7 @@ async fn handle(
         Ok(body) => json(StatusCode::OK, &body),
         Err(Refusal(status, error)) => {
             tracing::info!(status = status.as_u16(), %error, "certificate request refused");
-            let mut response = json(status, &ErrorBody { error });
+            let mut response = json(status, &ErrorBody::new(error));
             match status {
                 StatusCode::METHOD_NOT_ALLOWED => {
                     response

@@ -330,7 +330,7 @@ impl AuthorizationPolicy {
                                 p.push(format!("{path}.values"), format!("{v:?} is not a port"));
                             }
                             if matches!(key, ConditionKey::SourceIp | ConditionKey::RemoteIp)
-                                && super::evaluate::IpBlock::parse(v).is_none()
+                                && super::matching::IpBlock::parse(v).is_none()
                             {
                                 p.push(
                                     format!("{path}.values"),
@@ -378,7 +378,7 @@ fn validate_source(source: &Source, at: &str, p: &mut Problems) {
         ("notRemoteIpBlocks", &source.not_remote_ip_blocks),
     ] {
         for (i, v) in value.iter().flatten().enumerate() {
-            if super::evaluate::IpBlock::parse(v).is_none() {
+            if super::matching::IpBlock::parse(v).is_none() {
                 p.push(
                     format!("{at}.{field}[{i}]"),
                     format!("{v:?} is not an IP or CIDR"),

@@ -13,6 +13,7 @@ use http::HeaderMap;
 use super::authz::{
     Action, AuthorizationPolicy, Condition, ConditionKey, Operation, Rule, Source, parse_port,
 };
+use super::matching::IpBlock;
 use super::{DEFAULT_ROOT_NAMESPACE, Workload, matching};
 use crate::identity::SpiffeId;
 
@@ -227,47 +228,4 @@ fn condition_holds(c: &Condition, req: &RequestAttributes<'_>) -> bool {
         _ => values.iter().any(|v| matching::matches(pattern, v)),
     };
     field(&c.values, hit) && not_field(&c.not_values, hit)
-}
-
-/// An IP address or CIDR block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpBlock {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpBlock {
-    /// Parses `10.0.0.0/8`, `::1/128` or a bare address.
-    pub fn parse(s: &str) -> Option<Self> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
-            None => (s.parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(Self { addr, prefix })
-    }
-
-    /// Whether `ip` is inside the block.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
 }

@@ -8,6 +8,7 @@ pub mod evaluate;
 mod manifest;
 pub mod matching;
 pub mod peer_auth;
+mod set;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ pub use documents::{DocumentError, PolicyDocuments, partition};
 pub use evaluate::{AuthorizationEngine, Decision, RequestAttributes};
 pub use manifest::{FieldError, ObjectMeta, ValidationError, WorkloadSelector};
 pub use peer_auth::{PeerAuthentication, PeerAuthenticationSet};
+pub use set::Policies;
 
 /// Istio's root namespace: policies there apply to the whole mesh.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";

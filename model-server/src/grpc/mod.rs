@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::codec::{InferRequest, RequestedOutput};
 use crate::error::InferError;
-use crate::http::{AppState, execute};
+use crate::service::{AppState, execute};
 use crate::tensor::{
     DataType, NamedTensor, Parameters, TensorData, element_count, shape_from_wire,
 };
@@ -290,7 +290,7 @@ impl GrpcInferenceService for GrpcService {
         Ok(Response::new(ServerMetadataResponse {
             name: "sluice-model-server".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: crate::http::EXTENSIONS
+            extensions: crate::service::EXTENSIONS
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
