@@ -9,11 +9,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use sluice_controller::admin::{ApplyRequest, ApplyResult};
+use sluice_controller::admin::{self, ApplyRequest, ApplyResult};
+use sluice_controller::store::KubeStore;
+use sluice_controller::store::kube::infer_client;
 use sluice_crds::Kind;
-use sluice_mesh::guard::{self, AdminToken};
+use sluice_crds::autoscaling::ClusterConfig;
+use sluice_mesh::guard::{self, AdminToken, ListenerGuard};
 
-use crate::up::manifest_files;
+use crate::manifests::manifest_files;
 
 pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -214,7 +217,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         }
         let policies = crate::kube_policy::validate_all(&policy_text.join("\n---\n"))?;
         if !rest.is_empty() {
-            let admin = crate::kube::admin_server().await?;
+            let admin = kube_admin_server().await?;
             apply_files(&admin, rest).await?;
         }
         return crate::kube_policy::apply(policies).await;
@@ -380,7 +383,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     }
     let kind = kind(&args.kind)?;
     let admin = if args.kube {
-        crate::kube::admin_server().await?
+        kube_admin_server().await?
     } else {
         Admin::from_args(&args.admin)?
     };
@@ -431,7 +434,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
         None => kind(&args.kind)?.plural(),
     };
     let admin = if args.kube {
-        crate::kube::admin_server().await?
+        kube_admin_server().await?
     } else {
         Admin::from_args(&args.admin)?
     };
@@ -650,6 +653,28 @@ fn print_table(kind: Kind, items: &[Value], with_namespace: bool) {
     for row in rows {
         line(row);
     }
+}
+
+/// The admin API served on loopback over the current kubeconfig's API server, for the
+/// `--kube` flag of `sluice apply/get/describe/delete`: the same requests, validation and
+/// output as against `sluice up`. It acts with the user's Kubernetes credentials, so it
+/// takes only requests bearing a random token made for this process (and passes the same
+/// browser checks as `sluice up`'s admin API): another local user who finds the port
+/// cannot borrow them.
+pub(crate) async fn kube_admin_server() -> anyhow::Result<Admin> {
+    let client = infer_client().await.context("connecting to Kubernetes")?;
+    let store = KubeStore::validating_batches(client, "sluice");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port for the Kubernetes client")?;
+    let addr = listener.local_addr()?;
+    let token = AdminToken::generate()?;
+    let app = admin::guarded(
+        admin::router(store, ClusterConfig::default()),
+        ListenerGuard::new("the --kube client's admin API", addr, Some(token.clone())),
+    );
+    tokio::spawn(axum::serve(listener, app).into_future());
+    Ok(Admin::new(format!("http://{addr}"), token))
 }
 
 #[cfg(test)]

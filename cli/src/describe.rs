@@ -52,6 +52,15 @@ pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) 
         }
     }
     let st = &o["status"];
+    status_section(&mut out, st);
+    conditions_section(&mut out, st);
+    owned_section(&mut out, owned);
+    events_section(&mut out, events);
+    out
+}
+
+/// URL, latest revisions, the predictor's revisions, traffic and model status.
+fn status_section(out: &mut String, st: &Value) {
     if let Some(url) = st["url"].as_str() {
         let _ = writeln!(out, "URL:          {url}");
     }
@@ -127,6 +136,10 @@ pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) 
             );
         }
     }
+}
+
+/// The conditions table.
+fn conditions_section(out: &mut String, st: &Value) {
     let _ = writeln!(out, "Conditions:");
     let conditions = st["conditions"].as_array().cloned().unwrap_or_default();
     if conditions.is_empty() {
@@ -148,6 +161,10 @@ pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) 
             );
         }
     }
+}
+
+/// What the object owns, with each one's readiness.
+fn owned_section(out: &mut String, owned: &[(Kind, Value)]) {
     if !owned.is_empty() {
         let _ = writeln!(out, "Owns:");
         for (k, child) in owned {
@@ -163,6 +180,10 @@ pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) 
             );
         }
     }
+}
+
+/// The events table.
+fn events_section(out: &mut String, events: &[Value]) {
     let _ = writeln!(out, "Events:");
     if events.is_empty() {
         let _ = writeln!(out, "  <none>");
@@ -180,13 +201,12 @@ pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) 
             );
         }
     }
-    out
 }
 
 /// `sluice describe KIND NAME`.
 pub async fn run(args: DescribeArgs) -> anyhow::Result<()> {
     let admin = if args.kube {
-        crate::kube::admin_server().await?
+        crate::client::kube_admin_server().await?
     } else {
         Admin::from_args(&args.admin)?
     };

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use sluice_activator::ActivatorConfig;
 use sluice_mesh::identity::DEFAULT_TRUST_DOMAIN;
 use sluice_mesh::issuance::DEPRECATED_TRUST_DOMAIN_ENV;
+use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
 
 /// Whether the mesh is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,6 +88,29 @@ pub struct TelemetryFlags {
     /// (batched; `OTEL_BSP_*` tune it). Unset: no span export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+}
+
+impl TelemetryFlags {
+    /// The span exporter of this process's hops (and its endpoint, for the shutdown
+    /// message) when `--otlp-endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector;
+    /// `OTEL_BSP_*` tune it. Replicas get the endpoint in their environment.
+    pub fn spans(&self) -> anyhow::Result<Option<(SpanExporter, String)>> {
+        let config = OtlpConfig::from_lookup("sluice-router", |k| {
+            if k == otlp::ENDPOINT_ENV {
+                self.otlp_endpoint.clone()
+            } else {
+                std::env::var(k).ok()
+            }
+        })
+        .context("span export settings (--otlp-endpoint, OTEL_*)")?;
+        let Some(config) = config else {
+            return Ok(None);
+        };
+        let endpoint = config.endpoint.clone();
+        let (exporter, _task) = SpanExporter::spawn(config)
+            .context("span export settings (--otlp-endpoint, OTEL_*)")?;
+        Ok(Some((exporter, endpoint)))
+    }
 }
 
 /// The activator's flags, for the commands that run one (`sluice up`, `sluice router`).

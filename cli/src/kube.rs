@@ -16,8 +16,7 @@ use sluice_controller::runtime::kube::{PodMesh, PodTemplate};
 use sluice_controller::store::KubeStore;
 use sluice_controller::store::kube::{KubeError, infer_client};
 use sluice_core::{Backoff, RoutingSnapshot};
-use sluice_crds::autoscaling::ClusterConfig;
-use sluice_mesh::guard::{AdminToken, HostNames, ListenerGuard};
+use sluice_mesh::guard::{HostNames, ListenerGuard};
 use tokio::sync::{mpsc, watch};
 
 use crate::flags::{ActivatorFlags, MeshFlags, MeshMode, TelemetryFlags};
@@ -523,28 +522,6 @@ async fn lead(
     term
 }
 
-/// The admin API served on loopback over the current kubeconfig's API server, for the
-/// `--kube` flag of `sluice apply/get/describe/delete`: the same requests, validation and
-/// output as against `sluice up`. It acts with the user's Kubernetes credentials, so it
-/// takes only requests bearing a random token made for this process (and passes the same
-/// browser checks as `sluice up`'s admin API): another local user who finds the port
-/// cannot borrow them.
-pub(crate) async fn admin_server() -> anyhow::Result<crate::client::Admin> {
-    let client = infer_client().await.context("connecting to Kubernetes")?;
-    let store = KubeStore::validating_batches(client, "sluice");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding a loopback port for the Kubernetes client")?;
-    let addr = listener.local_addr()?;
-    let token = AdminToken::generate()?;
-    let app = admin::guarded(
-        admin::router(store, ClusterConfig::default()),
-        ListenerGuard::new("the --kube client's admin API", addr, Some(token.clone())),
-    );
-    tokio::spawn(axum::serve(listener, app).into_future());
-    Ok(crate::client::Admin::new(format!("http://{addr}"), token))
-}
-
 /// Flags of `sluice router`.
 #[derive(Args, Debug)]
 pub struct RouterArgs {
@@ -641,11 +618,8 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
 /// `sluice router --kube`: the ingress, with the activator in-process, routing from watched
 /// Routes, Services, InferenceServices, Revisions and EndpointSlices.
 pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
-    use sluice_activator::Activator;
     use sluice_controller::reconcile::kube_routing;
-    use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
-    use sluice_router::ingress::Ingress;
-    use sluice_router::{Router, ServeConfig};
+    use sluice_router::{DataPlane, DataPlaneConfig, ServeConfig};
 
     if !args.kube {
         bail!(
@@ -681,25 +655,12 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
         None => None,
     };
     // Span export: one span per request and hop, children of the caller's.
-    let spans = crate::up::router_spans(args.telemetry.otlp_endpoint.clone())?;
-    let hop = |registry: &Registry, name: &'static str| {
-        let t = HopTelemetry::new(registry.clone(), name, AccessLog::Tracing);
-        match &spans {
-            Some((exporter, _)) => t.with_spans(exporter.clone()),
-            None => t,
-        }
-    };
+    let spans = args.telemetry.spans()?;
     let metrics_listener = match args.metrics_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("binding the metrics endpoint to {addr} (--metrics-listen)")
         })?),
         None => None,
-    };
-    // Replicas are called over mTLS as the router's identity (by the router and by the
-    // activator in-process), or in plaintext with the mesh off.
-    let forwarder = || match &mesh {
-        Some(m) => sluice_proxy::Forwarder::new().with_mesh(m.clone()),
-        None => sluice_proxy::Forwarder::new(),
     };
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
@@ -724,40 +685,30 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     // to the controller's autoscaler.
     let (stats_tx, stats_rx) = mpsc::channel(stats::STATS_QUEUE);
     tokio::spawn(stats::post_stats(stats_target, stats_mesh, stats_rx));
-    // Each hop in a registry of its own (as in local mode), merged on `/metrics`; one
-    // access-log line (and span, when exported) per request and hop.
-    let router_registry = Registry::new();
-    let activator_registry = Registry::new();
-    if let Some((exporter, _)) = &spans {
-        exporter.register_metrics(&router_registry, "sluice-router");
-    }
-    let activator = Arc::new(
-        Activator::new(
-            args.activator.config(),
-            snapshot_rx.clone(),
-            stats_tx,
-            forwarder(),
-        )
-        .with_telemetry(hop(&activator_registry, "activator")),
-    );
-    tokio::spawn(activator.clone().run_stats());
-    let router = Arc::new(Router::new(snapshot_rx, activator, forwarder()));
-    let ingress = Ingress {
-        telemetry: Some(hop(&router_registry, "router")),
-        ..Ingress::default()
-    };
+    // Replicas are called over mTLS as the router's identity (by the router and by the
+    // activator in-process), or in plaintext with the mesh off. Each hop has a registry of
+    // its own (as in local mode), merged on `/metrics`.
+    let data_plane = DataPlane::start(DataPlaneConfig {
+        activator: args.activator.config(),
+        snapshot: snapshot_rx,
+        stats: stats_tx,
+        router_mesh: mesh.clone(),
+        activator_mesh: mesh,
+        spans: spans.as_ref().map(|(exporter, _)| exporter.clone()),
+        service: "sluice-router",
+    });
     let serve = tokio::spawn(sluice_router::serve_ingress(
         listener,
-        router,
+        data_plane.router.clone(),
         ServeConfig::default(),
-        ingress,
+        data_plane.ingress(),
         stopped(),
     ));
     let metrics = match metrics_listener {
         Some(listener) => {
             let local = listener.local_addr()?;
             let app = admin::guarded(
-                metrics::app(vec![router_registry, activator_registry]),
+                metrics::app(data_plane.registries()),
                 in_cluster_guard("the router's metrics endpoint", local),
             );
             let task = tokio::spawn(

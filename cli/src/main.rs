@@ -12,13 +12,13 @@ mod guard;
 mod hello;
 mod kube;
 mod kube_policy;
+mod manifests;
 mod model_server;
 mod proctree;
 mod queue;
 mod shutdown;
 mod up;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -121,9 +121,4 @@ fn init_tracing() {
         // when `sluice up` dies) is dropped: reporting it would panic on the same stderr.
         .log_internal_errors(false)
         .init();
-}
-
-/// A path made absolute against the current directory (without touching the filesystem).
-pub(crate) fn absolute(path: &std::path::Path) -> std::io::Result<PathBuf> {
-    std::path::absolute(path)
 }

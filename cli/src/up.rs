@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sluice_activator::Activator;
 use sluice_autoscaler::{AutoscalerConfig, Scraper};
-use sluice_controller::admin::{self, ManifestFile};
+use sluice_controller::admin;
 use sluice_controller::policies::{
     PolicyStore, apply_policies, known_workloads, split_policies, warn_unselected,
 };
@@ -23,16 +22,14 @@ use sluice_crds::autoscaling::ClusterConfig;
 use sluice_mesh::guard::{self, AdminToken, ListenerGuard};
 use sluice_mesh::identity::RotationConfig;
 use sluice_mesh::local::LocalIdentities;
-use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
-use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
-use sluice_proxy::Forwarder;
+use sluice_mesh::otlp::{self, SpanExporter};
 use sluice_router::ingress::Ingress;
-use sluice_router::{Router, ServeConfig};
+use sluice_router::{DataPlane, DataPlaneConfig, ServeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::flags::{ActivatorFlags, MeshFlags, MeshMode, TelemetryFlags};
-use crate::{absolute, shutdown};
+use crate::shutdown;
 
 pub(crate) mod mesh;
 
@@ -94,56 +91,6 @@ impl UpArgs {
     }
 }
 
-/// Reads every `*.yaml`/`*.yml` file of `path` (a file or a folder, not recursive).
-pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
-    let mut paths = Vec::new();
-    if path.is_dir() {
-        for entry in
-            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
-        {
-            let p = entry?.path();
-            let is_yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
-            // kustomize's own file is not an API object (kubectl applies it with -k).
-            let is_kustomization = p
-                .file_stem()
-                .is_some_and(|s| s.eq_ignore_ascii_case("kustomization"));
-            if is_kustomization {
-                eprintln!(
-                    "Warning: skipping {}: a kustomize file, not an API object",
-                    p.display()
-                );
-                continue;
-            }
-            if is_yaml && p.is_file() {
-                paths.push(p);
-            }
-        }
-        paths.sort();
-        if paths.is_empty() {
-            bail!("{} holds no *.yaml or *.yml files", path.display());
-        }
-    } else {
-        paths.push(path.to_owned());
-    }
-    paths
-        .into_iter()
-        .map(|p| {
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            let dir = p.parent().unwrap_or(Path::new("."));
-            Ok(ManifestFile {
-                source: p.display().to_string(),
-                base_dir: absolute(if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                })?,
-                text,
-            })
-        })
-        .collect()
-}
-
 /// Runs until SIGINT/SIGTERM, then stops every replica.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // First, so the state directory is made private (0700) before anything is written there.
@@ -156,40 +103,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let cluster = args.cluster_config();
     let policies = PolicyStore::open(&args.state_dir)?;
     if let Some(dir) = &args.dir {
-        let files = manifest_files(dir)?;
-        let (files, policy_text) = split_policies(&files);
-        let mut applied = Vec::new();
-        if !policy_text.is_empty() {
-            match policies.apply(&policy_text) {
-                Ok(a) => applied = a,
-                Err(errors) => bail!("nothing applied:\n{}", errors.join("\n")),
-            }
-        }
-        if !files.is_empty() {
-            match admin::apply_files_with(&store, &files, &cluster).await {
-                Ok(results) => crate::client::print_apply_results(&results),
-                Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
-            }
-        }
-        warn_unselected(&mut applied, &known_workloads(&store).await);
-        mesh::print_policy_results(&applied);
+        apply_at_start(dir, &store, &policies, &cluster).await?;
     }
-    let up_mesh = match args.mesh.mode {
-        MeshMode::On => Some(LocalIdentities::start(
-            &args.state_dir,
-            &args.mesh.trust_domain(),
-            args.mesh.cert_ttl,
-        )?),
-        MeshMode::Off => {
-            if !policies.is_empty() {
-                eprintln!(
-                    "Warning: --mesh=off: {} stored security policies are not enforced",
-                    policies.len()
-                );
-            }
-            None
-        }
-    };
+    let up_mesh = identities(&args, &policies)?;
     let ingress_tls = sluice_mesh::tls::ingress_tls_from_files(
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
@@ -197,7 +113,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )?;
 
     // Span export: the router's here, the replicas' from the endpoint in their environment.
-    let spans = router_spans(args.telemetry.otlp_endpoint.clone())?;
+    let spans = args.telemetry.spans()?;
 
     let router_listener = TcpListener::bind(args.listen)
         .await
@@ -227,26 +143,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         stats_rx,
         decisions_tx,
     );
-    let activator = Activator::new(
-        args.activator.config(),
-        snapshot_rx.clone(),
-        stats_tx.clone(),
-        match &up_mesh {
-            Some(m) => Forwarder::new().with_mesh(m.activator.clone()),
-            None => Forwarder::new(),
-        },
-    );
-    // The activator's hop (in front of revisions at zero or under a burst) in a registry of
-    // its own, merged into the admin `/metrics` with the router's and the replicas'.
-    let activator_registry = Registry::new();
-    let activator = Arc::new(activator.with_telemetry({
-        let t = HopTelemetry::new(activator_registry.clone(), "activator", AccessLog::Tracing);
-        match &spans {
-            Some((exporter, _)) => t.with_spans(exporter.clone()),
-            None => t,
-        }
-    }));
-    tokio::spawn(activator.clone().run_stats());
+    // The router and the activator (in front of revisions at zero or under a burst), each
+    // hop with a registry of its own, merged into the admin `/metrics` with the replicas'.
+    let data_plane = DataPlane::start(DataPlaneConfig {
+        activator: args.activator.config(),
+        snapshot: snapshot_rx.clone(),
+        stats: stats_tx.clone(),
+        router_mesh: up_mesh.as_ref().map(|m| m.router_out.clone()),
+        activator_mesh: up_mesh.as_ref().map(|m| m.activator.clone()),
+        spans: spans.as_ref().map(|(exporter, _)| exporter.clone()),
+        service: "sluice-up",
+    });
     let scrape_tls = up_mesh.as_ref().map(|m| m.control.connector().clone());
     tokio::spawn(
         Scraper::with_mesh(Duration::from_millis(500), scrape_tls).run(
@@ -256,28 +163,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ),
     );
 
-    let self_exe = std::env::current_exe().context("finding the sluice binary")?;
-    let mut runtime_config = LocalRuntimeConfig::new(self_exe);
-    if let Some(m) = &up_mesh {
-        let dir = LocalIdentities::replicas_dir(&args.state_dir);
-        // Directories of replicas of an earlier run are stale (their keys too).
-        let _ = std::fs::remove_dir_all(&dir);
-        runtime_config.mesh = Some(LocalMesh::new(
-            m.ca.clone(),
-            dir,
-            RotationConfig::new(args.mesh.cert_ttl),
-            m.attesters.clone(),
-            policies.subscribe(),
-            m.control.clone(),
-        ));
-    }
-    if let Some((_, endpoint)) = &spans {
-        runtime_config
-            .env
-            .push((otlp::ENDPOINT_ENV.to_owned(), endpoint.clone()));
-    }
-    let runtime = LocalRuntime::new(runtime_config);
-    let controller = Controller::new(
+    let runtime = local_runtime(&args, up_mesh.as_ref(), &policies, spans.as_ref())?;
+    let mut controller = Controller::new(
         ControllerConfig {
             domain: args.domain.clone(),
             url_port: Some(router_addr.port()),
@@ -290,7 +177,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         snapshot_tx,
     );
     // Publish routes for what the store holds before the router takes its first request.
-    let mut controller = controller;
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     controller.notify_first_pass(first_tx);
     let controller_task = tokio::spawn(controller.run(decisions_rx, stopped()));
@@ -298,77 +184,41 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tracing::warn!("the controller stopped before its first pass");
     }
 
-    let registry = Registry::new();
-    let router_forwarder = match &up_mesh {
-        Some(m) => Forwarder::new().with_mesh(m.router_out.clone()),
-        None => Forwarder::new(),
-    };
-    let router = Arc::new(Router::new(
-        snapshot_rx.clone(),
-        activator,
-        router_forwarder,
-    ));
     let ingress = Ingress {
         tls: ingress_tls,
         mesh: match &up_mesh {
             Some(m) => Some(m.router.server_config()?),
             None => None,
         },
-        telemetry: Some({
-            let t = HopTelemetry::new(registry.clone(), "router", AccessLog::Tracing);
-            match &spans {
-                Some((exporter, _)) => {
-                    exporter.register_metrics(&registry, "sluice-up");
-                    t.with_spans(exporter.clone())
-                }
-                None => t,
-            }
-        }),
-        ..Ingress::default()
+        ..data_plane.ingress()
     };
     let router_task = tokio::spawn(sluice_router::serve_ingress(
         router_listener,
-        router,
+        data_plane.router.clone(),
         ServeConfig::default(),
         ingress,
         stopped(),
     ));
-    let metrics_client = up_mesh.as_ref().map(|m| m.control.clone());
-    let policy_store = store.clone();
-    let admin_app = admin::router(store, cluster)
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                mesh::all_metrics(
-                    vec![registry.clone(), activator_registry.clone()],
-                    snapshot_rx.clone(),
-                    metrics_client.clone(),
-                )
-            }),
-        )
-        .layer(axum::middleware::from_fn(move |req, next| {
-            apply_policies(policies.clone(), policy_store.clone(), req, next)
-        }));
     let admin_guard = ListenerGuard::new("the admin API", admin_addr, Some(token.clone()))
         .with_token_hint(format!(
             "the sluice CLI reads it from {} by itself; else pass --token or SLUICE_TOKEN",
             token_path.display()
         ));
-    let admin_app = admin::guarded(admin_app, admin_guard);
+    let admin_app = admin_app(
+        store,
+        cluster,
+        policies,
+        &data_plane,
+        snapshot_rx,
+        up_mesh.as_ref(),
+        admin_guard,
+    );
     let admin_task = tokio::spawn(
         axum::serve(admin_listener, admin_app)
             .with_graceful_shutdown(stopped())
             .into_future(),
     );
-    // Tools and tests read these two lines to find the ports.
-    println!("sluice: router listening on http://{router_addr}");
-    println!("sluice: admin API on http://{admin_addr}");
-    println!(
-        "sluice: admin token in {} (a browser logs in at http://{admin_addr}{}?token={})",
-        token_path.display(),
-        guard::LOGIN_PATH,
-        token.secret()
-    );
+    announce(router_addr, admin_addr, &token, &token_path);
     tracing::info!(%router_addr, %admin_addr, domain = %args.domain, mesh = %args.mesh.mode, "sluice is up");
 
     shutdown::signalled().await;
@@ -387,24 +237,126 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The router's span exporter (and its endpoint, for the shutdown message) when
-/// `--otlp-endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector; `OTEL_BSP_*` tune it.
-pub(crate) fn router_spans(
-    endpoint: Option<String>,
-) -> anyhow::Result<Option<(SpanExporter, String)>> {
-    let config = OtlpConfig::from_lookup("sluice-router", |k| {
-        if k == otlp::ENDPOINT_ENV {
-            endpoint.clone()
-        } else {
-            std::env::var(k).ok()
+/// The mesh CA and this process's identities (mesh on); with the mesh off, a warning that
+/// stored policies are not enforced.
+fn identities(args: &UpArgs, policies: &PolicyStore) -> anyhow::Result<Option<LocalIdentities>> {
+    match args.mesh.mode {
+        MeshMode::On => Ok(Some(LocalIdentities::start(
+            &args.state_dir,
+            &args.mesh.trust_domain(),
+            args.mesh.cert_ttl,
+        )?)),
+        MeshMode::Off => {
+            if !policies.is_empty() {
+                eprintln!(
+                    "Warning: --mesh=off: {} stored security policies are not enforced",
+                    policies.len()
+                );
+            }
+            Ok(None)
         }
-    })
-    .context("span export settings (--otlp-endpoint, OTEL_*)")?;
-    let Some(config) = config else {
-        return Ok(None);
-    };
-    let endpoint = config.endpoint.clone();
-    let (exporter, _task) =
-        SpanExporter::spawn(config).context("span export settings (--otlp-endpoint, OTEL_*)")?;
-    Ok(Some((exporter, endpoint)))
+    }
+}
+
+/// Prints where the router and the admin API listen, and where the admin token is.
+fn announce(
+    router_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    token: &AdminToken,
+    token_path: &Path,
+) {
+    // Tools and tests read these two lines to find the ports.
+    println!("sluice: router listening on http://{router_addr}");
+    println!("sluice: admin API on http://{admin_addr}");
+    println!(
+        "sluice: admin token in {} (a browser logs in at http://{admin_addr}{}?token={})",
+        token_path.display(),
+        guard::LOGIN_PATH,
+        token.secret()
+    );
+}
+
+/// The admin API: the controller's routes, the merged `/metrics` (every hop of this
+/// process and every ready replica), and the security policies, behind `guard` (the bearer
+/// token and the browser checks).
+fn admin_app(
+    store: SqliteStore,
+    cluster: ClusterConfig,
+    policies: Arc<PolicyStore>,
+    data_plane: &DataPlane,
+    snapshot: watch::Receiver<Arc<RoutingSnapshot>>,
+    up_mesh: Option<&LocalIdentities>,
+    guard: ListenerGuard,
+) -> axum::Router {
+    let (registries, client) = (data_plane.registries(), up_mesh.map(|m| m.control.clone()));
+    let app = admin::router(store.clone(), cluster)
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                mesh::all_metrics(registries.clone(), snapshot.clone(), client.clone())
+            }),
+        )
+        .layer(axum::middleware::from_fn(move |req, next| {
+            apply_policies(policies.clone(), store.clone(), req, next)
+        }));
+    admin::guarded(app, guard)
+}
+
+/// Applies the manifests of `sluice up <dir>`: security policies to `policies`, the rest
+/// to `store`, all validated before anything is stored.
+async fn apply_at_start(
+    dir: &Path,
+    store: &SqliteStore,
+    policies: &PolicyStore,
+    cluster: &ClusterConfig,
+) -> anyhow::Result<()> {
+    let files = crate::manifests::manifest_files(dir)?;
+    let (files, policy_text) = split_policies(&files);
+    let mut applied = Vec::new();
+    if !policy_text.is_empty() {
+        match policies.apply(&policy_text) {
+            Ok(a) => applied = a,
+            Err(errors) => bail!("nothing applied:\n{}", errors.join("\n")),
+        }
+    }
+    if !files.is_empty() {
+        match admin::apply_files_with(store, &files, cluster).await {
+            Ok(results) => crate::client::print_apply_results(&results),
+            Err(e) => bail!("nothing applied:\n{}", sluice_core::error_chain(&e)),
+        }
+    }
+    warn_unselected(&mut applied, &known_workloads(store).await);
+    mesh::print_policy_results(&applied);
+    Ok(())
+}
+
+/// Replicas as child processes of this one (`sluice replica-guard`), with their identities
+/// and policies handed over in private directories when the mesh is on.
+fn local_runtime(
+    args: &UpArgs,
+    up_mesh: Option<&LocalIdentities>,
+    policies: &PolicyStore,
+    spans: Option<&(SpanExporter, String)>,
+) -> anyhow::Result<LocalRuntime> {
+    let self_exe = std::env::current_exe().context("finding the sluice binary")?;
+    let mut config = LocalRuntimeConfig::new(self_exe);
+    if let Some(m) = up_mesh {
+        let dir = LocalIdentities::replicas_dir(&args.state_dir);
+        // Directories of replicas of an earlier run are stale (their keys too).
+        let _ = std::fs::remove_dir_all(&dir);
+        config.mesh = Some(LocalMesh::new(
+            m.ca.clone(),
+            dir,
+            RotationConfig::new(args.mesh.cert_ttl),
+            m.attesters.clone(),
+            policies.subscribe(),
+            m.control.clone(),
+        ));
+    }
+    if let Some((_, endpoint)) = spans {
+        config
+            .env
+            .push((otlp::ENDPOINT_ENV.to_owned(), endpoint.clone()));
+    }
+    Ok(LocalRuntime::new(config))
 }

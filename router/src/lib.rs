@@ -9,11 +9,13 @@
 //! Not here: buffering, throttling and scale-from-zero (`sluice-activator`), building
 //! routes (`sluice-controller`).
 
+pub mod data_plane;
 mod headers;
 pub mod ingress;
 mod router;
 mod serve;
 
+pub use data_plane::{DataPlane, DataPlaneConfig};
 pub use headers::{ClientAddr, add_forwarded};
 pub use router::{Router, RouterConfig, TAG_HEADER, edge_headers, select_route};
 pub use serve::{ServeConfig, serve, serve_ingress};
