@@ -58,7 +58,7 @@ pub enum StoreError {
     },
     /// The Kubernetes API refused or failed a request (Kubernetes mode).
     #[error(transparent)]
-    Kube(#[from] kube::KubeError),
+    Kube(#[from] kube::resource::KubeError),
     /// A blocking store task died.
     #[error("store task failed: {0}")]
     Task(String),

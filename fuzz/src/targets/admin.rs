@@ -19,7 +19,7 @@ use sluice_crds::autoscaling::ClusterConfig;
 use tokio::sync::broadcast;
 use tower::ServiceExt;
 
-use super::Target;
+use super::target::Target;
 
 /// Paths, kinds and the bodies' field names.
 const DICTIONARY: &[&str] = &[
@@ -81,7 +81,7 @@ pub const ADMIN: Target = Target {
         };
         ADMIN_API.with(|api| {
             let Ok((runtime, router)) = api else {
-                return super::NO_FIXTURE.to_owned();
+                return super::target::NO_FIXTURE.to_owned();
             };
             runtime.block_on(async {
                 let call = router.clone().oneshot(request);

@@ -18,7 +18,7 @@ use sluice_model_server::grpc::inference::{
 use sluice_model_server::model::{ModelMetadata, tensor_meta, validate_inputs};
 use sluice_model_server::tensor::DataType;
 
-use super::{Target, outcome};
+use super::target::{Target, outcome};
 
 /// Field values that mean something to the conversion.
 const DICTIONARY: &[&str] = &[
@@ -48,7 +48,7 @@ pub const INFER: Target = Target {
             ModelReadyRequest, RepositoryIndexRequest, RepositoryModelLoadRequest",
     dictionary: DICTIONARY,
     max_len: 16 * 1024,
-    prepare: super::nothing_to_prepare,
+    prepare: super::target::nothing_to_prepare,
     run: |input| {
         let mut out = String::new();
         match ModelInferRequest::decode(input) {

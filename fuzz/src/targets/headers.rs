@@ -24,7 +24,7 @@ use sluice_mesh::tls::{ConnectionSecurity, PeerInfo};
 use sluice_proxy::Outbound;
 use sluice_router::{edge_headers, select_route};
 
-use super::{Target, outcome};
+use super::target::{Target, outcome};
 
 /// Header names and values the code looks at.
 const DICTIONARY: &[&str] = &[
@@ -127,7 +127,7 @@ pub const INGRESS: Target = Target {
         };
         out += &is_internal(&parts).to_string();
         let Ok((enforcer, engine, activator)) = replica() else {
-            return super::NO_FIXTURE.to_owned();
+            return super::target::NO_FIXTURE.to_owned();
         };
         for peer in [activator, &plaintext()] {
             out += &outcome(&enforcer.check_with(engine, &parts, peer, None, UnixTime::now()));
@@ -150,7 +150,7 @@ pub const GUARD: Target = Target {
             return "not a request head".to_owned();
         };
         let Ok((local, cluster)) = guards() else {
-            return super::NO_FIXTURE.to_owned();
+            return super::target::NO_FIXTURE.to_owned();
         };
         let mut out = String::new();
         for guard in [local, cluster] {
@@ -272,7 +272,7 @@ type Replica = (Enforcer, AuthorizationEngine, PeerInfo);
 
 fn replica() -> Result<&'static Replica, String> {
     static REPLICA: OnceLock<Result<Replica, String>> = OnceLock::new();
-    super::fixture(&REPLICA, || {
+    super::target::fixture(&REPLICA, || {
         let activator_id =
             SpiffeId::new("cluster.local", "default", "activator").map_err(|e| e.to_string())?;
         let dir = std::env::temp_dir().join(format!("sluice-fuzz-ca-{}", std::process::id()));
@@ -312,7 +312,7 @@ fn replica() -> Result<&'static Replica, String> {
 /// Kubernetes Service (`.svc` names).
 fn guards() -> Result<&'static (ListenerGuard, ListenerGuard), String> {
     static GUARDS: OnceLock<Result<(ListenerGuard, ListenerGuard), String>> = OnceLock::new();
-    super::fixture(&GUARDS, || {
+    super::target::fixture(&GUARDS, || {
         let token =
             AdminToken::from_text("0123456789abcdef").ok_or("the fixed token is refused")?;
         let local = ListenerGuard::new(

@@ -9,7 +9,7 @@ use std::path::Path;
 use sluice_crds::autoscaling::ClusterConfig;
 use sluice_crds::{ManifestError, parse_manifests, parse_object};
 
-use super::{Target, text};
+use super::target::{Target, text};
 
 /// Keys and values of Knative and KServe manifests, and YAML's own syntax.
 const DICTIONARY: &[&str] = &[
@@ -87,7 +87,7 @@ pub const MANIFEST: Target = Target {
             configs) and, for JSON, crds::parse_object",
     dictionary: DICTIONARY,
     max_len: 16 * 1024,
-    prepare: super::nothing_to_prepare,
+    prepare: super::target::nothing_to_prepare,
     run: |input| {
         let text = text(input);
         let base = Path::new("/fuzz/manifests");

@@ -14,7 +14,7 @@ use sluice_model_server::load_model;
 use sluice_model_server::model::{Model, ModelMetadata, tensor_meta, validate_inputs};
 use sluice_model_server::tensor::DataType;
 
-use super::{Target, outcome};
+use super::target::{Target, outcome};
 
 /// Field names and values of OIP and KServe v1 bodies.
 const DICTIONARY: &[&str] = &[
@@ -101,7 +101,7 @@ pub const KSERVE_V1: Target = Target {
     prepare: load_iris,
     run: |input| {
         let Ok(iris) = iris() else {
-            return super::NO_FIXTURE.to_owned();
+            return super::target::NO_FIXTURE.to_owned();
         };
         let mut out = String::new();
         let request = decode_v1(input, iris.metadata());
@@ -121,7 +121,7 @@ pub const KSERVE_V1: Target = Target {
 /// The Iris sample model (`samples/iris/model`), loaded once.
 fn iris() -> Result<&'static dyn Model, String> {
     static IRIS: OnceLock<Result<Box<dyn Model>, String>> = OnceLock::new();
-    super::fixture(&IRIS, || {
+    super::target::fixture(&IRIS, || {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/iris/model");
         load_model("sluice-mlp", "iris", &dir)
             .map_err(|e| format!("cannot load {}: {e}", dir.display()))
@@ -157,7 +157,7 @@ fn infer_v2(body: &[u8], header_length: Option<usize>) -> String {
     out += &outcome(&request.version_for("iris", Some("2")));
     out += &outcome(&validate_inputs(text_model(), &request.inputs));
     let Ok(iris) = iris() else {
-        return super::NO_FIXTURE.to_owned();
+        return super::target::NO_FIXTURE.to_owned();
     };
     match request.version_for("iris", None) {
         Ok(version) => out += &serve(iris, version, request),

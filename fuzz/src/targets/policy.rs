@@ -13,7 +13,7 @@ use sluice_mesh::policy::{
     partition,
 };
 
-use super::{Target, text};
+use super::target::{Target, text};
 
 /// Keys and values of `AuthorizationPolicy` and `PeerAuthentication`.
 const DICTIONARY: &[&str] = &[
@@ -112,7 +112,7 @@ pub const POLICY: Target = Target {
         let web = Workload::new("default", [("app", "web")]);
         let engine = AuthorizationEngine::new(docs.authorization);
         let Ok(caller) = caller() else {
-            return super::NO_FIXTURE.to_owned();
+            return super::target::NO_FIXTURE.to_owned();
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-user", HeaderValue::from_static("alice"));
@@ -157,7 +157,7 @@ pub const POLICY: Target = Target {
 
 fn caller() -> Result<&'static SpiffeId, String> {
     static CALLER: OnceLock<Result<SpiffeId, String>> = OnceLock::new();
-    super::fixture(&CALLER, || {
+    super::target::fixture(&CALLER, || {
         SpiffeId::new("cluster.local", "default", "client").map_err(|e| e.to_string())
     })
 }

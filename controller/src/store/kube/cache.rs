@@ -18,8 +18,8 @@ use serde_json::Value;
 use sluice_crds::Kind;
 use tokio::sync::broadcast;
 
+use super::resource::to_value;
 use super::resource::{api_resource, classify, crd_name};
-use super::to_value;
 use crate::store::Change;
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped objects.

@@ -19,7 +19,7 @@
 //! its first full listing (see `cache`), so a pass costs no request per object.
 
 mod cache;
-mod resource;
+pub(crate) mod resource;
 
 use std::sync::{Arc, OnceLock};
 
@@ -34,6 +34,7 @@ use sluice_crds::Kind;
 use tokio::sync::broadcast;
 
 use super::{ApplyOutcome, Change, Event, Store, StoreError};
+use resource::to_value;
 pub use resource::{FIELD_MANAGER, KubeError, api_resource, crd_name, namespaced};
 pub(crate) use resource::{api_code, classify};
 
@@ -70,16 +71,6 @@ pub async fn infer_client() -> Result<Client, KubeError> {
         .await
         .map_err(|e| KubeError::Infer(Box::new(e)))?;
     Client::try_from(config).map_err(|e| KubeError::Config(Box::new(e)))
-}
-
-/// A stored object from the API's: `managedFields` dropped (large, and the controller
-/// never reads them).
-pub(crate) fn to_value(o: DynamicObject) -> Option<Value> {
-    let mut v = serde_json::to_value(o).ok()?;
-    if let Some(m) = v["metadata"].as_object_mut() {
-        m.remove("managedFields");
-    }
-    Some(v)
 }
 
 fn from_value(kind: Kind, v: Value) -> Result<DynamicObject, StoreError> {

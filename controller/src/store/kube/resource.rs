@@ -1,7 +1,8 @@
 //! How Sluice's kinds map onto the Kubernetes API: group, version, plural, scope, the CRD
 //! that serves each, and the errors of talking to that API.
 
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::Value;
 use sluice_crds::Kind;
 
 /// The field manager of every server-side apply by the controller.
@@ -118,6 +119,16 @@ pub(crate) fn classify(
         resource,
         source: Box::new(e),
     }
+}
+
+/// A stored object from the API's: `managedFields` dropped (large, and the controller
+/// never reads them).
+pub(crate) fn to_value(o: DynamicObject) -> Option<Value> {
+    let mut v = serde_json::to_value(o).ok()?;
+    if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("managedFields");
+    }
+    Some(v)
 }
 
 #[cfg(test)]
