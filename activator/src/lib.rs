@@ -10,5 +10,6 @@
 //! (`sluice-autoscaler`), starting replicas (`sluice-controller`).
 
 mod activator;
+pub mod stats_post;
 
 pub use activator::{Activator, ActivatorConfig};

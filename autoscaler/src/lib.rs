@@ -15,6 +15,7 @@
 
 pub mod daily;
 mod decider;
+pub mod endpoint;
 pub mod kpa;
 pub mod ledger;
 pub mod pattern;

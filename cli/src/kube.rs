@@ -23,9 +23,9 @@ use crate::flags::{ActivatorFlags, MeshFlags, MeshMode, TelemetryFlags};
 use crate::shutdown;
 
 mod metrics;
-mod stats;
 
-use stats::{Posters, StatsSink};
+use sluice_activator::stats_post;
+use sluice_autoscaler::endpoint::{self as stats, Posters, StatsSink};
 
 /// Flags of `sluice controller`.
 #[derive(Args, Debug)]
@@ -630,7 +630,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let stats_target = args
         .autoscaler
         .as_deref()
-        .map(|base| stats::stats_target(base, mesh_on))
+        .map(|base| stats_post::stats_target(base, mesh_on))
         .transpose()?;
     let mesh = if mesh_on {
         Some(router_mesh(&args).await?)
@@ -647,7 +647,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
                 &args.controller_service_account,
             )
             .context("--controller-service-account")?;
-            Some(stats::StatsMesh {
+            Some(stats_post::StatsMesh {
                 out: m.clone(),
                 server,
             })
@@ -683,8 +683,8 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     let routes = tokio::spawn(kube_routing::run(store, runtime, snapshot_tx, stopped()));
     // The activator's stats (with the immediate one on a request to a revision at zero) go
     // to the controller's autoscaler.
-    let (stats_tx, stats_rx) = mpsc::channel(stats::STATS_QUEUE);
-    tokio::spawn(stats::post_stats(stats_target, stats_mesh, stats_rx));
+    let (stats_tx, stats_rx) = mpsc::channel(stats_post::STATS_QUEUE);
+    tokio::spawn(stats_post::post_stats(stats_target, stats_mesh, stats_rx));
     // Replicas are called over mTLS as the router's identity (by the router and by the
     // activator in-process), or in plaintext with the mesh off. Each hop has a registry of
     // its own (as in local mode), merged on `/metrics`.
