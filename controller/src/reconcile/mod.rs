@@ -13,7 +13,8 @@
 //! object versions with the cache and reconciles what differs (a change the watch missed)
 //! and what a failed pass left. A full pass that re-reads the whole store runs at start,
 //! after the watch stream lagged or a serving runtime changed, after a failed full pass or
-//! resync, and every `FULL_EVERY` resync intervals.
+//! resync, and every `FULL_EVERY` resync intervals (the rules are `schedule`, pure and
+//! tested).
 
 mod cache;
 pub mod configuration;
@@ -25,6 +26,7 @@ pub mod rollout;
 pub mod route;
 mod routing;
 pub mod runtime_select;
+mod schedule;
 pub mod service;
 mod stages;
 mod support;
@@ -54,6 +56,7 @@ use crate::runtime::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime
 use crate::store::{Change, Event, Store, StoreError};
 use cache::{Cache, KINDS, Key};
 pub use error::ReconcileError;
+use schedule::{PassKind, Schedule};
 use support::{
     decode, encode, epoch_ms, event, group_by_config, initial_replicas, key_of, name_of,
     ready_transition,
@@ -162,13 +165,6 @@ impl PassStats {
     }
 }
 
-/// The resync interval is at least this many times the last resync's duration.
-const RESYNC_STRETCH: u32 = 50;
-
-/// Every this many resync intervals, the resync is a full pass (re-reading the store and
-/// reconciling everything) rather than a comparison of versions.
-const FULL_EVERY: u32 = 600;
-
 use routing::HostEntry;
 
 impl<S: Store, R: Runtime> Controller<S, R> {
@@ -271,8 +267,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             })
         };
         tokio::pin!(shutdown);
-        let mut next_resync = tokio::time::Instant::now();
-        let mut next_full = next_resync;
+        let mut schedule = Schedule::new(self.config.resync, tokio::time::Instant::now());
         loop {
             let drained: Vec<ScaleDecision> = inbox
                 .lock()
@@ -286,17 +281,14 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             self.mark_due_rollouts();
             let started = tokio::time::Instant::now();
             let counted = self.stats.read();
-            let resync = started >= next_resync;
-            let full = self.full_due || (resync && started >= next_full);
-            let result = if full {
-                self.reconcile_all().await
-            } else if resync {
-                match self.mark_stale().await {
+            let kind = schedule.kind(started, self.full_due);
+            let result = match kind {
+                PassKind::Full => self.reconcile_all().await,
+                PassKind::Resync => match self.mark_stale().await {
                     Ok(()) => self.reconcile_dirty().await,
                     Err(e) => Err(e),
-                }
-            } else {
-                self.reconcile_dirty().await
+                },
+                PassKind::Incremental => self.reconcile_dirty().await,
             };
             if let Err(e) = &result {
                 tracing::warn!(
@@ -308,27 +300,11 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             let elapsed = started.elapsed();
             tracing::debug!(
                 elapsed_ms = elapsed.as_secs_f64() * 1e3,
-                full,
-                resync,
+                ?kind,
                 objects = self.stats.read().objects - counted.objects,
                 "reconcile pass"
             );
-            if full {
-                next_full =
-                    started + (self.config.resync * FULL_EVERY).max(elapsed * RESYNC_STRETCH);
-            }
-            if full || resync {
-                next_resync = started + self.config.resync.max(elapsed * RESYNC_STRETCH);
-            }
-            if result.is_err() {
-                // An incremental pass's objects are retried by the next resync (`retry`);
-                // what a failed full pass or resync missed is not known object by object,
-                // so the next resync is a full pass.
-                next_resync = next_resync.min(started + self.config.resync);
-                if full || resync {
-                    next_full = next_resync;
-                }
-            }
+            schedule.after(kind, started, elapsed, result.is_ok());
             if let Some(done) = self.first_pass.take() {
                 let _ = done.send(());
             }
@@ -345,7 +321,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                             break;
                         }
                     }
-                    () = tokio::time::sleep_until(next_resync) => {}
+                    () = tokio::time::sleep_until(schedule.next_resync()) => {}
                     () = &mut shutdown => break,
                 }
             }
