@@ -35,6 +35,13 @@ pub struct ModelServerArgs {
     /// Where downloaded models are cached (default: $HOME/.cache/sluice/models).
     #[arg(long, env = "SLUICE_MODEL_CACHE")]
     model_cache: Option<PathBuf>,
+    /// The revision this replica serves, named in metrics and access logs.
+    #[arg(long, env = "K_REVISION", default_value = "unknown")]
+    revision: String,
+    /// An extra PEM file of CA certificates for `https://` storage URIs (the system's roots
+    /// are trusted either way).
+    #[arg(long, env = sluice_model_server::storage::CA_FILE_ENV)]
+    model_ca_file: Option<PathBuf>,
     /// Address to serve on; port 0 picks one, announced on stdout.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -120,6 +127,8 @@ pub async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
         container_concurrency: args.container_concurrency,
         max_body_bytes: args.max_body_bytes,
         drain_timeout: args.drain_timeout,
+        revision: args.revision,
+        ca_file: args.model_ca_file,
     };
     let watch_stdin = args.exit_on_stdin_close;
     let stop = async move {

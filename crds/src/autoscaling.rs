@@ -260,9 +260,33 @@ pub fn scaling_from_annotations(
     }
     let is_kpa = class.as_ref().is_none_or(|(_, c)| *c == KPA_CLASS);
 
-    // min-scale, max-scale, activation-scale.
-    s.min_scale = int_ge0(&mut v, annotations, "min-scale");
-    s.max_scale = int_ge0(&mut v, annotations, "max-scale");
+    scale_bounds(&mut v, annotations, &mut s);
+    let has_target = float_knobs(&mut v, annotations, &mut s);
+    windows(&mut v, annotations, &mut s);
+    metric_and_policy(&mut v, annotations, &mut s, is_kpa);
+
+    // Defaults that depend on other knobs: rps target 200; containerConcurrency caps.
+    if s.metric == ScaleMetric::Rps && !has_target {
+        s.target = 200.0;
+    }
+    if container_concurrency > 0 {
+        s.target = if !has_target {
+            f64::from(container_concurrency)
+        } else {
+            s.target.min(f64::from(container_concurrency))
+        };
+    }
+    v.finish().map(|()| s)
+}
+
+/// min-scale, max-scale and activation-scale, and how they bound each other.
+fn scale_bounds(
+    v: &mut Validator,
+    annotations: &BTreeMap<String, String>,
+    s: &mut RevisionScaling,
+) {
+    s.min_scale = int_ge0(v, annotations, "min-scale");
+    s.max_scale = int_ge0(v, annotations, "max-scale");
     if s.max_scale != 0 && s.max_scale < s.min_scale {
         v.error(
             format!(
@@ -278,7 +302,7 @@ pub fn scaling_from_annotations(
     }
     if let Some((key, value)) = get(annotations, "activation-scale") {
         match parse_i32(value) {
-            Err(_) => invalid(&mut v, &key, value),
+            Err(_) => invalid(v, &key, value),
             Ok(n) if i64::from(s.min_scale) > i64::from(n) => v.error(
                 path(&key),
                 format!(
@@ -300,23 +324,24 @@ pub fn scaling_from_annotations(
             Ok(n) => s.activation_scale = n.unsigned_abs(),
         }
     }
+}
 
-    // Floats.
-    if let Some(x) = bounded(&mut v, annotations, "panic-window-percentage", 1.0, 100.0) {
+/// The panic window and threshold, the target, target utilization and burst capacity;
+/// whether a target was given.
+fn float_knobs(
+    v: &mut Validator,
+    annotations: &BTreeMap<String, String>,
+    s: &mut RevisionScaling,
+) -> bool {
+    if let Some(x) = bounded(v, annotations, "panic-window-percentage", 1.0, 100.0) {
         s.panic_window_percentage = x;
     }
-    if let Some(x) = bounded(
-        &mut v,
-        annotations,
-        "panic-threshold-percentage",
-        110.0,
-        1000.0,
-    ) {
+    if let Some(x) = bounded(v, annotations, "panic-threshold-percentage", 110.0, 1000.0) {
         s.panic_threshold_percentage = x;
     }
     let target = get(annotations, "target");
     if let Some((key, value)) = &target
-        && let Some(x) = float(&mut v, key, value)
+        && let Some(x) = float(v, key, value)
     {
         if x < 0.01 {
             v.error(path(key), format!("target {value} should be at least 0.01"));
@@ -324,26 +349,25 @@ pub fn scaling_from_annotations(
             s.target = x;
         }
     }
-    if let Some(x) = bounded(
-        &mut v,
-        annotations,
-        "target-utilization-percentage",
-        1.0,
-        100.0,
-    ) {
+    if let Some(x) = bounded(v, annotations, "target-utilization-percentage", 1.0, 100.0) {
         s.target_utilization = x / 100.0;
     }
     if let Some((key, value)) = get(annotations, "target-burst-capacity") {
         match value.parse::<f64>() {
             Ok(x) if x.is_finite() && (x >= 0.0 || x == -1.0) => s.target_burst_capacity = x,
-            _ => invalid(&mut v, &key, value),
+            _ => invalid(v, &key, value),
         }
     }
 
-    // window: 6s … 1h, whole seconds. Knative reports it at the canonical key.
+    target.is_some()
+}
+
+/// The stable window (6 s … 1 h, whole seconds; Knative reports it at the canonical key),
+/// the scale-to-zero retention and the scale-down delay.
+fn windows(v: &mut Validator, annotations: &BTreeMap<String, String>, s: &mut RevisionScaling) {
     if let Some((_, value)) = get(annotations, "window") {
         match parse_go_duration(value) {
-            None => invalid(&mut v, WINDOW, value),
+            None => invalid(v, WINDOW, value),
             Some(GoDuration::Positive(d)) if (WINDOW_MIN..=WINDOW_MAX).contains(&d) => {
                 if d.subsec_nanos() != 0 {
                     v.error(
@@ -364,24 +388,27 @@ pub fn scaling_from_annotations(
             ),
         }
     }
-    if let Some(d) = duration_0_1h(
-        &mut v,
-        annotations,
-        "scale-to-zero-pod-retention-period",
-        false,
-    ) {
+    if let Some(d) = duration_0_1h(v, annotations, "scale-to-zero-pod-retention-period", false) {
         s.scale_to_zero_retention = d;
     }
-    if let Some(d) = duration_0_1h(&mut v, annotations, "scale-down-delay", true) {
+    if let Some(d) = duration_0_1h(v, annotations, "scale-down-delay", true) {
         s.scale_down_delay = d;
     }
+}
 
-    // metric: the KPA scales on concurrency or rps; other classes are left alone.
+/// The metric (the KPA scales on concurrency or rps; other classes are left alone), the
+/// aggregation algorithm, initial-scale and Sluice's scaling policy.
+fn metric_and_policy(
+    v: &mut Validator,
+    annotations: &BTreeMap<String, String>,
+    s: &mut RevisionScaling,
+    is_kpa: bool,
+) {
     if let Some((_, metric)) = get(annotations, "metric") {
         match (metric, is_kpa) {
             ("concurrency", _) => s.metric = ScaleMetric::Concurrency,
             ("rps", _) => s.metric = ScaleMetric::Rps,
-            (_, true) => invalid(&mut v, METRIC, metric),
+            (_, true) => invalid(v, METRIC, metric),
             (_, false) => {}
         }
     }
@@ -392,13 +419,13 @@ pub fn scaling_from_annotations(
             "linear" | "weightedExponential" | "weightedExponentialAlt"
         )
     {
-        invalid(&mut v, &key, value);
+        invalid(v, &key, value);
     }
 
     // initial-scale.
     if let Some((key, value)) = get(annotations, "initial-scale") {
         match value.parse::<i64>() {
-            Err(_) => invalid(&mut v, &key, value),
+            Err(_) => invalid(v, &key, value),
             Ok(n) if n < 0 => v.error(
                 format!("{} must be greater than 0", path(&key)),
                 format!("invalid value: {value}"),
@@ -418,19 +445,6 @@ pub fn scaling_from_annotations(
             ),
         }
     }
-
-    // Defaults that depend on other knobs: rps target 200; containerConcurrency caps.
-    if s.metric == ScaleMetric::Rps && target.is_none() {
-        s.target = 200.0;
-    }
-    if container_concurrency > 0 {
-        s.target = if target.is_none() {
-            f64::from(container_concurrency)
-        } else {
-            s.target.min(f64::from(container_concurrency))
-        };
-    }
-    v.finish().map(|()| s)
 }
 
 /// A parsed Go duration: negative ones are valid Go but out of every range here.

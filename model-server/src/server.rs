@@ -51,6 +51,11 @@ pub struct ModelServerConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// The revision this replica serves (`K_REVISION`), named in metrics and access logs.
+    pub revision: String,
+    /// An extra PEM file of CA certificates for `https://` storage URIs (the system's roots
+    /// are trusted either way).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Why the server stopped with an error.
@@ -113,27 +118,7 @@ pub async fn run(
         },
         Instant::now(),
     ));
-    // Extra CA certificates for `https://` storage URIs (the system's roots are trusted
-    // either way).
-    let ca_file = std::env::var_os(crate::storage::CA_FILE_ENV).map(std::path::PathBuf::from);
-    let repository = Arc::new(
-        Repository::new(
-            config.model_repository.clone(),
-            config.cache_dir.clone(),
-            config.batching.clone(),
-        )
-        .with_ca_file(ca_file)
-        .with_control(config.model_control),
-    );
-    let mut names = Vec::new();
-    for (name, source) in &config.models {
-        repository.add(name, source.clone());
-        names.push(name.clone());
-    }
-    names.extend(repository.scan()?);
-    if names.is_empty() {
-        return Err(ServeError::NoModels);
-    }
+    let (repository, names) = open_repository(&config)?;
     let state = Arc::new(AppState {
         repository: repository.clone(),
         queue: queue.clone(),
@@ -158,7 +143,7 @@ pub async fn run(
     // mode in force, authorization policy (with the port each listener serves on), Istio and
     // Knative telemetry into one registry, the access log.
     let setup = replica_mesh_from_env(addr.port(), "model-server").await?;
-    let revision = std::env::var("K_REVISION").unwrap_or_else(|_| "unknown".into());
+    let revision = config.revision.clone();
     let extra = match grpc_listener {
         Some(grpc_listener) => {
             let grpc_addr = grpc_listener.local_addr()?;
@@ -220,16 +205,7 @@ pub async fn run(
     announce(READY_LINE);
 
     shutdown.await;
-    queue.start_drain();
-    if tokio::time::timeout(config.drain_timeout, queue.drained())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            in_flight = queue.recorder().in_flight(),
-            "drain timeout passed with requests still in flight"
-        );
-    }
+    drain(&queue, config.drain_timeout).await;
     let _ = stop_tx.send(());
     let _ = extra_stop_tx.send(());
     if let Some(extra) = extra
@@ -248,6 +224,46 @@ pub async fn run(
     match served {
         Ok(result) => result.map_err(ServeError::Io),
         Err(e) => Err(ServeError::Task(e.to_string())),
+    }
+}
+
+/// The repository with the models of `config` (named ones and the repository folder's);
+/// their names, in load order.
+fn open_repository(
+    config: &ModelServerConfig,
+) -> Result<(Arc<Repository>, Vec<String>), ServeError> {
+    let repository = Arc::new(
+        Repository::new(
+            config.model_repository.clone(),
+            config.cache_dir.clone(),
+            config.batching.clone(),
+        )
+        .with_ca_file(config.ca_file.clone())
+        .with_control(config.model_control),
+    );
+    let mut names = Vec::new();
+    for (name, source) in &config.models {
+        repository.add(name, source.clone());
+        names.push(name.clone());
+    }
+    names.extend(repository.scan()?);
+    if names.is_empty() {
+        return Err(ServeError::NoModels);
+    }
+    Ok((repository, names))
+}
+
+/// Probes fail from now on; waits up to `timeout` for the requests in flight.
+async fn drain(queue: &Queue, timeout: Duration) {
+    queue.start_drain();
+    if tokio::time::timeout(timeout, queue.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = queue.recorder().in_flight(),
+            "drain timeout passed with requests still in flight"
+        );
     }
 }
 
