@@ -9,12 +9,16 @@ use anyhow::{Context, bail};
 use clap::Args;
 use sluice_autoscaler::{AutoscalerConfig, Scraper};
 use sluice_controller::admin;
+use sluice_controller::kube_mesh::{
+    ControllerMesh, MeshCaConfig, serve_mesh_ca as serve_mesh_ca_with,
+};
 use sluice_controller::leader::{LeaderElector, LeaseConfig};
 use sluice_controller::reconcile::{Controller, ControllerConfig};
+use sluice_controller::retry::with_retries;
 use sluice_controller::runtime::KubeRuntime;
-use sluice_controller::runtime::kube::{PodMesh, PodTemplate};
+use sluice_controller::runtime::kube::PodTemplate;
 use sluice_controller::store::KubeStore;
-use sluice_controller::store::kube::{KubeError, infer_client};
+use sluice_controller::store::kube::infer_client;
 use sluice_core::{Backoff, RoutingSnapshot};
 use sluice_mesh::guard::{HostNames, ListenerGuard};
 use tokio::sync::{mpsc, watch};
@@ -139,34 +143,6 @@ fn identity(args: &ControllerArgs) -> String {
     })
 }
 
-/// Waits until every CRD is installed, saying which one is missing (a clear error, never a
-/// crash loop); retries with backoff up to 30 s.
-async fn wait_for_crds(store: &KubeStore) -> anyhow::Result<()> {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let mut last = String::new();
-    loop {
-        match store.check_crds().await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                let message = sluice_core::error_chain(&e);
-                if message != last {
-                    match e {
-                        KubeError::MissingCrd { .. } => {
-                            tracing::error!("{message}; waiting for it")
-                        }
-                        _ => tracing::error!("cannot check the CRDs: {message}; retrying"),
-                    }
-                    last = message;
-                }
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = shutdown::signalled() => bail!("stopped while waiting for the CRDs"),
-        }
-    }
-}
-
 /// `sluice controller --kube`.
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     if !args.kube {
@@ -193,7 +169,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         MeshMode::On => Some(serve_mesh_ca(&args, &store).await?),
         MeshMode::Off => None,
     };
-    wait_for_crds(&store).await?;
+    store.wait_for_crds(shutdown::signalled).await?;
 
     let sink = StatsSink::default();
     let stats_port = match args.stats_listen {
@@ -219,48 +195,6 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             ),
         }
     }
-}
-
-/// Retries `what` with backoff (500 ms doubling to 30 s) while it fails with an error that
-/// `retry` says is worth retrying; stops on a signal.
-async fn with_retries<T, E, F, Fut>(
-    what: &str,
-    retry: fn(&E) -> bool,
-    mut f: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if retry(&e) => {
-                tracing::warn!("{what} failed, retrying: {}", sluice_core::error_chain(&e));
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = shutdown::signalled() => bail!("stopped while {what}"),
-        }
-    }
-}
-
-/// The controller's part of the mesh.
-#[derive(Clone)]
-struct ControllerMesh {
-    /// What revision Pods need to get their certificates.
-    pods: PodMesh,
-    /// The controller's own client identity (its scrapes of replicas' stats).
-    scrape: sluice_mesh::tls::MeshConnector,
-    /// The controller's own identity and the mesh's trust bundle (the stats endpoint's
-    /// server side).
-    tls: sluice_mesh::tls::MeshTls,
-    /// The router's identity: the only one whose stats the autoscaler takes.
-    router: sluice_mesh::identity::SpiffeId,
 }
 
 /// The browser checks of a listener inside the cluster (no token: mutual TLS, or nothing
@@ -310,99 +244,26 @@ async fn serve_stats(
     Ok(local.port())
 }
 
-/// The mesh CA of this replica (leader or standby): its root from the Secret (created by
-/// the first replica), published as the root ConfigMap of the controller's namespace (the
-/// router mounts it), served on `--mesh-listen` with TokenReviews until a signal, with the
-/// cluster's AuthorizationPolicies and PeerAuthentications for workloads to follow. Returns
-/// what revision Pods need, and the controller's own client identity, issued in-process.
+/// The mesh CA of this replica (leader or standby), as `sluice_controller::kube_mesh`
+/// serves it with the flags' settings.
 async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Result<ControllerMesh> {
-    let trust_domain = args.mesh.trust_domain();
-    use sluice_controller::kube_ca::{self, KubeCaError, TokenReviewAuthenticator};
-    use sluice_mesh::identity::{RotatingSvid, RotationConfig, SpiffeId, SvidIssuer};
-    use sluice_mesh::outbound::OutboundMesh;
-    use sluice_mesh::tls::MeshTls;
-
     let Some(listen) = args.mesh_listen else {
         bail!(
             "--mesh on needs --mesh-listen (SLUICE_MESH_LISTEN, e.g. 0.0.0.0:15012), or pass --mesh off"
         );
     };
-    if args.mesh.cert_ttl < Duration::from_secs(1) {
-        bail!("--cert-ttl: at least 1s");
-    }
-    let client = store.client();
-    let ns = args.lease_namespace.as_str();
-    let server_id = SpiffeId::new(&trust_domain, ns, &args.service_account)
-        .context("--trust-domain / --lease-namespace / --service-account")?;
-    let router_id = SpiffeId::new(&trust_domain, ns, &args.router_service_account)
-        .context("--router-service-account")?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the mesh CA to {listen}"))?;
-    let ca = with_retries(
-        &format!(
-            "loading the mesh CA root from Secret {ns}/{}",
-            kube_ca::CA_SECRET
-        ),
-        |e| matches!(e, KubeCaError::Api { .. }),
-        || kube_ca::load_or_create(client, ns, &trust_domain, args.mesh.cert_ttl),
-    )
-    .await?;
-    let root_pem = ca.root_pem();
-    with_retries(
-        &format!(
-            "publishing the mesh root as ConfigMap {ns}/{}",
-            kube_ca::ROOT_CONFIGMAP
-        ),
-        |_| true,
-        || kube_ca::apply_root_config_map(client, ns, &root_pem),
-    )
-    .await?;
-    let local = listener.local_addr()?;
-    let ca = Arc::new(ca);
-    let (own, _renewal) = RotatingSvid::start(
-        ca.clone() as Arc<dyn SvidIssuer>,
-        server_id.clone(),
-        RotationConfig::new(args.mesh.cert_ttl),
-    )
-    .with_context(|| format!("issuing the controller's own certificate, {server_id}"))?;
-    let tls = MeshTls::new(Arc::new(ca.trust_bundle()?), own);
-    let scrape = OutboundMesh::new(tls.clone())
-        .context("the controller's mesh TLS")?
-        .connector()
-        .clone();
-    let auth = Arc::new(TokenReviewAuthenticator::new(client.clone()));
-    // Istio's security policies, watched cluster-wide and served to workloads by the CA;
-    // the controller's namespace is the root namespace (mesh-wide policies).
-    let policies = sluice_controller::kube_policies::PolicyWatch::start(client.clone(), ns);
-    let server = sluice_mesh::issuance::serve_with_policies(
-        listener,
-        ca,
-        server_id,
-        auth,
-        Some(policies),
-        shutdown::signalled(),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!("the mesh CA stopped: {e}");
-        }
-    });
-    println!("sluice: controller mesh CA on https://{local}");
-    let pods = PodMesh {
-        ca_addr: args.mesh_ca_service.clone().unwrap_or_else(|| {
-            format!("sluice-ca.{ns}.svc:{}", sluice_mesh::issuance::DEFAULT_PORT)
-        }),
-        trust_domain: trust_domain.clone(),
-        attesters: vec![router_id.to_string()],
-        root_pem,
+    let config = MeshCaConfig {
+        listen,
+        trust_domain: args.mesh.trust_domain(),
+        cert_ttl: args.mesh.cert_ttl,
+        namespace: args.lease_namespace.clone(),
+        service_account: args.service_account.clone(),
+        router_service_account: args.router_service_account.clone(),
+        ca_service: args.mesh_ca_service.clone(),
     };
-    Ok(ControllerMesh {
-        pods,
-        scrape,
-        tls,
-        router: router_id,
-    })
+    let mesh = serve_mesh_ca_with(&config, store.client(), shutdown::signalled).await?;
+    println!("sluice: controller mesh CA on https://{}", mesh.listening);
+    Ok(mesh)
 }
 
 /// How a term as leader ended.
@@ -609,6 +470,7 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
         "obtaining the router's certificate from the mesh CA",
         retryable,
         || remote_identity(ca.clone(), RotationConfig::new(args.mesh.cert_ttl)),
+        shutdown::signalled,
     )
     .await?;
     println!("sluice: router mesh identity {}", svid.current().id());
@@ -664,7 +526,7 @@ pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
     };
     let client = infer_client().await.context("connecting to Kubernetes")?;
     let store = KubeStore::new(client.clone());
-    wait_for_crds(&store).await?;
+    store.wait_for_crds(shutdown::signalled).await?;
     store.start_watching_kinds(&kube_routing::ROUTER_KINDS);
     let runtime = KubeRuntime::endpoints_only(client);
     let listener = tokio::net::TcpListener::bind(args.listen)

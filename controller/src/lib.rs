@@ -11,9 +11,11 @@
 
 pub mod admin;
 pub mod kube_ca;
+pub mod kube_mesh;
 pub mod kube_policies;
 pub mod leader;
 pub mod policies;
 pub mod reconcile;
+pub mod retry;
 pub mod runtime;
 pub mod store;

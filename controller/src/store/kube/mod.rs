@@ -152,6 +152,49 @@ impl KubeStore {
         });
     }
 
+    /// Waits until every CRD is installed, logging which one is missing (a clear error,
+    /// never a crash loop); checks again with backoff up to 30 s. `Err` when `stopped()`
+    /// resolves first.
+    pub async fn wait_for_crds<S, Stop>(
+        &self,
+        stopped: S,
+    ) -> Result<(), crate::retry::RetryError<KubeError>>
+    where
+        S: Fn() -> Stop,
+        Stop: std::future::Future<Output = ()>,
+    {
+        let mut backoff = sluice_core::Backoff::new(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(30),
+        );
+        let mut last = String::new();
+        loop {
+            match self.check_crds().await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let message = sluice_core::error_chain(&e);
+                    if message != last {
+                        match e {
+                            KubeError::MissingCrd { .. } => {
+                                tracing::error!("{message}; waiting for it")
+                            }
+                            _ => tracing::error!("cannot check the CRDs: {message}; retrying"),
+                        }
+                        last = message;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = stopped() => {
+                    return Err(crate::retry::RetryError::Stopped {
+                        what: "waiting for the CRDs".into(),
+                    });
+                }
+            }
+        }
+    }
+
     /// Checks that the CRD of every kind is installed (by API discovery), naming the first
     /// one missing.
     pub async fn check_crds(&self) -> Result<(), KubeError> {
