@@ -7,19 +7,20 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sluice_autoscaler::{AutoscalerConfig, Scraper};
+use sluice_autoscaler::AutoscalerConfig;
 use sluice_controller::admin;
 use sluice_controller::kube_mesh::{
     ControllerMesh, MeshCaConfig, serve_mesh_ca as serve_mesh_ca_with,
 };
+use sluice_controller::kube_term::{Advertise, Term, TermConfig, lead};
 use sluice_controller::leader::{LeaderElector, LeaseConfig};
-use sluice_controller::reconcile::{Controller, ControllerConfig};
+use sluice_controller::reconcile::ControllerConfig;
 use sluice_controller::retry::with_retries;
 use sluice_controller::runtime::KubeRuntime;
 use sluice_controller::runtime::kube::PodTemplate;
 use sluice_controller::store::KubeStore;
 use sluice_controller::store::kube::infer_client;
-use sluice_core::{Backoff, RoutingSnapshot};
+use sluice_core::RoutingSnapshot;
 use sluice_mesh::guard::{HostNames, ListenerGuard};
 use tokio::sync::{mpsc, watch};
 
@@ -176,6 +177,33 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         Some(addr) => Some(serve_stats(addr, &sink, mesh.as_ref()).await?),
         None => None,
     };
+    let term_config = TermConfig {
+        controller: ControllerConfig {
+            domain: args.domain.clone(),
+            url_port: args.url_port,
+            resync: args.resync,
+            revision_history: args.revision_history,
+        },
+        autoscaler: AutoscalerConfig {
+            tick: args.autoscaler_tick,
+            scale_to_zero_grace: args.scale_to_zero_grace,
+        },
+        pods: PodTemplate {
+            image: args.image.clone(),
+            image_pull_policy: args.image_pull_policy.clone(),
+            service_account: args.replica_service_account.clone(),
+            mesh: None,
+        },
+        scrape_stats: args.scrape_stats,
+        advertise: stats_port
+            .zip(args.advertise_address)
+            .map(|(port, ip)| Advertise {
+                ip,
+                port,
+                namespace: args.lease_namespace.clone(),
+                service: args.stats_service.clone(),
+            }),
+    };
     let mut elector = LeaderElector::new(client.clone(), lease);
     loop {
         tokio::select! {
@@ -184,7 +212,16 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         println!("sluice: controller {} is the leader", elector.identity());
         store.start_watching();
-        match lead(&args, &store, &mut elector, &sink, stats_port, mesh.clone()).await {
+        let term = lead(
+            &term_config,
+            &store,
+            &mut elector,
+            &sink,
+            mesh.clone(),
+            shutdown::signalled(),
+        )
+        .await;
+        match term {
             Term::Stopped => return Ok(()),
             // The API server was out of reach for longer than the renew deadline, or another
             // replica took over: stop reconciling, stand by, and start afresh (a full pass
@@ -264,123 +301,6 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
     let mesh = serve_mesh_ca_with(&config, store.client(), shutdown::signalled).await?;
     println!("sluice: controller mesh CA on https://{}", mesh.listening);
     Ok(mesh)
-}
-
-/// How a term as leader ended.
-enum Term {
-    /// A signal: the Lease was released.
-    Stopped,
-    /// Leadership was lost.
-    Lost,
-}
-
-/// One term as leader: the reconcilers on the store, with a fresh runtime and autoscaler,
-/// until leadership is lost or a signal arrives.
-async fn lead(
-    args: &ControllerArgs,
-    store: &KubeStore,
-    elector: &mut LeaderElector,
-    sink: &StatsSink,
-    stats_port: Option<u16>,
-    mesh: Option<ControllerMesh>,
-) -> Term {
-    let (pod_mesh, scrape_tls) = match mesh {
-        Some(m) => (Some(m.pods), Some(m.scrape)),
-        None => (None, None),
-    };
-    let runtime = KubeRuntime::new(
-        store.client().clone(),
-        PodTemplate {
-            image: args.image.clone(),
-            image_pull_policy: args.image_pull_policy.clone(),
-            service_account: args.replica_service_account.clone(),
-            mesh: pod_mesh,
-        },
-    );
-    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(RoutingSnapshot::default()));
-    let (stats_tx, stats_rx) = mpsc::channel(1024);
-    let (decisions_tx, decisions_rx) = mpsc::channel(256);
-    let (autoscaler, autoscaler_task) = sluice_autoscaler::spawn(
-        AutoscalerConfig {
-            tick: args.autoscaler_tick,
-            scale_to_zero_grace: args.scale_to_zero_grace,
-        },
-        stats_rx,
-        decisions_tx,
-    );
-    // Replicas' queue layers are scraped for the autoscaler (Pod IPs, from EndpointSlices),
-    // over mTLS as the controller with the mesh on.
-    let scraper = args.scrape_stats.then(|| {
-        tokio::spawn(
-            Scraper::with_mesh(Duration::from_millis(500), scrape_tls).run(
-                Duration::from_secs(1),
-                snapshot_rx,
-                stats_tx.clone(),
-            ),
-        )
-    });
-    // The routers' activators post their stats here (through the stats endpoint) while this
-    // replica leads; the leader points the autoscaler's Service at itself.
-    sink.set(Some(stats_tx.clone()));
-    let advertised = stats_port.zip(args.advertise_address).map(|(port, ip)| {
-        let (client, ns, service) = (
-            store.client().clone(),
-            args.lease_namespace.clone(),
-            args.stats_service.clone(),
-        );
-        tokio::spawn(async move {
-            let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-            loop {
-                match sluice_controller::leader::advertise(client.clone(), &ns, &service, ip, port)
-                    .await
-                {
-                    Ok(()) => {
-                        tracing::info!(%ip, port, %service, "stats endpoint advertised");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(
-                        "advertising the stats endpoint failed, retrying: {}",
-                        sluice_core::error_chain(&e)
-                    ),
-                }
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        })
-    });
-    let controller = Controller::new(
-        ControllerConfig {
-            domain: args.domain.clone(),
-            url_port: args.url_port,
-            resync: args.resync,
-            revision_history: args.revision_history,
-        },
-        store.clone(),
-        runtime,
-        autoscaler,
-        snapshot_tx,
-    );
-    let mut term = Term::Lost;
-    let stop = async {
-        tokio::select! {
-            () = elector.hold() => {}
-            () = shutdown::signalled() => {
-                elector.release().await;
-                term = Term::Stopped;
-            }
-        }
-    };
-    controller.run(decisions_rx, stop).await;
-    // The autoscaler runs while its stats channel is open: until here.
-    sink.set(None);
-    drop(stats_tx);
-    if let Some(a) = advertised {
-        a.abort();
-    }
-    if let Some(s) = scraper {
-        s.abort();
-    }
-    autoscaler_task.abort();
-    term
 }
 
 /// Flags of `sluice router`.

@@ -189,25 +189,13 @@ pub async fn apply(docs: Vec<Validated>) -> anyhow::Result<()> {
 /// A warning when the policy's selector matches none of `workloads` (in its namespace, or
 /// anywhere for the root namespace): stored anyway, it applies once such a workload exists.
 fn unselected(doc: &Validated, workloads: &[Workload]) -> Option<String> {
-    let selector = doc.selector.as_ref()?;
     let root = doc.namespace == ROOT_NAMESPACE;
-    if workloads
-        .iter()
-        .any(|w| (root || w.namespace == doc.namespace) && selector.matches(w))
-    {
-        return None;
-    }
-    let wanted: Vec<String> = selector
-        .match_labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    Some(format!(
-        "spec.selector.matchLabels ({}) matches no workload in namespace {:?}; the policy is \
-         stored and applies once such a workload exists",
-        wanted.join(", "),
-        doc.namespace
-    ))
+    sluice_controller::policies::unselected_warning(
+        doc.selector.as_ref()?,
+        &doc.namespace,
+        root,
+        workloads,
+    )
 }
 
 /// `GET` of the admin API's shape: one object, or `{"items": [...]}` (one namespace or all).

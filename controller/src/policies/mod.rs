@@ -8,4 +8,4 @@ mod workloads;
 
 pub use admin::{PLURALS, apply_policies, objects_api, plural_of};
 pub use local::{PolicyApplied, PolicyStore, PolicyStoreError, results_json, split_policies};
-pub use workloads::{known_workloads, warn_unselected};
+pub use workloads::{known_workloads, unselected_warning, warn_unselected};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use sluice_crds::Kind;
-use sluice_mesh::policy::{DEFAULT_ROOT_NAMESPACE, Workload};
+use sluice_mesh::policy::{DEFAULT_ROOT_NAMESPACE, Workload, WorkloadSelector};
 
 use super::local::PolicyApplied;
 use crate::store::Store;
@@ -88,25 +88,42 @@ pub async fn known_workloads<S: Store>(store: &S) -> Vec<Workload> {
 /// `workloads` (in its namespace, or anywhere for the root namespace).
 pub fn warn_unselected(applied: &mut [PolicyApplied], workloads: &[Workload]) {
     for p in applied {
-        let Some(selector) = p.selector.as_ref().filter(|s| !s.match_labels.is_empty()) else {
-            continue;
-        };
         let root = p.namespace == DEFAULT_ROOT_NAMESPACE;
-        let matched = workloads
-            .iter()
-            .any(|w| (root || w.namespace == p.namespace) && selector.matches(w));
-        if !matched {
-            let wanted: Vec<String> = selector
-                .match_labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            p.warnings.push(format!(
-                "spec.selector.matchLabels ({}) matches no workload in namespace {:?}; \
-                 the policy is stored and applies once such a workload exists",
-                wanted.join(", "),
-                p.namespace
-            ));
+        if let Some(warning) = p
+            .selector
+            .as_ref()
+            .and_then(|s| unselected_warning(s, &p.namespace, root, workloads))
+        {
+            p.warnings.push(warning);
         }
     }
+}
+
+/// The warning for a policy in `namespace` whose `selector` matches none of `workloads`
+/// (in its namespace, or anywhere when `namespace` is the root namespace): it is stored
+/// anyway and applies once such a workload exists. `None` when it matches one, or selects
+/// nothing in particular. Both modes' `apply` use it.
+pub fn unselected_warning(
+    selector: &WorkloadSelector,
+    namespace: &str,
+    root: bool,
+    workloads: &[Workload],
+) -> Option<String> {
+    if selector.match_labels.is_empty()
+        || workloads
+            .iter()
+            .any(|w| (root || w.namespace == namespace) && selector.matches(w))
+    {
+        return None;
+    }
+    let wanted: Vec<String> = selector
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Some(format!(
+        "spec.selector.matchLabels ({}) matches no workload in namespace {namespace:?}; \
+         the policy is stored and applies once such a workload exists",
+        wanted.join(", "),
+    ))
 }
