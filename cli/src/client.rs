@@ -24,7 +24,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Where the admin API of a running `sluice up` is and how to authenticate to it: flags
 /// every client command shares.
 #[derive(Args, Debug, Clone)]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// Admin API of the running `sluice up`.
     #[arg(long, env = "SLUICE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
@@ -92,7 +92,7 @@ impl Admin {
 
 /// Flags of `sluice apply`.
 #[derive(Args, Debug)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// Manifest file or folder; repeatable.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
@@ -105,7 +105,7 @@ pub struct ApplyArgs {
 
 /// Output formats of `sluice get`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     /// JSON (`{"items": [...]}` for lists).
     Json,
     /// YAML.
@@ -114,7 +114,7 @@ pub enum Output {
 
 /// Flags of `sluice get`.
 #[derive(Args, Debug)]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// inferenceservice/isvc, service/ksvc, revision/rev, authorizationpolicy/ap,
     /// peerauthentication/pa, …
     kind: String,
@@ -138,7 +138,7 @@ pub struct GetArgs {
 
 /// Flags of `sluice delete`.
 #[derive(Args, Debug)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     /// inferenceservice/isvc, service/ksvc, revision/rev, authorizationpolicy/ap,
     /// peerauthentication/pa, …
     kind: String,
@@ -196,7 +196,7 @@ pub(crate) fn server_error(status: http::StatusCode, body: &Value) -> anyhow::Er
 }
 
 /// `sluice apply -f …`.
-pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+pub(crate) async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let mut files = Vec::new();
     for path in &args.files {
         files.extend(manifest_files(path)?);
@@ -249,7 +249,7 @@ async fn apply_files(
 }
 
 /// One line per object on stdout, kubectl style, with its warnings on stderr.
-pub fn print_apply_results(results: &[ApplyResult]) {
+pub(crate) fn print_apply_results(results: &[ApplyResult]) {
     for r in results {
         let policy = sluice_controller::policies::plural_of(&r.kind).is_some();
         for w in &r.warnings {
@@ -377,7 +377,7 @@ fn policy_table(plural: &str, items: &[Value], with_namespace: bool) -> String {
 }
 
 /// `sluice get KIND [NAME]`.
-pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
     if let Some(plural) = sluice_controller::policies::plural_of(&args.kind) {
         return get_policies(args, plural).await;
     }
@@ -425,7 +425,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 }
 
 /// `sluice delete KIND NAME`.
-pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+pub(crate) async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let plural = match sluice_controller::policies::plural_of(&args.kind) {
         Some(p) if args.kube => {
             return crate::kube_policy::delete(p, &args.namespace, &args.name).await;
@@ -494,7 +494,7 @@ fn is_latest(t: &Value) -> bool {
 }
 
 /// Age as kubectl prints it (`45s`, `5m12s`, `3h4m`, `2d`).
-pub fn age(o: &Value) -> String {
+pub(crate) fn age(o: &Value) -> String {
     let Some(created) = o["metadata"]["creationTimestamp"]
         .as_str()
         .and_then(|t| humantime::parse_rfc3339(t).ok())
@@ -508,7 +508,7 @@ pub fn age(o: &Value) -> String {
 }
 
 /// Kubernetes' `HumanDuration`.
-pub fn human_duration(secs: u64) -> String {
+pub(crate) fn human_duration(secs: u64) -> String {
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
     match secs {
         s if s < 120 => format!("{s}s"),

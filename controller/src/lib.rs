@@ -13,6 +13,7 @@ pub mod admin;
 pub mod kube_ca;
 pub mod kube_mesh;
 pub mod kube_policies;
+pub mod kube_policy_api;
 pub mod kube_term;
 pub mod leader;
 pub mod policies;
