@@ -14,7 +14,7 @@ use crate::shutdown;
 
 /// Flags of `sluice model-server`.
 #[derive(Args, Debug)]
-pub struct ModelServerArgs {
+pub(crate) struct ModelServerArgs {
     /// Name the model is served under (`/v2/models/{name}`); with --storage-uri.
     #[arg(long, env = "SLUICE_MODEL_NAME", requires = "storage_uri")]
     model_name: Option<String>,
@@ -87,7 +87,7 @@ enum ControlMode {
 }
 
 /// Runs the model server until SIGTERM/SIGINT (or stdin EOF when asked).
-pub async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
     let batching = BatchConfig {
         max_batch_size: args.max_batch_size,
         max_queue_delay: args.max_queue_delay,
@@ -129,6 +129,7 @@ pub async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
         drain_timeout: args.drain_timeout,
         revision: args.revision,
         ca_file: args.model_ca_file,
+        vars: sluice_mesh::vars::Vars::new(std::env::vars_os()),
     };
     let watch_stdin = args.exit_on_stdin_close;
     let stop = async move {

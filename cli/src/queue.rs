@@ -46,7 +46,7 @@ const MAX_LINE: usize = 4096;
 
 /// Flags of `sluice queue`.
 #[derive(Args, Debug)]
-pub struct QueueArgs {
+pub(crate) struct QueueArgs {
     /// Requests run at once (0 = unlimited); 10 × this many may wait, then 503.
     #[arg(long, env = "SLUICE_CONTAINER_CONCURRENCY", default_value_t = 0)]
     container_concurrency: u32,
@@ -109,7 +109,7 @@ impl QueueArgs {
 const BIND_ATTEMPTS: u32 = 5;
 
 /// Runs the sidecar until told to stop or the user process exits.
-pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let grace = config.timeouts.request;
     // Forks of the user process whose parent exits come here, not to init: killed with it.
@@ -124,7 +124,8 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the queue layer to {}", args.listen))?;
     let addr = listener.local_addr()?;
     // The mesh material `sluice up` handed over (none when the mesh is off).
-    let setup = sluice_queue::mesh::replica_mesh_from_env(addr.port(), "queue")
+    let vars = sluice_mesh::vars::Vars::new(std::env::vars_os());
+    let setup = sluice_queue::mesh::replica_mesh(addr.port(), "queue", &vars)
         .await
         .context("setting up the replica's mesh identity")?;
     let _follower = setup.follower;

@@ -12,7 +12,7 @@
 //! publishes new certificates and policies as they appear. New connections pick them up;
 //! open ones keep what they were established with.
 //!
-//! In Kubernetes mode there is no directory: [`WorkloadMesh::from_env`] sees
+//! In Kubernetes mode there is no directory: [`WorkloadMesh::from_vars`] sees
 //! [`crate::issuance::CA_ADDR_ENV`] and [`WorkloadMesh::remote`] obtains the identity from the
 //! CA with the Pod's projected token (see [`crate::issuance`] for the environment), and the
 //! security policies from the CA too (fetched before the replica serves, then followed with
@@ -41,6 +41,7 @@ use crate::issuance::{self, RemoteCa, remote_identity};
 use crate::policy::documents::split_documents;
 use crate::policy::{DocumentError, Workload};
 use crate::tls::MeshTls;
+use crate::vars::Vars;
 
 pub use crate::policy::Policies;
 
@@ -303,27 +304,30 @@ impl WorkloadMesh {
     /// [`DIR_ENV`], [`issuance::CA_ADDR_ENV`] set): obtains the identity from the CA with the
     /// projected token, trusting the bundle in [`issuance::ROOT_FILE_ENV`], as the workload the
     /// Pod's environment describes (see [`WorkloadMesh::remote`]). `None` when neither is set
-    /// (mesh off).
-    pub async fn from_env() -> Option<Result<(Self, JoinHandle<()>), HandoffError>> {
-        if let Some(dir) = std::env::var_os(DIR_ENV) {
-            return Some(Self::load(Path::new(&dir)));
-        }
-        let addr = std::env::var(issuance::CA_ADDR_ENV).ok()?;
-        Some(Self::remote_from_env(addr).await)
-    }
-
-    async fn remote_from_env(addr: String) -> Result<(Self, JoinHandle<()>), HandoffError> {
+    /// (mesh off). `vars` are the process's environment variables, as the command read them.
+    pub async fn from_vars(vars: &Vars) -> Option<Result<(Self, JoinHandle<()>), HandoffError>> {
         let var = |name: &'static str| -> Result<Option<String>, HandoffError> {
-            match std::env::var(name) {
-                Ok(value) if value.trim().is_empty() => Ok(None),
-                Ok(value) => Ok(Some(value.trim().to_owned())),
-                Err(std::env::VarError::NotPresent) => Ok(None),
-                Err(std::env::VarError::NotUnicode(_)) => Err(HandoffError::Env {
+            match vars.get(name) {
+                Ok(Some(value)) if value.trim().is_empty() => Ok(None),
+                Ok(Some(value)) => Ok(Some(value.trim().to_owned())),
+                Ok(None) => Ok(None),
+                Err(_) => Err(HandoffError::Env {
                     name,
                     message: "not UTF-8".into(),
                 }),
             }
         };
+        if let Some(dir) = vars.value(DIR_ENV) {
+            return Some(Self::load(Path::new(&dir)));
+        }
+        let addr = vars.value(issuance::CA_ADDR_ENV)?;
+        Some(Self::remote_from_vars(addr, var).await)
+    }
+
+    async fn remote_from_vars(
+        addr: String,
+        var: impl Fn(&'static str) -> Result<Option<String>, HandoffError>,
+    ) -> Result<(Self, JoinHandle<()>), HandoffError> {
         let trust_domain = match var(issuance::TRUST_DOMAIN_ENV)? {
             Some(domain) => domain,
             None => match var(issuance::DEPRECATED_TRUST_DOMAIN_ENV)? {

@@ -147,11 +147,6 @@ impl OtlpConfig {
         config.queue_capacity = config.queue_capacity.min(1 << 20);
         Ok(Some(config))
     }
-
-    /// [`OtlpConfig::from_lookup`] over the process environment.
-    pub fn from_env(service_name: &str) -> Result<Option<Self>, OtlpError> {
-        Self::from_lookup(service_name, |k| std::env::var(k).ok())
-    }
 }
 
 /// Checks that `endpoint` is one the exporter can send to (`http://host:port[/prefix]`).

@@ -619,13 +619,14 @@ async fn the_remote_identity_renews_before_expiry_with_a_new_certificate() {
 /// Set in the child process of [`from_env_in_a_pod_environment`].
 const CHILD_ENV: &str = "SLUICE_ISSUANCE_TEST_CHILD";
 
-/// `WorkloadMesh::from_env` as a Pod runs it: the test re-runs itself as a child process with
+/// `WorkloadMesh::from_vars` as a Pod runs it (over its process environment): the test re-runs itself as a child process with
 /// the Pod's environment (the parent's own environment is never modified), and the child
 /// prints what it loaded.
 #[tokio::test]
 async fn from_env_in_a_pod_environment() {
     if std::env::var_os(CHILD_ENV).is_some() {
-        let (mesh, _task) = WorkloadMesh::from_env().await.unwrap().unwrap();
+        let vars = sluice_mesh::vars::Vars::new(std::env::vars_os());
+        let (mesh, _task) = WorkloadMesh::from_vars(&vars).await.unwrap().unwrap();
         let id = mesh.tls.identity().current().id().to_string();
         println!(
             "LOADED {}",

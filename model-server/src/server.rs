@@ -9,9 +9,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use sluice_core::replica::{LISTENING_PREFIX, READY_LINE};
 use sluice_proxy::BoxError;
-use sluice_queue::mesh::{
-    InboundMesh, METRICS_PATH, ReplicaGate, replica_mesh_from_env, serve_replica,
-};
+use sluice_queue::mesh::{InboundMesh, METRICS_PATH, ReplicaGate, replica_mesh, serve_replica};
 use sluice_queue::{Queue, QueueConfig};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -56,6 +54,10 @@ pub struct ModelServerConfig {
     /// An extra PEM file of CA certificates for `https://` storage URIs (the system's roots
     /// are trusted either way).
     pub ca_file: Option<PathBuf>,
+    /// The process's environment variables as the command read them: the replica's mesh
+    /// hand-off (`SLUICE_MESH_DIR`, or the CA's address and the Pod's names) and span
+    /// export (`OTEL_*`) come from them.
+    pub vars: sluice_queue::mesh::Vars,
 }
 
 /// Why the server stopped with an error.
@@ -142,7 +144,7 @@ pub async fn run(
     // Every port goes through the replica's mesh gate: mTLS under the peer-authentication
     // mode in force, authorization policy (with the port each listener serves on), Istio and
     // Knative telemetry into one registry, the access log.
-    let setup = replica_mesh_from_env(addr.port(), "model-server").await?;
+    let setup = replica_mesh(addr.port(), "model-server", &config.vars).await?;
     let revision = config.revision.clone();
     let extra = match grpc_listener {
         Some(grpc_listener) => {

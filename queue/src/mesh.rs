@@ -19,6 +19,7 @@ use sluice_mesh::telemetry::{CONTENT_TYPE, HopTelemetry};
 use sluice_mesh::tls::{ConnectionSecurity, MeshStream, PeerInfo};
 use tokio::net::TcpListener;
 
+pub use sluice_mesh::vars::Vars;
 use sluice_proxy::strip_internal_headers;
 
 use super::Queue;
@@ -290,19 +291,21 @@ pub enum ReplicaMeshError {
     Otlp(#[from] sluice_mesh::otlp::OtlpError),
 }
 
-/// Loads the mesh material named by `$SLUICE_MESH_DIR` (if set), or obtains the identity from
+/// Loads the mesh material named by `$SLUICE_MESH_DIR` in `vars` (the process's environment as
+/// the command read it), or obtains the identity from
 /// the CA at `$SLUICE_MESH_CA_ADDR` (Kubernetes mode), for a replica listening on
 /// `port`, reporting as `container` (`queue` or `model-server`); revision labels come from
 /// the handed-over workload file, else from `K_SERVICE`/`K_CONFIGURATION`/`K_REVISION`.
 /// With `$OTEL_EXPORTER_OTLP_ENDPOINT` set (and the `OTEL_BSP_*` tuning variables), every
 /// request's span is exported there.
-pub async fn replica_mesh_from_env(
+pub async fn replica_mesh(
     port: u16,
     container: &'static str,
+    vars: &Vars,
 ) -> Result<ReplicaMeshSetup, ReplicaMeshError> {
     use sluice_mesh::telemetry::{AccessLog, Registry, RevisionLabels};
-    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| "unknown".into());
-    let (mesh, follower, labels) = match sluice_mesh::handoff::WorkloadMesh::from_env().await {
+    let env = |k: &str| vars.value(k).unwrap_or_else(|| "unknown".into());
+    let (mesh, follower, labels) = match sluice_mesh::handoff::WorkloadMesh::from_vars(vars).await {
         Some(loaded) => {
             let (workload, task) = loaded?;
             let info = workload.info.clone();
@@ -339,7 +342,8 @@ pub async fn replica_mesh_from_env(
     };
     let mut telemetry =
         HopTelemetry::new(Registry::new(), container, AccessLog::Stderr).with_revision(labels);
-    let spans = match sluice_mesh::otlp::OtlpConfig::from_env(&service_name)? {
+    let spans = match sluice_mesh::otlp::OtlpConfig::from_lookup(&service_name, |k| vars.value(k))?
+    {
         Some(config) => {
             tracing::info!(endpoint = %config.endpoint, "exporting spans over OTLP");
             // The export task ends when the last exporter handle is dropped.
