@@ -11,7 +11,7 @@ use sluice_core::ScalePolicy;
 
 /// `sluice autoscaler …`
 #[derive(Args, Debug)]
-pub struct AutoscalerArgs {
+pub(crate) struct AutoscalerArgs {
     #[command(subcommand)]
     command: AutoscalerCommand,
 }
@@ -76,7 +76,7 @@ struct GenTraceArgs {
 }
 
 /// Runs `sluice autoscaler …`.
-pub fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
     match args.command {
         AutoscalerCommand::Simulate(a) => run_simulate(a),
         AutoscalerCommand::GenTrace(a) => {

@@ -9,7 +9,7 @@ use crate::client::{Admin, AdminArgs, server_error};
 
 /// Flags of `sluice promote` and `sluice rollback`.
 #[derive(Args, Debug)]
-pub struct CanaryArgs {
+pub(crate) struct CanaryArgs {
     /// The InferenceService.
     name: String,
     /// Namespace.
@@ -21,7 +21,7 @@ pub struct CanaryArgs {
 
 /// Which edit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Edit {
+pub(crate) enum Edit {
     /// Remove `canaryTrafficPercent`: the latest revision takes all traffic.
     Promote,
     /// `canaryTrafficPercent: 0`: all traffic back to the last rolled-out revision (`prev`).
@@ -29,7 +29,7 @@ pub enum Edit {
 }
 
 /// Writes the edit into an InferenceService object; `Ok(false)` when it is already so.
-pub fn edit(isvc: &mut Value, edit: Edit) -> anyhow::Result<bool> {
+pub(crate) fn edit(isvc: &mut Value, edit: Edit) -> anyhow::Result<bool> {
     let predictor = isvc["spec"]["predictor"]
         .as_object_mut()
         .context("the object has no spec.predictor")?;
@@ -57,7 +57,7 @@ pub fn edit(isvc: &mut Value, edit: Edit) -> anyhow::Result<bool> {
 }
 
 /// Runs `promote` or `rollback`.
-pub async fn run(args: CanaryArgs, what: Edit) -> anyhow::Result<()> {
+pub(crate) async fn run(args: CanaryArgs, what: Edit) -> anyhow::Result<()> {
     let admin = Admin::from_args(&args.admin)?;
     let path = format!("/v1/inferenceservices/{}/{}", args.namespace, args.name);
     // A concurrent writer makes our read stale: read again and retry, a few times.

@@ -11,7 +11,7 @@ use crate::client::{Admin, AdminArgs, age, kind, s, server_error};
 
 /// Flags of `sluice describe`.
 #[derive(Args, Debug)]
-pub struct DescribeArgs {
+pub(crate) struct DescribeArgs {
     /// Kind (isvc, ksvc, configuration, revision, route, servingruntime…).
     kind: String,
     /// Name.
@@ -28,7 +28,7 @@ pub struct DescribeArgs {
 
 /// Renders the description of `o`, with `owned` objects (kind, name, ready) and its
 /// `events` listed.
-pub fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) -> String {
+pub(crate) fn render(kind: Kind, o: &Value, owned: &[(Kind, Value)], events: &[Value]) -> String {
     let mut out = String::new();
     let meta = &o["metadata"];
     let _ = writeln!(out, "Name:         {}", s(&meta["name"]));
@@ -204,7 +204,7 @@ fn events_section(out: &mut String, events: &[Value]) {
 }
 
 /// `sluice describe KIND NAME`.
-pub async fn run(args: DescribeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DescribeArgs) -> anyhow::Result<()> {
     let admin = if args.kube {
         crate::client::kube_admin_server().await?
     } else {

@@ -13,7 +13,7 @@ use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
 
 /// Whether the mesh is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum MeshMode {
+pub(crate) enum MeshMode {
     /// Mutual TLS on every hop, SPIFFE identities, policies enforced.
     On,
     /// Plaintext, no identities, no policies.
@@ -31,12 +31,12 @@ impl std::fmt::Display for MeshMode {
 
 /// The mesh flags of `sluice up`, `sluice controller --kube` and `sluice router --kube`.
 #[derive(Args, Clone, Debug)]
-pub struct MeshFlags {
+pub(crate) struct MeshFlags {
     /// Mutual TLS between the router, the activator and replicas, with SPIFFE workload
     /// identities from Sluice's CA (kept in the state directory by `sluice up`, served by
     /// the controller on Kubernetes); `off`: plaintext, no identities, no policies.
     #[arg(long = "mesh", env = "SLUICE_MESH", value_enum, default_value_t = MeshMode::On)]
-    pub mode: MeshMode,
+    pub(crate) mode: MeshMode,
     /// Trust domain of the mesh's SPIFFE IDs [default: cluster.local]
     /// (`SLUICE_MESH_TRUST_DOMAIN`, its former name, is still read, with a warning).
     #[arg(long, env = "SLUICE_TRUST_DOMAIN")]
@@ -44,18 +44,18 @@ pub struct MeshFlags {
     /// Life of workload certificates (the CA caps what a workload asks for); each is renewed
     /// at 40–50 % of it.
     #[arg(long, env = "SLUICE_CERT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub cert_ttl: Duration,
+    pub(crate) cert_ttl: Duration,
 }
 
 impl MeshFlags {
     /// Whether the mesh is on.
-    pub fn on(&self) -> bool {
+    pub(crate) fn on(&self) -> bool {
         self.mode == MeshMode::On
     }
 
     /// The trust domain: the flag or `SLUICE_TRUST_DOMAIN`, else the former variable's
     /// value (with a warning), else the default.
-    pub fn trust_domain(&self) -> String {
+    pub(crate) fn trust_domain(&self) -> String {
         resolve_trust_domain(
             self.trust_domain.as_deref(),
             std::env::var(DEPRECATED_TRUST_DOMAIN_ENV).ok().as_deref(),
@@ -83,18 +83,18 @@ fn resolve_trust_domain(given: Option<&str>, deprecated: Option<&str>) -> String
 
 /// Span export, for every command that serves requests.
 #[derive(Args, Clone, Debug)]
-pub struct TelemetryFlags {
+pub(crate) struct TelemetryFlags {
     /// OTLP/HTTP collector (`http://host:port`) every hop exports one span per request to
     /// (batched; `OTEL_BSP_*` tune it). Unset: no span export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    pub(crate) otlp_endpoint: Option<String>,
 }
 
 impl TelemetryFlags {
     /// The span exporter of this process's hops (and its endpoint, for the shutdown
     /// message) when `--otlp-endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector;
     /// `OTEL_BSP_*` tune it. Replicas get the endpoint in their environment.
-    pub fn spans(&self) -> anyhow::Result<Option<(SpanExporter, String)>> {
+    pub(crate) fn spans(&self) -> anyhow::Result<Option<(SpanExporter, String)>> {
         let config = OtlpConfig::from_lookup("sluice-router", |k| {
             if k == otlp::ENDPOINT_ENV {
                 self.otlp_endpoint.clone()
@@ -115,15 +115,15 @@ impl TelemetryFlags {
 
 /// The activator's flags, for the commands that run one (`sluice up`, `sluice router`).
 #[derive(Args, Clone, Debug)]
-pub struct ActivatorFlags {
+pub(crate) struct ActivatorFlags {
     /// Requests the activator buffers per revision before answering 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_QUEUE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub activator_queue: u64,
+    pub(crate) activator_queue: u64,
 }
 
 impl ActivatorFlags {
     /// The activator's settings.
-    pub fn config(&self) -> ActivatorConfig {
+    pub(crate) fn config(&self) -> ActivatorConfig {
         ActivatorConfig {
             max_queued_per_revision: usize::try_from(self.activator_queue).unwrap_or(usize::MAX),
             ..ActivatorConfig::default()

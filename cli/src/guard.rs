@@ -30,7 +30,7 @@ use crate::proctree;
 
 /// Flags of `sluice replica-guard`.
 #[derive(Args, Debug)]
-pub struct GuardArgs {
+pub(crate) struct GuardArgs {
     /// PID of the process that started this one (`sluice up`); when it is gone, so is the
     /// replica.
     #[arg(long)]
@@ -50,7 +50,7 @@ const KILL_WITHIN: Duration = Duration::from_secs(5);
 
 /// Runs the replica until it exits, its parent dies, or `sluice up` says stop now; exits
 /// with the replica's status.
-pub async fn run(args: GuardArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: GuardArgs) -> anyhow::Result<()> {
     let parent = Pid::from_raw(args.parent);
     proctree::become_subreaper();
     #[cfg(target_os = "linux")]

@@ -24,7 +24,7 @@ use crate::shutdown;
 
 /// Flags of `sluice hello`.
 #[derive(Args, Debug)]
-pub struct HelloArgs {
+pub(crate) struct HelloArgs {
     /// Port to serve on (set by the runtime, as Knative's contract says).
     #[arg(long, env = "PORT", default_value_t = 8080)]
     port: u16,
@@ -40,7 +40,7 @@ struct Facts {
 }
 
 /// Serves until SIGTERM/SIGINT.
-pub async fn run(args: HelloArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: HelloArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
     let listener = TcpListener::bind(addr)
         .await

@@ -34,7 +34,7 @@ use sluice_autoscaler::endpoint::{self as stats, Posters, StatsSink};
 
 /// Flags of `sluice controller`.
 #[derive(Args, Debug)]
-pub struct ControllerArgs {
+pub(crate) struct ControllerArgs {
     /// Run on the Kubernetes API of the current kubeconfig (or the in-cluster service
     /// account). Required: the controller of local mode is part of `sluice up`.
     #[arg(long, env = "SLUICE_KUBE")]
@@ -145,7 +145,7 @@ fn identity(args: &ControllerArgs) -> String {
 }
 
 /// `sluice controller --kube`.
-pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+pub(crate) async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     if !args.kube {
         bail!(
             "sluice controller runs in Kubernetes mode only: pass --kube (in local mode the controller is part of `sluice up`)"
@@ -305,7 +305,7 @@ async fn serve_mesh_ca(args: &ControllerArgs, store: &KubeStore) -> anyhow::Resu
 
 /// Flags of `sluice router`.
 #[derive(Args, Debug)]
-pub struct RouterArgs {
+pub(crate) struct RouterArgs {
     /// Build routes from the Kubernetes API of the current kubeconfig (or the in-cluster
     /// service account). Required: the router of local mode is part of `sluice up`.
     #[arg(long, env = "SLUICE_KUBE")]
@@ -399,7 +399,7 @@ async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound:
 
 /// `sluice router --kube`: the ingress, with the activator in-process, routing from watched
 /// Routes, Services, InferenceServices, Revisions and EndpointSlices.
-pub async fn router(args: RouterArgs) -> anyhow::Result<()> {
+pub(crate) async fn router(args: RouterArgs) -> anyhow::Result<()> {
     use sluice_controller::reconcile::kube_routing;
     use sluice_router::{DataPlane, DataPlaneConfig, ServeConfig};
 

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use sluice_controller::admin::ManifestFile;
 
 /// Reads every `*.yaml`/`*.yml` file of `path` (a file or a folder, not recursive).
-pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
+pub(crate) fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
     let mut paths = Vec::new();
     if path.is_dir() {
         for entry in

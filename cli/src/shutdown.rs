@@ -3,7 +3,7 @@
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn signalled() {
+pub(crate) async fn signalled() {
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
     match (term, int) {
@@ -24,7 +24,7 @@ pub async fn signalled() {
 ///
 /// The blocking read runs on a plain thread, not the runtime's blocking pool, so it never
 /// holds up the process's exit.
-pub async fn stdin_closed() {
+pub(crate) async fn stdin_closed() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("stdin-watch".into())

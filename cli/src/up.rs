@@ -35,7 +35,7 @@ pub(crate) mod mesh;
 
 /// Flags of `sluice up`.
 #[derive(Args, Debug)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     /// Folder of manifests (*.yaml, *.yml) to apply at start.
     dir: Option<PathBuf>,
     /// Router (ingress) address.
@@ -92,7 +92,7 @@ impl UpArgs {
 }
 
 /// Runs until SIGINT/SIGTERM, then stops every replica.
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     // First, so the state directory is made private (0700) before anything is written there.
     let token = AdminToken::load_or_create(&args.state_dir)
         .context("the admin API's token (--state-dir)")?;

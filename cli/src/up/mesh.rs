@@ -11,7 +11,7 @@ use sluice_mesh::telemetry::merge::{merge_expositions, scrape_replicas};
 use tokio::sync::watch;
 
 /// Prints policy results as `sluice apply` prints others.
-pub fn print_policy_results(results: &[sluice_controller::policies::PolicyApplied]) {
+pub(crate) fn print_policy_results(results: &[sluice_controller::policies::PolicyApplied]) {
     for r in results {
         println!(
             "{}.security.istio.io/{} {}",
@@ -27,7 +27,7 @@ pub fn print_policy_results(results: &[sluice_controller::policies::PolicyApplie
 
 /// The admin `/metrics`: this process's registries (the router's, the activator's) plus
 /// every ready replica's metrics, fetched over mTLS when the mesh is on.
-pub async fn all_metrics(
+pub(crate) async fn all_metrics(
     registries: Vec<Registry>,
     snapshot: watch::Receiver<Arc<RoutingSnapshot>>,
     client: Option<OutboundMesh>,
