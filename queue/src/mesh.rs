@@ -153,7 +153,7 @@ impl ReplicaGate {
 }
 
 /// How long open connections keep taking requests after the listener closes, before each
-/// is shut down gracefully (see [`serve_replica`]).
+/// is shut down gracefully (see [`serve_replica`]); with none open, shutdown does not wait.
 pub const LINGER: Duration = Duration::from_millis(500);
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then refuses new connections,
@@ -242,7 +242,10 @@ pub async fn serve_replica<H, Fut>(
     // the request with no way for the client to know it was never processed. By the end of
     // the linger the routes no longer name this replica.
     drop(listener);
-    tokio::time::sleep(LINGER).await;
+    while conns.try_join_next().is_some() {}
+    if !conns.is_empty() {
+        tokio::time::sleep(LINGER).await;
+    }
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
 }
