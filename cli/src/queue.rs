@@ -27,7 +27,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use nix::unistd::Pid;
 use sluice_core::NamespacedName;
-use sluice_core::replica::{LISTENING_PREFIX, READY_LINE};
+use sluice_core::replica::{LISTENING_PREFIX, NOT_READY_LINE, READY_LINE};
 use sluice_proxy::timeouts::Timeouts;
 use sluice_queue::QueueConfig;
 use sluice_queue::sidecar::{self, Sidecar, SidecarConfig};
@@ -196,6 +196,8 @@ pub(crate) async fn run(args: QueueArgs) -> anyhow::Result<()> {
             // requests already here are answered before exit: those waiting for a slot go on
             // to the user process's port, are refused there and answered as not processed
             // (the router retries them elsewhere). Only those the process had taken are lost.
+            // The runtime hears first, so it routes nothing more here before connections close.
+            let _ = say(NOT_READY_LINE);
             sidecar.queue().start_drain();
             let _ = stop_tx.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

@@ -2,8 +2,10 @@
 //!
 //! A replica binds its serving socket (port 0 is fine), then prints one line
 //! `SLUICE_LISTENING <addr>` on stdout; once it can serve it prints `SLUICE_READY`. The
-//! runtime confirms readiness with a probe before routing to it. The replica exits when its
-//! stdin closes, so replicas never outlive the process that supervises them.
+//! runtime confirms readiness with a probe before routing to it. A replica that can no longer
+//! serve (its user process died) prints `SLUICE_NOT_READY` at once, so the runtime stops
+//! routing to it before it closes its connections. The replica exits when its stdin closes,
+//! so replicas never outlive the process that supervises them.
 
 use std::net::SocketAddr;
 
@@ -22,6 +24,8 @@ pub const METRICS_PATH: &str = "/sluice/metrics";
 pub const LISTENING_PREFIX: &str = "SLUICE_LISTENING ";
 /// Line announcing that the replica can serve.
 pub const READY_LINE: &str = "SLUICE_READY";
+/// Line announcing that the replica can no longer serve and is about to exit.
+pub const NOT_READY_LINE: &str = "SLUICE_NOT_READY";
 
 /// A line of the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +34,8 @@ pub enum HandshakeLine {
     Listening(SocketAddr),
     /// The replica is ready.
     Ready,
+    /// The replica can no longer serve: route no new request to it.
+    NotReady,
 }
 
 /// Parses a stdout line of a replica; other output is not part of the handshake.
@@ -37,6 +43,9 @@ pub fn parse_handshake(line: &str) -> Option<HandshakeLine> {
     let line = line.trim_end();
     if line == READY_LINE {
         return Some(HandshakeLine::Ready);
+    }
+    if line == NOT_READY_LINE {
+        return Some(HandshakeLine::NotReady);
     }
     line.strip_prefix(LISTENING_PREFIX)
         .and_then(|addr| addr.parse().ok())
@@ -54,6 +63,10 @@ mod tests {
             Some(HandshakeLine::Listening("127.0.0.1:4000".parse().unwrap()))
         );
         assert_eq!(parse_handshake("SLUICE_READY"), Some(HandshakeLine::Ready));
+        assert_eq!(
+            parse_handshake("SLUICE_NOT_READY\n"),
+            Some(HandshakeLine::NotReady)
+        );
         assert_eq!(parse_handshake("SLUICE_LISTENING nowhere"), None);
         assert_eq!(parse_handshake("hello"), None);
     }

@@ -6,10 +6,20 @@
 //! connector. The connection goes back on the stack when its response body has been read to
 //! the end; a response dropped half-read closes its connection. A request that a stale idle
 //! connection could not even start to send is sent on the next one, or a fresh one.
+//!
+//! Before a reused connection carries a request, its socket is asked directly whether the
+//! replica has closed it (a peek, not the reactor's readiness, which can lag behind): a
+//! replica whose process has just died closed every connection it had, and a request
+//! written on one of them would be lost with no way to tell it was never processed. Found
+//! closed, the request fails as [`H1Error::ClosedIdle`], which like a refused connection
+//! means nothing was sent.
 
 use std::collections::HashMap;
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::ThreadId;
@@ -23,6 +33,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::tls::MeshIo;
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::AttemptBody;
@@ -47,6 +59,10 @@ pub enum H1Error {
     /// The HTTP/1.1 handshake on a fresh connection failed (nothing was sent).
     #[error("connection setup failed: {0}")]
     Handshake(#[source] hyper::Error),
+    /// The replica had closed the idle connection the request was about to go on (nothing
+    /// was sent).
+    #[error("the replica had closed the idle connection before the request was sent")]
+    ClosedIdle,
     /// The exchange failed after the request was handed to the connection.
     #[error(transparent)]
     Http(hyper::Error),
@@ -72,6 +88,9 @@ type Idle = Arc<Mutex<HashMap<Key, Vec<Conn>>>>;
 #[derive(Debug)]
 struct Conn {
     sender: SendRequest<AttemptBody>,
+    /// Set when the connection is taken for reuse: its socket is checked before the
+    /// request's first byte is written (see [`Checked`]).
+    check: Arc<AtomicBool>,
     peer: Option<UpstreamPeer>,
     /// The certificate generation current when it was dialled: a connection goes back
     /// under this key only, so one made just before a rotation is not reused with the new
@@ -117,7 +136,11 @@ impl H1Pool {
         // (its response was read but its request body is still being sent, say) stays for
         // later: waiting on it could hold this request up for as long as that upload takes.
         match stack.iter().rposition(|c| c.sender.is_ready()) {
-            Some(i) => Some(stack.remove(i)),
+            Some(i) => {
+                let conn = stack.remove(i);
+                conn.check.store(true, Ordering::Relaxed);
+                Some(conn)
+            }
             None => {
                 stack.retain(|c| !c.sender.is_closed());
                 None
@@ -140,7 +163,14 @@ impl H1Pool {
                 Err(mut e) => match e.take_message() {
                     // Not a byte written: try the next connection.
                     Some(back) => req = back,
-                    None => return Err(H1Error::Http(e.into_error())),
+                    None => {
+                        let e = e.into_error();
+                        return Err(if found_closed(&e) {
+                            H1Error::ClosedIdle
+                        } else {
+                            H1Error::Http(e)
+                        });
+                    }
                 },
             }
         }
@@ -171,6 +201,11 @@ impl H1Pool {
             }
             None => (MeshIo::Plain(stream), None),
         };
+        let check = Arc::new(AtomicBool::new(false));
+        let io = Checked {
+            io,
+            check: check.clone(),
+        };
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -182,6 +217,7 @@ impl H1Pool {
         });
         Ok(Conn {
             sender,
+            check,
             peer,
             generation,
         })
@@ -228,6 +264,84 @@ impl H1Pool {
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(conn);
         }
+    }
+}
+
+/// The error a [`Checked`] connection fails its first write with when the replica had
+/// closed it.
+#[derive(Debug, thiserror::Error)]
+#[error("the replica had closed the idle connection")]
+struct FoundClosed;
+
+/// Whether `e` is a request failed by [`Checked`] before any byte was written.
+fn found_closed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>()
+            && io.get_ref().is_some_and(|inner| inner.is::<FoundClosed>())
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// A pooled connection's I/O. When the connection is taken for reuse, the first write asks
+/// the socket itself (a non-blocking peek) whether the replica has closed its end, and
+/// fails with [`FoundClosed`] before writing anything if so.
+struct Checked {
+    io: MeshIo,
+    check: Arc<AtomicBool>,
+}
+
+impl Checked {
+    fn closed_by_peer(&self) -> bool {
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        match SockRef::from(self.io.tcp()).peek(&mut byte) {
+            // End of stream: the replica closed the connection.
+            Ok(0) => true,
+            // Bytes waiting (a TLS record, say): the connection stands; hyper reads them.
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
+        }
+    }
+}
+
+impl AsyncRead for Checked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Checked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.check.swap(false, Ordering::Relaxed) && self.closed_by_peer() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                FoundClosed,
+            )));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -400,6 +514,43 @@ mod tests {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A replica whose process died between two requests on one connection: the second
+    /// request must fail as never sent (so it may go to another replica), not as lost on
+    /// the way. The test holds its thread while the replica closes, so the runtime has not
+    /// yet seen the connection close when the request goes out: the race a busy machine
+    /// hits.
+    #[tokio::test]
+    async fn a_request_on_a_connection_the_replica_closed_while_idle_is_never_sent() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<usize>();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let (mut got, mut buf) = (Vec::new(), [0u8; 1024]);
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .unwrap();
+            close_rx.recv().unwrap();
+            // The process dies: its connection and its listener close.
+            drop(conn);
+            drop(listener);
+            closed_tx.send(got.len()).unwrap();
+        });
+        let pool = H1Pool::default();
+        let resp = pool.request(addr, get(addr)).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        close_tx.send(()).unwrap();
+        // Blocks this runtime's only thread: nothing polls the connection meanwhile.
+        closed_rx.recv().unwrap();
+        let err = pool.request(addr, get(addr)).await.unwrap_err();
+        assert!(err.is_connect(), "{err}");
     }
 
     #[tokio::test]

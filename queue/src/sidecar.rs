@@ -178,8 +178,9 @@ impl Sidecar {
             Ok(resp) => hold_response(resp, admitted),
             Err(e) => {
                 tracing::warn!(revision = %revision, "{}", sluice_core::error_chain(&e));
-                // Refused by the user process (it has exited): nothing was processed, so the
-                // router or activator may give the request to another replica.
+                // The user process refused the connection, or had closed the idle one the
+                // request was to go on (it has exited): nothing was sent, so nothing was
+                // processed, and the router or activator may give it to another replica.
                 let unprocessed = e.is_connect_failure();
                 if unprocessed {
                     // The sender keeps a small body for another attempt once it has sent all
@@ -194,7 +195,9 @@ impl Sidecar {
                 if unprocessed {
                     resp.headers_mut().insert(
                         UNPROCESSED_HEADER,
-                        HeaderValue::from_static("the user process refused the connection"),
+                        HeaderValue::from_static(
+                            "the user process's port refused or closed the connection",
+                        ),
                     );
                 }
                 resp

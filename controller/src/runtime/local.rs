@@ -110,6 +110,16 @@ struct Replica {
     id: u64,
     ready: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
+    /// Said it can no longer serve (`SLUICE_NOT_READY`) and is about to exit: neither
+    /// routed to nor counted, so a replacement starts at once.
+    leaving: bool,
+}
+
+impl Replica {
+    /// Counted and routed to: neither told to stop nor leaving on its own.
+    fn active(&self) -> bool {
+        self.stop.is_some() && !self.leaving
+    }
 }
 
 impl LocalRuntime {
@@ -214,7 +224,7 @@ impl Runtime for LocalRuntime {
         let to_start = inner.with(|map| {
             let procs = map.entry(spec.revision.clone()).or_default();
             let active: Vec<usize> = (0..procs.replicas.len())
-                .filter(|&i| procs.replicas[i].stop.is_some())
+                .filter(|&i| procs.replicas[i].active())
                 .collect();
             let want = replicas as usize;
             if active.len() > want {
@@ -301,6 +311,7 @@ impl Runtime for LocalRuntime {
                                 id,
                                 ready: None,
                                 stop: Some(stop_tx),
+                                leaving: false,
                             })
                     });
                     tracing::info!(revision = %spec.revision, pid = child.id(), "started replica");
@@ -361,7 +372,7 @@ impl Runtime for LocalRuntime {
             let Some(procs) = map.get(revision) else {
                 return RevisionRuntimeStatus::default();
             };
-            let running = procs.replicas.iter().filter(|r| r.stop.is_some());
+            let running = procs.replicas.iter().filter(|r| r.active());
             RevisionRuntimeStatus {
                 ready: running.clone().filter_map(|r| r.ready).collect(),
                 starting: running.filter(|r| r.ready.is_none()).count() as u32,
@@ -466,6 +477,8 @@ async fn supervise(
         tokio::select! {
             line = handshake.recv() => match line {
                 Some(HandshakeLine::Listening(a)) => addr = Some(a),
+                // Its exit follows.
+                Some(HandshakeLine::NotReady) => {}
                 Some(HandshakeLine::Ready) => {
                     let Some(a) = addr else { continue };
                     if inner.probe_ok(a).await {
@@ -517,13 +530,38 @@ async fn supervise(
     });
     tracing::info!(revision = %key, addr = %ready_addr, "replica ready");
     inner.bump();
-    // Phase 2: serving until stopped or dead.
-    tokio::select! {
-        status = child.wait() => exit_failure(&inner, &key, id, status, &tail_text(tail, stderr_done).await),
-        _ = &mut stop => {
-            stop_child(&mut child, spec.drain_timeout, guarded).await;
-            tracing::info!(revision = %key, addr = %ready_addr, "replica stopped");
-            inner.remove(&key, id);
+    // Phase 2: serving until stopped or dead. A replica that says it can no longer serve
+    // leaves the routes at once: it lets its open connections finish only after that, so no
+    // request is sent on a connection it is closing.
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                exit_failure(&inner, &key, id, status, &tail_text(tail, stderr_done).await);
+                return;
+            }
+            _ = &mut stop => {
+                stop_child(&mut child, spec.drain_timeout, guarded).await;
+                tracing::info!(revision = %key, addr = %ready_addr, "replica stopped");
+                inner.remove(&key, id);
+                return;
+            }
+            line = handshake.recv(), if listening => match line {
+                Some(HandshakeLine::NotReady) => {
+                    tracing::warn!(revision = %key, addr = %ready_addr, "replica can no longer serve: no longer routed to");
+                    inner.with(|map| {
+                        if let Some(r) = map
+                            .get_mut(&key)
+                            .and_then(|procs| procs.replicas.iter_mut().find(|r| r.id == id))
+                        {
+                            r.leaving = true;
+                        }
+                    });
+                    inner.bump();
+                }
+                Some(_) => {}
+                None => listening = false,
+            },
         }
     }
 }
@@ -682,6 +720,86 @@ mod tests {
         );
         let empty = rt.scale(&self::spec(&[]), 1).await.unwrap_err();
         assert!(empty.to_string().contains("no command"));
+    }
+
+    /// Waits (30 s at most) until the revision's status satisfies `done`.
+    async fn wait_until(
+        rt: &LocalRuntime,
+        key: &NamespacedName,
+        done: impl Fn(&RevisionRuntimeStatus) -> bool,
+    ) {
+        let mut changes = rt.changes();
+        let wait = async {
+            while !done(&rt.status(key)) {
+                changes.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("status stayed {:?}", rt.status(key)));
+    }
+
+    /// A replica whose user process died says so before it closes its connections; the
+    /// runtime must stop routing to it (and stop counting it) at once, while it still runs.
+    #[tokio::test]
+    async fn a_replica_that_says_not_ready_leaves_the_routes_while_it_still_runs() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The readiness probe's answer, as a queue layer gives it.
+        let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = probe.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = probe.accept().await {
+                tokio::spawn(async move {
+                    let (mut got, mut buf) = (Vec::new(), [0u8; 1024]);
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nqueue";
+                    let _ = conn.write_all(answer).await;
+                });
+            }
+        });
+        // The replica goes on when the test writes to a FIFO (`read` is a shell builtin,
+        // so no child process is left behind).
+        let dir = std::env::temp_dir().join(format!("sluice-not-ready-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (go, end) = (dir.join("go"), dir.join("end"));
+        for fifo in [&go, &end] {
+            let made = std::process::Command::new("mkfifo").arg(fifo).status();
+            assert!(made.unwrap().success());
+        }
+        let script = format!(
+            "echo 'SLUICE_LISTENING {addr}'; echo SLUICE_READY; read _ < '{}'; \
+             echo SLUICE_NOT_READY; read _ < '{}'",
+            go.display(),
+            end.display()
+        );
+        let rt = LocalRuntime::new(LocalRuntimeConfig {
+            backoff: Duration::from_secs(600),
+            guard: false,
+            ..LocalRuntimeConfig::new("/nonexistent/sluice".into())
+        });
+        let spec = spec(&["sh", "-c", &script]);
+        rt.scale(&spec, 1).await.unwrap();
+        wait_until(&rt, &spec.revision, |s| s.ready == [addr]).await;
+
+        tokio::fs::write(&go, b"\n").await.unwrap();
+        wait_until(&rt, &spec.revision, |s| s.ready.is_empty()).await;
+        let status = rt.status(&spec.revision);
+        assert_eq!(status.starting, 0, "a leaving replica is not starting");
+        assert!(
+            status.failure.is_none(),
+            "it has not exited yet: {status:?}"
+        );
+
+        tokio::fs::write(&end, b"\n").await.unwrap();
+        let failure = wait_for_failure(&rt, &spec.revision).await;
+        assert_eq!(failure.reason, "ExitCode");
+        rt.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -37,6 +37,16 @@ pub enum MeshIo {
     Plain(TcpStream),
 }
 
+impl MeshIo {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Tls(s) => s.get_ref().0,
+            Self::Plain(s) => s,
+        }
+    }
+}
+
 impl AsyncRead for MeshIo {
     fn poll_read(
         self: Pin<&mut Self>,
