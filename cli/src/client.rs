@@ -251,30 +251,38 @@ async fn apply_files(
 /// One line per object on stdout, kubectl style, with its warnings on stderr.
 pub(crate) fn print_apply_results(results: &[ApplyResult]) {
     for r in results {
-        let policy = sluice_controller::policies::plural_of(&r.kind).is_some();
-        for w in &r.warnings {
-            if policy {
-                // Policy warnings are bare field paths: say whose (as `sluice up` does).
-                eprintln!("Warning: {}/{}: {w}", r.kind, r.name);
-            } else {
-                eprintln!("Warning: {w}");
-            }
-        }
-        if policy {
-            // Istio's kinds are not the controller's: name their group here.
+        if sluice_controller::policies::plural_of(&r.kind).is_some() {
             let outcome = serde_json::to_value(r.outcome)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
-            println!(
-                "{}.security.istio.io/{} {outcome}",
-                r.kind.to_ascii_lowercase(),
-                r.name
-            );
+            print_policy(&r.kind, &r.name, &outcome, &r.warnings);
         } else {
+            for w in &r.warnings {
+                eprintln!("Warning: {w}");
+            }
             println!("{r}");
         }
     }
+}
+
+/// [`print_apply_results`] for the policies `sluice up` applied from its folder.
+pub(crate) fn print_policy_results(results: &[sluice_controller::policies::PolicyApplied]) {
+    for r in results {
+        print_policy(&r.kind, &r.name, r.outcome, &r.warnings);
+    }
+}
+
+/// A policy's line: Istio's kinds are not the controller's, so their group is named here;
+/// their warnings are bare field paths, so they say whose.
+fn print_policy(kind: &str, name: &str, outcome: &str, warnings: &[String]) {
+    for w in warnings {
+        eprintln!("Warning: {kind}/{name}: {w}");
+    }
+    println!(
+        "{}.security.istio.io/{name} {outcome}",
+        kind.to_ascii_lowercase()
+    );
 }
 
 /// `sluice get` of a security policy kind (`plural` as the admin API names it): from

@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, ensure};
 use clap::{Args, ValueEnum};
 use sluice_activator::ActivatorConfig;
+use sluice_autoscaler::AutoscalerConfig;
 use sluice_mesh::identity::DEFAULT_TRUST_DOMAIN;
 use sluice_mesh::issuance::DEPRECATED_TRUST_DOMAIN_ENV;
 use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
+use sluice_router::{RouterConfig, ServeConfig};
 
 /// Whether the mesh is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -131,6 +133,85 @@ impl ActivatorFlags {
     }
 }
 
+/// The ingress's limits, for the commands that serve it (`sluice up`, `sluice router`).
+/// Unset, each is [`ServeConfig::default`]'s (and [`RouterConfig::default`]'s).
+#[derive(Args, Clone, Debug)]
+pub(crate) struct IngressFlags {
+    /// Client connections served at once; further ones wait in the kernel's accept queue.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = ServeConfig::default().max_connections, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    max_connections: usize,
+    /// Largest request head in bytes (HTTP/1.1 buffer, HTTP/2 header list); larger → 431.
+    #[arg(long, env = "SLUICE_MAX_HEADER_BYTES", default_value_t = ServeConfig::default().max_header_bytes, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(8192..=16 * 1024 * 1024))]
+    max_header_bytes: usize,
+    /// How long a client may take to send a request head before it is cut off.
+    #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// HTTP/2 streams a client may open at once on one connection.
+    #[arg(long, env = "SLUICE_MAX_CONCURRENT_STREAMS", default_value_t = ServeConfig::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
+    /// Threads serving the ingress, each with its own runtime (0: one per CPU).
+    #[arg(long, env = "SLUICE_INGRESS_SHARDS", default_value_t = ServeConfig::default().shards, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024))]
+    ingress_shards: usize,
+    /// Largest request body forwarded, in bytes (413 beyond). Unset: no limit, as Knative.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    max_body_bytes: Option<u64>,
+}
+
+impl IngressFlags {
+    /// The listener's settings.
+    pub(crate) fn serve(&self) -> anyhow::Result<ServeConfig> {
+        ensure!(
+            !self.header_read_timeout.is_zero(),
+            "--header-read-timeout must be more than 0"
+        );
+        Ok(ServeConfig {
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: self.header_read_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            shards: self.ingress_shards,
+        })
+    }
+
+    /// The router's settings.
+    pub(crate) fn router(&self) -> RouterConfig {
+        RouterConfig {
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// The control plane's flags both `sluice up` and `sluice controller --kube` take: how the
+/// store's revisions are kept and how the autoscaler decides.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct ControlFlags {
+    /// Old revisions kept per configuration beyond those routed, latest created and latest
+    /// ready; older ones are deleted.
+    #[arg(long, env = "SLUICE_REVISION_HISTORY", default_value_t = 20)]
+    pub(crate) revision_history: usize,
+    /// How long the activator is in path before a revision's last replica stops.
+    #[arg(long, env = "SLUICE_SCALE_TO_ZERO_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    scale_to_zero_grace: Duration,
+    /// Autoscaler decision interval.
+    #[arg(long, env = "SLUICE_AUTOSCALER_TICK", default_value = "2s", value_parser = humantime::parse_duration)]
+    autoscaler_tick: Duration,
+}
+
+impl ControlFlags {
+    /// The autoscaler's settings.
+    pub(crate) fn autoscaler(&self) -> anyhow::Result<AutoscalerConfig> {
+        ensure!(
+            self.autoscaler_tick >= Duration::from_millis(100),
+            "--autoscaler-tick must be at least 100ms, got {:?}",
+            self.autoscaler_tick
+        );
+        Ok(AutoscalerConfig {
+            tick: self.autoscaler_tick,
+            scale_to_zero_grace: self.scale_to_zero_grace,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -143,6 +224,52 @@ mod tests {
         mesh: MeshFlags,
         #[command(flatten)]
         activator: ActivatorFlags,
+        #[command(flatten)]
+        ingress: IngressFlags,
+        #[command(flatten)]
+        control: ControlFlags,
+    }
+
+    #[test]
+    fn unset_ingress_and_control_flags_are_the_libraries_defaults() {
+        let cli = Cli::try_parse_from(["sluice"]).unwrap();
+        assert_eq!(cli.ingress.serve().unwrap(), ServeConfig::default());
+        assert_eq!(cli.ingress.router(), RouterConfig::default());
+        let autoscaler = cli.control.autoscaler().unwrap();
+        assert_eq!(autoscaler.tick, Duration::from_secs(2));
+        assert_eq!(autoscaler.scale_to_zero_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn ingress_flags_reach_the_router_and_bad_ones_are_refused_by_name() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "--max-connections",
+            "64",
+            "--max-body-bytes",
+            "1024",
+            "--ingress-shards",
+            "1",
+        ])
+        .unwrap();
+        let serve = cli.ingress.serve().unwrap();
+        assert_eq!((serve.max_connections, serve.shards), (64, 1));
+        assert_eq!(cli.ingress.router().max_body_bytes, Some(1024));
+        for (flag, value) in [
+            ("--max-connections", "0"),
+            ("--max-header-bytes", "10"),
+            ("--max-concurrent-streams", "0"),
+            ("--max-body-bytes", "0"),
+        ] {
+            let err = Cli::try_parse_from(["sluice", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+        let cli = Cli::try_parse_from(["sluice", "--header-read-timeout", "0s"]).unwrap();
+        let err = cli.ingress.serve().unwrap_err();
+        assert!(err.to_string().contains("--header-read-timeout"), "{err}");
+        let cli = Cli::try_parse_from(["sluice", "--autoscaler-tick", "1ms"]).unwrap();
+        let err = cli.control.autoscaler().unwrap_err();
+        assert!(err.to_string().contains("--autoscaler-tick"), "{err}");
     }
 
     #[test]

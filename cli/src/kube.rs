@@ -7,30 +7,29 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sluice_autoscaler::AutoscalerConfig;
 use sluice_controller::admin;
 use sluice_controller::kube_mesh::{
-    ControllerMesh, MeshCaConfig, serve_mesh_ca as serve_mesh_ca_with,
+    self, ControllerMesh, MeshCaConfig, RouterMeshConfig, serve_mesh_ca as serve_mesh_ca_with,
 };
+use sluice_controller::kube_stats::serve_stats_endpoint;
 use sluice_controller::kube_term::{Advertise, Term, TermConfig, lead};
 use sluice_controller::leader::{LeaderElector, LeaseConfig};
 use sluice_controller::reconcile::ControllerConfig;
-use sluice_controller::retry::with_retries;
 use sluice_controller::runtime::KubeRuntime;
 use sluice_controller::runtime::kube::PodTemplate;
 use sluice_controller::store::KubeStore;
 use sluice_controller::store::kube::infer_client;
 use sluice_core::RoutingSnapshot;
-use sluice_mesh::guard::{HostNames, ListenerGuard};
+use sluice_mesh::guard::ListenerGuard;
 use tokio::sync::{mpsc, watch};
 
-use crate::flags::{ActivatorFlags, MeshFlags, MeshMode, TelemetryFlags};
+use crate::flags::{
+    ActivatorFlags, ControlFlags, IngressFlags, MeshFlags, MeshMode, TelemetryFlags,
+};
 use crate::shutdown;
 
-mod metrics;
-
 use sluice_activator::stats_post;
-use sluice_autoscaler::endpoint::{self as stats, Posters, StatsSink};
+use sluice_autoscaler::endpoint::StatsSink;
 
 /// Flags of `sluice controller`.
 #[derive(Args, Debug)]
@@ -54,19 +53,11 @@ pub(crate) struct ControllerArgs {
     /// Port shown in URLs (the router's), omitted when 80.
     #[arg(long, env = "SLUICE_URL_PORT")]
     url_port: Option<u16>,
-    /// Old revisions kept per configuration beyond those routed, latest created and latest
-    /// ready.
-    #[arg(long, env = "SLUICE_REVISION_HISTORY", default_value_t = 20)]
-    revision_history: usize,
+    #[command(flatten)]
+    control: ControlFlags,
     /// Interval of the safety-net full pass.
     #[arg(long, env = "SLUICE_RESYNC", default_value = "5s", value_parser = humantime::parse_duration)]
     resync: Duration,
-    /// How long the activator is in path before a revision's last replica stops.
-    #[arg(long, env = "SLUICE_SCALE_TO_ZERO_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
-    scale_to_zero_grace: Duration,
-    /// Autoscaler decision interval.
-    #[arg(long, env = "SLUICE_AUTOSCALER_TICK", default_value = "2s", value_parser = humantime::parse_duration)]
-    autoscaler_tick: Duration,
     /// Scrape replicas' queue layers for the autoscaler's stats (off where Pod IPs are not
     /// reachable, as with kwok's simulated Pods).
     #[arg(long, env = "SLUICE_SCRAPE_STATS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -182,12 +173,9 @@ pub(crate) async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             domain: args.domain.clone(),
             url_port: args.url_port,
             resync: args.resync,
-            revision_history: args.revision_history,
+            revision_history: args.control.revision_history,
         },
-        autoscaler: AutoscalerConfig {
-            tick: args.autoscaler_tick,
-            scale_to_zero_grace: args.scale_to_zero_grace,
-        },
+        autoscaler: args.control.autoscaler()?,
         pods: PodTemplate {
             image: args.image.clone(),
             image_pull_policy: args.image_pull_policy.clone(),
@@ -234,50 +222,15 @@ pub(crate) async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The browser checks of a listener inside the cluster (no token: mutual TLS, or nothing
-/// worth a token, protects it): `Host` an IP literal, `localhost` or a Service name under
-/// `.svc` / `.svc.cluster.local`; no foreign `Origin`; JSON bodies only.
-fn in_cluster_guard(name: &'static str, addr: std::net::SocketAddr) -> ListenerGuard {
-    ListenerGuard::new(name, addr, None).with_hosts(HostNames::Suffixes(vec![
-        ".svc".to_owned(),
-        ".svc.cluster.local".to_owned(),
-    ]))
-}
-
-/// The autoscaler's stats endpoint on `addr`: mutual TLS as the controller's own SVID,
-/// taking stats from the router's identity only, with the mesh on; plain HTTP from anyone
-/// with it off. Returns its port.
+/// The autoscaler's stats endpoint on `addr`; returns its port.
 async fn serve_stats(
     addr: std::net::SocketAddr,
     sink: &StatsSink,
     mesh: Option<&ControllerMesh>,
 ) -> anyhow::Result<u16> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the stats endpoint to {addr}"))?;
-    let local = listener.local_addr()?;
-    let guard = in_cluster_guard("the autoscaler's stats endpoint", local);
-    match mesh {
-        Some(m) => {
-            let acceptor = sluice_mesh::tls::MeshAcceptor::new(
-                m.tls
-                    .server_config()
-                    .context("the stats endpoint's TLS config")?,
-            );
-            let app = admin::guarded(
-                stats::stats_app(sink.clone(), Posters::Only(m.router.clone())),
-                guard,
-            );
-            tokio::spawn(stats::serve_mtls(listener, app, acceptor));
-            println!("sluice: controller stats endpoint on https://{local}/v1/stats");
-            tracing::info!(router = %m.router, "the stats endpoint is mTLS and takes the router's stats only");
-        }
-        None => {
-            let app = admin::guarded(stats::stats_app(sink.clone(), Posters::Anyone), guard);
-            tokio::spawn(axum::serve(listener, app).into_future());
-            println!("sluice: controller stats endpoint on http://{local}/v1/stats");
-        }
-    }
+    let local = serve_stats_endpoint(addr, sink, mesh).await?;
+    let scheme = if mesh.is_some() { "https" } else { "http" };
+    println!("sluice: controller stats endpoint on {scheme}://{local}/v1/stats");
     Ok(local.port())
 }
 
@@ -336,6 +289,8 @@ pub(crate) struct RouterArgs {
     telemetry: TelemetryFlags,
     #[command(flatten)]
     activator: ActivatorFlags,
+    #[command(flatten)]
+    ingress: IngressFlags,
     /// Mutual TLS to replicas as the identity of this Pod's ServiceAccount, from the
     /// controller's mesh CA.
     #[command(flatten)]
@@ -351,57 +306,30 @@ pub(crate) struct RouterArgs {
     mesh_root_file: std::path::PathBuf,
 }
 
-/// The router's mesh client: its SVID from the CA (the projected token authenticates it),
-/// renewed in the background. Waits (with backoff) while the CA cannot be reached yet.
+/// The router's mesh client, from the CA `--mesh-ca-addr` names.
 async fn router_mesh(args: &RouterArgs) -> anyhow::Result<sluice_mesh::outbound::OutboundMesh> {
-    use sluice_mesh::identity::RotationConfig;
-    use sluice_mesh::issuance::{IssueError, RemoteCa, remote_identity};
-    use sluice_mesh::outbound::OutboundMesh;
-    use sluice_mesh::tls::MeshTls;
-
-    let Some(addr) = args.mesh_ca_addr.clone() else {
+    let Some(ca_addr) = args.mesh_ca_addr.clone() else {
         bail!(
             "--mesh on needs the CA's address: --mesh-ca-addr or SLUICE_MESH_CA_ADDR (e.g. sluice-ca.sluice-system.svc:15012), or pass --mesh off"
         );
     };
-    let root = &args.mesh_root_file;
-    let bytes = std::fs::read(root).with_context(|| {
-        format!(
-            "reading the mesh root {} (--mesh-root-file)",
-            root.display()
-        )
-    })?;
-    let bundle = Arc::new(
-        sluice_mesh::handoff::parse_bundle(root, bytes, &args.mesh.trust_domain())
-            .context("--mesh-root-file")?,
-    );
-    let ca = RemoteCa {
-        addr,
+    let config = RouterMeshConfig {
+        ca_addr,
         token_file: args.mesh_token_file.clone(),
-        bundle: bundle.clone(),
+        root_file: args.mesh_root_file.clone(),
+        trust_domain: args.mesh.trust_domain(),
+        cert_ttl: args.mesh.cert_ttl,
     };
-    // The CA may not be up yet (controllers start beside routers); a refusal is final.
-    let retryable = |e: &IssueError| match e {
-        IssueError::Status { status, .. } => *status >= 500,
-        IssueError::Response { .. } | IssueError::Key(_) => false,
-        _ => true,
-    };
-    let (svid, _renewal) = with_retries(
-        "obtaining the router's certificate from the mesh CA",
-        retryable,
-        || remote_identity(ca.clone(), RotationConfig::new(args.mesh.cert_ttl)),
-        shutdown::signalled,
-    )
-    .await?;
-    println!("sluice: router mesh identity {}", svid.current().id());
-    OutboundMesh::new(MeshTls::new(bundle, svid)).context("the router's mesh TLS")
+    let (mesh, id) = kube_mesh::router_mesh(&config, shutdown::signalled).await?;
+    println!("sluice: router mesh identity {id}");
+    Ok(mesh)
 }
 
 /// `sluice router --kube`: the ingress, with the activator in-process, routing from watched
 /// Routes, Services, InferenceServices, Revisions and EndpointSlices.
 pub(crate) async fn router(args: RouterArgs) -> anyhow::Result<()> {
     use sluice_controller::reconcile::kube_routing;
-    use sluice_router::{DataPlane, DataPlaneConfig, ServeConfig};
+    use sluice_router::{DataPlane, DataPlaneConfig};
 
     if !args.kube {
         bail!(
@@ -478,11 +406,12 @@ pub(crate) async fn router(args: RouterArgs) -> anyhow::Result<()> {
         activator_mesh: mesh,
         spans: spans.as_ref().map(|(exporter, _)| exporter.clone()),
         service: "sluice-router",
+        router: args.ingress.router(),
     });
     let serve = tokio::spawn(sluice_router::serve_ingress(
         listener,
         data_plane.router.clone(),
-        ServeConfig::default(),
+        args.ingress.serve()?,
         data_plane.ingress(),
         stopped(),
     ));
@@ -490,8 +419,8 @@ pub(crate) async fn router(args: RouterArgs) -> anyhow::Result<()> {
         Some(listener) => {
             let local = listener.local_addr()?;
             let app = admin::guarded(
-                metrics::app(data_plane.registries()),
-                in_cluster_guard("the router's metrics endpoint", local),
+                sluice_controller::metrics::app(data_plane.registries()),
+                ListenerGuard::in_cluster("the router's metrics endpoint", local),
             );
             let task = tokio::spawn(
                 axum::serve(listener, app)

@@ -14,7 +14,6 @@ mod kube;
 mod kube_policy;
 mod manifests;
 mod model_server;
-mod proctree;
 mod queue;
 mod shutdown;
 mod up;
@@ -121,4 +120,18 @@ fn init_tracing() {
         // when `sluice up` dies) is dropped: reporting it would panic on the same stderr.
         .log_internal_errors(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command's flags are well formed: no flag or environment variable declared
+    /// twice (as two flattened groups could), defaults that parse, and so on.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sluice_autoscaler::{AutoscalerConfig, Scraper};
+use sluice_autoscaler::Scraper;
 use sluice_controller::admin;
 use sluice_controller::policies::{
     PolicyStore, apply_policies, known_workloads, split_policies, warn_unselected,
@@ -24,14 +24,14 @@ use sluice_mesh::identity::RotationConfig;
 use sluice_mesh::local::LocalIdentities;
 use sluice_mesh::otlp::{self, SpanExporter};
 use sluice_router::ingress::Ingress;
-use sluice_router::{DataPlane, DataPlaneConfig, ServeConfig};
+use sluice_router::{DataPlane, DataPlaneConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::flags::{ActivatorFlags, MeshFlags, MeshMode, TelemetryFlags};
+use crate::flags::{
+    ActivatorFlags, ControlFlags, IngressFlags, MeshFlags, MeshMode, TelemetryFlags,
+};
 use crate::shutdown;
-
-pub(crate) mod mesh;
 
 /// Flags of `sluice up`.
 #[derive(Args, Debug)]
@@ -50,18 +50,12 @@ pub(crate) struct UpArgs {
     /// Domain of service hosts: {name}.{namespace}.{domain}.
     #[arg(long, env = "SLUICE_DOMAIN", default_value = "localhost")]
     domain: String,
-    /// How long the activator is in path before a revision's last replica stops.
-    #[arg(long, env = "SLUICE_SCALE_TO_ZERO_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
-    scale_to_zero_grace: Duration,
-    /// Autoscaler decision interval.
-    #[arg(long, env = "SLUICE_AUTOSCALER_TICK", default_value = "2s", value_parser = humantime::parse_duration)]
-    autoscaler_tick: Duration,
-    /// Old revisions kept per configuration beyond those routed, latest created and latest
-    /// ready; older ones are deleted.
-    #[arg(long, env = "SLUICE_REVISION_HISTORY", default_value_t = 20)]
-    revision_history: usize,
+    #[command(flatten)]
+    control: ControlFlags,
     #[command(flatten)]
     activator: ActivatorFlags,
+    #[command(flatten)]
+    ingress: IngressFlags,
     /// Accept `autoscaling.knative.dev/initial-scale: "0"` (Knative's
     /// `allow-zero-initial-scale`): such a revision is Ready at zero and starts a replica on
     /// its first request. Off, as upstream, such manifests are refused.
@@ -135,14 +129,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
 
-    let (autoscaler, _autoscaler_task) = sluice_autoscaler::spawn(
-        AutoscalerConfig {
-            tick: args.autoscaler_tick,
-            scale_to_zero_grace: args.scale_to_zero_grace,
-        },
-        stats_rx,
-        decisions_tx,
-    );
+    let (autoscaler, _autoscaler_task) =
+        sluice_autoscaler::spawn(args.control.autoscaler()?, stats_rx, decisions_tx);
     // The router and the activator (in front of revisions at zero or under a burst), each
     // hop with a registry of its own, merged into the admin `/metrics` with the replicas'.
     let data_plane = DataPlane::start(DataPlaneConfig {
@@ -153,6 +141,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         activator_mesh: up_mesh.as_ref().map(|m| m.activator.clone()),
         spans: spans.as_ref().map(|(exporter, _)| exporter.clone()),
         service: "sluice-up",
+        router: args.ingress.router(),
     });
     let scrape_tls = up_mesh.as_ref().map(|m| m.control.connector().clone());
     tokio::spawn(
@@ -169,7 +158,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             domain: args.domain.clone(),
             url_port: Some(router_addr.port()),
             resync: Duration::from_secs(1),
-            revision_history: args.revision_history,
+            revision_history: args.control.revision_history,
         },
         store.clone(),
         runtime,
@@ -195,7 +184,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let router_task = tokio::spawn(sluice_router::serve_ingress(
         router_listener,
         data_plane.router.clone(),
-        ServeConfig::default(),
+        args.ingress.serve()?,
         ingress,
         stopped(),
     ));
@@ -293,7 +282,11 @@ fn admin_app(
         .route(
             "/metrics",
             axum::routing::get(move || {
-                mesh::all_metrics(registries.clone(), snapshot.clone(), client.clone())
+                sluice_controller::metrics::with_replicas(
+                    registries.clone(),
+                    snapshot.clone(),
+                    client.clone(),
+                )
             }),
         )
         .layer(axum::middleware::from_fn(move |req, next| {
@@ -326,7 +319,7 @@ async fn apply_at_start(
         }
     }
     warn_unselected(&mut applied, &known_workloads(store).await);
-    mesh::print_policy_results(&applied);
+    crate::client::print_policy_results(&applied);
     Ok(())
 }
 

@@ -6,13 +6,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
+use sluice_mesh::handoff::HandoffError;
 use sluice_mesh::identity::{
     CaError, RotatingSvid, RotationConfig, SpiffeId, SpiffeIdError, SvidError, SvidIssuer,
 };
+use sluice_mesh::issuance::{IssueError, RemoteCa, remote_identity};
 use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::tls::{MeshConnector, MeshTls, TlsConfigError};
 
@@ -209,4 +212,86 @@ where
         router: router_id,
         listening: local,
     })
+}
+
+/// Where the router gets its mesh identity on Kubernetes: from the controller's CA, with
+/// the Pod's projected ServiceAccount token.
+#[derive(Clone, Debug)]
+pub struct RouterMeshConfig {
+    /// `host:port` of the mesh CA.
+    pub ca_addr: String,
+    /// The projected ServiceAccount token (audience `sluice-ca`) sent to the CA.
+    pub token_file: PathBuf,
+    /// The mesh root (PEM; ConfigMap `sluice-mesh-root`).
+    pub root_file: PathBuf,
+    /// The mesh's trust domain.
+    pub trust_domain: String,
+    /// Life of the router's certificate.
+    pub cert_ttl: Duration,
+}
+
+/// Why the router has no mesh identity.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterMeshError {
+    /// The root file could not be read.
+    #[error("reading the mesh root {} (--mesh-root-file)", path.display())]
+    ReadRoot {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The root file holds no usable trust bundle.
+    #[error("--mesh-root-file")]
+    Root(#[source] HandoffError),
+    /// The CA refused, or stopped was asked for while it could not be reached.
+    #[error(transparent)]
+    Issue(#[from] RetryError<IssueError>),
+    /// The certificate makes no TLS configuration.
+    #[error("the router's mesh TLS")]
+    Tls(#[source] TlsConfigError),
+}
+
+/// The router's mesh client: its SVID from the CA, renewed in the background, and its
+/// SPIFFE ID. Waits (with backoff) while the CA cannot be reached yet, until `stopped()`
+/// resolves; a refusal is final.
+pub async fn router_mesh<S, Stop>(
+    config: &RouterMeshConfig,
+    stopped: S,
+) -> Result<(OutboundMesh, SpiffeId), RouterMeshError>
+where
+    S: Fn() -> Stop,
+    Stop: Future<Output = ()>,
+{
+    let root = &config.root_file;
+    let bytes = std::fs::read(root).map_err(|source| RouterMeshError::ReadRoot {
+        path: root.clone(),
+        source,
+    })?;
+    let bundle = Arc::new(
+        sluice_mesh::handoff::parse_bundle(root, bytes, &config.trust_domain)
+            .map_err(RouterMeshError::Root)?,
+    );
+    let ca = RemoteCa {
+        addr: config.ca_addr.clone(),
+        token_file: config.token_file.clone(),
+        bundle: bundle.clone(),
+    };
+    // The CA may not be up yet (controllers start beside routers); a refusal is final.
+    let retryable = |e: &IssueError| match e {
+        IssueError::Status { status, .. } => *status >= 500,
+        IssueError::Response { .. } | IssueError::Key(_) => false,
+        _ => true,
+    };
+    let (svid, _renewal) = with_retries(
+        "obtaining the router's certificate from the mesh CA",
+        retryable,
+        || remote_identity(ca.clone(), RotationConfig::new(config.cert_ttl)),
+        stopped,
+    )
+    .await?;
+    let id = svid.current().id().clone();
+    let mesh = OutboundMesh::new(MeshTls::new(bundle, svid)).map_err(RouterMeshError::Tls)?;
+    Ok((mesh, id))
 }

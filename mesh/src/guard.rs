@@ -238,6 +238,17 @@ impl ListenerGuard {
         self
     }
 
+    /// The browser checks of a listener inside a Kubernetes cluster (no token: mutual TLS,
+    /// or nothing worth a token, protects it): `Host` an IP literal, `localhost` or a
+    /// Service name under `.svc` / `.svc.cluster.local`; no foreign `Origin`; JSON bodies
+    /// only.
+    pub fn in_cluster(name: &'static str, addr: SocketAddr) -> Self {
+        Self::new(name, addr, None).with_hosts(HostNames::Suffixes(vec![
+            ".svc".to_owned(),
+            ".svc.cluster.local".to_owned(),
+        ]))
+    }
+
     /// Sets the host names answered to.
     pub fn with_hosts(mut self, hosts: HostNames) -> Self {
         self.hosts = hosts;

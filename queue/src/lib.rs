@@ -3,12 +3,16 @@
 //! It admits at most `containerConcurrency` requests at a time with a bounded wait queue
 //! behind them (full → 503), measures time-weighted concurrency and request counts for the
 //! autoscaler, answers readiness probes, and drains on shutdown. The model server links it
-//! in-process; `sluice queue` runs it as a sidecar in front of a user process ([`sidecar`]).
+//! in-process; `sluice queue` runs it as a sidecar in front of a user process ([`sidecar`]),
+//! which [`supervise`] starts, watches and stops with everything it forks ([`proctree`]).
 
+pub mod hello;
 mod layer;
 pub mod mesh;
+pub mod proctree;
 pub mod sidecar;
 mod stats;
+pub mod supervise;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -14,8 +14,8 @@ use sluice_mesh::telemetry::{AccessLog, HopTelemetry, Registry};
 use sluice_proxy::Forwarder;
 use tokio::sync::{mpsc, watch};
 
-use crate::Router;
 use crate::ingress::Ingress;
+use crate::{Router, RouterConfig};
 
 /// What the data plane is built from.
 pub struct DataPlaneConfig {
@@ -33,6 +33,8 @@ pub struct DataPlaneConfig {
     pub spans: Option<SpanExporter>,
     /// The exporter's own metrics are registered with the router's under this service name.
     pub service: &'static str,
+    /// The router's settings.
+    pub router: RouterConfig,
 }
 
 /// The router and its activator, running.
@@ -75,10 +77,11 @@ impl DataPlane {
             .with_telemetry(hop(&activator_registry, "activator")),
         );
         tokio::spawn(activator.clone().run_stats());
-        let router = Arc::new(Router::new(
+        let router = Arc::new(Router::with_config(
             config.snapshot.clone(),
             activator,
             forwarder(&config.router_mesh),
+            config.router.clone(),
         ));
         Self {
             router,

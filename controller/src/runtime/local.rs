@@ -530,28 +530,66 @@ async fn supervise(
     });
     tracing::info!(revision = %key, addr = %ready_addr, "replica ready");
     inner.bump();
-    // Phase 2: serving until stopped or dead. A replica that says it can no longer serve
-    // leaves the routes at once: it lets its open connections finish only after that, so no
-    // request is sent on a connection it is closing.
+    // Phase 2: serving until stopped or dead.
+    match while_serving(
+        &inner,
+        &key,
+        id,
+        ready_addr,
+        &mut child,
+        &mut stop,
+        &mut handshake,
+    )
+    .await
+    {
+        Served::Exited(status) => {
+            exit_failure(
+                &inner,
+                &key,
+                id,
+                status,
+                &tail_text(tail, stderr_done).await,
+            );
+        }
+        Served::Stop => {
+            stop_child(&mut child, spec.drain_timeout, guarded).await;
+            tracing::info!(revision = %key, addr = %ready_addr, "replica stopped");
+            inner.remove(&key, id);
+        }
+    }
+}
+
+/// How a ready replica's service ended.
+enum Served {
+    /// It exited on its own.
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// The runtime told it to stop.
+    Stop,
+}
+
+/// A ready replica serves until stopped or dead. One that says it can no longer serve
+/// leaves the routes at once: it lets its open connections finish only after that, so no
+/// request is sent on a connection it is closing.
+async fn while_serving(
+    inner: &Inner,
+    key: &NamespacedName,
+    id: u64,
+    ready_addr: SocketAddr,
+    child: &mut Child,
+    stop: &mut oneshot::Receiver<()>,
+    handshake: &mut mpsc::Receiver<HandshakeLine>,
+) -> Served {
     let mut listening = true;
     loop {
         tokio::select! {
-            status = child.wait() => {
-                exit_failure(&inner, &key, id, status, &tail_text(tail, stderr_done).await);
-                return;
-            }
-            _ = &mut stop => {
-                stop_child(&mut child, spec.drain_timeout, guarded).await;
-                tracing::info!(revision = %key, addr = %ready_addr, "replica stopped");
-                inner.remove(&key, id);
-                return;
-            }
+            status = child.wait() => return Served::Exited(status),
+            _ = &mut *stop => return Served::Stop,
             line = handshake.recv(), if listening => match line {
                 Some(HandshakeLine::NotReady) => {
                     tracing::warn!(revision = %key, addr = %ready_addr, "replica can no longer serve: no longer routed to");
                     inner.with(|map| {
                         if let Some(r) = map
-                            .get_mut(&key)
+                            .get_mut(key)
                             .and_then(|procs| procs.replicas.iter_mut().find(|r| r.id == id))
                         {
                             r.leaving = true;

@@ -1,6 +1,7 @@
 //! The `Runtime`: where replicas run (child processes locally, Deployments on Kubernetes).
 //! Reconcilers see only this trait.
 
+pub mod guard;
 pub mod kube;
 mod local;
 pub mod mesh;

@@ -72,7 +72,7 @@ fn below(root: i32, procs: &[Proc]) -> Vec<Proc> {
 
 /// Makes orphans of this process's descendants its children instead of init's
 /// (`PR_SET_CHILD_SUBREAPER`), so the whole tree stays below it.
-pub(crate) fn become_subreaper() {
+pub fn become_subreaper() {
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(
@@ -83,7 +83,7 @@ pub(crate) fn become_subreaper() {
 
 /// Reaps this process's exited children other than `keep` (a child whose owner waits for
 /// it), so orphans handed to a subreaper do not pile up as zombies.
-pub(crate) fn reap_orphans(keep: Option<Pid>) {
+pub fn reap_orphans(keep: Option<Pid>) {
     let me = getpid().as_raw();
     for p in all_procs() {
         if p.ppid == me && p.zombie && Some(p.pid) != keep.map(Pid::as_raw) {
@@ -93,7 +93,7 @@ pub(crate) fn reap_orphans(keep: Option<Pid>) {
 }
 
 /// Live processes below this one.
-pub(crate) fn live_below_me() -> Vec<Pid> {
+pub fn live_below_me() -> Vec<Pid> {
     below(getpid().as_raw(), &all_procs())
         .into_iter()
         .filter(|p| !p.zombie)
@@ -105,7 +105,7 @@ pub(crate) fn live_below_me() -> Vec<Pid> {
 /// forking while it dies leaves an orphan that comes to this subreaper), reaping the
 /// orphans on the way; `keep` is a direct child whose owner (a tokio `Child`) reaps it.
 /// Gives up after `within`, with a warning naming what is left.
-pub(crate) async fn kill_all_below(keep: Option<Pid>, within: Duration) {
+pub async fn kill_all_below(keep: Option<Pid>, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         reap_orphans(keep);

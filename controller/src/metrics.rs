@@ -1,29 +1,64 @@
-//! The `/metrics` of `sluice router --kube`: the router's and its in-process activator's
-//! registries (Istio's request metrics from both hops, the activator's
-//! `revision_queue_depth`) in one Prometheus text exposition. Replicas are not scraped
-//! here: in Kubernetes each Pod is scraped where it runs.
+//! The `/metrics` of the processes that serve one: their registries (Istio's request
+//! metrics of each hop, the activator's `revision_queue_depth`) merged into one Prometheus
+//! text exposition, one `# HELP`/`# TYPE` per family. `sluice up`'s admin `/metrics` also
+//! fetches every ready replica's ([`with_replicas`]); on Kubernetes each Pod is scraped
+//! where it runs, so `sluice router --kube` serves only its own ([`app`]).
 
-use axum::response::IntoResponse;
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use sluice_core::RoutingSnapshot;
+use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::telemetry::Registry;
+use sluice_mesh::telemetry::merge::{merge_expositions, scrape_replicas};
+use tokio::sync::watch;
 
-/// `GET /metrics` over `registries`, one `# HELP`/`# TYPE` per family.
-pub(super) fn app(registries: Vec<Registry>) -> axum::Router {
+/// `GET /metrics` over `registries`.
+pub fn app(registries: Vec<Registry>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let texts: Vec<String> = registries.iter().map(Registry::encode).collect();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        sluice_mesh::telemetry::CONTENT_TYPE,
-                    )],
-                    sluice_mesh::telemetry::merge::merge_expositions(&texts),
-                )
-                    .into_response()
-            }
+            async move { exposition(&texts) }
         }),
     )
+}
+
+/// This process's `registries` plus every ready replica's metrics (as the routes name
+/// them), fetched over mTLS with `client` when the mesh is on.
+pub async fn with_replicas(
+    registries: Vec<Registry>,
+    snapshot: watch::Receiver<Arc<RoutingSnapshot>>,
+    client: Option<OutboundMesh>,
+) -> Response {
+    let replicas: Vec<_> = snapshot
+        .borrow()
+        .revisions
+        .values()
+        .flat_map(|r| r.endpoints.iter().map(|e| e.addr))
+        .collect();
+    let mut texts: Vec<String> = registries.iter().map(Registry::encode).collect();
+    texts.extend(
+        scrape_replicas(
+            replicas,
+            sluice_core::replica::METRICS_PATH,
+            client.as_ref(),
+        )
+        .await,
+    );
+    exposition(&texts)
+}
+
+/// Expositions merged into one response.
+fn exposition(texts: &[String]) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            sluice_mesh::telemetry::CONTENT_TYPE,
+        )],
+        merge_expositions(texts),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
