@@ -22,18 +22,10 @@ from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRe
 from kserve.inference_client import RESTConfig
 from kserve.protocol.infer_type import RequestedOutput
 
+from interop_common import check, cosine
+
 IRIS = np.array([[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]], dtype=np.float32)
 IRIS_CLASSES = [0, 1, 2]
-
-
-def cosine(a, b):
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def check(name, cond, detail=""):
-    if not cond:
-        raise AssertionError(f"{name}: {detail}")
-    print(f"ok  {name}")
 
 
 def output(response, name):

@@ -13,7 +13,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::InferError;
-use crate::model::{LoadError, Model, ModelMetadata, tensor_meta};
+use crate::model::{LoadError, Model, ModelMetadata, TextEmbedder, Token, tensor_meta};
 use crate::tensor::{DataType, NamedTensor, TensorData};
 
 /// The `modelFormat` name.
@@ -29,6 +29,8 @@ pub const MAX_TOKENS: usize = 256;
 pub struct Bert {
     model: BertModel,
     tokenizer: Tokenizer,
+    /// The same tokenizer without padding or truncation: what counts and lists tokens.
+    counter: Tokenizer,
     hidden: usize,
     metadata: ModelMetadata,
 }
@@ -59,6 +61,14 @@ impl Bert {
         let tokenizer_path = dir.join("tokenizer.json");
         let mut tokenizer =
             Tokenizer::from_file(&tokenizer_path).map_err(|e| LoadError::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+        let mut counter = tokenizer.clone();
+        counter.with_padding(None);
+        counter
+            .with_truncation(None)
+            .map_err(|e| LoadError::Tokenizer {
                 path: tokenizer_path.clone(),
                 message: e.to_string(),
             })?;
@@ -101,6 +111,7 @@ impl Bert {
         Ok(Self {
             model,
             tokenizer,
+            counter,
             hidden,
             metadata,
         })
@@ -108,6 +119,11 @@ impl Bert {
 
     /// Embeds sentences: `[sentences.len(), hidden]`, row-major, each row of unit length.
     pub fn embed(&self, sentences: &[&str]) -> Result<Vec<f32>, InferError> {
+        self.pooled(sentences, true)
+    }
+
+    /// Mean-pooled embeddings, L2-normalized with `normalize`.
+    fn pooled(&self, sentences: &[&str], normalize: bool) -> Result<Vec<f32>, InferError> {
         if sentences.is_empty() {
             return Ok(Vec::new());
         }
@@ -138,6 +154,9 @@ impl Bert {
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9, f32::MAX)?;
         let mean = summed.broadcast_div(&counts)?;
+        if !normalize {
+            return Ok(mean.flatten_all()?.to_vec1::<f32>()?);
+        }
         let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
         let normalized = mean.broadcast_div(&norm)?;
         Ok(normalized.flatten_all()?.to_vec1::<f32>()?)
@@ -185,5 +204,61 @@ impl Model for Bert {
 
     fn batchable(&self) -> bool {
         true
+    }
+
+    fn text_embedder(&self) -> Option<&dyn TextEmbedder> {
+        Some(self)
+    }
+}
+
+impl TextEmbedder for Bert {
+    fn dimensions(&self) -> usize {
+        self.hidden
+    }
+
+    fn max_tokens(&self) -> usize {
+        MAX_TOKENS
+    }
+
+    fn tokenize(
+        &self,
+        texts: &[&str],
+        add_special_tokens: bool,
+    ) -> Result<Vec<Vec<Token>>, InferError> {
+        let encodings = self
+            .counter
+            .encode_batch(texts.to_vec(), add_special_tokens)
+            .map_err(|e| InferError::InvalidInput {
+                tensor: TEXT_INPUT.into(),
+                message: format!("cannot tokenize: {e}"),
+            })?;
+        Ok(encodings
+            .iter()
+            .zip(texts)
+            .map(|(e, text)| {
+                e.get_ids()
+                    .iter()
+                    .zip(e.get_tokens())
+                    .zip(e.get_offsets())
+                    .zip(e.get_special_tokens_mask())
+                    .map(|(((&id, token), &(start, stop)), &special)| {
+                        let special = special == 1;
+                        Token {
+                            id,
+                            text: match text.get(start..stop) {
+                                Some(covered) if !special => covered.to_owned(),
+                                _ => token.clone(),
+                            },
+                            special,
+                            offsets: (!special).then_some((start, stop)),
+                        }
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    fn embed_texts(&self, texts: &[&str], normalize: bool) -> Result<Vec<f32>, InferError> {
+        self.pooled(texts, normalize)
     }
 }

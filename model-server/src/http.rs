@@ -1,5 +1,6 @@
 //! The REST surface on one port: Open Inference Protocol v2 (health, metadata, infer with
-//! JSON or binary tensors, repository), KServe v1 (`instances` → `predictions`), Prometheus
+//! JSON or binary tensors, repository), KServe v1 (`instances` → `predictions`), the
+//! embedding APIs (OpenAI's and text-embeddings-inference's: [`crate::embeddings`]), Prometheus
 //! metrics, the readiness probe and the autoscaler's stats endpoint — an axum `Router`
 //! testable without a socket.
 
@@ -21,6 +22,7 @@ use crate::codec::{
     HEADER_LENGTH, InferRequest, decode_request, decode_v1, encode_response, encode_v1,
     parse_header_length,
 };
+use crate::embeddings;
 use crate::error::InferError;
 use crate::grpc::{GrpcService, SERVICE_PREFIX};
 use crate::metrics::GaugeGuard;
@@ -46,6 +48,12 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             post(infer_version),
         )
         .route("/v1/models/{model}", post(v1_predict))
+        .route("/v1/embeddings", post(embeddings::openai_embeddings))
+        .route("/openai/v1/embeddings", post(embeddings::openai_embeddings))
+        .route("/embed", post(embeddings::tei_embed))
+        // text-embeddings-inference's compatibility route (GET `/` says alive).
+        .route("/", post(embeddings::tei_embed))
+        .route("/tokenize", post(embeddings::tei_tokenize))
         .layer(QueueLayer::new(state.queue.clone()))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     Router::new()

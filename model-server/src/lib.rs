@@ -16,6 +16,7 @@ pub mod batch;
 pub mod bert;
 pub mod codec;
 pub mod dense;
+pub mod embeddings;
 pub mod error;
 pub mod formats;
 pub mod grpc;

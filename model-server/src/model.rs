@@ -19,6 +19,41 @@ pub trait Model: Send + Sync {
     fn batchable(&self) -> bool {
         false
     }
+    /// The model as a text embedder, when it is one (the embedding APIs serve these).
+    fn text_embedder(&self) -> Option<&dyn TextEmbedder> {
+        None
+    }
+}
+
+/// A model that turns text into vectors: what `/v1/embeddings`, `/embed` and `/tokenize`
+/// need besides [`Model::infer`].
+pub trait TextEmbedder: Send + Sync {
+    /// Width of an embedding.
+    fn dimensions(&self) -> usize;
+    /// Longest input in tokens (special tokens included); longer ones are cut to it.
+    fn max_tokens(&self) -> usize;
+    /// Each text's tokens, none cut off.
+    fn tokenize(
+        &self,
+        texts: &[&str],
+        add_special_tokens: bool,
+    ) -> Result<Vec<Vec<Token>>, InferError>;
+    /// Embeddings of `texts` (each cut to [`TextEmbedder::max_tokens`]), row-major
+    /// `[texts.len(), dimensions]`; of unit length with `normalize`.
+    fn embed_texts(&self, texts: &[&str], normalize: bool) -> Result<Vec<f32>, InferError>;
+}
+
+/// One token of a text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// Its vocabulary id.
+    pub id: u32,
+    /// The text it covers (a special token's own spelling).
+    pub text: String,
+    /// Added by the tokenizer (`[CLS]`, `[SEP]`), not in the text.
+    pub special: bool,
+    /// Byte offsets of what it covers in the text; `None` for a special token.
+    pub offsets: Option<(usize, usize)>,
 }
 
 /// Checks inputs against the model's metadata: known names, each required input present

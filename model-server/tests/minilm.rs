@@ -215,3 +215,173 @@ async fn futures_join_all<F: std::future::Future>(
         .map(|o| o.expect("every future finished"))
         .collect()
 }
+
+fn floats(v: &Value) -> Vec<f32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+/// OpenAI's `/v1/embeddings` (and KServe's `/openai/v1/embeddings`): a string or a list,
+/// float or base64, usage counted, the model echoed; the vectors are the model's own.
+#[tokio::test]
+async fn openai_embeddings_match_the_model_in_openai_s_shape() {
+    let s = state().await;
+    let r = reference();
+    let body = json!({"model": "minilm", "input": [r.sentences[0], r.sentences[1]]});
+    let (status, v) = call(&s, "/v1/embeddings", body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "minilm");
+    for i in 0..2 {
+        assert_eq!(v["data"][i]["object"], "embedding");
+        assert_eq!(v["data"][i]["index"], i);
+        let row = floats(&v["data"][i]["embedding"]);
+        assert!(cosine(&row, &r.embeddings[i]) >= 0.999, "row {i}");
+    }
+    // The tokens counted are the tokenizer's, special ones included.
+    let (_, tokens) = call(
+        &s,
+        "/tokenize",
+        json!({"inputs": [r.sentences[0], r.sentences[1]]}).to_string(),
+    )
+    .await;
+    let counted = tokens[0].as_array().unwrap().len() + tokens[1].as_array().unwrap().len();
+    assert_eq!(v["usage"]["prompt_tokens"], counted);
+    assert_eq!(v["usage"]["total_tokens"], counted);
+
+    // base64: the same floats, little-endian.
+    let body = json!({"model": "minilm", "input": r.sentences[2], "encoding_format": "base64"});
+    let (status, v) = call(&s, "/openai/v1/embeddings", body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let row: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(row.len(), 384);
+    assert!(cosine(&row, &r.embeddings[2]) >= 0.999);
+}
+
+/// Bad input is a 400 in OpenAI's error shape naming the field; an unknown model a 404.
+#[tokio::test]
+async fn openai_embeddings_refuse_bad_input_naming_the_field() {
+    let s = state().await;
+    let long = "word ".repeat(400);
+    let many: Vec<&str> = vec!["a"; 2049];
+    let cases = [
+        (json!({"model": "minilm", "input": ""}), 400, "input"),
+        (json!({"model": "minilm", "input": []}), 400, "input"),
+        (
+            json!({"model": "minilm", "input": ["a", ""]}),
+            400,
+            "input[1]",
+        ),
+        (json!({"model": "minilm", "input": many}), 400, "input"),
+        (
+            json!({"model": "minilm", "input": [[1, 2, 3]]}),
+            400,
+            "input[0]",
+        ),
+        (json!({"model": "minilm", "input": long}), 400, "input"),
+        (
+            json!({"model": "minilm", "input": "a", "encoding_format": "hex"}),
+            400,
+            "encoding_format",
+        ),
+        (
+            json!({"model": "minilm", "input": "a", "dimensions": 128}),
+            400,
+            "dimensions",
+        ),
+        (
+            json!({"model": "minilm", "input": "a", "colour": 1}),
+            400,
+            "colour",
+        ),
+        (json!({"model": "nope", "input": "a"}), 404, "model"),
+    ];
+    for (body, want, param) in cases {
+        let (status, v) = call(&s, "/v1/embeddings", body.to_string()).await;
+        assert_eq!(status.as_u16(), want, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty(), "{v}");
+    }
+    let (_, v) = call(
+        &s,
+        "/v1/embeddings",
+        json!({"model": "nope", "input": "a"}).to_string(),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let (status, v) = call(&s, "/v1/embeddings", "not json".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["param"], "body", "{v}");
+}
+
+/// text-embeddings-inference's `/embed` (and `POST /`): `[[f32]]`; `normalize: false`
+/// gives the raw mean, `truncate` decides whether a long input is cut or refused.
+#[tokio::test]
+async fn tei_embed_and_tokenize() {
+    let s = state().await;
+    let r = reference();
+    for path in ["/embed", "/"] {
+        let (status, v) = call(&s, path, json!({"inputs": r.sentences[0]}).to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {v}");
+        assert_eq!(v.as_array().unwrap().len(), 1);
+        assert!(cosine(&floats(&v[0]), &r.embeddings[0]) >= 0.999, "{path}");
+    }
+    let (status, v) = call(
+        &s,
+        "/embed",
+        json!({"inputs": [r.sentences[1]], "normalize": false}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let raw = floats(&v[0]);
+    let norm: f32 = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() > 1e-3, "not normalized: norm {norm}");
+    assert!(cosine(&raw, &r.embeddings[1]) >= 0.999);
+
+    let long = "word ".repeat(400);
+    let (status, v) = call(&s, "/embed", json!({"inputs": long}).to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error_type"], "Validation");
+    assert!(v["error"].as_str().unwrap().starts_with("inputs: "), "{v}");
+    let (status, v) = call(
+        &s,
+        "/embed",
+        json!({"inputs": long, "truncate": true}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(floats(&v[0]).len(), 384);
+    let (status, v) = call(&s, "/embed", json!({"inputs": []}).to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+
+    let (status, v) = call(
+        &s,
+        "/tokenize",
+        json!({"inputs": "Hello world"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let tokens = v[0].as_array().unwrap();
+    let texts: Vec<&str> = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["[CLS]", "Hello", "world", "[SEP]"], "{v}");
+    assert_eq!(tokens[0]["special"], true);
+    assert_eq!(tokens[0]["start"], Value::Null);
+    assert_eq!(
+        (&tokens[2]["start"], &tokens[2]["stop"]),
+        (&json!(6), &json!(11))
+    );
+    let (_, v) = call(
+        &s,
+        "/tokenize",
+        json!({"inputs": "Hello world", "add_special_tokens": false}).to_string(),
+    )
+    .await;
+    assert_eq!(v[0].as_array().unwrap().len(), 2, "{v}");
+}

@@ -2,6 +2,7 @@
 //! functions the servers call (not copies), in the order they call them.
 
 mod admin;
+mod embeddings;
 mod grpc;
 mod headers;
 mod manifest;
@@ -17,6 +18,7 @@ pub const ALL: &[Target] = &[
     oip::JSON,
     oip::BINARY,
     oip::KSERVE_V1,
+    embeddings::EMBEDDINGS,
     grpc::INFER,
     manifest::MANIFEST,
     policy::POLICY,
