@@ -5,11 +5,19 @@
 //! once the user process accepts connections), serves per-period stats for the autoscaler,
 //! admits at most `containerConcurrency` requests at once with `10 × cc` waiting (503
 //! beyond), enforces the revision's timeouts, and drains on shutdown.
+//!
+//! When its user process dies, the requests it had taken are lost with it (at most cc);
+//! no other may be. A connection to it that breaks without a response is the first sign:
+//! for [`SUSPECT_WINDOW`] after one, a request waits before it is sent until the process is
+//! known dead ([`Sidecar::set_app_gone`]: then it is answered as not processed, and the
+//! router or activator gives it to another replica) or the window passes (the process lives:
+//! it is sent). Without that wait a request could go out on a connection whose close the
+//! network stack had not yet delivered, and be lost too.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -18,6 +26,7 @@ use sluice_core::NamespacedName;
 use sluice_mesh::inbound::InboundMesh;
 use sluice_mesh::telemetry::HopTelemetry;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::mesh::{METRICS_PATH, ReplicaGate, serve_replica};
@@ -71,6 +80,10 @@ pub struct SidecarConfig {
     pub revision: NamespacedName,
 }
 
+/// How long after a connection to the user process broke without a response requests
+/// wait to learn whether the process died (see the module's documentation).
+pub const SUSPECT_WINDOW: Duration = Duration::from_millis(500);
+
 /// The sidecar's shared state.
 #[derive(Debug)]
 pub struct Sidecar {
@@ -78,6 +91,11 @@ pub struct Sidecar {
     queue: Arc<Queue>,
     app: SocketAddr,
     app_ready: AtomicBool,
+    /// The user process has exited.
+    app_gone: watch::Sender<bool>,
+    /// Until when requests wait for word of the user process (set when a connection to it
+    /// broke without a response).
+    suspect_until: Mutex<Option<Instant>>,
     forwarder: Forwarder,
     gate: ReplicaGate,
 }
@@ -103,6 +121,8 @@ impl Sidecar {
             config,
             app,
             app_ready: AtomicBool::new(false),
+            app_gone: watch::Sender::new(false),
+            suspect_until: Mutex::new(None),
             forwarder: Forwarder::new().for_hop("queue").to_user_process(),
         })
     }
@@ -115,6 +135,28 @@ impl Sidecar {
     /// The user process accepts connections: probes pass from now on.
     pub fn set_app_ready(&self) {
         self.app_ready.store(true, Ordering::Release);
+    }
+
+    /// The user process has exited: nothing more is sent to it; requests are answered as
+    /// not processed.
+    pub fn set_app_gone(&self) {
+        self.app_gone.send_replace(true);
+    }
+
+    /// Whether the user process is gone, waiting first (within the suspect window) for word
+    /// of it when a connection to it has just broken.
+    async fn app_gone(&self) -> bool {
+        let mut gone = self.app_gone.subscribe();
+        if *gone.borrow() {
+            return true;
+        }
+        let until = *self.suspect_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = until
+            && Instant::now() < until
+        {
+            let _ = tokio::time::timeout_at(until, gone.wait_for(|g| *g)).await;
+        }
+        *gone.borrow()
     }
 
     /// Serves one request: the probe, the stats, the metrics, or the user's request through
@@ -160,6 +202,17 @@ impl Sidecar {
             Err(e) => return e.into_response(),
         };
         out.set_http2(self.config.h2c);
+        if self.app_gone().await {
+            return unprocessed(
+                &mut out,
+                error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "the user process has exited: the request was not sent to it",
+                ),
+                "the user process has exited",
+            )
+            .await;
+        }
         let deadline = self.config.timeouts.response_deadline(start);
         let revision = &self.config.revision;
         match self
@@ -181,29 +234,41 @@ impl Sidecar {
                 // The user process refused the connection, or had closed the idle one the
                 // request was to go on (it has exited): nothing was sent, so nothing was
                 // processed, and the router or activator may give it to another replica.
-                let unprocessed = e.is_connect_failure();
-                if unprocessed {
-                    // The sender keeps a small body for another attempt once it has sent all
-                    // of it: take it all in before answering (bounded in size and time).
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        out.discard_body(sluice_proxy::REPLAY_LIMIT),
+                if e.is_connect_failure() {
+                    return unprocessed(
+                        &mut out,
+                        e.into_response(),
+                        "the user process's port refused or closed the connection",
                     )
                     .await;
                 }
-                let mut resp = e.into_response();
-                if unprocessed {
-                    resp.headers_mut().insert(
-                        UNPROCESSED_HEADER,
-                        HeaderValue::from_static(
-                            "the user process's port refused or closed the connection",
-                        ),
-                    );
+                // Broke under way: the process may be dying. Requests wait for word of it.
+                if matches!(e, sluice_proxy::ProxyError::Upstream { .. }) {
+                    *self.suspect_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Instant::now() + SUSPECT_WINDOW);
                 }
-                resp
+                e.into_response()
             }
         }
     }
+}
+
+/// `resp`, marked as a request the user process never saw ([`UNPROCESSED_HEADER`] says
+/// why), after the request's body has been taken in: the sender keeps a small body for
+/// another attempt once it has sent all of it (bounded in size and time).
+async fn unprocessed(
+    out: &mut Outbound,
+    mut resp: Response<ProxyBody>,
+    why: &'static str,
+) -> Response<ProxyBody> {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        out.discard_body(sluice_proxy::REPLAY_LIMIT),
+    )
+    .await;
+    resp.headers_mut()
+        .insert(UNPROCESSED_HEADER, HeaderValue::from_static(why));
+    resp
 }
 
 /// Probes `addr` with a TCP connect every `interval` until it accepts.

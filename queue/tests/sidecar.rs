@@ -142,3 +142,105 @@ async fn probe_and_h2c_to_the_user_process() {
         (StatusCode::OK, "hi over HTTP/2.0".to_owned())
     );
 }
+
+/// A user process whose `/die` request breaks its connection without an answer (as a
+/// process killed mid-request does); every other request gets "hi". Counts the requests
+/// it saw.
+async fn fragile_user_process(seen: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let die = req.uri().path() == "/die";
+                    async move {
+                        if die {
+                            return Err("killed mid-request");
+                        }
+                        Ok(Response::new(Full::new(Bytes::from("hi"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// After a connection to the user process broke without an answer, a request waits for
+/// word of the process before it is sent: told the process died, the sidecar answers it as
+/// not processed (so the activator gives it to another replica) and never sends it; with
+/// no such word, it is sent once the window passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_a_broken_connection_is_not_sent_to_a_process_that_died() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let app = fragile_user_process(seen.clone()).await;
+    let config = SidecarConfig {
+        queue: QueueConfig {
+            container_concurrency: 4,
+            max_queued: None,
+        },
+        timeouts: Timeouts::request_only(Duration::from_secs(30)),
+        h2c: false,
+        revision: NamespacedName::new("default", "hello-00001"),
+    };
+    let start = |sc: Arc<Sidecar>| async move {
+        sidecar::wait_until_accepting(app, Duration::from_millis(5)).await;
+        sc.set_app_ready();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(sidecar::serve(listener, sc, std::future::pending()));
+        addr
+    };
+
+    // The process lives: after the wait, the request is served.
+    let sc = Sidecar::new(config.clone(), app);
+    let addr = start(sc.clone()).await;
+    let (status, _) = get(addr, "/die", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        get(addr, "/ok", &[]).await,
+        (StatusCode::OK, "hi".to_owned())
+    );
+
+    // The process died: the request waiting for word of it is answered as not processed.
+    let sc = Sidecar::new(config, app);
+    let addr = start(sc.clone()).await;
+    let (status, _) = get(addr, "/die", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let before = seen.load(Ordering::SeqCst);
+    let waiting = tokio::spawn(async move {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::get(format!("http://{addr}/ok"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        client.request(req).await.unwrap()
+    });
+    // Admitted and waiting (the window is far longer than this takes).
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while sc.queue().recorder().in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    sc.set_app_gone();
+    let resp = waiting.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert!(
+        resp.headers()
+            .contains_key(sluice_proxy::UNPROCESSED_HEADER),
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        before,
+        "the request reached the process"
+    );
+}

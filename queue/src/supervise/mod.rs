@@ -151,7 +151,9 @@ pub async fn run(
             // requests already here are answered before exit: those waiting for a slot go on
             // to the user process's port, are refused there and answered as not processed
             // (the router retries them elsewhere). Only those the process had taken are lost.
-            // The runtime hears first, so it routes nothing more here before connections close.
+            // Nothing more is sent to it, and the runtime hears at once, so it routes nothing
+            // more here before connections close.
+            sidecar.set_app_gone();
             let _ = say(NOT_READY_LINE);
             sidecar.queue().start_drain();
             let _ = stop_tx.send(true);
