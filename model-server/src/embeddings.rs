@@ -187,14 +187,21 @@ impl Texts {
             return Err(Refusal::bad(field, "must not be empty"));
         }
         if let Some(i) = texts.iter().position(String::is_empty) {
-            let at = if texts.len() == 1 {
-                field.to_owned()
-            } else {
-                format!("{field}[{i}]")
-            };
-            return Err(Refusal::bad(at, "must not be an empty string"));
+            return Err(Refusal::bad(
+                element(field, i, texts.len()),
+                "must not be an empty string",
+            ));
         }
         Ok(texts)
+    }
+}
+
+/// How errors name text `i` of `count` sent in `field`: the field itself for one text.
+fn element(field: &str, i: usize, count: usize) -> String {
+    if count == 1 {
+        field.to_owned()
+    } else {
+        format!("{field}[{i}]")
     }
 }
 
@@ -257,13 +264,8 @@ fn count_tokens(
     let mut counts = Vec::with_capacity(tokens.len());
     for (i, t) in tokens.iter().enumerate() {
         if t.len() > max && !truncate {
-            let at = if texts.len() == 1 {
-                field.to_owned()
-            } else {
-                format!("{field}[{i}]")
-            };
             return Err(Refusal::bad(
-                at,
+                element(field, i, texts.len()),
                 format!("{} tokens, more than the model's maximum of {max}", t.len()),
             ));
         }

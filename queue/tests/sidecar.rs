@@ -81,6 +81,11 @@ async fn start_sidecar(app: SocketAddr, cc: u32, h2c: bool) -> SocketAddr {
         },
         app,
     );
+    serve_sidecar(sc, app).await
+}
+
+/// Serves `sc` (in front of `app`) once `app` accepts connections; returns its address.
+async fn serve_sidecar(sc: Arc<Sidecar>, app: SocketAddr) -> SocketAddr {
     sidecar::wait_until_accepting(app, Duration::from_millis(5)).await;
     sc.set_app_ready();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -189,18 +194,10 @@ async fn a_request_after_a_broken_connection_is_not_sent_to_a_process_that_died(
         h2c: false,
         revision: NamespacedName::new("default", "hello-00001"),
     };
-    let start = |sc: Arc<Sidecar>| async move {
-        sidecar::wait_until_accepting(app, Duration::from_millis(5)).await;
-        sc.set_app_ready();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(sidecar::serve(listener, sc, std::future::pending()));
-        addr
-    };
 
     // The process lives: after the wait, the request is served.
     let sc = Sidecar::new(config.clone(), app);
-    let addr = start(sc.clone()).await;
+    let addr = serve_sidecar(sc.clone(), app).await;
     let (status, _) = get(addr, "/die", &[]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(
@@ -210,7 +207,7 @@ async fn a_request_after_a_broken_connection_is_not_sent_to_a_process_that_died(
 
     // The process died: the request waiting for word of it is answered as not processed.
     let sc = Sidecar::new(config, app);
-    let addr = start(sc.clone()).await;
+    let addr = serve_sidecar(sc.clone(), app).await;
     let (status, _) = get(addr, "/die", &[]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let before = seen.load(Ordering::SeqCst);
