@@ -5,7 +5,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::Value;
 
-use crate::client::{Admin, AdminArgs, server_error};
+use sluice_server::admin_client::server_error;
+
+use crate::client::AdminArgs;
 
 /// Flags of `sluice promote` and `sluice rollback`.
 #[derive(Args, Debug)]
@@ -58,7 +60,7 @@ pub(crate) fn edit(isvc: &mut Value, edit: Edit) -> anyhow::Result<bool> {
 
 /// Runs `promote` or `rollback`.
 pub(crate) async fn run(args: CanaryArgs, what: Edit) -> anyhow::Result<()> {
-    let admin = Admin::from_args(&args.admin)?;
+    let admin = args.admin.admin()?;
     let path = format!("/v1/inferenceservices/{}/{}", args.namespace, args.name);
     // A concurrent writer makes our read stale: read again and retry, a few times.
     for _ in 0..5 {

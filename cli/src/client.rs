@@ -3,23 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use sluice_controller::admin::{self, ApplyRequest, ApplyResult};
-use sluice_controller::store::KubeStore;
-use sluice_controller::store::kube::infer_client;
+use sluice_controller::admin::{ApplyRequest, ApplyResult};
 use sluice_crds::Kind;
-use sluice_crds::autoscaling::ClusterConfig;
-use sluice_mesh::guard::{self, AdminToken, ListenerGuard};
 
-use crate::manifests::manifest_files;
-
-pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+use sluice_server::admin_client::{Admin, DEFAULT_SERVER, kube_admin_server, server_error};
+use sluice_server::manifests::manifest_files;
 
 /// Where the admin API of a running `sluice up` is and how to authenticate to it: flags
 /// every client command shares.
@@ -36,57 +26,11 @@ pub(crate) struct AdminArgs {
     state_dir: PathBuf,
 }
 
-/// A connection to an admin API: its base URL and bearer token.
-#[derive(Clone, Debug)]
-pub(crate) struct Admin {
-    base: String,
-    token: AdminToken,
-}
-
-impl Admin {
-    /// The admin API `args` name, with its token from `--token`, `SLUICE_TOKEN`, or the
-    /// state directory's token file (in that order).
-    pub(crate) fn from_args(args: &AdminArgs) -> anyhow::Result<Self> {
-        let token = match &args.token {
-            Some(text) => AdminToken::from_text(text)
-                .context("--token/SLUICE_TOKEN is empty or holds blanks or control characters")?,
-            None => {
-                let path = args.state_dir.join(guard::TOKEN_FILE);
-                match AdminToken::read(&path) {
-                    Ok(token) => token,
-                    Err(guard::TokenError::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        anyhow::bail!(
-                            "no admin token: {} does not exist. Run this command in the folder \
-                             `sluice up` runs in, or pass --state-dir DIR (SLUICE_STATE_DIR), or \
-                             the token itself with --token (SLUICE_TOKEN)",
-                            path.display()
-                        )
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        Ok(Self::new(args.server.clone(), token))
-    }
-
-    /// The admin API at `base` with `token`.
-    pub(crate) fn new(base: String, token: AdminToken) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_owned(),
-            token,
-        }
-    }
-
-    /// One request to `path` (with its query), JSON in and out.
-    pub(crate) async fn call(
-        &self,
-        method: http::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> anyhow::Result<(http::StatusCode, Value)> {
-        call(method, format!("{}{path}", self.base), &self.token, body).await
+impl AdminArgs {
+    /// The admin API these flags name, with its token from `--token`, `SLUICE_TOKEN`, or
+    /// the state directory's token file (in that order).
+    pub(crate) fn admin(&self) -> anyhow::Result<Admin> {
+        Admin::discover(&self.server, self.token.as_deref(), &self.state_dir)
     }
 }
 
@@ -154,45 +98,10 @@ pub(crate) struct DeleteArgs {
     kube: bool,
 }
 
-async fn call(
-    method: http::Method,
-    url: String,
-    token: &AdminToken,
-    body: Option<Vec<u8>>,
-) -> anyhow::Result<(http::StatusCode, Value)> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", token.secret()))
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .with_context(|| format!("bad server URL {url:?}"))?;
-    let resp = client.request(req).await.with_context(|| {
-        format!("cannot reach the Sluice admin API at {url} (is `sluice up` running?)")
-    })?;
-    let status = resp.status();
-    let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the response from {url}: {e}"))?
-        .to_bytes();
-    let value = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-    Ok((status, value))
-}
-
 pub(crate) fn kind(name: &str) -> anyhow::Result<Kind> {
     Kind::from_user_name(name).with_context(|| {
         format!("unknown kind {name:?} (known: inferenceservice/isvc, service/ksvc, configuration/config, revision/rev, route/rt, servingruntime, clusterservingruntime, authorizationpolicy/ap, peerauthentication/pa)")
     })
-}
-
-pub(crate) fn server_error(status: http::StatusCode, body: &Value) -> anyhow::Error {
-    let message = body["error"]
-        .as_str()
-        .map_or_else(|| body.to_string(), str::to_owned);
-    anyhow::anyhow!("{message} ({status})")
 }
 
 /// `sluice apply -f …`.
@@ -222,7 +131,7 @@ pub(crate) async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         }
         return crate::kube_policy::apply(policies).await;
     }
-    apply_files(&Admin::from_args(&args.admin)?, files).await
+    apply_files(&args.admin.admin()?, files).await
 }
 
 /// Applies manifest files through `admin`.
@@ -298,7 +207,7 @@ async fn get_policies(args: GetArgs, plural: &str) -> anyhow::Result<()> {
             None if args.all_namespaces => format!("/v1/{plural}"),
             None => format!("/v1/{plural}?namespace={}", args.namespace),
         };
-        let admin = Admin::from_args(&args.admin)?;
+        let admin = args.admin.admin()?;
         let (status, body) = admin.call(http::Method::GET, &path, None).await?;
         if !status.is_success() {
             return Err(server_error(status, &body));
@@ -393,7 +302,7 @@ pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
     let admin = if args.kube {
         kube_admin_server().await?
     } else {
-        Admin::from_args(&args.admin)?
+        args.admin.admin()?
     };
     let path = match &args.name {
         Some(name) => format!("/v1/{}/{}/{name}", kind.plural(), args.namespace),
@@ -444,7 +353,7 @@ pub(crate) async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let admin = if args.kube {
         kube_admin_server().await?
     } else {
-        Admin::from_args(&args.admin)?
+        args.admin.admin()?
     };
     let path = format!("/v1/{}/{}/{}", plural, args.namespace, args.name);
     let (status, body) = admin.call(http::Method::DELETE, &path, None).await?;
@@ -661,28 +570,6 @@ fn print_table(kind: Kind, items: &[Value], with_namespace: bool) {
     for row in rows {
         line(row);
     }
-}
-
-/// The admin API served on loopback over the current kubeconfig's API server, for the
-/// `--kube` flag of `sluice apply/get/describe/delete`: the same requests, validation and
-/// output as against `sluice up`. It acts with the user's Kubernetes credentials, so it
-/// takes only requests bearing a random token made for this process (and passes the same
-/// browser checks as `sluice up`'s admin API): another local user who finds the port
-/// cannot borrow them.
-pub(crate) async fn kube_admin_server() -> anyhow::Result<Admin> {
-    let client = infer_client().await.context("connecting to Kubernetes")?;
-    let store = KubeStore::validating_batches(client, "sluice");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding a loopback port for the Kubernetes client")?;
-    let addr = listener.local_addr()?;
-    let token = AdminToken::generate()?;
-    let app = admin::guarded(
-        admin::router(store, ClusterConfig::default()),
-        ListenerGuard::new("the --kube client's admin API", addr, Some(token.clone())),
-    );
-    tokio::spawn(axum::serve(listener, app).into_future());
-    Ok(Admin::new(format!("http://{addr}"), token))
 }
 
 #[cfg(test)]

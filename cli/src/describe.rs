@@ -7,7 +7,9 @@ use clap::Args;
 use serde_json::Value;
 use sluice_crds::Kind;
 
-use crate::client::{Admin, AdminArgs, age, kind, s, server_error};
+use sluice_server::admin_client::{kube_admin_server, server_error};
+
+use crate::client::{AdminArgs, age, kind, s};
 
 /// Flags of `sluice describe`.
 #[derive(Args, Debug)]
@@ -206,9 +208,9 @@ fn events_section(out: &mut String, events: &[Value]) {
 /// `sluice describe KIND NAME`.
 pub(crate) async fn run(args: DescribeArgs) -> anyhow::Result<()> {
     let admin = if args.kube {
-        crate::client::kube_admin_server().await?
+        kube_admin_server().await?
     } else {
-        Admin::from_args(&args.admin)?
+        args.admin.admin()?
     };
     let kind = kind(&args.kind)?;
     let ns = if kind.cluster_scoped() {

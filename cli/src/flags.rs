@@ -12,6 +12,7 @@ use sluice_mesh::identity::DEFAULT_TRUST_DOMAIN;
 use sluice_mesh::issuance::DEPRECATED_TRUST_DOMAIN_ENV;
 use sluice_mesh::otlp::{self, OtlpConfig, SpanExporter};
 use sluice_router::{RouterConfig, ServeConfig};
+use sluice_server::Spans;
 
 /// Whether the mesh is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -50,11 +51,6 @@ pub(crate) struct MeshFlags {
 }
 
 impl MeshFlags {
-    /// Whether the mesh is on.
-    pub(crate) fn on(&self) -> bool {
-        self.mode == MeshMode::On
-    }
-
     /// The trust domain: the flag or `SLUICE_TRUST_DOMAIN`, else the former variable's
     /// value (with a warning), else the default.
     pub(crate) fn trust_domain(&self) -> String {
@@ -96,7 +92,7 @@ impl TelemetryFlags {
     /// The span exporter of this process's hops (and its endpoint, for the shutdown
     /// message) when `--otlp-endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector;
     /// `OTEL_BSP_*` tune it. Replicas get the endpoint in their environment.
-    pub(crate) fn spans(&self) -> anyhow::Result<Option<(SpanExporter, String)>> {
+    pub(crate) fn spans(&self) -> anyhow::Result<Option<Spans>> {
         let config = OtlpConfig::from_lookup("sluice-router", |k| {
             if k == otlp::ENDPOINT_ENV {
                 self.otlp_endpoint.clone()
@@ -111,7 +107,7 @@ impl TelemetryFlags {
         let endpoint = config.endpoint.clone();
         let (exporter, _task) = SpanExporter::spawn(config)
             .context("span export settings (--otlp-endpoint, OTEL_*)")?;
-        Ok(Some((exporter, endpoint)))
+        Ok(Some(Spans { exporter, endpoint }))
     }
 }
 
@@ -287,7 +283,7 @@ mod tests {
     fn mesh_mode_is_an_enum_and_a_bad_value_is_refused_naming_the_choices() {
         let cli = Cli::try_parse_from(["sluice", "--mesh", "off"]).unwrap();
         assert_eq!(cli.mesh.mode, MeshMode::Off);
-        assert!(!cli.mesh.on());
+        assert_eq!(cli.mesh.mode, MeshMode::Off);
         let err = Cli::try_parse_from(["sluice", "--mesh", "maybe"]).unwrap_err();
         let text = err.to_string();
         assert!(

@@ -12,7 +12,6 @@ mod guard;
 mod hello;
 mod kube;
 mod kube_policy;
-mod manifests;
 mod model_server;
 mod queue;
 mod shutdown;

@@ -1,4 +1,4 @@
-//! Reading manifest files for `sluice up <dir>` and `sluice apply -f`.
+//! Reading manifest files, for `sluice up <dir>` and `sluice apply -f`.
 
 use std::path::Path;
 
@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use sluice_controller::admin::ManifestFile;
 
 /// Reads every `*.yaml`/`*.yml` file of `path` (a file or a folder, not recursive).
-pub(crate) fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
+pub fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
     let mut paths = Vec::new();
     if path.is_dir() {
         for entry in
@@ -19,8 +19,8 @@ pub(crate) fn manifest_files(path: &Path) -> anyhow::Result<Vec<ManifestFile>> {
                 .file_stem()
                 .is_some_and(|s| s.eq_ignore_ascii_case("kustomization"));
             if is_kustomization {
-                eprintln!(
-                    "Warning: skipping {}: a kustomize file, not an API object",
+                tracing::warn!(
+                    "skipping {}: a kustomize file, not an API object",
                     p.display()
                 );
                 continue;
