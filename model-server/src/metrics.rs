@@ -59,6 +59,11 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Sum of the values observed.
+    pub fn sum(&self) -> f64 {
+        self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         for (bound, c) in self.bounds.iter().zip(&self.counts) {
             let _ = writeln!(
@@ -69,8 +74,7 @@ impl Histogram {
         }
         let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum());
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
