@@ -305,5 +305,10 @@ mod tests {
         assert!(text.contains("sluice_batch_size_sum{model_name=\"iris\"} 4\n"));
         assert!(text.contains("sluice_inflight_requests{model_name=\"iris\"} 1\n"));
         assert!(text.contains("# TYPE request_predict_seconds histogram\n"));
+        m.tokens.fetch_add(12, Ordering::Relaxed);
+        let text = render([("iris", &m)]);
+        assert!(text.contains("# TYPE sluice_tokens_total counter\n"));
+        assert!(text.contains("sluice_tokens_total{model_name=\"iris\"} 12\n"));
+        assert!(text.contains("# TYPE sluice_queue_capacity gauge\n"));
     }
 }
