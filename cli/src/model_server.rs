@@ -60,9 +60,14 @@ pub(crate) struct ModelServerArgs {
     /// Longest a request waits for others to join its batch.
     #[arg(long, env = "SLUICE_MAX_QUEUE_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
     max_queue_delay: Duration,
-    /// Requests that may wait per model before new ones get 503.
+    /// Requests that may wait per model before new ones get 429.
     #[arg(long, env = "SLUICE_MAX_QUEUE", default_value_t = 1024)]
     max_queue: usize,
+    /// Text models (bert): most padded tokens (rows × longest text) in one batch, as
+    /// text-embeddings-inference's flag; at least the model's longest input (256 for
+    /// MiniLM). 0: batch text models with the timer (--max-queue-delay) like other models.
+    #[arg(long, env = "SLUICE_MAX_BATCH_TOKENS", default_value_t = sluice_model_server::batch::DEFAULT_MAX_BATCH_TOKENS)]
+    max_batch_tokens: usize,
     /// Model instances computing in parallel.
     #[arg(long, env = "SLUICE_INSTANCES", default_value_t = 1)]
     instances: usize,
@@ -93,7 +98,11 @@ pub(crate) async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
         max_queue_delay: args.max_queue_delay,
         max_queue: args.max_queue,
         instances: args.instances,
+        max_batch_tokens: args.max_batch_tokens,
     };
+    batching
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message))?;
     let mut models = Vec::new();
     if let (Some(name), Some(uri)) = (args.model_name, args.storage_uri) {
         models.push((

@@ -1,8 +1,17 @@
-//! Triton-style dynamic batching: requests for a model wait in a bounded queue (full → 503);
-//! each of the model's instances takes the first waiting request, gathers compatible ones
-//! (same inputs, datatypes and non-batch dimensions) until the batch holds
-//! `max_batch_size` rows or `max_queue_delay` has passed, runs them as one model call off
-//! the reactor, and splits the outputs back by rows.
+//! A model's queue and instances, in one of two kinds.
+//!
+//! * Text models (a [`TextEmbedder`], e.g. `bert`) with `max_batch_tokens` > 0: token-budget
+//!   batching as text-embeddings-inference does it ([`crate::text_batch`]).
+//! * Every other model (and text models with `max_batch_tokens` = 0): Triton-style dynamic
+//!   batching. Requests wait in a bounded queue; each of the model's instances takes the
+//!   first waiting request, gathers compatible ones (same inputs, datatypes and non-batch
+//!   dimensions) until the batch holds `max_batch_size` rows or `max_queue_delay` has
+//!   passed, runs them as one model call off the reactor, and splits the outputs back by
+//!   rows.
+//!
+//! Either way a full queue refuses at once ([`InferError::QueueFull`]: 429, gRPC
+//! RESOURCE_EXHAUSTED), and a request whose client went away before its batch started is
+//! dropped without computing it (counted in `sluice_requests_dropped_client_gone_total`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,8 +22,16 @@ use tokio::time::Instant;
 
 use crate::error::InferError;
 use crate::metrics::ModelMetrics;
-use crate::model::Model;
-use crate::tensor::NamedTensor;
+use crate::model::{Model, TextEmbedder};
+use crate::tensor::{DataType, NamedTensor, TensorData};
+use crate::text_batch::{TextBatcher, TokenBudget, check_budget};
+
+/// `max_batch_tokens` by default, as text-embeddings-inference's `--max-batch-tokens`.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16384;
+/// The largest `max_batch_tokens` taken (a bound on one batch's memory).
+pub const MAX_BATCH_TOKENS_LIMIT: usize = 1 << 22;
+/// Requests carrying more text than this are tokenized off the reactor.
+const INLINE_TOKENIZE_BYTES: usize = 64 * 1024;
 
 /// How a model's requests are queued and batched.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +44,9 @@ pub struct BatchConfig {
     pub max_queue: usize,
     /// Model instances computing in parallel.
     pub instances: usize,
+    /// Text models: most padded tokens (rows × longest text) in one batch; 0 = batch them
+    /// with the timer like other models.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for BatchConfig {
@@ -36,7 +56,36 @@ impl Default for BatchConfig {
             max_queue_delay: Duration::from_millis(2),
             max_queue: 1024,
             instances: 1,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
         }
+    }
+}
+
+/// A batching setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct BatchConfigError {
+    /// The setting (`max_batch_tokens`), as the repository's settings file spells it.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl BatchConfig {
+    /// Checks the settings that can be checked without the model; the token budget is
+    /// checked against the model's longest input when it starts ([`Executor::start`]).
+    pub fn validate(&self) -> Result<(), BatchConfigError> {
+        if self.max_batch_tokens > MAX_BATCH_TOKENS_LIMIT {
+            return Err(BatchConfigError {
+                field: "max_batch_tokens",
+                message: format!(
+                    "{} is more than {MAX_BATCH_TOKENS_LIMIT}; use 0 for the timer batcher \
+                     or a budget between the model's longest input and {MAX_BATCH_TOKENS_LIMIT}",
+                    self.max_batch_tokens
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -44,6 +93,7 @@ type Reply = oneshot::Sender<Result<Vec<NamedTensor>, InferError>>;
 
 struct Job {
     inputs: Vec<NamedTensor>,
+    queued_at: Instant,
     /// Leading dimension shared by every input; `None` when they disagree (runs alone).
     rows: Option<usize>,
     reply: Reply,
@@ -65,34 +115,79 @@ impl Job {
 /// Runs a model's requests through its queue and instances.
 pub struct Executor {
     name: String,
-    tx: mpsc::Sender<Job>,
+    model: Arc<dyn Model>,
+    queue: Queue,
     metrics: Arc<ModelMetrics>,
+}
+
+enum Queue {
+    Timer(mpsc::Sender<Job>),
+    Tokens(TextBatcher),
 }
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.queue {
+            Queue::Timer(_) => "timer",
+            Queue::Tokens(_) => "tokens",
+        };
         f.debug_struct("Executor")
             .field("name", &self.name)
+            .field("batcher", &kind)
             .finish()
     }
 }
 
 impl Executor {
     /// Starts the model's instance tasks on the current runtime. They end when the
-    /// executor is dropped and the queue has drained.
+    /// executor is dropped and the queue has drained. Refused when the settings are out of
+    /// range, or a text model's token budget is below its longest input.
     pub fn start(
         name: &str,
         model: Arc<dyn Model>,
         config: &BatchConfig,
         metrics: Arc<ModelMetrics>,
-    ) -> Self {
-        let (tx, rx) = mpsc::channel(config.max_queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+    ) -> Result<Self, BatchConfigError> {
+        config.validate()?;
+        let capacity = config.max_queue.max(1);
+        metrics
+            .queue_capacity
+            .store(capacity as i64, Ordering::Relaxed);
         let max_rows = if model.batchable() {
             config.max_batch_size.max(1)
         } else {
             1
         };
+        if config.max_batch_tokens > 0
+            && let Some(embedder) = model.text_embedder()
+        {
+            check_budget(config.max_batch_tokens, embedder).map_err(|message| {
+                BatchConfigError {
+                    field: "max_batch_tokens",
+                    message,
+                }
+            })?;
+            let budget = TokenBudget {
+                max_tokens: config.max_batch_tokens,
+                max_rows,
+            };
+            let batcher = TextBatcher::start(
+                name,
+                model.clone(),
+                budget,
+                capacity,
+                config.instances,
+                metrics.clone(),
+            );
+            return Ok(Self {
+                name: name.to_owned(),
+                model,
+                queue: Queue::Tokens(batcher),
+                metrics,
+            });
+        }
+        let (tx, rx) = mpsc::channel(capacity);
+        let rx = Arc::new(Mutex::new(rx));
         for _ in 0..config.instances.max(1) {
             tokio::spawn(instance(
                 rx.clone(),
@@ -102,25 +197,31 @@ impl Executor {
                 metrics.clone(),
             ));
         }
-        Self {
+        Ok(Self {
             name: name.to_owned(),
-            tx,
+            model,
+            queue: Queue::Timer(tx),
             metrics,
-        }
+        })
     }
 
     /// Queues validated inputs and waits for the model's outputs.
     pub async fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, InferError> {
+        let tx = match &self.queue {
+            Queue::Timer(tx) => tx,
+            Queue::Tokens(batcher) => return self.run_texts(batcher, inputs).await,
+        };
         let rows = inputs.first().and_then(|t| t.shape.first().copied());
         let rows = rows.filter(|&r| inputs.iter().all(|t| t.shape.first() == Some(&r)));
         let (reply, answer) = oneshot::channel();
         let job = Job {
             inputs,
+            queued_at: Instant::now(),
             rows,
             reply,
         };
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.tx.try_send(job) {
+        if let Err(e) = tx.try_send(job) {
             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
             return Err(match e {
                 mpsc::error::TrySendError::Full(_) => InferError::QueueFull(self.name.clone()),
@@ -131,6 +232,130 @@ impl Executor {
             .await
             .map_err(|_| InferError::Task("the model instance stopped".into()))?
     }
+
+    /// Embeddings of `texts` from a text model, row-major `[texts, dimensions]`, of unit
+    /// length with `normalize`; `tokens` is each text's token count cut to the model's
+    /// maximum (the embedding APIs have counted them already).
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+        tokens: Vec<usize>,
+        normalize: bool,
+    ) -> Result<Vec<f32>, InferError> {
+        if let Queue::Tokens(batcher) = &self.queue {
+            return batcher.embed(texts, tokens, normalize).await;
+        }
+        if normalize {
+            // What the model's `infer` computes: through the timer batcher like OIP requests.
+            let rows = texts.len();
+            let bytes = texts.into_iter().map(String::into_bytes).collect();
+            let input = NamedTensor::new(self.text_input(), vec![rows], TensorData::Bytes(bytes));
+            let outputs = self.run(vec![input]).await?;
+            return match outputs.into_iter().next().map(|t| t.data) {
+                Some(TensorData::Fp32(values)) => Ok(values),
+                _ => Err(InferError::Task(
+                    "the model answered no FP32 embedding".into(),
+                )),
+            };
+        }
+        let model = self.model.clone();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            embedder(model.as_ref())?.embed_texts(&refs, false)
+        })
+        .await
+        .map_err(|e| InferError::Task(e.to_string()))?
+    }
+
+    /// An OIP request to a token-batched text model: its one BYTES input's texts, counted
+    /// and queued; the embeddings come back as the model's output tensor.
+    async fn run_texts(
+        &self,
+        batcher: &TextBatcher,
+        inputs: Vec<NamedTensor>,
+    ) -> Result<Vec<NamedTensor>, InferError> {
+        let texts = texts_of(inputs)?;
+        let rows = texts.len();
+        let size: usize = texts.iter().map(String::len).sum();
+        let (texts, tokens) = if size <= INLINE_TOKENIZE_BYTES {
+            let tokens = count(self.model.as_ref(), &texts)?;
+            (texts, tokens)
+        } else {
+            let model = self.model.clone();
+            tokio::task::spawn_blocking(move || {
+                count(model.as_ref(), &texts).map(|tokens| (texts, tokens))
+            })
+            .await
+            .map_err(|e| InferError::Task(e.to_string()))??
+        };
+        let values = batcher.embed(texts, tokens, true).await?;
+        let dims = embedder(self.model.as_ref())?.dimensions();
+        let output = self
+            .model
+            .metadata()
+            .outputs
+            .first()
+            .map(|o| o.name.clone());
+        let output = output.ok_or_else(|| InferError::Task("the model has no output".into()))?;
+        Ok(vec![NamedTensor::new(
+            output,
+            vec![rows, dims],
+            TensorData::Fp32(values),
+        )])
+    }
+
+    /// The name of the model's first input (a text model's only one).
+    fn text_input(&self) -> String {
+        let inputs = &self.model.metadata().inputs;
+        inputs.first().map(|i| i.name.clone()).unwrap_or_default()
+    }
+}
+
+fn embedder(model: &dyn Model) -> Result<&dyn TextEmbedder, InferError> {
+    model
+        .text_embedder()
+        .ok_or_else(|| InferError::Task("the model is not a text embedder".into()))
+}
+
+/// Each text's tokens, cut to the model's maximum (as the model cuts them).
+fn count(model: &dyn Model, texts: &[String]) -> Result<Vec<usize>, InferError> {
+    let embedder = embedder(model)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let max = embedder.max_tokens();
+    let counts = embedder.count_tokens(&refs)?;
+    Ok(counts.into_iter().map(|n| n.min(max)).collect())
+}
+
+/// The texts of a text model's validated inputs: one BYTES tensor of UTF-8 strings.
+fn texts_of(inputs: Vec<NamedTensor>) -> Result<Vec<String>, InferError> {
+    let [input] =
+        <[NamedTensor; 1]>::try_from(inputs).map_err(|inputs| InferError::InvalidInput {
+            tensor: inputs.first().map(|t| t.name.clone()).unwrap_or_default(),
+            message: format!("expected exactly one input, got {}", inputs.len()),
+        })?;
+    if input.datatype() != DataType::Bytes {
+        return Err(input.invalid(format!(
+            "datatype is {}, the model expects BYTES",
+            input.datatype()
+        )));
+    }
+    let name = input.name.clone();
+    let TensorData::Bytes(items) = input.data else {
+        return Err(InferError::InvalidInput {
+            tensor: name,
+            message: "the model expects BYTES".into(),
+        });
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            String::from_utf8(b).map_err(|e| InferError::InvalidInput {
+                tensor: name.clone(),
+                message: format!("element {i} is not UTF-8 text: {}", e.utf8_error()),
+            })
+        })
+        .collect()
 }
 
 async fn instance(
@@ -174,7 +399,22 @@ async fn instance(
                     }
                 }
             }
-            metrics.batch_size.observe(rows as f64);
+        }
+        let gone = batch.iter().filter(|j| j.reply.is_closed()).count();
+        if gone > 0 {
+            batch.retain(|j| !j.reply.is_closed());
+            let m = &metrics.dropped_client_gone;
+            m.fetch_add(gone as u64, Ordering::Relaxed);
+            tracing::debug!(dropped = gone, "requests dropped: their clients went away");
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let rows: usize = batch.iter().map(|j| j.rows.unwrap_or(1)).sum();
+        metrics.batch_size.observe(rows as f64);
+        let now = Instant::now();
+        for job in &batch {
+            metrics.queue_wait.observe_duration(now - job.queued_at);
         }
         let model = model.clone();
         let done = tokio::task::spawn_blocking(move || run_batch(model.as_ref(), batch)).await;
@@ -314,8 +554,9 @@ mod tests {
             max_queue_delay: Duration::from_millis(50),
             max_queue: 16,
             instances: 1,
+            max_batch_tokens: 0,
         };
-        let ex = Executor::start("d", Arc::new(Doubler::new()), &config, metrics.clone());
+        let ex = Executor::start("d", Arc::new(Doubler::new()), &config, metrics.clone()).unwrap();
         let (a, b, c) = tokio::join!(
             ex.run(x(&[1.0, 2.0])),
             ex.run(x(&[3.0])),
@@ -339,8 +580,9 @@ mod tests {
             max_queue_delay: Duration::ZERO,
             max_queue: 1,
             instances: 1,
+            max_batch_tokens: 0,
         };
-        let ex = Executor::start("d", Arc::new(Doubler::new()), &config, metrics);
+        let ex = Executor::start("d", Arc::new(Doubler::new()), &config, metrics).unwrap();
         // Nothing has been polled yet: the instance task has not taken a job, so the
         // second request finds the single queue slot taken.
         let first = ex.run(x(&[1.0]));
@@ -375,8 +617,9 @@ mod tests {
             max_queue_delay: Duration::ZERO,
             max_queue: 4,
             instances: 2,
+            max_batch_tokens: 0,
         };
-        let ex = Executor::start("r", Arc::new(model), &config, Arc::default());
+        let ex = Executor::start("r", Arc::new(model), &config, Arc::default()).unwrap();
         let (a, b) = tokio::join!(ex.run(x(&[1.0])), ex.run(x(&[2.0])));
         assert_eq!(a.unwrap()[0].data, TensorData::Fp32(vec![1.0]));
         assert_eq!(b.unwrap()[0].data, TensorData::Fp32(vec![2.0]));

@@ -258,6 +258,17 @@ impl TextEmbedder for Bert {
             .collect())
     }
 
+    fn count_tokens(&self, texts: &[&str]) -> Result<Vec<usize>, InferError> {
+        let encodings = self
+            .counter
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| InferError::InvalidInput {
+                tensor: TEXT_INPUT.into(),
+                message: format!("cannot tokenize: {e}"),
+            })?;
+        Ok(encodings.iter().map(|e| e.get_ids().len()).collect())
+    }
+
     fn embed_texts(&self, texts: &[&str], normalize: bool) -> Result<Vec<f32>, InferError> {
         self.pooled(texts, normalize)
     }

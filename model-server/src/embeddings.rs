@@ -5,28 +5,28 @@
 //!
 //! Each speaks its protocol's request, response and error shapes. Bad input is a 400 naming
 //! the field; an input over the model's token limit is refused unless the request asks to
-//! cut it (`truncate`, TEI); a list over [`MAX_INPUTS`] is refused. Embeddings of unit length
-//! (OpenAI always, TEI by default) go through the model's batcher like OIP requests; TEI's
-//! `normalize: false` is computed on its own, off the reactor.
+//! cut it (`truncate`, TEI); a list over [`MAX_INPUTS`] is refused. Embeddings go through the
+//! model's batcher like OIP requests (with the timer batcher, `max_batch_tokens` = 0, TEI's
+//! `normalize: false` is computed on its own, off the reactor). A full queue is a 429 in the
+//! protocol's shape, with `Retry-After`.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
-use crate::bert::TEXT_INPUT;
-use crate::error::InferError;
+use crate::error::{InferError, RETRY_AFTER_SECONDS};
 use crate::model::{TextEmbedder, Token};
 use crate::repository::ServedModel;
 use crate::service::AppState;
-use crate::tensor::{NamedTensor, TensorData};
 
 /// Most texts in one request.
 pub const MAX_INPUTS: usize = 2048;
@@ -87,9 +87,13 @@ impl Refusal {
         }
     }
 
-    /// OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`.
-    fn openai(self) -> Response {
-        let kind = if self.status.is_server_error() {
+    /// OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`; a 429 as
+    /// OpenAI's own (`type: requests`, `code: rate_limit_exceeded`), with `Retry-After`.
+    fn openai(mut self) -> Response {
+        let kind = if self.status == StatusCode::TOO_MANY_REQUESTS {
+            self.code = self.code.or(Some("rate_limit_exceeded"));
+            "requests"
+        } else if self.status.is_server_error() {
             "server_error"
         } else {
             "invalid_request_error"
@@ -100,7 +104,18 @@ impl Refusal {
             "param": self.param,
             "code": self.code,
         }});
-        (self.status, Json(body)).into_response()
+        self.with_retry_after((self.status, Json(body)).into_response())
+    }
+
+    /// Adds `Retry-After` to the answer to a full queue.
+    fn with_retry_after(&self, mut resp: Response) -> Response {
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        resp
     }
 
     /// text-embeddings-inference's error shape: `{"error", "error_type"}`.
@@ -113,13 +128,10 @@ impl Refusal {
         };
         let message = match &self.param {
             Some(param) => format!("{param}: {}", self.message),
-            None => self.message,
+            None => self.message.clone(),
         };
-        (
-            self.status,
-            Json(json!({"error": message, "error_type": kind})),
-        )
-            .into_response()
+        let body = Json(json!({"error": message, "error_type": kind}));
+        self.with_retry_after((self.status, body).into_response())
     }
 }
 
@@ -248,8 +260,8 @@ fn embedder(served: &ServedModel) -> Result<&dyn TextEmbedder, Refusal> {
         .ok_or_else(|| Refusal::bad("model", "not a text-embedding model"))
 }
 
-/// Each text's token count (special tokens included); with `truncate` off, a text over
-/// the model's limit is refused, naming it.
+/// Each text's token count (special tokens included) cut to the model's maximum; with
+/// `truncate` off, a text over the model's limit is refused, naming it.
 fn count_tokens(
     embedder: &dyn TextEmbedder,
     texts: &[String],
@@ -257,64 +269,38 @@ fn count_tokens(
     truncate: bool,
 ) -> Result<Vec<usize>, Refusal> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let tokens = embedder
-        .tokenize(&refs, true)
-        .map_err(Refusal::from_infer)?;
+    let counts = embedder.count_tokens(&refs).map_err(Refusal::from_infer)?;
     let max = embedder.max_tokens();
-    let mut counts = Vec::with_capacity(tokens.len());
-    for (i, t) in tokens.iter().enumerate() {
-        if t.len() > max && !truncate {
+    let mut capped = Vec::with_capacity(counts.len());
+    for (i, &n) in counts.iter().enumerate() {
+        if n > max && !truncate {
             return Err(Refusal::bad(
                 element(field, i, texts.len()),
-                format!("{} tokens, more than the model's maximum of {max}", t.len()),
+                format!("{n} tokens, more than the model's maximum of {max}"),
             ));
         }
-        counts.push(t.len().min(max));
+        capped.push(n.min(max));
     }
-    Ok(counts)
+    Ok(capped)
 }
 
-/// Embeddings, one row per text. Unit-length ones go through the model's batcher (as OIP
-/// requests do); others are computed here, off the reactor.
+/// Embeddings, one row per text, through the model's batcher (`tokens`: each text's, cut to
+/// the model's maximum).
 async fn embed(
-    served: Arc<ServedModel>,
+    served: &ServedModel,
     texts: Vec<String>,
+    tokens: Vec<usize>,
     normalize: bool,
 ) -> Result<Vec<Vec<f32>>, Refusal> {
-    let dims = embedder(&served)?.dimensions();
+    let dims = embedder(served)?.dimensions();
     let rows = texts.len();
-    let flat = if normalize {
-        let input = NamedTensor::new(
-            TEXT_INPUT,
-            vec![rows],
-            TensorData::Bytes(texts.into_iter().map(String::into_bytes).collect()),
-        );
-        let outputs = served
-            .executor
-            .run(vec![input])
-            .await
-            .map_err(Refusal::from_infer)?;
-        match outputs.into_iter().next().map(|t| t.data) {
-            Some(TensorData::Fp32(values)) => values,
-            _ => {
-                return Err(Refusal::from_infer(InferError::Task(
-                    "the model answered no FP32 embedding".into(),
-                )));
-            }
-        }
-    } else {
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            served
-                .model
-                .text_embedder()
-                .map(|e| e.embed_texts(&refs, false))
-        })
+    let started = Instant::now();
+    let flat = served
+        .executor
+        .embed(texts, tokens, normalize)
         .await
-        .map_err(|e| Refusal::from_infer(InferError::Task(e.to_string())))?
-        .ok_or_else(|| Refusal::bad("model", "not a text-embedding model"))?
-        .map_err(Refusal::from_infer)?
-    };
+        .map_err(Refusal::from_infer)?;
+    served.metrics.predict.observe_duration(started.elapsed());
     if flat.len() != rows * dims {
         return Err(Refusal::from_infer(InferError::Task(format!(
             "the model answered {} values for {rows} texts of {dims} dimensions",
@@ -382,8 +368,10 @@ async fn openai(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refusal> {
+    let started = Instant::now();
     let request = decode_openai(&read(body)?)?;
     let served = embedding_model(state, request.model.as_deref())?;
+    let _request = served.metrics.request();
     let name = served.model.metadata().name.clone();
     let model = embedder(&served)?;
     if let Some(wanted) = request.dimensions
@@ -398,8 +386,12 @@ async fn openai(
         ));
     }
     let texts = request.texts;
-    let tokens: usize = count_tokens(model, &texts, "input", false)?.iter().sum();
-    let vectors = embed(served, texts, true).await?;
+    let counts = count_tokens(model, &texts, "input", false)?;
+    let tokens: usize = counts.iter().sum();
+    let metrics = &served.metrics;
+    metrics.preprocess.observe_duration(started.elapsed());
+    let vectors = embed(&served, texts, counts, true).await?;
+    let started = Instant::now();
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
@@ -413,13 +405,15 @@ async fn openai(
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    Ok(Json(json!({
+    let response = Json(json!({
         "object": "list",
         "data": data,
         "model": name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }))
-    .into_response())
+    .into_response();
+    metrics.postprocess.observe_duration(started.elapsed());
+    Ok(response)
 }
 
 /// text-embeddings-inference's `/embed` request, as sent.
@@ -484,16 +478,23 @@ pub async fn tei_embed(
 }
 
 async fn tei(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, Refusal> {
+    let started = Instant::now();
     let request = decode_tei_embed(&read(body)?)?;
     let served = embedding_model(state, None)?;
-    count_tokens(
+    let _request = served.metrics.request();
+    let tokens = count_tokens(
         embedder(&served)?,
         &request.texts,
         "inputs",
         request.truncate,
     )?;
-    let vectors = embed(served, request.texts, request.normalize).await?;
-    Ok(Json(vectors).into_response())
+    let metrics = &served.metrics;
+    metrics.preprocess.observe_duration(started.elapsed());
+    let vectors = embed(&served, request.texts, tokens, request.normalize).await?;
+    let started = Instant::now();
+    let response = Json(vectors).into_response();
+    metrics.postprocess.observe_duration(started.elapsed());
+    Ok(response)
 }
 
 /// text-embeddings-inference's `/tokenize` request, as sent.

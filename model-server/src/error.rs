@@ -1,8 +1,11 @@
 //! Inference errors and their single mapping to HTTP.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+/// `Retry-After` on a 429 for a full model queue: a batch takes milliseconds to seconds.
+pub const RETRY_AFTER_SECONDS: &str = "1";
 
 /// Why an inference (or metadata) request failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +40,8 @@ pub enum InferError {
         /// What is wrong.
         message: String,
     },
-    /// The model's batching queue is full.
-    #[error("model {0:?} is overloaded: its request queue is full")]
+    /// The model's batching queue is full: 429 (gRPC RESOURCE_EXHAUSTED), retry later.
+    #[error("model {0:?} is overloaded: its request queue is full; retry later")]
     QueueFull(String),
     /// The model could not be (re)loaded from the repository.
     #[error("model {name:?} failed to load: {message}")]
@@ -67,11 +70,15 @@ pub enum InferError {
 }
 
 impl InferError {
-    /// The HTTP status for this error (OIP §errors).
+    /// The HTTP status for this error (OIP §errors). A full model queue is 429, as the
+    /// embedding servers (text-embeddings-inference) and OpenAI answer overload: the replica
+    /// is healthy and a retry, here or on another replica, can succeed. (503 stays the
+    /// queue layer's answer for its own full queue, SEMANTICS §3.)
     pub fn status(&self) -> StatusCode {
         match self {
             InferError::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            InferError::NotReady(_) | InferError::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InferError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            InferError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             InferError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             InferError::Forbidden(_) => StatusCode::FORBIDDEN,
             InferError::InvalidBody { .. }
@@ -100,7 +107,14 @@ impl IntoResponse for InferError {
             }
             _ => sluice_core::error_chain(&self),
         };
-        (self.status(), Json(sluice_core::ErrorBody::new(message))).into_response()
+        let mut resp = (self.status(), Json(sluice_core::ErrorBody::new(message))).into_response();
+        if matches!(self, InferError::QueueFull(_)) {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        resp
     }
 }
 

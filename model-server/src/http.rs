@@ -25,7 +25,6 @@ use crate::codec::{
 use crate::embeddings;
 use crate::error::InferError;
 use crate::grpc::{GrpcService, SERVICE_PREFIX};
-use crate::metrics::GaugeGuard;
 pub use crate::service::{AppState, EXTENSIONS, execute};
 
 /// Bodies larger than this are decoded off the reactor.
@@ -248,7 +247,7 @@ async fn run_infer(
     body: Bytes,
 ) -> Result<Response, InferError> {
     let served = s.repository.get(name)?;
-    let _in_flight = GaugeGuard::new(&served.metrics.in_flight);
+    let _request = served.metrics.request();
     let started = Instant::now();
     let header_length = headers
         .get(HEADER_LENGTH)
@@ -328,7 +327,7 @@ async fn v1_predict(
     }
     let result = async {
         let served = s.repository.get(model)?;
-        let _in_flight = GaugeGuard::new(&served.metrics.in_flight);
+        let _request = served.metrics.request();
         let started = Instant::now();
         let metadata = served.model.metadata().clone();
         let request = decode(body, move |b| decode_v1(b, &metadata)).await?;

@@ -1,6 +1,9 @@
 //! Per-model Prometheus metrics: request phase latencies (`request_preprocess_seconds`,
-//! `request_predict_seconds`, `request_postprocess_seconds`, as KServe names them), the
-//! dynamic batch size, queue depth and in-flight requests, rendered in the text format.
+//! `request_predict_seconds`, `request_postprocess_seconds`, as KServe names them) and the
+//! whole request's (`sluice_request_duration_seconds`); the batcher's view of load, for an
+//! endpoint picker or an autoscaler: queue size (requests and tokens waiting, capacity), time
+//! waited in the queue, rows and padded tokens per batch, tokens computed, requests dropped
+//! because their client went away; in-flight requests. Rendered in the Prometheus text format.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -10,6 +13,9 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+const TOKEN_BUCKETS: &[f64] = &[
+    16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 262144.0,
+];
 
 /// A cumulative histogram with fixed buckets.
 #[derive(Debug)]
@@ -53,6 +59,11 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Sum of the values observed.
+    pub fn sum(&self) -> f64 {
+        self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         for (bound, c) in self.bounds.iter().zip(&self.counts) {
             let _ = writeln!(
@@ -63,8 +74,7 @@ impl Histogram {
         }
         let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum());
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
@@ -78,12 +88,54 @@ pub struct ModelMetrics {
     pub predict: Histogram,
     /// Encoding the response.
     pub postprocess: Histogram,
+    /// The whole request, decoding to encoding.
+    pub request: Histogram,
+    /// Time from entering the batching queue to the start of the batch that computes it.
+    pub queue_wait: Histogram,
     /// Rows per executed batch.
     pub batch_size: Histogram,
+    /// Padded tokens per executed batch of text (rows × longest sequence): what
+    /// `max_batch_tokens` bounds.
+    pub batch_tokens: Histogram,
+    /// Tokens of the texts computed (without padding).
+    pub tokens: AtomicU64,
+    /// Requests taken off the queue without computing them because their client had gone.
+    pub dropped_client_gone: AtomicU64,
     /// Requests waiting in the batching queue.
     pub queue_depth: AtomicI64,
+    /// Tokens of the texts waiting in the batching queue (text models).
+    pub queue_tokens: AtomicI64,
+    /// Most requests the batching queue holds (beyond it: 429).
+    pub queue_capacity: AtomicI64,
     /// Requests being served (decode to encode).
     pub in_flight: AtomicI64,
+}
+
+impl ModelMetrics {
+    /// Counts a request in flight until the guard drops, and then records its duration.
+    pub fn request(&self) -> RequestGuard<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard {
+            metrics: self,
+            started: tokio::time::Instant::now(),
+        }
+    }
+}
+
+/// A request being served: see [`ModelMetrics::request`].
+#[derive(Debug)]
+pub struct RequestGuard<'a> {
+    metrics: &'a ModelMetrics,
+    started: tokio::time::Instant,
+}
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .request
+            .observe_duration(self.started.elapsed());
+    }
 }
 
 impl Default for ModelMetrics {
@@ -92,8 +144,15 @@ impl Default for ModelMetrics {
             preprocess: Histogram::new(SECONDS_BUCKETS),
             predict: Histogram::new(SECONDS_BUCKETS),
             postprocess: Histogram::new(SECONDS_BUCKETS),
+            request: Histogram::new(SECONDS_BUCKETS),
+            queue_wait: Histogram::new(SECONDS_BUCKETS),
             batch_size: Histogram::new(BATCH_BUCKETS),
+            batch_tokens: Histogram::new(TOKEN_BUCKETS),
+            tokens: AtomicU64::new(0),
+            dropped_client_gone: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
+            queue_tokens: AtomicI64::new(0),
+            queue_capacity: AtomicI64::new(0),
             in_flight: AtomicI64::new(0),
         }
     }
@@ -117,61 +176,106 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
+type Pick = fn(&ModelMetrics) -> &Histogram;
+type Gauge = fn(&ModelMetrics) -> &AtomicI64;
+type Counter = fn(&ModelMetrics) -> &AtomicU64;
+
+const HISTOGRAMS: [(&str, &str, Pick); 7] = [
+    (
+        "request_preprocess_seconds",
+        "Time decoding and validating a request.",
+        |m| &m.preprocess,
+    ),
+    (
+        "request_predict_seconds",
+        "Time a request spends queued and computing.",
+        |m| &m.predict,
+    ),
+    (
+        "request_postprocess_seconds",
+        "Time encoding a response.",
+        |m| &m.postprocess,
+    ),
+    (
+        "sluice_request_duration_seconds",
+        "Time serving an inference request, decoding to encoding.",
+        |m| &m.request,
+    ),
+    (
+        "sluice_queue_wait_seconds",
+        "Time a request waits in the batching queue before its batch starts.",
+        |m| &m.queue_wait,
+    ),
+    (
+        "sluice_batch_size",
+        "Rows per executed (dynamically batched) model call.",
+        |m| &m.batch_size,
+    ),
+    (
+        "sluice_batch_tokens",
+        "Padded tokens (rows x longest sequence) per executed batch of text.",
+        |m| &m.batch_tokens,
+    ),
+];
+
+const GAUGES: [(&str, &str, Gauge); 4] = [
+    (
+        "sluice_queue_depth",
+        "Requests waiting in the model's batching queue.",
+        |m| &m.queue_depth,
+    ),
+    (
+        "sluice_queue_tokens",
+        "Tokens of the texts waiting in the model's batching queue.",
+        |m| &m.queue_tokens,
+    ),
+    (
+        "sluice_queue_capacity",
+        "Most requests the model's batching queue holds; beyond it, 429.",
+        |m| &m.queue_capacity,
+    ),
+    (
+        "sluice_inflight_requests",
+        "Inference requests being served.",
+        |m| &m.in_flight,
+    ),
+];
+
+const COUNTERS: [(&str, &str, Counter); 2] = [
+    (
+        "sluice_tokens_total",
+        "Tokens of the texts computed, without padding.",
+        |m| &m.tokens,
+    ),
+    (
+        "sluice_requests_dropped_client_gone_total",
+        "Requests dropped before computing because their client went away.",
+        |m| &m.dropped_client_gone,
+    ),
+];
+
 /// Renders every model's metrics in the Prometheus text format.
 pub fn render<'a>(models: impl IntoIterator<Item = (&'a str, &'a ModelMetrics)>) -> String {
     let models: Vec<_> = models.into_iter().collect();
     let mut out = String::new();
-    type Pick = fn(&ModelMetrics) -> &Histogram;
-    let histograms: [(&str, &str, Pick); 4] = [
-        (
-            "request_preprocess_seconds",
-            "Time decoding and validating a request.",
-            |m| &m.preprocess,
-        ),
-        (
-            "request_predict_seconds",
-            "Time a request spends queued and computing.",
-            |m| &m.predict,
-        ),
-        (
-            "request_postprocess_seconds",
-            "Time encoding a response.",
-            |m| &m.postprocess,
-        ),
-        (
-            "sluice_batch_size",
-            "Rows per executed (dynamically batched) model call.",
-            |m| &m.batch_size,
-        ),
-    ];
-    for (name, help, pick) in histograms {
+    for (name, help, pick) in HISTOGRAMS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (model, m) in &models {
             pick(m).render(&mut out, name, &format!("model_name=\"{}\"", escape(model)));
         }
     }
-    type Gauge = fn(&ModelMetrics) -> &AtomicI64;
-    let gauges: [(&str, &str, Gauge); 2] = [
-        (
-            "sluice_queue_depth",
-            "Requests waiting in the model's batching queue.",
-            |m| &m.queue_depth,
-        ),
-        (
-            "sluice_inflight_requests",
-            "Inference requests being served.",
-            |m| &m.in_flight,
-        ),
-    ];
-    for (name, help, pick) in gauges {
+    for (name, help, pick) in GAUGES {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (model, m) in &models {
-            let _ = writeln!(
-                out,
-                "{name}{{model_name=\"{}\"}} {}",
-                escape(model),
-                pick(m).load(Ordering::Relaxed)
-            );
+            let value = pick(m).load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {value}", escape(model));
+        }
+    }
+    for (name, help, pick) in COUNTERS {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (model, m) in &models {
+            let value = pick(m).load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{model_name=\"{}\"}} {value}", escape(model));
         }
     }
     out
@@ -201,5 +305,10 @@ mod tests {
         assert!(text.contains("sluice_batch_size_sum{model_name=\"iris\"} 4\n"));
         assert!(text.contains("sluice_inflight_requests{model_name=\"iris\"} 1\n"));
         assert!(text.contains("# TYPE request_predict_seconds histogram\n"));
+        m.tokens.fetch_add(12, Ordering::Relaxed);
+        let text = render([("iris", &m)]);
+        assert!(text.contains("# TYPE sluice_tokens_total counter\n"));
+        assert!(text.contains("sluice_tokens_total{model_name=\"iris\"} 12\n"));
+        assert!(text.contains("# TYPE sluice_queue_capacity gauge\n"));
     }
 }

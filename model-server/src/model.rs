@@ -38,6 +38,11 @@ pub trait TextEmbedder: Send + Sync {
         texts: &[&str],
         add_special_tokens: bool,
     ) -> Result<Vec<Vec<Token>>, InferError>;
+    /// Each text's token count (special tokens included), none cut off: what a batch's
+    /// token budget counts. Cheaper than [`TextEmbedder::tokenize`].
+    fn count_tokens(&self, texts: &[&str]) -> Result<Vec<usize>, InferError> {
+        Ok(self.tokenize(texts, true)?.iter().map(Vec::len).collect())
+    }
     /// Embeddings of `texts` (each cut to [`TextEmbedder::max_tokens`]), row-major
     /// `[texts.len(), dimensions]`; of unit length with `normalize`.
     fn embed_texts(&self, texts: &[&str], normalize: bool) -> Result<Vec<f32>, InferError>;

@@ -4,7 +4,10 @@
 //! A model repository folder (`--model-repository DIR`) holds one folder per model; the
 //! folder's name is the model's name, and its optional `sluice-model.json` gives the format
 //! and batching settings (without it the format is detected: `tokenizer.json` → `bert`,
-//! otherwise `sluice-mlp`; a `safetensors` dense model must say so).
+//! otherwise `sluice-mlp`; a `safetensors` dense model must say so). The settings:
+//! `format`, `max_batch_size`, `max_queue_delay_us`, `max_queue`, `instances`, and for text
+//! models `max_batch_tokens` (0: the timer batcher); each one absent takes the server's
+//! default (its flags).
 //!
 //! A repository model is read only from inside the folder: a name is one path segment,
 //! and the model's folder and every file in it must resolve (symlinks followed) inside the
@@ -54,6 +57,8 @@ struct ModelSettings {
     max_queue: Option<usize>,
     #[serde(default)]
     instances: Option<usize>,
+    #[serde(default)]
+    max_batch_tokens: Option<usize>,
 }
 
 /// A model that is being served.
@@ -228,7 +233,10 @@ impl Repository {
                 let model: Arc<dyn Model> = Arc::from(model);
                 let metrics = Arc::new(ModelMetrics::default());
                 let executor =
-                    Executor::start(name, model.clone(), &source.batching, metrics.clone());
+                    match Executor::start(name, model.clone(), &source.batching, metrics.clone()) {
+                        Ok(executor) => executor,
+                        Err(e) => return Err(self.failed(name, e.to_string())),
+                    };
                 let load_time = started.elapsed();
                 tracing::info!(
                     model = name,
@@ -247,17 +255,20 @@ impl Repository {
                 );
                 Ok(())
             }
-            Err(message) => {
-                tracing::warn!(model = name, "model failed to load: {message}");
-                let mut slots = write(&self.slots);
-                if !matches!(slots.get(name), Some(Slot::Ready(_))) {
-                    slots.insert(name.to_owned(), Slot::Failed(message.clone()));
-                }
-                Err(InferError::LoadFailed {
-                    name: name.to_owned(),
-                    message,
-                })
-            }
+            Err(message) => Err(self.failed(name, message)),
+        }
+    }
+
+    /// Records that `name` failed to load (a served version stays served).
+    fn failed(&self, name: &str, message: String) -> InferError {
+        tracing::warn!(model = name, "model failed to load: {message}");
+        let mut slots = write(&self.slots);
+        if !matches!(slots.get(name), Some(Slot::Ready(_))) {
+            slots.insert(name.to_owned(), Slot::Failed(message.clone()));
+        }
+        InferError::LoadFailed {
+            name: name.to_owned(),
+            message,
         }
     }
 
@@ -419,18 +430,26 @@ fn settings_source(folder: &Path, defaults: &BatchConfig) -> Result<ModelSource,
             "sluice-mlp".to_owned()
         }
     });
+    let batching = BatchConfig {
+        max_batch_size: settings.max_batch_size.unwrap_or(defaults.max_batch_size),
+        max_queue_delay: settings
+            .max_queue_delay_us
+            .map(Duration::from_micros)
+            .unwrap_or(defaults.max_queue_delay),
+        max_queue: settings.max_queue.unwrap_or(defaults.max_queue),
+        instances: settings.instances.unwrap_or(defaults.instances),
+        max_batch_tokens: settings
+            .max_batch_tokens
+            .unwrap_or(defaults.max_batch_tokens),
+    };
+    batching.validate().map_err(|e| LoadError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     Ok(ModelSource {
         format,
         storage_uri: folder.to_string_lossy().into_owned(),
-        batching: BatchConfig {
-            max_batch_size: settings.max_batch_size.unwrap_or(defaults.max_batch_size),
-            max_queue_delay: settings
-                .max_queue_delay_us
-                .map(Duration::from_micros)
-                .unwrap_or(defaults.max_queue_delay),
-            max_queue: settings.max_queue.unwrap_or(defaults.max_queue),
-            instances: settings.instances.unwrap_or(defaults.instances),
-        },
+        batching,
     })
 }
 

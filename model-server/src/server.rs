@@ -78,6 +78,9 @@ pub enum ServeError {
     /// A model could not be loaded.
     #[error("cannot load model")]
     Model(#[from] crate::error::InferError),
+    /// A batching setting is out of range.
+    #[error("invalid batching setting")]
+    Batching(#[from] crate::batch::BatchConfigError),
     /// No model was given.
     #[error("no model to serve: give --model-name/--storage-uri or --model-repository")]
     NoModels,
@@ -243,8 +246,10 @@ fn open_repository(
         .with_ca_file(config.ca_file.clone())
         .with_control(config.model_control),
     );
+    config.batching.validate()?;
     let mut names = Vec::new();
     for (name, source) in &config.models {
+        source.batching.validate()?;
         repository.add(name, source.clone());
         names.push(name.clone());
     }

@@ -43,6 +43,7 @@ async fn state() -> Arc<AppState> {
                 max_queue_delay: Duration::from_millis(1),
                 max_queue: 64,
                 instances: 1,
+                ..BatchConfig::default()
             },
         },
     );

@@ -104,6 +104,7 @@ async fn state() -> Arc<AppState> {
                 max_queue_delay: Duration::from_millis(5),
                 max_queue: 64,
                 instances: 1,
+                ..BatchConfig::default()
             },
         },
     );

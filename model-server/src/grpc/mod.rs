@@ -52,7 +52,8 @@ impl InferError {
         let message = sluice_core::error_chain(self);
         match self {
             InferError::ModelNotFound(_) => Status::not_found(message),
-            InferError::NotReady(_) | InferError::QueueFull(_) => Status::unavailable(message),
+            InferError::NotReady(_) => Status::unavailable(message),
+            InferError::QueueFull(_) => Status::resource_exhausted(message),
             InferError::NotImplemented(_) => Status::unimplemented(message),
             InferError::Forbidden(_) => Status::permission_denied(message),
             InferError::InvalidBody { .. }
@@ -321,7 +322,7 @@ impl GrpcInferenceService for GrpcService {
             .repository
             .get(&name)
             .map_err(|e| e.to_status())?;
-        let _in_flight = crate::metrics::GaugeGuard::new(&served.metrics.in_flight);
+        let _request = served.metrics.request();
         let started = tokio::time::Instant::now();
         let request = decode_grpc(req).map_err(|e| e.to_status())?;
         served
