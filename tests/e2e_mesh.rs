@@ -105,7 +105,15 @@ fn up(dir: &Path) -> Up {
 fn up_with(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> Up {
     let log = dir.join("up.log");
     let mut child = Command::new(SLUICE)
-        .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        // Access logs are off by default; these tests read them.
+        .args([
+            "up",
+            "--access-log",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(["--cert-ttl", "1h"])

@@ -474,6 +474,7 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
         &[
             "router",
             "--kube",
+            "--access-log",
             "--listen",
             "127.0.0.1:0",
             "--autoscaler",
@@ -1388,7 +1389,13 @@ async fn a_replica_and_the_router_with_certificates_from_the_ca_talk_mtls() {
 
     // A replica as its Pod would run it: the queue layer in front of `sluice hello`, its
     // identity from the CA with the token, the env the runtime writes.
-    let mut replica = mesh_replica(&cluster, &ca, &hello, &root, &[("TARGET", "mesh")]);
+    let mut replica = mesh_replica(
+        &cluster,
+        &ca,
+        &hello,
+        &root,
+        &[("TARGET", "mesh"), ("SLUICE_ACCESS_LOG", "1")],
+    );
     // Stopped with SIGTERM, so it stops `sluice hello` too.
     replica.graceful = true;
     let addr: std::net::SocketAddr = replica.printed("SLUICE_LISTENING ").await.parse().unwrap();

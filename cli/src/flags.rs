@@ -86,6 +86,11 @@ pub(crate) struct TelemetryFlags {
     /// (batched; `OTEL_BSP_*` tune it). Unset: no span export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub(crate) otlp_endpoint: Option<String>,
+    /// One JSON access-log line per request and hop on stderr (replicas' too). Off by
+    /// default, as Istio's and Knative's are: at full load a line per hop costs a fifth of
+    /// the throughput (bench/RESULTS.md).
+    #[arg(long, env = "SLUICE_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) access_log: bool,
 }
 
 impl TelemetryFlags {

@@ -273,6 +273,7 @@ pub(crate) async fn router(args: RouterArgs) -> anyhow::Result<()> {
         serve: args.ingress.serve()?,
         // Span export: one span per request and hop, children of the caller's.
         spans: args.telemetry.spans()?,
+        access_log: args.telemetry.access_log,
     };
     let router = kube_router::start(config, shutdown::signalled).await?;
     if let Some(id) = &router.identity {

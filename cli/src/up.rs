@@ -97,6 +97,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         // Span export: the router's here, the replicas' from the endpoint in their
         // environment.
         spans: args.telemetry.spans()?,
+        access_log: args.telemetry.access_log,
         replica_exe: std::env::current_exe().context("finding the sluice binary")?,
     };
     let up = local::start(config).await?;

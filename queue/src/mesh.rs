@@ -292,6 +292,9 @@ pub enum ReplicaMeshError {
     /// The OTLP settings in the environment are unusable.
     #[error("span export: {0}")]
     Otlp(#[from] sluice_mesh::otlp::OtlpError),
+    /// `$SLUICE_ACCESS_LOG` is neither on nor off.
+    #[error(transparent)]
+    AccessLog(#[from] sluice_mesh::telemetry::BadAccessLogVar),
 }
 
 /// Loads the mesh material named by `$SLUICE_MESH_DIR` in `vars` (the process's environment as
@@ -300,7 +303,8 @@ pub enum ReplicaMeshError {
 /// `port`, reporting as `container` (`queue` or `model-server`); revision labels come from
 /// the handed-over workload file, else from `K_SERVICE`/`K_CONFIGURATION`/`K_REVISION`.
 /// With `$OTEL_EXPORTER_OTLP_ENDPOINT` set (and the `OTEL_BSP_*` tuning variables), every
-/// request's span is exported there.
+/// request's span is exported there; with `$SLUICE_ACCESS_LOG` on, every request is one JSON
+/// line on stderr.
 pub async fn replica_mesh(
     port: u16,
     container: &'static str,
@@ -343,8 +347,12 @@ pub async fn replica_mesh(
     } else {
         labels.service.clone()
     };
-    let mut telemetry =
-        HopTelemetry::new(Registry::new(), container, AccessLog::Stderr).with_revision(labels);
+    let log = if sluice_mesh::telemetry::access_log_on(vars)? {
+        AccessLog::Stderr
+    } else {
+        AccessLog::Off
+    };
+    let mut telemetry = HopTelemetry::new(Registry::new(), container, log).with_revision(labels);
     let spans = match sluice_mesh::otlp::OtlpConfig::from_lookup(&service_name, |k| vars.value(k))?
     {
         Some(config) => {

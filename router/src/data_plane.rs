@@ -31,6 +31,9 @@ pub struct DataPlaneConfig {
     pub activator_mesh: Option<OutboundMesh>,
     /// Span export, when a collector is configured.
     pub spans: Option<SpanExporter>,
+    /// One JSON access-log line per request and hop (`sluice::access` events of the
+    /// process's `tracing` subscriber); off by default, as Istio's and Knative's are.
+    pub access_log: bool,
     /// The exporter's own metrics are registered with the router's under this service name.
     pub service: &'static str,
     /// The router's settings.
@@ -53,7 +56,12 @@ impl DataPlane {
     /// runtime).
     pub fn start(config: DataPlaneConfig) -> Self {
         let hop = |registry: &Registry, name: &'static str| {
-            let t = HopTelemetry::new(registry.clone(), name, AccessLog::Tracing);
+            let log = if config.access_log {
+                AccessLog::Tracing
+            } else {
+                AccessLog::Off
+            };
+            let t = HopTelemetry::new(registry.clone(), name, log);
             match &config.spans {
                 Some(exporter) => t.with_spans(exporter.clone()),
                 None => t,

@@ -44,6 +44,8 @@ pub struct KubeRouterConfig {
     pub serve: ServeConfig,
     /// Span export of the router's hops.
     pub spans: Option<Spans>,
+    /// One access-log line per request and hop (replicas' too, in local mode).
+    pub access_log: bool,
 }
 
 /// The router's mesh settings.
@@ -138,6 +140,7 @@ where
         router_mesh: mesh.clone(),
         activator_mesh: mesh,
         spans: config.spans.as_ref().map(|s| s.exporter.clone()),
+        access_log: config.access_log,
         service: "sluice-router",
         router: config.router,
     });

@@ -24,6 +24,7 @@ use sluice_mesh::guard::{self, AdminToken, ListenerGuard};
 use sluice_mesh::identity::RotationConfig;
 use sluice_mesh::local::LocalIdentities;
 use sluice_mesh::otlp;
+use sluice_mesh::telemetry::ACCESS_LOG_ENV;
 use sluice_router::ingress::Ingress;
 use sluice_router::{DataPlane, DataPlaneConfig, RouterConfig, ServeConfig};
 use tokio::net::TcpListener;
@@ -62,6 +63,8 @@ pub struct LocalConfig {
     pub ingress_tls: IngressTlsFiles,
     /// Span export of the router's hops; replicas get the endpoint in their environment.
     pub spans: Option<Spans>,
+    /// One access-log line per request and hop (replicas' too, in local mode).
+    pub access_log: bool,
     /// The `sluice` binary replicas run as (`sluice replica-guard`).
     pub replica_exe: PathBuf,
 }
@@ -164,6 +167,7 @@ pub async fn start(config: LocalConfig) -> anyhow::Result<Local> {
         router_mesh: up_mesh.as_ref().map(|m| m.router_out.clone()),
         activator_mesh: up_mesh.as_ref().map(|m| m.activator.clone()),
         spans: config.spans.as_ref().map(|s| s.exporter.clone()),
+        access_log: config.access_log,
         service: "sluice-up",
         router: config.router.clone(),
     });
@@ -379,6 +383,11 @@ fn local_runtime(
         runtime
             .env
             .push((otlp::ENDPOINT_ENV.to_owned(), spans.endpoint.clone()));
+    }
+    if config.access_log {
+        runtime
+            .env
+            .push((ACCESS_LOG_ENV.to_owned(), "1".to_owned()));
     }
     LocalRuntime::new(runtime)
 }

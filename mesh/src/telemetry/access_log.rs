@@ -68,3 +68,59 @@ impl AccessLogEntry {
         )
     }
 }
+
+/// The variable that turns a replica's access log on (`1`/`true`/`on`) or off (unset, empty,
+/// `0`/`false`/`off`), as the command that starts the replica decides. Off by default, as
+/// Istio's (`meshConfig.accessLogFile` empty) and Knative's queue-proxy request log are.
+pub const ACCESS_LOG_ENV: &str = "SLUICE_ACCESS_LOG";
+
+/// `$SLUICE_ACCESS_LOG` holds something other than an on or off word.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "${ACCESS_LOG_ENV}={0:?}: use 1, true or on to write the access log, 0, false or off (or unset) not to"
+)]
+pub struct BadAccessLogVar(pub String);
+
+/// Whether `vars` turns the access log on (see [`ACCESS_LOG_ENV`]).
+pub fn access_log_on(vars: &crate::vars::Vars) -> Result<bool, BadAccessLogVar> {
+    match vars.get(ACCESS_LOG_ENV) {
+        Err(_) => Err(BadAccessLogVar("(not UTF-8)".into())),
+        Ok(None) => Ok(false),
+        Ok(Some(v)) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "0" | "false" | "off" => Ok(false),
+            "1" | "true" | "on" => Ok(true),
+            _ => Err(BadAccessLogVar(v.to_owned())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod access_log_var_tests {
+    use super::*;
+    use crate::vars::Vars;
+
+    #[test]
+    fn the_access_log_is_off_unless_the_variable_says_on() {
+        assert_eq!(access_log_on(&Vars::default()), Ok(false));
+        for (value, on) in [
+            ("1", true),
+            ("TRUE", true),
+            ("on", true),
+            ("0", false),
+            ("", false),
+            ("off", false),
+        ] {
+            assert_eq!(
+                access_log_on(&Vars::default().with(ACCESS_LOG_ENV, value)),
+                Ok(on),
+                "{value}"
+            );
+        }
+        let err = access_log_on(&Vars::default().with(ACCESS_LOG_ENV, "yes please")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("$SLUICE_ACCESS_LOG=\"yes please\""),
+            "{err}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ pub mod knative;
 pub mod merge;
 pub mod registry;
 
-pub use access_log::AccessLogEntry;
+pub use access_log::{ACCESS_LOG_ENV, AccessLogEntry, BadAccessLogVar, access_log_on};
 pub use hop::{AccessLog, Exchange, HopTelemetry, Recorded};
 pub use istio::{IstioMetrics, Reporter, RequestLabels};
 pub use knative::{
