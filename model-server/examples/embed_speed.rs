@@ -1,8 +1,9 @@
-//! In-process MiniLM embedding speed, without HTTP: loads a `bert` model folder and embeds
-//! the benchmark's sentence (the one bench/model-server/bench.py sends) at batch 1 and
-//! batch 32, in back-to-back one-second rounds for `SECONDS` seconds per batch size, and
-//! prints the median, minimum and maximum round in sentences/s. For comparing CPU kernels
-//! (e.g. gemm's AVX-512 path) on a noisy machine: alternate builds and compare medians.
+//! In-process MiniLM embedding speed, without HTTP: loads a `bert` model folder twice, on
+//! Sluice's CPU encoder and on candle-transformers' `BertModel`, and embeds bench.py's
+//! sentence (the one bench/model-server/bench.py sends) at batch 1 and batch 32, in
+//! one-second rounds that alternate between the two, for `SECONDS` seconds per batch size
+//! and encoder. Prints each encoder's median, minimum and maximum round in sentences/s and
+//! the ratio of the medians, so a noisy machine compares them within one run.
 //!
 //! ```text
 //! embed_speed MODEL_DIR [SECONDS]
@@ -13,40 +14,76 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice_model_server::bert::Bert;
 use tokio::time::Instant;
 
+use sluice_model_server::bert::{Bert, BertKernels};
+
 const SENTENCE: &str = "The quick brown fox jumps over the lazy dog near the bank.";
+
+fn round(bert: &Bert, sentences: &[&str]) -> f64 {
+    let start = Instant::now();
+    let mut done = 0usize;
+    while start.elapsed() < Duration::from_secs(1) {
+        bert.embed(sentences).expect("embed");
+        done += sentences.len();
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+fn summary(rounds: &mut [f64]) -> (f64, f64, f64) {
+    rounds.sort_by(f64::total_cmp);
+    (
+        rounds[rounds.len() / 2],
+        rounds[0],
+        rounds[rounds.len() - 1],
+    )
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().expect("usage: embed_speed MODEL_DIR [SECONDS]"));
     let seconds: u64 = args.next().map_or(10, |s| s.parse().expect("SECONDS"));
-    let bert = Bert::load("minilm", &dir).expect("load MiniLM");
+    println!("kernels: {}", sluice_kernels::cpu_kernels());
+    let encoders = [
+        (
+            "sluice",
+            Bert::load_with("minilm", &dir, BertKernels::Auto).expect("load"),
+        ),
+        (
+            "candle",
+            Bert::load_with("minilm", &dir, BertKernels::Candle).expect("load"),
+        ),
+    ];
     for batch in [1usize, 32] {
         let sentences = vec![SENTENCE; batch];
         // Warm-up: first calls allocate and page in the weights.
-        for _ in 0..3 {
-            bert.embed(&sentences).expect("embed");
-        }
-        let mut rounds = Vec::new();
-        let end = Instant::now() + Duration::from_secs(seconds);
-        while Instant::now() < end {
-            let start = Instant::now();
-            let mut done = 0usize;
-            while start.elapsed() < Duration::from_secs(1) {
+        for (_, bert) in &encoders {
+            for _ in 0..3 {
                 bert.embed(&sentences).expect("embed");
-                done += batch;
             }
-            rounds.push(done as f64 / start.elapsed().as_secs_f64());
         }
-        rounds.sort_by(f64::total_cmp);
-        let median = rounds[rounds.len() / 2];
+        let mut rounds = [Vec::new(), Vec::new()];
+        for _ in 0..seconds.max(1) {
+            for ((_, bert), rounds) in encoders.iter().zip(&mut rounds) {
+                rounds.push(round(bert, &sentences));
+            }
+        }
+        let medians: Vec<f64> = encoders
+            .iter()
+            .zip(&mut rounds)
+            .map(|((name, _), rounds)| {
+                let (median, min, max) = summary(rounds);
+                println!(
+                    "batch {batch:>2} {name}: median {median:8.1} sentences/s \
+                     (min {min:.1}, max {max:.1}, {} rounds)",
+                    rounds.len()
+                );
+                median
+            })
+            .collect();
         println!(
-            "batch {batch:>2}: median {median:8.1} sentences/s (min {:.1}, max {:.1}, {} rounds)",
-            rounds[0],
-            rounds[rounds.len() - 1],
-            rounds.len()
+            "batch {batch:>2} sluice/candle: {:.2}x",
+            medians[0] / medians[1]
         );
     }
 }

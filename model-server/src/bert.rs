@@ -2,16 +2,21 @@
 //!
 //! A model folder holds Hugging Face's `config.json`, `tokenizer.json` and
 //! `model.safetensors`. Input `text` (BYTES, one UTF-8 sentence per row) is tokenized with
-//! the `tokenizers` crate, run through candle-transformers' `BertModel`, mean-pooled over
-//! the attention mask and L2-normalized, as sentence-transformers does. Output `embedding`
-//! is FP32 `[batch, hidden]`.
+//! the `tokenizers` crate, run through the encoder, mean-pooled over the sentence's tokens
+//! and L2-normalized, as sentence-transformers does. Output `embedding` is FP32
+//! `[batch, hidden]`.
+//!
+//! On the CPU the encoder is `encoder::CpuEncoder` (candle's matrix products with the
+//! fused, vectorized `sluice-kernels` between them, no padding); on a GPU, or for a model
+//! those kernels do not cover, it is candle-transformers' `BertModel` over a padded batch.
 
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
+use crate::encoder::{CpuEncoder, Sentence};
 use crate::error::InferError;
 use crate::model::{LoadError, Model, ModelMetadata, TextEmbedder, Token, tensor_meta};
 use crate::tensor::{DataType, NamedTensor, TensorData};
@@ -25,10 +30,29 @@ pub const EMBEDDING_OUTPUT: &str = "embedding";
 /// Longest token sequence (sentence-transformers' `max_seq_length` for MiniLM).
 pub const MAX_TOKENS: usize = 256;
 
+/// Which encoder implementation runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BertKernels {
+    /// Sluice's CPU encoder where it applies (CPU, exact GELU), candle-transformers'
+    /// otherwise.
+    #[default]
+    Auto,
+    /// candle-transformers' `BertModel` everywhere (the reference, for comparisons).
+    Candle,
+}
+
+enum Encoder {
+    Cpu(CpuEncoder),
+    Candle(BertModel),
+}
+
 /// A loaded sentence-embedding model.
 pub struct Bert {
-    model: BertModel,
+    encoder: Encoder,
+    /// Truncates to `MAX_TOKENS`; no padding (the CPU encoder needs none, the candle
+    /// path pads itself).
     tokenizer: Tokenizer,
+    pad_id: u32,
     /// The same tokenizer without padding or truncation: what counts and lists tokens.
     counter: Tokenizer,
     hidden: usize,
@@ -47,6 +71,11 @@ impl std::fmt::Debug for Bert {
 impl Bert {
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
     pub fn load(name: &str, dir: &Path) -> Result<Self, LoadError> {
+        Self::load_with(name, dir, BertKernels::Auto)
+    }
+
+    /// [`Bert::load`] with a choice of encoder implementation.
+    pub fn load_with(name: &str, dir: &Path, kernels: BertKernels) -> Result<Self, LoadError> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|source| LoadError::Io {
             path: config_path.clone(),
@@ -64,18 +93,14 @@ impl Bert {
                 path: tokenizer_path.clone(),
                 message: e.to_string(),
             })?;
+        tokenizer.with_padding(None);
         let mut counter = tokenizer.clone();
-        counter.with_padding(None);
         counter
             .with_truncation(None)
             .map_err(|e| LoadError::Tokenizer {
                 path: tokenizer_path.clone(),
                 message: e.to_string(),
             })?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..PaddingParams::default()
-        }));
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS,
@@ -96,7 +121,25 @@ impl Bert {
         // falls back to the CPU, and an operator should see that in the log.
         tracing::info!(model = name, device = ?device.location(), "bert model device");
         let vb = crate::weights::map_file(&weights_path, &device)?;
-        let model = BertModel::load(vb, &config).map_err(weights_err)?;
+        let cpu = match kernels {
+            BertKernels::Auto => CpuEncoder::load(&vb, &config).map_err(weights_err)?,
+            BertKernels::Candle => Err(crate::encoder::Unsupported::Chosen),
+        };
+        let encoder = match cpu {
+            Ok(cpu) => {
+                tracing::info!(
+                    model = name,
+                    kernels = %sluice_kernels::cpu_kernels(),
+                    "bert model runs on sluice's CPU kernels"
+                );
+                Encoder::Cpu(cpu)
+            }
+            Err(why) => {
+                tracing::info!(model = name, %why, "bert model runs on candle-transformers");
+                Encoder::Candle(BertModel::load(vb, &config).map_err(weights_err)?)
+            }
+        };
+        let pad_id = u32::try_from(config.pad_token_id).unwrap_or(0);
         let metadata = ModelMetadata {
             name: name.to_owned(),
             versions: Vec::new(),
@@ -109,8 +152,9 @@ impl Bert {
             )],
         };
         Ok(Self {
-            model,
+            encoder,
             tokenizer,
+            pad_id,
             counter,
             hidden,
             metadata,
@@ -134,21 +178,51 @@ impl Bert {
                 tensor: TEXT_INPUT.into(),
                 message: format!("cannot tokenize: {e}"),
             })?;
+        match &self.encoder {
+            Encoder::Cpu(cpu) => {
+                let sentences: Vec<Sentence<'_>> = encodings
+                    .iter()
+                    .map(|e| Sentence {
+                        ids: e.get_ids(),
+                        types: e.get_type_ids(),
+                    })
+                    .collect();
+                Ok(cpu.pooled(&sentences, normalize)?)
+            }
+            Encoder::Candle(model) => self.candle_pooled(model, &encodings, normalize),
+        }
+    }
+
+    /// candle-transformers' path: pad to the longest sentence, mask, pool.
+    fn candle_pooled(
+        &self,
+        model: &BertModel,
+        encodings: &[Encoding],
+        normalize: bool,
+    ) -> Result<Vec<f32>, InferError> {
         let rows = encodings.len();
-        let len = encodings.first().map_or(0, |e| e.get_ids().len());
+        let len = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0);
         let mut ids = Vec::with_capacity(rows * len);
         let mut types = Vec::with_capacity(rows * len);
         let mut mask = Vec::with_capacity(rows * len);
-        for e in &encodings {
+        for e in encodings {
+            let pad = len - e.get_ids().len();
             ids.extend(e.get_ids().iter().map(|&x| i64::from(x)));
+            ids.extend(std::iter::repeat_n(i64::from(self.pad_id), pad));
             types.extend(e.get_type_ids().iter().map(|&x| i64::from(x)));
+            types.extend(std::iter::repeat_n(0, pad));
             mask.extend(e.get_attention_mask().iter().map(|&x| i64::from(x)));
+            mask.extend(std::iter::repeat_n(0, pad));
         }
-        let device = &self.model.device;
+        let device = &model.device;
         let ids = Tensor::from_vec(ids, (rows, len), device)?;
         let types = Tensor::from_vec(types, (rows, len), device)?;
         let mask = Tensor::from_vec(mask, (rows, len), device)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = model.forward(&ids, &types, Some(&mask))?;
         // Mean over real tokens: sum(h * mask) / sum(mask).
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;

@@ -124,6 +124,9 @@ async fn server_metadata() -> Json<serde_json::Value> {
         "name": "sluice-model-server",
         "version": env!("CARGO_PKG_VERSION"),
         "extensions": EXTENSIONS,
+        // Not in the protocol (clients ignore unknown fields): the instruction set the CPU
+        // kernels run with, so an operator can see that AVX-512 (or only AVX2) is in use.
+        "cpu_kernels": sluice_kernels::cpu_kernels().to_string(),
     }))
 }
 

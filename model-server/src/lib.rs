@@ -17,6 +17,7 @@ pub mod bert;
 pub mod codec;
 pub mod dense;
 pub mod embeddings;
+pub mod encoder;
 pub mod error;
 pub mod formats;
 pub mod grpc;

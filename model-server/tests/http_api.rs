@@ -130,6 +130,18 @@ async fn oip_health_metadata_and_json_infer() {
             .unwrap()
             .contains(&json!("binary_tensor_data"))
     );
+    // The instruction set the CPU kernels run with on this machine, as detected.
+    assert_eq!(
+        meta["cpu_kernels"],
+        json!(sluice_kernels::cpu_kernels().to_string())
+    );
+    assert!(
+        ["x86-64-v4", "x86-64-v3", "scalar"]
+            .iter()
+            .any(|level| meta["cpu_kernels"].as_str().unwrap().starts_with(level)),
+        "{}",
+        meta["cpu_kernels"]
+    );
     assert_eq!(
         call(&s, get("/v2/models")).await.json(),
         json!({"models": ["iris"]})

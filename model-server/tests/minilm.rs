@@ -16,8 +16,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sluice_model_server::bert::Bert;
+use sluice_model_server::bert::{Bert, BertKernels};
 use sluice_model_server::http::{AppState, router};
+use sluice_model_server::model::TextEmbedder;
 use sluice_model_server::{BatchConfig, ModelSource, Repository};
 use sluice_queue::{Queue, QueueConfig};
 use tokio::time::Instant;
@@ -85,6 +86,46 @@ fn embeddings_match_sentence_transformers() {
         );
         let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "sentence {i}: norm {norm}");
+    }
+}
+
+/// Sluice's CPU encoder (unpadded batches, fused kernels) against candle-transformers'
+/// `BertModel` (padded and masked) on the same weights: a mixed batch of a one-word query,
+/// the reference sentences and a passage past the 256-token limit (truncated), batched and
+/// alone, unnormalized so a scale error would show too.
+#[test]
+fn cpu_encoder_matches_candle_transformers_on_mixed_lengths() {
+    let dir = model_dir();
+    let ours = Bert::load("minilm", &dir).unwrap();
+    let candle = Bert::load_with("minilm", &dir, BertKernels::Candle).unwrap();
+    let r = reference();
+    let passage = "river bank erosion and the lending rates of the bank ".repeat(40);
+    let mut texts: Vec<&str> = vec!["hi"];
+    texts.extend(r.sentences.iter().map(String::as_str));
+    texts.push(&passage);
+    let cases: Vec<Vec<&str>> = std::iter::once(texts.clone())
+        .chain(texts.iter().map(|t| vec![*t]))
+        .collect();
+    for batch in cases {
+        let a = ours.embed_texts(&batch, false).unwrap();
+        let b = candle.embed_texts(&batch, false).unwrap();
+        assert_eq!(a.len(), batch.len() * 384);
+        for (i, (x, y)) in a.chunks(384).zip(b.chunks(384)).enumerate() {
+            let c = cosine(x, y);
+            assert!(
+                c >= 0.99999,
+                "row {i} of a batch of {}: cosine {c}",
+                batch.len()
+            );
+            let (lx, ly): (f32, f32) = (
+                x.iter().map(|v| v * v).sum::<f32>().sqrt(),
+                y.iter().map(|v| v * v).sum::<f32>().sqrt(),
+            );
+            assert!(
+                ly > 0.0 && (lx - ly).abs() <= 1e-3 * ly,
+                "row {i}: length {lx} vs {ly}"
+            );
+        }
     }
 }
 
