@@ -17,6 +17,8 @@ use crate::math;
 const NR: usize = 32;
 /// Rows of `x` per micro-kernel call.
 const MR: usize = 6;
+/// Rows per thread from which a product splits by rows rather than by panels.
+const ROW_SPLIT_MIN: usize = 4 * MR;
 
 /// A weight matrix `W` (`n` outputs x `k` inputs, row-major as linear layers store it),
 /// packed for [`linear`].
@@ -99,7 +101,18 @@ pub fn linear(x: &[f32], w: &PackedMatrix, bias: &[f32], epilogue: Epilogue, out
         panel_range(x, m, w, bias, epilogue, 0..panels, out, n);
         return;
     }
-    // Split the panels (column blocks) across the pool; each task fills its own columns
+    if m >= ROW_SPLIT_MIN * threads {
+        // Enough rows: each task takes whole rows (a multiple of MR) and writes them in
+        // place, streaming every panel.
+        let rows = m.div_ceil(threads).div_ceil(MR) * MR;
+        out.par_chunks_mut(rows * n)
+            .zip(x.par_chunks(rows * k))
+            .for_each(|(out, x)| {
+                panel_range(x, x.len() / k, w, bias, epilogue, 0..panels, out, n);
+            });
+        return;
+    }
+    // Few rows (one short sentence): split the panels (column blocks) across the pool; each task fills its own columns
     // in a buffer of its own, copied into place after.
     let per_task = panels.div_ceil(threads).max(1);
     let parts: Vec<(usize, Vec<f32>)> = (0..panels)
@@ -336,6 +349,8 @@ mod tests {
 
     #[test]
     fn large_products_split_across_the_pool_and_agree() {
+        // Many rows: split by rows. Few rows, much work: split by panels.
         check(50, 200, 384);
+        check(6, 1100, 384);
     }
 }

@@ -6,8 +6,10 @@
 //! the ratio of the medians, so a noisy machine compares them within one run.
 //!
 //! ```text
-//! embed_speed MODEL_DIR [SECONDS]
+//! embed_speed MODEL_DIR [SECONDS] [sluice|candle]
 //! ```
+//!
+//! With an encoder named last, only that one runs (for profiling it alone).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,16 +46,20 @@ fn main() {
     let dir = PathBuf::from(args.next().expect("usage: embed_speed MODEL_DIR [SECONDS]"));
     let seconds: u64 = args.next().map_or(10, |s| s.parse().expect("SECONDS"));
     println!("kernels: {}", sluice_kernels::cpu_kernels());
-    let encoders = [
+    let only = args.next();
+    let encoders: Vec<(&str, Bert)> = [
+        ("sluice", BertKernels::Auto),
+        ("candle", BertKernels::Candle),
+    ]
+    .into_iter()
+    .filter(|(name, _)| only.as_deref().is_none_or(|o| o == *name))
+    .map(|(name, kernels)| {
         (
-            "sluice",
-            Bert::load_with("minilm", &dir, BertKernels::Auto).expect("load"),
-        ),
-        (
-            "candle",
-            Bert::load_with("minilm", &dir, BertKernels::Candle).expect("load"),
-        ),
-    ];
+            name,
+            Bert::load_with("minilm", &dir, kernels).expect("load"),
+        )
+    })
+    .collect();
     for batch in [1usize, 32] {
         let sentences = vec![SENTENCE; batch];
         // Warm-up: first calls allocate and page in the weights.
@@ -62,7 +68,7 @@ fn main() {
                 bert.embed(&sentences).expect("embed");
             }
         }
-        let mut rounds = [Vec::new(), Vec::new()];
+        let mut rounds = vec![Vec::new(); encoders.len()];
         for _ in 0..seconds.max(1) {
             for ((_, bert), rounds) in encoders.iter().zip(&mut rounds) {
                 rounds.push(round(bert, &sentences));
@@ -81,9 +87,8 @@ fn main() {
                 median
             })
             .collect();
-        println!(
-            "batch {batch:>2} sluice/candle: {:.2}x",
-            medians[0] / medians[1]
-        );
+        if let [ours, candle] = medians[..] {
+            println!("batch {batch:>2} sluice/candle: {:.2}x", ours / candle);
+        }
     }
 }

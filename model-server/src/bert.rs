@@ -120,13 +120,14 @@ impl Bert {
         // Say where the model computes: a CUDA build on a machine without a usable GPU
         // falls back to the CPU, and an operator should see that in the log.
         tracing::info!(model = name, device = ?device.location(), "bert model device");
-        let vb = crate::weights::map_file(&weights_path, &device)?;
         let cpu = match kernels {
-            BertKernels::Auto => CpuEncoder::load(&vb, &config).map_err(weights_err)?,
+            BertKernels::Auto => CpuEncoder::supports(&config, &device),
             BertKernels::Candle => Err(crate::encoder::Unsupported::Chosen),
         };
         let encoder = match cpu {
-            Ok(cpu) => {
+            Ok(()) => {
+                let mut file = crate::weights::SafetensorsFile::open(&weights_path)?;
+                let cpu = CpuEncoder::load(&mut file, &config)?;
                 tracing::info!(
                     model = name,
                     kernels = %sluice_kernels::cpu_kernels(),
@@ -136,6 +137,7 @@ impl Bert {
             }
             Err(why) => {
                 tracing::info!(model = name, %why, "bert model runs on candle-transformers");
+                let vb = crate::weights::map_file(&weights_path, &device)?;
                 Encoder::Candle(BertModel::load(vb, &config).map_err(weights_err)?)
             }
         };

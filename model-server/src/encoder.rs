@@ -1,4 +1,4 @@
-//! `encoder`: the BERT encoder on the CPU, on `sluice-kernels`; candle loads the weights.
+//! `encoder`: the BERT encoder on the CPU, on `sluice-kernels`.
 //!
 //! What it does differently from candle-transformers' `BertModel` (which still runs every
 //! other device, and the CPU when a model needs an op these kernels lack):
@@ -9,16 +9,21 @@
 //!   layers see `tokens x hidden`, and attention runs per sentence, so a batch costs the
 //!   tokens it has, not `sentences x longest`.
 //! * One product for the query, key and value projections (weights concatenated).
+//! * Weights read tensor by tensor from the safetensors file (`weights::SafetensorsFile`),
+//!   not mapped: the peak memory of a load is the weights, not the weights plus the
+//!   file's pages.
 //! * Each op between the products is one fused pass compiled for the CPU's vector
 //!   instructions, on the calling thread when the batch is small; candle's elementwise
 //!   ops would each allocate, and hand large ones to a spinning thread pool of their own.
 
 use std::ops::Range;
 
-use candle_core::{Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use sluice_kernels::{Epilogue, PackedMatrix, Table, linear};
+
+use crate::model::LoadError;
+use crate::weights::SafetensorsFile;
 
 /// Why a model cannot run on these kernels (it then runs on candle-transformers' model).
 #[derive(Debug, thiserror::Error)]
@@ -80,69 +85,85 @@ pub struct Sentence<'a> {
     pub types: &'a [u32],
 }
 
-fn vec_of(t: Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
+/// The tensors under one name prefix of a safetensors file.
+struct Weights<'a> {
+    file: &'a mut SafetensorsFile,
+    prefix: String,
 }
 
-fn norm(vb: &VarBuilder, width: usize) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
-    Ok((
-        vec_of(vb.get(width, "weight")?)?,
-        vec_of(vb.get(width, "bias")?)?,
-    ))
-}
-
-/// Loads the linear layers `names` under `vb` (each `n x k`), stacked into one.
-fn stacked(vb: &VarBuilder, names: &[&str], n: usize, k: usize) -> candle_core::Result<Linear> {
-    let mut weight = Vec::with_capacity(names.len() * n * k);
-    let mut bias = Vec::with_capacity(names.len() * n);
-    for name in names {
-        let layer = vb.pp(name);
-        weight.extend(vec_of(layer.get((n, k), "weight")?)?);
-        bias.extend(vec_of(layer.get(n, "bias")?)?);
+impl Weights<'_> {
+    fn at(&mut self, name: &str) -> Weights<'_> {
+        Weights {
+            prefix: format!("{}{name}.", self.prefix),
+            file: &mut *self.file,
+        }
     }
-    Ok(Linear {
-        weight: PackedMatrix::pack(&weight, names.len() * n, k),
-        bias,
-    })
+
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
+        self.file.read_f32(&format!("{}{name}", self.prefix), shape)
+    }
+
+    /// A layer norm's scale and shift.
+    fn norm(&mut self, width: usize) -> Result<(Vec<f32>, Vec<f32>), LoadError> {
+        Ok((self.get("weight", &[width])?, self.get("bias", &[width])?))
+    }
+
+    /// The linear layers `names` (each `n x k`), stacked into one and packed.
+    fn linear(&mut self, names: &[&str], n: usize, k: usize) -> Result<Linear, LoadError> {
+        let mut weight = Vec::with_capacity(names.len() * n * k);
+        let mut bias = Vec::with_capacity(names.len() * n);
+        for name in names {
+            weight.extend(self.get(&format!("{name}.weight"), &[n, k])?);
+            bias.extend(self.get(&format!("{name}.bias"), &[n])?);
+        }
+        Ok(Linear {
+            weight: PackedMatrix::pack(&weight, names.len() * n, k),
+            bias,
+        })
+    }
 }
 
 impl CpuEncoder {
+    /// Whether these kernels can run a model with `config` on `device`.
+    pub fn supports(config: &Config, device: &Device) -> Result<(), Unsupported> {
+        if !matches!(config.hidden_act, HiddenAct::Gelu) {
+            return Err(Unsupported::Activation(config.hidden_act));
+        }
+        if !matches!(device, Device::Cpu) {
+            return Err(Unsupported::Device);
+        }
+        Ok(())
+    }
+
     /// Builds the encoder from BERT weights (Hugging Face names, with or without a `bert.`
     /// or `{model_type}.` prefix, as candle-transformers accepts them).
-    pub fn load(
-        vb: &VarBuilder,
-        config: &Config,
-    ) -> Result<Result<Self, Unsupported>, candle_core::Error> {
-        if !matches!(config.hidden_act, HiddenAct::Gelu) {
-            return Ok(Err(Unsupported::Activation(config.hidden_act)));
-        }
-        if !matches!(vb.device(), Device::Cpu) {
-            return Ok(Err(Unsupported::Device));
-        }
-        let mut vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
+    pub fn load(file: &mut SafetensorsFile, config: &Config) -> Result<Self, LoadError> {
+        let word_key = "embeddings.word_embeddings.weight";
+        let prefix = if file.contains(word_key) {
+            String::new()
+        } else if file.contains(&format!("bert.{word_key}")) {
+            "bert.".to_owned()
         } else {
-            vb.clone()
+            config
+                .model_type
+                .as_ref()
+                .map(|t| format!("{t}."))
+                .unwrap_or_default()
         };
-        if !vb.contains_tensor("embeddings.word_embeddings.weight")
-            && let Some(model_type) = &config.model_type
-        {
-            vb = vb.pp(model_type);
-        }
+        let mut w = Weights { file, prefix };
         let h = config.hidden_size;
-        let emb = vb.pp("embeddings");
-        let word = vec_of(emb.get((config.vocab_size, h), "word_embeddings.weight")?)?;
-        let position = vec_of(emb.get(
-            (config.max_position_embeddings, h),
+        let mut emb = w.at("embeddings");
+        let word = emb.get("word_embeddings.weight", &[config.vocab_size, h])?;
+        let position = emb.get(
             "position_embeddings.weight",
-        )?)?;
-        let token_type =
-            vec_of(emb.get((config.type_vocab_size, h), "token_type_embeddings.weight")?)?;
-        let embed_norm = norm(&emb.pp("LayerNorm"), h)?;
+            &[config.max_position_embeddings, h],
+        )?;
+        let token_type = emb.get("token_type_embeddings.weight", &[config.type_vocab_size, h])?;
+        let embed_norm = emb.at("LayerNorm").norm(h)?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::load(&vb.pp(format!("encoder.layer.{i}")), config))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Ok(Self {
+            .map(|i| Layer::load(&mut w.at(&format!("encoder.layer.{i}")), config))
+            .collect::<Result<Vec<_>, LoadError>>()?;
+        Ok(Self {
             word,
             position,
             token_type,
@@ -151,7 +172,7 @@ impl CpuEncoder {
             hidden: h,
             heads: config.num_attention_heads,
             eps: config.layer_norm_eps as f32,
-        }))
+        })
     }
 
     /// Mean-pooled sentence embeddings, `[sentences.len(), hidden]` row-major, each row
@@ -234,16 +255,16 @@ impl CpuEncoder {
 }
 
 impl Layer {
-    fn load(vb: &VarBuilder, config: &Config) -> candle_core::Result<Self> {
+    fn load(w: &mut Weights<'_>, config: &Config) -> Result<Self, LoadError> {
         let (h, i) = (config.hidden_size, config.intermediate_size);
-        let attn = vb.pp("attention");
+        let mut attn = w.at("attention");
         Ok(Self {
-            qkv: stacked(&attn.pp("self"), &["query", "key", "value"], h, h)?,
-            attn_out: stacked(&attn.pp("output"), &["dense"], h, h)?,
-            attn_norm: norm(&attn.pp("output.LayerNorm"), h)?,
-            intermediate: stacked(&vb.pp("intermediate"), &["dense"], i, h)?,
-            output: stacked(&vb.pp("output"), &["dense"], h, i)?,
-            output_norm: norm(&vb.pp("output.LayerNorm"), h)?,
+            qkv: attn.at("self").linear(&["query", "key", "value"], h, h)?,
+            attn_out: attn.at("output").linear(&["dense"], h, h)?,
+            attn_norm: attn.at("output.LayerNorm").norm(h)?,
+            intermediate: w.at("intermediate").linear(&["dense"], i, h)?,
+            output: w.at("output").linear(&["dense"], h, i)?,
+            output_norm: w.at("output.LayerNorm").norm(h)?,
         })
     }
 }
