@@ -112,7 +112,7 @@ def inprocess(args, kind):
 
 def main():
     ap = argparse.ArgumentParser()
-    for a in ("--sluice", "--loadgen", "--minilm", "--st-dir", "--onnx", "--iris", "--out"):
+    for a in ("--sluice", "--loadgen", "--embed-speed", "--minilm", "--st-dir", "--onnx", "--iris", "--out"):
         ap.add_argument(a, required=True)
     ap.add_argument("--seconds", type=float, default=10)
     args = ap.parse_args()
@@ -132,6 +132,11 @@ def main():
     rows["kserve minilm"] = {"start_to_ready_ms": ready_ms, "peak_rss_mb": peak_rss_mb(p.pid)}
     stop(p)
 
+    # Sluice's encoder in process, no HTTP: the same measurement inprocess.py makes.
+    out = subprocess.run([args.embed_speed, args.minilm, str(max(1, round(args.seconds))), "sluice"],
+                         env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)},
+                         check=True, capture_output=True, text=True).stdout
+    rows["sluice in-process"] = json.loads(out.strip().splitlines()[-1])
     rows["torch in-process"] = inprocess(args, "torch")
     rows["onnxruntime in-process"] = inprocess(args, "onnx")
 
@@ -154,15 +159,20 @@ def main():
     for k in ("sluice-http c=1", "sluice-grpc c=1", "kserve-python c=1", "sluice-http c=32", "sluice-grpc c=32", "kserve-python c=32"):
         r = rows[k]
         print(f"{k:28} {r['rps']:9.1f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
-    for k in ("torch in-process", "onnxruntime in-process"):
+    for k in ("sluice in-process", "torch in-process", "onnxruntime in-process"):
         r = rows[k]
         print(f"{k + ' b=1':28} {r['b1_rps']:9.1f} {r['b1_p50_ms']:8.2f} {r['b1_p99_ms']:8.2f}")
         print(f"{k + ' b=32 (sent/s)':28} {r['b32_sentences_per_s']:9.1f} {r['b32_p50_ms']:8.2f} {'':>8}")
+    si_, ox = rows["sluice in-process"], rows["onnxruntime in-process"]
+    print("\nin process, Sluice's encoder / onnxruntime:")
+    print(f"  batch-1 p50 latency            {si_['b1_p50_ms'] / ox['b1_p50_ms']:.2f}x   (target <= 1.25)")
+    print(f"  batch-32 sentences/s           {si_['b32_sentences_per_s'] / ox['b32_sentences_per_s']:.2f}x   (target >= 1.0)")
     s32 = rows["sluice-http c=32"]["rps"]
     print("\nratios at concurrency 32 (Sluice HTTP / other):")
     print(f"  vs KServe Python server        {s32 / rows['kserve-python c=32']['rps']:.2f}x   (target >= 2)")
     print(f"  vs PyTorch in-process batch 32 {s32 / rows['torch in-process']['b32_sentences_per_s']:.2f}x   (target >= 1)")
-    print(f"  vs onnxruntime batch 32        {s32 / rows['onnxruntime in-process']['b32_sentences_per_s']:.2f}x")
+    print(f"  vs onnxruntime batch 32        {s32 / rows['onnxruntime in-process']['b32_sentences_per_s']:.2f}x   (target >= 0.9)")
+    print(f"  p99 / p50                      {rows['sluice-http c=32']['p99_ms'] / rows['sluice-http c=32']['p50_ms']:.2f}x   (target <= 2)")
     print(f"  Sluice gRPC / HTTP             {rows['sluice-grpc c=32']['rps'] / s32:.2f}x")
     sm = rows["sluice minilm"]
     print(f"\nSluice start-to-ready {sm['start_to_ready_ms']:.0f} ms (target <= 300); peak RSS {sm['peak_rss_mb']:.0f} MB, "

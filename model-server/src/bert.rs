@@ -14,7 +14,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{Encoding, Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
 use crate::encoder::{CpuEncoder, Sentence};
 use crate::error::InferError;
@@ -29,6 +29,32 @@ pub const TEXT_INPUT: &str = "text";
 pub const EMBEDDING_OUTPUT: &str = "embedding";
 /// Longest token sequence (sentence-transformers' `max_seq_length` for MiniLM).
 pub const MAX_TOKENS: usize = 256;
+
+/// One text's token ids and type ids, cut to `MAX_TOKENS`.
+struct Tokens {
+    ids: Vec<u32>,
+    types: Vec<u32>,
+}
+
+impl Tokens {
+    /// At most `MAX_TOKENS`, as the tokenizer's own truncation cuts a single text: the
+    /// leading `[CLS]` and first tokens, then the closing `[SEP]`.
+    fn cut(e: &tokenizers::Encoding) -> Self {
+        let (ids, types) = (e.get_ids(), e.get_type_ids());
+        let keep = |v: &[u32]| {
+            if v.len() <= MAX_TOKENS {
+                return v.to_vec();
+            }
+            let mut kept = v[..MAX_TOKENS - 1].to_vec();
+            kept.extend(v.last());
+            kept
+        };
+        Self {
+            ids: keep(ids),
+            types: keep(types),
+        }
+    }
+}
 
 /// Which encoder implementation runs a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,12 +75,11 @@ enum Encoder {
 /// A loaded sentence-embedding model.
 pub struct Bert {
     encoder: Encoder,
-    /// Truncates to `MAX_TOKENS`; no padding (the CPU encoder needs none, the candle
-    /// path pads itself).
+    /// No padding (the CPU encoder needs none, the candle path pads itself) and no
+    /// truncation (token counts are the text's own; `pooled` cuts at `MAX_TOKENS`). One
+    /// tokenizer, not two configured copies: each holds the vocabulary (~8 MB).
     tokenizer: Tokenizer,
     pad_id: u32,
-    /// The same tokenizer without padding or truncation: what counts and lists tokens.
-    counter: Tokenizer,
     hidden: usize,
     metadata: ModelMetadata,
 }
@@ -94,18 +119,8 @@ impl Bert {
                 message: e.to_string(),
             })?;
         tokenizer.with_padding(None);
-        let mut counter = tokenizer.clone();
-        counter
-            .with_truncation(None)
-            .map_err(|e| LoadError::Tokenizer {
-                path: tokenizer_path.clone(),
-                message: e.to_string(),
-            })?;
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
-                ..TruncationParams::default()
-            }))
+            .with_truncation(None)
             .map_err(|e| LoadError::Tokenizer {
                 path: tokenizer_path.clone(),
                 message: e.to_string(),
@@ -157,7 +172,6 @@ impl Bert {
             encoder,
             tokenizer,
             pad_id,
-            counter,
             hidden,
             metadata,
         })
@@ -180,18 +194,19 @@ impl Bert {
                 tensor: TEXT_INPUT.into(),
                 message: format!("cannot tokenize: {e}"),
             })?;
+        let tokens: Vec<Tokens> = encodings.iter().map(Tokens::cut).collect();
         match &self.encoder {
             Encoder::Cpu(cpu) => {
-                let sentences: Vec<Sentence<'_>> = encodings
+                let sentences: Vec<Sentence<'_>> = tokens
                     .iter()
-                    .map(|e| Sentence {
-                        ids: e.get_ids(),
-                        types: e.get_type_ids(),
+                    .map(|t| Sentence {
+                        ids: &t.ids,
+                        types: &t.types,
                     })
                     .collect();
                 Ok(cpu.pooled(&sentences, normalize)?)
             }
-            Encoder::Candle(model) => self.candle_pooled(model, &encodings, normalize),
+            Encoder::Candle(model) => self.candle_pooled(model, &tokens, normalize),
         }
     }
 
@@ -199,25 +214,21 @@ impl Bert {
     fn candle_pooled(
         &self,
         model: &BertModel,
-        encodings: &[Encoding],
+        encodings: &[Tokens],
         normalize: bool,
     ) -> Result<Vec<f32>, InferError> {
         let rows = encodings.len();
-        let len = encodings
-            .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0);
+        let len = encodings.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(rows * len);
         let mut types = Vec::with_capacity(rows * len);
         let mut mask = Vec::with_capacity(rows * len);
         for e in encodings {
-            let pad = len - e.get_ids().len();
-            ids.extend(e.get_ids().iter().map(|&x| i64::from(x)));
+            let pad = len - e.ids.len();
+            ids.extend(e.ids.iter().map(|&x| i64::from(x)));
             ids.extend(std::iter::repeat_n(i64::from(self.pad_id), pad));
-            types.extend(e.get_type_ids().iter().map(|&x| i64::from(x)));
+            types.extend(e.types.iter().map(|&x| i64::from(x)));
             types.extend(std::iter::repeat_n(0, pad));
-            mask.extend(e.get_attention_mask().iter().map(|&x| i64::from(x)));
+            mask.extend(std::iter::repeat_n(1, e.ids.len()));
             mask.extend(std::iter::repeat_n(0, pad));
         }
         let device = &model.device;
@@ -302,7 +313,7 @@ impl TextEmbedder for Bert {
         add_special_tokens: bool,
     ) -> Result<Vec<Vec<Token>>, InferError> {
         let encodings = self
-            .counter
+            .tokenizer
             .encode_batch(texts.to_vec(), add_special_tokens)
             .map_err(|e| InferError::InvalidInput {
                 tensor: TEXT_INPUT.into(),
@@ -336,7 +347,7 @@ impl TextEmbedder for Bert {
 
     fn count_tokens(&self, texts: &[&str]) -> Result<Vec<usize>, InferError> {
         let encodings = self
-            .counter
+            .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| InferError::InvalidInput {
                 tensor: TEXT_INPUT.into(),
@@ -347,5 +358,44 @@ impl TextEmbedder for Bert {
 
     fn embed_texts(&self, texts: &[&str], normalize: bool) -> Result<Vec<f32>, InferError> {
         self.pooled(texts, normalize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokenizers::TruncationParams;
+
+    use super::*;
+
+    /// Cutting the untruncated encoding gives what the tokenizer's own truncation gives.
+    #[test]
+    fn cut_matches_the_tokenizers_truncation() {
+        let home = std::env::var_os("HOME").expect("HOME is set");
+        let path = std::path::PathBuf::from(home)
+            .join(".cache/sluice/models/all-MiniLM-L6-v2/tokenizer.json");
+        // scripts/test fetches the weights first; the model tests fail without them.
+        let mut plain = Tokenizer::from_file(&path).unwrap();
+        plain.with_padding(None);
+        plain.with_truncation(None).unwrap();
+        let mut cutting = plain.clone();
+        cutting
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..TruncationParams::default()
+            }))
+            .unwrap();
+        let long = "the river bank and the lending bank ".repeat(60);
+        for text in ["short", long.as_str()] {
+            let ours = Tokens::cut(&plain.encode(text, true).unwrap());
+            let theirs = cutting.encode(text, true).unwrap();
+            assert_eq!(ours.ids, theirs.get_ids(), "{text:.20}");
+            assert_eq!(ours.types, theirs.get_type_ids());
+        }
+        assert_eq!(
+            Tokens::cut(&plain.encode(long.as_str(), true).unwrap())
+                .ids
+                .len(),
+            MAX_TOKENS
+        );
     }
 }
