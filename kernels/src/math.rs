@@ -28,27 +28,24 @@ pub(crate) fn exp(x: f32) -> f32 {
     p * f32::from_bits(bits)
 }
 
-/// The error function: its Taylor series below |x| = 0.5 (seven terms, no cancellation
-/// near zero), Abramowitz and Stegun 7.1.26 above (absolute error below 1.5e-7). Both are
-/// computed and one is selected, so the vectorized loop has no branch.
+/// The error function as a rational function of `x` clamped to [-4, 4] (beyond which
+/// `erf` is +-1 in `f32`): an odd degree-13 numerator over an even degree-8 denominator,
+/// the approximation Eigen and XLA use. One division and no `exp`, so the GELU epilogue
+/// costs a few multiply-adds per element.
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let far = 1.0 - poly * exp(-a * a);
-    let x2 = a * a;
-    let near = a
-        * std::f32::consts::FRAC_2_SQRT_PI
-        * (1.0
-            + x2 * (-1.0 / 3.0
-                + x2 * (1.0 / 10.0
-                    + x2 * (-1.0 / 42.0
-                        + x2 * (1.0 / 216.0 + x2 * (-1.0 / 1320.0 + x2 * (1.0 / 9360.0)))))));
-    let y = if a < 0.5 { near } else { far };
-    y.copysign(x)
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = x
+        * (-1.609_603_3e-2
+            + x2 * (-2.954_6e-3
+                + x2 * (-7.349_906_3e-4
+                    + x2 * (-5.692_506_4e-5
+                        + x2 * (-2.101_024e-6 + x2 * (2.770_681_4e-8 + x2 * -2.726_142_3e-10))))));
+    let q = -1.426_474e-2
+        + x2 * (-7.373_329e-3
+            + x2 * (-1.682_827e-3 + x2 * (-2.133_740_6e-4 + x2 * -1.456_607_2e-5)));
+    p / q
 }
 
 /// GELU as BERT defines it: `x * Φ(x) = 0.5 x (1 + erf(x / √2))`.
@@ -167,7 +164,7 @@ mod tests {
         while x < 6.0 {
             let want = erf_reference(f64::from(x));
             let got = f64::from(erf(x));
-            assert!((got - want).abs() < 3e-7, "erf({x}) = {got}, want {want}");
+            assert!((got - want).abs() < 5e-7, "erf({x}) = {got}, want {want}");
             let g = f64::from(gelu(x));
             let g_want = 0.5 * f64::from(x) * (1.0 + erf_reference(f64::from(x) / 2f64.sqrt()));
             assert!((g - g_want).abs() < 1e-6, "gelu({x}) = {g}, want {g_want}");
