@@ -71,8 +71,14 @@ impl fmt::Display for CpuKernels {
     }
 }
 
-/// What the kernels run with here.
-pub fn cpu_kernels() -> CpuKernels {
+/// What the kernels run with here, detected once per process (it reads `/proc/cpuinfo`,
+/// and `GET /v2` reports it on every call).
+pub fn cpu_kernels() -> &'static CpuKernels {
+    static DETECTED: std::sync::OnceLock<CpuKernels> = std::sync::OnceLock::new();
+    DETECTED.get_or_init(detect)
+}
+
+fn detect() -> CpuKernels {
     let level = match pulp::Arch::new() {
         #[cfg(target_arch = "x86_64")]
         pulp::Arch::V4(_) => "x86-64-v4 (AVX-512)",
