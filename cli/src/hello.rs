@@ -3,7 +3,9 @@
 //! A small HTTP/1.1 + h2c server on `$PORT` (loopback) that answers `Hello <TARGET>!` and
 //! then the facts a test or a curious user wants: the revision (`K_REVISION`), method,
 //! path and request headers (Forwarded, X-Forwarded-*, traceparent…). `?sleep_ms=N`
-//! delays the answer (at most ten minutes), to try timeouts. The server is
+//! delays the answer (at most ten minutes), to try timeouts; `FAIL_EVERY=N` (every Nth
+//! request answered 500) and `DELAY_MS` make a revision faulty on purpose, to try
+//! SLO-gated rollouts. The server is
 //! [`sluice_queue::hello`].
 
 use std::net::SocketAddr;
@@ -24,6 +26,12 @@ pub(crate) struct HelloArgs {
     /// Who to greet.
     #[arg(long, env = "TARGET", default_value = "World")]
     target: String,
+    /// Answer every Nth request with a 500 (0: never).
+    #[arg(long, env = "FAIL_EVERY", default_value_t = 0)]
+    fail_every: u64,
+    /// Milliseconds added to every answer.
+    #[arg(long, env = "DELAY_MS", default_value_t = 0)]
+    delay_ms: u64,
 }
 
 /// Serves until SIGTERM/SIGINT.
@@ -37,6 +45,8 @@ pub(crate) async fn run(args: HelloArgs) -> anyhow::Result<()> {
         target: args.target,
         service: env("K_SERVICE"),
         revision: env("K_REVISION"),
+        fail_every: args.fail_every,
+        delay: std::time::Duration::from_millis(args.delay_ms.min(600_000)),
     };
     eprintln!("hello: listening on {addr}");
     hello::serve(listener, hello, shutdown::signalled()).await;

@@ -14,6 +14,7 @@ mod kube;
 mod kube_policy;
 mod model_server;
 mod queue;
+mod rollout;
 mod shutdown;
 mod up;
 
@@ -45,6 +46,8 @@ enum Command {
     Promote(canary::CanaryArgs),
     /// Roll an InferenceService back: all traffic to its last rolled-out revision.
     Rollback(canary::CanaryArgs),
+    /// SLO-gated rollouts: `sluice rollout status NAME [--watch]`.
+    Rollout(rollout::RolloutArgs),
     /// Serve one model over the Open Inference Protocol (a revision's replica).
     ModelServer(model_server::ModelServerArgs),
     /// Autoscaler tools: a trace simulator and a trace generator.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Command::Delete(args) => client::delete(args).await,
             Command::Promote(args) => canary::run(args, canary::Edit::Promote).await,
             Command::Rollback(args) => canary::run(args, canary::Edit::Rollback).await,
+            Command::Rollout(args) => rollout::run(args).await,
             Command::ModelServer(args) => model_server::run(args).await,
             Command::Autoscaler(args) => autoscaler::run(args),
             Command::Controller(args) => kube::controller(args).await,

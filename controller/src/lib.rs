@@ -21,5 +21,6 @@ pub mod metrics;
 pub mod policies;
 pub mod reconcile;
 pub mod retry;
+pub mod rollout_signals;
 pub mod runtime;
 pub mod store;

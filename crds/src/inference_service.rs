@@ -420,6 +420,34 @@ impl InferenceService {
                 v.error(e.path, e.message);
             }
         }
+        crate::slo_rollout::validate(&mut v, &self.metadata.annotations);
+        if self
+            .metadata
+            .annotations
+            .contains_key(crate::slo_rollout::STEPS)
+        {
+            for (path, canary) in [
+                ("spec.predictor", p.canary_traffic_percent),
+                (
+                    "spec.transformer",
+                    self.spec
+                        .transformer
+                        .as_ref()
+                        .and_then(|t| t.canary_traffic_percent),
+                ),
+            ] {
+                if canary.is_some() {
+                    v.error(
+                        format!("{path}.canaryTrafficPercent"),
+                        format!(
+                            "cannot be used with {:?}: the SLO-gated rollout moves the traffic \
+                             itself (remove one of them)",
+                            crate::slo_rollout::STEPS
+                        ),
+                    );
+                }
+            }
+        }
         v.finish()
     }
 

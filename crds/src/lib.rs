@@ -18,6 +18,7 @@ pub mod rollout;
 pub mod route;
 pub mod runtime;
 pub mod service;
+pub mod slo_rollout;
 pub mod traffic;
 pub mod validation;
 

@@ -62,6 +62,10 @@ pub struct RouteStatus {
     /// Gradual rollouts in progress (`serving.knative.dev/rollout-duration`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutStatus>,
+    /// The SLO-gated rollout of the `latestRevision` target (`serving.sluice.dev/rollout-*`),
+    /// in progress or the last one's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_analysis: Option<crate::slo_rollout::RolloutAnalysis>,
 }
 
 impl Route {
@@ -75,6 +79,7 @@ impl Route {
         let mut v = Validator::default();
         check_object_name(&mut v, &self.metadata.name);
         crate::rollout::validate(&mut v, &self.metadata.annotations);
+        crate::slo_rollout::validate(&mut v, &self.metadata.annotations);
         traffic::validate(
             &mut v,
             "spec.traffic",

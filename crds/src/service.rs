@@ -205,6 +205,7 @@ impl Service {
         let mut v = Validator::default();
         check_object_name(&mut v, &self.metadata.name);
         crate::rollout::validate(&mut v, &self.metadata.annotations);
+        crate::slo_rollout::validate(&mut v, &self.metadata.annotations);
         self.spec
             .template
             .validate(&mut v, "spec.template", &self.metadata.name);

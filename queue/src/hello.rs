@@ -1,9 +1,12 @@
 //! `sluice hello`: a sample user process for the queue sidecar. It answers `Hello
 //! <TARGET>!` with what it knows of its revision and echoes the request (method, path,
-//! version, headers); `?sleep_ms=N` makes it take that long (at most ten minutes).
+//! version, headers); `?sleep_ms=N` makes it take that long (at most ten minutes). A
+//! revision can be made faulty on purpose, to try SLO-gated rollouts: `fail_every` answers
+//! every Nth request with a 500, `delay` slows every answer.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,11 +27,15 @@ pub struct Hello {
     pub service: String,
     /// Its revision (`K_REVISION`).
     pub revision: String,
+    /// Every Nth request is answered 500 (0: none).
+    pub fail_every: u64,
+    /// Added to every answer.
+    pub delay: Duration,
 }
 
 /// Serves `hello` on `listener` until `stop` resolves.
 pub async fn serve(listener: TcpListener, hello: Hello, stop: impl Future<Output = ()>) {
-    let hello = Arc::new(hello);
+    let hello = Arc::new((hello, AtomicU64::new(0)));
     tokio::pin!(stop);
     loop {
         let (stream, _) = tokio::select! {
@@ -46,7 +53,21 @@ pub async fn serve(listener: TcpListener, hello: Hello, stop: impl Future<Output
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let hello = hello.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&hello, req).await) }
+                async move {
+                    let (hello, served) = &*hello;
+                    let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                    if hello.fail_every > 0 && n.is_multiple_of(hello.fail_every) {
+                        let mut resp = Response::new(Full::new(Bytes::from_static(
+                            b"hello: failing on purpose (fail_every)\n",
+                        )));
+                        *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                        return Ok::<_, std::convert::Infallible>(resp);
+                    }
+                    if !hello.delay.is_zero() {
+                        tokio::time::sleep(hello.delay).await;
+                    }
+                    Ok(answer(hello, req).await)
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)

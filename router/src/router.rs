@@ -20,6 +20,10 @@ use tokio::time::Instant;
 use crate::headers::{ClientAddr, add_forwarded};
 use crate::ingress::Scheme;
 
+/// The revision a response was routed to (a response extension set by [`Router::handle`]).
+#[derive(Clone, Debug)]
+pub struct RoutedTo(pub NamespacedName);
+
 /// Header that picks a tagged revision on the service's own host.
 pub const TAG_HEADER: &str = "knative-serving-tag";
 
@@ -160,8 +164,11 @@ impl Router {
     }
 
     /// Routes one request.
+    /// The response carries the revision it was routed to as a [`RoutedTo`] extension
+    /// (the router hop's telemetry names it).
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        match self.route(req).await {
+        let mut routed = None;
+        let mut resp = match self.route(req, &mut routed).await {
             Ok(resp) => resp,
             Err(err) => {
                 tracing::debug!(
@@ -171,10 +178,18 @@ impl Router {
                 );
                 err.into_response()
             }
+        };
+        if let Some(key) = routed {
+            resp.extensions_mut().insert(RoutedTo(key));
         }
+        resp
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        routed: &mut Option<NamespacedName>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let start = Instant::now();
         // The request keeps the snapshot it started with, whatever is published meanwhile.
         let snapshot = self.snapshot.borrow().clone();
@@ -183,6 +198,7 @@ impl Router {
         let key = route
             .pick(roll)
             .ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
+        *routed = Some(key.clone());
         let revision = snapshot
             .revisions
             .get(key)

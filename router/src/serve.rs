@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::Router;
 use crate::headers::ClientAddr;
 use crate::ingress::{Ingress, IngressSecurity};
+use crate::router::RoutedTo;
 
 /// Listener settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,10 +224,16 @@ async fn accept_loop(
                 async move {
                     let resp = router.handle(req).await;
                     Ok::<_, std::convert::Infallible>(match exchange {
-                        Some(ex) => ex.wrap(resp).map(|b| {
-                            use http_body_util::BodyExt as _;
-                            b.boxed()
-                        }),
+                        Some(mut ex) => {
+                            if let Some(RoutedTo(to)) = resp.extensions().get::<RoutedTo>() {
+                                ex.labels.destination_workload_namespace = to.namespace.clone();
+                                ex.labels.destination_revision = to.name.clone();
+                            }
+                            ex.wrap(resp).map(|b| {
+                                use http_body_util::BodyExt as _;
+                                b.boxed()
+                            })
+                        }
                         None => resp,
                     })
                 }

@@ -857,10 +857,18 @@ async fn the_activator_reports_its_own_hop_metrics_access_log_and_span() {
                 container_name=\"activator\"} 0"),
         "{text}"
     );
-    // The router's registry has its own hop only.
+    // The router's registry has its own hop only (one request), named
+    // with the revision it routed to.
     let router_text = p.router_registry.encode();
+    let router_lines: Vec<&str> = router_text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert_eq!(router_lines.len(), 1, "{router_text}");
     assert!(
-        !router_text.contains("destination_revision=\"hello-00001\""),
+        router_lines[0].contains("reporter=\"source\"")
+            && router_lines[0].contains("destination_revision=\"hello-00001\"")
+            && router_lines[0].ends_with(" 1"),
         "{router_text}"
     );
 

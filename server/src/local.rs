@@ -195,6 +195,11 @@ pub async fn start(config: LocalConfig) -> anyhow::Result<Local> {
     );
     // Publish routes for what the store holds before the router takes its first request.
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    controller.set_signals(Arc::new(
+        sluice_controller::rollout_signals::RegistrySignals::new(
+            data_plane.router_registry.clone(),
+        ),
+    ));
     controller.notify_first_pass(first_tx);
     let controller_task = tokio::spawn(controller.run(decisions_rx, stop.stopped()));
     if first_rx.await.is_err() {

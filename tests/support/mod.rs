@@ -152,6 +152,58 @@ impl Up {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// One GET on the admin API with the state directory's bearer token: status and JSON.
+    pub fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+        let token = std::fs::read_to_string(self.state_dir.join("admin-token")).unwrap();
+        let mut stream = TcpStream::connect(self.admin).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Connection: close\r\n\r\n",
+            self.admin,
+            token.trim()
+        )
+        .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Waits (by the admin API's long poll on the object's version) until
+    /// `default/{name}` of `plural` satisfies `ok`; returns it.
+    pub fn wait_for(
+        &self,
+        plural: &str,
+        name: &str,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + WAIT;
+        let path = format!("/v1/{plural}/default/{name}");
+        let mut version = String::new();
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {plural}/{name}: {what}\n{}",
+                self.log()
+            );
+            let (status, obj) = self.admin_get(&format!("{path}?after={version}&timeout=10"));
+            if status == 200 && ok(&obj) {
+                return obj;
+            }
+            version = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    }
+
     /// `sluice apply -f` of `yaml` (written next to the state folder as `name`).
     pub fn apply(&self, name: &str, yaml: &str) -> String {
         let file = self.state_dir.with_file_name(name);
@@ -162,13 +214,16 @@ impl Up {
 
 /// The replica program of the zero-loss tests, a program not written by Sluice: a threaded
 /// Python HTTP server that waits `DELAY_MS`, then answers with the SHA-256 of the body it
-/// received, its revision and pid, and the body itself.
+/// received, its revision and pid, and the body itself (or, with `FAIL_EVERY=N`, every Nth
+/// request with a 500: a faulty revision on purpose).
 pub const ECHO_APP: &str = r#"
 import hashlib, os, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 
 DELAY = int(os.environ.get("DELAY_MS", "20")) / 1000.0
 REVISION = os.environ.get("K_REVISION", "?")
+FAIL_EVERY = int(os.environ.get("FAIL_EVERY", "0"))
+SERVED = [0]
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -177,6 +232,12 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         time.sleep(DELAY)
+        SERVED[0] += 1
+        if FAIL_EVERY and SERVED[0] % FAIL_EVERY == 0:
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         head = "%s rev=%s pid=%d attestation=%s\n" % (
             hashlib.sha256(body).hexdigest(), REVISION, os.getpid(),
             "x-sluice-caller-attestation" in self.headers)

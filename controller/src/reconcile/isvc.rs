@@ -619,6 +619,10 @@ pub fn isvc_status(
     status.conditions = vec![ingress, predictor_ready];
     status.conditions.extend(transformer_ready);
     status.conditions.push(ready);
+    status.conditions.extend(rollout_healthy(
+        predictor.ok().flatten(),
+        transformer.flatten(),
+    ));
     if let Ok(Some(svc)) = predictor {
         status.model_status = Some(model_status(
             previous.model_status.clone(),
@@ -628,6 +632,28 @@ pub fn isvc_status(
         ));
     }
     status
+}
+
+/// `RolloutHealthy` of the components in an SLO-gated rollout, the least healthy one, its
+/// message naming the component.
+fn rollout_healthy(
+    predictor: Option<&ServiceStatus>,
+    transformer: Option<&ServiceStatus>,
+) -> Option<Condition> {
+    let rank = |c: &Condition| match c.status {
+        ConditionStatus::False => 0,
+        ConditionStatus::Unknown => 1,
+        ConditionStatus::True => 2,
+    };
+    [("predictor", predictor), ("transformer", transformer)]
+        .into_iter()
+        .filter_map(|(name, svc)| {
+            let c = find_condition(&svc?.conditions, "RolloutHealthy")?;
+            let mut c = c.clone();
+            c.message = c.message.map(|m| format!("{name}: {m}"));
+            Some(c)
+        })
+        .min_by_key(rank)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ mod routing;
 pub mod runtime_select;
 mod schedule;
 pub mod service;
+pub mod slo_rollout;
 mod stages;
 mod support;
 
@@ -114,6 +115,11 @@ pub struct Controller<S: Store, R: Runtime> {
     /// Routes in a gradual rollout, with when their next step is due (milliseconds since
     /// the Unix epoch): the resync marks them once it is.
     rollout_due: BTreeMap<Key, i64>,
+    /// The router's request counters SLO-gated rollouts judge by (`None`: such rollouts
+    /// wait at their first step, saying why).
+    signals: Option<Arc<dyn crate::rollout_signals::SignalSource>>,
+    /// Routes whose SLO-gated rollout bounds its canary's replicas: the canary and bound.
+    surge: BTreeMap<Key, (NamespacedName, u32)>,
 }
 
 /// A wall clock: the controller's source of `SystemTime` for gradual rollouts, whose state
@@ -197,7 +203,14 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             stats: PassStats::default(),
             clock: Arc::new(std::time::SystemTime::now),
             rollout_due: BTreeMap::new(),
+            signals: None,
+            surge: BTreeMap::new(),
         }
+    }
+
+    /// Gives SLO-gated rollouts the router's request counters.
+    pub fn set_signals(&mut self, signals: Arc<dyn crate::rollout_signals::SignalSource>) {
+        self.signals = Some(signals);
     }
 
     /// Replaces the wall clock gradual rollouts step by (tests drive it by hand).
@@ -655,6 +668,12 @@ impl<S: Store, R: Runtime> Controller<S, R> {
 
         // Route.
         let now_ms = epoch_ms((self.clock)());
+        let gated = routes.iter().any(|(_, r)| {
+            r.metadata
+                .annotations
+                .contains_key(sluice_crds::slo_rollout::STEPS)
+        });
+        let signals = self.signals.as_ref().filter(|_| gated).map(|s| s.read());
         let routing = stages::routing(
             &routes,
             &isvcs,
@@ -662,8 +681,15 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             &config_status,
             &observed,
             &hosts,
-            now_ms,
+            (now_ms, signals.as_ref()),
         );
+        for (route, surge) in &routing.surge {
+            match surge {
+                Some(s) => self.surge.insert(route.clone(), s.clone()),
+                None => self.surge.remove(route),
+            };
+        }
+        let surge: HashMap<NamespacedName, u32> = self.surge.values().cloned().collect();
         for (route, due) in &routing.rollout_due {
             match due {
                 Some(at) => self.rollout_due.insert(route.clone(), *at),
@@ -674,7 +700,13 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         // Scale: revisions → replicas, and their status.
         let mut pending = Vec::new();
         let now_observed = self
-            .scale(&revisions, &specs, &observed, &routing.wanted, &mut pending)
+            .scale(
+                &revisions,
+                &specs,
+                &observed,
+                (&routing.wanted, &surge),
+                &mut pending,
+            )
             .await?;
         self.stop_removed(&revisions, &scope);
 
@@ -798,14 +830,14 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         revisions: &[(Value, Revision)],
         specs: &[Result<ReplicaSpec, ReplicaFailure>],
         observed: &[Revision],
-        wanted: &HashSet<NamespacedName>,
+        (wanted, surge): (&HashSet<NamespacedName>, &HashMap<NamespacedName, u32>),
         pending: &mut Vec<(Kind, Value, Value)>,
     ) -> Result<Vec<Revision>, ReconcileError> {
         let mut now_observed = Vec::with_capacity(revisions.len());
         for (((raw, rev), spec), seen) in revisions.iter().zip(specs).zip(observed) {
             let key = revision::key(rev);
             let desired = self
-                .desired_replicas(&key, rev, wanted.contains(&key))
+                .desired_replicas(&key, rev, wanted.contains(&key), surge.get(&key).copied())
                 .await?;
             let mut rt = self.runtime.status(&key);
             match spec {
@@ -1013,6 +1045,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         key: &NamespacedName,
         rev: &Revision,
         wanted: bool,
+        surge: Option<u32>,
     ) -> Result<u32, ReconcileError> {
         if !wanted {
             if self.scaled.remove(key).is_some() {
@@ -1027,10 +1060,19 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             .container_concurrency
             .and_then(|c| u32::try_from(c).ok())
             .unwrap_or(0);
-        let scaling = scaling_from_annotations(&rev.metadata.annotations, cc).unwrap_or_else(|errors| {
+        let mut scaling = scaling_from_annotations(&rev.metadata.annotations, cc).unwrap_or_else(|errors| {
             tracing::warn!(revision = %key, "ignoring invalid autoscaling annotations: {errors:?}");
             RevisionScaling { container_concurrency: cc, ..RevisionScaling::default() }
         });
+        if let Some(cap) = surge {
+            // A canary judged by an SLO-gated rollout may start at most `cap` replicas.
+            scaling.max_scale = match scaling.max_scale {
+                0 => cap,
+                max => max.min(cap),
+            };
+            scaling.min_scale = scaling.min_scale.min(cap);
+            scaling.initial_scale = scaling.initial_scale.min(cap);
+        }
         if self.scaled.get(key) != Some(&scaling) {
             // A revision with a stored status ran before this process started: resume at
             // its scale rather than starting over at the initial one.

@@ -10,9 +10,10 @@ use sluice_crds::service::{Addressable, TrafficTarget};
 use sluice_crds::{Condition, ConditionStatus};
 
 use sluice_crds::rollout::{ConfigurationRollout, RolloutStatus, rollout_duration};
+use sluice_crds::slo_rollout::{RolloutAnalysis, RolloutPhase, slo_rollout};
 
 use super::configuration::revision_ready;
-use super::rollout;
+use super::{rollout, slo_rollout};
 
 /// What a route's resolution needs to know of the namespace.
 pub struct RouteInputs<'a> {
@@ -22,6 +23,8 @@ pub struct RouteInputs<'a> {
     pub revisions: &'a HashMap<String, &'a Revision>,
     /// The configuration a target without `configurationName` follows (a Service's own).
     pub default_configuration: Option<&'a str>,
+    /// The router's request counters, for SLO-gated rollouts (`None`: none to read).
+    pub signals: Option<&'a slo_rollout::Signals>,
 }
 
 /// Builds `http://{host}` URLs.
@@ -117,6 +120,8 @@ pub fn route_status(
     let previous = route.status.clone().unwrap_or_default();
     // Validated when applied; a value that slipped through means "all at once".
     let duration = rollout_duration(&route.metadata.annotations).ok().flatten();
+    let gated = slo_rollout(&route.metadata.annotations).ok().flatten();
+    let mut analysis: Option<RolloutAnalysis> = None;
     let mut rollouts: Vec<ConfigurationRollout> = Vec::new();
     let mut traffic = Vec::with_capacity(route.spec.traffic.len());
     let mut problem = None;
@@ -128,6 +133,23 @@ pub fn route_status(
                     .as_deref()
                     .filter(|tag| !tag.is_empty())
                     .map(|tag| urls.url_for(&tag_host(tag, host)));
+                if let Some(config) = &gated
+                    && t.latest_revision == Some(true)
+                    && analysis.is_none()
+                {
+                    let gate = GateInputs {
+                        route,
+                        previous: &previous,
+                        inputs,
+                        config,
+                        now_ms,
+                    };
+                    if let Some(state) = gate.plan(t, &revision) {
+                        push_gated(&mut traffic, t, &state, url);
+                        analysis = Some(state);
+                        continue;
+                    }
+                }
                 let state = (t.latest_revision == Some(true))
                     .then(|| rollout_of(t, &revision, &previous, inputs, duration, now_ms))
                     .flatten();
@@ -176,15 +198,21 @@ pub fn route_status(
         }
     }
     let url = urls.url_for(host);
-    let (assigned, traffic, rollout) = match problem {
+    let (assigned, traffic, rollout, analysis) = match problem {
         None => (
             Condition::ok("AllTrafficAssigned"),
             traffic,
             (!rollouts.is_empty()).then_some(RolloutStatus {
                 configurations: rollouts,
             }),
+            analysis,
         ),
-        Some(c) => (c, previous.traffic, previous.rollout),
+        Some(c) => (
+            c,
+            previous.traffic,
+            previous.rollout,
+            previous.rollout_analysis,
+        ),
     };
     let ingress = if traffic.is_empty() {
         Condition::unknown(
@@ -202,13 +230,115 @@ pub fn route_status(
     } else {
         Condition::ok("Ready")
     };
+    let mut conditions = vec![assigned, ingress, ready];
+    conditions.extend(analysis.as_ref().map(rollout_condition));
     RouteStatus {
-        conditions: vec![assigned, ingress, ready],
+        conditions,
         url: Some(url.clone()),
         address: Some(Addressable { url: Some(url) }),
         traffic,
         observed_generation: route.metadata.generation,
         rollout,
+        rollout_analysis: analysis,
+    }
+}
+
+/// The Route's label naming the InferenceService a component Route serves.
+const ISVC_LABEL: &str = "serving.kserve.io/inferenceservice";
+
+/// `RolloutHealthy`: True once promoted, Unknown while judged, False when rolled back, each
+/// with the rollout's message (the numbers behind the verdict).
+pub fn rollout_condition(a: &RolloutAnalysis) -> Condition {
+    match a.phase {
+        RolloutPhase::Promoted => Condition {
+            reason: Some("Promoted".into()),
+            message: Some(a.message.clone()),
+            ..Condition::ok("RolloutHealthy")
+        },
+        RolloutPhase::Progressing => {
+            Condition::unknown("RolloutHealthy", "RolloutInProgress", a.message.clone())
+        }
+        RolloutPhase::RolledBack => {
+            Condition::failed("RolloutHealthy", "RolledBack", a.message.clone())
+        }
+    }
+}
+
+/// What an SLO-gated target's plan needs beside the target.
+struct GateInputs<'a> {
+    route: &'a Route,
+    previous: &'a RouteStatus,
+    inputs: &'a RouteInputs<'a>,
+    config: &'a sluice_crds::slo_rollout::SloRollout,
+    now_ms: i64,
+}
+
+impl GateInputs<'_> {
+    fn plan(&self, t: &TrafficTarget, latest: &str) -> Option<RolloutAnalysis> {
+        let configuration = t
+            .configuration_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .or(self.inputs.default_configuration)
+            .unwrap_or_default();
+        let tag = t.tag.as_deref().filter(|tag| !tag.is_empty());
+        // Before any analysis: the revision the target's traffic went to (the newest entry
+        // of a timed rollout, which is where its share was heading).
+        let previous_revision = self
+            .previous
+            .traffic
+            .iter()
+            .rfind(|p| p.latest_revision == Some(true))
+            .and_then(|p| p.revision_name.as_deref());
+        let target = slo_rollout::Target {
+            namespace: self.route.metadata.namespace(),
+            configuration,
+            tag,
+            percent: t.percent.unwrap_or(100),
+            latest,
+            inference: self.route.metadata.labels.contains_key(ISVC_LABEL),
+        };
+        slo_rollout::plan(
+            &target,
+            self.previous.rollout_analysis.as_ref(),
+            previous_revision,
+            self.config,
+            self.inputs.signals,
+            self.now_ms,
+        )
+    }
+}
+
+/// The traffic of a target in an SLO-gated rollout: the baseline's share (untagged), then
+/// the canary's (with the target's tag and URL; at 0 % after a rollback when tagged, so the
+/// tag's URL still reaches it).
+fn push_gated(
+    traffic: &mut Vec<TrafficTarget>,
+    t: &TrafficTarget,
+    state: &RolloutAnalysis,
+    url: Option<String>,
+) {
+    let canary = state.canary_percent();
+    let baseline = state.percent - canary;
+    if baseline > 0 {
+        traffic.push(TrafficTarget {
+            tag: None,
+            revision_name: Some(state.baseline.clone()),
+            configuration_name: None,
+            latest_revision: Some(true),
+            percent: Some(baseline),
+            url: None,
+        });
+    }
+    if canary > 0 || t.tag.as_deref().is_some_and(|tag| !tag.is_empty()) {
+        traffic.push(TrafficTarget {
+            tag: t.tag.clone(),
+            revision_name: Some(state.canary.clone()),
+            configuration_name: None,
+            latest_revision: t.latest_revision,
+            percent: Some(canary),
+            url,
+        });
     }
 }
 
@@ -334,6 +464,7 @@ mod tests {
             configurations: &configurations,
             revisions: &revisions,
             default_configuration: Some("hello"),
+            signals: None,
         };
         let r = route(vec![
             target(None, 10, Some("latest")),
@@ -360,6 +491,7 @@ mod tests {
             configurations: &configurations,
             revisions: &revisions,
             default_configuration: Some("hello"),
+            signals: None,
         };
         let mut r = route(vec![target(Some("hello-00009"), 100, None)]);
         r.status = Some(RouteStatus {
@@ -399,6 +531,7 @@ mod tests {
             configurations: &configurations,
             revisions: &revisions,
             default_configuration: None,
+            signals: None,
         };
         let mut latest = target(None, 50, Some("green"));
         latest.configuration_name = Some("cfg".into());

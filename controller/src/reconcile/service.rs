@@ -83,8 +83,10 @@ pub fn service_status(
     } else {
         Condition::ok("Ready")
     };
+    let mut conditions = vec![configurations, ready, routes];
+    conditions.extend(find_condition(&route.conditions, "RolloutHealthy").cloned());
     ServiceStatus {
-        conditions: vec![configurations, ready, routes],
+        conditions,
         url: route.url.clone(),
         address: route.address.clone(),
         traffic: route.traffic.clone(),

@@ -18,7 +18,7 @@ use super::cache::{Cache, Key};
 use super::error::ReconcileError;
 use super::routing::{HostEntry, Owner, route_host_entries};
 use super::support::{by_key, differs, encode, event, group_by_config, key_of};
-use super::{configuration, isvc, rollout, route, service};
+use super::{configuration, isvc, rollout, route, service, slo_rollout};
 use crate::store::Event;
 
 /// A derived object to write: its kind and its JSON.
@@ -264,6 +264,30 @@ pub(super) struct Routing {
     /// Routes in a gradual rollout with when their next step is due, and `None` for those
     /// that are not (or no longer) in one.
     pub rollout_due: Vec<(Key, Option<i64>)>,
+    /// Each Route's canary in an SLO-gated rollout with a surge bound, and the bound
+    /// (`None` for those without).
+    pub surge: Vec<(Key, Option<(NamespacedName, u32)>)>,
+}
+
+/// When a Route's SLO-gated rollout wants its next look.
+fn slo_next_check(route: &Route, status: &RouteStatus, now_ms: i64) -> Option<i64> {
+    let config = sluice_crds::slo_rollout::slo_rollout(&route.metadata.annotations)
+        .ok()
+        .flatten()?;
+    slo_rollout::next_check_ms(status.rollout_analysis.as_ref()?, &config, now_ms)
+}
+
+/// The canary of a Route's SLO-gated rollout in progress and its surge bound, if any.
+fn slo_surge(route: &Route, status: &RouteStatus) -> Option<(NamespacedName, u32)> {
+    let config = sluice_crds::slo_rollout::slo_rollout(&route.metadata.annotations)
+        .ok()
+        .flatten()?;
+    let a = status.rollout_analysis.as_ref()?;
+    (a.phase == sluice_crds::slo_rollout::RolloutPhase::Progressing).then_some(())?;
+    Some((
+        NamespacedName::new(route.metadata.namespace(), a.canary.clone()),
+        config.max_surge?,
+    ))
 }
 
 /// Routes → their statuses and host entries; InferenceServices → their top-level host
@@ -275,7 +299,7 @@ pub(super) fn routing(
     config_status: &HashMap<NamespacedName, ConfigurationStatus>,
     observed: &[Revision],
     hosts: &Hosts,
-    now_ms: i64,
+    (now_ms, signals): (i64, Option<&slo_rollout::Signals>),
 ) -> Routing {
     let mut by_ns_configs: HashMap<&str, HashMap<String, ConfigurationStatus>> = HashMap::new();
     for (key, st) in config_status {
@@ -306,6 +330,7 @@ pub(super) fn routing(
             configurations: by_ns_configs.get(ns).unwrap_or(&empty_cfgs),
             revisions: by_ns_revs.get(ns).unwrap_or(&empty_revs),
             default_configuration: owned_by_service.then_some(route.metadata.name.as_str()),
+            signals,
         };
         let host = hosts.host(&route.metadata.name, ns);
         let status = route::route_status(route, &inputs, &host, hosts, now_ms);
@@ -314,7 +339,12 @@ pub(super) fn routing(
             .iter()
             .flat_map(|r| &r.configurations)
             .filter_map(rollout::next_step_ms)
+            .chain(slo_next_check(route, &status, now_ms))
             .min();
+        out.surge.push((
+            (Kind::Route, ns.to_owned(), route.metadata.name.clone()),
+            slo_surge(route, &status),
+        ));
         out.rollout_due.push((
             (Kind::Route, ns.to_owned(), route.metadata.name.clone()),
             next_step,
@@ -440,7 +470,7 @@ mod tests {
             &config_status,
             &observed,
             &hosts(),
-            0,
+            (0, None),
         );
         let entries = &routing.hosts[&(Kind::Route, hello.clone())];
         assert_eq!(entries.len(), 1);

@@ -258,14 +258,30 @@ impl Exchange {
     }
 
     /// Records the request when `response`'s body ends or is dropped.
-    pub fn wrap<B>(self, response: http::Response<B>) -> http::Response<Recorded<B>> {
+    /// A gRPC status in the response's headers (a trailers-only answer) or its trailers is
+    /// recorded as `grpc_response_status`.
+    pub fn wrap<B>(mut self, response: http::Response<B>) -> http::Response<Recorded<B>> {
         let status = response.status().as_u16();
+        if let Some(grpc) = grpc_status(response.headers()) {
+            self.labels.grpc_response_status = Some(grpc);
+        }
         response.map(|inner| Recorded {
             inner,
             bytes: 0,
             pending: Some((self, status)),
         })
     }
+}
+
+/// The `grpc-status` header's value, if there is a valid one.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A response body that records its exchange when it ends.
@@ -304,6 +320,11 @@ impl<B: Body + Unpin> Body for Recorded<B> {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.remaining() as u64;
                 }
+                if let Some(grpc) = frame.trailers_ref().and_then(grpc_status)
+                    && let Some((exchange, _)) = self.pending.as_mut()
+                {
+                    exchange.labels.grpc_response_status = Some(grpc);
+                }
                 if self.inner.is_end_stream() {
                     self.record();
                 }
@@ -320,5 +341,51 @@ impl<B: Body + Unpin> Body for Recorded<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use http_body_util::{BodyExt as _, Full};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn grpc_status_is_recorded_from_trailers_and_trailers_only_answers() {
+        let registry = Registry::new();
+        let hop = HopTelemetry::new(registry.clone(), "router", AccessLog::Off);
+        let req = http::Request::post("/inference.GRPCInferenceService/ModelInfer")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        // Trailers after the data.
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "13".parse().unwrap());
+        let body = Full::new(bytes::Bytes::from_static(b"x"))
+            .with_trailers(std::future::ready(Some(Ok(trailers))));
+        let resp = hop.start(&req).wrap(http::Response::new(body));
+        resp.into_body().collect().await.unwrap();
+        // Trailers only: the status in the headers.
+        let resp = http::Response::builder()
+            .header("grpc-status", "5")
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        hop.start(&req)
+            .wrap(resp)
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        let text = registry.encode();
+        for status in ["13", "5"] {
+            assert!(
+                text.lines().any(|l| l.starts_with("istio_requests_total{")
+                    && l.contains("request_protocol=\"grpc\"")
+                    && l.contains(&format!("grpc_response_status=\"{status}\""))),
+                "{status}: {text}"
+            );
+        }
     }
 }

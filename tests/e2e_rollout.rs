@@ -1,0 +1,207 @@
+//! SLO-gated rollouts (issue 19) through the real `sluice` binary, mesh on (the default),
+//! under a closed-loop load, with a replica program Sluice did not write (a threaded Python
+//! server behind `sluice queue`) made faulty on purpose per revision:
+//!
+//! 1. a canary failing one request in four is rolled back within its first step, with no
+//!    more than that step's share of requests failing, and none after;
+//! 2. a canary 10x slower than the baseline, under the absolute p99 bound, is rolled back by
+//!    the comparison with the baseline;
+//! 3. a healthy canary moves through the steps with no failed request; `sluice up` is
+//!    restarted mid-rollout, the rollout resumes at the step it had reached, and the canary
+//!    is promoted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+mod support;
+
+use serde_json::Value;
+use support::{ECHO_APP, Load, TempDir, Up, request};
+
+const HOST: &str = "pyapp.default.localhost";
+const INTERVAL_MS: i64 = 3_000;
+
+/// Service `pyapp` (version `v`) with an SLO-gated rollout of 10 % → 50 % → 100 %, 3 s a
+/// step, 20 requests for a verdict, p99 at most 2 s; `env` makes the revision faulty.
+fn manifest(app: &std::path::Path, v: u32, env: &[(&str, &str)]) -> String {
+    let mut out = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: pyapp\n  namespace: default\n\
+         \x20 annotations:\n\
+         \x20   serving.sluice.dev/rollout-steps: \"10,50,100\"\n\
+         \x20   serving.sluice.dev/rollout-step-interval: \"{INTERVAL_MS}ms\"\n\
+         \x20   serving.sluice.dev/rollout-min-requests: \"20\"\n\
+         \x20   serving.sluice.dev/rollout-max-p99-latency: \"2s\"\n\
+         spec:\n  template:\n    metadata:\n      annotations:\n\
+         \x20       autoscaling.knative.dev/min-scale: \"1\"\n\
+         \x20   spec:\n      containerConcurrency: 10\n      containers:\n\
+         \x20     - command: [python3, {}]\n        env:\n        - {{name: VERSION, value: \"v{v}\"}}\n",
+        app.display()
+    );
+    for (k, val) in env {
+        out.push_str(&format!("        - {{name: {k}, value: \"{val}\"}}\n"));
+    }
+    out
+}
+
+fn analysis(route: &Value) -> &Value {
+    &route["status"]["rolloutAnalysis"]
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+/// Waits until the Route's rollout to `canary` is in `phase`.
+fn wait_phase(up: &Up, canary: &str, phase: &str) -> Value {
+    up.wait_for("routes", "pyapp", &format!("{canary} {phase}"), |r| {
+        analysis(r)["canary"] == canary && analysis(r)["phase"] == phase
+    })
+}
+
+fn traffic(route: &Value) -> Vec<(String, i64)> {
+    route["status"]["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["revisionName"].as_str().unwrap().to_owned(),
+                t["percent"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn start(dir: &TempDir) -> Up {
+    let up = Up::start(&dir.0, &["--autoscaler-tick", "1s"], "info");
+    let warm = request(up.router, "POST", HOST, "/r/warm-up", b"").unwrap();
+    assert_eq!(warm.status, 200, "{}", up.log());
+    up
+}
+
+#[test]
+fn faulty_canaries_roll_back_and_a_healthy_one_is_promoted_across_a_restart() {
+    let dir = TempDir::new("rollout");
+    let app = dir.0.join("app.py");
+    std::fs::write(&app, ECHO_APP).unwrap();
+    std::fs::write(dir.0.join("manifests/pyapp.yaml"), manifest(&app, 1, &[])).unwrap();
+    let up = start(&dir);
+    let load = Load::start(up.router, HOST, 4);
+    load.run_for(50);
+
+    // 1. Errors: one request in four fails on pyapp-00002.
+    let before = load.peek(|t| (t.total(), t.failed()));
+    up.apply("v2.yaml", &manifest(&app, 2, &[("FAIL_EVERY", "4")]));
+    let route = wait_phase(&up, "pyapp-00002", "RolledBack");
+    let during = load.peek(|t| (t.total() - before.0, t.failed() - before.1));
+    let a = analysis(&route);
+    let verdicts = a["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 1, "judged at its first step: {a:#}");
+    assert_eq!(verdicts[0]["percent"], 10);
+    assert_eq!(verdicts[0]["passed"], false);
+    let judged_after = verdicts[0]["atMs"].as_i64().unwrap() - a["startedAtMs"].as_i64().unwrap();
+    assert!(
+        judged_after < 2 * INTERVAL_MS,
+        "rolled back within one interval (+ the first reading): {judged_after} ms"
+    );
+    let healthy = condition(&route, "RolloutHealthy");
+    assert_eq!(healthy["status"], "False", "{route:#}");
+    assert_eq!(healthy["reason"], "RolledBack");
+    let message = healthy["message"].as_str().unwrap();
+    assert!(
+        message.contains("success rate") && message.contains("< 99.0%"),
+        "{message}"
+    );
+    assert_eq!(traffic(&route), [("pyapp-00001".to_owned(), 100)]);
+    assert!(
+        during.1 * 10 <= during.0,
+        "at most the step's share (10 %) of requests failed: {} of {}",
+        during.1,
+        during.0
+    );
+    let (_, svc) = up.admin_get("/v1/services/default/pyapp");
+    assert_eq!(condition(&svc, "RolloutHealthy")["reason"], "RolledBack");
+    // None fail once it is rolled back.
+    let failed = load.peek(|t| t.failed());
+    load.run_for(100);
+    assert_eq!(
+        load.peek(|t| t.failed()),
+        failed,
+        "{:#?}",
+        load.peek(|t| t.failures.clone())
+    );
+
+    // 2. Latency: pyapp-00003 answers in 200 ms (the baseline in 20 ms), under the 2 s bound.
+    up.apply("v3.yaml", &manifest(&app, 3, &[("DELAY_MS", "200")]));
+    let route = wait_phase(&up, "pyapp-00003", "RolledBack");
+    let a = analysis(&route);
+    let message = a["message"].as_str().unwrap();
+    assert!(
+        message.contains("over the previous revision's"),
+        "{message}"
+    );
+    assert!(!message.contains("> 2000.0 ms"), "{message}");
+    assert_eq!(a["baseline"], "pyapp-00001");
+    assert_eq!(traffic(&route), [("pyapp-00001".to_owned(), 100)]);
+
+    // 3. Healthy: pyapp-00004, with a restart of `sluice up` at the 50 % step.
+    let failed = load.peek(|t| t.failed());
+    up.apply("v4.yaml", &manifest(&app, 4, &[]));
+    let route = up.wait_for("routes", "pyapp", "pyapp-00004 at 50 %", |r| {
+        analysis(r)["canary"] == "pyapp-00004" && analysis(r)["step"] == 1
+    });
+    assert_eq!(
+        traffic(&route),
+        [
+            ("pyapp-00001".to_owned(), 50),
+            ("pyapp-00004".to_owned(), 50)
+        ]
+    );
+    let tally = load.stop();
+    tally.print("healthy canary before the restart");
+    assert_eq!(tally.failed(), failed, "{:#?}", tally.failures);
+    drop(up);
+    // `sluice up` applies its folder first: it holds what was applied last.
+    std::fs::write(dir.0.join("manifests/pyapp.yaml"), manifest(&app, 4, &[])).unwrap();
+
+    let up = start(&dir);
+    let (_, route) = up.admin_get("/v1/routes/default/pyapp");
+    let a = analysis(&route);
+    assert_eq!(
+        (
+            a["canary"].as_str(),
+            a["step"].as_i64(),
+            a["phase"].as_str()
+        ),
+        (Some("pyapp-00004"), Some(1), Some("Progressing")),
+        "resumed at the step it had reached: {a:#}"
+    );
+    assert_eq!(a["verdicts"].as_array().unwrap().len(), 1);
+    let load = Load::start(up.router, HOST, 4);
+    let route = wait_phase(&up, "pyapp-00004", "Promoted");
+    let tally = load.stop();
+    tally.print("healthy canary after the restart");
+    assert_eq!(tally.failed(), 0, "{:#?}", tally.failures);
+    assert_eq!(traffic(&route), [("pyapp-00004".to_owned(), 100)]);
+    let a = analysis(&route);
+    let steps: Vec<(i64, bool)> = a["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["percent"].as_i64().unwrap(),
+                v["passed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(steps, [(10, true), (50, true)]);
+    assert_eq!(condition(&route, "RolloutHealthy")["status"], "True");
+    let shown = up.cli(&["rollout", "status", "pyapp"]);
+    assert!(
+        shown.contains("pyapp-00001 -> pyapp-00004  Promoted") && shown.contains("passed"),
+        "{shown}"
+    );
+}
