@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sluice_core::StatReport;
+use sluice_core::outcomes::{MAX_OUTCOME_REVISIONS, RevisionOutcome, RouterOutcomes};
 use sluice_mesh::identity::SpiffeId;
 use sluice_mesh::outbound::OutboundMesh;
 use sluice_mesh::tls::{ExpectedServer, MeshConnector, MeshHttpConnector, TlsConfigError};
@@ -211,6 +212,89 @@ async fn post_batch(
     batch: &[StatReport],
 ) -> Result<(), PostError> {
     let body = serde_json::to_vec(batch).map_err(|e| PostError::Send(e.to_string()))?;
+    post_json(client, uri, body).await
+}
+
+/// How often the router posts its request outcomes.
+pub const OUTCOMES_EVERY: Duration = Duration::from_secs(2);
+
+/// Posts the router hop's request outcomes per revision (read from its `registry`) to the
+/// leader's `…/v1/outcomes` every [`OUTCOMES_EVERY`], as `source` (unique to this router's
+/// run), for SLO-gated rollouts. Runs until the task is dropped; a failed post is logged
+/// once and the next one carries the counts (they are cumulative).
+pub async fn post_outcomes(
+    target: StatsTarget,
+    mesh: Option<StatsMesh>,
+    registry: sluice_mesh::telemetry::Registry,
+    source: String,
+) {
+    let uri = match outcomes_uri(&target.uri) {
+        Some(u) => u,
+        None => {
+            tracing::error!(url = %target.shown, "no outcomes URL next to the stats URL");
+            return;
+        }
+    };
+    let mut made_with = None;
+    let mut client = None;
+    let mut failing = false;
+    let mut tick = tokio::time::interval(OUTCOMES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = mesh.as_ref().map(|m| m.out.generation());
+        if client.is_none() || now != made_with {
+            match stats_client(mesh.as_ref()) {
+                Ok(c) => {
+                    client = Some(c);
+                    made_with = now;
+                }
+                Err(e) => tracing::warn!("the outcomes client's TLS config: {e}"),
+            }
+        }
+        let Some(c) = &client else { continue };
+        let mut revisions: Vec<RevisionOutcome> =
+            sluice_mesh::telemetry::outcomes::outcomes(&registry.encode())
+                .into_iter()
+                .map(|((namespace, revision), counts)| RevisionOutcome {
+                    namespace,
+                    revision,
+                    counts,
+                })
+                .collect();
+        revisions.truncate(MAX_OUTCOME_REVISIONS);
+        let posted = RouterOutcomes {
+            source: source.clone(),
+            revisions,
+        };
+        let result = match serde_json::to_vec(&posted) {
+            Ok(body) => post_json(c, &uri, body).await,
+            Err(e) => Err(PostError::Send(e.to_string())),
+        };
+        match result {
+            Ok(()) if failing => {
+                tracing::info!(url = %uri, "the leader takes request outcomes again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(url = %uri, "posting request outcomes failed: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// `…/v1/stats` → `…/v1/outcomes`.
+fn outcomes_uri(stats: &http::Uri) -> Option<http::Uri> {
+    let text = stats.to_string();
+    let base = text.strip_suffix("/v1/stats")?;
+    format!("{base}/v1/outcomes").parse().ok()
+}
+
+/// One JSON post to `uri`; a refusal's error names the status and what was said.
+async fn post_json(client: &StatsClient, uri: &http::Uri, body: Vec<u8>) -> Result<(), PostError> {
     let request = http::Request::post(uri.clone())
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))

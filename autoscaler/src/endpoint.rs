@@ -5,8 +5,11 @@
 //! and certificate-less clients are refused by the handshake; of the clients that complete
 //! it, only the router's identity may post, any other principal gets 403 naming it. With
 //! the mesh off it is plain HTTP, taken from anyone. The posting side is
-//! `sluice_activator::stats_post`.
+//! `sluice_activator::stats_post`. Beside the stats, `POST /v1/outcomes` takes each
+//! router's request outcomes per revision (`sluice_core::outcomes::RouterOutcomes`), which
+//! the leader adds up for SLO-gated rollouts ([`OutcomesBoard`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +17,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use hyper_util::rt::TokioIo;
 use sluice_core::StatReport;
+use sluice_core::outcomes::{Counts, MAX_OUTCOME_REVISIONS, RevisionOutcome, RouterOutcomes};
 use sluice_mesh::identity::SpiffeId;
 use sluice_mesh::tls::{MeshAcceptor, PeerAuthMode, PeerInfo};
 use tokio::net::TcpListener;
@@ -39,6 +43,63 @@ pub struct StatsSink {
     tx: Arc<std::sync::Mutex<Option<mpsc::Sender<StatReport>>>>,
     /// StatReports dropped because the autoscaler's queue was full, since start.
     pub dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// What each router posted last of its request outcomes.
+    pub outcomes: OutcomesBoard,
+}
+
+/// Routers whose outcomes the board keeps at once.
+pub const MAX_ROUTERS: usize = 64;
+/// A router's outcomes count while its last post is at most this old.
+pub const OUTCOMES_FRESH: Duration = Duration::from_secs(30);
+
+type Posted = (tokio::time::Instant, Vec<RevisionOutcome>);
+
+/// The routers' latest request outcomes, by the router run (`source`) that posted them;
+/// bounded to [`MAX_ROUTERS`] routers, each post to [`MAX_OUTCOME_REVISIONS`] revisions.
+#[derive(Clone, Default)]
+pub struct OutcomesBoard(Arc<std::sync::Mutex<BTreeMap<String, Posted>>>);
+
+impl OutcomesBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Posted>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `posted` as its router's latest; refuses a new router past [`MAX_ROUTERS`].
+    pub fn put(&self, posted: RouterOutcomes) -> Result<(), String> {
+        let now = tokio::time::Instant::now();
+        let mut board = self.lock();
+        board.retain(|_, (at, _)| now.duration_since(*at) <= OUTCOMES_FRESH);
+        if !board.contains_key(&posted.source) && board.len() >= MAX_ROUTERS {
+            return Err(format!(
+                "outcomes from {MAX_ROUTERS} routers are kept already; {:?} is refused",
+                posted.source
+            ));
+        }
+        board.insert(posted.source, (now, posted.revisions));
+        Ok(())
+    }
+
+    /// The fresh posts added up by (namespace, revision), and a name for the set of router
+    /// runs they come from.
+    pub fn merged(&self) -> (String, HashMap<(String, String), Counts>) {
+        let now = tokio::time::Instant::now();
+        let board = self.lock();
+        let mut sources = Vec::new();
+        let mut counts: HashMap<(String, String), Counts> = HashMap::new();
+        for (source, (at, revisions)) in board.iter() {
+            if now.duration_since(*at) > OUTCOMES_FRESH {
+                continue;
+            }
+            sources.push(source.as_str());
+            for r in revisions {
+                counts
+                    .entry((r.namespace.clone(), r.revision.clone()))
+                    .or_default()
+                    .add(&r.counts);
+            }
+        }
+        (format!("routers:{}", sources.join(",")), counts)
+    }
 }
 
 impl StatsSink {
@@ -75,6 +136,7 @@ pub fn stats_app(sink: StatsSink, posters: Posters) -> axum::Router {
 
     axum::Router::new()
         .route("/v1/stats", post(accept))
+        .route("/v1/outcomes", post(accept_outcomes))
         .layer(DefaultBodyLimit::max(MAX_STATS_BODY))
         .with_state(AppState { sink, posters })
 }
@@ -152,6 +214,44 @@ async fn accept(State(state): State<AppState>, req: Request) -> (StatusCode, Str
         StatusCode::ACCEPTED,
         serde_json::json!({ "accepted": accepted, "dropped": dropped }).to_string(),
     )
+}
+
+async fn accept_outcomes(State(state): State<AppState>, req: Request) -> (StatusCode, String) {
+    if let Some(why) = refused(&state.posters, req.extensions().get::<PeerInfo>()) {
+        tracing::warn!("outcomes refused: {why}");
+        return (StatusCode::FORBIDDEN, why);
+    }
+    let posted = match axum::Json::<RouterOutcomes>::from_request(req, &state).await {
+        Ok(axum::Json(p)) => p,
+        Err(e) => {
+            return (
+                e.status(),
+                format!(
+                    "the body must be a JSON RouterOutcomes {{source, revisions}}: {}",
+                    e.body_text()
+                ),
+            );
+        }
+    };
+    if posted.revisions.len() > MAX_OUTCOME_REVISIONS {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} revisions in one post; at most {MAX_OUTCOME_REVISIONS}",
+                posted.revisions.len()
+            ),
+        );
+    }
+    if state.sink.sender().is_none() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this controller is a standby: outcomes go to the leader".into(),
+        );
+    }
+    match state.sink.outcomes.put(posted) {
+        Ok(()) => (StatusCode::ACCEPTED, "{}".into()),
+        Err(why) => (StatusCode::TOO_MANY_REQUESTS, why),
+    }
 }
 
 /// Serves `app` on `listener` over mutual TLS: every connection must complete a TLS 1.3
@@ -235,15 +335,20 @@ mod tests {
         })
     }
 
-    /// Serves `app` on a loopback port and posts `body` to it in plain HTTP.
+    /// Serves `app` on a loopback port and posts `body` to its stats in plain HTTP.
     async fn post(app: axum::Router, body: &str) -> (u16, String) {
+        post_to(app, "/v1/stats", body).await
+    }
+
+    /// Serves `app` on a loopback port and posts `body` to `path` in plain HTTP.
+    async fn post_to(app: axum::Router, path: &str, body: &str) -> (u16, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(axum::serve(listener, app).into_future());
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let response = client
             .request(
-                http::Request::post(format!("http://{addr}/v1/stats"))
+                http::Request::post(format!("http://{addr}{path}"))
                     .header("content-type", "application/json")
                     .body(Full::new(Bytes::from(body.to_owned())))
                     .unwrap(),
@@ -254,6 +359,58 @@ mod tests {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         server.abort();
         (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn outcomes(source: &str, revision: &str, requests: u64, errors: u64) -> String {
+        serde_json::to_string(&RouterOutcomes {
+            source: source.into(),
+            revisions: vec![RevisionOutcome {
+                namespace: "default".into(),
+                revision: revision.into(),
+                counts: Counts {
+                    requests,
+                    errors,
+                    model_errors: 0,
+                    latency_buckets: vec![requests, requests],
+                },
+            }],
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_leader_adds_up_the_routers_outcomes() {
+        let sink = StatsSink::default();
+        let app = || stats_app(sink.clone(), Posters::Anyone);
+        let (status, body) = post_to(app(), "/v1/outcomes", &outcomes("a", "r1", 5, 1)).await;
+        assert_eq!((status, body.contains("standby")), (503, true), "{body}");
+        let (tx, _rx) = mpsc::channel(1);
+        sink.set(Some(tx));
+        for (source, requests) in [("a", 5), ("b", 7), ("a", 9)] {
+            let (status, body) =
+                post_to(app(), "/v1/outcomes", &outcomes(source, "r1", requests, 1)).await;
+            assert_eq!(status, 202, "{body}");
+        }
+        // Router a's latest post replaces its earlier one; b's adds to it.
+        let (source, counts) = sink.outcomes.merged();
+        assert_eq!(source, "routers:a,b");
+        let r1 = &counts[&("default".into(), "r1".into())];
+        assert_eq!((r1.requests, r1.errors), (16, 2));
+        assert_eq!(r1.latency_buckets, [16, 16]);
+
+        let (status, body) = post_to(app(), "/v1/outcomes", r#"{"source": 1}"#).await;
+        assert!((400..500).contains(&status), "{status} {body}");
+        let many = RouterOutcomes {
+            source: "c".into(),
+            revisions: vec![RevisionOutcome::default(); MAX_OUTCOME_REVISIONS + 1],
+        };
+        let (status, body) = post_to(
+            app(),
+            "/v1/outcomes",
+            &serde_json::to_string(&many).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 413, "{body}");
     }
 
     #[tokio::test]

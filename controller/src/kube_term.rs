@@ -114,13 +114,17 @@ pub async fn lead(
             }
         })
     });
-    let controller = Controller::new(
+    let mut controller = Controller::new(
         config.controller.clone(),
         store.clone(),
         runtime,
         autoscaler,
         snapshot_tx,
     );
+    // SLO-gated rollouts judge by what the routers post of their request outcomes.
+    controller.set_signals(Arc::new(crate::rollout_signals::RoutersSignals(
+        sink.outcomes.clone(),
+    )));
     let mut term = Term::Lost;
     let stop = async {
         tokio::select! {

@@ -1,14 +1,14 @@
 //! Where SLO-gated rollouts (`reconcile::slo_rollout`) read each revision's request outcomes:
 //! the router hop's Istio metrics (`istio_requests_total`,
 //! `istio_request_duration_milliseconds`), which count every request the router sent to a
-//! revision, whether it went straight to a replica or through the activator, as the
-//! client saw it. The text exposition is the contract, so the same reading works on the
-//! router's registry in-process (`sluice up`) and on a scraped `/metrics`.
+//! revision, whether it went straight to a replica or through the activator, as the client
+//! saw it. `sluice up` reads its router's registry in-process ([`RegistrySignals`]); on
+//! Kubernetes each router posts its own to the leader's stats endpoint and the leader adds
+//! them up ([`RoutersSignals`]).
 
-use std::collections::HashMap;
-
-use sluice_crds::slo_rollout::Counts;
+use sluice_autoscaler::endpoint::OutcomesBoard;
 use sluice_mesh::telemetry::Registry;
+use sluice_mesh::telemetry::outcomes::outcomes;
 
 use crate::reconcile::slo_rollout::Signals;
 
@@ -16,6 +16,14 @@ use crate::reconcile::slo_rollout::Signals;
 pub trait SignalSource: Send + Sync {
     /// The counters now.
     fn read(&self) -> Signals;
+}
+
+/// A name unique to this process's run, for counters that start from zero with it.
+pub fn run_source(what: &str) -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{what}-{}-{started}", std::process::id())
 }
 
 /// The router hop's registry in this process; its `source` is unique to the process, so a
@@ -29,122 +37,30 @@ impl RegistrySignals {
     /// Reads `registry` (the router hop's, not the activator's: that would count the
     /// requests it holds twice).
     pub fn new(registry: Registry) -> Self {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         Self {
             registry,
-            source: format!("router-{}-{started}", std::process::id()),
+            source: run_source("router"),
         }
     }
 }
 
 impl SignalSource for RegistrySignals {
     fn read(&self) -> Signals {
-        parse_exposition(&self.registry.encode(), &self.source)
+        Signals {
+            source: self.source.clone(),
+            counts: outcomes(&self.registry.encode()),
+        }
     }
 }
 
-/// gRPC statuses that mean the server failed (as Istio's and Flagger's success rates count
-/// them): UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
-const GRPC_FAILED: [&str; 6] = ["2", "4", "12", "13", "14", "15"];
-/// Of those, the ones a model server answers when the model itself fails.
-const GRPC_MODEL_FAILED: [&str; 2] = ["2", "13"];
+/// The sum of what the routers posted lately (Kubernetes mode); the source names the
+/// routers counted, so one restarting, joining or going quiet measures the step again.
+pub struct RoutersSignals(pub OutcomesBoard);
 
-/// One sample line: the metric name, its labels, its value.
-fn sample(line: &str) -> Option<(&str, HashMap<&str, String>, f64)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let (name, rest) = match line.find('{') {
-        Some(i) => (&line[..i], &line[i + 1..]),
-        None => {
-            let (name, value) = line.split_once(' ')?;
-            return Some((name, HashMap::new(), value.trim().parse().ok()?));
-        }
-    };
-    let mut labels = HashMap::new();
-    let mut rest = rest;
-    loop {
-        rest = rest.trim_start_matches([',', ' ']);
-        if let Some(after) = rest.strip_prefix('}') {
-            rest = after;
-            break;
-        }
-        let (key, after) = rest.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break i,
-                c => value.push(c),
-            }
-        };
-        labels.insert(key.trim(), value);
-        rest = &after[end + 1..];
-    }
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some((name, labels, value))
-}
-
-/// The request counters in a text exposition of router-hop Istio metrics, by the
-/// destination's namespace and revision.
-pub fn parse_exposition(text: &str, source: &str) -> Signals {
-    let bounds = Counts::bounds_ms();
-    let mut counts: HashMap<(String, String), Counts> = HashMap::new();
-    for line in text.lines() {
-        let Some((name, labels, value)) = sample(line) else {
-            continue;
-        };
-        let (Some(ns), Some(rev)) = (
-            labels.get("destination_workload_namespace"),
-            labels.get("destination_revision"),
-        ) else {
-            continue;
-        };
-        if rev == "unknown" || rev.is_empty() {
-            continue;
-        }
-        let n = value.max(0.0) as u64;
-        let entry = || (ns.clone(), rev.clone());
-        match name {
-            "istio_requests_total" => {
-                let code = labels.get("response_code").map_or("", String::as_str);
-                let grpc = labels
-                    .get("grpc_response_status")
-                    .map_or("", String::as_str);
-                let c = counts.entry(entry()).or_default();
-                c.requests += n;
-                if code.starts_with('5') || GRPC_FAILED.contains(&grpc) {
-                    c.errors += n;
-                }
-                if code == "500" || GRPC_MODEL_FAILED.contains(&grpc) {
-                    c.model_errors += n;
-                }
-            }
-            "istio_request_duration_milliseconds_bucket" => {
-                let Some(le) = labels.get("le").and_then(|le| le.parse::<f64>().ok()) else {
-                    continue;
-                };
-                let Some(i) = bounds.iter().position(|b| (b - le).abs() < 1e-9) else {
-                    continue;
-                };
-                let c = counts.entry(entry()).or_default();
-                c.latency_buckets.resize(bounds.len(), 0);
-                c.latency_buckets[i] += n;
-            }
-            _ => {}
-        }
-    }
-    Signals {
-        source: source.to_owned(),
-        counts,
+impl SignalSource for RoutersSignals {
+    fn read(&self) -> Signals {
+        let (source, counts) = self.0.merged();
+        Signals { source, counts }
     }
 }
 
@@ -178,19 +94,14 @@ mod tests {
         let signals = RegistrySignals::new(registry).read();
         let one = &signals.counts[&("default".into(), "hello-00001".into())];
         assert_eq!((one.requests, one.errors, one.model_errors), (7, 0, 0));
-        assert_eq!(one.latency_buckets.len(), Counts::bounds_ms().len());
+        assert_eq!(
+            one.latency_buckets.len(),
+            sluice_core::outcomes::LATENCY_BOUNDS_MS.len()
+        );
         assert_eq!(one.latency_buckets.last(), Some(&7));
         let two = &signals.counts[&("default".into(), "hello-00002".into())];
         assert_eq!((two.requests, two.errors, two.model_errors), (5, 3, 2));
         assert_eq!(signals.counts.len(), 2);
         assert!(signals.source.starts_with("router-"));
-    }
-
-    #[test]
-    fn parses_escaped_label_values() {
-        let text = "istio_requests_total{destination_workload_namespace=\"a\\\"b\",\
-                    destination_revision=\"r\",response_code=\"200\"} 3\n";
-        let s = parse_exposition(text, "x");
-        assert_eq!(s.counts[&("a\"b".into(), "r".into())].requests, 3);
     }
 }

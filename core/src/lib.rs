@@ -10,6 +10,7 @@ mod backoff;
 mod error;
 mod error_body;
 mod key;
+pub mod outcomes;
 pub mod replica;
 mod routing;
 mod scale;

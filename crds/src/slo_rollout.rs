@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use sluice_core::outcomes::Counts;
+
 use crate::autoscaling::{GoDuration, parse_go_duration};
 use crate::validation::Validator;
 
@@ -265,21 +267,6 @@ pub enum RolloutPhase {
     RolledBack,
 }
 
-/// Cumulative request outcomes of one revision, as the router counted them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Counts {
-    /// Requests.
-    pub requests: u64,
-    /// Requests that failed (5xx, or a gRPC status that means the server failed).
-    pub errors: u64,
-    /// Failures the model itself answered (500, gRPC INTERNAL or UNKNOWN).
-    pub model_errors: u64,
-    /// Cumulative latency histogram, one count per bound of [`Counts::bounds_ms`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub latency_buckets: Vec<u64>,
-}
-
 /// One revision's numbers over a step's interval.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -394,17 +381,6 @@ impl RolloutAnalysis {
                 (self.percent * step / 100).clamp(1.min(self.percent), self.percent)
             }
         }
-    }
-}
-
-impl Counts {
-    /// The histogram bounds of [`Counts::latency_buckets`], in milliseconds (Istio's
-    /// `istio_request_duration_milliseconds`).
-    pub fn bounds_ms() -> &'static [f64] {
-        &[
-            0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-            30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
-        ]
     }
 }
 

@@ -125,6 +125,7 @@ where
     // The activator's stats (with the immediate one on a request to a revision at zero) go
     // to the controller's autoscaler.
     let (stats_tx, stats_rx) = mpsc::channel(stats_post::STATS_QUEUE);
+    let outcomes_to = config.autoscaler.clone().zip(Some(stats_mesh.clone()));
     tokio::spawn(stats_post::post_stats(
         config.autoscaler,
         stats_mesh,
@@ -144,6 +145,15 @@ where
         service: "sluice-router",
         router: config.router,
     });
+    // The router hop's request outcomes go to the leader too, for SLO-gated rollouts.
+    if let Some((target, mesh)) = outcomes_to {
+        tokio::spawn(stats_post::post_outcomes(
+            target,
+            mesh,
+            data_plane.router_registry.clone(),
+            sluice_controller::rollout_signals::run_source("router"),
+        ));
+    }
     tasks.push(tokio::spawn(sluice_router::serve_ingress(
         listener,
         data_plane.router.clone(),

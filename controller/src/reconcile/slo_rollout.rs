@@ -17,6 +17,8 @@
 
 use std::collections::HashMap;
 
+use sluice_core::outcomes::LATENCY_BOUNDS_MS;
+
 use sluice_crds::slo_rollout::{
     Counts, Measured, P99_SLACK, RolloutAnalysis, RolloutPhase, SloRollout, StepVerdict, Window,
 };
@@ -191,7 +193,7 @@ fn measured(c: &Counts) -> Measured {
         requests: c.requests,
         errors: c.errors,
         model_errors: c.model_errors,
-        p99_us: quantile(0.99, &c.latency_buckets, Counts::bounds_ms(), c.requests)
+        p99_us: quantile(0.99, &c.latency_buckets, &LATENCY_BOUNDS_MS, c.requests)
             .map(|ms| (ms * 1000.0).round() as u64),
     }
 }
@@ -425,7 +427,7 @@ mod tests {
 
     /// Counters where `requests` took `latency_ms` each and `errors` of them failed.
     fn counts(requests: u64, errors: u64, latency_ms: f64) -> Counts {
-        let bounds = Counts::bounds_ms();
+        let bounds = &LATENCY_BOUNDS_MS;
         Counts {
             requests,
             errors,

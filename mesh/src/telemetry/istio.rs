@@ -6,10 +6,7 @@ use std::time::Duration;
 use super::registry::{Counter, Family, Histogram, Registry};
 
 /// `istio_request_duration_milliseconds` buckets (Istio's defaults).
-pub const DURATION_BUCKETS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
-];
+pub const DURATION_BUCKETS_MS: [f64; 19] = sluice_core::outcomes::LATENCY_BOUNDS_MS;
 
 /// `istio_request_bytes` / `istio_response_bytes` buckets: powers of ten from 1 B to 1 GB.
 pub const SIZE_BUCKETS: [f64; 10] = [

@@ -7,6 +7,7 @@ pub mod hop;
 pub mod istio;
 pub mod knative;
 pub mod merge;
+pub mod outcomes;
 pub mod registry;
 
 pub use access_log::{ACCESS_LOG_ENV, AccessLogEntry, BadAccessLogVar, access_log_on};
