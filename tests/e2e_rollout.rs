@@ -4,11 +4,11 @@
 //!
 //! 1. a canary failing one request in four is rolled back within its first step, with no
 //!    more than that step's share of requests failing, and none after;
-//! 2. a canary 10x slower than the baseline, under the absolute p99 bound, is rolled back by
+//! 2. a canary 25x slower than the baseline, under the absolute p99 bound, is rolled back by
 //!    the comparison with the baseline;
 //! 3. a healthy canary moves through the steps with no failed request; `sluice up` is
 //!    restarted mid-rollout, the rollout resumes at the step it had reached, and the canary
-//!    is promoted.
+//!    is promoted; it asks for two replicas but runs one until then (`rollout-max-surge`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
@@ -21,17 +21,32 @@ const HOST: &str = "pyapp.default.localhost";
 const INTERVAL_MS: i64 = 3_000;
 
 /// Service `pyapp` (version `v`) with an SLO-gated rollout of 10 % → 50 % → 100 %, 3 s a
-/// step, 20 requests for a verdict, p99 at most 2 s; `env` makes the revision faulty.
+/// step, 10 requests for a verdict, p99 at most 2 s; `env` makes the revision faulty.
 fn manifest(app: &std::path::Path, v: u32, env: &[(&str, &str)]) -> String {
+    manifest_scaled(app, v, env, 1, None)
+}
+
+/// [`manifest`] with `min-scale` replicas and, if given, a surge bound on the canary.
+fn manifest_scaled(
+    app: &std::path::Path,
+    v: u32,
+    env: &[(&str, &str)],
+    min_scale: u32,
+    surge: Option<u32>,
+) -> String {
+    let surge = surge
+        .map(|n| format!("    serving.sluice.dev/rollout-max-surge: \"{n}\"\n"))
+        .unwrap_or_default();
     let mut out = format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: pyapp\n  namespace: default\n\
          \x20 annotations:\n\
          \x20   serving.sluice.dev/rollout-steps: \"10,50,100\"\n\
          \x20   serving.sluice.dev/rollout-step-interval: \"{INTERVAL_MS}ms\"\n\
-         \x20   serving.sluice.dev/rollout-min-requests: \"20\"\n\
+         \x20   serving.sluice.dev/rollout-min-requests: \"10\"\n\
          \x20   serving.sluice.dev/rollout-max-p99-latency: \"2s\"\n\
+         {surge}\
          spec:\n  template:\n    metadata:\n      annotations:\n\
-         \x20       autoscaling.knative.dev/min-scale: \"1\"\n\
+         \x20       autoscaling.knative.dev/min-scale: \"{min_scale}\"\n\
          \x20   spec:\n      containerConcurrency: 10\n      containers:\n\
          \x20     - command: [python3, {}]\n        env:\n        - {{name: VERSION, value: \"v{v}\"}}\n",
         app.display()
@@ -133,8 +148,8 @@ fn faulty_canaries_roll_back_and_a_healthy_one_is_promoted_across_a_restart() {
         load.peek(|t| t.failures.clone())
     );
 
-    // 2. Latency: pyapp-00003 answers in 200 ms (the baseline in 20 ms), under the 2 s bound.
-    up.apply("v3.yaml", &manifest(&app, 3, &[("DELAY_MS", "200")]));
+    // 2. Latency: pyapp-00003 answers in 500 ms (the baseline in 20 ms), under the 2 s bound.
+    up.apply("v3.yaml", &manifest(&app, 3, &[("DELAY_MS", "500")]));
     let route = wait_phase(&up, "pyapp-00003", "RolledBack");
     let a = analysis(&route);
     let message = a["message"].as_str().unwrap();
@@ -146,12 +161,19 @@ fn faulty_canaries_roll_back_and_a_healthy_one_is_promoted_across_a_restart() {
     assert_eq!(a["baseline"], "pyapp-00001");
     assert_eq!(traffic(&route), [("pyapp-00001".to_owned(), 100)]);
 
-    // 3. Healthy: pyapp-00004, with a restart of `sluice up` at the 50 % step.
+    // 3. Healthy: pyapp-00004, with a restart of `sluice up` at the 50 % step. It asks for
+    // two replicas, but the rollout lets the canary run one until it is promoted.
     let failed = load.peek(|t| t.failed());
-    up.apply("v4.yaml", &manifest(&app, 4, &[]));
+    let v4 = manifest_scaled(&app, 4, &[], 2, Some(1));
+    up.apply("v4.yaml", &v4);
     let route = up.wait_for("routes", "pyapp", "pyapp-00004 at 50 %", |r| {
         analysis(r)["canary"] == "pyapp-00004" && analysis(r)["step"] == 1
     });
+    let (_, canary) = up.admin_get("/v1/revisions/default/pyapp-00004");
+    assert_eq!(
+        canary["status"]["desiredReplicas"], 1,
+        "the surge bound: {canary:#}"
+    );
     assert_eq!(
         traffic(&route),
         [
@@ -164,7 +186,7 @@ fn faulty_canaries_roll_back_and_a_healthy_one_is_promoted_across_a_restart() {
     assert_eq!(tally.failed(), failed, "{:#?}", tally.failures);
     drop(up);
     // `sluice up` applies its folder first: it holds what was applied last.
-    std::fs::write(dir.0.join("manifests/pyapp.yaml"), manifest(&app, 4, &[])).unwrap();
+    std::fs::write(dir.0.join("manifests/pyapp.yaml"), &v4).unwrap();
 
     let up = start(&dir);
     let (_, route) = up.admin_get("/v1/routes/default/pyapp");
@@ -199,9 +221,109 @@ fn faulty_canaries_roll_back_and_a_healthy_one_is_promoted_across_a_restart() {
         .collect();
     assert_eq!(steps, [(10, true), (50, true)]);
     assert_eq!(condition(&route, "RolloutHealthy")["status"], "True");
+    up.wait_for(
+        "revisions",
+        "pyapp-00004",
+        "two replicas once promoted",
+        |r| r["status"]["desiredReplicas"] == 2,
+    );
     let shown = up.cli(&["rollout", "status", "pyapp"]);
     assert!(
         shown.contains("pyapp-00001 -> pyapp-00004  Promoted") && shown.contains("passed"),
         "{shown}"
     );
+}
+
+/// The dashboard in a real headless browser (Debian's chromium) during a live rollout under
+/// load: signed in through the login link, it draws the route, both revisions with their
+/// shares and golden signals, the replicas, and the rollout's steps and gates. A screenshot
+/// goes to the test output; the page's data is refused without the token.
+#[test]
+fn the_dashboard_shows_a_live_rollout_under_load() {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("chromium is installed (.ci/run installs Debian's chromium)");
+    let dir = TempDir::new("rollout-ui");
+    let app = dir.0.join("app.py");
+    std::fs::write(&app, ECHO_APP).unwrap();
+    // A long step, so the rollout is still at 10 % when the browser looks.
+    let slow = manifest(&app, 1, &[]).replace(&format!("\"{INTERVAL_MS}ms\""), "\"10m\"");
+    std::fs::write(dir.0.join("manifests/pyapp.yaml"), &slow).unwrap();
+    let up = start(&dir);
+    let load = Load::start(up.router, HOST, 4);
+    up.apply(
+        "v2.yaml",
+        &manifest(&app, 2, &[]).replace(&format!("\"{INTERVAL_MS}ms\""), "\"10m\""),
+    );
+    wait_phase(&up, "pyapp-00002", "Progressing");
+    load.until("requests on the canary", |t| {
+        t.revisions().get("pyapp-00002").copied().unwrap_or(0) >= 5
+    });
+
+    // Without the token the dashboard's data is refused.
+    let plain = request(up.admin, "GET", &up.admin.to_string(), "/ui/api/state", b"").unwrap();
+    assert_eq!(plain.status, 401);
+
+    let link = up.cli(&["ui"]).trim().to_owned();
+    assert!(
+        link.contains("/login?token=") && link.ends_with("&next=/ui"),
+        "{link}"
+    );
+    let profile = dir.0.join("chromium-profile");
+    let browse = |extra: &[&str]| {
+        let out = std::process::Command::new(chromium)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--window-size=1280,900",
+                "--virtual-time-budget=6000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&link)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = browse(&["--dump-dom"]);
+    for needle in [
+        "data-loaded=\"true\"",
+        "data-route=\"pyapp\"",
+        "Rollout pyapp-00001 → pyapp-00002",
+        "Progressing",
+        "90%",
+        "10%",
+        "req/s",
+        "success ≥ 99%",
+        "<circle",
+        "RolloutStarted",
+    ] {
+        assert!(dom.contains(needle), "{needle:?} not on the page:\n{dom}");
+    }
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-rollout.png");
+    browse(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{}",
+        png.len()
+    );
+    println!("dashboard screenshot: {}", shot.display());
+    let tally = load.stop();
+    tally.print("dashboard under load");
+    assert_eq!(tally.failed(), 0, "{:#?}", tally.failures);
 }

@@ -643,3 +643,21 @@ mod tests {
         assert_eq!(human_duration(86400 * 3 + 3600 * 5), "3d5h");
     }
 }
+
+/// Flags of `sluice ui`.
+#[derive(Args, Debug)]
+pub(crate) struct UiArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `sluice ui`: prints the link that signs a browser in to the dashboard.
+pub(crate) fn ui(args: UiArgs) -> anyhow::Result<()> {
+    let admin = args.admin.admin()?;
+    eprintln!(
+        "Open this link to sign this browser in to the dashboard (it carries the admin token: \
+         keep it to yourself):"
+    );
+    println!("{}", admin.login_link("/ui"));
+    Ok(())
+}

@@ -46,6 +46,8 @@ enum Command {
     Promote(canary::CanaryArgs),
     /// Roll an InferenceService back: all traffic to its last rolled-out revision.
     Rollback(canary::CanaryArgs),
+    /// Print the link that opens the dashboard (live topology, golden signals, rollouts).
+    Ui(client::UiArgs),
     /// SLO-gated rollouts: `sluice rollout status NAME [--watch]`.
     Rollout(rollout::RolloutArgs),
     /// Serve one model over the Open Inference Protocol (a revision's replica).
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
             Command::Promote(args) => canary::run(args, canary::Edit::Promote).await,
             Command::Rollback(args) => canary::run(args, canary::Edit::Rollback).await,
             Command::Rollout(args) => rollout::run(args).await,
+            Command::Ui(args) => client::ui(args),
             Command::ModelServer(args) => model_server::run(args).await,
             Command::Autoscaler(args) => autoscaler::run(args),
             Command::Controller(args) => kube::controller(args).await,

@@ -79,6 +79,10 @@ pub(crate) async fn run(args: RolloutArgs) -> anyhow::Result<()> {
         if !args.watch {
             return Ok(());
         }
+        if routes.iter().any(|(_, r)| r.pending().is_some()) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         if phases.contains(&RolloutPhase::RolledBack) {
             bail!("the rollout was rolled back");
         }
@@ -95,6 +99,19 @@ struct RouteView {
     config: Option<SloRollout>,
     traffic: Vec<(String, i64, String)>,
     inference: bool,
+    /// The newest revision of the configuration the Route follows.
+    latest_created: Option<String>,
+}
+
+impl RouteView {
+    /// The newest revision when its rollout has not started yet (it is not ready).
+    fn pending(&self) -> Option<&str> {
+        let latest = self.latest_created.as_deref()?;
+        self.config.as_ref()?;
+        let known = self.traffic.iter().any(|(r, _, _)| r == latest)
+            || self.analysis.as_ref().is_some_and(|a| a.canary == latest);
+        (!known).then_some(latest)
+    }
 }
 
 async fn get(admin: &Admin, path: &str) -> anyhow::Result<Option<Value>> {
@@ -129,7 +146,15 @@ async fn routes_of(
         let Some(obj) = get(admin, &format!("/v1/routes/{namespace}/{route}")).await? else {
             continue;
         };
-        out.push((route, view(&obj)));
+        let mut v = view(&obj);
+        // A Service's (or component's) Route follows the Configuration of its own name.
+        if let Some(config) = get(admin, &format!("/v1/configurations/{namespace}/{route}")).await?
+        {
+            v.latest_created = config["status"]["latestCreatedRevisionName"]
+                .as_str()
+                .map(str::to_owned);
+        }
+        out.push((route, v));
     }
     if out.is_empty() {
         bail!("no Service, InferenceService or Route {name:?} in namespace {namespace:?}");
@@ -158,6 +183,7 @@ fn view(route: &Value) -> RouteView {
         inference: route["metadata"]["labels"]
             .get("serving.kserve.io/inferenceservice")
             .is_some(),
+        latest_created: None,
     }
 }
 
@@ -208,6 +234,11 @@ fn gates_line(g: &Gates, inference: bool) -> String {
 fn render(name: &str, routes: &[(String, RouteView)]) -> String {
     let mut out = String::new();
     for (route, v) in routes {
+        if let Some(latest) = v.pending() {
+            out.push_str(&format!(
+                "{route}: waiting for {latest} to become ready before its rollout starts\n"
+            ));
+        }
         let Some(a) = &v.analysis else {
             let why = if v.config.is_some() {
                 "no rollout yet (the first revision takes the traffic at once)"

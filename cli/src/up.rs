@@ -110,11 +110,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("sluice: router listening on http://{}", up.router_addr);
     println!("sluice: admin API on http://{}", up.admin_addr);
     println!(
-        "sluice: admin token in {} (a browser logs in at http://{}{}?token={})",
-        up.token_path.display(),
+        "sluice: dashboard at http://{}{}?token={}&next=/ui (the link signs a browser in with \
+         the admin token in {}; `sluice ui` prints it again)",
         up.admin_addr,
         LOGIN_PATH,
-        up.token.secret()
+        up.token.secret(),
+        up.token_path.display(),
     );
     shutdown::signalled().await;
     up.stop().await;

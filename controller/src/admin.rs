@@ -227,6 +227,7 @@ async fn index() -> Json<serde_json::Value> {
             "GET|PUT|DELETE /v1/{kind}/{namespace}/{name}",
             "GET /v1/{kind}/{namespace}/{name}/events",
             "GET /metrics",
+            "GET /ui (the dashboard; a browser signs in with GET /login?token=…&next=/ui)",
         ],
     }))
 }

@@ -10,6 +10,7 @@
 //! (`sluice-autoscaler`), manifest types and validation (`sluice-crds`).
 
 pub mod admin;
+pub mod dashboard;
 pub mod kube_ca;
 pub mod kube_mesh;
 pub mod kube_policies;

@@ -5,7 +5,8 @@
 //! * [`AdminToken`]: a random bearer token, created at first start in the state directory
 //!   (file 0600 in a 0700 directory; a token file others can read is refused), which every
 //!   request but the open paths must present: `Authorization: Bearer <token>`, or the
-//!   `HttpOnly`, `SameSite=Strict` cookie a browser gets from `GET /login?token=…`.
+//!   `HttpOnly`, `SameSite=Strict` cookie a browser gets from `GET /login?token=…`
+//!   (`&next=/ui` leads it on to a path of the same listener, such as the dashboard).
 //! * [`ListenerGuard`]: the browser defences, checked before the token: the `Host` must be
 //!   an address the listener serves (a DNS-rebinding page sends its own name), an `Origin`
 //!   must be the listener's own, and an unsafe method must carry a JSON or YAML
@@ -385,11 +386,23 @@ impl ListenerGuard {
     /// `GET /login?token=…`: the token for an `HttpOnly`, `SameSite=Strict` cookie, then
     /// a redirect to `/` without the token in the address bar.
     fn login(&self, token: &AdminToken, query: &str) -> Response<String> {
-        let presented = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "token")
-            .map(|(_, v)| v);
+        let param = |name: &str| {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        };
+        let presented = param("token");
+        // Where to go after: a path of this listener only (no scheme, no `//host`).
+        let next = param("next")
+            .filter(|n| {
+                n.starts_with('/')
+                    && !n.starts_with("//")
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+            })
+            .unwrap_or("/");
         match presented {
             Some(p) if token.matches(p) => {
                 let mut resp = Response::new(String::new());
@@ -401,8 +414,9 @@ impl ListenerGuard {
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
                     resp.headers_mut().insert(header::SET_COOKIE, v);
                 }
-                resp.headers_mut()
-                    .insert(header::LOCATION, HeaderValue::from_static("/"));
+                if let Ok(v) = HeaderValue::from_str(next) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
                 resp.headers_mut()
                     .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 resp
@@ -768,6 +782,21 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), 303);
         assert_eq!(resp.headers()[header::LOCATION], "/");
+        // `next` leads to a path of this listener, never elsewhere.
+        for (next, want) in [
+            ("/ui", "/ui"),
+            ("//evil.example", "/"),
+            ("https://evil.example", "/"),
+            ("/%2F%2Fevil", "/"),
+        ] {
+            let uri = format!("/login?token={}&next={next}", token.secret())
+                .parse()
+                .unwrap();
+            let resp = g
+                .check(&Method::GET, &uri, &headers(&[("host", "127.0.0.1:8081")]))
+                .unwrap();
+            assert_eq!(resp.headers()[header::LOCATION], want, "{next}");
+        }
         let cookie = resp.headers()[header::SET_COOKIE]
             .to_str()
             .unwrap()

@@ -29,6 +29,16 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The link that signs a browser in (the token becomes an `HttpOnly` cookie) and leads
+    /// it on to `next` (a path of the admin API, such as `/ui`).
+    pub fn login_link(&self, next: &str) -> String {
+        format!(
+            "{}/login?token={}&next={next}",
+            self.base.trim_end_matches('/'),
+            self.token.secret()
+        )
+    }
+
     /// The admin API at `base`, with the token `token` gives (`--token`/`SLUICE_TOKEN`) or,
     /// when none is given, the one in `state_dir`'s token file.
     pub fn discover(base: &str, token: Option<&str>, state_dir: &Path) -> anyhow::Result<Self> {

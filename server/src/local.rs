@@ -200,6 +200,7 @@ pub async fn start(config: LocalConfig) -> anyhow::Result<Local> {
             data_plane.router_registry.clone(),
         ),
     ));
+    let decisions = controller.decisions();
     controller.notify_first_pass(first_tx);
     let controller_task = tokio::spawn(controller.run(decisions_rx, stop.stopped()));
     if first_rx.await.is_err() {
@@ -231,7 +232,12 @@ pub async fn start(config: LocalConfig) -> anyhow::Result<Local> {
         cluster: config.cluster,
         policies,
     };
-    let app = admin.app(&data_plane, snapshot_rx, up_mesh.as_ref(), admin_guard);
+    let app = admin.app(
+        &data_plane,
+        snapshot_rx,
+        up_mesh.as_ref(),
+        (admin_guard, decisions),
+    );
     let admin_task = tokio::spawn(
         axum::serve(admin_listener, app)
             .with_graceful_shutdown(stop.stopped())
@@ -310,7 +316,7 @@ impl AdminApi {
         data_plane: &DataPlane,
         snapshot: watch::Receiver<Arc<RoutingSnapshot>>,
         up_mesh: Option<&LocalIdentities>,
-        guard: ListenerGuard,
+        (guard, decisions): (ListenerGuard, sluice_controller::dashboard::DecisionBoard),
     ) -> axum::Router {
         let (registries, client) = (data_plane.registries(), up_mesh.map(|m| m.control.clone()));
         let Self {
@@ -318,7 +324,14 @@ impl AdminApi {
             cluster,
             policies,
         } = self;
+        let dashboard = sluice_controller::dashboard::app(sluice_controller::dashboard::Sources {
+            store: store.clone(),
+            snapshot: snapshot.clone(),
+            router: data_plane.router_registry.clone(),
+            decisions,
+        });
         let app = admin::router(store.clone(), cluster)
+            .merge(dashboard)
             .route(
                 "/metrics",
                 axum::routing::get(move || {

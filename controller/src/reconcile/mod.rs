@@ -120,6 +120,8 @@ pub struct Controller<S: Store, R: Runtime> {
     signals: Option<Arc<dyn crate::rollout_signals::SignalSource>>,
     /// Routes whose SLO-gated rollout bounds its canary's replicas: the canary and bound.
     surge: BTreeMap<Key, (NamespacedName, u32)>,
+    /// The autoscaler's latest decisions, shared with the dashboard.
+    board: crate::dashboard::DecisionBoard,
 }
 
 /// A wall clock: the controller's source of `SystemTime` for gradual rollouts, whose state
@@ -205,7 +207,13 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             rollout_due: BTreeMap::new(),
             signals: None,
             surge: BTreeMap::new(),
+            board: crate::dashboard::DecisionBoard::default(),
         }
+    }
+
+    /// The autoscaler's latest decision per revision as this controller applies them.
+    pub fn decisions(&self) -> crate::dashboard::DecisionBoard {
+        self.board.clone()
     }
 
     /// Gives SLO-gated rollouts the router's request counters.
@@ -373,6 +381,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
                 d.revision.name.clone(),
             ));
         }
+        self.board.put(&d);
         self.decisions.insert(d.revision.clone(), d);
     }
 
@@ -724,7 +733,9 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             },
             &hosts,
         )?;
-        self.flush_statuses(pending, stamps.events).await?;
+        let mut events = stamps.events;
+        events.extend(routing.events.iter().cloned());
+        self.flush_statuses(pending, events).await?;
         self.collect_garbage(&configs, &observed, &routing.wanted, &config_status)
             .await?;
 
@@ -1051,6 +1062,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             if self.scaled.remove(key).is_some() {
                 self.autoscaler.remove(key.clone()).await;
                 self.decisions.remove(key);
+                self.board.remove(key);
                 self.ready_reported.remove(key);
             }
             return Ok(0);

@@ -138,8 +138,16 @@ pub fn next_check_ms(state: &RolloutAnalysis, config: &SloRollout, now_ms: i64) 
         .window
         .as_ref()
         .map(|w| w.started_at_ms.saturating_add(interval_ms(config)));
-    Some(due.filter(|due| *due > now_ms).unwrap_or(retry))
+    // Before the verdict, a look every few seconds keeps the message's count current.
+    let refresh = now_ms.saturating_add(REFRESH_MS);
+    Some(
+        due.filter(|due| *due > now_ms)
+            .map_or(retry, |due| due.min(refresh)),
+    )
 }
+
+/// How often a step's progress (its request count so far) is brought up to date.
+const REFRESH_MS: i64 = 5_000;
 
 fn delta(now: &Counts, then: &Counts) -> Option<Counts> {
     let sub = |a: u64, b: u64| a.checked_sub(b);
@@ -481,7 +489,8 @@ mod tests {
         let st = s.clone().unwrap();
         assert_eq!((st.baseline.as_str(), st.canary.as_str()), ("a", "b"));
         assert_eq!(st.canary_percent(), 10);
-        assert_eq!(next_check_ms(&st, &c, 0), Some(10_000));
+        assert_eq!(next_check_ms(&st, &c, 0), Some(5_000));
+        assert_eq!(next_check_ms(&st, &c, 6_000), Some(10_000));
         for (k, now) in [(1, 10_000), (2, 20_000)] {
             a = add(&a, &counts(90, 0, 2.0));
             b = add(&b, &counts(30, 0, 3.0));

@@ -267,6 +267,9 @@ pub(super) struct Routing {
     /// Each Route's canary in an SLO-gated rollout with a surge bound, and the bound
     /// (`None` for those without).
     pub surge: Vec<(Key, Option<(NamespacedName, u32)>)>,
+    /// What SLO-gated rollouts did in this pass (started, a step passed, promoted, rolled
+    /// back).
+    pub events: Vec<Event>,
 }
 
 /// When a Route's SLO-gated rollout wants its next look.
@@ -275,6 +278,52 @@ fn slo_next_check(route: &Route, status: &RouteStatus, now_ms: i64) -> Option<i6
         .ok()
         .flatten()?;
     slo_rollout::next_check_ms(status.rollout_analysis.as_ref()?, &config, now_ms)
+}
+
+/// The event of what a Route's SLO-gated rollout did in this pass, if anything.
+fn rollout_event(route: &Route, status: &RouteStatus) -> Option<Event> {
+    use sluice_crds::slo_rollout::RolloutPhase;
+    let now = status.rollout_analysis.as_ref()?;
+    let before = route
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_analysis.as_ref());
+    let same = |b: &&sluice_crds::slo_rollout::RolloutAnalysis| b.canary == now.canary;
+    let (type_, reason, message) = match (before.filter(same), now.phase) {
+        (None, _) => (
+            "Normal",
+            "RolloutStarted",
+            format!(
+                "rolling out {} from {}: steps {:?} %",
+                now.canary, now.baseline, now.steps
+            ),
+        ),
+        (Some(b), RolloutPhase::RolledBack) if b.phase != RolloutPhase::RolledBack => {
+            ("Warning", "RolledBack", now.message.clone())
+        }
+        (Some(b), RolloutPhase::Promoted) if b.phase != RolloutPhase::Promoted => {
+            ("Normal", "Promoted", now.message.clone())
+        }
+        (Some(b), RolloutPhase::Progressing) if b.step != now.step => (
+            "Normal",
+            "StepPassed",
+            format!(
+                "{} passed the {} % step; now {} %",
+                now.canary,
+                b.steps.get(b.step as usize).copied().unwrap_or_default(),
+                now.canary_percent()
+            ),
+        ),
+        _ => return None,
+    };
+    Some(event(
+        Kind::Route,
+        route.metadata.namespace(),
+        &route.metadata.name,
+        type_,
+        reason,
+        message,
+    ))
 }
 
 /// The canary of a Route's SLO-gated rollout in progress and its surge bound, if any.
@@ -345,6 +394,7 @@ pub(super) fn routing(
             (Kind::Route, ns.to_owned(), route.metadata.name.clone()),
             slo_surge(route, &status),
         ));
+        out.events.extend(rollout_event(route, &status));
         out.rollout_due.push((
             (Kind::Route, ns.to_owned(), route.metadata.name.clone()),
             next_step,
