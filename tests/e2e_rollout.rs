@@ -327,3 +327,76 @@ fn the_dashboard_shows_a_live_rollout_under_load() {
     tally.print("dashboard under load");
     assert_eq!(tally.failed(), 0, "{:#?}", tally.failures);
 }
+
+/// An InferenceService whose transformer's new version fails one request in four: with the
+/// success-rate gates opened wide, the model error gate (the inference service's own 500s)
+/// alone rolls it back, and the InferenceService says so naming the component.
+#[test]
+fn the_model_error_gate_rolls_back_an_inference_service_component() {
+    let dir = TempDir::new("rollout-isvc");
+    let app = dir.0.join("app.py");
+    std::fs::write(&app, ECHO_APP).unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/iris/model");
+    let isvc = |v: u32, fail_every: u32| {
+        format!(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: iris\n  namespace: default\n\
+             \x20 annotations:\n\
+             \x20   serving.sluice.dev/rollout-steps: \"20,100\"\n\
+             \x20   serving.sluice.dev/rollout-step-interval: \"{INTERVAL_MS}ms\"\n\
+             \x20   serving.sluice.dev/rollout-min-requests: \"10\"\n\
+             \x20   serving.sluice.dev/rollout-min-success-rate: \"0\"\n\
+             \x20   serving.sluice.dev/rollout-max-success-rate-drop: \"100\"\n\
+             spec:\n  predictor:\n    model:\n      modelFormat: {{name: sluice-mlp}}\n      storageUri: {}\n\
+             \x20 transformer:\n    containers:\n    - command: [python3, {}]\n      env:\n\
+             \x20     - {{name: VERSION, value: \"v{v}\"}}\n      - {{name: FAIL_EVERY, value: \"{fail_every}\"}}\n",
+            model.display(),
+            app.display()
+        )
+    };
+    std::fs::write(dir.0.join("manifests/iris.yaml"), isvc(1, 0)).unwrap();
+    let up = Up::start(&dir.0, &["--autoscaler-tick", "1s"], "info");
+    let host = "iris.default.localhost";
+    let warm = request(up.router, "POST", host, "/r/warm-up", b"").unwrap();
+    assert_eq!(warm.status, 200, "{}", up.log());
+    let load = Load::start(up.router, host, 4);
+    load.run_for(30);
+    up.apply("iris-v2.yaml", &isvc(2, 4));
+    let route = up.wait_for(
+        "routes",
+        "iris-transformer",
+        "the transformer rolled back",
+        |r| analysis(r)["phase"] == "RolledBack",
+    );
+    let message = analysis(&route)["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("model error rate") && message.contains("> 1.0%"),
+        "{message}"
+    );
+    let failed = &analysis(&route)["verdicts"][0]["failed"];
+    assert_eq!(
+        failed.as_array().map(Vec::len),
+        Some(1),
+        "only the model error gate: {failed}"
+    );
+    assert!(
+        failed[0].as_str().unwrap().starts_with("model error rate"),
+        "{failed}"
+    );
+    assert_eq!(
+        traffic(&route),
+        [("iris-transformer-00001".to_owned(), 100)]
+    );
+    let isvc = up.wait_for("inferenceservices", "iris", "RolloutHealthy=False", |i| {
+        condition(i, "RolloutHealthy")["status"] == "False"
+    });
+    let c = condition(&isvc, "RolloutHealthy");
+    assert_eq!(c["reason"], "RolledBack");
+    assert!(
+        c["message"].as_str().unwrap().starts_with("transformer: "),
+        "{c:#}"
+    );
+    // The predictor did not change: no rollout there.
+    let (_, predictor) = up.admin_get("/v1/routes/default/iris-predictor");
+    assert!(analysis(&predictor).is_null(), "{predictor:#}");
+    load.stop().print("transformer rollout");
+}

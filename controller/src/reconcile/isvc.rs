@@ -266,6 +266,9 @@ pub fn transformer_service(isvc: &InferenceService, predictor_host: &str) -> Opt
     ))
 }
 
+/// The prefix of the SLO-gated rollout's annotations (`sluice_crds::slo_rollout`).
+const SLO_ROLLOUT_PREFIX: &str = "serving.sluice.dev/rollout-";
+
 /// KServe maps component fields onto Knative autoscaling annotations.
 fn component_annotations(
     isvc: &InferenceService,
@@ -273,6 +276,9 @@ fn component_annotations(
 ) -> BTreeMap<String, String> {
     let mut annotations: BTreeMap<String, String> = isvc.metadata.annotations.clone();
     annotations.remove(ENABLE_TAG_ROUTING);
+    // The SLO-gated rollout's annotations go on the component Service (and so its Route),
+    // not on the revision template: changing a gate is not a new revision.
+    annotations.retain(|k, _| !k.starts_with(SLO_ROLLOUT_PREFIX));
     let min = p.min_replicas.map(|m| m.to_string()).or_else(|| {
         (!annotations.contains_key(autoscaling::MIN_SCALE))
             .then(|| DEFAULT_MIN_REPLICAS.to_string())
@@ -323,6 +329,12 @@ fn component_service(isvc: &InferenceService, c: Component, p: ComponentFields<'
             name: c.name,
             namespace: Some(meta.namespace().to_owned()),
             labels: c.labels,
+            annotations: meta
+                .annotations
+                .iter()
+                .filter(|(k, _)| k.starts_with(SLO_ROLLOUT_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             owner_references: vec![OwnerReference {
                 api_version: Kind::InferenceService.api_version().into(),
                 kind: Kind::InferenceService.name().into(),
