@@ -1929,3 +1929,147 @@ async fn the_autoscalers_stat_stream_takes_the_routers_identity_only() {
         controller.log()
     );
 }
+
+/// An SLO-gated rollout judged in Kubernetes mode on what the router posts: two revisions at
+/// zero (nodes cordoned, so kwok's Pod IPs are never dialled: the activator holds every
+/// request until its 3 s timeout, a 504 at the router hop), a rollout of 50 % → 100 % with
+/// 5 s steps; the router posts its outcomes to the leader over mTLS, the leader judges the
+/// new revision's 0 % success rate, and the Route in the API server says RolledBack with both
+/// revisions' numbers.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Kubernetes tier: run by scripts/kube-test"]
+async fn an_slo_gated_rollout_is_judged_on_the_routers_outcomes() {
+    let cluster = Cluster::start("slorollout");
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    cluster.kubectl(&["cordon", "kwok-node-0", "kwok-node-1"]);
+    let controller = cluster.controller_with(
+        "solo",
+        &cluster.kubeconfig,
+        &[
+            "--stats-listen",
+            "127.0.0.1:0",
+            "--advertise-address",
+            "192.0.2.10",
+        ],
+    );
+    let stats = controller
+        .printed("sluice: controller stats endpoint on ")
+        .await;
+    let autoscaler = stats.strip_suffix("/v1/stats").unwrap().to_owned();
+    let service = |target: &str| {
+        hello("hello", target, Some(0))
+            .replace(
+                "autoscaling.knative.dev/min-scale: \"0\"\n",
+                "autoscaling.knative.dev/min-scale: \"0\"\n        autoscaling.knative.dev/initial-scale: \"0\"\n",
+            )
+            .replace(
+                "    spec:\n      containers:",
+                "    spec:\n      timeoutSeconds: 3\n      containers:",
+            )
+            .replace(
+                "  namespace: default\n",
+                "  namespace: default\n  annotations:\n    serving.sluice.dev/rollout-steps: \"50,100\"\n    serving.sluice.dev/rollout-step-interval: \"5s\"\n    serving.sluice.dev/rollout-min-requests: \"3\"\n",
+            )
+            + "  traffic:\n    - latestRevision: true\n      percent: 100\n"
+    };
+    let v1 = service("one");
+    assert!(
+        v1.contains("rollout-steps") && v1.contains("initial-scale"),
+        "{v1}"
+    );
+    cluster.kubectl(&["apply", "-f", &manifest(&cluster, "hello-v1.yaml", &v1)]);
+    ready(&api(&client, Kind::Service), "Service", "hello").await;
+
+    let ca = controller.mesh_ca().await;
+    cluster.kubectl(&["create", "serviceaccount", "sluice-router", "-n", "default"]);
+    let token = cluster.token_file(
+        "default",
+        "sluice-router",
+        Some("sluice-ca"),
+        "router.token",
+    );
+    let root = root_file(&cluster, &client, "default").await;
+    let mut router = cluster.spawn(
+        "router",
+        &[
+            "router",
+            "--kube",
+            "--listen",
+            "127.0.0.1:0",
+            "--autoscaler",
+            &autoscaler,
+            "--mesh-ca-addr",
+            &ca,
+            "--mesh-token-file",
+            &token.display().to_string(),
+            "--mesh-root-file",
+            &root.display().to_string(),
+        ],
+    );
+    let addr: std::net::SocketAddr = router
+        .printed("sluice: router listening on http://")
+        .await
+        .parse()
+        .unwrap();
+    let requests: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(keep_requesting(addr, "hello.default.example.com")))
+        .collect();
+
+    cluster.kubectl(&[
+        "apply",
+        "-f",
+        &manifest(&cluster, "hello-v2.yaml", &service("two")),
+    ]);
+    let routes = api(&client, Kind::Route);
+    let route = eventually("hello-00002 rolled back", || async {
+        let r = get(&routes, "hello").await?;
+        (r["status"]["rolloutAnalysis"]["phase"] == "RolledBack").then_some(r)
+    })
+    .await;
+    router.kill();
+    for r in requests {
+        r.abort();
+    }
+    let a = &route["status"]["rolloutAnalysis"];
+    assert_eq!(
+        (a["baseline"].as_str(), a["canary"].as_str()),
+        (Some("hello-00001"), Some("hello-00002"))
+    );
+    let verdict = &a["verdicts"][0];
+    assert_eq!(verdict["percent"], 50);
+    assert!(
+        verdict["canary"]["requests"].as_u64().unwrap() >= 3,
+        "{a:#}"
+    );
+    assert_eq!(
+        verdict["canary"]["errors"], verdict["canary"]["requests"],
+        "{a:#}"
+    );
+    assert!(
+        verdict["baseline"]["requests"].as_u64().unwrap() > 0,
+        "{a:#}"
+    );
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap()
+            .contains("success rate 0.0% < 99.0%"),
+        "{a:#}"
+    );
+    let healthy = route["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "RolloutHealthy"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (healthy["status"].as_str(), healthy["reason"].as_str()),
+        (Some("False"), Some("RolledBack")),
+        "{route:#}"
+    );
+    let traffic = &route["status"]["traffic"];
+    assert_eq!(traffic[0]["revisionName"], "hello-00001", "{traffic}");
+    assert_eq!(traffic[0]["percent"], 100, "{traffic}");
+    // Nothing was ever dialled: no replica ran.
+    assert_eq!(ready_pods(&client, "hello-00002").await, 0);
+}
