@@ -17,5 +17,5 @@ mod serve;
 
 pub use data_plane::{DataPlane, DataPlaneConfig};
 pub use headers::{ClientAddr, add_forwarded};
-pub use router::{RoutedTo, Router, RouterConfig, TAG_HEADER, edge_headers, select_route};
+pub use router::{Router, RouterConfig, TAG_HEADER, edge_headers, select_route};
 pub use serve::{ServeConfig, serve, serve_ingress};

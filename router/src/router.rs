@@ -20,10 +20,6 @@ use tokio::time::Instant;
 use crate::headers::{ClientAddr, add_forwarded};
 use crate::ingress::Scheme;
 
-/// The revision a response was routed to (a response extension set by [`Router::handle`]).
-#[derive(Clone, Debug)]
-pub struct RoutedTo(pub NamespacedName);
-
 /// Header that picks a tagged revision on the service's own host.
 pub const TAG_HEADER: &str = "knative-serving-tag";
 
@@ -164,11 +160,18 @@ impl Router {
     }
 
     /// Routes one request.
-    /// The response carries the revision it was routed to as a [`RoutedTo`] extension
-    /// (the router hop's telemetry names it).
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let mut routed = None;
-        let mut resp = match self.route(req, &mut routed).await {
+        self.handle_noting(req, &mut None).await
+    }
+
+    /// Routes one request and notes the revision it was routed to in `routed` (the router
+    /// hop's telemetry names it), without allocating more than the name.
+    pub async fn handle_noting(
+        &self,
+        req: Request<Incoming>,
+        routed: &mut Option<NamespacedName>,
+    ) -> Response<ProxyBody> {
+        match self.route(req, routed).await {
             Ok(resp) => resp,
             Err(err) => {
                 tracing::debug!(
@@ -178,11 +181,7 @@ impl Router {
                 );
                 err.into_response()
             }
-        };
-        if let Some(key) = routed {
-            resp.extensions_mut().insert(RoutedTo(key));
         }
-        resp
     }
 
     async fn route(

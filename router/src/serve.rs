@@ -19,7 +19,6 @@ use tokio::sync::{Semaphore, watch};
 use crate::Router;
 use crate::headers::ClientAddr;
 use crate::ingress::{Ingress, IngressSecurity};
-use crate::router::RoutedTo;
 
 /// Listener settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,12 +221,13 @@ async fn accept_loop(
                     ex
                 });
                 async move {
-                    let resp = router.handle(req).await;
+                    let mut routed = None;
+                    let resp = router.handle_noting(req, &mut routed).await;
                     Ok::<_, std::convert::Infallible>(match exchange {
                         Some(mut ex) => {
-                            if let Some(RoutedTo(to)) = resp.extensions().get::<RoutedTo>() {
-                                ex.labels.destination_workload_namespace = to.namespace.clone();
-                                ex.labels.destination_revision = to.name.clone();
+                            if let Some(to) = routed {
+                                ex.labels.destination_workload_namespace = to.namespace;
+                                ex.labels.destination_revision = to.name;
                             }
                             ex.wrap(resp).map(|b| {
                                 use http_body_util::BodyExt as _;

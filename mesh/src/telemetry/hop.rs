@@ -262,7 +262,9 @@ impl Exchange {
     /// recorded as `grpc_response_status`.
     pub fn wrap<B>(mut self, response: http::Response<B>) -> http::Response<Recorded<B>> {
         let status = response.status().as_u16();
-        if let Some(grpc) = grpc_status(response.headers()) {
+        if self.labels.request_protocol == "grpc"
+            && let Some(grpc) = grpc_status(response.headers())
+        {
             self.labels.grpc_response_status = Some(grpc);
         }
         response.map(|inner| Recorded {
@@ -275,8 +277,9 @@ impl Exchange {
 
 /// The `grpc-status` header's value, if there is a valid one.
 fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     headers
-        .get("grpc-status")?
+        .get(&GRPC_STATUS)?
         .to_str()
         .ok()?
         .trim()
