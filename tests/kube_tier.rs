@@ -330,6 +330,50 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     );
 }
 
+/// A `sluice router --kube` on loopback for the default namespace, posting to `autoscaler`
+/// over mTLS, its mesh identity from the controller's CA with a token of its own
+/// ServiceAccount (created here), plus `extra` flags; and the address it listens on.
+async fn mesh_router(
+    cluster: &Cluster,
+    client: &kube::Client,
+    controller: &kube_support::ControllerProc,
+    autoscaler: &str,
+    extra: &[&str],
+) -> (kube_support::ControllerProc, std::net::SocketAddr) {
+    let ca = controller.mesh_ca().await;
+    cluster.kubectl(&["create", "serviceaccount", "sluice-router", "-n", "default"]);
+    let token = cluster.token_file(
+        "default",
+        "sluice-router",
+        Some("sluice-ca"),
+        "router.token",
+    );
+    let root = root_file(cluster, client, "default").await;
+    let (token, root) = (token.display().to_string(), root.display().to_string());
+    let mut args = vec![
+        "router",
+        "--kube",
+        "--listen",
+        "127.0.0.1:0",
+        "--autoscaler",
+        autoscaler,
+        "--mesh-ca-addr",
+        &ca,
+        "--mesh-token-file",
+        &token,
+        "--mesh-root-file",
+        &root,
+    ];
+    args.extend_from_slice(extra);
+    let router = cluster.spawn("router", &args);
+    let addr = router
+        .printed("sluice: router listening on http://")
+        .await
+        .parse()
+        .unwrap();
+    (router, addr)
+}
+
 /// A raw HTTP/1.1 request for `host` to the router at `addr` (loopback), over and over while
 /// the router answers (it has no route yet, or gave up waiting); a request the activator
 /// holds stays open. Aborted by the caller.
@@ -459,49 +503,27 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
 
     // The router (activator in-process) on loopback, posting its stats to the leader over
     // mTLS; its mesh identity from the controller's CA, with a token of its ServiceAccount.
-    let ca = controller.mesh_ca().await;
-    cluster.kubectl(&["create", "serviceaccount", "sluice-router", "-n", "default"]);
-    let token = cluster.token_file(
-        "default",
-        "sluice-router",
-        Some("sluice-ca"),
-        "router.token",
-    );
-    let root = root_file(&cluster, &client, "default").await;
     let (otlp, mut spans) = collector().await;
-    let mut router = cluster.spawn(
-        "router",
+    let (mut router, addr) = mesh_router(
+        &cluster,
+        &client,
+        &controller,
+        &autoscaler,
         &[
-            "router",
-            "--kube",
             "--access-log",
-            "--listen",
-            "127.0.0.1:0",
-            "--autoscaler",
-            &autoscaler,
-            "--mesh-ca-addr",
-            &ca,
-            "--mesh-token-file",
-            &token.display().to_string(),
-            "--mesh-root-file",
-            &root.display().to_string(),
             "--metrics-listen",
             "127.0.0.1:0",
             "--otlp-endpoint",
             &otlp,
         ],
-    );
+    )
+    .await;
     assert_eq!(
         router.printed("sluice: router mesh identity ").await,
         "spiffe://cluster.local/ns/default/sa/sluice-router"
     );
     let metrics = router.printed("sluice: router metrics on ").await;
     assert!(metrics.starts_with("http://127.0.0.1:"), "{metrics}");
-    let addr: std::net::SocketAddr = router
-        .printed("sluice: router listening on http://")
-        .await
-        .parse()
-        .unwrap();
     let requests = tokio::spawn(keep_requesting(addr, "hello.default.example.com"));
     eventually("hello-00001 scaled from 0 to 1 by the request", || async {
         let d = deployment(&client, "hello-00001").await?;
@@ -1981,37 +2003,7 @@ async fn an_slo_gated_rollout_is_judged_on_the_routers_outcomes() {
     cluster.kubectl(&["apply", "-f", &manifest(&cluster, "hello-v1.yaml", &v1)]);
     ready(&api(&client, Kind::Service), "Service", "hello").await;
 
-    let ca = controller.mesh_ca().await;
-    cluster.kubectl(&["create", "serviceaccount", "sluice-router", "-n", "default"]);
-    let token = cluster.token_file(
-        "default",
-        "sluice-router",
-        Some("sluice-ca"),
-        "router.token",
-    );
-    let root = root_file(&cluster, &client, "default").await;
-    let mut router = cluster.spawn(
-        "router",
-        &[
-            "router",
-            "--kube",
-            "--listen",
-            "127.0.0.1:0",
-            "--autoscaler",
-            &autoscaler,
-            "--mesh-ca-addr",
-            &ca,
-            "--mesh-token-file",
-            &token.display().to_string(),
-            "--mesh-root-file",
-            &root.display().to_string(),
-        ],
-    );
-    let addr: std::net::SocketAddr = router
-        .printed("sluice: router listening on http://")
-        .await
-        .parse()
-        .unwrap();
+    let (mut router, addr) = mesh_router(&cluster, &client, &controller, &autoscaler, &[]).await;
     let requests: Vec<_> = (0..8)
         .map(|_| tokio::spawn(keep_requesting(addr, "hello.default.example.com")))
         .collect();

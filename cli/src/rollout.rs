@@ -79,19 +79,36 @@ pub(crate) async fn run(args: RolloutArgs) -> anyhow::Result<()> {
         if !args.watch {
             return Ok(());
         }
-        if routes.iter().any(|(_, r)| r.pending().is_some()) {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        if phases.contains(&RolloutPhase::RolledBack) {
-            bail!("the rollout was rolled back");
-        }
-        if !phases.contains(&RolloutPhase::Progressing) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let progressing = |r: &RouteView| {
+            r.analysis
+                .as_ref()
+                .is_some_and(|a| a.phase == RolloutPhase::Progressing)
+        };
+        let waiting = match routes.iter().find(|(_, r)| r.pending().is_some()) {
+            Some(pending) => pending,
+            None if phases.contains(&RolloutPhase::RolledBack) => {
+                bail!("the rollout was rolled back")
+            }
+            None => match routes.iter().find(|(_, r)| progressing(r)) {
+                Some(progressing) => progressing,
+                None => return Ok(()),
+            },
+        };
+        let (route, view) = waiting;
+        // The admin API's long poll: back as soon as the Route changes (the controller
+        // rewrites its progress every few seconds), or after WATCH_POLL.
+        let path = format!(
+            "/v1/routes/{}/{route}?after={}&timeout={}",
+            args.namespace,
+            view.version,
+            WATCH_POLL.as_secs()
+        );
+        get(&admin, &path).await?;
     }
 }
+
+/// The longest one `--watch` long poll waits for the Route to change.
+const WATCH_POLL: Duration = Duration::from_secs(10);
 
 /// One Route's rollout as read from the admin API.
 struct RouteView {
@@ -101,6 +118,8 @@ struct RouteView {
     inference: bool,
     /// The newest revision of the configuration the Route follows.
     latest_created: Option<String>,
+    /// The Route's `resourceVersion` as read.
+    version: String,
 }
 
 impl RouteView {
@@ -181,9 +200,13 @@ fn view(route: &Value) -> RouteView {
             })
             .collect(),
         inference: route["metadata"]["labels"]
-            .get("serving.kserve.io/inferenceservice")
+            .get(sluice_crds::inference_service::INFERENCE_SERVICE_LABEL)
             .is_some(),
         latest_created: None,
+        version: route["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     }
 }
 

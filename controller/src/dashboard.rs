@@ -131,23 +131,37 @@ async fn state_json<S: Store + Clone>(State(d): State<Arc<Dashboard<S>>>) -> imp
     }
 }
 
+/// The gates of the Route's SLO-gated rollout, as the controller reads its annotations
+/// (defaults filled in), for the page to show; `null` without one.
+fn gates(annotations: &Value) -> Value {
+    let annotations = serde_json::from_value(annotations.clone()).unwrap_or_default();
+    let Ok(Some(r)) = sluice_crds::slo_rollout::slo_rollout(&annotations) else {
+        return Value::Null;
+    };
+    let g = &r.gates;
+    json!({
+        "intervalSeconds": r.interval.as_secs_f64(),
+        "minRequests": g.min_requests,
+        "minSuccessRate": g.min_success_rate,
+        "maxSuccessRateDrop": g.max_success_rate_drop,
+        "maxP99Ms": g.max_p99.map(|d| d.as_secs_f64() * 1000.0),
+        "maxP99Increase": g.max_p99_increase,
+        "maxModelErrorRate": g.max_model_error_rate,
+        "maxSurge": r.max_surge,
+    })
+}
+
 /// One revision's golden signals over a window.
 fn signals(now: &Counts, then: Option<&Counts>, seconds: f64) -> Value {
-    let zero = Counts::default();
-    let then = then.unwrap_or(&zero);
-    let requests = now.requests.saturating_sub(then.requests);
-    let errors = now.errors.saturating_sub(then.errors);
-    let buckets: Vec<u64> = now
-        .latency_buckets
-        .iter()
-        .enumerate()
-        .map(|(i, n)| n.saturating_sub(then.latency_buckets.get(i).copied().unwrap_or(0)))
-        .collect();
-    let q = |q| quantile(q, &buckets, &LATENCY_BOUNDS_MS, requests);
+    let window = then
+        .and_then(|then| now.since(then))
+        .unwrap_or_else(|| now.clone());
+    let requests = window.requests;
+    let q = |q| quantile(q, &window.latency_buckets, &LATENCY_BOUNDS_MS, requests);
     json!({
         "requests": requests,
         "rps": if seconds > 0.0 { requests as f64 / seconds } else { 0.0 },
-        "successRate": (requests > 0).then(|| 1.0 - errors as f64 / requests as f64),
+        "successRate": (requests > 0).then(|| 1.0 - window.errors as f64 / requests as f64),
         "p50Ms": q(0.5),
         "p99Ms": q(0.99),
     })
@@ -196,7 +210,7 @@ impl<S: Store + Clone> Dashboard<S> {
             let ns = route["metadata"]["namespace"].as_str().unwrap_or("default");
             let name = route["metadata"]["name"].as_str().unwrap_or_default();
             let labels = &route["metadata"]["labels"];
-            let isvc = labels["serving.kserve.io/inferenceservice"].as_str();
+            let isvc = labels[sluice_crds::inference_service::INFERENCE_SERVICE_LABEL].as_str();
             let mut revisions: Vec<Value> = Vec::new();
             let mut seen = Vec::new();
             let traffic = route["status"]["traffic"]
@@ -266,7 +280,7 @@ impl<S: Store + Clone> Dashboard<S> {
                 "url": route["status"]["url"],
                 "conditions": route["status"]["conditions"],
                 "rollout": analysis,
-                "annotations": route["metadata"]["annotations"],
+                "gates": gates(&route["metadata"]["annotations"]),
                 "revisions": revisions,
                 "events": events,
             }));

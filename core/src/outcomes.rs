@@ -30,6 +30,30 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// What was counted since `earlier` (a reading of the same counters); `None` when a
+    /// counter went down (the counters restarted in between).
+    pub fn since(&self, earlier: &Counts) -> Option<Counts> {
+        let sub = |a: u64, b: u64| a.checked_sub(b);
+        let latency_buckets = if earlier.latency_buckets.is_empty() {
+            self.latency_buckets.clone()
+        } else {
+            if self.latency_buckets.len() != earlier.latency_buckets.len() {
+                return None;
+            }
+            self.latency_buckets
+                .iter()
+                .zip(&earlier.latency_buckets)
+                .map(|(a, b)| sub(*a, *b))
+                .collect::<Option<Vec<u64>>>()?
+        };
+        Some(Counts {
+            requests: sub(self.requests, earlier.requests)?,
+            errors: sub(self.errors, earlier.errors)?,
+            model_errors: sub(self.model_errors, earlier.model_errors)?,
+            latency_buckets,
+        })
+    }
+
     /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
@@ -86,5 +110,17 @@ mod tests {
         });
         assert_eq!((a.requests, a.errors, a.model_errors), (5, 1, 1));
         assert_eq!(a.latency_buckets, [1, 3, 3]);
+        let earlier = Counts {
+            requests: 1,
+            errors: 1,
+            model_errors: 0,
+            latency_buckets: vec![0, 1, 1],
+        };
+        let d = a.since(&earlier).unwrap();
+        assert_eq!(
+            (d.requests, d.errors, d.latency_buckets),
+            (4, 0, vec![1, 2, 2])
+        );
+        assert_eq!(earlier.since(&a), None, "a counter went down: restarted");
     }
 }

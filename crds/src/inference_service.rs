@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::meta::{Condition, ObjectMeta};
 use crate::validation::{Validator, is_dns1035_label};
 
+/// The label KServe puts on everything an InferenceService owns (its component Services,
+/// their Routes, Configurations and Revisions), naming it.
+pub const INFERENCE_SERVICE_LABEL: &str = "serving.kserve.io/inferenceservice";
+
 /// An InferenceService.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

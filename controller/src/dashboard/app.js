@@ -88,18 +88,19 @@ function topology(route) {
   return svg;
 }
 
-function gates(annotations, inference) {
-  const a = annotations || {};
-  const g = (k) => a["serving.sluice.dev/rollout-" + k];
+// The gates as the controller read them from the annotations (defaults filled in).
+function gates(g, inference) {
+  if (!g) return "";
+  const p = (f) => +(f * 100).toFixed(2);
   const parts = [
-    `success ≥ ${g("min-success-rate") || "99"}%`,
-    `≥ baseline − ${g("max-success-rate-drop") || "1"} pt`,
+    `success ≥ ${p(g.minSuccessRate)}%`,
+    `≥ baseline − ${p(g.maxSuccessRateDrop)} pt`,
   ];
-  if (g("max-p99-latency")) parts.push(`p99 ≤ ${g("max-p99-latency")}`);
-  parts.push(`p99 ≤ baseline + ${g("max-p99-increase") || "50"}%`);
-  if (inference) parts.push(`model errors ≤ ${g("max-model-error-rate") || "1"}%`);
-  parts.push(`${g("min-requests") || "20"} requests a step, every ${g("step-interval") || "1m"}`);
-  if (g("max-surge")) parts.push(`canary ≤ ${g("max-surge")} replicas`);
+  if (g.maxP99Ms !== null && g.maxP99Ms !== undefined) parts.push(`p99 ≤ ${ms(g.maxP99Ms)}`);
+  parts.push(`p99 ≤ baseline + ${p(g.maxP99Increase)}%`);
+  if (inference) parts.push(`model errors ≤ ${p(g.maxModelErrorRate)}%`);
+  parts.push(`${g.minRequests} requests a step, every ${g.intervalSeconds} s`);
+  if (g.maxSurge) parts.push(`canary ≤ ${g.maxSurge} replicas`);
   return parts.join(" · ");
 }
 
@@ -119,7 +120,7 @@ function rollout(route) {
   });
   box.append(steps);
   const inference = route.owner && route.owner.kind === "InferenceService";
-  box.append(el("div", { class: "gates" }, "gates: " + gates(route.annotations, inference)));
+  box.append(el("div", { class: "gates" }, "gates: " + gates(route.gates, inference)));
   if ((r.verdicts || []).length) {
     const table = el("table", {}, el("tr", {},
       el("th", {}, "step"), el("th", {}, "canary"), el("th", {}, "baseline"), el("th", {}, "verdict")));

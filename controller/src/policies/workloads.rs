@@ -63,7 +63,10 @@ pub async fn known_workloads<S: Store>(store: &S) -> Vec<Workload> {
                     l = t;
                 }
                 _ => {
-                    l.insert("serving.kserve.io/inferenceservice".into(), name);
+                    l.insert(
+                        sluice_crds::inference_service::INFERENCE_SERVICE_LABEL.into(),
+                        name,
+                    );
                     for component in ["predictor", "transformer"] {
                         let mut c = l.clone();
                         c.insert("component".into(), component.into());

@@ -302,7 +302,7 @@ fn component_annotations(
 fn component_labels(isvc: &InferenceService, component: &str) -> BTreeMap<String, String> {
     let mut labels = isvc.metadata.labels.clone();
     labels.insert(
-        "serving.kserve.io/inferenceservice".into(),
+        sluice_crds::inference_service::INFERENCE_SERVICE_LABEL.into(),
         isvc.metadata.name.clone(),
     );
     labels.insert("component".into(), component.into());

@@ -46,6 +46,20 @@ fn waiting(reason: &str, message: String) -> Condition {
     Condition::unknown("AllTrafficAssigned", reason, message)
 }
 
+/// The configuration a target follows (its own, or `default`, a Service's) and its tag.
+fn followed<'t>(t: &'t TrafficTarget, default: Option<&'t str>) -> (&'t str, Option<&'t str>) {
+    let configuration = t
+        .configuration_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or(default)
+        .unwrap_or_default();
+    (
+        configuration,
+        t.tag.as_deref().filter(|tag| !tag.is_empty()),
+    )
+}
+
 /// Resolves one target to a revision name, or says why it cannot be.
 fn resolve(target: &TrafficTarget, inputs: &RouteInputs<'_>) -> Result<String, Condition> {
     if let Some(name) = target.revision_name.as_deref().filter(|n| !n.is_empty()) {
@@ -75,12 +89,7 @@ fn resolve(target: &TrafficTarget, inputs: &RouteInputs<'_>) -> Result<String, C
             )
         });
     }
-    let config = target
-        .configuration_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .or(inputs.default_configuration)
-        .unwrap_or_default();
+    let (config, _) = followed(target, inputs.default_configuration);
     let Some(status) = inputs.configurations.get(config) else {
         return Err(failed(
             "ConfigurationMissing",
@@ -243,9 +252,6 @@ pub fn route_status(
     }
 }
 
-/// The Route's label naming the InferenceService a component Route serves.
-const ISVC_LABEL: &str = "serving.kserve.io/inferenceservice";
-
 /// `RolloutHealthy`: True once promoted, Unknown while judged, False when rolled back, each
 /// with the rollout's message (the numbers behind the verdict).
 pub fn rollout_condition(a: &RolloutAnalysis) -> Condition {
@@ -275,13 +281,7 @@ struct GateInputs<'a> {
 
 impl GateInputs<'_> {
     fn plan(&self, t: &TrafficTarget, latest: &str) -> Option<RolloutAnalysis> {
-        let configuration = t
-            .configuration_name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .or(self.inputs.default_configuration)
-            .unwrap_or_default();
-        let tag = t.tag.as_deref().filter(|tag| !tag.is_empty());
+        let (configuration, tag) = followed(t, self.inputs.default_configuration);
         // Before any analysis: the revision the target's traffic went to (the newest entry
         // of a timed rollout, which is where its share was heading).
         let previous_revision = self
@@ -296,7 +296,11 @@ impl GateInputs<'_> {
             tag,
             percent: t.percent.unwrap_or(100),
             latest,
-            inference: self.route.metadata.labels.contains_key(ISVC_LABEL),
+            inference: self
+                .route
+                .metadata
+                .labels
+                .contains_key(sluice_crds::inference_service::INFERENCE_SERVICE_LABEL),
         };
         slo_rollout::plan(
             &target,
@@ -352,13 +356,7 @@ fn rollout_of(
     duration: Option<std::time::Duration>,
     now_ms: i64,
 ) -> Option<ConfigurationRollout> {
-    let configuration = t
-        .configuration_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .or(inputs.default_configuration)
-        .unwrap_or_default();
-    let tag = t.tag.as_deref().filter(|tag| !tag.is_empty());
+    let (configuration, tag) = followed(t, inputs.default_configuration);
     let state = previous.rollout.as_ref().and_then(|r| {
         r.configurations
             .iter()

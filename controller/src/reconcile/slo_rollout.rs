@@ -149,28 +149,6 @@ pub fn next_check_ms(state: &RolloutAnalysis, config: &SloRollout, now_ms: i64) 
 /// How often a step's progress (its request count so far) is brought up to date.
 const REFRESH_MS: i64 = 5_000;
 
-fn delta(now: &Counts, then: &Counts) -> Option<Counts> {
-    let sub = |a: u64, b: u64| a.checked_sub(b);
-    let buckets = if then.latency_buckets.is_empty() {
-        now.latency_buckets.clone()
-    } else {
-        if now.latency_buckets.len() != then.latency_buckets.len() {
-            return None;
-        }
-        now.latency_buckets
-            .iter()
-            .zip(&then.latency_buckets)
-            .map(|(a, b)| sub(*a, *b))
-            .collect::<Option<Vec<u64>>>()?
-    };
-    Some(Counts {
-        requests: sub(now.requests, then.requests)?,
-        errors: sub(now.errors, then.errors)?,
-        model_errors: sub(now.model_errors, then.model_errors)?,
-        latency_buckets: buckets,
-    })
-}
-
 /// The `q` quantile of a cumulative histogram over `bounds`, interpolated within the bucket
 /// as Prometheus' `histogram_quantile` does; past the last bound, the last bound.
 pub fn quantile(q: f64, buckets: &[u64], bounds: &[f64], total: u64) -> Option<f64> {
@@ -322,8 +300,8 @@ fn advance(
         return;
     };
     let (Some(canary), Some(baseline)) = (
-        delta(&canary_now, &window.canary),
-        delta(&baseline_now, &window.baseline),
+        canary_now.since(&window.canary),
+        baseline_now.since(&window.baseline),
     ) else {
         fresh(
             state,

@@ -272,14 +272,6 @@ pub(super) struct Routing {
     pub events: Vec<Event>,
 }
 
-/// When a Route's SLO-gated rollout wants its next look.
-fn slo_next_check(route: &Route, status: &RouteStatus, now_ms: i64) -> Option<i64> {
-    let config = sluice_crds::slo_rollout::slo_rollout(&route.metadata.annotations)
-        .ok()
-        .flatten()?;
-    slo_rollout::next_check_ms(status.rollout_analysis.as_ref()?, &config, now_ms)
-}
-
 /// The event of what a Route's SLO-gated rollout did in this pass, if anything.
 fn rollout_event(route: &Route, status: &RouteStatus) -> Option<Event> {
     use sluice_crds::slo_rollout::RolloutPhase;
@@ -326,17 +318,31 @@ fn rollout_event(route: &Route, status: &RouteStatus) -> Option<Event> {
     ))
 }
 
-/// The canary of a Route's SLO-gated rollout in progress and its surge bound, if any.
-fn slo_surge(route: &Route, status: &RouteStatus) -> Option<(NamespacedName, u32)> {
-    let config = sluice_crds::slo_rollout::slo_rollout(&route.metadata.annotations)
-        .ok()
-        .flatten()?;
-    let a = status.rollout_analysis.as_ref()?;
-    (a.phase == sluice_crds::slo_rollout::RolloutPhase::Progressing).then_some(())?;
-    Some((
-        NamespacedName::new(route.metadata.namespace(), a.canary.clone()),
-        config.max_surge?,
-    ))
+/// A Route's SLO-gated rollout's schedule: when it wants its next look, and its canary with
+/// its surge bound while it is being judged (the annotations parsed once).
+fn slo_schedule(
+    route: &Route,
+    status: &RouteStatus,
+    now_ms: i64,
+) -> (Option<i64>, Option<(NamespacedName, u32)>) {
+    let (Some(config), Some(a)) = (
+        sluice_crds::slo_rollout::slo_rollout(&route.metadata.annotations)
+            .ok()
+            .flatten(),
+        status.rollout_analysis.as_ref(),
+    ) else {
+        return (None, None);
+    };
+    let surge = (a.phase == sluice_crds::slo_rollout::RolloutPhase::Progressing)
+        .then_some(config.max_surge)
+        .flatten()
+        .map(|n| {
+            (
+                NamespacedName::new(route.metadata.namespace(), a.canary.clone()),
+                n,
+            )
+        });
+    (slo_rollout::next_check_ms(a, &config, now_ms), surge)
 }
 
 /// Routes → their statuses and host entries; InferenceServices → their top-level host
@@ -383,16 +389,17 @@ pub(super) fn routing(
         };
         let host = hosts.host(&route.metadata.name, ns);
         let status = route::route_status(route, &inputs, &host, hosts, now_ms);
+        let (slo_check, surge) = slo_schedule(route, &status, now_ms);
         let next_step = status
             .rollout
             .iter()
             .flat_map(|r| &r.configurations)
             .filter_map(rollout::next_step_ms)
-            .chain(slo_next_check(route, &status, now_ms))
+            .chain(slo_check)
             .min();
         out.surge.push((
             (Kind::Route, ns.to_owned(), route.metadata.name.clone()),
-            slo_surge(route, &status),
+            surge,
         ));
         out.events.extend(rollout_event(route, &status));
         out.rollout_due.push((
