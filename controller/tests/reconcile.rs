@@ -1267,3 +1267,38 @@ async fn invalid_rollout_duration_is_refused_naming_the_annotation() {
     );
     assert!(h.store.list(Kind::Service, None).await.unwrap().is_empty());
 }
+
+/// On Kubernetes there is no defaulting webhook: `kubectl apply` stores a Service exactly as
+/// written, without `spec.traffic` or the template's defaults. The controller applies
+/// Knative's defaults as it reads it (found on a real node: the Route got no traffic and
+/// stayed `NoReadyRevision` while its revision served).
+#[tokio::test]
+async fn a_service_stored_without_defaults_routes_all_traffic_to_its_latest_revision() {
+    let mut h = Harness::new("undefaulted");
+    let raw = serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [
+            {"image": "example/hello", "command": ["sluice"], "args": ["hello"]}
+        ]}}},
+    });
+    h.store.apply(vec![(Kind::Service, raw)]).await.unwrap();
+    h.settle().await;
+
+    let route = h.get(Kind::Route, "hello").await;
+    assert_eq!(
+        route["spec"]["traffic"],
+        serde_json::json!([{"latestRevision": true, "percent": 100}]),
+        "{route:#}"
+    );
+    assert_eq!(
+        route["status"]["traffic"][0]["revisionName"], "hello-00001",
+        "{route:#}"
+    );
+    let svc = h.get(Kind::Service, "hello").await;
+    assert_eq!(condition(&svc, "Ready").0, "True", "{svc:#}");
+    let rev = h.get(Kind::Revision, "hello-00001").await;
+    assert_eq!(rev["spec"]["timeoutSeconds"], 300, "{rev:#}");
+    assert_eq!(rev["spec"]["containerConcurrency"], 0, "{rev:#}");
+}

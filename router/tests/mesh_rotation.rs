@@ -94,6 +94,7 @@ async fn rotation_every_few_seconds_under_load_for_a_minute_fails_no_request() {
     );
     let spec = ReplicaSpec {
         revision: NamespacedName::new("default", "hello-00001"),
+        uid: String::new(),
         command: vec![],
         env: vec![("SLUICE_SERVICE_ACCOUNT".into(), "hello".into())],
         drain_timeout: Duration::from_secs(1),

@@ -20,6 +20,7 @@ use sluice_crds::{Condition, ConditionStatus, Kind, ObjectMeta, OwnerReference};
 use super::revision::IN_PROCESS_QUEUE_ANNOTATION;
 use super::runtime_select;
 pub use super::runtime_select::NoRuntime;
+use crate::runtime::ModelStorage;
 
 /// KServe's default `minReplicas`.
 const DEFAULT_MIN_REPLICAS: i64 = 1;
@@ -40,22 +41,40 @@ pub struct Runtimes<'a> {
     pub namespaced: &'a HashMap<String, Vec<ServingRuntime>>,
     /// ClusterServingRuntimes (the built-in one included).
     pub cluster: &'a [ServingRuntime],
+    /// Which `storageUri`s the replicas can load.
+    pub storage: ModelStorage,
 }
 
-/// The local folder a `storageUri` names, or why local mode cannot fetch it.
-fn local_storage(uri: &str) -> Result<String, NoRuntime> {
-    if let Some(path) = uri.strip_prefix("file://") {
-        return Ok(path.to_owned());
-    }
-    match uri.split_once("://") {
-        None => Ok(uri.to_owned()),
-        Some((scheme, _)) => Err(NoRuntime {
-            reason: "UnsupportedStorageURI",
-            message: format!(
-                "storageUri {uri:?} uses scheme {scheme:?}, which local mode cannot fetch \
-                 (give a local folder or a file:// URI)"
-            ),
-        }),
+/// What the model server is given for a `storageUri`, or why the replicas cannot load it:
+/// `http(s)://` everywhere (the model server downloads it, checked against its
+/// `SHA256SUMS`); a folder path or `file://` only where replicas run on this machine.
+fn model_storage_uri(uri: &str, storage: ModelStorage) -> Result<String, NoRuntime> {
+    let unsupported = |message: String| NoRuntime {
+        reason: "UnsupportedStorageURI",
+        message,
+    };
+    let path = match uri.split_once("://") {
+        Some(("http" | "https", _)) => return Ok(uri.to_owned()),
+        Some(("file", path)) => path,
+        None => uri,
+        Some((scheme, _)) => {
+            return Err(unsupported(format!(
+                "storageUri {uri:?} uses scheme {scheme:?}, which Sluice cannot fetch \
+                 (give an http:// or https:// folder with a SHA256SUMS manifest{})",
+                match storage {
+                    ModelStorage::Local => ", a local folder or a file:// URI",
+                    ModelStorage::Network => "",
+                }
+            )));
+        }
+    };
+    match storage {
+        ModelStorage::Local => Ok(path.to_owned()),
+        ModelStorage::Network => Err(unsupported(format!(
+            "storageUri {uri:?} is a path on the machine the manifest came from; a Pod on a \
+             node cannot read it. Serve the model folder over http:// or https:// with a \
+             SHA256SUMS manifest (as `sha256sum` writes it) and give that URL"
+        ))),
     }
 }
 
@@ -149,7 +168,7 @@ pub fn predictor_service(
         reason: "InvalidPredictorSpec",
         message: "spec.predictor.model.storageUri is required by the sluice-candle runtime".into(),
     })?;
-    let storage = local_storage(&storage_uri)?;
+    let storage = model_storage_uri(&storage_uri, runtimes.storage)?;
     let p = &isvc.spec.predictor;
     let meta = &isvc.metadata;
     let mut annotations = component_annotations(isvc, p.fields());
@@ -679,6 +698,7 @@ mod tests {
         Runtimes {
             namespaced: NS.get_or_init(HashMap::new),
             cluster: CLUSTER.get_or_init(|| vec![sluice_crds::runtime::builtin_runtime()]),
+            storage: ModelStorage::Local,
         }
     }
 
@@ -688,6 +708,49 @@ mod tests {
              metadata: {{name: iris, namespace: default, uid: u1}}\nspec:\n  predictor:\n{extra}"
         ))
         .unwrap()
+    }
+
+    /// The model server's `--storage-uri` argument of the predictor, or the refusal.
+    fn storage_arg(uri: &str, storage: ModelStorage) -> Result<String, NoRuntime> {
+        let i = isvc(&format!(
+            "    model:\n      modelFormat: {{name: sluice-mlp}}\n      storageUri: {uri}\n"
+        ));
+        let svc = predictor_service(&i, &Runtimes { storage, ..rts() })?;
+        let args = &svc.spec.template.spec.containers[0].args;
+        let at = args.iter().position(|a| a == "--storage-uri").unwrap();
+        Ok(args[at + 1].clone())
+    }
+
+    #[test]
+    fn storage_uris_are_what_the_replicas_can_reach() {
+        let url = "http://10.0.0.1:8000/iris/";
+        for storage in [ModelStorage::Local, ModelStorage::Network] {
+            assert_eq!(storage_arg(url, storage).unwrap(), url);
+            let tls = "https://models.example/iris";
+            assert_eq!(storage_arg(tls, storage).unwrap(), tls);
+            let no = storage_arg("gs://bucket/iris", storage).unwrap_err();
+            assert_eq!(no.reason, "UnsupportedStorageURI");
+            assert!(no.message.contains("\"gs\""), "{}", no.message);
+        }
+        assert_eq!(
+            storage_arg("./iris/model", ModelStorage::Local).unwrap(),
+            "./iris/model"
+        );
+        assert_eq!(
+            storage_arg("file:///m/iris", ModelStorage::Local).unwrap(),
+            "/m/iris"
+        );
+        for path in ["./iris/model", "file:///m/iris", "/m/iris"] {
+            let no = storage_arg(path, ModelStorage::Network).unwrap_err();
+            assert_eq!(no.reason, "UnsupportedStorageURI");
+            assert!(
+                no.message.contains("a Pod on a node cannot read it")
+                    && no.message.contains("http://")
+                    && no.message.contains(path),
+                "{}",
+                no.message
+            );
+        }
     }
 
     #[test]
@@ -806,6 +869,7 @@ mod tests {
         let runtimes = Runtimes {
             namespaced: &ns,
             cluster: &cluster,
+            storage: ModelStorage::Local,
         };
         let no = predictor_service(&isvc("    sklearn:\n      storageUri: gs://x\n"), &runtimes)
             .unwrap_err();

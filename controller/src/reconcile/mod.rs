@@ -59,7 +59,7 @@ use cache::{Cache, KINDS, Key};
 pub use error::ReconcileError;
 use schedule::{PassKind, Schedule};
 use support::{
-    decode, encode, epoch_ms, event, group_by_config, initial_replicas, key_of, name_of,
+    decode, defaulted, encode, epoch_ms, event, group_by_config, initial_replicas, key_of, name_of,
     ready_transition,
 };
 
@@ -637,6 +637,7 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         let runtimes = isvc::Runtimes {
             namespaced: &namespaced,
             cluster: &cluster,
+            storage: self.runtime.model_storage(),
         };
 
         // Derive: InferenceService → component Services → Configuration + Route.
@@ -645,8 +646,12 @@ impl<S: Store, R: Runtime> Controller<S, R> {
         let services = self
             .write_components(&isvcs, &components, &mut scope)
             .await?;
-        let mut configs: Vec<(Value, Configuration)> = self.typed(Kind::Configuration, &scope)?;
-        let mut routes: Vec<(Value, Route)> = self.typed(Kind::Route, &scope)?;
+        let mut configs: Vec<(Value, Configuration)> = defaulted(
+            self.typed(Kind::Configuration, &scope)?,
+            Configuration::set_defaults,
+        );
+        let mut routes: Vec<(Value, Route)> =
+            defaulted(self.typed(Kind::Route, &scope)?, Route::set_defaults);
         let (new_configs, new_routes) = stages::service_children(&services, &configs, &routes)?;
         let (configs_changed, routes_changed) = (!new_configs.is_empty(), !new_routes.is_empty());
         if configs_changed || routes_changed {
@@ -657,10 +662,13 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             .await?;
         }
         if configs_changed {
-            configs = self.typed(Kind::Configuration, &scope)?;
+            configs = defaulted(
+                self.typed(Kind::Configuration, &scope)?,
+                Configuration::set_defaults,
+            );
         }
         if routes_changed {
-            routes = self.typed(Kind::Route, &scope)?;
+            routes = defaulted(self.typed(Kind::Route, &scope)?, Route::set_defaults);
         }
 
         // Stamp: Configuration → Revisions.
@@ -804,7 +812,10 @@ impl<S: Store, R: Runtime> Controller<S, R> {
             // Each component Service with its scope, also when it was not owned before.
             self.widen(scope, stages::component_keys(isvcs, components));
         }
-        self.typed(Kind::Service, scope)
+        Ok(defaulted(
+            self.typed(Kind::Service, scope)?,
+            Service::set_defaults,
+        ))
     }
 
     /// Each revision's replica spec (or why it has none) and the revision with the status

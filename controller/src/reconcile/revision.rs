@@ -126,6 +126,7 @@ pub fn replica_spec(rev: &Revision) -> Result<ReplicaSpec, ReplicaFailure> {
     ));
     Ok(ReplicaSpec {
         revision: key(rev),
+        uid: rev.metadata.uid.clone().unwrap_or_default(),
         command,
         env,
         drain_timeout: timeout(rev),

@@ -170,6 +170,20 @@ pub(super) fn decode<T: DeserializeOwned>(kind: Kind, raw: &Value) -> Result<T, 
     })
 }
 
+/// The objects with Knative's defaults applied, as its defaulting webhook would have on the
+/// way in. `sluice apply` defaults before it stores; on Kubernetes a `kubectl apply` stores
+/// the manifest as written (Sluice has no admission webhook), so a Service without
+/// `spec.traffic` must still mean all traffic to its latest revision. Idempotent.
+pub(super) fn defaulted<T>(
+    mut objects: Vec<(Value, T)>,
+    set_defaults: fn(&mut T),
+) -> Vec<(Value, T)> {
+    for (_, t) in &mut objects {
+        set_defaults(t);
+    }
+    objects
+}
+
 pub(super) fn encode(
     kind: Kind,
     name: &str,

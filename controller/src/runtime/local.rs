@@ -696,6 +696,7 @@ mod tests {
     fn spec(command: &[&str]) -> ReplicaSpec {
         ReplicaSpec {
             revision: NamespacedName::new("default", "r-00001"),
+            uid: String::new(),
             command: command.iter().map(|s| (*s).to_owned()).collect(),
             env: vec![],
             drain_timeout: Duration::from_secs(1),

@@ -21,6 +21,9 @@ pub use local::{GUARD_SUBCOMMAND, LocalRuntime, LocalRuntimeConfig, STOP_NOW};
 pub struct ReplicaSpec {
     /// The revision.
     pub revision: NamespacedName,
+    /// The revision's uid (empty where unknown): the owner of what a runtime creates for it.
+    /// A revision deleted and created again under the same name has a new one.
+    pub uid: String,
     /// Program and arguments (`sluice` means this binary).
     pub command: Vec<String>,
     /// Extra environment.
@@ -94,4 +97,21 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Stops every replica and waits for them to exit.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
+
+    /// Which `storageUri`s its replicas can load a model from.
+    fn model_storage(&self) -> ModelStorage {
+        ModelStorage::Local
+    }
+}
+
+/// Where a runtime's replicas can load models from (an InferenceService's `storageUri`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelStorage {
+    /// Replicas run on the machine that holds the manifests: a folder path or `file://` is
+    /// read in place; `http(s)://` is downloaded by the model server.
+    #[default]
+    Local,
+    /// Replicas run in Pods on other machines: only what a Pod reaches over the network
+    /// (`http(s)://`, downloaded by the model server).
+    Network,
 }

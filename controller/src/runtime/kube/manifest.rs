@@ -112,6 +112,23 @@ fn owner_references(owner: &Owner) -> Value {
     }])
 }
 
+/// The replica's command with its listener on the Pod's port. The model server is given
+/// `--listen` on its command line (local mode's `127.0.0.1:0`), which wins over
+/// `SLUICE_LISTEN`: that value is replaced (the queue layer takes its listener from the
+/// environment).
+fn pod_command(command: &[String], listen: &str) -> Vec<String> {
+    let mut out = command.to_vec();
+    if command.get(1).map(String::as_str) != Some("model-server") {
+        return out;
+    }
+    out.retain(|a| !a.starts_with("--listen="));
+    match out.iter().position(|a| a == "--listen") {
+        Some(i) if i + 1 < out.len() => out[i + 1] = listen.to_owned(),
+        _ => out.extend(["--listen".to_owned(), listen.to_owned()]),
+    }
+    out
+}
+
 /// The revision's Deployment with `replicas` replicas (a server-side apply body).
 pub fn deployment(spec: &ReplicaSpec, replicas: u32, owner: &Owner, pod: &PodTemplate) -> Value {
     let labels = labels(spec);
@@ -133,7 +150,7 @@ pub fn deployment(spec: &ReplicaSpec, replicas: u32, owner: &Owner, pod: &PodTem
             "name": "sluice",
             "image": pod.image,
             "imagePullPolicy": if pod.image_pull_policy.is_empty() { "IfNotPresent" } else { pod.image_pull_policy.as_str() },
-            "command": spec.command,
+            "command": pod_command(&spec.command, &listen),
             "env": env,
             "ports": [{"name": "http", "containerPort": REPLICA_PORT, "protocol": "TCP"}],
             "readinessProbe": {
@@ -262,6 +279,7 @@ mod tests {
     fn spec(command: &[&str]) -> ReplicaSpec {
         ReplicaSpec {
             revision: NamespacedName::new("default", "hello-00001"),
+            uid: "u1".into(),
             command: command.iter().map(|s| (*s).to_owned()).collect(),
             env: vec![
                 ("TARGET".into(), "Sluice".into()),
@@ -320,10 +338,38 @@ mod tests {
                 .unwrap()
         );
         let m = deployment(
-            &spec(&["sluice", "model-server", "--model-name", "iris"]),
+            &spec(&[
+                "sluice",
+                "model-server",
+                "--model-name",
+                "iris",
+                "--listen",
+                "127.0.0.1:0",
+                "--container-concurrency",
+                "0",
+            ]),
             1,
             &owner,
             &pod,
+        );
+        // Found on a real node: the model server listened where local mode asks
+        // (127.0.0.1:0), never on the Pod's port, and the Pod never became ready.
+        assert_eq!(
+            m["spec"]["template"]["spec"]["containers"][0]["command"],
+            json!([
+                "sluice",
+                "model-server",
+                "--model-name",
+                "iris",
+                "--listen",
+                "0.0.0.0:8012",
+                "--container-concurrency",
+                "0"
+            ])
+        );
+        assert_eq!(
+            pod_command(&["sluice".into(), "model-server".into()], "0.0.0.0:8012"),
+            ["sluice", "model-server", "--listen", "0.0.0.0:8012"]
         );
         let env = m["spec"]["template"]["spec"]["containers"][0]["env"]
             .as_array()

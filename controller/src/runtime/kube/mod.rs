@@ -23,7 +23,9 @@ use sluice_core::NamespacedName;
 use sluice_crds::Kind;
 use tokio::sync::watch;
 
-use super::{ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime, RuntimeError};
+use super::{
+    ModelStorage, ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime, RuntimeError,
+};
 use crate::store::kube::{FIELD_MANAGER, api_resource, classify};
 pub use manifest::{
     MANAGED_BY, Owner, PodMesh, PodTemplate, REPLICA_PORT, REVISION_LABEL, ROOT_CONFIGMAP, ROOT_KEY,
@@ -429,8 +431,24 @@ impl KubeRuntime {
         }
     }
 
-    /// The uid of a revision (its Deployment's owner), read once.
-    async fn owner(&self, revision: &NamespacedName) -> Result<Owner, RuntimeError> {
+    /// The uid of a revision (its Deployment's owner): the spec's, or read once. A new uid
+    /// under a known name is a revision deleted and created again: what was applied for the
+    /// old one goes with it (garbage collection), so everything is applied again, owned by
+    /// the new one (found on a real node: Deployments owned by the deleted revision, created
+    /// and collected in a loop).
+    async fn owner(&self, spec: &ReplicaSpec) -> Result<Owner, RuntimeError> {
+        let revision = &spec.revision;
+        if !spec.uid.is_empty() {
+            let mut state = self.state();
+            if state.owners.get(revision) != Some(&spec.uid) {
+                state.applied.remove(revision);
+                state.owners.insert(revision.clone(), spec.uid.clone());
+            }
+            return Ok(Owner {
+                name: revision.name.clone(),
+                uid: spec.uid.clone(),
+            });
+        }
         if let Some(uid) = self.state().owners.get(revision).cloned() {
             return Ok(Owner {
                 name: revision.name.clone(),
@@ -503,7 +521,7 @@ impl KubeRuntime {
     /// Applies a revision's Service (once) and Deployment.
     async fn apply_revision(&self, spec: &ReplicaSpec, replicas: u32) -> Result<(), RuntimeError> {
         let key = &spec.revision;
-        let owner = self.owner(key).await?;
+        let owner = self.owner(spec).await?;
         let first = !self.state().applied.contains_key(key);
         if first {
             self.apply::<CoreService>(key, "services", manifest::service(spec, &owner))
@@ -652,6 +670,10 @@ impl Runtime for KubeRuntime {
         {
             w.abort();
         }
+    }
+
+    fn model_storage(&self) -> ModelStorage {
+        ModelStorage::Network
     }
 }
 
