@@ -140,12 +140,26 @@ pub struct PoliciesResponse {
     pub policies: String,
 }
 
-/// The CA's policy service: the source, the version epoch, the waiters' bound.
+/// The version of what a workload of `namespace` is served: a digest of the root namespace
+/// and those policies, so that two CA processes (two controller replicas behind one
+/// Service) with the same policies answer the same version. A workload whose next long poll
+/// lands on the other replica keeps waiting instead of taking the same set again (seen on a
+/// real node with a version per process: every replica logged an update about every 25 s),
+/// and a change in another namespace does not wake it.
+fn version(snapshot: &PolicySnapshot, namespace: &str) -> String {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(snapshot.root_namespace.as_bytes());
+    digest.update(b"\0");
+    digest.update(snapshot.for_namespace(namespace).as_bytes());
+    digest.finish().as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The CA's policy service: the source, the waiters' bound.
 pub(crate) struct PolicyService {
     source: watch::Receiver<Arc<PolicySnapshot>>,
-    /// Makes versions of two CA processes (two controller replicas behind one Service)
-    /// distinct, so a reconnect to another replica never mistakes its version for ours.
-    epoch: String,
     waiters: Semaphore,
     /// Changes (or closes) when the CA stops: waiting requests end at once.
     stop: Option<watch::Receiver<()>>,
@@ -155,7 +169,6 @@ impl PolicyService {
     pub(crate) fn new(source: &dyn PolicySource) -> Self {
         Self {
             source: source.subscribe(),
-            epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             waiters: Semaphore::new(MAX_WAITERS),
             stop: None,
         }
@@ -174,15 +187,11 @@ impl PolicyService {
         self
     }
 
-    fn version(&self, snapshot: &PolicySnapshot) -> String {
-        format!("{}-{}", self.epoch, snapshot.version)
-    }
-
     fn answer(&self, snapshot: &PolicySnapshot, namespace: &str) -> Response<Full<Bytes>> {
         json(
             StatusCode::OK,
             &PoliciesResponse {
-                version: self.version(snapshot),
+                version: version(snapshot, namespace),
                 root_namespace: snapshot.root_namespace.clone(),
                 policies: snapshot.for_namespace(namespace),
             },
@@ -227,9 +236,10 @@ impl PolicyService {
                     .into(),
             );
         }
-        if version.as_deref() != Some(self.version(&current).as_str()) {
-            return self.answer(&current, caller.namespace());
-        }
+        let namespace = caller.namespace();
+        let Some(known) = version.filter(|v| *v == self::version(&current, namespace)) else {
+            return self.answer(&current, namespace);
+        };
         let Ok(_turn) = self.waiters.try_acquire() else {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -245,19 +255,26 @@ impl PolicyService {
                 None => std::future::pending().await,
             }
         };
+        // Until what this namespace is served changes (a change elsewhere keeps it waiting).
         let changed = async {
-            tokio::select! {
-                changed = rx.changed() => changed.is_ok(),
-                () = stopped => false,
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() {
+                        return None;
+                    },
+                    () = &mut stopped => return None,
+                }
+                let now = rx.borrow_and_update().clone();
+                if self::version(&now, namespace) != known {
+                    return Some(now);
+                }
             }
         };
         match tokio::time::timeout(wait, changed).await {
-            Ok(true) => {
-                let now = rx.borrow_and_update().clone();
-                self.answer(&now, caller.namespace())
-            }
+            Ok(Some(now)) => self.answer(&now, namespace),
             // No change in time, the source is gone, or the CA is stopping: no change.
-            Ok(false) | Err(_) => {
+            Ok(None) | Err(_) => {
                 let mut response = Response::new(Full::new(Bytes::new()));
                 *response.status_mut() = StatusCode::NOT_MODIFIED;
                 response
@@ -573,13 +590,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn two_cas_with_the_same_policies_answer_the_same_version() {
+        // Two controller replicas behind one Service: a long poll that lands on the other
+        // one waits (304), it does not take the same set again.
+        let (a, b) = (
+            PolicyPublisher::new("sluice-system"),
+            PolicyPublisher::new("sluice-system"),
+        );
+        a.publish(vec![object("AuthorizationPolicy", "team-a", "a")]);
+        b.publish(Vec::new());
+        b.publish(vec![object("AuthorizationPolicy", "team-a", "a")]);
+        let caller = SpiffeId::new("cluster.local", "team-a", "default").ok();
+        let from_a = version(&a.current(), "team-a");
+        assert_eq!(from_a, version(&b.current(), "team-a"));
+        let service_b = PolicyService::new(&b);
+        let request = get(&format!("?version={from_a}&waitSeconds=10"));
+        // A change in another namespace keeps it waiting too.
+        let elsewhere = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            b.publish(vec![
+                object("AuthorizationPolicy", "team-a", "a"),
+                object("AuthorizationPolicy", "team-b", "b"),
+            ]);
+        };
+        let started = tokio::time::Instant::now();
+        let (answer, ()) = tokio::join!(service_b.handle(&request, caller.as_ref()), elsewhere);
+        assert_eq!(answer.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_ne!(from_a, version(&b.current(), "team-b"));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn stopping_the_ca_ends_waiting_requests_at_once() {
         let publisher = PolicyPublisher::new("sluice-system");
         publisher.publish(Vec::new());
         let (stop_tx, stop_rx) = watch::channel(());
         let service = PolicyService::new(&publisher).with_stop(stop_rx);
         let caller = SpiffeId::new("cluster.local", "team-a", "default").ok();
-        let version = service.version(&publisher.current());
+        let version = version(&publisher.current(), "team-a");
         let request = get(&format!("?version={version}&waitSeconds=30"));
         let started = tokio::time::Instant::now();
         let stop = async {
@@ -597,7 +645,7 @@ mod tests {
         publisher.publish(Vec::new());
         let service = PolicyService::new(&publisher).with_max_waiters(1);
         let caller = SpiffeId::new("cluster.local", "team-a", "default").ok();
-        let version = service.version(&publisher.current());
+        let version = version(&publisher.current(), "team-a");
         let request = get(&format!("?version={version}&waitSeconds=10"));
         let (first, second) = tokio::join!(service.handle(&request, caller.as_ref()), async {
             // Yield until the first request holds the only turn.
