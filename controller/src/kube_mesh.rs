@@ -253,13 +253,25 @@ pub enum RouterMeshError {
     Tls(#[source] TlsConfigError),
 }
 
-/// The router's mesh client: its SVID from the CA, renewed in the background, and its
-/// SPIFFE ID. Waits (with backoff) while the CA cannot be reached yet, until `stopped()`
+/// The router's mesh identity: its client to replicas, its ingress's server side for mesh
+/// workloads, and its SPIFFE ID.
+pub struct RouterIdentity {
+    /// Calls to replicas (and the autoscaler) as the router's SVID.
+    pub out: OutboundMesh,
+    /// Its mTLS material, for the ingress's server side: mesh workloads calling through the
+    /// router (a ClientHello without SNI gets the router's SVID and must present one) have
+    /// their identity travel with the request, as in local mode.
+    pub tls: MeshTls,
+    /// The router's SPIFFE ID.
+    pub id: SpiffeId,
+}
+
+/// The router's mesh identity: its SVID from the CA, renewed in the background. Waits (with backoff) while the CA cannot be reached yet, until `stopped()`
 /// resolves; a refusal is final.
 pub async fn router_mesh<S, Stop>(
     config: &RouterMeshConfig,
     stopped: S,
-) -> Result<(OutboundMesh, SpiffeId), RouterMeshError>
+) -> Result<RouterIdentity, RouterMeshError>
 where
     S: Fn() -> Stop,
     Stop: Future<Output = ()>,
@@ -292,6 +304,7 @@ where
     )
     .await?;
     let id = svid.current().id().clone();
-    let mesh = OutboundMesh::new(MeshTls::new(bundle, svid)).map_err(RouterMeshError::Tls)?;
-    Ok((mesh, id))
+    let tls = MeshTls::new(bundle, svid);
+    let out = OutboundMesh::new(tls.clone()).map_err(RouterMeshError::Tls)?;
+    Ok(RouterIdentity { out, tls, id })
 }

@@ -17,6 +17,7 @@ use sluice_controller::store::kube::infer_client;
 use sluice_core::RoutingSnapshot;
 use sluice_mesh::guard::ListenerGuard;
 use sluice_mesh::identity::SpiffeId;
+use sluice_router::ingress::Ingress;
 use sluice_router::{DataPlane, DataPlaneConfig, RouterConfig, ServeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -80,9 +81,13 @@ pub async fn start<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let (mesh, identity, stats_mesh) = match &config.mesh {
+    let (mesh, identity, stats_mesh, ingress_mesh) = match &config.mesh {
         Some(settings) => {
-            let (mesh, id) = kube_mesh::router_mesh(&settings.ca, &stopped).await?;
+            let kube_mesh::RouterIdentity { out: mesh, tls, id } =
+                kube_mesh::router_mesh(&settings.ca, &stopped).await?;
+            let ingress = tls
+                .server_config()
+                .context("the router's mesh TLS for its ingress")?;
             // The autoscaler is the controller's identity in the router's namespace.
             let server = SpiffeId::new(
                 &settings.ca.trust_domain,
@@ -94,9 +99,9 @@ where
                 out: mesh.clone(),
                 server,
             };
-            (Some(mesh), Some(id), Some(stats))
+            (Some(mesh), Some(id), Some(stats), Some(ingress))
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
@@ -158,7 +163,10 @@ where
         listener,
         data_plane.router.clone(),
         config.serve,
-        data_plane.ingress(),
+        Ingress {
+            mesh: ingress_mesh,
+            ..data_plane.ingress()
+        },
         stop.stopped(),
     )));
     let metrics_addr = match metrics_listener {
