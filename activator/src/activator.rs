@@ -463,9 +463,15 @@ impl Activator {
             kind: deadline.kind,
             timeout: deadline.limit,
         };
-        timeout_at(deadline.at, wait(key, state, rx, ticket))
+        let lease = timeout_at(deadline.at, wait(key, state, rx, ticket))
             .await
-            .map_err(|_| timed_out())?
+            .map_err(|_| timed_out())??;
+        // A replica took it: the cold spell is over, and the next one pokes again. (Reset
+        // only on an immediate lease before, a revision whose one request per cold spell
+        // was always queued waited for the autoscaler's tick from its second cold start on:
+        // ~1 s in local mode, seen by bench/cold-start.)
+        state.poked.store(false, Ordering::Relaxed);
+        Ok(lease)
     }
 
     /// Reports the activator's load per revision every `stats_interval`, until `stats`

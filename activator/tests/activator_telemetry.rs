@@ -195,3 +195,36 @@ async fn a_request_held_at_zero_is_counted_in_the_queue_depth_then_reported_as_t
     assert_eq!(answered["connection_security_policy"], "none");
     assert_eq!(answered["bytes_sent"], 5);
 }
+
+/// Every cold spell pokes the autoscaler at once, not only the first: a revision whose one
+/// request per spell is always held (never given a replica at once) used to wait for the
+/// autoscaler's tick from its second cold start on.
+#[tokio::test]
+async fn each_cold_spell_pokes_the_autoscaler() {
+    let replica = replica().await;
+    let (publish, routes) = watch::channel(snapshot(&[]));
+    let (stats_tx, mut stats) = mpsc::channel::<StatReport>(16);
+    let activator = Arc::new(Activator::new(
+        ActivatorConfig::default(),
+        routes,
+        stats_tx,
+        Forwarder::new(),
+    ));
+    let key = NamespacedName::new("default", "hello-00001");
+    for spell in 1..=2 {
+        let held = tokio::spawn({
+            let (activator, key) = (activator.clone(), key.clone());
+            async move { activator.handle(&key, outbound(), Instant::now()).await }
+        });
+        let poke = tokio::time::timeout(Duration::from_secs(5), stats.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no poke in cold spell {spell}"))
+            .unwrap();
+        assert_eq!(poke.revision, key);
+        assert_eq!(poke.own_concurrency(), 1.0, "cold spell {spell}: {poke:?}");
+        publish.send_replace(snapshot(&[replica]));
+        assert_eq!(held.await.unwrap().status(), 200);
+        // Back to zero.
+        publish.send_replace(snapshot(&[]));
+    }
+}
