@@ -124,14 +124,25 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     install_crds(&client).await;
     let controller = cluster.controller("solo");
 
-    // `sluice apply --kube` validates and applies the samples as `sluice apply` does.
+    // `sluice apply --kube` validates and applies the samples as `sluice apply` does. The
+    // Iris sample's storageUri is a folder next to it, which no Pod can read: on Kubernetes
+    // its model is served over http:// (what scripts/kube-nodes-test does on a real node;
+    // kwok runs nothing, so the URL is data only here).
+    let iris_text = std::fs::read_to_string(sample("iris.yaml"))
+        .unwrap()
+        .replace(
+            "storageUri: ./iris/model",
+            "storageUri: http://models.sluice-test.invalid/iris/",
+        );
+    assert!(iris_text.contains("http://models.sluice-test.invalid/iris/"));
+    let iris_file = manifest(&cluster, "iris.yaml", &iris_text);
     let (ok, out, err) = cluster.sluice(&[
         "apply",
         "--kube",
         "-f",
         &sample("hello.yaml"),
         "-f",
-        &sample("iris.yaml"),
+        &iris_file,
     ]);
     assert!(ok, "apply failed: {out}{err}");
     assert!(
@@ -171,6 +182,12 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
             );
         } else {
             assert_eq!(command[1], "model-server", "{command:?}");
+            assert!(
+                command
+                    .windows(2)
+                    .any(|w| w == ["--storage-uri", "http://models.sluice-test.invalid/iris/"]),
+                "{command:?}"
+            );
         }
         // Pods become Running/Ready on kwok's nodes.
         eventually(&format!("a ready Pod of {rev}"), || async {
@@ -253,7 +270,11 @@ async fn samples_run_on_kubernetes_through_their_whole_life() {
     assert!(out.contains("hello-00001"), "{out}");
 
     // A canary: v2 at 20% beside the rolled-out v1.
-    let v2 = manifest(&cluster, "iris-v2.yaml", &iris("/models/iris-v2", Some(20)));
+    let v2 = manifest(
+        &cluster,
+        "iris-v2.yaml",
+        &iris("http://models.sluice-test.invalid/iris-v2/", Some(20)),
+    );
     let (ok, out, err) = cluster.sluice(&["apply", "--kube", "-f", &v2]);
     assert!(ok, "{out}{err}");
     let isvc_api = api(&client, Kind::InferenceService);
