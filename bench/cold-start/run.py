@@ -128,7 +128,10 @@ def real_node(n):
     kc = os.path.join(ROOT, "scripts", "kube-cluster")
     try:
         subprocess.run([kc, "start", "--real-node", cluster], check=True, env=env)
-        conf = dict(line.split("=", 1) for line in open(os.path.join(cluster, "env")).read().split())
+        conf = {}
+        for line in open(os.path.join(cluster, "env")).read().splitlines():
+            key, _, value = line.partition("=")
+            conf[key] = value.strip('"')
         ns = ["ip", "netns", "exec", conf["KUBE_NETNS"]]
         kubectl = ns + [os.path.join(conf["KUBE_BIN"], "kubectl"), "--kubeconfig", conf["KUBECONFIG"]]
 

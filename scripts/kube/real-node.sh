@@ -6,14 +6,23 @@
 # this script creates: the node's address, the Pod network and the Service addresses exist only
 # there, and deleting the namespace removes every interface and iptables rule it made.
 #
-# Addresses (all inside the namespace):
-#   NODE_ADDR          the node (on the namespace's loopback): API server, kubelet, CoreDNS on :53
-#   REAL_POD_CIDR      Pods, on the bridge sluice-cni0 (host-local IPAM), gateway .1
+# One or two nodes (REAL_NODES). Addresses (all inside the namespace), node i = 0, 1:
+#   node_addr i        10.242.0.(i+1), on the namespace's loopback: its kubelet; node 0's
+#                      (NODE_ADDR) is also the API server's and CoreDNS's (:53)
+#   pod_cidr i         10.(88+i).0.0/16: its Pods, on its own bridge sluice-cni<i>
+#                      (host-local IPAM, gateway .1); Pods of the two nodes reach each
+#                      other through the namespace's routing between the two bridges
 #   SERVICE_CIDR       Services (kube-proxy's iptables rules); 10.96.0.1 is the API server
+# Each node has its own containerd, image store, kubelet, cgroupRoot and CNI state under
+# DIR/node-<i>/; kube-proxy and CoreDNS are one each (the namespace's iptables are shared).
 
-NODE_NAME="sluice-node-0"
+REAL_NODES=1
 NODE_ADDR="10.242.0.1"
-REAL_POD_CIDR="10.88.0.0/16"
+REAL_POD_CIDR="10.88.0.0/15"
+node_name() { echo "sluice-node-$1"; }
+node_addr() { echo "10.242.0.$(($1 + 1))"; }
+pod_cidr() { echo "10.$((88 + $1)).0.0/16"; }
+node_dir() { echo "$DIR/node-$1"; }
 NODE_BINARIES=(kubelet kube-proxy coredns)
 NODE_BIN="$CACHE_ROOT/$K8S_VERSION/node-bin"
 
@@ -96,8 +105,9 @@ node_enter_netns() {
     # reach it through the bridge's gateway. Service addresses need a route to be DNATed by
     # kube-proxy's OUTPUT rules for clients in the namespace itself (the test's curl). Pods reach Services through the bridge: bridged
     # traffic must pass iptables (kube-proxy's DNAT), and the namespace forwards.
+    local i
     if ! { ip -n "$ns" link set lo up &&
-        ip -n "$ns" addr add "$NODE_ADDR/32" dev lo &&
+        for ((i = 0; i < REAL_NODES; i++)); do ip -n "$ns" addr add "$(node_addr "$i")/32" dev lo || exit 1; done &&
         ip -n "$ns" route add "$SERVICE_CIDR" dev lo &&
         ip netns exec "$ns" sysctl -q -w net.ipv4.ip_forward=1 \
             net.bridge.bridge-nf-call-iptables=1 >/dev/null; }; then
@@ -113,7 +123,10 @@ node_pki() {
     local client="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
-    sign node "/O=system:nodes/CN=system:node:$NODE_NAME" "$client"
+    local i
+    for ((i = 0; i < REAL_NODES; i++)); do
+        sign "node-$i" "/O=system:nodes/CN=system:node:$(node_name "$i")" "$client"
+    done
     sign kube-proxy "/CN=system:kube-proxy" "$client"
     sign coredns "/CN=sluice-test:coredns" "$client"
     # The API server's client certificate for the kubelet (logs, exec).
@@ -121,25 +134,28 @@ extendedKeyUsage=clientAuth"
     chmod 600 "$PKI"/*.key
 }
 
+# start_containerd I: node I's containerd, its CNI configuration and state.
 start_containerd() {
-    local d="$DIR/containerd"
-    mkdir -p "$d" "$DIR/cni/net.d" "$DIR/cni/ipam"
-    cat >"$DIR/cni/net.d/10-sluice.conflist" <<EOF
+    local i=$1 n
+    n="$(node_dir "$i")"
+    local d="$n/containerd"
+    mkdir -p "$d" "$n/cni/net.d" "$n/cni/ipam"
+    cat >"$n/cni/net.d/10-sluice.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
   "name": "sluice-pods",
   "plugins": [
     {
       "type": "bridge",
-      "bridge": "sluice-cni0",
+      "bridge": "sluice-cni$i",
       "isGateway": true,
       "ipMasq": true,
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
-        "ranges": [[{"subnet": "$REAL_POD_CIDR"}]],
+        "ranges": [[{"subnet": "$(pod_cidr "$i")"}]],
         "routes": [{"dst": "0.0.0.0/0"}],
-        "dataDir": "$DIR/cni/ipam"
+        "dataDir": "$n/cni/ipam"
       }
     },
     {"type": "portmap", "capabilities": {"portMappings": true}}
@@ -174,25 +190,30 @@ state = "$d/state"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
-    conf_dir = "$DIR/cni/net.d"
+    conf_dir = "$n/cni/net.d"
 EOF
-    spawn containerd containerd --config "$d/config.toml"
-    CONTAINERD_PID=$SPAWNED_PID
-    wait_until 60 "containerd" "$CONTAINERD_PID" ctr --address "$d/containerd.sock" version ||
-        fail_start "containerd did not start"
+    spawn "containerd-$i" containerd --config "$d/config.toml"
+    NODE_PIDS+=("$SPAWNED_PID")
+    wait_until 60 "containerd of node $i" "$SPAWNED_PID" ctr --address "$d/containerd.sock" version ||
+        fail_start "containerd of node $i did not start"
 }
 
-node_ctr() { ctr --address "$DIR/containerd/containerd.sock" -n k8s.io "$@"; }
+# node_ctr I ARGS: ctr against node I's containerd, in the namespace Kubernetes uses.
+node_ctr() {
+    local i=$1
+    shift
+    ctr --address "$(node_dir "$i")/containerd/containerd.sock" -n k8s.io "$@"
+}
 
-# Every docker-archive in KUBE_NODE_IMAGES, into the node's image store (nothing is pulled:
-# imagePullPolicy IfNotPresent finds them; Never would too).
+# import_images I: every docker-archive in KUBE_NODE_IMAGES into node I's image store
+# (nothing is pulled: imagePullPolicy IfNotPresent finds them).
 import_images() {
-    local tar
+    local i=$1 tar
     for tar in "$KUBE_NODE_IMAGES"/*.tar; do
-        node_ctr images import --no-unpack=false "$tar" >>"$DIR/logs/images.log" 2>&1 ||
-            fail_start "could not import $tar into containerd"
+        node_ctr "$i" images import --no-unpack=false "$tar" >>"$DIR/logs/images.log" 2>&1 ||
+            fail_start "could not import $tar into node $i's containerd"
     done
-    node_ctr images ls -q >>"$DIR/logs/images.log"
+    node_ctr "$i" images ls -q >>"$DIR/logs/images.log"
 }
 
 # kube-proxy in iptables mode: Service addresses (the API server's 10.96.0.1 included) work
@@ -206,7 +227,7 @@ clientConnection:
   kubeconfig: $DIR/kube-proxy.kubeconfig
 mode: iptables
 clusterCIDR: $REAL_POD_CIDR
-hostnameOverride: $NODE_NAME
+hostnameOverride: $(node_name 0)
 bindAddress: $NODE_ADDR
 healthzBindAddress: 127.0.0.1:$(free_port)
 metricsBindAddress: 127.0.0.1:$(free_port)
@@ -214,7 +235,7 @@ conntrack:
   maxPerCore: 0
 EOF
     spawn kube-proxy "$NODE_BIN/kube-proxy" --config="$DIR/kube-proxy.yaml" --v=1
-    KUBE_PROXY_PID=$SPAWNED_PID
+    NODE_PIDS+=("$SPAWNED_PID")
 }
 
 # CoreDNS on the node's address: Pods get it as their nameserver from the kubelet
@@ -261,16 +282,21 @@ EOF
 }
 EOF
     spawn coredns "$NODE_BIN/coredns" -conf "$DIR/Corefile"
-    COREDNS_PID=$SPAWNED_PID
-    wait_until 60 "CoreDNS /ready" "$COREDNS_PID" \
+    NODE_PIDS+=("$SPAWNED_PID")
+    wait_until 60 "CoreDNS /ready" "$SPAWNED_PID" \
         curl -sf --max-time 2 "http://127.0.0.1:$COREDNS_READY_PORT/ready" ||
         fail_start "CoreDNS did not become ready"
 }
 
+# start_kubelet I: node I's kubelet.
 start_kubelet() {
-    local k="$DIR/kubelet"
-    mkdir -p "$k/pki"
-    write_kubeconfig "$DIR/kubelet.kubeconfig" node
+    local i=$1 n addr cgroup
+    n="$(node_dir "$i")"
+    addr="$(node_addr "$i")"
+    cgroup="$(cat "$DIR/netns")-$i"
+    local k="$n/kubelet"
+    mkdir -p "$k/pki" "$n/pod-logs"
+    write_kubeconfig "$n/kubelet.kubeconfig" "node-$i"
     # Pods with dnsPolicy Default (and the kubelet's search list) read this file; the cluster's
     # nameserver comes from clusterDNS.
     echo "options ndots:5" >"$DIR/resolv.conf"
@@ -282,7 +308,7 @@ start_kubelet() {
     cat >"$k/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: $NODE_ADDR
+address: $addr
 port: $KUBELET_PORT
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -297,11 +323,12 @@ authentication:
 authorization:
   mode: Webhook
 cgroupDriver: cgroupfs
-cgroupRoot: /$(cat "$DIR/netns")
+cgroupRoot: /$cgroup
+podLogsDir: $n/pod-logs
 failCgroupV1: false
 failSwapOn: false
-containerRuntimeEndpoint: unix://$DIR/containerd/containerd.sock
-imageServiceEndpoint: unix://$DIR/containerd/containerd.sock
+containerRuntimeEndpoint: unix://$n/containerd/containerd.sock
+imageServiceEndpoint: unix://$n/containerd/containerd.sock
 clusterDNS: [$NODE_ADDR]
 clusterDomain: cluster.local
 resolvConf: $DIR/resolv.conf
@@ -322,25 +349,40 @@ shutdownGracePeriod: 0s
 EOF
     local c
     for c in /sys/fs/cgroup/*/; do
-        [[ -d "$c" && ! -L "${c%/}" ]] && mkdir -p "$c$(cat "$DIR/netns")" 2>/dev/null || true
+        [[ -d "$c" && ! -L "${c%/}" ]] && mkdir -p "$c$cgroup" 2>/dev/null || true
     done
-    spawn kubelet "$NODE_BIN/kubelet" \
+    spawn "kubelet-$i" "$NODE_BIN/kubelet" \
         --config="$k/config.yaml" \
-        --kubeconfig="$DIR/kubelet.kubeconfig" \
+        --kubeconfig="$n/kubelet.kubeconfig" \
         --root-dir="$k/root" \
         --cert-dir="$k/pki" \
-        --hostname-override="$NODE_NAME" \
-        --node-ip="$NODE_ADDR" \
+        --hostname-override="$(node_name "$i")" \
+        --node-ip="$addr" \
         --v=1
-    KUBELET_PID=$SPAWNED_PID
-    echo "$KUBELET_PID" >"$DIR/kubelet.pid"
+    NODE_PIDS+=("$SPAWNED_PID")
+    echo "$SPAWNED_PID" >>"$DIR/kubelet.pids"
+}
+
+# Everything a real node needs, node by node, then what they share.
+start_real_nodes() {
+    local i
+    NODE_PIDS=()
+    for ((i = 0; i < REAL_NODES; i++)); do
+        start_containerd "$i"
+        import_images "$i"
+    done
+    start_kube_proxy
+    start_coredns
+    for ((i = 0; i < REAL_NODES; i++)); do
+        start_kubelet "$i"
+        NODES+=("$(node_name "$i")")
+    done
 }
 
 node_still_running() {
-    local name pid
-    for name in CONTAINERD KUBE_PROXY COREDNS KUBELET; do
-        pid="${name}_PID"
-        alive "${!pid}" || fail_start "$name exited during start"
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do
+        alive "$pid" || fail_start "a real node's process ($pid) exited during start"
     done
 }
 
@@ -355,19 +397,20 @@ node_still_running() {
 node_stop_containers() {
     [[ -f "$DIR/netns" ]] || return 0
     local ns pid left tries
-    # The kubelet first, so that nothing starts containers again.
-    pid="$(cat "$DIR/kubelet.pid" 2>/dev/null || true)"
-    [[ -n "$pid" ]] && ours "$pid" && term_and_wait "$pid"
+    # The kubelets first, so that nothing starts containers again.
+    for pid in $(cat "$DIR/kubelet.pids" 2>/dev/null || true); do
+        if ours "$pid"; then term_and_wait "$pid"; fi
+    done
     ns="$(cat "$DIR/netns")"
     for tries in $(seq 1 50); do
         left=0
-        for pid in $(find /sys/fs/cgroup/*/"$ns" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u); do
+        for pid in $(find /sys/fs/cgroup/*/"$ns"-[0-9] -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u); do
             kill -KILL "$pid" 2>/dev/null && left=1
         done
         ((left)) || break
         sleep 0.1
     done
-    for pid in $(grep -s -l -F -- "$DIR/containerd/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+    for pid in $(grep -s -l -E -- "$DIR/node-[0-9]+/containerd/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
         [[ "$pid" == "$$" ]] && continue
         kill -KILL "$pid" 2>/dev/null || true
     done
@@ -383,7 +426,7 @@ node_cleanup() {
     if [[ -f "$DIR/netns" ]]; then
         local ns c
         ns="$(cat "$DIR/netns")"
-        for c in /sys/fs/cgroup/*/"$ns"; do
+        for c in /sys/fs/cgroup/*/"$ns"-[0-9]; do
             [[ -d "$c" ]] || continue
             find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
         done
