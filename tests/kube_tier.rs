@@ -454,6 +454,27 @@ async fn http_get(url: &str) -> Option<String> {
     String::from_utf8(body.to_vec()).ok()
 }
 
+/// A solo controller with its stats endpoint on loopback, and the autoscaler's base URL it
+/// printed. The API server refuses loopback endpoints; the advertised address is a
+/// documentation address (RFC 5737), data only here, as kwok's Pod IPs are: nothing dials it.
+async fn controller_with_stats(cluster: &Cluster) -> (kube_support::ControllerProc, String) {
+    let controller = cluster.controller_with(
+        "solo",
+        &cluster.kubeconfig,
+        &[
+            "--stats-listen",
+            "127.0.0.1:0",
+            "--advertise-address",
+            "192.0.2.10",
+        ],
+    );
+    let stats = controller
+        .printed("sluice: controller stats endpoint on ")
+        .await;
+    let autoscaler = stats.strip_suffix("/v1/stats").unwrap().to_owned();
+    (controller, autoscaler)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "Kubernetes tier: run by scripts/kube-test"]
 async fn a_request_through_the_router_scales_a_revision_from_zero() {
@@ -464,22 +485,7 @@ async fn a_request_through_the_router_scales_a_revision_from_zero() {
     // replica the scale-up asks for stays Pending (no IP, no ready endpoint), so the
     // activator holds the request and never forwards it.
     cluster.kubectl(&["cordon", "kwok-node-0", "kwok-node-1"]);
-    let controller = cluster.controller_with(
-        "solo",
-        &cluster.kubeconfig,
-        &[
-            "--stats-listen",
-            "127.0.0.1:0",
-            // The API server refuses loopback endpoints; a documentation address (RFC 5737)
-            // is data only here, as kwok's Pod IPs are: nothing dials it.
-            "--advertise-address",
-            "192.0.2.10",
-        ],
-    );
-    let stats = controller
-        .printed("sluice: controller stats endpoint on ")
-        .await;
-    let autoscaler = stats.strip_suffix("/v1/stats").unwrap().to_owned();
+    let (controller, autoscaler) = controller_with_stats(&cluster).await;
     // With the mesh on (the default), the stat stream is mutual TLS.
     assert!(autoscaler.starts_with("https://127.0.0.1:"), "{autoscaler}");
 
@@ -1986,20 +1992,7 @@ async fn an_slo_gated_rollout_is_judged_on_the_routers_outcomes() {
     let client = cluster.client().await;
     install_crds(&client).await;
     cluster.kubectl(&["cordon", "kwok-node-0", "kwok-node-1"]);
-    let controller = cluster.controller_with(
-        "solo",
-        &cluster.kubeconfig,
-        &[
-            "--stats-listen",
-            "127.0.0.1:0",
-            "--advertise-address",
-            "192.0.2.10",
-        ],
-    );
-    let stats = controller
-        .printed("sluice: controller stats endpoint on ")
-        .await;
-    let autoscaler = stats.strip_suffix("/v1/stats").unwrap().to_owned();
+    let (controller, autoscaler) = controller_with_stats(&cluster).await;
     let service = |target: &str| {
         hello("hello", target, Some(0))
             .replace(

@@ -20,13 +20,12 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use sluice_core::NamespacedName;
-use sluice_crds::Kind;
 use tokio::sync::watch;
 
 use super::{
     ModelStorage, ReplicaFailure, ReplicaSpec, RevisionRuntimeStatus, Runtime, RuntimeError,
 };
-use crate::store::kube::{FIELD_MANAGER, api_resource, classify};
+use crate::store::kube::{FIELD_MANAGER, classify};
 pub use manifest::{
     MANAGED_BY, Owner, PodMesh, PodTemplate, REPLICA_PORT, REVISION_LABEL, ROOT_CONFIGMAP, ROOT_KEY,
 };
@@ -431,47 +430,27 @@ impl KubeRuntime {
         }
     }
 
-    /// The uid of a revision (its Deployment's owner): the spec's, or read once. A new uid
-    /// under a known name is a revision deleted and created again: what was applied for the
-    /// old one goes with it (garbage collection), so everything is applied again, owned by
-    /// the new one (found on a real node: Deployments owned by the deleted revision, created
-    /// and collected in a loop).
-    async fn owner(&self, spec: &ReplicaSpec) -> Result<Owner, RuntimeError> {
+    /// The uid of a revision (its Deployment's owner), from the spec (the Revision as the
+    /// controller read it). A new uid under a known name is a revision deleted and created
+    /// again: what was applied for the old one goes with it (garbage collection), so
+    /// everything is applied again, owned by the new one (found on a real node: Deployments
+    /// owned by the deleted revision, created and collected in a loop).
+    fn owner(&self, spec: &ReplicaSpec) -> Result<Owner, RuntimeError> {
         let revision = &spec.revision;
-        if !spec.uid.is_empty() {
-            let mut state = self.state();
-            if state.owners.get(revision) != Some(&spec.uid) {
-                state.applied.remove(revision);
-                state.owners.insert(revision.clone(), spec.uid.clone());
-            }
-            return Ok(Owner {
-                name: revision.name.clone(),
-                uid: spec.uid.clone(),
-            });
-        }
-        if let Some(uid) = self.state().owners.get(revision).cloned() {
-            return Ok(Owner {
-                name: revision.name.clone(),
-                uid,
-            });
-        }
-        let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
-            self.inner.client.clone(),
-            &revision.namespace,
-            &api_resource(Kind::Revision),
-        );
-        let rev = api
-            .get(&revision.name)
-            .await
-            .map_err(|e| RuntimeError::Kube {
+        if spec.uid.is_empty() {
+            return Err(RuntimeError::InvalidSpec {
                 revision: revision.clone(),
-                source: classify("get", "revisions.serving.knative.dev".into(), None, e),
-            })?;
-        let uid = rev.metadata.uid.unwrap_or_default();
-        self.state().owners.insert(revision.clone(), uid.clone());
+                message: "the Revision has no uid to own its Deployment".into(),
+            });
+        }
+        let mut state = self.state();
+        if state.owners.get(revision) != Some(&spec.uid) {
+            state.applied.remove(revision);
+            state.owners.insert(revision.clone(), spec.uid.clone());
+        }
         Ok(Owner {
             name: revision.name.clone(),
-            uid,
+            uid: spec.uid.clone(),
         })
     }
 
@@ -521,7 +500,7 @@ impl KubeRuntime {
     /// Applies a revision's Service (once) and Deployment.
     async fn apply_revision(&self, spec: &ReplicaSpec, replicas: u32) -> Result<(), RuntimeError> {
         let key = &spec.revision;
-        let owner = self.owner(spec).await?;
+        let owner = self.owner(spec)?;
         let first = !self.state().applied.contains_key(key);
         if first {
             self.apply::<CoreService>(key, "services", manifest::service(spec, &owner))
