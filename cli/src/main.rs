@@ -71,7 +71,12 @@ enum Command {
     ReplicaGuard(guard::GuardArgs),
 }
 
+/// mimalloc for small blocks, the C library for large ones (see `sluice-alloc`).
+#[global_allocator]
+static ALLOCATOR: sluice_alloc::SplitAlloc = sluice_alloc::SplitAlloc;
+
 fn main() -> ExitCode {
+    sluice_alloc::init();
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -93,6 +93,9 @@ enum ControlMode {
 
 /// Runs the model server until SIGTERM/SIGINT (or stdin EOF when asked).
 pub(crate) async fn run(args: ModelServerArgs) -> anyhow::Result<()> {
+    // Its memory is mostly its weights; peak RSS counts more here than allocation speed
+    // (measured: bench/model-server/alloc.py).
+    sluice_alloc::small_blocks_from_the_system();
     let batching = BatchConfig {
         max_batch_size: args.max_batch_size,
         max_queue_delay: args.max_queue_delay,

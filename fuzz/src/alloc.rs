@@ -36,7 +36,7 @@ fn record(size: usize) {
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
 // only addition is `record`, which neither allocates nor unwinds.
-#[allow(unsafe_code)] // A `GlobalAlloc` impl is `unsafe` by definition; this is the only one.
+#[allow(unsafe_code)] // A `GlobalAlloc` impl is `unsafe` by definition; this crate's only one.
 unsafe impl GlobalAlloc for WatchingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         record(layout.size());

@@ -143,6 +143,10 @@ async fn swap(
     );
 }
 
+/// The allocator `sluice` itself runs with.
+#[global_allocator]
+static ALLOCATOR: sluice_alloc::SplitAlloc = sluice_alloc::SplitAlloc;
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
