@@ -18,7 +18,7 @@ Load: wrk -t2 -c64, HTTP/1.1 keep-alive; h2c with h2load (-c64 -m1) where the pa
 it. Reports req/s, p50/p99/p99.9 and the CPU seconds per 10k requests of each process on
 the path. Rounds alternate the paths; medians over the rounds.
 
-    python3 bench/proxy/path.py [--duration 10] [--runs 3] [--only NAME,NAME] [--alt BIN]
+    python3 bench/proxy/path.py [--duration 10] [--runs 3] [--only NAME,NAME] [--alt BIN]...
 
 Builds `sluice` and the router example in release mode first ($CARGO_TARGET_DIR when set)
 and queue-proxy once into $HOME/.cache/sluice/knative/<version>/.
@@ -184,8 +184,10 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated path keys to run")
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--alt", help="another sluice binary: adds its whole path, mesh on "
-                    "(`up_alt`), to the same rounds (e.g. an allocator or build experiment)")
+    ap.add_argument("--alt", action="append", default=[],
+                    help="another sluice binary: adds its whole path, mesh on (`up_alt0`, "
+                    "`up_alt1`... in the order given), to the same rounds (e.g. an allocator "
+                    "or build experiment); may be repeated")
     args = ap.parse_args()
     ensure_tools()
     subprocess.check_call(["cargo", "build", "-q", "--release", "--locked", "-p", "sluice-cli",
@@ -209,9 +211,11 @@ def main():
         return p
 
     ports = {k: free_port() for k in ("backend", "haproxy", "nginx", "qp", "qp_haproxy",
-                                      "router", "up_off", "up_on", "up_log", "up_alt", "admin_off",
-                                      "admin_on", "admin_log", "admin_alt",
+                                      "router", "up_off", "up_on", "up_log", "admin_off",
+                                      "admin_on", "admin_log",
                                       "haproxy_h2", "nginx_h2", "qp_haproxy_h2")}
+    for i in range(len(args.alt)):
+        ports[f"up_alt{i}"], ports[f"admin_alt{i}"] = free_port(), free_port()
     # haproxy and nginx take h2c (prior knowledge) on a port of its own; the rest on one.
     h2_ports = {"haproxy": ports["haproxy_h2"], "nginx": ports["nginx_h2"],
                 "knative": ports["qp_haproxy_h2"]}
@@ -292,12 +296,14 @@ http {{ access_log off; keepalive_requests 10000000;
             ("up_log", "Sluice whole path, mesh on, --access-log", ports["up_log"],
              [up("up_log", "--access-log")]),
         ]
-        if args.alt:
-            paths.append(("up_alt", f"Sluice whole path, mesh on, {args.alt}", ports["up_alt"],
-                          [up("up_alt", binary=args.alt)]))
+        for i, alt in enumerate(args.alt):
+            key = f"up_alt{i}"
+            paths.append((key, f"Sluice whole path, mesh on, {alt}", ports[key],
+                          [up(key, binary=alt)]))
         if args.only:
             keep = set(args.only.split(","))
-            paths = [p for p in paths if p[0] in keep or p[0] == "direct"]
+            paths = [p for p in paths
+                     if p[0] in keep or p[0] == "direct" or p[0].startswith("up_alt")]
         results = {key: [] for key, _, _, _ in paths}
         h2 = {}
         for key, _, port, _ in paths:

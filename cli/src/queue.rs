@@ -40,6 +40,9 @@ pub(crate) struct QueueArgs {
     /// How often to probe the user process until it accepts connections.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     probe_interval: Duration,
+    /// Threads serving the queue layer's port, each with its own runtime (0: one per CPU).
+    #[arg(long, env = "SLUICE_QUEUE_SHARDS", default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024))]
+    shards: usize,
     /// Exit when stdin closes (set by `sluice up` for its replicas).
     #[arg(long, env = "SLUICE_EXIT_ON_STDIN_CLOSE")]
     exit_on_stdin_close: bool,
@@ -80,6 +83,7 @@ impl QueueArgs {
             command: self.command,
             listen: self.listen,
             probe_interval: self.probe_interval,
+            shards: self.shards,
             vars,
             self_exe: std::env::current_exe()
                 .context("finding this binary to run the user command `sluice`")?,

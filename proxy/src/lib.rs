@@ -6,7 +6,8 @@
 //! response bodies (replay buffer, size limits, holding a guard until a body ends), the
 //! revision timeouts ([`timeouts`]), load balancing by `containerConcurrency`
 //! ([`balance`]), and the mapping of data-plane failures to status codes and JSON error
-//! bodies ([`ProxyError`], [`error_response`]).
+//! bodies ([`ProxyError`], [`error_response`]), and serving one listener from a single-threaded
+//! runtime per CPU ([`shards`]).
 //!
 //! Used by the router (replica picking on the direct path), the activator (buffering and
 //! throttling in front of a revision) and the queue layer (the hop to a user process). It
@@ -18,6 +19,7 @@ mod error;
 mod forward;
 mod h1pool;
 mod retry;
+pub mod shards;
 pub mod timeouts;
 
 pub use body::{

@@ -35,6 +35,7 @@ use super::{
 };
 use sluice_proxy::error_response;
 use sluice_proxy::hold_response;
+use sluice_proxy::shards::ShardStop;
 use sluice_proxy::timeouts::Timeouts;
 use sluice_proxy::{Forwarder, Outbound, ProxyBody, UNPROCESSED_HEADER, full_body};
 
@@ -281,26 +282,36 @@ pub async fn wait_until_accepting(addr: SocketAddr, interval: Duration) {
     }
 }
 
-/// Serves `sidecar` on `listener` until `shutdown` resolves, then lets open requests finish.
-/// With a mesh, each connection is accepted under the peer-authentication mode in force
-/// (the handshake runs in the connection's own task), and an mTLS connection is closed
-/// gracefully when its peer's certificate expires, so the peer reconnects with a fresh one.
+/// Serves `sidecar` on `listener` on the caller's runtime until `shutdown` resolves, then
+/// lets open requests finish (see [`serve_on_shards`]).
 pub async fn serve(
     listener: TcpListener,
     sidecar: Arc<Sidecar>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mesh = sidecar.gate.mesh().cloned();
-    serve_replica(
-        listener,
-        mesh,
-        move |req| {
+    serve_on_shards(listener, sidecar, 1, shutdown).await;
+}
+
+/// Serves `sidecar` on `listener` from `shards` threads, each with its own single-threaded
+/// runtime ([`sluice_proxy::shards`]), until `shutdown` resolves; then each lets its open
+/// requests finish. With a mesh, each connection is accepted under the peer-authentication mode in force
+/// (the handshake runs in the connection's own task), and an mTLS connection is closed
+/// gracefully when its peer's certificate expires, so the peer reconnects with a fresh one.
+pub async fn serve_on_shards(
+    listener: TcpListener,
+    sidecar: Arc<Sidecar>,
+    shards: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let serve_shard = move |_, listener, stop: ShardStop| {
+        let mesh = sidecar.gate.mesh().cloned();
+        let handler = move |req| {
             let sidecar = sidecar.clone();
             async move { sidecar.handle(req).await }
-        },
-        shutdown,
-    )
-    .await;
+        };
+        serve_replica(listener, mesh, handler, stop.stopped())
+    };
+    sluice_proxy::shards::serve_on_shards(listener, shards, "queue", serve_shard, shutdown).await;
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use sluice_proxy::shards::{ShardStop, serve_on_shards};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::Router;
 use crate::headers::ClientAddr;
@@ -70,76 +71,18 @@ pub async fn serve_ingress(
     shutdown: impl Future<Output = ()>,
 ) {
     let ingress = Arc::new(ingress);
-    let shards = match config.shards {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let shards = sluice_proxy::shards::count(config.shards);
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let builder = Arc::new(builder(&config));
-    if shards <= 1 {
-        accept_loop(listener, router, builder, permits, ingress, shutdown).await;
-        return;
-    }
-    let std_listener = match listener.into_std() {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("cannot share the listener between threads: {e}");
-            return;
-        }
-    };
-    // Dropping the sender (this future dropped) stops the shards too.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut done = Vec::with_capacity(shards);
-    for i in 0..shards {
-        let listener = match std_listener.try_clone() {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("cannot share the listener with shard {i}: {e}");
-                break;
-            }
+    let serve_shard = move |_, listener, stop: ShardStop| {
+        let router = if shards <= 1 {
+            router
+        } else {
+            Arc::new(router.for_shard())
         };
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        done.push(done_rx);
-        let router = Arc::new(router.for_shard());
-        let (builder, permits, mut stop_rx) = (builder.clone(), permits.clone(), stop_rx.clone());
-        let ingress = ingress.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("router-{i}"))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!("router shard {i} cannot start a runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!("router shard {i} cannot listen: {e}");
-                            return;
-                        }
-                    };
-                    let stop = async move {
-                        let _ = stop_rx.wait_for(|s| *s).await;
-                    };
-                    accept_loop(listener, router, builder, permits, ingress, stop).await;
-                });
-                let _ = done_tx.send(());
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start router shard {i}: {e}");
-        }
-    }
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    for d in done {
-        let _ = d.await;
-    }
+        accept_loop(listener, router, builder, permits, ingress, stop.stopped())
+    };
+    serve_on_shards(listener, shards, "router", serve_shard, shutdown).await;
 }
 
 fn builder(config: &ServeConfig) -> auto::Builder<TokioExecutor> {

@@ -49,6 +49,8 @@ pub struct SuperviseConfig {
     pub listen: SocketAddr,
     /// How often to probe the user process until it accepts connections.
     pub probe_interval: Duration,
+    /// Threads serving the queue layer's port, each with its own runtime (0: one per CPU).
+    pub shards: usize,
     /// The environment: the mesh material `sluice up` handed over, and what `$(VAR)` in the
     /// command expands to.
     pub vars: Vars,
@@ -136,9 +138,16 @@ pub async fn run(
     drop(port);
     let sidecar = Sidecar::with_mesh(config.sidecar, app, setup.mesh, Some(setup.telemetry));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(sidecar::serve(listener, sidecar.clone(), async move {
+    let shards = sluice_proxy::shards::count(config.shards);
+    let stopped = async move {
         let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    };
+    let server = tokio::spawn(sidecar::serve_on_shards(
+        listener,
+        sidecar.clone(),
+        shards,
+        stopped,
+    ));
     sidecar.set_app_ready();
     say(&format!("{LISTENING_PREFIX}{addr}"))?;
     say(READY_LINE)?;
