@@ -15,7 +15,9 @@ Backend everywhere: `sluice hello` (a small HTTP/1.1 + h2c server) on loopback. 
     process, with the mesh off, with it on (the default: mutual TLS on the router ->
     replica hop), and with it on and the access log on (`--access-log`; off by default).
 Load: wrk -t2 -c64, HTTP/1.1 keep-alive; h2c with h2load (-c64 -m1) where the path speaks
-it. Reports req/s, p50/p99/p99.9 and the CPU seconds per 10k requests of each process on
+it; gRPC unary with h2load (-c64 -m1, a 64-byte message echoed by `sluice hello`, HTTP/2 on
+every hop: haproxy's servers `proto h2`, Sluice's Service with an `h2c` port; nginx left
+out, its h2c listener fails here). Reports req/s, p50/p99/p99.9 and the CPU seconds per 10k requests of each process on
 the path. Rounds alternate the paths; medians over the rounds.
 
     python3 bench/proxy/path.py [--duration 10] [--runs 3] [--only NAME,NAME] [--alt BIN]...
@@ -124,6 +126,10 @@ def h2load(port, duration):
     out = subprocess.run(
         ["h2load", "-c64", "-m1", "-t2", f"-D{duration}", "-H", f"host: {HOST}",
          f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    return parse_h2load(out)
+
+
+def parse_h2load(out):
     reqs = ok = 0
     rps = 0.0
     lat = {}
@@ -139,6 +145,32 @@ def h2load(port, duration):
             f = line.split()[3:]
             lat = {"mean": f[2], "max": f[1]}
     return {"reqs": reqs, "rps": rps, "errors": reqs - ok, **lat}
+
+
+GRPC_HOST = "hello-grpc.default.localhost"
+# One gRPC message (uncompressed, 64 bytes): what `sluice hello` echoes.
+GRPC_FRAME = b"\x00" + (64).to_bytes(4, "big") + b"x" * 64
+
+
+def grpc_load(port, host, duration, frame_file):
+    """gRPC unary calls with h2load; a call counts as failed unless h2load saw a 2xx (h2load
+    does not read trailers, so grpc-status is checked once per path by `grpc_check`)."""
+    out = subprocess.run(
+        ["h2load", "-c64", "-m1", "-t2", f"-D{duration}", "-H", f"host: {host}",
+         "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", frame_file,
+         f"http://127.0.0.1:{port}/bench.Echo/Say"], capture_output=True, text=True).stdout
+    return parse_h2load(out)
+
+
+def grpc_check(port, host):
+    """One gRPC call through the path with nghttp, which prints the trailers: the message
+    must come back with grpc-status 0."""
+    out = subprocess.run(
+        ["nghttp", "-v", "-H", f"host: {host}", "-H", "content-type: application/grpc",
+         "-H", "te: trailers", "-d", "-", f"http://127.0.0.1:{port}/bench.Echo/Say"],
+        input=GRPC_FRAME, capture_output=True).stdout.decode(errors="replace")
+    if "grpc-status: 0" not in out:
+        raise RuntimeError(f"gRPC through port {port} did not answer grpc-status 0:\n{out[-2000:]}")
 
 
 def service_manifest(sluice):
@@ -161,21 +193,41 @@ spec:
           env:
             - name: TARGET
               value: bench
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello-grpc
+  namespace: default
+spec:
+  template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/min-scale: "1"
+    spec:
+      containerConcurrency: 0
+      containers:
+        - image: sluice-hello
+          command: ["{sluice}"]
+          args: ["hello"]
+          ports:
+            - name: h2c
+              containerPort: 8080
 """
 
 
-def wait_ok(port, timeout=60.0):
+def wait_ok(port, timeout=60.0, host=HOST):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": HOST})
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
             with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"no 200 from {HOST} on {port} within {timeout}s")
+    raise RuntimeError(f"no 200 from {host} on {port} within {timeout}s")
 
 
 def main():
@@ -213,15 +265,19 @@ def main():
     ports = {k: free_port() for k in ("backend", "haproxy", "nginx", "qp", "qp_haproxy",
                                       "router", "up_off", "up_on", "up_log", "admin_off",
                                       "admin_on", "admin_log",
-                                      "haproxy_h2", "nginx_h2", "qp_haproxy_h2")}
+                                      "haproxy_h2", "nginx_h2", "qp_haproxy_h2",
+                                      "haproxy_grpc", "qp_haproxy_grpc")}
     for i in range(len(args.alt)):
         ports[f"up_alt{i}"], ports[f"admin_alt{i}"] = free_port(), free_port()
     # haproxy and nginx take h2c (prior knowledge) on a port of its own; the rest on one.
     h2_ports = {"haproxy": ports["haproxy_h2"], "nginx": ports["nginx_h2"],
                 "knative": ports["qp_haproxy_h2"]}
+    # gRPC: haproxy takes it on a third port whose backend speaks HTTP/2 to the server.
+    grpc_ports = {"haproxy": ports["haproxy_grpc"], "knative": ports["qp_haproxy_grpc"]}
+    frame_file = None
     be = f"127.0.0.1:{ports['backend']}"
 
-    def haproxy_cfg(name, listen, h2, server):
+    def haproxy_cfg(name, listen, h2, grpc, server):
         return write(os.path.join(tmp, f"{name}.cfg"), f"""global
   maxconn 8000
 defaults
@@ -235,9 +291,15 @@ frontend fe
   bind 127.0.0.1:{listen} proto h1
   bind 127.0.0.1:{h2} proto h2
   default_backend be
+frontend fe_grpc
+  bind 127.0.0.1:{grpc} proto h2
+  default_backend be_grpc
 backend be
   http-reuse always
   server s1 {server}
+backend be_grpc
+  http-reuse always
+  server s1 {server} proto h2
 """)
 
     nginx_conf = write(os.path.join(tmp, "nginx.conf"), f"""daemon off; worker_processes auto;
@@ -266,9 +328,13 @@ http {{ access_log off; keepalive_requests 10000000;
     def up(key, *flags, binary=sluice):
         state = os.path.join(tmp, f"state-{key}")
         port, admin = ports[key], ports["admin_" + key.split("_")[1]]
+
+        def ready(port):
+            wait_ok(port)
+            wait_ok(port, host=GRPC_HOST)
         return start(key, [binary, "up", manifests, "--listen", f"127.0.0.1:{port}",
                            "--admin", f"127.0.0.1:{admin}", "--state-dir", state, *flags],
-                     port, ready=wait_ok)
+                     port, ready=ready)
 
     try:
         backend = start("backend", [sluice, "hello"], ports["backend"],
@@ -278,7 +344,7 @@ http {{ access_log off; keepalive_requests 10000000;
         paths = [
             ("direct", "backend direct (sluice hello)", ports["backend"], []),
             ("haproxy", f"haproxy {ha_version}", ports["haproxy"],
-             [start("haproxy", [tool("haproxy"), "-f", haproxy_cfg("haproxy", ports["haproxy"], ports["haproxy_h2"], be)],
+             [start("haproxy", [tool("haproxy"), "-f", haproxy_cfg("haproxy", ports["haproxy"], ports["haproxy_h2"], ports["haproxy_grpc"], be)],
                     ports["haproxy"])]),
             ("nginx", "nginx reverse proxy", ports["nginx"],
              [start("nginx", [tool("nginx"), "-c", nginx_conf, "-p", tmp], ports["nginx"])]),
@@ -286,7 +352,7 @@ http {{ access_log off; keepalive_requests 10000000;
              [start("qp", [queue_proxy], ports["qp"], env=qp_env),
               start("qp_haproxy", [tool("haproxy"), "-f", haproxy_cfg(
                   "qp_haproxy", ports["qp_haproxy"], ports["qp_haproxy_h2"],
-                  f"127.0.0.1:{ports['qp']}")],
+                  ports["qp_haproxy_grpc"], f"127.0.0.1:{ports['qp']}")],
                   ports["qp_haproxy"])]),
             ("router", "Sluice router alone", ports["router"],
              [start("router", [proxy_bin, f"127.0.0.1:{ports['router']}", be], ports["router"])]),
@@ -319,6 +385,17 @@ http {{ access_log off; keepalive_requests 10000000;
                 results[key].append(r)
         for key, _, port, _ in paths:
             h2[key] = h2load(h2_ports.get(key, port), args.duration)
+        frame_file = write(os.path.join(tmp, "grpc.bin"), "")
+        with open(frame_file, "wb") as f:
+            f.write(GRPC_FRAME)
+        grpc_paths = [(key, grpc_ports.get(key, port), GRPC_HOST if key.startswith("up_") else HOST)
+                      for key, _, port, _ in paths if key != "nginx"]
+        for key, port, host in grpc_paths:
+            grpc_check(port, host)
+        grpc = {key: [] for key, _, _ in grpc_paths}
+        for _ in range(args.runs):
+            for key, port, host in grpc_paths:
+                grpc[key].append(grpc_load(port, host, args.duration, frame_file))
     finally:
         for p in procs:
             try:
@@ -355,15 +432,27 @@ http {{ access_log off; keepalive_requests 10000000;
     for key, r in h2.items():
         print(f"| {names[key]} | {r['rps']:,.0f} | {r.get('mean', '–')} | {r.get('max', '–')} | "
               f"{r['errors']} |")
+    print(f"\ngRPC unary, h2load -c64 -m1, 64-byte message echoed, {args.runs} rounds; median "
+          "req/s, the mean and max of the median round\n")
+    print("| path | req/s | mean | max | errors |")
+    print("|---|---|---|---|---|")
+    for key, rs in grpc.items():
+        mid = sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]
+        print(f"| {names[key]} | {mid['rps']:,.0f} | {mid.get('mean', '–')} | "
+              f"{mid.get('max', '–')} | {sum(r['errors'] for r in rs)} |")
     rps = {key: med(rs, "rps") for key, rs in results.items()}
     print()
     for a, b in (("up_on", "knative"), ("router", "haproxy"), ("up_on", "haproxy"),
                  ("up_on", "up_off")):
         if a in rps and b in rps:
             print(f"{names[a]} / {names[b]}: {rps[a] / rps[b]:.2f}x req/s")
+    grpc_rps = {key: sorted(r["rps"] for r in rs)[len(rs) // 2] for key, rs in grpc.items()}
+    for a, b in (("up_on", "knative"), ("router", "haproxy"), ("up_on", "up_off")):
+        if grpc_rps.get(b):
+            print(f"gRPC: {names[a]} / {names[b]}: {grpc_rps[a] / grpc_rps[b]:.2f}x req/s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"http1": results, "h2c": h2}, f, indent=1)
+            json.dump({"http1": results, "h2c": h2, "grpc": grpc}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ enum Command {
     /// Run the queue layer in front of a user process (a Service revision's replica):
     /// `sluice queue [flags] -- command args...`.
     Queue(queue::QueueArgs),
-    /// A sample user process: answers `Hello <TARGET>!` on $PORT and echoes the request.
+    /// A sample user process: answers `Hello <TARGET>!` on $PORT and echoes the request (a
+    /// gRPC call gets its own message back).
     Hello(hello::HelloArgs),
     /// How `sluice up` runs each replica: ends the replica's whole process tree when
     /// `sluice up` is gone.
