@@ -250,6 +250,9 @@ def main():
     proxy_bin = os.path.join(target, "release", "examples", "proxy")
     kn_version, queue_proxy = build_queue_proxy()
 
+    # Stopped (SIGTERM, `timeout`): unwind through `finally` so the processes started in
+    # sessions of their own are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = tempfile.mkdtemp(prefix="sluice-path-")
     lua = write(os.path.join(tmp, "pct.lua"), WRK_LUA)
     procs = []
