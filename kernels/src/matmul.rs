@@ -337,6 +337,59 @@ mod tests {
         }
     }
 
+    /// `x W^T + b` for `m x n x k` on one instruction-set level and on one thread,
+    /// against the f64 reference: the AVX2 and scalar micro-kernels run nowhere else on
+    /// an AVX-512 machine.
+    fn check_on<S: pulp::Simd>(simd: S, m: usize, n: usize, k: usize) {
+        let x: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.11).cos()).collect();
+        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let packed = PackedMatrix::pack(&w, n, k);
+        let want = reference(&x, &w, &bias, n, k);
+        for epilogue in [Epilogue::Bias, Epilogue::BiasGelu] {
+            let mut out = vec![f32::NAN; m * n];
+            simd.vectorize(Panels {
+                x: &x,
+                m,
+                w: &packed,
+                bias: &bias,
+                epilogue,
+                panels: 0..n.div_ceil(NR),
+                out: &mut out,
+                stride: n,
+            });
+            for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+                let r = match epilogue {
+                    Epilogue::Bias => *r,
+                    Epilogue::BiasGelu => f64::from(math::gelu(*r as f32)),
+                };
+                assert!(
+                    (f64::from(*g) - r).abs() < 1e-3 * (1.0 + r.abs()),
+                    "{m}x{n}x{k} {epilogue:?} [{i}]: {g} vs {r}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_tile_height_matches_on_each_instruction_set() {
+        // 1..=13 rows: each tile height of AVX-512 (6) and AVX2 (3) and a remainder after
+        // full tiles; 40 and 70 columns leave partial panels; k = 1536 is MiniLM's widest.
+        let mut shapes: Vec<(usize, usize, usize)> = (1..=13).map(|m| (m, 40, 9)).collect();
+        shapes.extend([(7, 70, 193), (5, 32, 1536)]);
+        for (m, n, k) in shapes {
+            check_on(pulp::Scalar::new(), m, n, k);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = pulp::x86::V3::try_new() {
+                check_on(simd, m, n, k);
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = pulp::x86::V4::try_new() {
+                check_on(simd, m, n, k);
+            }
+        }
+    }
+
     #[test]
     fn matches_a_plain_product_for_every_row_and_column_remainder() {
         // Rows 1..=7 cover each micro-kernel height and a second block; 40 and 70 columns
