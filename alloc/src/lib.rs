@@ -61,6 +61,11 @@ fn is_small(size: usize) -> bool {
     size < LARGE
 }
 
+/// Whether a new block of `size` bytes comes from mimalloc.
+fn new_from_mimalloc(size: usize) -> bool {
+    is_small(size) && SMALL_FROM_MIMALLOC.load(Ordering::Relaxed)
+}
+
 /// Whether small block `ptr` was made by mimalloc.
 #[allow(unsafe_code)]
 fn made_by_mimalloc(ptr: *mut u8) -> bool {
@@ -80,7 +85,7 @@ unsafe impl GlobalAlloc for SplitAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's `layout` obligations carry over unchanged.
         unsafe {
-            if is_small(layout.size()) && SMALL_FROM_MIMALLOC.load(Ordering::Relaxed) {
+            if new_from_mimalloc(layout.size()) {
                 MiMalloc.alloc(layout)
             } else {
                 System.alloc(layout)
@@ -92,7 +97,7 @@ unsafe impl GlobalAlloc for SplitAlloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as for `alloc`.
         unsafe {
-            if is_small(layout.size()) && SMALL_FROM_MIMALLOC.load(Ordering::Relaxed) {
+            if new_from_mimalloc(layout.size()) {
                 MiMalloc.alloc_zeroed(layout)
             } else {
                 System.alloc_zeroed(layout)

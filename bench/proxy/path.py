@@ -173,11 +173,12 @@ def grpc_check(port, host):
         raise RuntimeError(f"gRPC through port {port} did not answer grpc-status 0:\n{out[-2000:]}")
 
 
-def service_manifest(sluice):
+def service_yaml(name, sluice, container_extra):
+    """A Knative Service running `sluice hello` at min-scale 1, containerConcurrency 0."""
     return f"""apiVersion: serving.knative.dev/v1
 kind: Service
 metadata:
-  name: hello
+  name: {name}
   namespace: default
 spec:
   template:
@@ -190,30 +191,20 @@ spec:
         - image: sluice-hello
           command: ["{sluice}"]
           args: ["hello"]
-          env:
+{container_extra}"""
+
+
+def service_manifest(sluice):
+    """`hello` (HTTP/1.1 to the process) and `hello-grpc` (an h2c port: HTTP/2 to it)."""
+    hello = service_yaml("hello", sluice, """          env:
             - name: TARGET
               value: bench
----
-apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello-grpc
-  namespace: default
-spec:
-  template:
-    metadata:
-      annotations:
-        autoscaling.knative.dev/min-scale: "1"
-    spec:
-      containerConcurrency: 0
-      containers:
-        - image: sluice-hello
-          command: ["{sluice}"]
-          args: ["hello"]
-          ports:
+""")
+    grpc = service_yaml("hello-grpc", sluice, """          ports:
             - name: h2c
               containerPort: 8080
-"""
+""")
+    return f"{hello}---\n{grpc}"
 
 
 def wait_ok(port, timeout=60.0, host=HOST):
@@ -277,7 +268,6 @@ def main():
                 "knative": ports["qp_haproxy_h2"]}
     # gRPC: haproxy takes it on a third port whose backend speaks HTTP/2 to the server.
     grpc_ports = {"haproxy": ports["haproxy_grpc"], "knative": ports["qp_haproxy_grpc"]}
-    frame_file = None
     be = f"127.0.0.1:{ports['backend']}"
 
     def haproxy_cfg(name, listen, h2, grpc, server):
@@ -388,7 +378,7 @@ http {{ access_log off; keepalive_requests 10000000;
                 results[key].append(r)
         for key, _, port, _ in paths:
             h2[key] = h2load(h2_ports.get(key, port), args.duration)
-        frame_file = write(os.path.join(tmp, "grpc.bin"), "")
+        frame_file = os.path.join(tmp, "grpc.bin")
         with open(frame_file, "wb") as f:
             f.write(GRPC_FRAME)
         grpc_paths = [(key, grpc_ports.get(key, port), GRPC_HOST if key.startswith("up_") else HOST)
