@@ -207,40 +207,25 @@ impl Activator {
         revision: &NamespacedName,
         out: &mut Outbound,
     ) -> Exchange {
-        // The head `HopTelemetry::start` reads: what identifies and sizes the request.
-        let mut head = http::Request::new(());
-        *head.method_mut() = out.method().clone();
-        *head.version_mut() = out.version();
-        if let Ok(uri) = http::Uri::try_from(out.path()) {
-            *head.uri_mut() = uri;
-        }
-        for name in [
-            sluice_mesh::trace::TRACEPARENT,
-            sluice_mesh::trace::REQUEST_ID,
-            "host",
-            "content-type",
-            "content-length",
-        ] {
-            if let Some(v) = out.headers().get(name) {
-                head.headers_mut()
-                    .insert(http::HeaderName::from_static(name), v.clone());
-            }
-        }
-        let mut ex = telemetry.hop.start(&head);
+        // The authority is the Host header's (the path is origin-form).
+        let mut ex =
+            telemetry
+                .hop
+                .start_head(out.method(), None, out.path(), out.version(), out.headers());
         ex.set_span(sluice_mesh::trace::propagate(out.headers_mut()));
         // The source side of the hop to the replica, as the router reports its own; the
         // source is the original caller (whom the activator attests to the replica).
         ex.set_source_side(out.caller().identity.as_ref());
-        ex.labels.destination_workload = revision.name.clone();
-        ex.labels.destination_workload_namespace = revision.namespace.clone();
-        ex.labels.destination_revision = revision.name.clone();
+        ex.labels.destination_workload = revision.name.clone().into();
+        ex.labels.destination_workload_namespace = revision.namespace.clone().into();
+        ex.labels.destination_revision = revision.name.clone().into();
         ex.entry.revision = revision.name.clone();
         let security = if self.forwarder.mesh().is_some() {
             ConnectionSecurity::MutualTls
         } else {
             ConnectionSecurity::None
         };
-        ex.labels.connection_security_policy = security.label().to_owned();
+        ex.labels.connection_security_policy = security.label().into();
         ex.entry.connection_security_policy = security.label().to_owned();
         ex
     }
@@ -294,7 +279,7 @@ impl Activator {
                 if let Some(ex) = exchange.as_mut()
                     && let Some(UpstreamPeer(peer)) = resp.extensions().get::<UpstreamPeer>()
                 {
-                    ex.labels.destination_principal = peer.to_string();
+                    ex.labels.destination_principal = peer.to_string().into();
                     ex.entry.destination_principal = peer.to_string();
                 }
                 resp

@@ -81,7 +81,7 @@ mod tests {
                 .unwrap();
             let mut ex = t.start(&req);
             // Each hop names its destination (the router and the activator set it so).
-            ex.labels.destination_service = host.to_owned();
+            ex.labels.destination_service = host.to_owned().into();
             ex.finish(504, 0);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

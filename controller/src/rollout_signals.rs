@@ -78,7 +78,7 @@ mod tests {
             let req = http::Request::get("/").body(()).unwrap();
             let mut ex = hop.start(&req);
             ex.labels.destination_workload_namespace = "default".into();
-            ex.labels.destination_revision = revision.into();
+            ex.labels.destination_revision = revision.to_owned().into();
             ex.labels.grpc_response_status = grpc;
             ex.finish(status, 0);
         };

@@ -140,16 +140,17 @@ impl InboundMesh {
         let me = self.identity.current().id().to_string();
         let l = &mut exchange.labels;
         if let Some(c) = caller {
-            l.source_principal = c.to_string();
-            l.source_workload = c.service_account().to_owned();
-            l.source_workload_namespace = c.namespace().to_owned();
+            l.source_principal = c.to_string().into();
+            l.source_workload = c.service_account().to_owned().into();
+            l.source_workload_namespace = c.namespace().to_owned().into();
         }
-        l.destination_workload = info.revision.clone();
-        l.destination_workload_namespace = info.namespace.clone();
-        l.destination_service = format!("{}.{}.svc.cluster.local", info.service, info.namespace);
-        l.destination_principal = me.clone();
-        l.destination_revision = info.revision.clone();
-        l.connection_security_policy = peer.security.label().to_owned();
+        l.destination_workload = info.revision.clone().into();
+        l.destination_workload_namespace = info.namespace.clone().into();
+        l.destination_service =
+            format!("{}.{}.svc.cluster.local", info.service, info.namespace).into();
+        l.destination_principal = me.clone().into();
+        l.destination_revision = info.revision.clone().into();
+        l.connection_security_policy = peer.security.label().into();
         let e = &mut exchange.entry;
         e.source_principal = caller.map(ToString::to_string).unwrap_or_default();
         e.destination_principal = me;

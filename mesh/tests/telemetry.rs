@@ -73,19 +73,19 @@ async fn a_mixed_run_is_labelled_by_peer_identity_and_security() {
                 source_workload: peer
                     .identity
                     .as_ref()
-                    .map_or("unknown".into(), |i| i.service_account().to_owned()),
+                    .map_or("unknown".into(), |i| i.service_account().to_owned().into()),
                 source_workload_namespace: peer
                     .identity
                     .as_ref()
-                    .map_or("unknown".into(), |i| i.namespace().to_owned()),
+                    .map_or("unknown".into(), |i| i.namespace().to_owned().into()),
                 source_principal: peer
                     .identity
                     .as_ref()
-                    .map_or("unknown".into(), ToString::to_string),
+                    .map_or("unknown".into(), |i| i.to_string().into()),
                 destination_workload: "iris-00001-deployment".into(),
                 destination_workload_namespace: "default".into(),
                 destination_service: "iris.default.svc.cluster.local".into(),
-                destination_principal: id("iris").to_string(),
+                destination_principal: id("iris").to_string().into(),
                 destination_revision: "iris-00001".into(),
                 response_code: code,
                 connection_security_policy: peer.security.label().into(),
@@ -98,8 +98,8 @@ async fn a_mixed_run_is_labelled_by_peer_identity_and_security() {
                 start_time: AccessLogEntry::format_time(SystemTime::now()),
                 reporter: "queue".into(),
                 response_code: code,
-                source_principal: labels.source_principal.clone(),
-                connection_security_policy: labels.connection_security_policy.clone(),
+                source_principal: labels.source_principal.to_string(),
+                connection_security_policy: labels.connection_security_policy.to_string(),
                 revision: "iris-00001".into(),
                 ..Default::default()
             };

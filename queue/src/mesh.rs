@@ -96,10 +96,7 @@ impl ReplicaGate {
             strip_internal_headers(&mut parts.headers);
             return inner(Request::from_parts(parts, body)).await;
         }
-        let mut exchange = self
-            .telemetry
-            .as_ref()
-            .map(|t| t.start(&Request::from_parts(parts.clone(), ())));
+        let mut exchange = self.telemetry.as_ref().map(|t| t.start_parts(&parts));
         let caller = match &self.mesh {
             Some(mesh) => match mesh.authorize(&parts, &peer, None) {
                 Ok(caller) => caller,
@@ -125,8 +122,8 @@ impl ReplicaGate {
             match &self.mesh {
                 Some(mesh) => mesh.label(ex, caller.as_ref(), &peer),
                 None => {
-                    ex.labels.connection_security_policy = peer.security.label().to_owned();
-                    ex.labels.destination_revision = self.revision.clone();
+                    ex.labels.connection_security_policy = peer.security.label().into();
+                    ex.labels.destination_revision = self.revision.clone().into();
                     ex.entry.connection_security_policy = peer.security.label().to_owned();
                     ex.entry.revision = self.revision.clone();
                 }

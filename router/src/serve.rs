@@ -159,7 +159,7 @@ async fn accept_loop(
                     req.extensions_mut().insert(sluice_mesh::trace::Continued);
                     ex.labels.source_workload = "ingress".into();
                     ex.set_source_side(caller.identity.as_ref());
-                    ex.labels.connection_security_policy = caller.security.label().to_owned();
+                    ex.labels.connection_security_policy = caller.security.label().into();
                     ex.entry.connection_security_policy = caller.security.label().to_owned();
                     ex
                 });
@@ -169,8 +169,8 @@ async fn accept_loop(
                     Ok::<_, std::convert::Infallible>(match exchange {
                         Some(mut ex) => {
                             if let Some(to) = routed {
-                                ex.labels.destination_workload_namespace = to.namespace;
-                                ex.labels.destination_revision = to.name;
+                                ex.labels.destination_workload_namespace = to.namespace.into();
+                                ex.labels.destination_revision = to.name.into();
                             }
                             ex.wrap(resp).map(|b| {
                                 use http_body_util::BodyExt as _;

@@ -31,9 +31,15 @@ pub enum AccessLog {
     Tracing,
 }
 
-/// A hop's metrics and log settings; cheap to clone.
+/// A hop's metrics and log settings; cheap to clone (one shared allocation: every request
+/// holds a clone while it is recorded).
 #[derive(Clone, Debug)]
 pub struct HopTelemetry {
+    inner: Arc<HopInner>,
+}
+
+#[derive(Clone, Debug)]
+struct HopInner {
     registry: Registry,
     istio: IstioMetrics,
     revision: Option<(RevisionMetrics, Arc<RevisionLabels>)>,
@@ -47,41 +53,44 @@ impl HopTelemetry {
     /// `activator`, `queue`, `model-server`).
     pub fn new(registry: Registry, reporter: &'static str, log: AccessLog) -> Self {
         Self {
-            istio: IstioMetrics::register(&registry),
-            registry,
-            revision: None,
-            reporter,
-            log,
-            spans: None,
+            inner: Arc::new(HopInner {
+                istio: IstioMetrics::register(&registry),
+                registry,
+                revision: None,
+                reporter,
+                log,
+                spans: None,
+            }),
         }
     }
 
     /// Also exports one span per request (the hop's own, see [`Exchange::set_span`]) to
     /// `exporter`.
     pub fn with_spans(mut self, exporter: SpanExporter) -> Self {
-        self.spans = Some(exporter);
+        Arc::make_mut(&mut self.inner).spans = Some(exporter);
         self
     }
 
     /// The span exporter, when spans are exported.
     pub fn spans(&self) -> Option<&SpanExporter> {
-        self.spans.as_ref()
+        self.inner.spans.as_ref()
     }
 
     /// Also records Knative's revision metrics for `labels` (a replica's queue layer).
     pub fn with_revision(mut self, labels: RevisionLabels) -> Self {
-        self.revision = Some((RevisionMetrics::register(&self.registry), Arc::new(labels)));
+        let metrics = RevisionMetrics::register(&self.inner.registry);
+        Arc::make_mut(&mut self.inner).revision = Some((metrics, Arc::new(labels)));
         self
     }
 
     /// The registry (for `/metrics`).
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.inner.registry
     }
 
     /// Sets Knative's `revision_queue_depth`.
     pub fn set_queue_depth(&self, depth: usize) {
-        if let Some((metrics, labels)) = &self.revision {
+        if let Some((metrics, labels)) = &self.inner.revision {
             metrics.set_queue_depth(labels, depth);
         }
     }
@@ -90,50 +99,85 @@ impl HopTelemetry {
     /// the exchange its own span with [`Exchange::set_span`] after, so the exported span
     /// names the caller's span as its parent.
     pub fn start<B>(&self, req: &http::Request<B>) -> Exchange {
+        self.start_parts_of(req.method(), req.uri(), req.version(), req.headers())
+    }
+
+    /// [`HopTelemetry::start`] for a request taken apart.
+    pub fn start_parts(&self, parts: &http::request::Parts) -> Exchange {
+        self.start_parts_of(&parts.method, &parts.uri, parts.version, &parts.headers)
+    }
+
+    fn start_parts_of(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        version: http::Version,
+        headers: &http::HeaderMap,
+    ) -> Exchange {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        self.start_head(
+            method,
+            uri.authority().map(|a| a.as_str()),
+            path,
+            version,
+            headers,
+        )
+    }
+
+    /// [`HopTelemetry::start`] from a request's head: its method, the authority in its
+    /// URI (else the `Host` header counts), its path and query, protocol version and headers.
+    pub fn start_head(
+        &self,
+        method: &http::Method,
+        authority: Option<&str>,
+        path: &str,
+        version: http::Version,
+        headers: &http::HeaderMap,
+    ) -> Exchange {
         let header = |name: &str| {
-            req.headers()
+            headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
-                .to_owned()
         };
-        let trace = TraceParent::parse(&header(TRACEPARENT));
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| header("host"));
+        let authority = authority.unwrap_or_else(|| header("host")).to_owned();
         let grpc = header("content-type").starts_with("application/grpc");
+        let mut entry = AccessLogEntry {
+            authority,
+            bytes_received: header("content-length").parse().unwrap_or(0),
+            ..AccessLogEntry::default()
+        };
+        // What only the log line and the span show is copied for them alone.
+        if self.inner.log != AccessLog::Off || self.inner.spans.is_some() {
+            entry.reporter = self.inner.reporter.to_owned();
+            entry.request_id = header(REQUEST_ID).to_owned();
+            entry.method = method.as_str().to_owned();
+            entry.path = path.to_owned();
+            entry.protocol = protocol_name(version).to_owned();
+        }
         Exchange {
-            incoming: trace,
+            incoming: TraceParent::parse(header(TRACEPARENT)),
             own: None,
             telemetry: self.clone(),
             wall: SystemTime::now(),
             start: Instant::now(),
-            entry: AccessLogEntry {
-                reporter: self.reporter.to_owned(),
-                trace_id: trace
-                    .map(|t| format!("{:032x}", t.trace_id))
-                    .unwrap_or_default(),
-                span_id: trace
-                    .map(|t| format!("{:016x}", t.parent_id))
-                    .unwrap_or_default(),
-                request_id: header(REQUEST_ID),
-                method: req.method().to_string(),
-                authority,
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or_else(|| "/".to_owned(), |p| p.to_string()),
-                protocol: format!("{:?}", req.version()),
-                bytes_received: header("content-length").parse().unwrap_or(0),
-                ..AccessLogEntry::default()
-            },
+            entry,
             labels: RequestLabels {
-                request_protocol: if grpc { "grpc" } else { "http" }.to_owned(),
+                request_protocol: if grpc { "grpc" } else { "http" }.into(),
                 ..RequestLabels::unknown(Reporter::Destination)
             },
         }
+    }
+}
+
+/// The protocol as the access log names it.
+fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 
@@ -158,24 +202,23 @@ impl Exchange {
     pub fn set_source_side(&mut self, caller: Option<&SpiffeId>) {
         self.labels.reporter = Reporter::Source;
         if let Some(id) = caller {
-            self.labels.source_principal = id.to_string();
-            self.labels.source_workload = id.service_account().to_owned();
-            self.labels.source_workload_namespace = id.namespace().to_owned();
+            self.labels.source_principal = id.to_string().into();
+            self.labels.source_workload = id.service_account().to_owned().into();
+            self.labels.source_workload_namespace = id.namespace().to_owned().into();
             self.entry.source_principal = id.to_string();
         }
         let host = self.entry.authority.split(':').next().unwrap_or("");
         if !host.is_empty() {
-            self.labels.destination_service = host.to_owned();
+            self.labels.destination_service = host.to_owned().into();
         }
     }
 
     /// Sets this hop's own span: the trace context it forwards (as
     /// [`crate::trace::propagate`] returned it). The access-log line then carries this
-    /// span's id, and the exported span (if any) is this one, child of the caller's.
+    /// span's id (else the caller's), and the exported span (if any) is this one, child of
+    /// the caller's.
     pub fn set_span(&mut self, own: TraceParent) {
         self.own = Some(own);
-        self.entry.trace_id = format!("{:032x}", own.trace_id);
-        self.entry.span_id = format!("{:016x}", own.parent_id);
     }
 
     fn span(&self, status: u16, end: SystemTime) -> Option<SpanRecord> {
@@ -188,11 +231,11 @@ impl Exchange {
             ("server.address".to_owned(), e.authority.clone()),
             (
                 "network.protocol.name".to_owned(),
-                self.labels.request_protocol.clone(),
+                self.labels.request_protocol.to_string(),
             ),
             (
                 "sluice.connection_security_policy".to_owned(),
-                self.labels.connection_security_policy.clone(),
+                self.labels.connection_security_policy.to_string(),
             ),
         ];
         for (key, value) in [
@@ -229,23 +272,30 @@ impl Exchange {
         self.entry.response_code = status;
         self.entry.bytes_sent = response_bytes;
         self.entry.duration_ms = took.as_millis() as u64;
-        self.entry.start_time = AccessLogEntry::format_time(self.wall);
         let t = &self.telemetry;
-        t.istio.record(
+        t.inner.istio.record(
             &self.labels,
             took,
             self.entry.bytes_received,
             response_bytes,
         );
-        if let Some((metrics, labels)) = &t.revision {
+        if let Some((metrics, labels)) = &t.inner.revision {
             metrics.record(labels, status, took);
         }
-        if let Some(exporter) = &t.spans
+        if let Some(exporter) = &t.inner.spans
             && let Some(span) = self.span(status, self.wall + took)
         {
             exporter.record(span);
         }
-        match t.log {
+        // What only the log line shows is written out for it alone.
+        if t.inner.log != AccessLog::Off {
+            self.entry.start_time = AccessLogEntry::format_time(self.wall);
+            if let Some(trace) = self.own.or(self.incoming) {
+                self.entry.trace_id = format!("{:032x}", trace.trace_id);
+                self.entry.span_id = format!("{:016x}", trace.parent_id);
+            }
+        }
+        match t.inner.log {
             AccessLog::Off => {}
             AccessLog::Stderr => {
                 let mut err = std::io::stderr().lock();

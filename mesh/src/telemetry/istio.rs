@@ -1,9 +1,10 @@
 //! Istio's standard request metrics, with Istio's names, labels and buckets, so existing
 //! dashboards (Grafana's Istio boards, Kiali) read Sluice unchanged.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use super::registry::{Counter, Family, Histogram, Registry};
+use super::registry::{Counter, Family, Histogram, LabelHash, Registry};
 
 /// `istio_request_duration_milliseconds` buckets (Istio's defaults).
 pub const DURATION_BUCKETS_MS: [f64; 19] = sluice_core::outcomes::LATENCY_BOUNDS_MS;
@@ -48,41 +49,45 @@ pub enum Reporter {
     Destination,
 }
 
+/// One label's value: most are fixed words or names the hop already holds, so building a
+/// request's labels allocates only what the request itself brings.
+pub type LabelValue = Cow<'static, str>;
+
 /// The labels of one request. Unknown values are `unknown`, as Istio writes them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestLabels {
     /// Which side reports.
     pub reporter: Reporter,
     /// Calling workload (e.g. `activator`).
-    pub source_workload: String,
+    pub source_workload: LabelValue,
     /// Its namespace.
-    pub source_workload_namespace: String,
+    pub source_workload_namespace: LabelValue,
     /// Its SPIFFE ID (`spiffe://…`), `unknown` for plaintext.
-    pub source_principal: String,
+    pub source_principal: LabelValue,
     /// Called workload (the revision's deployment name).
-    pub destination_workload: String,
+    pub destination_workload: LabelValue,
     /// Its namespace.
-    pub destination_workload_namespace: String,
+    pub destination_workload_namespace: LabelValue,
     /// Host called (`iris.default.svc.cluster.local`).
-    pub destination_service: String,
+    pub destination_service: LabelValue,
     /// The callee's SPIFFE ID.
-    pub destination_principal: String,
+    pub destination_principal: LabelValue,
     /// The revision (`iris-00001`).
-    pub destination_revision: String,
+    pub destination_revision: LabelValue,
     /// `http` or `grpc`.
-    pub request_protocol: String,
+    pub request_protocol: LabelValue,
     /// HTTP status.
     pub response_code: u16,
     /// gRPC status for gRPC requests; `None` otherwise (exposed as empty, like Istio).
     pub grpc_response_status: Option<u32>,
     /// `mutual_tls` or `none`.
-    pub connection_security_policy: String,
+    pub connection_security_policy: LabelValue,
 }
 
 impl RequestLabels {
     /// Labels with every value `unknown`, code 0, protocol `http`, security `unknown`.
     pub fn unknown(reporter: Reporter) -> Self {
-        let u = || "unknown".to_owned();
+        let u = || Cow::Borrowed("unknown");
         Self {
             reporter,
             source_workload: u(),
@@ -93,33 +98,37 @@ impl RequestLabels {
             destination_service: u(),
             destination_principal: u(),
             destination_revision: u(),
-            request_protocol: "http".into(),
+            request_protocol: Cow::Borrowed("http"),
             response_code: 0,
             grpc_response_status: None,
             connection_security_policy: u(),
         }
     }
 
-    fn values(&self) -> [String; 13] {
+    /// The values in [`LABELS`]' order; the two numbers are written into `code` and `grpc`.
+    fn values<'a>(&'a self, code: &'a mut String, grpc: &'a mut String) -> [&'a str; 13] {
+        use std::fmt::Write as _;
+        let _ = write!(code, "{}", self.response_code);
+        if let Some(status) = self.grpc_response_status {
+            let _ = write!(grpc, "{status}");
+        }
         [
             match self.reporter {
-                Reporter::Source => "source".into(),
-                Reporter::Destination => "destination".into(),
+                Reporter::Source => "source",
+                Reporter::Destination => "destination",
             },
-            self.source_workload.clone(),
-            self.source_workload_namespace.clone(),
-            self.source_principal.clone(),
-            self.destination_workload.clone(),
-            self.destination_workload_namespace.clone(),
-            self.destination_service.clone(),
-            self.destination_principal.clone(),
-            self.destination_revision.clone(),
-            self.request_protocol.clone(),
-            self.response_code.to_string(),
-            self.grpc_response_status
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            self.connection_security_policy.clone(),
+            &self.source_workload,
+            &self.source_workload_namespace,
+            &self.source_principal,
+            &self.destination_workload,
+            &self.destination_workload_namespace,
+            &self.destination_service,
+            &self.destination_principal,
+            &self.destination_revision,
+            &self.request_protocol,
+            code,
+            grpc,
+            &self.connection_security_policy,
         ]
     }
 }
@@ -171,18 +180,19 @@ impl IstioMetrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let values = labels.values();
-        let values: Vec<&str> = values.iter().map(String::as_str).collect();
-        if let Some(c) = self.requests.with(&values) {
+        let (mut code, mut grpc) = (String::new(), String::new());
+        let values = labels.values(&mut code, &mut grpc);
+        let hash = LabelHash::of(&values);
+        if let Some(c) = self.requests.with_hashed(hash, &values) {
             c.inc();
         }
-        if let Some(h) = self.duration.with(&values) {
+        if let Some(h) = self.duration.with_hashed(hash, &values) {
             h.observe(duration.as_secs_f64() * 1000.0);
         }
-        if let Some(h) = self.request_bytes.with(&values) {
+        if let Some(h) = self.request_bytes.with_hashed(hash, &values) {
             h.observe(request_bytes as f64);
         }
-        if let Some(h) = self.response_bytes.with(&values) {
+        if let Some(h) = self.response_bytes.with_hashed(hash, &values) {
             h.observe(response_bytes as f64);
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::registry::{Counter, Family, Gauge, Histogram, Registry};
+use super::registry::{Counter, Family, Gauge, Histogram, LabelHash, Registry};
 
 /// `revision_request_latencies` buckets in milliseconds (Knative's queue-proxy).
 pub const LATENCY_BUCKETS_MS: [f64; 26] = [
@@ -100,12 +100,13 @@ impl RevisionMetrics {
     pub fn record(&self, labels: &RevisionLabels, status: u16, latency: Duration) {
         let code = status.to_string();
         let class = format!("{}xx", status / 100);
-        let mut values = labels.values().to_vec();
-        values.extend([code.as_str(), class.as_str()]);
-        if let Some(c) = self.count.with(&values) {
+        let [a, b, c, d, e, f] = labels.values();
+        let values = [a, b, c, d, e, f, &code, &class];
+        let hash = LabelHash::of(&values);
+        if let Some(c) = self.count.with_hashed(hash, &values) {
             c.inc();
         }
-        if let Some(h) = self.latencies.with(&values) {
+        if let Some(h) = self.latencies.with_hashed(hash, &values) {
             h.observe(latency.as_secs_f64() * 1000.0);
         }
     }

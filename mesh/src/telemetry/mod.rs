@@ -12,8 +12,8 @@ pub mod registry;
 
 pub use access_log::{ACCESS_LOG_ENV, AccessLogEntry, BadAccessLogVar, access_log_on};
 pub use hop::{AccessLog, Exchange, HopTelemetry, Recorded};
-pub use istio::{IstioMetrics, Reporter, RequestLabels};
+pub use istio::{IstioMetrics, LabelValue, Reporter, RequestLabels};
 pub use knative::{
     AutoscalerMetrics, AutoscalerSample, ModelMetrics, ModelStage, RevisionLabels, RevisionMetrics,
 };
-pub use registry::{CONTENT_TYPE, Registry};
+pub use registry::{CONTENT_TYPE, LabelHash, Registry};

@@ -5,10 +5,11 @@
 //! label sets; observations for a label set beyond the cap are counted in
 //! `sluice_metric_series_dropped_total{family=…}` instead of growing memory without bound.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Default cap on label sets per family.
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
@@ -283,8 +284,70 @@ struct FamilyInner<S> {
     label_names: Vec<&'static str>,
     kind: Kind,
     max_series: usize,
-    series: Mutex<BTreeMap<Vec<String>, Arc<S>>>,
+    series: Mutex<SeriesMap<S>>,
     dropped: AtomicU64,
+}
+
+/// The keyed hash every family finds its series by: one per process, so one hash of a
+/// label set serves every family recorded with it (see [`LabelHash`]).
+static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+/// The hash of one label set's values, to look it up in several families that share the
+/// label names (Istio's four request families) while hashing the values once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabelHash(u64);
+
+impl LabelHash {
+    /// The hash of `values`.
+    pub fn of(values: &[&str]) -> Self {
+        Self(HASHER.hash_one(values))
+    }
+}
+
+/// One series with its label values.
+type Labelled<S> = (Box<[Box<str>]>, Arc<S>);
+
+/// A family's series by label values. Looked up on every recorded request, so a lookup
+/// allocates nothing: series are found by the hash of the values as given (`&[&str]`), and
+/// those with the same hash are told apart by comparing the values.
+struct SeriesMap<S> {
+    by_hash: HashMap<u64, Vec<Labelled<S>>>,
+    len: usize,
+}
+
+impl<S> SeriesMap<S> {
+    fn new() -> Self {
+        Self {
+            by_hash: HashMap::new(),
+            len: 0,
+        }
+    }
+
+    fn get(&self, hash: u64, values: &[&str]) -> Option<&Arc<S>> {
+        self.by_hash
+            .get(&hash)?
+            .iter()
+            .find(|(key, _)| key.iter().map(|k| &**k).eq(values.iter().copied()))
+            .map(|(_, s)| s)
+    }
+
+    fn insert(&mut self, hash: u64, values: &[&str], series: Arc<S>) {
+        let key = values.iter().map(|v| Box::from(*v)).collect();
+        self.by_hash.entry(hash).or_default().push((key, series));
+        self.len += 1;
+    }
+
+    /// Every series, ordered by its label values (the exposition's order).
+    fn sorted(&self) -> Vec<(&[Box<str>], &Arc<S>)> {
+        let mut all: Vec<_> = self
+            .by_hash
+            .values()
+            .flatten()
+            .map(|(key, s)| (&key[..], s))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
 }
 
 impl<S: Series> Family<S> {
@@ -296,7 +359,7 @@ impl<S: Series> Family<S> {
                 label_names: labels.to_vec(),
                 kind,
                 max_series: DEFAULT_MAX_SERIES,
-                series: Mutex::new(BTreeMap::new()),
+                series: Mutex::new(SeriesMap::new()),
                 dropped: AtomicU64::new(0),
             }),
         }
@@ -311,21 +374,27 @@ impl<S: Series> Family<S> {
     /// its label-set limit (the observation is then counted as dropped) or the number of
     /// values is wrong.
     pub fn with(&self, values: &[&str]) -> Option<Arc<S>> {
+        self.with_hashed(LabelHash::of(values), values)
+    }
+
+    /// [`Family::with`] for values whose hash is known (`hash` must be
+    /// `LabelHash::of(values)`).
+    pub fn with_hashed(&self, hash: LabelHash, values: &[&str]) -> Option<Arc<S>> {
         if values.len() != self.inner.label_names.len() {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        let hash = hash.0;
         let mut series = self.inner.series.lock().ok()?;
-        if let Some(s) = series.get(&key) {
+        if let Some(s) = series.get(hash, values) {
             return Some(s.clone());
         }
-        if series.len() >= self.inner.max_series {
+        if series.len >= self.inner.max_series {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let s = Arc::new(S::create(&KindRef(&self.inner.kind)));
-        series.insert(key, s.clone());
+        series.insert(hash, values, s.clone());
         Some(s)
     }
 }
@@ -351,7 +420,7 @@ impl<S: Series> Encode for Family<S> {
         let Ok(series) = self.inner.series.lock() else {
             return;
         };
-        for (values, s) in series.iter() {
+        for (values, s) in series.sorted() {
             let labels = if values.is_empty() {
                 String::new()
             } else {
@@ -416,6 +485,32 @@ mod tests {
         assert!(text.contains("lat_ms_sum{code=\"200\"} 10.5\n"));
         assert!(text.contains("lat_ms_count{code=\"200\"} 3\n"));
         assert!(text.contains("depth 2.5\n"));
+    }
+
+    #[test]
+    fn one_series_per_label_set_printed_in_label_order() {
+        let r = Registry::new();
+        let c = r.counter("c", "C.", &["a", "b"]);
+        for (a, b) in [("y", "1"), ("x", "2"), ("x", "10"), ("", "z")] {
+            c.with(&[a, b]).unwrap().inc();
+        }
+        let again = c.with(&["x", "2"]).unwrap();
+        again.inc();
+        assert!(Arc::ptr_eq(&again, &c.with(&["x", "2"]).unwrap()));
+        // The same strings split differently are another label set.
+        assert_eq!(c.with(&["x2", ""]).unwrap().get(), 0);
+        let text = r.encode();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("c{")).collect();
+        assert_eq!(
+            lines,
+            [
+                "c{a=\"\",b=\"z\"} 1",
+                "c{a=\"x\",b=\"10\"} 1",
+                "c{a=\"x\",b=\"2\"} 2",
+                "c{a=\"x2\",b=\"\"} 0",
+                "c{a=\"y\",b=\"1\"} 1",
+            ]
+        );
     }
 
     #[test]
